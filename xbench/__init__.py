@@ -1,0 +1,14 @@
+"""xbench: a heatmap-quality benchmark for chest X-ray classifiers.
+
+Layers (imports go downward only):
+
+1. kernels: pure array functions (``xbench.phantoms``, ``xbench.data.split``,
+   ``xbench.metrics``, ``xbench.models``);
+2. pipeline: plain functions on built objects (``xbench.pipeline``,
+   ``xbench.training``, ``xbench.data.cache``);
+3. entry points: Hydra and argparse apps (``xbench.apps``).
+
+Only :mod:`xbench.io` writes files.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from xbench.apps.run import main
+
+main()

@@ -1,0 +1,66 @@
+"""``xbench``: the Hydra app that runs one benchmark job (or a sweep with ``-m``).
+
+Thin: compose and validate the config, build the objects, call
+:func:`xbench.pipeline.run_job`. A user error prints one line (no traceback;
+the traceback goes to the job's log) and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from xbench.config import register, validate
+from xbench.errors import XbenchError
+
+log = logging.getLogger("xbench")
+register()
+
+
+def run(cfg: DictConfig, run_dir: Path) -> dict:
+    """Validate ``cfg``, build the job's objects and run it into ``run_dir``."""
+    validate(cfg)
+    from hydra.utils import instantiate
+
+    from xbench.pipeline import run_job
+    from xbench.training import FineTuneSettings, TrainSettings
+
+    source = instantiate(cfg.data)
+    build_model = instantiate(cfg.model, _partial_=True)
+    tcfg = OmegaConf.to_container(cfg.train, resolve=True)
+    settings = TrainSettings(**{**tcfg, "fine_tune": FineTuneSettings(**tcfg["fine_tune"])})
+    cache_dir = Path(os.path.expanduser(cfg.cache_dir))
+    return run_job(
+        source, build_model, settings, run_dir,
+        seed=int(cfg.seed), cache_dir=cache_dir,
+        config=OmegaConf.to_container(cfg, resolve=True),
+    )
+
+
+@hydra.main(version_base="1.3", config_path="pkg://xbench.conf", config_name="config")
+def _hydra_main(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        run(cfg, run_dir)
+    except XbenchError as exc:
+        log.debug("user error", exc_info=True)
+        log.error("%s", exc)
+        print(f"xbench: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+def main() -> None:
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""Scanner for the pediatric pneumonia set (Kermany et al.), as distributed.
+
+    <root>/{train,val,test}/{NORMAL,PNEUMONIA}/*.jpeg
+
+Two classes (NORMAL, PNEUMONIA) or three (bacteria, normal, virus) read from
+the file names (``person1_bacteria_1.jpeg``, ``person3_virus_16.jpeg``). The
+shipped 16-image ``val`` folder joins train; validation is carved from train
+by patient (the ``personN`` prefix) so that no patient straddles two splits,
+and never from test.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+from xbench.data.radiography import list_images
+from xbench.data.records import Records
+from xbench.errors import DataError
+
+LAYOUT = "<root>/{train,test}/{NORMAL,PNEUMONIA}/*.jpeg (val/ optional)"
+_PERSON = re.compile(r"^(person\d+)_", re.IGNORECASE)
+
+
+def patient_id(path: Path) -> str:
+    """Patient id from a file name: ``personN`` for pneumonia, the IM-XXXX series for normals."""
+    name = path.stem
+    m = _PERSON.match(name)
+    if m:
+        return m.group(1).lower()
+    # NORMAL2-IM-1427-0001 / IM-0115-0001: the series number identifies the patient.
+    parts = name.split("-")
+    return "-".join(parts[:-1]) if len(parts) > 1 else name
+
+
+def scan_pediatric(root: str | Path, three_class: bool = True) -> Records:
+    """List the labelled images under ``root``; see the module docstring for the layout."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DataError(f"data.root '{root}' does not exist or is not a folder; expected {LAYOUT}")
+    class_names = ["bacteria", "normal", "virus"] if three_class else ["NORMAL", "PNEUMONIA"]
+    paths, labels, groups, fixed = [], [], [], []
+    for split in ("train", "val", "test"):
+        sdir = root / split
+        if not sdir.is_dir():
+            if split == "val":
+                continue
+            raise DataError(f"split folder '{sdir}' is missing; expected {LAYOUT}")
+        for folder in ("NORMAL", "PNEUMONIA"):
+            cdir = sdir / folder
+            if not cdir.is_dir():
+                raise DataError(f"class folder '{cdir}' is missing; expected {LAYOUT}")
+            files = list_images(cdir)
+            if not files and split != "val":
+                raise DataError(f"class folder '{cdir}' has no images; expected {LAYOUT}")
+            for f in files:
+                if three_class:
+                    low = f.name.lower()
+                    if folder == "NORMAL":
+                        name = "normal"
+                    elif "virus" in low:
+                        name = "virus"
+                    elif "bacteria" in low:
+                        name = "bacteria"
+                    else:
+                        continue  # a pneumonia image whose kind the name does not tell
+                else:
+                    name = folder
+                paths.append(f)
+                labels.append(class_names.index(name))
+                groups.append(f"{folder}/{patient_id(f)}")
+                fixed.append("test" if split == "test" else "train")
+    return Records(
+        paths=paths,
+        labels=np.asarray(labels, dtype=np.int64),
+        class_names=class_names,
+        groups=np.asarray(groups),
+        mask_paths=[None] * len(paths),
+        fixed_split=np.asarray(fixed),
+        root=root,
+        disease_classes=[c for c in class_names if c.lower() != "normal"],
+        notes=["the pediatric set has no lung masks: mask-based metrics (lung share) are off"],
+    )

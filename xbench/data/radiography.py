@@ -1,0 +1,97 @@
+"""Scanner for the COVID-19 Radiography Database in its published layout.
+
+    <root>/COVID/images/COVID-1.png            (299 x 299, gray or RGB)
+    <root>/COVID/masks/COVID-1.png             (256 x 256 lung mask)
+    <root>/Lung_Opacity/...  <root>/Normal/...  <root>/Viral Pneumonia/...
+
+Only the layout is checked here (no pixel is decoded), so a wrong path fails
+in milliseconds, before any long work.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from xbench.data.decode import IMAGE_SUFFIXES
+from xbench.data.records import Records
+from xbench.errors import DataError
+from xbench.phantoms import RADIOGRAPHY_CLASSES
+
+LAYOUT = "<root>/{COVID,Lung_Opacity,Normal,Viral Pneumonia}/images/<Class>-<n>.png (lung masks in .../masks/)"
+
+
+def _numeric_key(path: Path):
+    # COVID-2.png before COVID-10.png, so the order never depends on the OS.
+    stem = path.stem
+    head, _, tail = stem.rpartition("-")
+    return (head, int(tail)) if tail.isdigit() else (stem, -1)
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files in ``folder`` (non-images and hidden files ignored), in natural order."""
+    files = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES]
+    return sorted(files, key=_numeric_key)
+
+
+def scan_radiography(
+    root: str | Path,
+    classes: Sequence[str] | None = None,
+    normal_class: str = "Normal",
+) -> Records:
+    """List the labelled images under ``root``.
+
+    Args:
+        root: the database folder.
+        classes: class folder names to use, in label order (default: all four).
+        normal_class: the healthy class; every other class is a disease class
+            (the paper keeps the checkpoint maximising disease recall).
+
+    Raises:
+        DataError: missing root, missing class folder, or an empty class,
+            with the path and the expected layout.
+    """
+    root = Path(root).expanduser()
+    classes = list(classes) if classes else list(RADIOGRAPHY_CLASSES)
+    if not root.is_dir():
+        raise DataError(f"data.root '{root}' does not exist or is not a folder; expected {LAYOUT}")
+    paths: list[Path] = []
+    labels: list[int] = []
+    masks: list[Path | None] = []
+    missing_masks = 0
+    for label, name in enumerate(classes):
+        cdir = root / name
+        if not cdir.is_dir():
+            found = sorted(p.name for p in root.iterdir() if p.is_dir())
+            raise DataError(f"class folder '{cdir}' is missing (found: {found or 'no folders'}); expected {LAYOUT}")
+        idir = cdir / "images"
+        if not idir.is_dir():
+            raise DataError(f"image folder '{idir}' is missing; expected {LAYOUT}")
+        files = list_images(idir)
+        if not files:
+            raise DataError(f"class '{name}' has no images in '{idir}'; expected {LAYOUT}")
+        mdir = cdir / "masks"
+        for f in files:
+            m = mdir / f.name
+            if not m.is_file():
+                m = None
+                missing_masks += 1
+            paths.append(f)
+            labels.append(label)
+            masks.append(m)
+    notes = []
+    if missing_masks:
+        notes.append(f"{missing_masks} of {len(paths)} images have no lung mask: mask-based metrics (lung share) are off")
+        masks = [None] * len(paths)
+    return Records(
+        paths=paths,
+        labels=np.asarray(labels, dtype=np.int64),
+        class_names=classes,
+        groups=np.asarray([str(p) for p in paths]),
+        mask_paths=masks,
+        root=root,
+        disease_classes=[c for c in classes if c != normal_class],
+        notes=notes,
+    )

@@ -1,0 +1,146 @@
+"""The only module that writes files. Every write is atomic.
+
+A file is written to a temporary name in the destination folder and moved into
+place with :func:`os.replace`, so a reader (a report, a second job sharing a
+cache entry) sees either the old file or the complete new one, never half a
+file. Two writers racing for the same path both succeed; the last rename wins,
+which is harmless because cache entries are keyed by their content.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+
+
+def _tmp_path(path: Path) -> Path:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; move it onto ``path`` on success.
+
+    Use for writers that insist on a file name of their own (Keras, PIL). The
+    temporary file is removed if the block raises.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_path(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    return path
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Write ``obj`` as indented JSON (NumPy scalars and arrays converted)."""
+    return write_text(path, json.dumps(obj, indent=2, default=_json_default, allow_nan=True) + "\n")
+
+
+def write_csv(path: str | os.PathLike, frame) -> Path:
+    """Write a pandas DataFrame as CSV without its index."""
+    buf = io.StringIO()
+    frame.to_csv(buf, index=False)
+    return write_text(path, buf.getvalue())
+
+
+def write_npz(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) -> Path:
+    """Write arrays to a compressed ``.npz`` (read back with ``allow_pickle=False``)."""
+    path = Path(path)
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **{k: np.asarray(v) for k, v in arrays.items()})
+    return write_bytes(path, buf.getvalue())
+
+
+def write_png(path: str | os.PathLike, array: np.ndarray) -> Path:
+    """Write a uint8 array, (H, W) grayscale or (H, W, 3) RGB, as PNG."""
+    from PIL import Image
+
+    array = np.asarray(array)
+    if array.dtype != np.uint8:
+        raise TypeError(f"write_png expects uint8, got {array.dtype}")
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return write_bytes(path, buf.getvalue())
+
+
+@contextlib.contextmanager
+def atomic_memmap(path: str | os.PathLike, shape: tuple[int, ...], dtype=np.uint8) -> Iterator[np.memmap]:
+    """Yield a writable memmap at a temporary name; publish it at ``path`` on success.
+
+    The array is filled by the caller inside the block, flushed, then renamed,
+    so a half-filled cache file is never visible under its final name.
+    """
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
+        try:
+            yield arr
+            arr.flush()
+        finally:
+            del arr
+
+
+def save_keras_model(path: str | os.PathLike, model) -> Path:
+    """Save a Keras model in the ``.keras`` format, atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".keras", dir=path.parent)
+    os.close(fd)
+    try:
+        model.save(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_figure(path: str | os.PathLike, fig, **kwargs) -> Path:
+    """Save a matplotlib figure atomically; the format follows the suffix."""
+    path = Path(path)
+    buf = io.BytesIO()
+    fig.savefig(buf, format=path.suffix.lstrip(".") or "png", **kwargs)
+    return write_bytes(path, buf.getvalue())
+
+
+def ensure_dir(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    return path

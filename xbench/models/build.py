@@ -1,0 +1,202 @@
+"""Build a classifier: [0, 1] image -> Preprocess -> backbone -> features -> head -> logits -> softmax.
+
+The graph is flat (the backbone's layers are layers of the classifier), so
+Grad-CAM can read any backbone layer's activations by name. Two names are
+fixed by the output contract:
+
+- ``features``: the backbone's output feature map, the head's input;
+- ``logits``: the last Dense layer, no activation (Grad-CAM differentiates it);
+- ``probs``: the softmax over ``logits`` (perturbation curves read it).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import keras
+
+from xbench.errors import ConfigError
+from xbench.models.backbones import get_backbone
+from xbench.models.preprocess import Preprocess
+
+log = logging.getLogger(__name__)
+
+FEATURES = "features"
+LOGITS = "logits"
+PROBS = "probs"
+HEADS = ("paper", "pediatric")
+
+
+def feature_layer_name() -> str:
+    return FEATURES
+
+
+def _he_reinitialise(layers: Sequence[keras.layers.Layer], seed: int) -> None:
+    """Give every conv/dense kernel He-normal weights.
+
+    Without pretrained weights a deep plain network such as VGG16 is
+    initialised by keras.applications with Glorot-uniform kernels, under which
+    the ReLU activations shrink ~2x per layer: after 13 layers the features are
+    ~1e-4 of the input scale and the model stays at chance. He-normal
+    (variance 2 / fan_in) keeps the activation scale through depth, and the
+    same model learns (He et al., 2015).
+    """
+    for i, layer in enumerate(layers):
+        if not isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)):
+            continue
+        kernel = layer.kernel
+        init = keras.initializers.HeNormal(seed=seed * 7919 + i)
+        kernel.assign(init(kernel.shape, dtype=kernel.dtype))
+
+
+def build_classifier(
+    backbone: str,
+    num_classes: int,
+    image_size: int,
+    *,
+    weights: str | None = "imagenet",
+    head: str = "paper",
+    dense_units: Sequence[int] = (64,),
+    dropout: float = 0.0,
+    pool_size: int = 4,
+    seed: int = 0,
+    gradcam_layer: str | None = None,
+) -> keras.Model:
+    """Build an uncompiled classifier for (image_size, image_size, 3) inputs in [0, 1].
+
+    Args:
+        backbone: a key of :data:`xbench.models.BACKBONES`.
+        num_classes: number of output classes C.
+        image_size: input side length (>= the backbone's minimum).
+        weights: "imagenet" (downloaded by Keras), "none"/None (He-normal
+            initialisation, see :func:`_he_reinitialise`), or a path to a local
+            weights file for the notop backbone (offline clusters).
+        head: "paper" (MaxPooling 4x4, Flatten, Dense 64 ReLU, Dense logits,
+            softmax: Lamprou's VGG16/DenseNet201 head) or "pediatric" (global
+            max pooling, dropout, Dense ReLU layers, Dense logits, softmax).
+        dense_units: widths of the hidden Dense layers of the head.
+        dropout: dropout rate before the hidden Dense layers.
+        pool_size: the paper head's max-pool size, capped at the feature map
+            size so small images work (4 at 299 px reproduces the paper's
+            131,396 / 491,844 trainable parameters).
+        seed: initialisation seed.
+        gradcam_layer: recorded default Grad-CAM layer (the backbone's if None).
+
+    Returns:
+        A functional model mapping (N, S, S, 3) float32 to (N, C) probabilities,
+        with layers named ``features``, ``logits`` and ``probs``.
+    """
+    spec = get_backbone(backbone)
+    if image_size < spec.min_size:
+        raise ConfigError(f"data.image_size={image_size} is below {backbone}'s minimum of {spec.min_size} px; raise it")
+    if head not in HEADS:
+        raise ConfigError(f"model.head: unknown head {head!r}; choose one of {list(HEADS)}")
+    wname = None if weights in (None, "none", "None", "") else str(weights)
+    if wname not in (None, "imagenet"):
+        wpath = Path(wname).expanduser()
+        if not wpath.is_file():
+            raise ConfigError(f"model.weights: weights file '{wpath}' does not exist; give the path of the {backbone} notop .h5/.weights.h5 file, 'imagenet' or 'none'")
+        wname = str(wpath)
+    keras.utils.set_random_seed(seed)
+
+    inputs = keras.Input((image_size, image_size, 3), name="image")
+    x = Preprocess(spec.preprocess, name="preprocess")(inputs)
+    try:
+        base = spec.build_fn()(include_top=False, weights=wname, input_tensor=x)
+    except ValueError as exc:
+        if wname not in (None, "imagenet"):
+            raise ConfigError(f"model.weights: '{wname}' does not fit {backbone} without top ({str(exc).splitlines()[0]}); use that backbone's notop weights file") from None
+        raise
+    if wname is None:
+        _he_reinitialise(base.layers, seed)
+    feats = keras.layers.Identity(name=FEATURES)(base.output)
+
+    y = feats
+    if head == "paper":
+        h, w = feats.shape[1], feats.shape[2]
+        p = max(1, min(pool_size, h, w))
+        y = keras.layers.MaxPooling2D(pool_size=(p, p), name="head_pool")(y)
+        y = keras.layers.Flatten(name="head_flatten")(y)
+    else:
+        y = keras.layers.GlobalMaxPooling2D(name="head_pool")(y)
+    for i, units in enumerate(dense_units):
+        if dropout > 0:
+            y = keras.layers.Dropout(dropout, seed=seed + i, name=f"head_dropout{i}")(y)
+        y = keras.layers.Dense(units, activation="relu", kernel_initializer=keras.initializers.HeNormal(seed=seed + 101 + i), name=f"head_dense{i}")(y)
+    if dropout > 0 and not dense_units:
+        y = keras.layers.Dropout(dropout, seed=seed, name="head_dropout")(y)
+    logits = keras.layers.Dense(num_classes, name=LOGITS, kernel_initializer=keras.initializers.GlorotUniform(seed=seed + 997))(y)
+    probs = keras.layers.Softmax(name=PROBS, dtype="float32")(logits)
+    model = keras.Model(inputs, probs, name=f"xbench_{backbone}")
+    # Plain attributes for this process; the run's config records them for reloads.
+    model.xbench_backbone = backbone
+    model.xbench_gradcam_layer = gradcam_layer or spec.gradcam_layer
+    return model
+
+
+def _layer_index(model: keras.Model, name: str) -> int:
+    for i, layer in enumerate(model.layers):
+        if layer.name == name:
+            return i
+    raise ConfigError(f"layer {name!r} is not in model {model.name}")
+
+
+def backbone_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    """The backbone's layers in keras.applications order (index 0 = the input layer).
+
+    Our Preprocess layer is left out so that indices match a backbone built on
+    its own (the pediatric study fine-tunes MobileNetV2 ``from layer 145``).
+    """
+    stop = _layer_index(model, FEATURES)
+    return [l for l in model.layers[:stop] if not isinstance(l, Preprocess)]
+
+
+def head_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    return model.layers[_layer_index(model, FEATURES) + 1 :]
+
+
+def head_model(model: keras.Model) -> keras.Model:
+    """A model from the ``features`` map to probabilities that SHARES the head's weights.
+
+    Training it trains the classifier's head: with a frozen backbone and no
+    augmentation the features are computed once and only this runs per epoch.
+    """
+    feats = model.get_layer(FEATURES).output
+    x = inp = keras.Input(feats.shape[1:], name="features_in")
+    for layer in head_layers(model):
+        x = layer(x)
+    return keras.Model(inp, x, name=f"{model.name}_head")
+
+
+def feature_extractor(model: keras.Model) -> keras.Model:
+    """A model from images to the ``features`` map (shares the backbone's weights)."""
+    return keras.Model(model.inputs, model.get_layer(FEATURES).output, name=f"{model.name}_features")
+
+
+def set_trainable(model: keras.Model, from_layer: int | str | None) -> int:
+    """Freeze the backbone up to ``from_layer`` (an index into :func:`backbone_layers` or a name).
+
+    None freezes the whole backbone; 0 unfreezes it all. The head always
+    trains. BatchNormalization layers stay in inference mode when frozen
+    (Keras 3 semantics of ``trainable = False``). Returns the number of
+    trainable backbone layers.
+    """
+    layers = backbone_layers(model)
+    if from_layer is None:
+        start = len(layers)
+    elif isinstance(from_layer, str) and not from_layer.lstrip("-").isdigit():
+        names = [l.name for l in layers]
+        if from_layer not in names:
+            raise ConfigError(f"train.fine_tune.from_layer: no backbone layer named {from_layer!r}")
+        start = names.index(from_layer)
+    else:
+        start = int(from_layer)
+        if not 0 <= start <= len(layers):
+            raise ConfigError(f"train.fine_tune.from_layer={start} is outside the backbone's 0..{len(layers)} layers")
+    for i, layer in enumerate(layers):
+        layer.trainable = i >= start
+    for layer in head_layers(model):
+        layer.trainable = True
+    return len(layers) - start

@@ -1,0 +1,188 @@
+"""One benchmark job, as plain functions on built objects.
+
+``run_job`` takes a data source, a model factory and training settings (all
+already built from the config by the entry point) and a run folder, and does:
+scan -> decode (cached) -> split -> build -> train -> evaluate -> write.
+Every file goes through :mod:`xbench.io`.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import keras
+import numpy as np
+import pandas as pd
+
+import xbench
+from xbench import io
+from xbench.data.cache import load_decoded
+from xbench.data.records import Records
+from xbench.errors import DataError
+from xbench.metrics.classification import classification_report
+from xbench.training import TrainSettings, predict_images, train_classifier
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PreparedData:
+    """A decoded, split dataset ready for training.
+
+    Attributes:
+        records: the usable images (undecodable ones removed).
+        images: (N, S, S, 3) uint8, row i = records.paths[i] (memmap-backed).
+        split: (N,) str "train"/"val"/"test".
+        skipped: (path, reason) of files that could not be decoded.
+    """
+
+    records: Records
+    images: np.ndarray
+    split: np.ndarray
+    skipped: list[tuple[str, str]]
+
+    def split_table(self) -> pd.DataFrame:
+        root = self.records.root
+        rel = [str(p.relative_to(root)) if root and p.is_relative_to(root) else str(p) for p in self.records.paths]
+        return pd.DataFrame({
+            "path": rel,
+            "label": [self.records.class_names[i] for i in self.records.labels],
+            "split": self.split,
+        })
+
+
+def prepare_data(source, seed: int, cache_dir: Path) -> PreparedData:
+    """Scan (fails fast on a bad layout), decode through the cache, split."""
+    source.prepare(cache_dir)
+    rec = source.records(seed)
+    for note in rec.notes:
+        log.warning(note)
+    dec = load_decoded(rec.paths, source.image_size, cache_dir, on_corrupt=source.on_corrupt)
+    if dec.skipped:
+        log.warning("%d undecodable image(s) skipped (listed in metrics.json)", len(dec.skipped))
+    usable = rec.subset(dec.ok)
+    counts = np.bincount(usable.labels, minlength=len(usable.class_names))
+    empty = [usable.class_names[i] for i in np.flatnonzero(counts == 0)]
+    if empty:
+        raise DataError(f"class(es) {empty} have no decodable image under '{rec.root}'; fix or replace the files")
+    images = dec.array if len(dec.ok) == len(rec) else _Rows(dec.array, dec.ok)
+    split = source.split(usable, seed)
+    return PreparedData(records=usable, images=images, split=split, skipped=dec.skipped)
+
+
+class _Rows:
+    """A lazy row view ``array[rows]`` of a memmap (indexing returns real arrays)."""
+
+    def __init__(self, array: np.ndarray, rows: np.ndarray):
+        self.array, self.rows = array, np.asarray(rows)
+        self.shape = (len(self.rows),) + array.shape[1:]
+        self.dtype = array.dtype
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, idx):
+        return self.array[self.rows[idx]]
+
+
+def _count_params(weights) -> int:
+    return int(sum(int(np.prod(w.shape)) for w in weights))
+
+
+def run_job(
+    source,
+    build_model: Callable[..., keras.Model],
+    settings: TrainSettings,
+    run_dir: Path,
+    *,
+    seed: int = 0,
+    cache_dir: Path,
+    config: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Run one job end to end and write its folder; returns the metrics dict.
+
+    Args:
+        source: a data source (:mod:`xbench.data.sources`).
+        build_model: ``build_model(num_classes=, image_size=, seed=)`` -> classifier.
+        settings: training settings.
+        run_dir: the job folder (written through :mod:`xbench.io`).
+        seed: seeds the split, the initialisation and training.
+        cache_dir: decoded-image and phantom cache.
+        config: the resolved config, recorded in metrics.json.
+    """
+    run_dir = io.ensure_dir(run_dir)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    data = prepare_data(source, seed, cache_dir)
+    timings["data_s"] = time.perf_counter() - t0
+    rec = data.records
+    io.write_csv(run_dir / "split.csv", data.split_table())
+    split_counts = {s: int((data.split == s).sum()) for s in ("train", "val", "test")}
+    log.info("data: %d images, %s, classes %s", len(rec), split_counts, rec.class_names)
+
+    t1 = time.perf_counter()
+    model = build_model(num_classes=len(rec.class_names), image_size=source.image_size, seed=seed)
+    timings["build_s"] = time.perf_counter() - t1
+    result = train_classifier(model, data.images, rec.labels, data.split, rec.class_names, rec.disease_classes, settings, seed)
+    timings.update({f"train_{k}": v for k, v in result.timings.items()})
+    io.write_csv(run_dir / "history.csv", result.history)
+
+    t2 = time.perf_counter()
+    te = np.flatnonzero(data.split == "test")
+    probs = predict_images(model, data.images, te, desc="test predictions")
+    timings["test_predict_s"] = time.perf_counter() - t2
+    report = classification_report(rec.labels[te], probs.argmax(1), rec.class_names)
+    log.info("test: accuracy %.4f, macro recall %.4f, macro F1 %.4f", report["accuracy"], report["macro_avg"]["recall"], report["macro_avg"]["f1"])
+
+    t3 = time.perf_counter()
+    io.save_keras_model(run_dir / "model.keras", model)
+    io.write_npz(run_dir / "test_predictions.npz", {"index": te, "labels": rec.labels[te], "probs": probs.astype(np.float32)})
+    timings["save_s"] = time.perf_counter() - t3
+    timings["total_s"] = time.perf_counter() - t0
+
+    metrics = {
+        "xbench_version": xbench.__version__,
+        "keras_backend": keras.backend.backend(),
+        "keras_version": keras.__version__,
+        "platform": platform.platform(),
+        "seed": seed,
+        "data": {
+            "source": getattr(source, "name", type(source).__name__),
+            "root": str(rec.root),
+            "image_size": source.image_size,
+            "class_names": rec.class_names,
+            "disease_classes": rec.disease_classes,
+            "n_images": len(rec),
+            "split_counts": split_counts,
+            "class_counts": {n: int((rec.labels == i).sum()) for i, n in enumerate(rec.class_names)},
+            "n_skipped": len(data.skipped),
+            "skipped": [{"path": p, "reason": r} for p, r in data.skipped],
+            "masks": rec.has_masks,
+            "notes": rec.notes,
+        },
+        "model": {
+            "backbone": getattr(model, "xbench_backbone", None),
+            "gradcam_layer": getattr(model, "xbench_gradcam_layer", None),
+            "params_total": _count_params(model.weights),
+            "params_head": _count_params([w for l in model.layers[[l.name for l in model.layers].index("features") + 1 :] for w in l.weights]),
+        },
+        "training": {
+            "settings": asdict(settings),
+            "best_epoch": result.best_epoch,
+            "best_selection_score": result.best_score,
+            "epochs_run": len(result.history),
+            "used_feature_cache": result.used_feature_cache,
+        },
+        "test": report,
+        "timings": timings,
+    }
+    if config is not None:
+        metrics["config"] = config
+    io.write_json(run_dir / "metrics.json", metrics)
+    log.info("wrote %s", run_dir)
+    return metrics
