@@ -147,8 +147,8 @@ def make_phantom(
         band = _smooth(noise, s * 0.012) - _smooth(noise, s * 0.03)
         band /= band.std() + 1e-12
         pattern = 0.9 * np.clip(np.abs(band) - 0.3, 0, None)
-    pattern = np.where(lungs, pattern, 0.0)
-    pattern = _smooth(pattern, 1.0)
+    # Smooth first, then confine: the pattern must not bleed past the lung edge.
+    pattern = np.where(lungs, _smooth(pattern, 1.0), 0.0)
     img = img + amp * pattern
     lesion = pattern > 0.25
 

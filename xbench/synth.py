@@ -27,6 +27,8 @@ from xbench.phantoms import RADIOGRAPHY_CLASSES, make_phantom, resize_mask
 
 log = logging.getLogger(__name__)
 MARKER_FILE = "xbench-synth.json"
+#: Bump when make_phantom changes, so cached databases from older code are not reused.
+GENERATOR_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,8 @@ class SynthSpec:
     mask_size: int = 256
 
     def key(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+        blob = json.dumps({**asdict(self), "generator": GENERATOR_VERSION}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def has_marker(self, label: str, index: int) -> bool:
         if label != self.shortcut_class or self.shortcut_fraction <= 0:
@@ -77,7 +80,8 @@ def is_complete(root: str | Path, spec: SynthSpec) -> bool:
     if not marker.is_file():
         return False
     try:
-        return json.loads(marker.read_text()).get("spec") == asdict(spec)
+        meta = json.loads(marker.read_text())
+        return meta.get("spec") == asdict(spec) and meta.get("generator") == GENERATOR_VERSION
     except (OSError, json.JSONDecodeError):
         return False
 
@@ -106,5 +110,5 @@ def write_database(root: str | Path, spec: SynthSpec, workers: int | None = None
     else:
         for job in tqdm(jobs, desc=desc, unit="img", mininterval=1.0):
             _write_one(job)
-    io.write_json(root / MARKER_FILE, {"spec": asdict(spec), "classes": list(RADIOGRAPHY_CLASSES)})
+    io.write_json(root / MARKER_FILE, {"spec": asdict(spec), "generator": GENERATOR_VERSION, "classes": list(RADIOGRAPHY_CLASSES)})
     return root

@@ -42,36 +42,40 @@ def scan_pediatric(root: str | Path, three_class: bool = True) -> Records:
         raise DataError(f"data.root '{root}' does not exist or is not a folder; expected {LAYOUT}")
     class_names = ["bacteria", "normal", "virus"] if three_class else ["NORMAL", "PNEUMONIA"]
     paths, labels, groups, fixed = [], [], [], []
+    folders = []
     for split in ("train", "val", "test"):
         sdir = root / split
         if not sdir.is_dir():
-            if split == "val":
+            if split == "val":  # optional: its 16 images join train anyway
                 continue
             raise DataError(f"split folder '{sdir}' is missing; expected {LAYOUT}")
         for folder in ("NORMAL", "PNEUMONIA"):
             cdir = sdir / folder
-            if not cdir.is_dir():
+            if not cdir.is_dir() and split != "val":
                 raise DataError(f"class folder '{cdir}' is missing; expected {LAYOUT}")
-            files = list_images(cdir)
-            if not files and split != "val":
-                raise DataError(f"class folder '{cdir}' has no images; expected {LAYOUT}")
-            for f in files:
-                if three_class:
-                    low = f.name.lower()
-                    if folder == "NORMAL":
-                        name = "normal"
-                    elif "virus" in low:
-                        name = "virus"
-                    elif "bacteria" in low:
-                        name = "bacteria"
-                    else:
-                        continue  # a pneumonia image whose kind the name does not tell
+            if cdir.is_dir():
+                folders.append((split, folder, cdir))
+    for split, folder, cdir in folders:
+        files = list_images(cdir)
+        if not files and split != "val":
+            raise DataError(f"class folder '{cdir}' has no images; expected {LAYOUT}")
+        for f in files:
+            if three_class:
+                low = f.name.lower()
+                if folder == "NORMAL":
+                    name = "normal"
+                elif "virus" in low:
+                    name = "virus"
+                elif "bacteria" in low:
+                    name = "bacteria"
                 else:
-                    name = folder
-                paths.append(f)
-                labels.append(class_names.index(name))
-                groups.append(f"{folder}/{patient_id(f)}")
-                fixed.append("test" if split == "test" else "train")
+                    continue  # a pneumonia image whose kind the name does not tell
+            else:
+                name = folder
+            paths.append(f)
+            labels.append(class_names.index(name))
+            groups.append(f"{folder}/{patient_id(f)}")
+            fixed.append("test" if split == "test" else "train")
     return Records(
         paths=paths,
         labels=np.asarray(labels, dtype=np.int64),

@@ -61,11 +61,12 @@ def scan_radiography(
     labels: list[int] = []
     masks: list[Path | None] = []
     missing_masks = 0
+    absent = [name for name in classes if not (root / name).is_dir()]
+    if absent:
+        found = sorted(p.name for p in root.iterdir() if p.is_dir())
+        raise DataError(f"class folder '{root / absent[0]}' is missing (found: {found or 'no folders'}); expected {LAYOUT}")
     for label, name in enumerate(classes):
         cdir = root / name
-        if not cdir.is_dir():
-            found = sorted(p.name for p in root.iterdir() if p.is_dir())
-            raise DataError(f"class folder '{cdir}' is missing (found: {found or 'no folders'}); expected {LAYOUT}")
         idir = cdir / "images"
         if not idir.is_dir():
             raise DataError(f"image folder '{idir}' is missing; expected {LAYOUT}")

@@ -1,0 +1,90 @@
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.conftest import compose
+
+SMOKE = ["+experiment=smoke"]
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory, cache_dir):
+    from xbench.apps.run import run
+
+    out = tmp_path_factory.mktemp("run")
+    metrics = run(compose(SMOKE), out)
+    return out, metrics
+
+
+def test_smoke_job_writes_the_run_folder(smoke_run):
+    out, metrics = smoke_run
+    for name in ("metrics.json", "history.csv", "model.keras", "split.csv", "test_predictions.npz"):
+        assert (out / name).is_file(), name
+    on_disk = json.loads((out / "metrics.json").read_text())
+    assert on_disk["test"]["confusion_matrix"] == metrics["test"]["confusion_matrix"]
+    assert on_disk["data"]["n_images"] == 48 and on_disk["data"]["masks"] is True
+    assert on_disk["training"]["used_feature_cache"] is True
+    assert set(on_disk["timings"]) >= {"train_features_s", "train_stage1_fit_s", "total_s"}
+    split = pd.read_csv(out / "split.csv")
+    assert list(split.columns) == ["path", "label", "split"] and len(split) == 48
+    assert split["path"].str.contains("/images/").all()
+
+
+def test_metrics_match_the_saved_predictions(smoke_run):
+    out, metrics = smoke_run
+    with np.load(out / "test_predictions.npz", allow_pickle=False) as z:
+        pred, labels = z["probs"].argmax(1), z["labels"]
+    cm = np.zeros((4, 4), int)
+    np.add.at(cm, (labels, pred), 1)
+    assert cm.tolist() == metrics["test"]["confusion_matrix"]
+
+
+def test_same_seed_same_split_and_metrics(smoke_run, tmp_path):
+    from xbench.apps.run import run
+
+    out, metrics = smoke_run
+    again = run(compose(SMOKE), tmp_path)
+    assert (tmp_path / "split.csv").read_text() == (out / "split.csv").read_text()
+    assert again["test"] == metrics["test"]
+
+
+def test_fine_tune_and_image_path_training(tmp_path, cache_dir):
+    from xbench.apps.run import run
+
+    m = run(compose(SMOKE + ["model=mobilenetv2", "train.augment=true", "train.fine_tune.enabled=true", "train.fine_tune.epochs=1", "train.fine_tune.from_layer=100"]), tmp_path)
+    hist = pd.read_csv(tmp_path / "history.csv")
+    assert hist["stage"].tolist() == ["stage1", "stage2"]
+    assert not m["training"]["used_feature_cache"]
+    assert {f"val_recall/{c}" for c in m["data"]["class_names"]} <= set(hist.columns)
+
+
+def _xbench(args, tmp_path, env_extra=None):
+    env = {**os.environ, "XBENCH_CACHE": str(tmp_path / "cache"), **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "xbench", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_user_error_is_one_line_and_exit_2(tmp_path):
+    r = _xbench(["data=covid_radiography", f"data.root={tmp_path / 'missing'}", "model.weights=none"], tmp_path)
+    assert r.returncode == 2
+    err = [l for l in r.stderr.splitlines() if l.startswith("xbench: error")]
+    assert len(err) == 1 and "does not exist" in err[0] and "Traceback" not in r.stderr
+
+
+def test_config_error_names_the_key_before_any_work(tmp_path):
+    r = _xbench(["data.fractions=[0.5,0.1,0.1]"], tmp_path)
+    assert r.returncode == 2 and "data.fractions: fractions must sum to 1" in r.stderr
+    assert not (tmp_path / "cache").exists()  # failed before writing phantoms
+
+
+@pytest.mark.slow
+def test_cli_smoke_run_in_a_subprocess(tmp_path):
+    r = _xbench(SMOKE + ["hydra.run.dir=run"], tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert m["data"]["source"] == "synthetic" and (tmp_path / "run" / ".hydra" / "config.yaml").is_file()
+    assert (tmp_path / "run" / "run.log").read_text().count("stage1 epoch 1") == 1
