@@ -1,0 +1,173 @@
+import math
+
+import keras
+import numpy as np
+import pytest
+
+from xbench.perturbation import (
+    Blur, Constant, GaussianNoise, ImageMean, UniformNoise, perturbation_curves, region_order, region_scores,
+)
+from xbench.perturbation.perturbations import image_rng
+
+
+def tiny_model(h, w, c=3, seed=0):
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((h, w, 3))
+    x = keras.layers.Conv2D(4, 3, activation="relu")(inp)
+    x = keras.layers.MaxPooling2D(2)(x)
+    x = keras.layers.Flatten()(x)
+    x = keras.layers.Dense(c, name="logits")(x)
+    return keras.Model(inp, keras.layers.Softmax()(x))
+
+
+def slow_curves(model, images, heatmaps, region_size, order, perturbation, seed, ids, targets=None):
+    """Per image, per step: perturb one region in NumPy, call the model on one image."""
+    n, H, W, _ = images.shape
+    rows, cols = math.ceil(H / region_size), math.ceil(W / region_size)
+    out = []
+    for i in range(n):
+        boxes = [(r * region_size, min(H, (r + 1) * region_size), c * region_size, min(W, (c + 1) * region_size)) for r in range(rows) for c in range(cols)]
+        score = [float(np.sum(heatmaps[i, a:b, c:d], dtype=np.float64)) for a, b, c, d in boxes]
+        L = len(boxes)
+        if order == "morf":
+            seq = sorted(range(L), key=lambda r: (-score[r], r))
+        elif order == "lerf":
+            seq = sorted(range(L), key=lambda r: (score[r], r))
+        else:
+            seq = list(np.random.default_rng([seed, int(ids[i]), 0x0D]).permutation(L))
+        x = images[i].astype(np.float32).copy()
+        g = perturbation(x, image_rng(seed, ids[i]))
+        f = lambda z: np.asarray(model(z[None]))[0]
+        p0 = f(x)
+        t = int(np.argmax(p0)) if targets is None else int(targets[i])
+        curve = [p0[t]]
+        for r in seq:
+            a, b, c, d = boxes[r]
+            x[a:b, c:d] = g[a:b, c:d]
+            curve.append(f(x)[t])
+        out.append(curve)
+    return np.asarray(out, np.float32)
+
+
+PERTURBATIONS = [GaussianNoise(0.1), UniformNoise(0.0, 1.0), Constant(0.5), ImageMean(), Blur(1.5), GaussianNoise(0.3, clip=False)]
+
+
+@pytest.mark.parametrize("size, region", [(20, 5), (23, 5), (17, 6)])
+@pytest.mark.parametrize("order", ["morf", "lerf", "random"])
+def test_engine_equals_slow_loop(size, region, order):
+    rng = np.random.default_rng(size * 31 + region)
+    images = rng.random((3, size, size, 3)).astype(np.float32)
+    heat = rng.random((3, size, size)).astype(np.float32)
+    model = tiny_model(size, size)
+    ids = np.array([5, 11, 2])
+    for pert in PERTURBATIONS:
+        fast = perturbation_curves(model, images, heat, region_size=region, order=order, perturbation=pert, seed=4, image_ids=ids, batch_size=16)
+        slow = slow_curves(model, images, heat, region, order, pert, 4, ids)
+        np.testing.assert_allclose(fast, slow, atol=1e-5, err_msg=f"{pert}")
+
+
+def test_batch_size_does_not_change_curves_and_inputs_are_untouched():
+    rng = np.random.default_rng(0)
+    images = rng.random((5, 16, 16, 3)).astype(np.float32)
+    heat = rng.random((5, 16, 16)).astype(np.float32)
+    i0, h0 = images.copy(), heat.copy()
+    model = tiny_model(16, 16)
+    runs = [perturbation_curves(model, images, heat, region_size=4, batch_size=b) for b in (1, 7, None)]
+    np.testing.assert_allclose(runs[0], runs[1], atol=1e-6)
+    np.testing.assert_allclose(runs[0], runs[2], atol=1e-6)
+    assert np.array_equal(images, i0) and np.array_equal(heat, h0)
+    assert runs[0].shape == (5, 17)
+
+
+def test_noise_is_fixed_per_image_id_not_per_position():
+    rng = np.random.default_rng(1)
+    images = rng.random((4, 16, 16, 3)).astype(np.float32)
+    heat = rng.random((4, 16, 16)).astype(np.float32)
+    model = tiny_model(16, 16)
+    ids = np.array([10, 20, 30, 40])
+    full = perturbation_curves(model, images, heat, region_size=4, image_ids=ids, seed=3)
+    part = perturbation_curves(model, images[[3, 1]], heat[[3, 1]], region_size=4, image_ids=ids[[3, 1]], seed=3)
+    np.testing.assert_allclose(part, full[[3, 1]], atol=1e-6)
+
+
+def test_scaling_the_heatmap_changes_nothing():
+    rng = np.random.default_rng(2)
+    images = rng.random((3, 15, 15, 3)).astype(np.float32)
+    heat = rng.random((3, 15, 15)).astype(np.float32)
+    model = tiny_model(15, 15)
+    a = perturbation_curves(model, images, heat, region_size=4)
+    b = perturbation_curves(model, images, heat * 37.5, region_size=4)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_hand_computed_curve():
+    # probs = softmax([3 * mean(x), 0]); an all-ones 4x4 image, constant-0
+    # perturbation of 2x2 regions: after k of 4 steps mean(x) = 1 - k/4.
+    inp = keras.Input((4, 4, 3))
+    x = keras.layers.GlobalAveragePooling2D()(inp)
+    d = keras.layers.Dense(2, use_bias=False)
+    x = keras.layers.Softmax()(d(x))
+    model = keras.Model(inp, x)
+    d.kernel.assign(np.array([[1.0, 0.0]] * 3, np.float32))
+    images = np.ones((1, 4, 4, 3), np.float32)
+    heat = np.array([[[4, 4, 1, 1], [4, 4, 1, 1], [2, 2, 3, 3], [2, 2, 3, 3]]], np.float32)
+    curve = perturbation_curves(model, images, heat, region_size=2, perturbation=Constant(0.0))
+    expected = 1 / (1 + np.exp(-3 * (1 - np.arange(5) / 4)))
+    np.testing.assert_allclose(curve[0], expected, rtol=1e-5)
+    # MoRF order here is regions 0, 3, 2, 1; with a mean model the order does not matter,
+    # so also check the order itself.
+    assert region_order(region_scores(heat, 2), "morf").tolist() == [[0, 3, 2, 1]]
+    assert region_order(region_scores(heat, 2), "lerf").tolist() == [[1, 2, 3, 0]]
+
+
+def test_ties_break_by_lower_row_major_index():
+    scores = np.array([[1.0, 2.0, 2.0, 1.0, 2.0]])
+    assert region_order(scores, "morf").tolist() == [[1, 2, 4, 0, 3]]
+    assert region_order(scores, "lerf").tolist() == [[0, 3, 1, 2, 4]]
+
+
+def test_nan_and_inf_heatmaps_are_rejected_constant_warned():
+    model = tiny_model(8, 8)
+    images = np.random.default_rng(0).random((2, 8, 8, 3)).astype(np.float32)
+    bad = np.ones((2, 8, 8), np.float32)
+    bad[1, 3, 3] = np.nan
+    with pytest.raises(ValueError, match=r"1 heatmap\(s\) contain NaN or infinite values \(first at position 1\)"):
+        perturbation_curves(model, images, bad, region_size=4)
+    bad[1, 3, 3] = np.inf
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        perturbation_curves(model, images, bad, region_size=4)
+    with pytest.warns(RuntimeWarning, match="2 heatmap\\(s\\) are constant"):
+        c = perturbation_curves(model, images, np.zeros((2, 8, 8)), region_size=4)
+    assert c.shape == (2, 5) and np.isfinite(c).all()
+
+
+def test_region_size_and_max_steps_validation():
+    model = tiny_model(8, 8)
+    images = np.zeros((1, 8, 8, 3), np.float32)
+    heat = np.zeros((1, 8, 8))
+    for bad in (0, -2, 9):
+        with pytest.raises(ValueError, match="region_size"):
+            perturbation_curves(model, images, heat, region_size=bad)
+    c = perturbation_curves(model, images, np.random.default_rng(0).random((1, 8, 8)), region_size=2, max_steps=5)
+    assert c.shape == (1, 6)
+
+
+def test_predict_fn_path_equals_device_path():
+    rng = np.random.default_rng(5)
+    images = rng.random((3, 12, 12, 3)).astype(np.float32)
+    heat = rng.random((3, 12, 12)).astype(np.float32)
+    model = tiny_model(12, 12)
+    dev = perturbation_curves(model, images, heat, region_size=3, order="lerf")
+    host = perturbation_curves(lambda x: np.asarray(model(x)), images, heat, region_size=3, order="lerf", batch_size=10)
+    np.testing.assert_allclose(dev, host, atol=1e-6)
+
+
+def test_true_class_targets_and_uint8_images():
+    rng = np.random.default_rng(6)
+    images = (rng.random((2, 12, 12, 3)) * 255).astype(np.uint8)
+    heat = rng.random((2, 12, 12)).astype(np.float32)
+    model = tiny_model(12, 12)
+    c, t = perturbation_curves(model, images, heat, region_size=4, targets=np.array([2, 0]), return_targets=True)
+    slow = slow_curves(model, images.astype(np.float32) / 255, heat, 4, "morf", GaussianNoise(0.1), 0, np.arange(2), targets=[2, 0])
+    assert t.tolist() == [2, 0]
+    np.testing.assert_allclose(c, slow, atol=1e-5)

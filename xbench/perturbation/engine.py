@@ -1,0 +1,230 @@
+"""The vectorised region-perturbation engine.
+
+For N images and K steps the curves need N x (K + 1) forward passes. The
+engine never materialises those images on the host. It flattens the
+(image, step) pairs in image-major order and cuts them into batches of B
+pairs. A batch spans at most ceil(B / (K + 1)) + 1 consecutive images; for
+those images only, the host sends the original x, the fully perturbed g(x)
+(noise drawn once per image) and the rank map (the step at which each pixel's
+region is perturbed). The device then builds the batch by broadcasting,
+
+    x_b = where(rank[img_b] < k_b, g(x)[img_b], x[img_b]),
+
+and runs one compiled forward pass. Host memory therefore holds the inputs
+plus a few images, whatever N is; device memory holds one batch.
+
+Curve: f(x(k))[c] for k = 0..K, the softmax probability of the target class c
+(the predicted class at k = 0 unless targets are given), as in
+Samek et al. (2017) and Lamprou's Grad-CAM study.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Callable, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from xbench.perturbation.perturbations import GaussianNoise, Perturbation, image_rng
+from xbench.perturbation.regions import check_heatmaps, grid_shape, rank_maps, region_order, region_scores
+
+log = logging.getLogger(__name__)
+MAX_AUTO_BATCH = 256
+
+
+def _is_keras_model(model) -> bool:
+    try:
+        import keras
+
+        return isinstance(model, keras.Model)
+    except ImportError:  # pragma: no cover
+        return False
+
+
+def activation_bytes_per_image(model) -> int:
+    """A rough peak of inference memory per image: the two largest layer outputs, float32."""
+    sizes = []
+    for layer in model.layers:
+        try:
+            shape = layer.output.shape
+        except (AttributeError, ValueError):
+            continue
+        sizes.append(int(np.prod([d for d in shape[1:] if d is not None])))
+    sizes.sort(reverse=True)
+    return 4 * (sum(sizes[:2]) + 2 * int(np.prod(model.input_shape[1:])))
+
+
+def auto_batch_size(model, memory_budget_mb: float) -> int:
+    """Pairs per batch so that one batch's activations fit ``memory_budget_mb``."""
+    if not _is_keras_model(model):
+        return 64
+    per = activation_bytes_per_image(model)
+    return int(max(1, min(MAX_AUTO_BATCH, (memory_budget_mb * 2**20) // per)))
+
+
+def device_step(model) -> Callable:
+    """step(X, R, RK, idx, k) -> probs (B, C), compiled once per model for the active backend.
+
+    X, R: (G, H, W, 3) float32 originals and perturbed originals; RK: (G, H, W)
+    int32 rank maps; idx, k: (B,) int32 image slot and step of each pair.
+    """
+    cached = getattr(model, "_xbench_step", None)
+    if cached is not None:
+        return cached
+    import keras
+    from keras import ops
+
+    def step(X, R, RK, idx, k):
+        x = ops.take(X, idx, axis=0)
+        r = ops.take(R, idx, axis=0)
+        rk = ops.take(RK, idx, axis=0)
+        mask = ops.expand_dims(ops.less(rk, ops.reshape(k, (-1, 1, 1))), -1)
+        return model(ops.where(mask, r, x), training=False)
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        fn = tf.function(step, reduce_retracing=True)
+    elif backend == "jax":
+        import jax
+
+        fn = jax.jit(step)
+    else:
+        fn = step
+    model._xbench_step = fn
+    return fn
+
+
+def _host_step(predict_fn: Callable) -> Callable:
+    def step(X, R, RK, idx, k):
+        mask = (RK[idx] < k[:, None, None])[..., None]
+        return predict_fn(np.where(mask, R[idx], X[idx]))
+
+    return step
+
+
+def perturbation_curves(
+    model,
+    images: np.ndarray,
+    heatmaps: np.ndarray,
+    *,
+    targets: np.ndarray | None = None,
+    region_size: int = 34,
+    order: str = "morf",
+    perturbation: Perturbation | None = None,
+    max_steps: int | None = None,
+    seed: int = 0,
+    batch_size: int | None = None,
+    image_ids: Sequence[int] | None = None,
+    memory_budget_mb: float = 1024,
+    progress: bool = False,
+    return_targets: bool = False,
+):
+    """Region-perturbation curves f(x(k))[target], k = 0..K.
+
+    Args:
+        model: a Keras classifier (images in [0, 1] -> softmax probabilities;
+            perturbed images are built on the device) or any ``predict_fn``
+            callable mapping a (B, H, W, 3) float32 batch to (B, C)
+            probabilities (built on the host).
+        images: (N, H, W, 3) float in [0, 1], or uint8 (divided by 255).
+        heatmaps: (N, H, W) relevance; only the order of region sums matters.
+        targets: (N,) class whose probability is tracked; default: the
+            predicted class of the unperturbed image.
+        region_size: p, the side of the square regions in pixels.
+        order: "morf", "lerf" or "random".
+        perturbation: g (default ``GaussianNoise(0.1)``, the paper's).
+        max_steps: K; default L (all regions).
+        seed: with ``image_ids``, fixes each image's noise and random order.
+        batch_size: (image, step) pairs per forward pass; default from
+            ``memory_budget_mb``. Curves do not depend on it.
+        image_ids: (N,) stable ids (the pipeline passes split row ids);
+            default ``arange(N)``.
+        progress: show a tqdm bar.
+        return_targets: also return the (N,) targets used.
+
+    Returns:
+        (N, K + 1) float32 curves (and the targets if ``return_targets``).
+
+    Raises:
+        ValueError: shapes disagree, region_size is out of range, heatmaps
+            hold NaN or inf.
+    """
+    perturbation = GaussianNoise(0.1) if perturbation is None else perturbation
+    images = np.asarray(images) if not hasattr(images, "shape") else images
+    heatmaps = np.asarray(heatmaps)
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"images must have shape (N, H, W, 3), got {tuple(images.shape)}")
+    n, height, width = images.shape[:3]
+    if heatmaps.shape != (n, height, width):
+        raise ValueError(f"heatmaps must have shape {(n, height, width)} to match the images, got {heatmaps.shape}")
+    rows, cols = grid_shape(height, width, region_size)
+    L = rows * cols
+    K = L if max_steps is None else int(max_steps)
+    if not 0 <= K <= L:
+        raise ValueError(f"max_steps must lie in [0, {L}], got {max_steps}")
+    ids = np.arange(n) if image_ids is None else np.asarray(image_ids)
+    if len(ids) != n:
+        raise ValueError(f"image_ids has {len(ids)} entries for {n} images")
+    check_heatmaps(heatmaps)
+    orders = region_order(region_scores(heatmaps, region_size), order, seed=seed, image_ids=ids)
+
+    keras_model = _is_keras_model(model)
+    step = device_step(model) if keras_model else _host_step(model)
+    B = int(batch_size) if batch_size else auto_batch_size(model, memory_budget_mb)
+    if B < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    S = K + 1
+    G = min(n, math.ceil(B / S) + 1)  # image slots one batch can span
+
+    def to_float(x):
+        x = np.asarray(x)
+        return x.astype(np.float32) * np.float32(1 / 255) if x.dtype == np.uint8 else x.astype(np.float32, copy=False)
+
+    cache: dict[int, tuple] = {}
+
+    def prepared(i):
+        if i not in cache:
+            x = to_float(images[i])
+            g = perturbation(x, image_rng(seed, ids[i]))
+            rk = rank_maps(orders[i : i + 1], height, width, region_size)[0]
+            cache[i] = (x, g, rk)
+        return cache[i]
+
+    X = np.zeros((G, height, width, 3), np.float32)
+    R = np.zeros_like(X)
+    RK = np.zeros((G, height, width), np.int32)
+    total = n * S
+    probs_out = None
+    nb = math.ceil(total / B) if total else 0
+    bar = tqdm(total=nb, desc=f"{order} curves", unit="batch", mininterval=1.0, leave=False, disable=not progress)
+    for b in range(nb):
+        p = np.arange(b * B, min((b + 1) * B, total))
+        img, k = p // S, (p % S).astype(np.int32)
+        i0, i1 = int(img[0]), int(img[-1])
+        for slot, i in enumerate(range(i0, i1 + 1)):
+            X[slot], R[slot], RK[slot] = prepared(i)
+        for i in [j for j in cache if j < i1]:
+            del cache[i]  # pairs are image-major: images before i1 are done
+        idx = np.zeros(B, np.int32)
+        kk = np.zeros(B, np.int32)
+        idx[: len(p)] = img - i0
+        kk[: len(p)] = k
+        out = step(X, R, RK, idx, kk)  # padded to B pairs: one compiled shape
+        out = np.asarray(out if not hasattr(out, "numpy") else out.numpy())[: len(p)]
+        if probs_out is None:
+            probs_out = np.zeros((n, S, out.shape[1]), np.float32)
+        probs_out[img, k] = out
+        bar.update(1)
+    bar.close()
+    if probs_out is None:
+        curves = np.zeros((0, S), np.float32)
+        return (curves, np.zeros(0, np.int64)) if return_targets else curves
+    t = probs_out[:, 0].argmax(1) if targets is None else np.asarray(targets, dtype=np.int64)
+    if len(t) != n:
+        raise ValueError(f"targets has {len(t)} entries for {n} images")
+    curves = probs_out[np.arange(n), :, t]
+    return (curves, t) if return_targets else curves
