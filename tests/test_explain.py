@@ -1,0 +1,120 @@
+import keras
+import numpy as np
+import pytest
+
+from xbench.explain import CenterControl, RandomControl, TfKerasVis, gradcam, gradcam_from_gradients, gradcam_last_n, upsample
+from xbench.models import build_classifier
+
+
+@pytest.fixture(scope="module")
+def images():
+    return np.random.default_rng(0).random((4, 64, 64, 3)).astype(np.float32)
+
+
+@pytest.mark.parametrize("backbone", ["vgg16", "densenet201"])
+def test_gradcam_equals_tf_keras_vis_at_feature_resolution(backbone, images):
+    from tf_keras_vis.gradcam import Gradcam
+    from tf_keras_vis.utils.model_modifiers import ReplaceToLinear
+    from tf_keras_vis.utils.scores import CategoricalScore
+
+    model = build_classifier(backbone, 4, 64, weights="none", seed=3)
+    targets = np.array([0, 1, 2, 3])
+    ours = gradcam(model, images, targets=targets, upsample=False)
+    logits_model = keras.Model(model.inputs, model.get_layer("logits").output)
+    ref = Gradcam(logits_model, model_modifier=ReplaceToLinear(), clone=True)(
+        CategoricalScore(targets.tolist()), images, penultimate_layer=model.xbench_gradcam_layer, seek_penultimate_conv_layer=False, expand_cam=False, normalize_cam=False
+    )
+    assert ours.shape == ref.shape == (4,) + tuple(model.get_layer(model.xbench_gradcam_layer).output.shape[1:3])
+    assert ours.max() > 0
+    np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4 * float(np.abs(ref).max()))
+
+
+def test_gradcam_formula_by_hand():
+    acts = np.zeros((1, 2, 2, 2), np.float32)
+    acts[0, :, :, 0] = [[1, 2], [3, 4]]
+    acts[0, :, :, 1] = [[4, 0], [0, 0]]
+    grads = np.zeros_like(acts)
+    grads[0, :, :, 0] = 1.0  # alpha_0 = 1
+    grads[0, :, :, 1] = -2.0  # alpha_1 = -2
+    cam = gradcam_from_gradients(acts, grads)
+    np.testing.assert_allclose(cam[0], [[0, 2], [3, 4]])  # relu([1-8, 2, 3, 4])
+
+
+def test_default_target_is_the_prediction_and_true_class_on_request(images):
+    model = build_classifier("vgg16", 4, 64, weights="none", seed=1)
+    pred = np.asarray(model(images)).argmax(1)
+    maps, used = gradcam(model, images, return_targets=True)
+    assert used.tolist() == pred.tolist() and maps.shape == (4, 64, 64) and (maps >= 0).all()
+    other = (pred + 1) % 4
+    maps2, used2 = gradcam(model, images, targets=other, return_targets=True)
+    assert used2.tolist() == other.tolist() and not np.allclose(maps, maps2)
+    # batching does not change the maps
+    np.testing.assert_allclose(gradcam(model, images, batch_size=1), maps, rtol=1e-4, atol=1e-6)
+
+
+def test_upsample_is_bilinear_with_half_pixel_centres():
+    m = np.array([[[0.0, 1.0], [2.0, 3.0]]], np.float32)
+    up = upsample(m, (4, 4))
+    # half-pixel centres: output pixel 0 maps to input -0.25 (clamped to 0), pixel 1 to 0.25
+    np.testing.assert_allclose(up[0, 0], [0, 0.25, 0.75, 1.0], atol=1e-6)
+    np.testing.assert_allclose(up[0, :, 0], [0, 0.5, 1.5, 2.0], atol=1e-6)
+
+
+def test_last_n_conv_layers(images):
+    model = build_classifier("vgg16", 4, 64, weights="none")
+    maps = gradcam_last_n(model, images[:2], n=3)
+    assert list(maps) == ["block5_conv1", "block5_conv2", "block5_conv3"]
+    np.testing.assert_allclose(maps["block5_conv3"], gradcam(model, images[:2]), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["gradcampp", "scorecam", "layercam", "saliency", "smoothgrad"])
+def test_tf_keras_vis_family_runs_on_our_models(method, images):
+    model = build_classifier("vgg16", 4, 64, weights="none", seed=2)
+    ex = TfKerasVis(method=method, max_n=8 if method == "scorecam" else None, smooth_samples=3)
+    maps = ex(model, images[:2], np.array([0, 1]))
+    assert maps.shape == (2, 64, 64) and np.isfinite(maps).all() and maps.max() > 0
+
+
+def test_tf_keras_vis_layercam_matches_its_definition(images):
+    # Layer-CAM = ReLU(sum_k ReLU(grad) * A), computed here from our own gradients.
+    from xbench.explain.gradients import activations_and_gradients
+
+    model = build_classifier("vgg16", 4, 64, weights="none", seed=2)
+    t = np.array([1, 3])
+    (a,), (g,), _, _ = activations_and_gradients(model, images[:2], ["block5_conv3"], t)
+    ref = upsample(np.maximum((np.maximum(g, 0) * a).sum(-1), 0), (64, 64))
+    ours = TfKerasVis(method="layercam")(model, images[:2], t)
+    np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4 * float(ref.max()))
+
+
+def test_controls():
+    r1 = RandomControl()(None, np.zeros((3, 8, 8, 3)), None, image_ids=[4, 5, 6], seed=1)
+    r2 = RandomControl()(None, np.zeros((2, 8, 8, 3)), None, image_ids=[6, 4], seed=1)
+    np.testing.assert_array_equal(r1[[2, 0]], r2)
+    c = CenterControl(sigma=0.2)(None, np.zeros((1, 9, 9, 3)), None)
+    assert c[0].argmax() == 40 and c[0, 4, 4] == pytest.approx(c.max())
+
+
+def test_gradcampp_is_tf_keras_vis_divided_by_exp_score_and_never_overflows(images):
+    import tensorflow as tf
+    from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
+    from tf_keras_vis.utils.scores import CategoricalScore
+
+    from xbench.explain.tfkv import logits_model
+
+    model = build_classifier("vgg16", 4, 64, weights="none", seed=5)
+    logits = model.get_layer("logits")
+    logits.kernel.assign(logits.kernel * 1e-3)  # small logits: plain Grad-CAM++ is finite here
+    t = np.array([0, 2])
+    lm = logits_model(model)
+    s_c = np.asarray(lm(images[:2]))[np.arange(2), t]
+    ref = np.asarray(GradcamPlusPlus(lm, clone=False)(CategoricalScore(t.tolist()), images[:2], penultimate_layer="block5_conv3",
+                                                      seek_penultimate_conv_layer=False, expand_cam=False, normalize_cam=False))
+    ours = TfKerasVis(method="gradcampp")(model, images[:2], t)
+    np.testing.assert_allclose(ours, upsample(ref / np.exp(s_c)[:, None, None], (64, 64)), rtol=1e-3, atol=1e-6 * float(ours.max()))
+    logits.kernel.assign(logits.kernel * 1e6)  # logits in the thousands: exp overflows
+    plain = np.asarray(GradcamPlusPlus(lm, clone=False)(CategoricalScore(t.tolist()), images[:2], penultimate_layer="block5_conv3",
+                                                        seek_penultimate_conv_layer=False, expand_cam=False, normalize_cam=False))
+    assert not np.isfinite(plain).all()
+    big = TfKerasVis(method="gradcampp")(model, images[:2], t)
+    assert np.isfinite(big).all() and big.max() > 0

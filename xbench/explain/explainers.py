@@ -1,0 +1,80 @@
+"""Explainers as small configured objects: ``explainer(model, images, targets, image_ids) -> (N, H, W)``.
+
+Built from ``conf/explainer/*.yaml`` by Hydra (``_target_``) or directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from xbench.explain.controls import center_maps, random_maps
+
+
+@dataclass
+class GradCAM:
+    """Grad-CAM of the target logit at ``layer`` (default: the backbone's last conv map)."""
+
+    layer: str | None = None
+    batch_size: int = 32
+    name: str = "gradcam"
+
+    def __call__(self, model, images, targets, image_ids=None, seed=0):
+        from xbench.explain.gradcam import gradcam
+
+        return gradcam(model, images, targets=targets, layer=self.layer, batch_size=self.batch_size)
+
+
+@dataclass
+class TfKerasVis:
+    """A tf-keras-vis method: gradcampp, scorecam, layercam, saliency or smoothgrad."""
+
+    method: str = "gradcampp"
+    layer: str | None = None
+    max_n: int | None = None
+    smooth_samples: int = 20
+    smooth_noise: float = 0.2
+    batch_size: int = 16
+    name: str = ""
+
+    def __post_init__(self):
+        from xbench.explain.tfkv import METHODS
+
+        if self.method not in METHODS:
+            raise ValueError(f"explainer.method: unknown tf-keras-vis method {self.method!r}; choose one of {list(METHODS)}")
+        self.name = self.name or self.method
+
+    def __call__(self, model, images, targets, image_ids=None, seed=0):
+        from xbench.explain.tfkv import tfkv_maps
+
+        x = np.asarray(images)
+        x = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x
+        return tfkv_maps(model, x, np.asarray(targets), self.method, layer=self.layer, max_n=self.max_n,
+                         smooth_samples=self.smooth_samples, smooth_noise=self.smooth_noise, batch_size=self.batch_size, seed=seed)
+
+
+@dataclass
+class RandomControl:
+    """Uniform noise maps, fixed per (seed, image id): the floor every explainer must beat."""
+
+    name: str = "random"
+
+    def __call__(self, model, images, targets, image_ids=None, seed=0):
+        n, h, w = np.asarray(images).shape[:3]
+        return random_maps(n, h, w, seed=seed, image_ids=image_ids)
+
+
+@dataclass
+class CenterControl:
+    """A centred Gaussian blob (std ``sigma`` x side) for every image."""
+
+    sigma: float = 0.25
+    name: str = "center"
+
+    def __call__(self, model, images, targets, image_ids=None, seed=0):
+        n, h, w = np.asarray(images).shape[:3]
+        return center_maps(n, h, w, sigma=self.sigma)
+
+
+CONTROLS = {"random": RandomControl, "center": CenterControl}
