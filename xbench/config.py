@@ -103,10 +103,97 @@ class TrainConfig:
 
 
 @dataclass
+class GradCAMConfig:
+    _target_: str = "xbench.explain.GradCAM"
+    layer: Optional[str] = None  # default: the backbone's last conv feature map
+    batch_size: int = 32
+    name: str = "gradcam"
+
+
+@dataclass
+class TfKerasVisConfig:
+    _target_: str = "xbench.explain.TfKerasVis"
+    method: str = "gradcampp"  # gradcampp | scorecam | layercam | saliency | smoothgrad
+    layer: Optional[str] = None
+    max_n: Optional[int] = None  # Score-CAM: score only the max_n strongest channels (faster)
+    smooth_samples: int = 20
+    smooth_noise: float = 0.2
+    batch_size: int = 16
+    name: str = ""
+
+
+@dataclass
+class RandomControlConfig:
+    _target_: str = "xbench.explain.RandomControl"
+    name: str = "random"
+
+
+@dataclass
+class CenterControlConfig:
+    _target_: str = "xbench.explain.CenterControl"
+    sigma: float = 0.25
+    name: str = "center"
+
+
+@dataclass
+class GaussianNoiseConfig:
+    _target_: str = "xbench.perturbation.GaussianNoise"
+    sigma: float = 0.1
+    clip: bool = True
+
+
+@dataclass
+class UniformNoiseConfig:
+    _target_: str = "xbench.perturbation.UniformNoise"
+    low: float = 0.0
+    high: float = 1.0
+    clip: bool = True
+
+
+@dataclass
+class ConstantConfig:
+    _target_: str = "xbench.perturbation.Constant"
+    value: float = 0.0
+    clip: bool = True
+
+
+@dataclass
+class ImageMeanConfig:
+    _target_: str = "xbench.perturbation.ImageMean"
+    clip: bool = True
+
+
+@dataclass
+class BlurConfig:
+    _target_: str = "xbench.perturbation.Blur"
+    sigma: float = 4.0
+    clip: bool = True
+
+
+@dataclass
+class ScoreConfig:
+    enabled: bool = True
+    orders: List[str] = field(default_factory=lambda: ["morf", "lerf"])
+    region_size: Optional[int] = None  # None: the paper's 9x9 grid (34 px at 299 px)
+    max_steps: Optional[int] = None  # None: all L regions
+    subset: str = "correct"  # correct (the paper) | all
+    target: str = "predicted"  # predicted | true
+    max_images: Optional[int] = None
+    controls: List[str] = field(default_factory=lambda: ["random"])
+    batch_size: Optional[int] = None  # (image, step) pairs per forward pass; None: from memory_budget_mb
+    memory_budget_mb: float = 1024.0
+    bootstrap: int = 2000
+    save_heatmaps: bool = True
+
+
+@dataclass
 class XbenchConfig:
     data: Any = MISSING
     model: ModelConfig = MISSING
     train: TrainConfig = MISSING
+    explainer: Any = MISSING
+    perturbation: Any = MISSING
+    score: ScoreConfig = field(default_factory=ScoreConfig)
     seed: int = 0
     cache_dir: str = '${oc.env:XBENCH_CACHE,"~/.cache/xbench"}'
 
@@ -119,6 +206,10 @@ def register() -> None:
     cs.store(group="data", name="pediatric_schema", node=PediatricDataConfig)
     cs.store(group="model", name="model_schema", node=ModelConfig)
     cs.store(group="train", name="train_schema", node=TrainConfig)
+    for name, node in (("gradcam_schema", GradCAMConfig), ("tfkv_schema", TfKerasVisConfig), ("random_schema", RandomControlConfig), ("center_schema", CenterControlConfig)):
+        cs.store(group="explainer", name=name, node=node)
+    for name, node in (("gaussian_schema", GaussianNoiseConfig), ("uniform_schema", UniformNoiseConfig), ("constant_schema", ConstantConfig), ("mean_schema", ImageMeanConfig), ("blur_schema", BlurConfig)):
+        cs.store(group="perturbation", name=name, node=node)
 
 
 def _check(cond: bool, key: str, msg: str) -> None:
@@ -187,3 +278,31 @@ def validate(cfg: DictConfig) -> None:
         _check(t.fine_tune.epochs >= 0, "train.fine_tune.epochs", f"must be >= 0, got {t.fine_tune.epochs}")
         _check(t.fine_tune.lr > 0, "train.fine_tune.lr", f"must be > 0, got {t.fine_tune.lr}")
     _check(cfg.seed >= 0, "seed", f"must be >= 0, got {cfg.seed}")
+
+    from xbench.explain.explainers import CONTROLS
+    from xbench.explain.tfkv import METHODS
+    from xbench.perturbation.regions import ORDERS
+
+    e, p, sc = cfg.explainer, cfg.perturbation, cfg.score
+    check_target(e._target_, "explainer")
+    check_target(p._target_, "perturbation")
+    if "method" in e:
+        _check(e.method in METHODS, "explainer.method", f"unknown tf-keras-vis method {e.method!r}; choose one of {list(METHODS)}")
+    if "sigma" in p:
+        positive = p._target_.endswith("Blur")
+        _check(p.sigma > 0 if positive else p.sigma >= 0, "perturbation.sigma", f"must be {'> 0' if positive else '>= 0'}, got {p.sigma}")
+    if "low" in p:
+        _check(p.high >= p.low, "perturbation.high", f"must be >= perturbation.low, got low={p.low}, high={p.high}")
+    _check(len(sc.orders) > 0 and all(o in ORDERS for o in sc.orders), "score.orders", f"choose from {list(ORDERS)}, got {list(sc.orders)}")
+    if sc.region_size is not None:
+        _check(sc.region_size >= 1, "score.region_size", f"must be a positive number of pixels, got {sc.region_size}")
+        _check(sc.region_size <= d.image_size, "score.region_size", f"{sc.region_size} px is larger than the {d.image_size} px image")
+    if sc.max_steps is not None:
+        _check(sc.max_steps >= 0, "score.max_steps", f"must be >= 0, got {sc.max_steps}")
+    _check(sc.subset in ("correct", "all"), "score.subset", f"must be 'correct' or 'all', got {sc.subset!r}")
+    _check(sc.target in ("predicted", "true"), "score.target", f"must be 'predicted' or 'true', got {sc.target!r}")
+    _check(all(c in CONTROLS for c in sc.controls), "score.controls", f"choose from {list(CONTROLS)}, got {list(sc.controls)}")
+    if sc.max_images is not None:
+        _check(sc.max_images >= 1, "score.max_images", f"must be >= 1, got {sc.max_images}")
+    _check(sc.bootstrap >= 1000, "score.bootstrap", f"use at least 1,000 resamples, got {sc.bootstrap}")
+    _check(sc.memory_budget_mb > 0, "score.memory_budget_mb", f"must be > 0, got {sc.memory_budget_mb}")

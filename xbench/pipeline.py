@@ -25,6 +25,7 @@ from xbench.data.cache import load_decoded
 from xbench.data.records import Records
 from xbench.errors import DataError
 from xbench.metrics.classification import classification_report
+from xbench.scoring import ScoreSettings, score_model
 from xbench.training import TrainSettings, predict_images, train_classifier
 
 log = logging.getLogger(__name__)
@@ -103,6 +104,10 @@ def run_job(
     seed: int = 0,
     cache_dir: Path,
     config: dict[str, Any] | None = None,
+    explainer=None,
+    controls: tuple = (),
+    perturbation=None,
+    score: ScoreSettings | None = None,
 ) -> dict[str, Any]:
     """Run one job end to end and write its folder; returns the metrics dict.
 
@@ -114,6 +119,9 @@ def run_job(
         seed: seeds the split, the initialisation and training.
         cache_dir: decoded-image and phantom cache.
         config: the resolved config, recorded in metrics.json.
+        explainer, controls, perturbation, score: what to explain and how to
+            score it (see :mod:`xbench.scoring`); scoring is skipped when
+            ``explainer`` is None or ``score.enabled`` is false.
     """
     run_dir = io.ensure_dir(run_dir)
     timings: dict[str, float] = {}
@@ -183,6 +191,31 @@ def run_job(
     }
     if config is not None:
         metrics["config"] = config
+    # Written now so that the classification results survive a failure in scoring.
     io.write_json(run_dir / "metrics.json", metrics)
+
+    if explainer is not None and score is not None and score.enabled:
+        t4 = time.perf_counter()
+        masks = _test_masks(rec, te, source.image_size, cache_dir)
+        res = score_model(model, data.images, te, rec.labels[te], probs.argmax(1), rec.class_names, explainer, controls,
+                          perturbation, score, seed=seed, masks=masks)
+        io.write_npz(run_dir / "curves.npz", res.curves)
+        if res.heatmaps:
+            io.write_npz(run_dir / "heatmaps.npz", res.heatmaps)
+        metrics["scoring"] = res.metrics
+        timings["scoring_s"] = time.perf_counter() - t4
+        timings["total_s"] = time.perf_counter() - t0
+        io.write_json(run_dir / "metrics.json", metrics)
     log.info("wrote %s", run_dir)
     return metrics
+
+
+def _test_masks(rec: Records, rows: np.ndarray, size: int, cache_dir: Path) -> np.ndarray | None:
+    """(T, S, S) lung masks of the test images, or None (mask-based metrics off)."""
+    if not rec.has_masks:
+        return None
+    dec = load_decoded([rec.mask_paths[i] for i in rows], size, cache_dir, masks=True)
+    if len(dec.ok) != len(rows):
+        log.warning("%d lung mask(s) cannot be decoded: lung share is off", len(rows) - len(dec.ok))
+        return None
+    return np.asarray(dec.array)

@@ -29,9 +29,19 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     validate(cfg)
     from hydra.utils import instantiate
 
+    from xbench.errors import ConfigError
+    from xbench.explain.explainers import CONTROLS
     from xbench.pipeline import run_job
+    from xbench.scoring import ScoreSettings
     from xbench.training import FineTuneSettings, TrainSettings
 
+    try:
+        explainer = instantiate(cfg.explainer)
+        perturbation = instantiate(cfg.perturbation)
+    except Exception as exc:  # a bad value caught by the object itself
+        raise ConfigError(f"explainer/perturbation: {_root_cause(exc)}") from exc
+    score = ScoreSettings(**OmegaConf.to_container(cfg.score, resolve=True))
+    controls = tuple(CONTROLS[c]() for c in cfg.score.controls if c != explainer.name)
     source = instantiate(cfg.data)
     build_model = instantiate(cfg.model, _partial_=True)
     tcfg = OmegaConf.to_container(cfg.train, resolve=True)
@@ -41,7 +51,14 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         source, build_model, settings, run_dir,
         seed=int(cfg.seed), cache_dir=cache_dir,
         config=OmegaConf.to_container(cfg, resolve=True),
+        explainer=explainer, controls=controls, perturbation=perturbation, score=score,
     )
+
+
+def _root_cause(exc: BaseException) -> str:
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    return str(exc).splitlines()[0]
 
 
 @hydra.main(version_base="1.3", config_path="pkg://xbench.conf", config_name="config")

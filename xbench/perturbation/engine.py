@@ -178,6 +178,7 @@ def perturbation_curves(
     if B < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     S = K + 1
+    B = max(1, min(B, n * S))  # never pad a small job up to a large batch
     G = min(n, math.ceil(B / S) + 1)  # image slots one batch can span
 
     def to_float(x):
