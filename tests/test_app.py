@@ -88,3 +88,22 @@ def test_cli_smoke_run_in_a_subprocess(tmp_path):
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert m["data"]["source"] == "synthetic" and (tmp_path / "run" / ".hydra" / "config.yaml").is_file()
     assert (tmp_path / "run" / "run.log").read_text().count("stage1 epoch 1") == 1
+
+
+def test_smoke_job_scores_heatmaps(smoke_run):
+    from xbench.metrics.aopc import aopc
+
+    out, metrics = smoke_run
+    sc = metrics["scoring"]
+    assert sc["n_scored"] == min(8, sc["n_correct"]) and sc["region_size"] == 4 and sc["grid"] == [8, 8]
+    assert set(sc["methods"]) == {"gradcam", "random"}
+    with np.load(out / "curves.npz", allow_pickle=False) as z:
+        assert {"gradcam/morf", "gradcam/lerf", "random/morf", "targets", "labels", "predictions", "image_ids"} <= set(z.files)
+        morf = z["gradcam/morf"]
+        assert morf.shape == (sc["n_scored"], 65)
+        assert (z["targets"] == z["labels"]).all()  # only correctly classified images by default
+        if len(morf):
+            assert sc["methods"]["gradcam"]["orders"]["morf"]["aopc"]["mean"] == pytest.approx(aopc(morf))
+    with np.load(out / "heatmaps.npz", allow_pickle=False) as z:
+        assert z["gradcam"].dtype == np.float16 and z["gradcam"].shape == (sc["n_scored"], 32, 32)
+    assert "lung_share" in sc["methods"]["gradcam"] or sc["n_scored"] == 0

@@ -138,9 +138,9 @@ def make_phantom(
         cy, cx, ry, rx, side = lung_geo[rng.integers(0, 2)]
         py = cy + ry * rng.uniform(-0.5, 0.5)
         px = cx + rx * rng.uniform(-0.4, 0.4)
-        sig = s * rng.uniform(0.045, 0.06)
+        sig = s * rng.uniform(0.06, 0.08)
         d = np.sqrt((yy - py) ** 2 + (xx - px) ** 2) / sig
-        pattern = 1.6 / (1.0 + np.exp(3.0 * (d - 1.2)))  # dense, sharp-edged
+        pattern = 2.0 / (1.0 + np.exp(3.0 * (d - 1.2)))  # dense, sharp-edged
     elif label == "Viral Pneumonia":
         # Net-like texture: band-passed noise whose ridges form a mesh.
         noise = rng.standard_normal((size, size))

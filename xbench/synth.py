@@ -28,7 +28,7 @@ from xbench.phantoms import RADIOGRAPHY_CLASSES, make_phantom, resize_mask
 log = logging.getLogger(__name__)
 MARKER_FILE = "xbench-synth.json"
 #: Bump when make_phantom changes, so cached databases from older code are not reused.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 
 
 @dataclass(frozen=True)
