@@ -194,6 +194,7 @@ class XbenchConfig:
     explainer: Any = MISSING
     perturbation: Any = MISSING
     score: ScoreConfig = field(default_factory=ScoreConfig)
+    plots: bool = True  # per-job figures in <job>/plots/
     seed: int = 0
     cache_dir: str = '${oc.env:XBENCH_CACHE,"~/.cache/xbench"}'
 

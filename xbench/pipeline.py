@@ -25,6 +25,8 @@ from xbench.data.cache import load_decoded
 from xbench.data.records import Records
 from xbench.errors import DataError
 from xbench.metrics.classification import classification_report
+from xbench.job_plots import write_job_plots
+from xbench.model_store import CachedExplainer, ModelStore, model_key
 from xbench.scoring import ScoreSettings, score_model
 from xbench.training import TrainSettings, predict_images, train_classifier
 
@@ -46,6 +48,7 @@ class PreparedData:
     images: np.ndarray
     split: np.ndarray
     skipped: list[tuple[str, str]]
+    files_key: str = ""
 
     def split_table(self) -> pd.DataFrame:
         root = self.records.root
@@ -73,7 +76,7 @@ def prepare_data(source, seed: int, cache_dir: Path) -> PreparedData:
         raise DataError(f"class(es) {empty} have no decodable image under '{rec.root}'; fix or replace the files")
     images = dec.array if len(dec.ok) == len(rec) else _Rows(dec.array, dec.ok)
     split = source.split(usable, seed)
-    return PreparedData(records=usable, images=images, split=split, skipped=dec.skipped)
+    return PreparedData(records=usable, images=images, split=split, skipped=dec.skipped, files_key=dec.key)
 
 
 class _Rows:
@@ -108,6 +111,8 @@ def run_job(
     controls: tuple = (),
     perturbation=None,
     score: ScoreSettings | None = None,
+    cache_identity: dict | None = None,
+    plots: bool = True,
 ) -> dict[str, Any]:
     """Run one job end to end and write its folder; returns the metrics dict.
 
@@ -122,6 +127,9 @@ def run_job(
         explainer, controls, perturbation, score: what to explain and how to
             score it (see :mod:`xbench.scoring`); scoring is skipped when
             ``explainer`` is None or ``score.enabled`` is false.
+        cache_identity: what determines the trained model (data, model and
+            training configs, seed); with it the model and the explainer's
+            heatmaps are cached under ``cache_dir`` (see :mod:`xbench.model_store`).
     """
     run_dir = io.ensure_dir(run_dir)
     timings: dict[str, float] = {}
@@ -134,11 +142,27 @@ def run_job(
     log.info("data: %d images, %s, classes %s", len(rec), split_counts, rec.class_names)
 
     t1 = time.perf_counter()
-    model = build_model(num_classes=len(rec.class_names), image_size=source.image_size, seed=seed)
-    timings["build_s"] = time.perf_counter() - t1
-    result = train_classifier(model, data.images, rec.labels, data.split, rec.class_names, rec.disease_classes, settings, seed)
-    timings.update({f"train_{k}": v for k, v in result.timings.items()})
-    io.write_csv(run_dir / "history.csv", result.history)
+    store = ModelStore(cache_dir) if cache_identity is not None else None
+    key = model_key(cache_identity, data.files_key) if store else None
+    cached = store.load(key) if store else None
+    if cached is not None:
+        model, history, record = cached
+        best_epoch, best_score, used_features = record["best_epoch"], record["best_score"], record["used_feature_cache"]
+        timings["model_cache_load_s"] = time.perf_counter() - t1
+        log.info("model cache hit %s: training skipped", key)
+    else:
+        model = build_model(num_classes=len(rec.class_names), image_size=source.image_size, seed=seed)
+        timings["build_s"] = time.perf_counter() - t1
+        result = train_classifier(model, data.images, rec.labels, data.split, rec.class_names, rec.disease_classes, settings, seed)
+        timings.update({f"train_{k}": v for k, v in result.timings.items()})
+        history, best_epoch, best_score, used_features = result.history, result.best_epoch, result.best_score, result.used_feature_cache
+        if store:
+            store.save(key, model, history, {
+                "best_epoch": best_epoch, "best_score": best_score, "used_feature_cache": used_features,
+                "backbone": getattr(model, "xbench_backbone", None), "gradcam_layer": getattr(model, "xbench_gradcam_layer", None),
+                "timings": result.timings, "identity": cache_identity,
+            })
+    io.write_csv(run_dir / "history.csv", history)
 
     t2 = time.perf_counter()
     te = np.flatnonzero(data.split == "test")
@@ -181,10 +205,11 @@ def run_job(
         },
         "training": {
             "settings": asdict(settings),
-            "best_epoch": result.best_epoch,
-            "best_selection_score": result.best_score,
-            "epochs_run": len(result.history),
-            "used_feature_cache": result.used_feature_cache,
+            "best_epoch": best_epoch,
+            "best_selection_score": best_score,
+            "epochs_run": len(history),
+            "used_feature_cache": used_features,
+            "model_cache": {"key": key, "hit": cached is not None},
         },
         "test": report,
         "timings": timings,
@@ -197,15 +222,23 @@ def run_job(
     if explainer is not None and score is not None and score.enabled:
         t4 = time.perf_counter()
         masks = _test_masks(rec, te, source.image_size, cache_dir)
+        if key is not None:
+            explainer = CachedExplainer(explainer, cache_dir, key)
         res = score_model(model, data.images, te, rec.labels[te], probs.argmax(1), rec.class_names, explainer, controls,
                           perturbation, score, seed=seed, masks=masks)
         io.write_npz(run_dir / "curves.npz", res.curves)
         if res.heatmaps:
             io.write_npz(run_dir / "heatmaps.npz", res.heatmaps)
         metrics["scoring"] = res.metrics
+        metrics["scoring"]["heatmap_cache_hit"] = bool(getattr(explainer, "hits", 0))
         timings["scoring_s"] = time.perf_counter() - t4
-        timings["total_s"] = time.perf_counter() - t0
-        io.write_json(run_dir / "metrics.json", metrics)
+    if plots:
+        t5 = time.perf_counter()
+        metrics["plots"] = write_job_plots(run_dir, model, data.images, te, rec.labels[te], probs, rec.class_names, history, report,
+                                           res if "scoring" in metrics else None)
+        timings["plots_s"] = time.perf_counter() - t5
+    timings["total_s"] = time.perf_counter() - t0
+    io.write_json(run_dir / "metrics.json", metrics)
     log.info("wrote %s", run_dir)
     return metrics
 

@@ -52,6 +52,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         seed=int(cfg.seed), cache_dir=cache_dir,
         config=OmegaConf.to_container(cfg, resolve=True),
         explainer=explainer, controls=controls, perturbation=perturbation, score=score,
+        plots=bool(cfg.plots),
+        cache_identity={k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("data", "model", "train")} | {"seed": int(cfg.seed)},
     )
 
 

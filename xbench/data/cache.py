@@ -44,6 +44,7 @@ class Decoded:
     array: np.ndarray
     ok: np.ndarray
     skipped: list[tuple[str, str]]
+    key: str = ""  # fingerprint of the file list (paths, sizes, mtimes) and size
 
 
 def _fingerprint(paths: Sequence[Path], size: int, kind: str) -> str:
@@ -118,4 +119,4 @@ def load_decoded(
     for path, reason in skipped:
         log.warning("skipped undecodable %s: %s", kind, reason)
     array = np.load(arr_path, mmap_mode="r", allow_pickle=False)
-    return Decoded(array=array, ok=ok, skipped=list(skipped))
+    return Decoded(array=array, ok=ok, skipped=list(skipped), key=key)

@@ -1,0 +1,68 @@
+"""The per-job figures (pipeline layer): built from the job's arrays, saved through :mod:`xbench.io`."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from xbench import io, plots
+from xbench.metrics.aopc import aopc_by_step
+
+log = logging.getLogger(__name__)
+
+
+def _save(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    io.save_figure(path, fig, dpi=110)
+    plt.close(fig)
+
+
+def write_job_plots(run_dir: Path, model, images, te: np.ndarray, labels: np.ndarray, probs: np.ndarray, class_names, history,
+                    report: dict, scoring=None, per_cell: int = 4, last_n: int = 3) -> list[str]:
+    """Write ``plots/*.png`` for one job; returns the file names written."""
+    from xbench.explain.gradcam import gradcam, gradcam_last_n
+
+    out = io.ensure_dir(Path(run_dir) / "plots")
+    written = []
+    _save(plots.confusion_matrix_figure(report["confusion_matrix"], class_names), out / "confusion_matrix.png")
+    written.append("confusion_matrix.png")
+    if len(history):
+        _save(plots.training_curves_figure(history, class_names), out / "training_curves.png")
+        written.append("training_curves.png")
+
+    preds = probs.argmax(1)
+    pick = []  # (row label, test positions)
+    for c, name in enumerate(class_names):
+        tp = np.flatnonzero((labels == c) & (preds == c))[:per_cell]
+        fn = np.flatnonzero((labels == c) & (preds != c))[:per_cell]
+        pick += [(f"{name} TP", tp), (f"{name} FN", fn)]
+    pos = np.concatenate([p for _, p in pick]) if pick else np.zeros(0, int)
+    if len(pos):
+        x = np.asarray(images[te[pos]], dtype=np.float32) / 255.0
+        maps = gradcam(model, x)  # the predicted class: what the model looked at
+        k = 0
+        rows = {}
+        for label, p in pick:
+            cells = []
+            for j in p:
+                cells.append((x[k], maps[k], f"{class_names[labels[j]]} -> {class_names[preds[j]]} ({probs[j, preds[j]]:.2f})"))
+                k += 1
+            rows[label] = cells
+        _save(plots.gallery_figure(rows, "Grad-CAM of the predicted class: true positives and false negatives"), out / "gradcam_gallery.png")
+        written.append("gradcam_gallery.png")
+        _save(plots.overlay_figure(x[0], maps[0], title=f"Grad-CAM overlay, {class_names[labels[pos[0]]]}"), out / "overlay.png")
+        written.append("overlay.png")
+        layers = gradcam_last_n(model, x[:1], n=last_n)
+        _save(plots.layers_figure(x[0], {k: v[0] for k, v in layers.items()}, title=f"Grad-CAM of the last {len(layers)} conv layers"), out / "last_layers.png")
+        written.append("last_layers.png")
+    if scoring is not None:
+        curves = {k: v for k, v in scoring.curves.items() if "/" in k}
+        if curves:
+            _save(plots.mean_curves_figure(curves), out / "mean_curves.png")
+            series = {k: (aopc_by_step(v), None, None) for k, v in curves.items() if k.endswith("/morf")}
+            _save(plots.aopc_by_step_figure(series), out / "aopc_by_step.png")
+            written += ["mean_curves.png", "aopc_by_step.png"]
+    return written

@@ -1,0 +1,95 @@
+"""Cache of trained models and heatmaps, keyed by everything that determines them.
+
+A sweep over explainers or perturbation settings trains each model once: the
+key of a trained model hashes the data config, the decoded files'
+fingerprint, the model and training configs, the seed, the Keras backend and
+this cache's version. Heatmaps are keyed by the model key, the explainer's
+parameters, the scored image ids and their targets.
+
+Entries are written atomically (model file first, the JSON record last), so
+two jobs that need the same entry at once may both compute it, but neither can
+read half an entry; the second rename simply replaces identical content.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import pandas as pd
+
+from xbench import io
+
+log = logging.getLogger(__name__)
+STORE_VERSION = 1
+
+
+def digest(obj: Any) -> str:
+    """A stable 20-hex-digit hash of a JSON-able object."""
+    blob = json.dumps(obj, sort_keys=True, default=lambda o: asdict(o) if is_dataclass(o) else str(o))
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def model_key(identity: dict, files_key: str) -> str:
+    return digest({"identity": identity, "files": files_key, "backend": keras.backend.backend(), "version": STORE_VERSION})
+
+
+class ModelStore:
+    """``<cache_dir>/models/<key>/{model.keras, history.csv, train.json}``."""
+
+    def __init__(self, cache_dir: str | Path):
+        self.root = Path(cache_dir) / "models"
+
+    def _dir(self, key: str) -> Path:
+        return self.root / key
+
+    def load(self, key: str):
+        """(model, history, record) for a complete entry, else None."""
+        d = self._dir(key)
+        rec_path = d / "train.json"
+        if not rec_path.is_file():
+            return None
+        try:
+            record = json.loads(rec_path.read_text())
+            model = keras.saving.load_model(d / "model.keras", safe_mode=True)
+            history = pd.read_csv(d / "history.csv")
+        except (OSError, ValueError, json.JSONDecodeError) as exc:
+            log.warning("model cache entry %s is unreadable (%s); training again", key, exc)
+            return None
+        model.xbench_backbone = record.get("backbone")
+        model.xbench_gradcam_layer = record.get("gradcam_layer")
+        return model, history, record
+
+    def save(self, key: str, model, history: pd.DataFrame, record: dict) -> None:
+        d = io.ensure_dir(self._dir(key))
+        io.save_keras_model(d / "model.keras", model)
+        io.write_csv(d / "history.csv", history)
+        io.write_json(d / "train.json", record)  # last: marks the entry complete
+
+
+class CachedExplainer:
+    """Wraps an explainer; heatmaps are read from / written to ``<cache_dir>/heatmaps``."""
+
+    def __init__(self, explainer, cache_dir: str | Path, model_key: str):
+        self.explainer, self.root, self.model_key = explainer, Path(cache_dir) / "heatmaps", model_key
+        self.name = explainer.name
+        self.hits = 0
+
+    def __call__(self, model, images, targets, image_ids=None, seed=0):
+        params = asdict(self.explainer) if is_dataclass(self.explainer) else repr(self.explainer)
+        key = digest({"model": self.model_key, "explainer": type(self.explainer).__name__, "params": params, "seed": seed,
+                      "ids": np.asarray(image_ids).tolist(), "targets": np.asarray(targets).tolist()})
+        path = self.root / f"{self.name}-{key}.npy"
+        if path.is_file():
+            self.hits += 1
+            return np.load(path, allow_pickle=False)
+        maps = np.asarray(self.explainer(model, images, targets, image_ids=image_ids, seed=seed), dtype=np.float32)
+        with io.atomic_memmap(path, maps.shape, np.float32) as mm:
+            mm[:] = maps
+        return maps

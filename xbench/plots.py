@@ -1,0 +1,141 @@
+"""Figures from arrays. Each function returns a matplotlib Figure; :mod:`xbench.io` saves it."""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def confusion_matrix_figure(cm: Sequence[Sequence[int]], class_names: Sequence[str], title: str = "Confusion matrix (test)"):
+    cm = np.asarray(cm)
+    fig, ax = plt.subplots(figsize=(1.2 * len(class_names) + 2, 1.2 * len(class_names) + 1.5))
+    ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(len(class_names)), class_names, rotation=30, ha="right")
+    ax.set_yticks(range(len(class_names)), class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            ax.text(j, i, int(cm[i, j]), ha="center", va="center", color="white" if cm[i, j] > cm.max() / 2 else "black")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def training_curves_figure(history, class_names: Sequence[str]):
+    """Loss, accuracy and per-class validation recall per epoch (the paper's Figures 2-3)."""
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    ep = history["epoch"]
+    axes[0].plot(ep, history["loss"], label="train")
+    axes[0].plot(ep, history["val_loss"], label="val")
+    axes[0].set_title("loss")
+    axes[1].plot(ep, history["accuracy"], label="train")
+    axes[1].plot(ep, history["val_accuracy"], label="val")
+    axes[1].set_title("accuracy")
+    for c in class_names:
+        axes[2].plot(ep, history[f"val_recall/{c}"], label=c)
+    axes[2].set_title("validation recall per class")
+    best = history["selection_score"].idxmax()
+    for ax in axes:
+        ax.axvline(history["epoch"][best], color="grey", ls=":", lw=1)
+        ax.set_xlabel("epoch")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def _overlay(ax, image, heat, alpha):
+    ax.imshow(image, cmap="gray" if image.ndim == 2 else None)
+    if heat is not None and alpha > 0:
+        ax.imshow(heat, cmap="jet", alpha=alpha, vmin=0, vmax=max(float(heat.max()), 1e-12))
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def gallery_figure(rows: Mapping[str, Sequence[tuple[np.ndarray, np.ndarray, str]]], title: str, alpha: float = 0.45):
+    """One row per label, e.g. "COVID (TP)"; each cell (image, heatmap, caption)."""
+    ncol = max([len(v) for v in rows.values()] + [1])
+    fig, axes = plt.subplots(len(rows) or 1, ncol, figsize=(2.1 * ncol, 2.3 * max(1, len(rows))), squeeze=False)
+    for r, (label, cells) in enumerate(rows.items()):
+        for c in range(ncol):
+            ax = axes[r, c]
+            ax.axis("off")
+            if c < len(cells):
+                img, heat, cap = cells[c]
+                _overlay(ax, img, heat, alpha)
+                ax.set_title(cap, fontsize=7)
+        axes[r, 0].text(-0.08, 0.5, label, transform=axes[r, 0].transAxes, rotation=90, ha="right", va="center", fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def overlay_figure(image: np.ndarray, heat: np.ndarray, alphas: Sequence[float] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0), title: str = ""):
+    """The heatmap over the image at several opacities (the paper's Figure 7)."""
+    fig, axes = plt.subplots(1, len(alphas), figsize=(2.2 * len(alphas), 2.6))
+    for ax, a in zip(np.atleast_1d(axes), alphas):
+        _overlay(ax, image, heat, a)
+        ax.set_title(f"alpha = {a:g}", fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def layers_figure(image: np.ndarray, maps: Mapping[str, np.ndarray], title: str = ""):
+    """Grad-CAM of several layers for one image (the pediatric study's last-n view)."""
+    fig, axes = plt.subplots(1, len(maps) + 1, figsize=(2.3 * (len(maps) + 1), 2.6))
+    _overlay(axes[0], image, None, 0)
+    axes[0].set_title("image", fontsize=8)
+    for ax, (name, m) in zip(axes[1:], maps.items()):
+        _overlay(ax, image, m, 0.5)
+        ax.set_title(name, fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def aopc_by_step_figure(series: Mapping[str, tuple[np.ndarray, np.ndarray | None, np.ndarray | None]], title: str = "AOPC as a function of perturbation steps"):
+    """One line per label with an optional band: {label: (aopc_k, low, high)} (the paper's Figure 8)."""
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for label, (y, lo, hi) in series.items():
+        k = np.arange(1, len(y) + 1)
+        ax.plot(k, y, label=label)
+        if lo is not None and hi is not None:
+            ax.fill_between(k, lo, hi, alpha=0.2)
+    ax.set_xlabel("perturbation steps K")
+    ax.set_ylabel("AOPC(K)")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def mean_curves_figure(curves: Mapping[str, np.ndarray], title: str = "Mean perturbation curves"):
+    """{label: (N, K+1) curves} -> mean f(x(k)) against k."""
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for label, c in curves.items():
+        if len(c):
+            ax.plot(np.arange(c.shape[1]), c.mean(0), label=label)
+    ax.set_xlabel("perturbation step k")
+    ax.set_ylabel("probability of the target class")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def aopc_vs_recall_figure(frame, title: str = "AOPC against test recall (one point per job)"):
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for model, g in frame.groupby("model"):
+        ax.errorbar(g["test_macro_recall"], g["aopc"], yerr=[g["aopc"] - g["aopc_ci_low"], g["aopc_ci_high"] - g["aopc"]], fmt="o", capsize=3, label=model)
+    ax.set_xlabel("test macro recall")
+    ax.set_ylabel("AOPC (MoRF)")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
