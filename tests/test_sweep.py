@@ -1,0 +1,86 @@
+"""A real multirun in a subprocess, the report on it, and a second sweep that reuses the cached models."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def _run(args, cwd, cache, timeout=900):
+    env = {**os.environ, "XBENCH_CACHE": str(cache), "PYTHONWARNINGS": "ignore"}
+    r = subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
+def _jobs(folder: Path):
+    return sorted((p.parent for p in folder.rglob("metrics.json")), key=lambda p: int(p.name))
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("sweep")
+    cache = tmp / "cache"
+    _run(["-m", "xbench", "-m", "+experiment=smoke", "model=vgg16,mobilenetv2", "hydra.sweep.dir=sweep1"], tmp, cache)
+    return tmp, cache
+
+
+def test_multirun_leaves_one_folder_per_job(sweep):
+    tmp, _ = sweep
+    jobs = _jobs(tmp / "sweep1")
+    assert [p.name for p in jobs] == ["0", "1"]
+    models = [json.loads((j / "metrics.json").read_text())["model"]["backbone"] for j in jobs]
+    assert models == ["vgg16", "mobilenetv2"]
+    for j in jobs:
+        assert (j / ".hydra" / "config.yaml").is_file() and (j / "curves.npz").is_file()
+        assert (j / "plots" / "gradcam_gallery.png").stat().st_size > 2000
+
+
+def test_report_rows_match_the_jobs_and_plots_exist(sweep):
+    tmp, _ = sweep
+    # An incomplete job (a folder Hydra created, no metrics) is listed, not fatal.
+    (tmp / "sweep1" / "7" / ".hydra").mkdir(parents=True)
+    r = _run(["-m", "xbench.apps.report", str(tmp / "sweep1"), "--out", str(tmp / "report"), "--latex"], tmp, tmp / "cache")
+    assert "2 job(s), 1 skipped" in r.stdout
+    frame = pd.read_csv(tmp / "report" / "summary.csv")
+    assert len(frame) == 2 and set(frame["model"]) == {"vgg16", "mobilenetv2"}
+    for _, row in frame.iterrows():
+        m = json.loads((Path(row["job"]) / "metrics.json").read_text())
+        assert row["test_macro_recall"] == pytest.approx(m["test"]["macro_avg"]["recall"])
+        assert row["images_scored"] == m["scoring"]["n_scored"]
+        if m["scoring"]["n_scored"]:
+            assert row["aopc"] == pytest.approx(m["scoring"]["methods"]["gradcam"]["orders"]["morf"]["aopc"]["mean"])
+    md = (tmp / "report" / "summary.md").read_text()
+    assert "| Base model | Explainer | Perturbation | Seeds | Test Recall | Test F1 | AOPC |" in md
+    assert "Incomplete or failed jobs" in md and "/7" in md
+    assert (tmp / "report" / "summary.tex").read_text().startswith("\\begin{tabular}")
+    for name in ("aopc_vs_recall.png",):
+        assert (tmp / "report" / name).stat().st_size > 5000
+
+
+def test_second_sweep_over_perturbations_reuses_the_cached_models(sweep):
+    tmp, cache = sweep
+    _run(["-m", "xbench", "-m", "+experiment=smoke", "model=vgg16,mobilenetv2", "perturbation.sigma=0.05,0.2",
+          "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hydra.sweep.dir=sweep2"], tmp, cache)
+    jobs = _jobs(tmp / "sweep2")
+    assert len(jobs) == 4
+    for j in jobs:
+        m = json.loads((j / "metrics.json").read_text())
+        assert m["training"]["model_cache"]["hit"] is True, j
+        assert "stage1 epoch" not in (j / "run.log").read_text()  # nothing was retrained
+        assert m["scoring"]["heatmap_cache_hit"] or m["scoring"]["n_scored"] == 0
+    sigmas = sorted(json.loads((j / "metrics.json").read_text())["scoring"]["perturbation"]["sigma"] for j in jobs)
+    assert sigmas == [0.05, 0.05, 0.2, 0.2]
+
+
+def test_submitit_local_launcher(sweep):
+    tmp, cache = sweep
+    _run(["-m", "xbench", "-m", "hydra/launcher=submitit_local", "+experiment=smoke", "model=vgg16", "hydra.sweep.dir=sweep3"], tmp, cache)
+    jobs = _jobs(tmp / "sweep3")
+    assert len(jobs) == 1 and json.loads((jobs[0] / "metrics.json").read_text())["training"]["model_cache"]["hit"] is True
