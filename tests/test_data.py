@@ -204,3 +204,19 @@ def test_pediatric_missing_split(tmp_path):
     (tmp_path / "train" / "NORMAL").mkdir(parents=True)
     with pytest.raises(DataError, match="PNEUMONIA' is missing"):
         scan_pediatric(tmp_path)
+
+
+def test_atomic_writes_leave_no_temp_files_and_normal_permissions(tmp_path):
+    import os
+
+    from xbench import io
+
+    io.write_json(tmp_path / "a.json", {"x": 1})
+    with pytest.raises(RuntimeError):
+        with io.atomic_path(tmp_path / "b.bin") as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("killed mid-write")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"]
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o666 & ~mask

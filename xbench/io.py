@@ -20,9 +20,17 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 
 
-def _tmp_path(path: Path) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _tmp_path(path: Path, suffix: str = ".tmp") -> Path:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
+    # mkstemp creates 0600; results should get the permissions a plain open() would give.
+    os.chmod(tmp, 0o666 & ~_umask())
     return Path(tmp)
 
 
@@ -121,8 +129,7 @@ def save_keras_model(path: str | os.PathLike, model) -> Path:
     """Save a Keras model in the ``.keras`` format, atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".keras", dir=path.parent)
-    os.close(fd)
+    tmp = _tmp_path(path, suffix=".keras")
     try:
         model.save(tmp)
         os.replace(tmp, path)
