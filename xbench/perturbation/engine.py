@@ -179,6 +179,10 @@ def perturbation_curves(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     S = K + 1
     B = max(1, min(B, n * S))  # never pad a small job up to a large batch
+    if n * S:
+        # Same number of batches, sizes balanced: at most nb - 1 padded pairs
+        # instead of up to B - 1 (4,160 pairs in 256s would waste 4%).
+        B = math.ceil(n * S / math.ceil(n * S / B))
     G = min(n, math.ceil(B / S) + 1)  # image slots one batch can span
 
     def to_float(x):

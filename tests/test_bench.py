@@ -1,0 +1,38 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from xbench.bench import BenchSettings, model_flops, run_bench, training_speed
+
+
+def test_three_paths_agree_on_tiny_sizes():
+    r, curves = run_bench(BenchSettings(backbone="vgg16", image_size=32, n=5, region_size=8, batch_size=7))
+    assert curves.shape == (5, 17)
+    assert r["max_abs_diff_engine_toolkit"] < 1e-5
+    assert curves.std() > 1e-3  # the curves move, so their equality means something
+    assert r["forward_passes"] == 5 * 17 and r["raw_images_per_s"] > 0 and r["engine_images_per_s"] > 0
+    assert 0 < r["engine_over_raw"] and r["engine_over_toolkit"] > 0
+
+
+def test_flops_of_vgg16_at_224_match_the_published_figure():
+    from xbench.models import build_classifier
+
+    m = build_classifier("vgg16", 1000, 224, weights="none", head="pediatric", dense_units=[])
+    # VGG16's convolutions: 15.35 GMAC at 224 px (30.7 GFLOP); the head adds almost nothing.
+    assert model_flops(m) / 1e9 == pytest.approx(30.7, rel=0.01)
+
+
+def test_feature_cache_makes_later_epochs_much_faster():
+    t = training_speed("vgg16", image_size=32, n=64, epochs=3)
+    assert t["epoch_speedup"] > 2
+
+
+def test_cli_json():
+    r = subprocess.run([sys.executable, "-m", "xbench.apps.bench", "--backbone", "vgg16", "--image-size", "32", "--n", "3", "--region-size", "16",
+                        "--sweep-n", "2,4", "--json"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["main"]["max_abs_diff_engine_toolkit"] < 1e-5 and [s["n"] for s in out["sweep"]] == [2, 4]

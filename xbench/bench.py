@@ -1,0 +1,264 @@
+"""Measure the perturbation engine against its ceiling and against the toolkit way (pipeline layer).
+
+Three paths over the same model, images, heatmaps and (image, step) pairs:
+
+- ``raw``: the compiled forward pass over pre-built device batches of the
+  engine's batch size, as many as the engine runs: the ceiling;
+- ``engine``: :func:`xbench.perturbation.perturbation_curves` end to end;
+- ``toolkit_loop``: what metric toolkits do: per step, perturb the whole set
+  of images on the host in NumPy and call ``model.predict``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+
+from xbench.perturbation.engine import auto_batch_size, device_step, perturbation_curves
+from xbench.perturbation.perturbations import PERTURBATIONS, image_rng
+from xbench.perturbation.regions import grid_shape, rank_maps, region_order, region_scores
+
+
+def model_flops(model: keras.Model) -> float:
+    """Multiply-adds x 2 of one forward pass of one image (Conv2D, DepthwiseConv2D, Dense)."""
+    total = 0.0
+    for layer in model.layers:
+        try:
+            out = layer.output.shape
+        except (AttributeError, ValueError):
+            continue
+        if isinstance(layer, keras.layers.DepthwiseConv2D):
+            kh, kw, cin, mult = layer.kernel.shape
+            total += 2.0 * out[1] * out[2] * kh * kw * cin * mult
+        elif isinstance(layer, keras.layers.Conv2D):
+            kh, kw, cin, cout = layer.kernel.shape
+            total += 2.0 * out[1] * out[2] * kh * kw * cin * cout
+        elif isinstance(layer, keras.layers.Dense):
+            total += 2.0 * np.prod(layer.kernel.shape)
+    return float(total)
+
+
+class PeakRSS:
+    """Samples this process's resident memory every few ms; ``peak - start`` in bytes."""
+
+    def __init__(self, interval: float = 0.005):
+        self.interval, self.start, self.peak = interval, 0, 0
+        self._stop = threading.Event()
+
+    @staticmethod
+    def rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def __enter__(self):
+        self.start = self.peak = self.rss()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+        return self
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.rss())
+            time.sleep(self.interval)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+        self.peak = max(self.peak, self.rss())
+
+    @property
+    def delta(self) -> int:
+        return self.peak - self.start
+
+
+def toolkit_loop(model, images, heatmaps, *, region_size, order, perturbation, seed, batch_size, targets=None, max_steps=None):
+    """Per step: perturb every image's next region on the host, then ``model.predict`` all images."""
+    n, h, w = images.shape[:3]
+    x = images.astype(np.float32).copy()
+    g = np.stack([perturbation(images[i], image_rng(seed, i)) for i in range(n)])
+    ranks = rank_maps(region_order(region_scores(heatmaps, region_size), order, seed=seed, image_ids=np.arange(n)), h, w, region_size)
+    rows, cols = grid_shape(h, w, region_size)
+    probs = [model.predict(x, batch_size=batch_size, verbose=0)]
+    t = probs[0].argmax(1) if targets is None else targets
+    for k in range(rows * cols if max_steps is None else max_steps):
+        m = ranks == k
+        x[m] = g[m]
+        probs.append(model.predict(x, batch_size=batch_size, verbose=0))
+    p = np.stack(probs, 1)  # (N, L+1, C)
+    return p[np.arange(n), :, t]
+
+
+def raw_forward(model, n_pairs: int, batch_size: int, image_size: int):
+    """The compiled step over pre-built device batches: no perturbation, no transfers beyond a few indices."""
+    step = device_step(model)
+    import keras.ops as ops
+
+    X = ops.convert_to_tensor(np.random.default_rng(0).random((2, image_size, image_size, 3), dtype=np.float32))
+    R = ops.convert_to_tensor(np.random.default_rng(1).random((2, image_size, image_size, 3), dtype=np.float32))
+    RK = ops.convert_to_tensor(np.zeros((2, image_size, image_size), np.int32))
+    idx = ops.convert_to_tensor(np.zeros(batch_size, np.int32))
+    k = ops.convert_to_tensor(np.zeros(batch_size, np.int32))
+    nb = math.ceil(n_pairs / batch_size)
+    out = step(X, R, RK, idx, k)
+    _ = np.asarray(out)  # compiled and warm
+    t0 = time.perf_counter()
+    for _ in range(nb):
+        out = step(X, R, RK, idx, k)
+    np.asarray(out)
+    return time.perf_counter() - t0, nb
+
+
+def _unsaturate(model, images) -> None:
+    """Scale the logits layer so its outputs have unit spread on these images.
+
+    An untrained He-initialised backbone gives logits in the hundreds, so the
+    softmax is saturated, every curve is 1.0 and "equal curves" would prove
+    nothing. Scaling the last layer keeps the cost and makes the curves move.
+    """
+    layer = model.get_layer("logits")
+    probe = keras.Model(model.inputs, layer.output)
+    for _ in range(3):  # repeated: vanishing logits (1e-9) need more than one step in float32
+        z = np.asarray(probe(images), dtype=np.float64)
+        spread = float(z.std(axis=0).mean())
+        if spread == 0 or abs(spread - 3.0) < 0.3:
+            break
+        # Centre each class's logit and scale its spread across images to ~3.
+        scale = 3.0 / spread
+        layer.kernel.assign((np.asarray(layer.kernel, np.float64) * scale).astype(np.float32))
+        layer.bias.assign(((np.asarray(layer.bias, np.float64) - z.mean(axis=0)) * scale).astype(np.float32))
+
+
+@dataclass
+class BenchSettings:
+    backbone: str = "vgg16"
+    image_size: int = 64
+    n: int = 64
+    region_size: int = 8
+    order: str = "morf"
+    perturbation: str = "gaussian"
+    batch_size: int | None = None
+    dtype: str = "float32"
+    toolkit: bool = True
+    seed: int = 0
+    max_steps: int | None = None
+
+
+def run_bench(s: BenchSettings, model=None) -> dict:
+    """Time raw / engine / toolkit_loop on one model; returns a JSON-ready dict."""
+    if s.dtype not in ("float32", "mixed_bfloat16", "mixed_float16"):
+        raise ValueError(f"dtype must be float32, mixed_bfloat16 or mixed_float16, got {s.dtype!r}")
+    keras.mixed_precision.set_dtype_policy(s.dtype)
+    try:
+        from xbench.models import build_classifier
+
+        model = model or build_classifier(s.backbone, 4, s.image_size, weights="none", seed=s.seed)
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")
+    rng = np.random.default_rng(s.seed)
+    images = rng.random((s.n, s.image_size, s.image_size, 3), dtype=np.float32)
+    heat = rng.random((s.n, s.image_size, s.image_size), dtype=np.float32)
+    rows, cols = grid_shape(s.image_size, s.image_size, s.region_size)
+    L = rows * cols if s.max_steps is None else min(s.max_steps, rows * cols)
+    pairs = s.n * (L + 1)
+    _unsaturate(model, images[:16])
+    B = s.batch_size or auto_batch_size(model, 1024)
+    B = min(B, pairs)
+    B = math.ceil(pairs / math.ceil(pairs / B))  # the engine's balanced batch size
+    pert = PERTURBATIONS[s.perturbation]()
+    flops = model_flops(model)
+    kw = dict(region_size=s.region_size, order=s.order, perturbation=pert, seed=s.seed, batch_size=B, max_steps=s.max_steps)
+
+    # Warm up (compile) every path on a small input so that timings are steady state.
+    perturbation_curves(model, images[:2], heat[:2], **kw)
+    if s.toolkit:
+        model.predict(images[:2], batch_size=B, verbose=0)
+
+    raw_s, nb = raw_forward(model, pairs, B, s.image_size)
+    with PeakRSS() as mem:
+        t0 = time.perf_counter()
+        curves = perturbation_curves(model, images, heat, **kw)
+        engine_s = time.perf_counter() - t0
+    out = {
+        "backbone": s.backbone, "image_size": s.image_size, "n": s.n, "region_size": s.region_size, "regions": L,
+        "order": s.order, "perturbation": s.perturbation, "dtype": s.dtype, "batch_size": B, "forward_passes": pairs,
+        "keras_backend": keras.backend.backend(), "gflop_per_image": flops / 1e9,
+        "raw_s": raw_s, "engine_s": engine_s,
+        "raw_images_per_s": nb * B / raw_s, "engine_images_per_s": pairs / engine_s,
+        "engine_over_raw": (nb * B / raw_s and (pairs / engine_s) / (nb * B / raw_s)),
+        "engine_tflops": pairs * flops / engine_s / 1e12, "raw_tflops": nb * B * flops / raw_s / 1e12,
+        "engine_peak_rss_delta_mb": mem.delta / 2**20,
+        "inputs_mb": (images.nbytes + heat.nbytes) / 2**20,
+    }
+    if s.toolkit:
+        t0 = time.perf_counter()
+        tk = toolkit_loop(model, images, heat, region_size=s.region_size, order=s.order, perturbation=pert, seed=s.seed, batch_size=B, max_steps=s.max_steps)
+        toolkit_s = time.perf_counter() - t0
+        out.update({
+            "toolkit_s": toolkit_s, "toolkit_images_per_s": pairs / toolkit_s,
+            "engine_over_toolkit": toolkit_s / engine_s,
+            "max_abs_diff_engine_toolkit": float(np.abs(tk - curves).max()),
+        })
+    out["curves_mean"] = float(curves.mean())
+    out["curves_std"] = float(curves.std())
+    return out, curves
+
+
+def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
+    """Achieved float32 matrix-product TFLOP/s with the active Keras backend on this machine."""
+    import keras.ops as ops
+
+    a = ops.convert_to_tensor(np.random.default_rng(0).random((n, n), dtype=np.float32))
+    b = ops.convert_to_tensor(np.random.default_rng(1).random((n, n), dtype=np.float32))
+    np.asarray(ops.matmul(a, b))
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        np.asarray(ops.matmul(a, b))
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e12
+
+
+def memory_bandwidth(mb: int = 512, repeats: int = 5) -> float:
+    """Host memory copy bandwidth in GB/s (read + write counted)."""
+    a = np.ones(mb * 2**20 // 4, np.float32)
+    b = np.empty_like(a)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        np.copyto(b, a)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * a.nbytes / best / 1e9
+
+
+def training_speed(backbone: str = "vgg16", image_size: int = 64, n: int = 256, epochs: int = 4, seed: int = 0) -> dict:
+    """Seconds per epoch with a frozen backbone: head on cached features vs a plain fit over images.
+
+    Epochs after the first are compared (the first includes tracing); the
+    one-off feature extraction is reported separately.
+    """
+    from xbench.models import build_classifier
+    from xbench.training import TrainSettings, train_classifier
+
+    rng = np.random.default_rng(seed)
+    images = (rng.random((n, image_size, image_size, 3)) * 255).astype(np.uint8)
+    labels = rng.integers(0, 4, n)
+    split = np.where(np.arange(n) % 5 == 0, "val", "train")
+    names = ["a", "b", "c", "d"]
+    out = {"backbone": backbone, "image_size": image_size, "n_train": int((split == "train").sum()), "epochs": epochs}
+    for cached in (True, False):
+        model = build_classifier(backbone, 4, image_size, weights="none", seed=seed)
+        r = train_classifier(model, images, labels, split, names, names[1:], TrainSettings(epochs=epochs, feature_cache=cached), seed)
+        later = r.history["seconds"].iloc[1:]
+        key = "features" if cached else "plain"
+        out[f"{key}_epoch_s"] = float(later.median())
+        out[f"{key}_first_epoch_s"] = float(r.history["seconds"].iloc[0])
+        if cached:
+            out["feature_extraction_s"] = r.timings["features_s"]
+    out["epoch_speedup"] = out["plain_epoch_s"] / out["features_epoch_s"]
+    return out
