@@ -87,7 +87,13 @@ def device_step(model) -> Callable:
     if backend == "tensorflow":
         import tensorflow as tf
 
-        fn = tf.function(step, reduce_retracing=True)
+        # One trace for every batch and slot count: re-tracing a 700-layer
+        # DenseNet costs seconds, which a size-specialised trace would pay
+        # again whenever N, B or the number of steps changes.
+        h, w = model.input_shape[1:3]
+        sig = [tf.TensorSpec((None, h, w, 3), tf.float32), tf.TensorSpec((None, h, w, 3), tf.float32),
+               tf.TensorSpec((None, h, w), tf.int32), tf.TensorSpec((None,), tf.int32), tf.TensorSpec((None,), tf.int32)]
+        fn = tf.function(step, input_signature=sig)
     elif backend == "jax":
         import jax
 
@@ -183,7 +189,7 @@ def perturbation_curves(
         # Same number of batches, sizes balanced: at most nb - 1 padded pairs
         # instead of up to B - 1 (4,160 pairs in 256s would waste 4%).
         B = math.ceil(n * S / math.ceil(n * S / B))
-    G = min(n, math.ceil(B / S) + 1)  # image slots one batch can span
+    G = math.ceil(B / S) + 1  # image slots one batch can span (fixed, so shapes never change)
 
     def to_float(x):
         x = np.asarray(x)
@@ -210,7 +216,7 @@ def perturbation_curves(
         p = np.arange(b * B, min((b + 1) * B, total))
         img, k = p // S, (p % S).astype(np.int32)
         i0, i1 = int(img[0]), int(img[-1])
-        for slot, i in enumerate(range(i0, i1 + 1)):
+        for slot, i in enumerate(range(i0, i1 + 1)):  # slots past i1 keep stale data no pair reads
             X[slot], R[slot], RK[slot] = prepared(i)
         for i in [j for j in cache if j < i1]:
             del cache[i]  # pairs are image-major: images before i1 are done
