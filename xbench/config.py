@@ -18,6 +18,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
 from xbench.errors import ConfigError
+from xbench.settings import ScoreSettings, TrainSettings
 
 #: Modules whose callables a config may name in ``_target_``.
 ALLOWED_TARGET_PREFIXES = ("xbench.",)
@@ -72,34 +73,6 @@ class ModelConfig:
     dropout: float = 0.0
     pool_size: int = 4
     gradcam_layer: Optional[str] = None
-
-
-@dataclass
-class FineTuneConfig:
-    enabled: bool = False
-    from_layer: str = "145"
-    lr: float = 1e-5
-    epochs: int = 10
-    clipnorm: Optional[float] = 1.0
-    batch_size: Optional[int] = None
-
-
-@dataclass
-class TrainConfig:
-    epochs: int = 20
-    batch_size: int = 32
-    lr: float = 1e-3
-    clipnorm: Optional[float] = None
-    label_smoothing: float = 0.0
-    class_weights: bool = False
-    freeze_base: bool = True
-    augment: bool = False
-    flip: bool = True
-    rotation: float = 0.03
-    zoom: float = 0.1
-    select: str = "disease_recall"
-    feature_cache: bool = True
-    fine_tune: FineTuneConfig = field(default_factory=FineTuneConfig)
 
 
 @dataclass
@@ -171,29 +144,13 @@ class BlurConfig:
 
 
 @dataclass
-class ScoreConfig:
-    enabled: bool = True
-    orders: List[str] = field(default_factory=lambda: ["morf", "lerf"])
-    region_size: Optional[int] = None  # None: the paper's 9x9 grid (34 px at 299 px)
-    max_steps: Optional[int] = None  # None: all L regions
-    subset: str = "correct"  # correct (the paper) | all
-    target: str = "predicted"  # predicted | true
-    max_images: Optional[int] = None
-    controls: List[str] = field(default_factory=lambda: ["random"])
-    batch_size: Optional[int] = None  # (image, step) pairs per forward pass; None: from memory_budget_mb
-    memory_budget_mb: float = 1024.0
-    bootstrap: int = 2000
-    save_heatmaps: bool = True
-
-
-@dataclass
 class XbenchConfig:
     data: Any = MISSING
     model: ModelConfig = MISSING
-    train: TrainConfig = MISSING
+    train: TrainSettings = MISSING
     explainer: Any = MISSING
     perturbation: Any = MISSING
-    score: ScoreConfig = field(default_factory=ScoreConfig)
+    score: ScoreSettings = field(default_factory=ScoreSettings)
     plots: bool = True  # per-job figures in <job>/plots/
     seed: int = 0
     cache_dir: str = '${oc.env:XBENCH_CACHE,"~/.cache/xbench"}'
@@ -206,7 +163,7 @@ def register() -> None:
     cs.store(group="data", name="synthetic_schema", node=SyntheticDataConfig)
     cs.store(group="data", name="pediatric_schema", node=PediatricDataConfig)
     cs.store(group="model", name="model_schema", node=ModelConfig)
-    cs.store(group="train", name="train_schema", node=TrainConfig)
+    cs.store(group="train", name="train_schema", node=TrainSettings)
     for name, node in (("gradcam_schema", GradCAMConfig), ("tfkv_schema", TfKerasVisConfig), ("random_schema", RandomControlConfig), ("center_schema", CenterControlConfig)):
         cs.store(group="explainer", name=name, node=node)
     for name, node in (("gaussian_schema", GaussianNoiseConfig), ("uniform_schema", UniformNoiseConfig), ("constant_schema", ConstantConfig), ("mean_schema", ImageMeanConfig), ("blur_schema", BlurConfig)):
@@ -228,7 +185,7 @@ def validate(cfg: DictConfig) -> None:
     from xbench.models.backbones import BACKBONES
     from xbench.models.build import HEADS
     from xbench.phantoms import RADIOGRAPHY_CLASSES
-    from xbench.training import SELECTION_RULES
+    from xbench.settings import SELECTION_RULES
 
     d, m, t = cfg.data, cfg.model, cfg.train
     check_target(d._target_, "data")

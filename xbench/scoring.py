@@ -23,27 +23,12 @@ from xbench.metrics.bootstrap import bootstrap_ci
 from xbench.metrics.localisation import positive_mass_share
 from xbench.perturbation.engine import perturbation_curves
 from xbench.perturbation.regions import grid_shape
+from xbench.settings import ScoreSettings
 
 log = logging.getLogger(__name__)
 
 #: The paper's grid: 34-px regions on 299-px images, 9 x 9 regions.
 PAPER_GRID = math.ceil(299 / 34)
-
-
-@dataclass
-class ScoreSettings:
-    enabled: bool = True
-    orders: Sequence[str] = ("morf", "lerf")
-    region_size: int | None = None
-    max_steps: int | None = None
-    subset: str = "correct"
-    target: str = "predicted"
-    max_images: int | None = None
-    controls: Sequence[str] = ("random",)
-    batch_size: int | None = None
-    memory_budget_mb: float = 1024.0
-    bootstrap: int = 2000
-    save_heatmaps: bool = True
 
 
 def auto_region_size(image_size: int) -> int:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
 import keras
@@ -26,44 +26,9 @@ from tqdm.auto import tqdm
 
 from xbench.metrics.classification import confusion_matrix, per_class_scores, selection_score
 from xbench.models.build import feature_extractor, head_model, set_trainable
+from xbench.settings import SELECTION_RULES, FineTuneSettings, TrainSettings  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
-SELECTION_RULES = ("disease_recall", "val_loss", "macro_f1")
-
-
-@dataclass
-class FineTuneSettings:
-    """Stage 2: unfreeze the backbone from a layer and train on with a small learning rate.
-
-    The pediatric study: MobileNetV2 from layer 145, lr 1e-5, 10 epochs.
-    """
-
-    enabled: bool = False
-    from_layer: str = "145"
-    lr: float = 1e-5
-    epochs: int = 10
-    clipnorm: float | None = 1.0
-    batch_size: int | None = None
-
-
-@dataclass
-class TrainSettings:
-    """Stage-1 training settings (see ``conf/train/*.yaml`` for the documented defaults)."""
-
-    epochs: int = 20
-    batch_size: int = 32
-    lr: float = 1e-3
-    clipnorm: float | None = None
-    label_smoothing: float = 0.0
-    class_weights: bool = False
-    freeze_base: bool = True
-    augment: bool = False
-    flip: bool = True
-    rotation: float = 0.03
-    zoom: float = 0.1
-    select: str = "disease_recall"
-    feature_cache: bool = True
-    fine_tune: FineTuneSettings = field(default_factory=FineTuneSettings)
 
 
 @dataclass

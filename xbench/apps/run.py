@@ -32,20 +32,17 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     from xbench.errors import ConfigError
     from xbench.explain.explainers import CONTROLS
     from xbench.pipeline import run_job
-    from xbench.scoring import ScoreSettings
-    from xbench.training import FineTuneSettings, TrainSettings
 
     try:
         explainer = instantiate(cfg.explainer)
         perturbation = instantiate(cfg.perturbation)
     except Exception as exc:  # a bad value caught by the object itself
         raise ConfigError(f"explainer/perturbation: {_root_cause(exc)}") from exc
-    score = ScoreSettings(**OmegaConf.to_container(cfg.score, resolve=True))
+    score = OmegaConf.to_object(cfg.score)  # a ScoreSettings (the schema of the node)
     controls = tuple(CONTROLS[c]() for c in cfg.score.controls if c != explainer.name)
     source = instantiate(cfg.data)
     build_model = instantiate(cfg.model, _partial_=True)
-    tcfg = OmegaConf.to_container(cfg.train, resolve=True)
-    settings = TrainSettings(**{**tcfg, "fine_tune": FineTuneSettings(**tcfg["fine_tune"])})
+    settings = OmegaConf.to_object(cfg.train)  # a TrainSettings (the schema of the group)
     cache_dir = Path(os.path.expanduser(cfg.cache_dir))
     return run_job(
         source, build_model, settings, run_dir,

@@ -10,7 +10,7 @@ y_c (before the softmax) with respect to them:
 
 from __future__ import annotations
 
-from typing import Sequence
+
 
 import keras
 import numpy as np
