@@ -2,7 +2,7 @@ import json
 import subprocess
 import sys
 
-import numpy as np
+
 import pytest
 
 from xbench.bench import BenchSettings, model_flops, run_bench, training_speed

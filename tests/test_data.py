@@ -94,7 +94,7 @@ def test_empty_class_and_non_images_ignored(tmp_path):
     for c in RADIOGRAPHY_CLASSES:
         (tmp_path / c / "images").mkdir(parents=True)
         Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / c / "images" / f"{c}-1.png")
-    (tmp_path / "Normal" / "images" / f"Normal-1.png").unlink()
+    (tmp_path / "Normal" / "images" / "Normal-1.png").unlink()
     (tmp_path / "Normal" / "images" / "notes.txt").write_text("not an image")
     (tmp_path / "Normal" / "images" / ".DS_Store").write_bytes(b"\0")
     with pytest.raises(DataError, match=r"class 'Normal' has no images"):

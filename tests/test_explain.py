@@ -96,7 +96,7 @@ def test_controls():
 
 
 def test_gradcampp_is_tf_keras_vis_divided_by_exp_score_and_never_overflows(images):
-    import tensorflow as tf
+
     from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
     from tf_keras_vis.utils.scores import CategoricalScore
 

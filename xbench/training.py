@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from xbench.metrics.classification import confusion_matrix, per_class_scores, selection_score
 from xbench.models.build import feature_extractor, head_model, set_trainable
-from xbench.settings import SELECTION_RULES, FineTuneSettings, TrainSettings  # noqa: F401  (re-exported)
+from xbench.settings import SELECTION_RULES, FineTuneSettings, TrainSettings  # noqa: F401  (FineTuneSettings re-exported)
 
 log = logging.getLogger(__name__)
 
