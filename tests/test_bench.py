@@ -9,8 +9,8 @@ from xbench.bench import BenchSettings, model_flops, run_bench, training_speed
 
 
 def test_three_paths_agree_on_tiny_sizes():
-    r, curves = run_bench(BenchSettings(backbone="vgg16", image_size=32, n=5, region_size=8, batch_size=7))
-    assert curves.shape == (5, 17)
+    r, curves = run_bench(BenchSettings(backbone="vgg16", image_size=32, n=5, region_size=8, batch_size=7, repeats=2))
+    assert curves.shape == (5, 17) and len(r["engine_times_s"]) == len(r["raw_times_s"]) == 2
     assert r["max_abs_diff_engine_toolkit"] < 1e-5
     assert curves.std() > 1e-3  # the curves move, so their equality means something
     assert r["forward_passes"] == 5 * 17 and r["raw_images_per_s"] > 0 and r["engine_images_per_s"] > 0

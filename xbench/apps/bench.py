@@ -35,11 +35,12 @@ def main(argv=None) -> int:
     p.add_argument("--training", action="store_true", help="also time frozen-backbone training: cached features vs plain fit")
     p.add_argument("--no-toolkit", action="store_true", help="skip the toolkit_loop path")
     p.add_argument("--peaks", action="store_true", help="also measure the matrix-product peak and memory bandwidth")
+    p.add_argument("--repeats", type=int, default=1, help="alternate raw and engine this many times and keep the best of each")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     a = p.parse_args(argv)
     from xbench.bench import BenchSettings, matmul_peak, memory_bandwidth, run_bench
 
-    s = BenchSettings(a.backbone, a.image_size, a.n, a.region_size, a.order, a.perturbation, a.batch_size, a.dtype, not a.no_toolkit, max_steps=a.max_steps)
+    s = BenchSettings(a.backbone, a.image_size, a.n, a.region_size, a.order, a.perturbation, a.batch_size, a.dtype, not a.no_toolkit, max_steps=a.max_steps, repeats=a.repeats)
     try:
         result, _ = run_bench(s)
     except ValueError as exc:
