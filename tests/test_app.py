@@ -107,3 +107,6 @@ def test_smoke_job_scores_heatmaps(smoke_run):
     with np.load(out / "heatmaps.npz", allow_pickle=False) as z:
         assert z["gradcam"].dtype == np.float16 and z["gradcam"].shape == (sc["n_scored"], 32, 32)
     assert "lung_share" in sc["methods"]["gradcam"] or sc["n_scored"] == 0
+    with np.load(out / "curves.npz", allow_pickle=False) as z:
+        share = z["lung_share_gradcam"]
+        assert share.shape == (sc["n_scored"],) and np.all((share[np.isfinite(share)] >= 0) & (share[np.isfinite(share)] <= 1))

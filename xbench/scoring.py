@@ -161,6 +161,7 @@ def score_model(
             share = positive_mass_share(heat, lung)
             ok = np.isfinite(share)
             m["lung_share"] = {**_summary(share[ok], settings, seed), "n": int(ok.sum())}
+            result.curves[f"lung_share_{name}"] = share.astype(np.float32)  # per image, NaN = no positive mass
         if settings.save_heatmaps:
             result.heatmaps[name] = heat.astype(np.float16)
         metrics["methods"][name] = m

@@ -23,7 +23,7 @@ class GradCAM:
     def __call__(self, model, images, targets, image_ids=None, seed=0):
         from xbench.explain.gradcam import gradcam
 
-        return gradcam(model, images, targets=targets, layer=self.layer, batch_size=self.batch_size)
+        return gradcam(model, images, targets=targets, layer=self.layer, batch_size=self.batch_size, progress=True)
 
 
 @dataclass

@@ -58,6 +58,7 @@ def gradcam(
     upsample: bool = True,
     batch_size: int = 32,
     return_targets: bool = False,
+    progress: bool = False,
 ):
     """Grad-CAM maps of a batch of images.
 
@@ -69,6 +70,7 @@ def gradcam(
         upsample: resize to (H, W) (bilinear); else return (N, h, w).
         batch_size: images per forward/backward pass.
         return_targets: also return the (N,) targets used.
+        progress: show a tqdm bar over batches.
 
     Returns:
         (N, H, W) (or (N, h, w)) float32, non-negative.
@@ -76,7 +78,9 @@ def gradcam(
     layer = layer or default_layer(model)
     maps, used = [], []
     images = np.asarray(images)
-    for s in range(0, len(images), batch_size):
+    from tqdm.auto import tqdm
+
+    for s in tqdm(range(0, len(images), batch_size), desc="grad-cam", unit="batch", leave=False, mininterval=1.0, disable=not progress):
         x = images[s : s + batch_size]
         x = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
         t = None if targets is None else np.asarray(targets)[s : s + batch_size]
