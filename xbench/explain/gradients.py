@@ -72,15 +72,14 @@ def _torch(model, images, layers, targets):
     import torch
 
     probe = _probe(model, layers)
-    store = {}
     x = torch.as_tensor(np.asarray(images, np.float32))
     *acts, logits = probe(x, training=False)
     for a in acts:
         a.retain_grad()
     t = logits.argmax(1) if targets is None else torch.as_tensor(np.asarray(targets), dtype=torch.long)
     logits.gather(1, t[:, None]).sum().backward()
-    store["acts"] = [a.detach().cpu().numpy() for a in acts]
-    return store["acts"], [a.grad.detach().cpu().numpy() for a in acts], logits.detach().cpu().numpy(), t.cpu().numpy()
+    numpy = lambda v: v.detach().cpu().numpy()
+    return [numpy(a) for a in acts], [numpy(a.grad) for a in acts], numpy(logits), t.cpu().numpy()
 
 
 def _merge(parts):

@@ -29,10 +29,6 @@ PROBS = "probs"
 HEADS = ("paper", "pediatric")
 
 
-def feature_layer_name() -> str:
-    return FEATURES
-
-
 def _he_reinitialise(layers: Sequence[keras.layers.Layer], seed: int) -> None:
     """Give every conv/dense kernel He-normal weights.
 
