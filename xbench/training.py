@@ -81,8 +81,17 @@ def to_float(images: np.ndarray) -> np.ndarray:
     return np.asarray(images, dtype=np.float32) * np.float32(1 / 255)
 
 
-def predict_images(model: keras.Model, images: np.ndarray, index: np.ndarray | None = None, batch_size: int = 64, desc: str | None = None) -> np.ndarray:
-    """Run ``model`` over uint8 images (optionally a row subset) in batches; returns stacked outputs."""
+def predict_images(model: keras.Model, images: np.ndarray, index: np.ndarray | None = None, batch_size: int | None = None,
+                   desc: str | None = None, memory_budget_mb: float = 1024) -> np.ndarray:
+    """Run ``model`` over uint8 images (optionally a row subset) in batches; returns stacked outputs.
+
+    The default batch keeps one batch's activations within ``memory_budget_mb``
+    (at most 64 images): VGG16 at 299 px holds ~46 MB of activations per image,
+    so a fixed batch of 64 would need ~3 GB.
+    """
+    from xbench.perturbation.engine import auto_batch_size
+
+    batch_size = batch_size or min(64, auto_batch_size(model, memory_budget_mb))
     index = np.arange(len(images)) if index is None else np.asarray(index)
     fn = _compiled(model)
     out = []
