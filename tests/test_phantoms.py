@@ -58,3 +58,19 @@ def test_resize_mask_nearest():
     m[:2, :2] = True
     r = resize_mask(m, 8)
     assert r.shape == (8, 8) and r[:4, :4].all() and not r[4:, :].any()
+
+
+def test_xbench_synth_cli(tmp_path, capsys):
+    from PIL import Image
+
+    from xbench.apps.synth import main
+
+    assert main(["--out", str(tmp_path / "db"), "--n-per-class", "2", "--workers", "1", "--shortcut-class", "Normal", "--shortcut-fraction", "1.0"]) == 0
+    for c in RADIOGRAPHY_CLASSES:
+        assert sorted(p.name for p in (tmp_path / "db" / c / "images").iterdir()) == [f"{c}-1.png", f"{c}-2.png"]
+    with Image.open(tmp_path / "db" / "Normal" / "images" / "Normal-1.png") as im:
+        marked = np.asarray(im)
+    assert marked[int(299 * 0.06) + 3, int(299 * 0.08) + 3] > 230  # the shortcut marker
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path / "x"), "--difficulty", "3"])
+    assert "--difficulty must lie in [0, 1]" in capsys.readouterr().err
