@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 
-from xbench.perturbation.engine import auto_batch_size, device_step, perturbation_curves
+from xbench.perturbation.engine import auto_batch_size, balanced_batch, device_step, perturbation_curves
 from xbench.perturbation.perturbations import PERTURBATIONS, image_rng
 from xbench.perturbation.regions import grid_shape, rank_maps, region_order, region_scores
 
@@ -168,9 +168,7 @@ def run_bench(s: BenchSettings, model=None) -> dict:
     L = rows * cols if s.max_steps is None else min(s.max_steps, rows * cols)
     pairs = s.n * (L + 1)
     _unsaturate(model, images[:16])
-    B = s.batch_size or auto_batch_size(model, 1024)
-    B = min(B, pairs)
-    B = math.ceil(pairs / math.ceil(pairs / B))  # the engine's balanced batch size
+    B = balanced_batch(pairs, s.batch_size or auto_batch_size(model, 1024))  # what the engine will use
     pert = PERTURBATIONS[s.perturbation]()
     flops = model_flops(model)
     kw = dict(region_size=s.region_size, order=s.order, perturbation=pert, seed=s.seed, batch_size=B, max_steps=s.max_steps)

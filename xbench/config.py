@@ -9,7 +9,9 @@ the key.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List, Optional
@@ -108,39 +110,23 @@ class CenterControlConfig:
     name: str = "center"
 
 
-@dataclass
-class GaussianNoiseConfig:
-    _target_: str = "xbench.perturbation.GaussianNoise"
-    sigma: float = 0.1
-    clip: bool = True
+def _schema_of(cls, target: str):
+    """A Hydra schema with ``_target_`` plus the fields (types, defaults) of dataclass ``cls``.
+
+    The perturbation classes are the single declaration of their parameters;
+    their module imports no Keras, so composing stays fast.
+    """
+    hints = typing.get_type_hints(cls)
+    fields = [("_target_", str, field(default=target))]
+    for f in dataclasses.fields(cls):
+        fields.append((f.name, hints[f.name], field(default=f.default)))
+    return dataclasses.make_dataclass(f"{cls.__name__}Config", fields)
 
 
-@dataclass
-class UniformNoiseConfig:
-    _target_: str = "xbench.perturbation.UniformNoise"
-    low: float = 0.0
-    high: float = 1.0
-    clip: bool = True
+def _perturbation_schemas() -> dict:
+    from xbench.perturbation import perturbations as P
 
-
-@dataclass
-class ConstantConfig:
-    _target_: str = "xbench.perturbation.Constant"
-    value: float = 0.0
-    clip: bool = True
-
-
-@dataclass
-class ImageMeanConfig:
-    _target_: str = "xbench.perturbation.ImageMean"
-    clip: bool = True
-
-
-@dataclass
-class BlurConfig:
-    _target_: str = "xbench.perturbation.Blur"
-    sigma: float = 4.0
-    clip: bool = True
+    return {f"{c.name}_schema": _schema_of(c, f"xbench.perturbation.{c.__name__}") for c in P.PERTURBATIONS.values()}
 
 
 @dataclass
@@ -166,7 +152,7 @@ def register() -> None:
     cs.store(group="train", name="train_schema", node=TrainSettings)
     for name, node in (("gradcam_schema", GradCAMConfig), ("tfkv_schema", TfKerasVisConfig), ("random_schema", RandomControlConfig), ("center_schema", CenterControlConfig)):
         cs.store(group="explainer", name=name, node=node)
-    for name, node in (("gaussian_schema", GaussianNoiseConfig), ("uniform_schema", UniformNoiseConfig), ("constant_schema", ConstantConfig), ("mean_schema", ImageMeanConfig), ("blur_schema", BlurConfig)):
+    for name, node in _perturbation_schemas().items():
         cs.store(group="perturbation", name=name, node=node)
 
 

@@ -25,6 +25,7 @@ from xbench.data.cache import load_decoded
 from xbench.data.records import Records
 from xbench.errors import DataError
 from xbench.metrics.classification import classification_report
+from xbench.models.build import head_layers
 from xbench.job_plots import write_job_plots
 from xbench.model_store import CachedExplainer, ModelStore, model_key
 from xbench.scoring import ScoreSettings, score_model
@@ -201,7 +202,7 @@ def run_job(
             "backbone": getattr(model, "xbench_backbone", None),
             "gradcam_layer": getattr(model, "xbench_gradcam_layer", None),
             "params_total": _count_params(model.weights),
-            "params_head": _count_params([w for l in model.layers[[l.name for l in model.layers].index("features") + 1 :] for w in l.weights]),
+            "params_head": _count_params([w for layer in head_layers(model) for w in layer.weights]),
         },
         "training": {
             "settings": asdict(settings),

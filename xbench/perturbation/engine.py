@@ -64,6 +64,17 @@ def auto_batch_size(model, memory_budget_mb: float) -> int:
     return int(max(1, min(MAX_AUTO_BATCH, (memory_budget_mb * 2**20) // per)))
 
 
+def balanced_batch(total: int, batch_size: int) -> int:
+    """The batch size the engine really uses for ``total`` pairs and a requested ``batch_size``.
+
+    Never larger than the job; then the same number of batches with sizes
+    balanced, so at most (batches - 1) pairs are padding instead of up to
+    batch_size - 1 (4,160 pairs in batches of 256 would waste 4%).
+    """
+    b = max(1, min(int(batch_size), total))
+    return math.ceil(total / math.ceil(total / b)) if total else b
+
+
 def device_step(model) -> Callable:
     """step(X, R, RK, idx, k) -> probs (B, C), compiled once per model for the active backend.
 
@@ -184,11 +195,7 @@ def perturbation_curves(
     if B < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     S = K + 1
-    B = max(1, min(B, n * S))  # never pad a small job up to a large batch
-    if n * S:
-        # Same number of batches, sizes balanced: at most nb - 1 padded pairs
-        # instead of up to B - 1 (4,160 pairs in 256s would waste 4%).
-        B = math.ceil(n * S / math.ceil(n * S / B))
+    B = balanced_batch(n * S, B)
     G = math.ceil(B / S) + 1  # image slots one batch can span (fixed, so shapes never change)
 
     def to_float(x):
