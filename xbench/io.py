@@ -19,6 +19,8 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
+from xbench import faults
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -46,6 +48,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = _tmp_path(path)
     try:
         yield tmp
+        faults.point(f"replace@{path.name}")
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -88,11 +91,23 @@ def write_csv(path: str | os.PathLike, frame) -> Path:
     return write_text(path, buf.getvalue())
 
 
-def write_npz(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) -> Path:
-    """Write arrays to a compressed ``.npz`` (read back with ``allow_pickle=False``)."""
+def write_npz(path: str | os.PathLike, arrays: Mapping[str, np.ndarray], compress: bool = True) -> Path:
+    """Write arrays to an ``.npz`` (read back with ``allow_pickle=False``).
+
+    ``compress=False`` for checkpoints: weights barely compress and zlib
+    would cost more than the epoch it protects.
+    """
     path = Path(path)
     buf = io.BytesIO()
-    np.savez_compressed(buf, **{k: np.asarray(v) for k, v in arrays.items()})
+    save = np.savez_compressed if compress else np.savez
+    save(buf, **{k: np.asarray(v) for k, v in arrays.items()})
+    return write_bytes(path, buf.getvalue())
+
+
+def write_npy(path: str | os.PathLike, array: np.ndarray) -> Path:
+    """Write one array as ``.npy`` (read back with ``allow_pickle=False``)."""
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(array), allow_pickle=False)
     return write_bytes(path, buf.getvalue())
 
 
@@ -132,6 +147,7 @@ def save_keras_model(path: str | os.PathLike, model) -> Path:
     tmp = _tmp_path(path, suffix=".keras")
     try:
         model.save(tmp)
+        faults.point(f"replace@{path.name}")
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -151,3 +167,41 @@ def ensure_dir(path: str | os.PathLike) -> Path:
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike) -> Iterator[bool]:
+    """Hold an exclusive ``flock`` on ``path`` (created if missing) for the block.
+
+    Yields True if the lock was free at once, False if the caller had to wait
+    for another process to release it. The kernel drops the lock when its
+    holder dies, even by SIGKILL, so a killed job never blocks the next one.
+    """
+    import fcntl
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            free = True
+        except BlockingIOError:
+            free = False
+        if not free:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield free
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def remove(path: str | os.PathLike) -> None:
+    """Delete a file if it exists (a checkpoint superseded by a newer one)."""
+    Path(path).unlink(missing_ok=True)
+
+
+def remove_tree(path: str | os.PathLike) -> None:
+    """Delete a folder and its contents if it exists (a finished job's checkpoint)."""
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)

@@ -27,7 +27,8 @@ import pandas as pd
 from xbench import io
 
 log = logging.getLogger(__name__)
-STORE_VERSION = 1
+# 2: batch order a function of (seed, epoch), so that training can resume exactly.
+STORE_VERSION = 2
 
 
 def digest(obj: Any) -> str:
@@ -65,6 +66,20 @@ class ModelStore:
         model.xbench_backbone = record.get("backbone")
         model.xbench_gradcam_layer = record.get("gradcam_layer")
         return model, history, record
+
+    def checkpoint(self, key: str):
+        """Per-epoch checkpoints of the training that will produce entry ``key``."""
+        from xbench.checkpoints import TrainCheckpoint
+
+        return TrainCheckpoint(self.root / f"{key}.partial")
+
+    def lock(self, key: str):
+        """Context manager: an exclusive lock on entry ``key`` (yields False if it had to wait).
+
+        Two jobs of a sweep that need the same model train it once: the second
+        waits for the first and then loads its entry.
+        """
+        return io.file_lock(self.root / f"{key}.lock")
 
     def save(self, key: str, model, history: pd.DataFrame, record: dict) -> None:
         d = io.ensure_dir(self._dir(key))

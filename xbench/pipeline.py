@@ -8,6 +8,7 @@ Every file goes through :mod:`xbench.io`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import platform
 import time
@@ -145,24 +146,30 @@ def run_job(
     t1 = time.perf_counter()
     store = ModelStore(cache_dir) if cache_identity is not None else None
     key = model_key(cache_identity, data.files_key) if store else None
-    cached = store.load(key) if store else None
-    if cached is not None:
-        model, history, record = cached
-        best_epoch, best_score, used_features = record["best_epoch"], record["best_score"], record["used_feature_cache"]
-        timings["model_cache_load_s"] = time.perf_counter() - t1
-        log.info("model cache hit %s: training skipped", key)
-    else:
-        model = build_model(num_classes=len(rec.class_names), image_size=source.image_size, seed=seed)
-        timings["build_s"] = time.perf_counter() - t1
-        result = train_classifier(model, data.images, rec.labels, data.split, rec.class_names, rec.disease_classes, settings, seed)
-        timings.update({f"train_{k}": v for k, v in result.timings.items()})
-        history, best_epoch, best_score, used_features = result.history, result.best_epoch, result.best_score, result.used_feature_cache
-        if store:
-            store.save(key, model, history, {
-                "best_epoch": best_epoch, "best_score": best_score, "used_feature_cache": used_features,
-                "backbone": getattr(model, "xbench_backbone", None), "gradcam_layer": getattr(model, "xbench_gradcam_layer", None),
-                "timings": result.timings, "identity": cache_identity,
-            })
+    with (store.lock(key) if store else contextlib.nullcontext(True)) as free:
+        if not free:
+            log.info("waited for another job training the same model (%s)", key)
+        cached = store.load(key) if store else None
+        if cached is not None:
+            model, history, record = cached
+            best_epoch, best_score, used_features = record["best_epoch"], record["best_score"], record["used_feature_cache"]
+            timings["model_cache_load_s"] = time.perf_counter() - t1
+            log.info("model cache hit %s: training skipped", key)
+        else:
+            model = build_model(num_classes=len(rec.class_names), image_size=source.image_size, seed=seed)
+            timings["build_s"] = time.perf_counter() - t1
+            checkpoint = store.checkpoint(key) if store else None
+            result = train_classifier(model, data.images, rec.labels, data.split, rec.class_names, rec.disease_classes, settings, seed,
+                                      checkpoint=checkpoint)
+            timings.update({f"train_{k}": v for k, v in result.timings.items()})
+            history, best_epoch, best_score, used_features = result.history, result.best_epoch, result.best_score, result.used_feature_cache
+            if store:
+                store.save(key, model, history, {
+                    "best_epoch": best_epoch, "best_score": best_score, "used_feature_cache": used_features,
+                    "backbone": getattr(model, "xbench_backbone", None), "gradcam_layer": getattr(model, "xbench_gradcam_layer", None),
+                    "timings": result.timings, "identity": cache_identity,
+                })
+                checkpoint.clear()  # only once the entry is complete
     io.write_csv(run_dir / "history.csv", history)
 
     t2 = time.perf_counter()

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from xbench import faults
 from xbench.metrics.classification import confusion_matrix, per_class_scores, selection_score
 from xbench.models.build import feature_extractor, head_model, set_trainable
 from xbench.settings import SELECTION_RULES, FineTuneSettings, TrainSettings  # noqa: F401  (FineTuneSettings re-exported)
@@ -41,38 +42,47 @@ class TrainResult:
 
 
 class _Batches(keras.utils.PyDataset):
-    """Batches of [0, 1] float32 images read from a uint8 array (a memmap is fine).
+    """Batches of rows of an array: uint8 images (scaled to [0, 1] float32) or float features.
 
     Only one batch is decoded to floats at a time, so host memory does not grow
     with the dataset (the 5,380-image database at 299 px trains in < 4 GiB).
+    The batch order of an epoch is a pure function of (seed, epoch), set by
+    :meth:`set_epoch`, so a run resumed at epoch e sees the batches an
+    uninterrupted run would.
     """
 
-    def __init__(self, images, index, targets, batch_size, *, shuffle=False, seed=0, augment=None, sample_weight=None):
+    def __init__(self, images, index, targets, batch_size, *, shuffle=False, seed=0, augment=None):
         super().__init__()
         self.images, self.index, self.targets = images, np.asarray(index), targets
-        self.batch_size, self.shuffle, self.augment = batch_size, shuffle, augment
-        self.sample_weight = sample_weight
-        self.rng = np.random.default_rng(seed)
+        self.batch_size, self.shuffle, self.augment, self.seed = batch_size, shuffle, augment, seed
         self.order = np.arange(len(self.index))
+        self.epoch = 0
 
     def __len__(self):
         return math.ceil(len(self.index) / self.batch_size)
 
-    def on_epoch_end(self):
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
         if self.shuffle:
-            self.order = self.rng.permutation(len(self.index))
+            self.order = np.random.default_rng([self.seed, epoch]).permutation(len(self.index))
 
     def __getitem__(self, i):
         sel = np.sort(self.order[i * self.batch_size : (i + 1) * self.batch_size])
         rows = self.index[sel]
-        x = np.asarray(self.images[rows], dtype=np.float32) * np.float32(1 / 255)
+        x = self.images[rows]
+        x = np.asarray(x, dtype=np.float32) * np.float32(1 / 255) if x.dtype == np.uint8 else np.asarray(x, dtype=np.float32)
         if self.augment is not None:
+            # Keras reads batch 0 an extra time to learn the data's spec, which
+            # would shift a stateful random stream; reseeding from
+            # (seed, epoch, batch) makes each batch's augmentation a pure
+            # function of where it is in training, so resumed runs match.
+            for j, v in enumerate(self.augment.variables):
+                draw = np.random.SeedSequence([self.seed, self.epoch, i, j]).generate_state(1)[0] % (2**31 - 1)
+                v.assign(np.array([draw, 0], dtype=keras.backend.standardize_dtype(v.dtype)))
             x = keras.ops.convert_to_numpy(self.augment(x, training=True))
             x = np.clip(x, 0.0, 1.0)
         if self.targets is None:
             return (x,)
-        if self.sample_weight is not None:
-            return x, self.targets[sel], self.sample_weight[sel]
         return x, self.targets[sel]
 
 
@@ -137,12 +147,21 @@ def class_weight_map(labels: np.ndarray, num_classes: int) -> dict[int, float]:
     return {c: float(len(labels) / (num_classes * counts[c])) if counts[c] else 0.0 for c in range(num_classes)}
 
 
-class _SelectBest(keras.callbacks.Callback):
-    """Per-epoch validation recall per class; keeps the classifier's best weights in memory."""
+def _values(variables) -> list[np.ndarray]:
+    return [keras.ops.convert_to_numpy(v) for v in variables]
 
-    def __init__(self, classifier, val_inputs, val_labels, class_names, disease_index, rule, stage, predict, epoch_offset, state):
+
+def _assign(variables, values) -> None:
+    for v, a in zip(variables, values):
+        v.assign(a)
+
+
+class _SelectBest(keras.callbacks.Callback):
+    """Per-epoch validation recall per class; keeps the best values of ``mutable`` in memory."""
+
+    def __init__(self, mutable, val_inputs, val_labels, class_names, disease_index, rule, stage, predict, epoch_offset, state):
         super().__init__()
-        self.classifier, self.val_inputs, self.val_labels = classifier, val_inputs, val_labels
+        self.mutable, self.val_inputs, self.val_labels = mutable, val_inputs, val_labels
         self.class_names, self.disease_index, self.rule = class_names, disease_index, rule
         self.stage, self.predict, self.epoch_offset, self.state = stage, predict, epoch_offset, state
 
@@ -164,28 +183,85 @@ class _SelectBest(keras.callbacks.Callback):
             "val_accuracy": float(np.mean(probs.argmax(1) == y)),
             **{f"val_recall/{n}": float(s["recall"][i]) for i, n in enumerate(self.class_names)},
             "val_macro_f1": float(s["f1"].mean()),
-            "selection_score": score,
+            "selection_score": float(score),
             "seconds": time.perf_counter() - self._t0,
         }
         self.state["rows"].append(row)
         best = score > self.state["best_score"]
         if best:
-            self.state.update(best_score=score, best_epoch=row["epoch"], weights=self.classifier.get_weights())
+            self.state.update(best_score=float(score), best_epoch=row["epoch"], weights=_values(self.mutable), best_changed=True)
         recalls = " ".join(f"{n}={row[f'val_recall/{n}']:.2f}" for n in self.class_names)
         log.info("%s epoch %d: loss %.4f val_loss %.4f val recall %s | %s %.4f%s", self.stage, row["epoch"], row["loss"], row["val_loss"], recalls, self.rule, score, " *" if best else "")
 
 
-class _TqdmEpochs(keras.callbacks.Callback):
-    def __init__(self, total, desc):
-        super().__init__()
-        self.bar = tqdm(total=total, desc=desc, unit="epoch", mininterval=0.5)
+def _mutable_variables(model: keras.Model, settings: TrainSettings) -> list:
+    """The classifier's variables that any stage of training can change.
 
-    def on_epoch_end(self, epoch, logs=None):
-        self.bar.set_postfix(loss=f"{(logs or {}).get('loss', float('nan')):.3f}")
-        self.bar.update(1)
+    The head, plus the backbone layers unfrozen in stage 1 or stage 2, with
+    their non-trainable state (BatchNorm statistics, dropout seed states).
+    Only these are checkpointed and kept as "best": a frozen backbone's
+    weights never change (VGG16's are 59 MB that would otherwise be written
+    every epoch). Leaves the stage-1 trainable flags set.
+    """
+    layers: dict[int, keras.layers.Layer] = {}
+    stages = [None if settings.freeze_base else 0]
+    if settings.fine_tune.enabled and settings.fine_tune.epochs > 0:
+        stages.append(settings.fine_tune.from_layer)
+    for from_layer in reversed(stages):
+        set_trainable(model, from_layer)
+        layers.update({id(l): l for l in model.layers if l.trainable})
+    out, seen = [], set()
+    for layer in model.layers:  # model order, so the list is the same in every process
+        if id(layer) in layers:
+            for v in layer.variables:
+                if id(v) not in seen:
+                    seen.add(id(v))
+                    out.append(v)
+    return out
 
-    def on_train_end(self, logs=None):
-        self.bar.close()
+
+class _StaleCheckpoint(Exception):
+    """A stage-2 checkpoint that cannot be restored (stage 1 was skipped on its account)."""
+
+
+def _fit_stage(stage, trainer, data, epochs, *, mutable, cw, callback, state, checkpoint, desc, must_resume=False) -> None:
+    """Fit ``epochs`` epochs one at a time, resuming from ``checkpoint`` and saving to it after each.
+
+    An epoch is fully determined by the variables saved (model with its
+    dropout seed states, optimizer) and by the data, whose order and
+    augmentation are functions of (seed, epoch, batch), so a resumed
+    run ends bit-identical to an uninterrupted one on CPU.
+    """
+    trainer.optimizer.build(trainer.trainable_variables)  # its variables must exist to be restored
+    tracked = list(mutable) + list(trainer.optimizer.variables)
+    # Shapes and dtypes, not paths: Keras numbers optimizer and seed-generator
+    # paths by creation order, which differs between a resumed and a fresh process.
+    signature = [[[int(d) for d in v.shape], str(v.dtype)] for v in tracked]
+    start = 0
+    saved = checkpoint.load(stage, signature) if checkpoint is not None else None
+    if saved is None and must_resume:
+        raise _StaleCheckpoint
+    if saved is not None:
+        meta = saved["meta"]
+        _assign(tracked, saved["state"])
+        state.update(rows=meta["rows"], best_score=meta["best_score"], best_epoch=meta["best_epoch"], weights=saved["best"], best_changed=False)
+        start = int(meta["epochs_done"])
+        log.info("%s: resuming after epoch %d of %d from %s", stage, start, epochs, checkpoint.folder)
+    bar = tqdm(total=epochs, initial=start, desc=desc, unit="epoch", mininterval=0.5)
+    for e in range(start, epochs):
+        data.set_epoch(e)
+        # shuffle=False: Keras would permute a PyDataset's batches with the
+        # global NumPy RNG, whose state a resumed process cannot have.
+        hist = trainer.fit(data, initial_epoch=e, epochs=e + 1, shuffle=False, class_weight=cw, verbose=0, callbacks=[callback])
+        bar.set_postfix(loss=f"{hist.history.get('loss', [float('nan')])[-1]:.3f}")
+        bar.update(1)
+        if checkpoint is not None:
+            meta = {"stage": stage, "epochs_done": e + 1, "signature": signature, "rows": state["rows"],
+                    "best_score": state["best_score"], "best_epoch": state["best_epoch"]}
+            checkpoint.save(meta, _values(tracked), state["weights"], state["best_changed"])
+            state["best_changed"] = False
+            faults.point("train_epoch")
+    bar.close()
 
 
 def train_classifier(
@@ -197,6 +273,7 @@ def train_classifier(
     disease_classes: Sequence[str],
     settings: TrainSettings,
     seed: int = 0,
+    checkpoint=None,
 ) -> TrainResult:
     """Train ``model`` in place and leave it holding the selected checkpoint's weights.
 
@@ -209,6 +286,9 @@ def train_classifier(
             mean validation recall over the disease classes is highest.
         settings: see :class:`TrainSettings`.
         seed: seeds Keras (weights, dropout, augmentation) and the batch order.
+        checkpoint: a :class:`xbench.checkpoints.TrainCheckpoint`, or None. With
+            one, every epoch is checkpointed and a run killed part-way resumes
+            after its last finished epoch, ending with the same weights.
     """
     if settings.select not in SELECTION_RULES:
         raise ValueError(f"train.select must be one of {SELECTION_RULES}")
@@ -220,60 +300,67 @@ def train_classifier(
     disease_index = [class_names.index(c) for c in disease_classes if c in class_names]
     onehot = np.eye(num_classes, dtype=np.float32)[labels]
     cw = class_weight_map(labels[tr], num_classes) if settings.class_weights else None
-    state = {"rows": [], "best_score": -np.inf, "best_epoch": 0, "weights": None}
+    state = {"rows": [], "best_score": -np.inf, "best_epoch": 0, "weights": None, "best_changed": False}
     timings: dict[str, float] = {}
     loss = keras.losses.CategoricalCrossentropy(label_smoothing=settings.label_smoothing)
+    mutable = _mutable_variables(model, settings)
+    ft = settings.fine_tune
+    stage2 = ft.enabled and ft.epochs > 0
+    at = checkpoint.stage() if checkpoint is not None else None
+    image_predict = lambda idx: predict_images(model, images, idx)
 
     use_features = settings.freeze_base and not settings.augment and settings.feature_cache
-    set_trainable(model, None if settings.freeze_base else 0)
     t0 = time.perf_counter()
-    if use_features:
-        extractor = feature_extractor(model)
-        feats = predict_images(extractor, images, np.concatenate([tr, va]), desc="backbone features")
-        timings["features_s"] = time.perf_counter() - t0
-        f_tr, f_va = feats[: len(tr)], feats[len(tr) :]
-        trainer = head_model(model)
-        predict_fn = _compiled(trainer)
-        val_predict = lambda x: np.concatenate([keras.ops.convert_to_numpy(predict_fn(x[i : i + 256])) for i in range(0, len(x), 256)])
-        fit_x, fit_y, val_inputs = f_tr, onehot[tr], f_va
-    else:
-        trainer = model
+    if at != "stage2":  # a stage-2 checkpoint already holds stage 1's outcome
+        set_trainable(model, None if settings.freeze_base else 0)
         aug = _augmenter(settings, seed) if settings.augment else None
-        fit_x = _Batches(images, tr, onehot[tr], settings.batch_size, shuffle=True, seed=seed, augment=aug)
-        fit_y = None
-        val_inputs = va
-        val_predict = lambda idx: predict_images(model, images, idx)
-    opt = keras.optimizers.Adam(settings.lr, clipnorm=settings.clipnorm)
-    trainer.compile(optimizer=opt, loss=loss, metrics=["accuracy"])
-    cb = _SelectBest(model, val_inputs, labels[va], list(class_names), disease_index, settings.select, "stage1", val_predict, 0, state)
-    t1 = time.perf_counter()
-    trainer.fit(
-        fit_x,
-        fit_y,
-        batch_size=settings.batch_size if fit_y is not None else None,
-        epochs=settings.epochs,
-        shuffle=True,
-        class_weight=cw,
-        verbose=0,
-        callbacks=[cb, _TqdmEpochs(settings.epochs, "training (stage 1)")],
-    )
-    timings["stage1_fit_s"] = time.perf_counter() - t1
-    timings["stage1_s"] = time.perf_counter() - t0
+        if use_features:
+            extractor = feature_extractor(model)
+            feats = predict_images(extractor, images, np.concatenate([tr, va]), desc="backbone features")
+            timings["features_s"] = time.perf_counter() - t0
+            f_tr, f_va = feats[: len(tr)], feats[len(tr) :]
+            trainer = head_model(model)
+            predict_fn = _compiled(trainer)
+            val_predict = lambda x: np.concatenate([keras.ops.convert_to_numpy(predict_fn(x[i : i + 256])) for i in range(0, len(x), 256)])
+            data = _Batches(f_tr, np.arange(len(tr)), onehot[tr], settings.batch_size, shuffle=True, seed=seed)
+            val_inputs = f_va
+        else:
+            trainer = model
+            if aug is not None:
+                aug.build((None,) + tuple(images.shape[1:]))
+            data = _Batches(images, tr, onehot[tr], settings.batch_size, shuffle=True, seed=seed, augment=aug)
+            val_inputs, val_predict = va, image_predict
+        trainer.compile(optimizer=keras.optimizers.Adam(settings.lr, clipnorm=settings.clipnorm), loss=loss, metrics=["accuracy"])
+        cb = _SelectBest(mutable, val_inputs, labels[va], list(class_names), disease_index, settings.select, "stage1", val_predict, 0, state)
+        t1 = time.perf_counter()
+        _fit_stage("stage1", trainer, data, settings.epochs, mutable=mutable, cw=cw, callback=cb, state=state,
+                   checkpoint=checkpoint, desc="training (stage 1)")
+        timings["stage1_fit_s"] = time.perf_counter() - t1
+        timings["stage1_s"] = time.perf_counter() - t0
 
-    ft = settings.fine_tune
-    if ft.enabled and ft.epochs > 0:
-        # Stage 2 starts from the best stage-1 weights, like the study's
-        # fine-tuning of its saved baseline.
-        model.set_weights(state["weights"])
+    if stage2:
         n = set_trainable(model, ft.from_layer)
+        if at != "stage2" and state["weights"] is not None:
+            # Stage 2 starts from the best stage-1 weights, like the study's
+            # fine-tuning of its saved baseline.
+            _assign(mutable, state["weights"])
         log.info("stage 2: fine-tuning %d backbone layers from %s at lr %g", n, ft.from_layer, ft.lr)
         aug = _augmenter(settings, seed + 10) if settings.augment else None
+        if aug is not None:
+            aug.build((None,) + tuple(images.shape[1:]))
         batches = _Batches(images, tr, onehot[tr], ft.batch_size or settings.batch_size, shuffle=True, seed=seed + 1, augment=aug)
         model.compile(optimizer=keras.optimizers.Adam(ft.lr, clipnorm=ft.clipnorm), loss=loss, metrics=["accuracy"])
-        cb2 = _SelectBest(model, va, labels[va], list(class_names), disease_index, settings.select, "stage2", lambda idx: predict_images(model, images, idx), len(state["rows"]), state)
+        cb2 = _SelectBest(mutable, va, labels[va], list(class_names), disease_index, settings.select, "stage2", image_predict, settings.epochs, state)
         t2 = time.perf_counter()
-        model.fit(batches, epochs=ft.epochs, class_weight=cw, verbose=0, callbacks=[cb2, _TqdmEpochs(ft.epochs, "fine-tuning (stage 2)")])
+        try:
+            _fit_stage("stage2", model, batches, ft.epochs, mutable=mutable, cw=cw, callback=cb2, state=state,
+                       checkpoint=checkpoint, desc="fine-tuning (stage 2)", must_resume=at == "stage2")
+        except _StaleCheckpoint:
+            log.warning("stage-2 checkpoint in %s cannot be restored; training from the start", checkpoint.folder)
+            checkpoint.clear()
+            return train_classifier(model, images, labels, split, class_names, disease_classes, settings, seed, checkpoint)
         timings["stage2_s"] = time.perf_counter() - t2
-    model.set_weights(state["weights"])
+    if state["weights"] is not None:
+        _assign(mutable, state["weights"])
     history = pd.DataFrame(state["rows"])
     return TrainResult(history=history, best_epoch=int(state["best_epoch"]), best_score=float(state["best_score"]), timings=timings, used_feature_cache=use_features)
