@@ -249,4 +249,5 @@ def validate(cfg: DictConfig) -> None:
     if sc.max_images is not None:
         _check(sc.max_images >= 1, "score.max_images", f"must be >= 1, got {sc.max_images}")
     _check(sc.bootstrap >= 1000, "score.bootstrap", f"use at least 1,000 resamples, got {sc.bootstrap}")
+    _check(sc.chunk_images >= 1, "score.chunk_images", f"must be >= 1, got {sc.chunk_images}")
     _check(sc.memory_budget_mb > 0, "score.memory_budget_mb", f"must be > 0, got {sc.memory_budget_mb}")

@@ -108,3 +108,27 @@ class CachedExplainer:
         with io.atomic_memmap(path, maps.shape, np.float32) as mm:
             mm[:] = maps
         return maps
+
+
+class CurveStore:
+    """Perturbation curves of finished scoring chunks: ``<cache_dir>/curves/<model key>/<chunk key>.npy``.
+
+    A job killed while scoring finds its finished chunks here when it runs
+    again, and computes only the rest.
+    """
+
+    def __init__(self, cache_dir: str | Path, model_key: str):
+        self.root = Path(cache_dir) / "curves" / model_key
+
+    def get(self, key: str) -> np.ndarray | None:
+        path = self.root / f"{key}.npy"
+        if not path.is_file():
+            return None
+        try:
+            return np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            log.warning("curve cache file %s is unreadable (%s); scoring that chunk again", path, exc)
+            return None
+
+    def put(self, key: str, curves: np.ndarray) -> None:
+        io.write_npy(self.root / f"{key}.npy", np.asarray(curves, dtype=np.float32))

@@ -28,7 +28,7 @@ from xbench.errors import DataError
 from xbench.metrics.classification import classification_report
 from xbench.models.build import head_layers
 from xbench.job_plots import write_job_plots
-from xbench.model_store import CachedExplainer, ModelStore, model_key
+from xbench.model_store import CachedExplainer, CurveStore, ModelStore, model_key
 from xbench.scoring import ScoreSettings, score_model
 from xbench.training import TrainSettings, predict_images, train_classifier
 
@@ -233,7 +233,7 @@ def run_job(
         if key is not None:
             explainer = CachedExplainer(explainer, cache_dir, key)
         res = score_model(model, data.images, te, rec.labels[te], probs.argmax(1), rec.class_names, explainer, controls,
-                          perturbation, score, seed=seed, masks=masks)
+                          perturbation, score, seed=seed, masks=masks, store=CurveStore(cache_dir, key) if key else None)
         io.write_npz(run_dir / "curves.npz", res.curves)
         if res.heatmaps:
             io.write_npz(run_dir / "heatmaps.npz", res.heatmaps)

@@ -9,6 +9,7 @@ intervals. Nothing here reads a config or writes a file.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import time
@@ -17,12 +18,16 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
+from tqdm.auto import tqdm
+
+from xbench import faults
 
 from xbench.metrics.aopc import abpc_per_image, aopc_by_step, aopc_per_image, per_class_mean
 from xbench.metrics.bootstrap import bootstrap_ci
 from xbench.metrics.localisation import positive_mass_share
 from xbench.perturbation.engine import perturbation_curves
-from xbench.perturbation.regions import grid_shape
+from xbench.model_store import digest
+from xbench.perturbation.regions import grid_shape, sanitise_heatmaps
 from xbench.settings import ScoreSettings
 
 log = logging.getLogger(__name__)
@@ -83,6 +88,7 @@ def score_model(
     *,
     seed: int = 0,
     masks: np.ndarray | None = None,
+    store=None,
 ) -> ScoreResult:
     """Explain and score the selected test images.
 
@@ -95,6 +101,10 @@ def score_model(
             -> (M, S, S)``.
         perturbation: g for the engine.
         masks: (T, S, S) lung masks of the test images, or None.
+        store: where finished chunks of curves are kept (``get(key)``,
+            ``put(key, curves)``; :class:`xbench.model_store.CurveStore`), or
+            None. With one, a run killed while scoring recomputes only the
+            chunks it had not finished.
     """
     t0 = time.perf_counter()
     sel = select_images(labels, preds, settings.subset, settings.max_images, seed)
@@ -121,14 +131,22 @@ def score_model(
     result.curves["image_ids"] = rows.astype(np.int64)
     lung = None if masks is None else np.asarray(masks)[sel].astype(bool)
     per_image_morf = {}
+    chunks = [slice(i, i + settings.chunk_images) for i in range(0, len(sel), settings.chunk_images)]
+    counts = {"computed": 0, "reused": 0}
     for method in [explainer, *controls]:
         name = method.name
         te = time.perf_counter()
-        heat = np.asarray(method(model, x, targets, image_ids=rows, seed=seed), dtype=np.float32)
+        # Chunk by chunk, so a cached explainer stores each chunk's maps as soon as they exist.
+        parts = [np.asarray(method(model, x[c], targets[c], image_ids=rows[c], seed=seed), dtype=np.float32) for c in chunks]
+        heat = np.concatenate(parts) if parts else np.zeros((0, size, size), np.float32)
         seconds = {"explain_s": time.perf_counter() - te}
+        heat, nonfinite = sanitise_heatmaps(heat)
         flat = heat.reshape(len(heat), -1)
         constant = int((flat.max(1) == flat.min(1)).sum()) if len(heat) else 0
-        m = {"n_constant_maps": constant, "orders": {}, "seconds": seconds}
+        m = {"n_constant_maps": constant, "n_nonfinite_maps": int(nonfinite.sum()), "orders": {}, "seconds": seconds}
+        if nonfinite.any():
+            log.warning("%s: %d heatmap(s) hold NaN or infinite values (first: image %d); scored with NaN/-inf as least and +inf as most relevant",
+                        name, int(nonfinite.sum()), int(rows[np.flatnonzero(nonfinite)[0]]))
         if constant:
             log.warning("%s: %d constant heatmap(s) (e.g. Grad-CAM with all-negative gradients); scored in row-major order", name, constant)
         curves = {}
@@ -137,11 +155,28 @@ def score_model(
         orders = settings.orders if method is explainer else [o for o in settings.orders if o == "morf"] or list(settings.orders[:1])
         for order in orders:
             tc = time.perf_counter()
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)  # constant maps: counted above
-                c = perturbation_curves(model, x, heat, targets=targets, region_size=region, order=order, perturbation=perturbation,
-                                        max_steps=settings.max_steps, seed=seed, batch_size=settings.batch_size, image_ids=rows,
-                                        memory_budget_mb=settings.memory_budget_mb, progress=True)
+            done = []
+            for ch in tqdm(chunks, desc=f"{name} {order} curves", unit="chunk", leave=False, mininterval=1.0, disable=len(chunks) < 2):
+                key = None if store is None else digest({
+                    "method": name, "order": order, "maps": hashlib.sha256(heat[ch].tobytes()).hexdigest(),
+                    "ids": rows[ch].tolist(), "targets": targets[ch].tolist(), "perturbation": perturbation.describe(),
+                    "region": int(region), "max_steps": settings.max_steps, "seed": seed})
+                part = store.get(key) if store is not None else None
+                if part is not None and part.shape == (len(rows[ch]), metrics["steps"] + 1):
+                    counts["reused"] += 1
+                else:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore", RuntimeWarning)  # constant maps: counted above
+                        part = perturbation_curves(model, x[ch], heat[ch], targets=targets[ch], region_size=region, order=order,
+                                                   perturbation=perturbation, max_steps=settings.max_steps, seed=seed,
+                                                   batch_size=settings.batch_size, image_ids=rows[ch],
+                                                   memory_budget_mb=settings.memory_budget_mb, progress=len(chunks) < 2)
+                    counts["computed"] += 1
+                    if store is not None:
+                        store.put(key, part)
+                        faults.point("score_chunk")
+                done.append(part)
+            c = np.concatenate(done) if done else np.zeros((0, metrics["steps"] + 1), np.float32)
             seconds[f"curves_{order}_s"] = time.perf_counter() - tc
             curves[order] = c
             result.curves[f"{name}/{order}"] = c
@@ -170,5 +205,8 @@ def score_model(
         gain = per_image_morf[explainer.name] - per_image_morf["random"]  # paired: same images
         metrics["aopc_gain_over_random"] = _summary(gain, settings, seed)
     metrics["masks"] = lung is not None
+    metrics["chunks"] = {"images_per_chunk": int(settings.chunk_images), **counts}
+    if counts["reused"]:
+        log.info("scoring: %d curve chunk(s) reused from an earlier run, %d computed", counts["reused"], counts["computed"])
     metrics["seconds"] = time.perf_counter() - t0
     return result

@@ -66,5 +66,8 @@ class ScoreSettings:
     memory_budget_mb: float = 1024.0
     bootstrap: int = 2000
     save_heatmaps: bool = True
+    # Images per scoring chunk: each chunk's heatmaps and curves are cached as
+    # soon as they exist, so a killed job resumes from its last finished chunk.
+    chunk_images: int = 16
 
 

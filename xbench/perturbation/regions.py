@@ -49,6 +49,27 @@ def region_scores(heatmaps: np.ndarray, region_size: int) -> np.ndarray:
     return h.reshape(n, rows, region_size, cols, region_size).sum(axis=(2, 4)).reshape(n, rows * cols)
 
 
+def sanitise_heatmaps(heatmaps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Make NaN/inf heatmaps scorable; returns (float32 maps, (N,) bool "was non-finite").
+
+    Per map: NaN and -inf become the map's smallest finite value (least
+    relevant: perturbed last under MoRF), +inf its largest; a map with no
+    finite value becomes all zeros (a constant map, scored in row-major
+    order). Finite maps are returned unchanged.
+    """
+    h = np.array(heatmaps, dtype=np.float32, copy=True)
+    flat = h.reshape(len(h), -1)
+    ok = np.isfinite(flat)
+    bad = ~ok.all(axis=1)
+    for i in np.flatnonzero(bad):
+        f = flat[i][ok[i]]
+        lo, hi = (float(f.min()), float(f.max())) if f.size else (0.0, 0.0)
+        row = flat[i]
+        row[np.isnan(row) | (row == -np.inf)] = lo
+        row[row == np.inf] = hi
+    return h, bad
+
+
 def check_heatmaps(heatmaps: np.ndarray) -> np.ndarray:
     """Reject NaN/inf maps with a clear message; warn about constant maps.
 
