@@ -156,6 +156,26 @@ def register() -> None:
         cs.store(group="perturbation", name=name, node=node)
 
 
+def _check_no_extra_keys(cfg: DictConfig) -> None:
+    """Keys added with ``+`` to a node that has a schema (Hydra's ``+`` bypasses struct mode)."""
+    for group in ("data", "model", "train", "explainer", "perturbation", "score"):
+        _extra_keys(cfg.get(group), group)
+
+
+def _extra_keys(node, path: str) -> None:
+    from omegaconf import OmegaConf
+
+    schema = OmegaConf.get_type(node) if isinstance(node, DictConfig) else None
+    if schema is None or not dataclasses.is_dataclass(schema):
+        return
+    known = {f.name for f in dataclasses.fields(schema)} | {"_target_"}
+    extra = sorted(set(node.keys()) - known)
+    if extra:
+        raise ConfigError(f"{path}.{extra[0]}: not a setting of {path}; remove it or check the spelling (settings: {', '.join(sorted(known - {'_target_'}))})")
+    for key in node.keys():
+        _extra_keys(node.get(key), f"{path}.{key}")
+
+
 def _check(cond: bool, key: str, msg: str) -> None:
     if not cond:
         raise ConfigError(f"{key}: {msg}")
@@ -169,11 +189,12 @@ def check_target(target: str, key: str) -> None:
 def validate(cfg: DictConfig) -> None:
     """Check every value before work starts; raise :class:`ConfigError` naming the key."""
     from xbench.models.backbones import BACKBONES
-    from xbench.models.build import HEADS
     from xbench.phantoms import RADIOGRAPHY_CLASSES
-    from xbench.settings import SELECTION_RULES
+    from xbench.perturbation.regions import ORDERS
+    from xbench.settings import CONTROL_NAMES, HEADS, SELECTION_RULES, TFKV_METHODS
 
     d, m, t = cfg.data, cfg.model, cfg.train
+    _check_no_extra_keys(cfg)
     check_target(d._target_, "data")
     check_target(m._target_, "model")
     _check(d.image_size >= 1, "data.image_size", f"must be a positive number of pixels, got {d.image_size}")
@@ -223,15 +244,11 @@ def validate(cfg: DictConfig) -> None:
         _check(t.fine_tune.lr > 0, "train.fine_tune.lr", f"must be > 0, got {t.fine_tune.lr}")
     _check(cfg.seed >= 0, "seed", f"must be >= 0, got {cfg.seed}")
 
-    from xbench.explain.explainers import CONTROLS
-    from xbench.explain.tfkv import METHODS
-    from xbench.perturbation.regions import ORDERS
-
     e, p, sc = cfg.explainer, cfg.perturbation, cfg.score
     check_target(e._target_, "explainer")
     check_target(p._target_, "perturbation")
     if "method" in e:
-        _check(e.method in METHODS, "explainer.method", f"unknown tf-keras-vis method {e.method!r}; choose one of {list(METHODS)}")
+        _check(e.method in TFKV_METHODS, "explainer.method", f"unknown tf-keras-vis method {e.method!r}; choose one of {list(TFKV_METHODS)}")
     if "sigma" in p:
         positive = p._target_.endswith("Blur")
         _check(p.sigma > 0 if positive else p.sigma >= 0, "perturbation.sigma", f"must be {'> 0' if positive else '>= 0'}, got {p.sigma}")
@@ -245,7 +262,7 @@ def validate(cfg: DictConfig) -> None:
         _check(sc.max_steps >= 0, "score.max_steps", f"must be >= 0, got {sc.max_steps}")
     _check(sc.subset in ("correct", "all"), "score.subset", f"must be 'correct' or 'all', got {sc.subset!r}")
     _check(sc.target in ("predicted", "true"), "score.target", f"must be 'predicted' or 'true', got {sc.target!r}")
-    _check(all(c in CONTROLS for c in sc.controls), "score.controls", f"choose from {list(CONTROLS)}, got {list(sc.controls)}")
+    _check(all(c in CONTROL_NAMES for c in sc.controls), "score.controls", f"choose from {list(CONTROL_NAMES)}, got {list(sc.controls)}")
     if sc.max_images is not None:
         _check(sc.max_images >= 1, "score.max_images", f"must be >= 1, got {sc.max_images}")
     _check(sc.bootstrap >= 1000, "score.bootstrap", f"use at least 1,000 resamples, got {sc.bootstrap}")

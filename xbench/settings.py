@@ -12,6 +12,11 @@ from dataclasses import dataclass, field
 from typing import List, Optional
 
 SELECTION_RULES = ("disease_recall", "val_loss", "macro_f1")
+#: Names a config may choose, declared here (Keras-free) so that configs are
+#: checked before TensorFlow loads; the modules that implement them import these.
+HEADS = ("paper", "pediatric")
+TFKV_METHODS = ("gradcampp", "scorecam", "layercam", "saliency", "smoothgrad")
+CONTROL_NAMES = ("random", "center")
 
 
 @dataclass

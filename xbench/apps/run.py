@@ -68,13 +68,108 @@ def _hydra_main(cfg: DictConfig) -> None:
     try:
         run(cfg, run_dir)
     except XbenchError as exc:
-        log.debug("user error", exc_info=True)
+        _log_traceback_to_file(exc)
         log.error("%s", exc)
-        print(f"xbench: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        _fail(exc)
+
+
+def _log_traceback_to_file(exc: BaseException) -> None:
+    """Write ``exc``'s traceback to the job's log file only (the console gets one line)."""
+    record = log.makeRecord(log.name, logging.DEBUG, __file__, 0, "user error, traceback:", (), (type(exc), exc, exc.__traceback__))
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
+#: Config groups whose options are files under ``xbench/conf/<group>/``.
+GROUPS = ("data", "model", "train", "explainer", "perturbation", "experiment")
+#: Hydra flags after which there is no job to check (help, printing the config, completion).
+_NO_JOB_FLAGS = {"--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c", "--shell-completion", "-sc", "--version",
+                 "--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--experimental-rerun"}
+#: Sweeps larger than this are checked on their first combinations only.
+MAX_PREFLIGHT_JOBS = 64
+
+
+def group_options(group: str) -> list[str]:
+    """The options of a config group: ``model`` -> ["densenet121", ..., "vgg19"]."""
+    from importlib.resources import files
+
+    folder = files("xbench.conf") / group
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def preflight(args: list[str]) -> None:
+    """Check the command line's overrides for every job of the run or sweep, before any job starts.
+
+    Unknown group options, unknown keys, malformed overrides and bad values
+    (:func:`xbench.config.validate`) raise :class:`ConfigError` with one line
+    naming the override, so a typo in the last value of a sweep does not cost
+    the jobs before it. Hydra's own error messages span several lines.
+    """
+    import itertools
+
+    from hydra import compose, initialize_config_module
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from xbench.errors import ConfigError
+
+    if any(a.split("=")[0] in _NO_JOB_FLAGS for a in args):
+        return
+    multirun = "-m" in args or "--multirun" in args
+    lines = [a for a in args if not a.startswith("-")]
+    try:
+        parsed = OverridesParser.create().parse_overrides(lines)
+    except HydraException as exc:
+        raise ConfigError(f"cannot parse the override: {str(exc).splitlines()[0]}") from None
+    choices = []
+    for o in parsed:
+        key = o.key_or_group
+        if key.split("/")[0].split(".")[0] == "hydra":
+            continue  # Hydra's own settings (launcher, run dir) are Hydra's to check
+        values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [None]
+        if o.is_sweep_override() and not multirun:
+            raise ConfigError(f"{o.input_line}: a sweep needs -m (xbench -m {o.input_line})")
+        if key in GROUPS and not o.is_delete():
+            options = group_options(key)
+            for v in values if values != [None] else [o.get_value_element_as_str()]:
+                if v not in options:
+                    raise ConfigError(f"{o.get_key_element()}={v}: no such {key}; choose one of: {', '.join(options)}")
+        choices.append([o.input_line] if values == [None] else [f"{o.get_key_element()}={v}" for v in values])
+    from xbench.config import validate
+
+    with initialize_config_module(config_module="xbench.conf", version_base="1.3"):
+        for combo in itertools.islice(itertools.product(*choices), MAX_PREFLIGHT_JOBS):
+            try:
+                cfg = compose(config_name="config", overrides=list(combo))
+            except (HydraException, OmegaConfBaseException, ValueError) as exc:
+                chain, e = [], exc
+                while e is not None:
+                    chain.append(str(e))
+                    e = e.__cause__ or e.__context__
+                msg = " ".join(" ".join(chain).split())
+                bad = next((c for c in combo if c.split("=")[0].lstrip("+~") in msg), None)
+                if "not in" in msg and bad:
+                    raise ConfigError(f"{bad}: no such key in the config; check the spelling ('xbench --cfg job' prints every key)") from None
+                detail = next((line for m in chain[1:] for line in m.splitlines()[:1] if "$VALUE" not in line), "")
+                raise ConfigError(f"{bad + ': ' if bad else ''}{str(exc).splitlines()[0]}{' (' + detail + ')' if detail else ''}") from None
+            try:
+                validate(cfg)
+            except ConfigError as exc:
+                raise ConfigError(f"{exc} (in the job {' '.join(combo)})" if multirun and combo else str(exc)) from None
+
+
+def _fail(exc: BaseException) -> None:
+    print(f"xbench: error: {exc}", file=sys.stderr)
+    sys.exit(2)
 
 
 def main() -> None:
+    try:
+        preflight(sys.argv[1:])
+    except XbenchError as exc:
+        _fail(exc)
     _hydra_main()
 
 

@@ -14,7 +14,9 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-METHODS = ("gradcampp", "scorecam", "layercam", "saliency", "smoothgrad")
+from xbench.settings import TFKV_METHODS
+
+METHODS = TFKV_METHODS
 
 
 def logits_model(model: keras.Model) -> keras.Model:

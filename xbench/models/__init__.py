@@ -1,7 +1,14 @@
 """Classifiers: keras.applications backbones with in-model preprocessing and the studies' heads."""
 
-from xbench.models.backbones import BACKBONES, BackboneSpec
-from xbench.models.build import build_classifier, head_model
-from xbench.models.preprocess import Preprocess
+import importlib
 
-__all__ = ["BACKBONES", "BackboneSpec", "Preprocess", "build_classifier", "head_model"]
+# Lazy (PEP 562): ``import xbench.models.<module>`` must not load Keras for
+# the Keras-free ones, so that configs are checked before TensorFlow starts.
+_WHERE = {'BACKBONES': 'xbench.models.backbones', 'BackboneSpec': 'xbench.models.backbones', 'build_classifier': 'xbench.models.build', 'head_model': 'xbench.models.build', 'Preprocess': 'xbench.models.preprocess'}
+__all__ = ['BACKBONES', 'BackboneSpec', 'Preprocess', 'build_classifier', 'head_model']
+
+
+def __getattr__(name):
+    if name in _WHERE:
+        return getattr(importlib.import_module(_WHERE[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

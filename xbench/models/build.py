@@ -20,13 +20,13 @@ import keras
 from xbench.errors import ConfigError
 from xbench.models.backbones import get_backbone
 from xbench.models.preprocess import Preprocess
+from xbench.settings import HEADS
 
 log = logging.getLogger(__name__)
 
 FEATURES = "features"
 LOGITS = "logits"
 PROBS = "probs"
-HEADS = ("paper", "pediatric")
 
 
 def _he_reinitialise(layers: Sequence[keras.layers.Layer], seed: int) -> None:
