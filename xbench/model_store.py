@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import zipfile
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from xbench import io
+from xbench.models import preprocess  # noqa: F401  (registers the Preprocess layer that saved models contain)
 
 log = logging.getLogger(__name__)
 # 2: batch order a function of (seed, epoch), so that training can resume exactly.
@@ -60,8 +62,9 @@ class ModelStore:
             record = json.loads(rec_path.read_text())
             model = keras.saving.load_model(d / "model.keras", safe_mode=True)
             history = pd.read_csv(d / "history.csv")
-        except (OSError, ValueError, json.JSONDecodeError) as exc:
-            log.warning("model cache entry %s is unreadable (%s); training again", key, exc)
+        except (OSError, ValueError, TypeError, KeyError, zipfile.BadZipFile) as exc:
+            # A damaged file, or one that safe mode refuses (a Lambda layer: code).
+            log.warning("model cache entry %s is unreadable (%s); training again", key, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
             return None
         model.xbench_backbone = record.get("backbone")
         model.xbench_gradcam_layer = record.get("gradcam_layer")
@@ -102,8 +105,14 @@ class CachedExplainer:
                       "ids": np.asarray(image_ids).tolist(), "targets": np.asarray(targets).tolist()})
         path = self.root / f"{self.name}-{key}.npy"
         if path.is_file():
-            self.hits += 1
-            return np.load(path, allow_pickle=False)
+            try:
+                maps = np.load(path, allow_pickle=False)
+                if maps.shape[0] == len(images):
+                    self.hits += 1
+                    return maps
+                log.warning("heatmap cache file %s holds %d maps for %d images; computing again", path.name, maps.shape[0], len(images))
+            except (OSError, ValueError) as exc:
+                log.warning("heatmap cache file %s is unreadable (%s); computing again", path.name, exc)
         maps = np.asarray(self.explainer(model, images, targets, image_ids=image_ids, seed=seed), dtype=np.float32)
         with io.atomic_memmap(path, maps.shape, np.float32) as mm:
             mm[:] = maps

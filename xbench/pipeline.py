@@ -203,6 +203,7 @@ def run_job(
             "n_skipped": len(data.skipped),
             "skipped": [{"path": p, "reason": r} for p, r in data.skipped],
             "masks": rec.has_masks,
+            "n_masks": sum(m is not None for m in rec.mask_paths),
             "notes": rec.notes,
         },
         "model": {
@@ -230,10 +231,11 @@ def run_job(
     if explainer is not None and score is not None and score.enabled:
         t4 = time.perf_counter()
         masks = _test_masks(rec, te, source.image_size, cache_dir)
+        masks, mask_ok = masks if masks is not None else (None, None)
         if key is not None:
             explainer = CachedExplainer(explainer, cache_dir, key)
         res = score_model(model, data.images, te, rec.labels[te], probs.argmax(1), rec.class_names, explainer, controls,
-                          perturbation, score, seed=seed, masks=masks, store=CurveStore(cache_dir, key) if key else None)
+                          perturbation, score, seed=seed, masks=masks, mask_ok=mask_ok, store=CurveStore(cache_dir, key) if key else None)
         io.write_npz(run_dir / "curves.npz", res.curves)
         if res.heatmaps:
             io.write_npz(run_dir / "heatmaps.npz", res.heatmaps)
@@ -251,12 +253,21 @@ def run_job(
     return metrics
 
 
-def _test_masks(rec: Records, rows: np.ndarray, size: int, cache_dir: Path) -> np.ndarray | None:
-    """(T, S, S) lung masks of the test images, or None (mask-based metrics off)."""
-    if not rec.has_masks:
+def _test_masks(rec: Records, rows: np.ndarray, size: int, cache_dir: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """((T, S, S) lung masks of the test images, (T,) bool "has a usable mask"), or None if none has.
+
+    Masks of any size are resized (nearest neighbour); a missing or
+    undecodable mask leaves its image out of the lung share only.
+    """
+    have = [i for i, r in enumerate(rows) if rec.mask_paths[r] is not None]
+    if not have:
         return None
-    dec = load_decoded([rec.mask_paths[i] for i in rows], size, cache_dir, masks=True)
-    if len(dec.ok) != len(rows):
-        log.warning("%d lung mask(s) cannot be decoded: lung share is off", len(rows) - len(dec.ok))
-        return None
-    return np.asarray(dec.array)
+    dec = load_decoded([rec.mask_paths[rows[i]] for i in have], size, cache_dir, masks=True)
+    masks = np.zeros((len(rows), size, size), np.uint8)
+    ok = np.zeros(len(rows), bool)
+    good = np.asarray(have)[dec.ok]
+    masks[good] = np.asarray(dec.array)[dec.ok]
+    ok[good] = True
+    if len(good) < len(rows):
+        log.warning("%d of %d test images have no usable lung mask: lung share uses the other %d", len(rows) - len(good), len(rows), len(good))
+    return masks, ok

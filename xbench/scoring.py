@@ -88,6 +88,7 @@ def score_model(
     *,
     seed: int = 0,
     masks: np.ndarray | None = None,
+    mask_ok: np.ndarray | None = None,
     store=None,
 ) -> ScoreResult:
     """Explain and score the selected test images.
@@ -101,6 +102,7 @@ def score_model(
             -> (M, S, S)``.
         perturbation: g for the engine.
         masks: (T, S, S) lung masks of the test images, or None.
+        mask_ok: (T,) bool, which test images have a usable mask (default: all).
         store: where finished chunks of curves are kept (``get(key)``,
             ``put(key, curves)``; :class:`xbench.model_store.CurveStore`), or
             None. With one, a run killed while scoring recomputes only the
@@ -130,6 +132,7 @@ def score_model(
     result.curves["predictions"] = preds[sel].astype(np.int64)
     result.curves["image_ids"] = rows.astype(np.int64)
     lung = None if masks is None else np.asarray(masks)[sel].astype(bool)
+    lung_ok = None if masks is None else (np.ones(len(sel), bool) if mask_ok is None else np.asarray(mask_ok, bool)[sel])
     per_image_morf = {}
     chunks = [slice(i, i + settings.chunk_images) for i in range(0, len(sel), settings.chunk_images)]
     counts = {"computed": 0, "reused": 0}
@@ -194,9 +197,10 @@ def score_model(
             m["abpc"] = _summary(abpc_per_image(curves["morf"], curves["lerf"]), settings, seed)
         if lung is not None:
             share = positive_mass_share(heat, lung)
+            share[~lung_ok] = np.nan  # no mask: not an image without positive mass, but excluded all the same
             ok = np.isfinite(share)
             m["lung_share"] = {**_summary(share[ok], settings, seed), "n": int(ok.sum())}
-            result.curves[f"lung_share_{name}"] = share.astype(np.float32)  # per image, NaN = no positive mass
+            result.curves[f"lung_share_{name}"] = share.astype(np.float32)  # per image, NaN = no positive mass or no mask
         if settings.save_heatmaps:
             result.heatmaps[name] = heat.astype(np.float16)
         metrics["methods"][name] = m

@@ -119,10 +119,16 @@ def preflight(args: list[str]) -> None:
         return
     multirun = "-m" in args or "--multirun" in args
     lines = [a for a in args if not a.startswith("-")]
-    try:
-        parsed = OverridesParser.create().parse_overrides(lines)
-    except HydraException as exc:
-        raise ConfigError(f"cannot parse the override: {str(exc).splitlines()[0]}") from None
+    parser = OverridesParser.create()
+    parsed = []
+    for line in lines:
+        try:
+            parsed += parser.parse_overrides([line])
+        except HydraException:
+            key, _, value = line.partition("=")
+            hint = (f"; quote a value with spaces or non-ASCII characters: \"{key}='{value}'\""
+                    if value and (not value.isascii() or " " in value) else "; see https://hydra.cc/docs/advanced/override_grammar/basic")
+            raise ConfigError(f"cannot parse the override {line!r}{hint}") from None
     choices = []
     for o in parsed:
         key = o.key_or_group

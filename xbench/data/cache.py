@@ -69,6 +69,21 @@ def _decode_into(out, paths, size, decoder: Callable, desc: str, workers: int) -
     return reasons
 
 
+def _read_entry(arr_path: Path, meta_path: Path, shape: tuple) -> tuple[np.ndarray, list] | None:
+    """(memmapped array, skipped list) of a cache entry, or None if it is absent or damaged."""
+    if not (arr_path.is_file() and meta_path.is_file()):
+        return None
+    try:
+        skipped = [tuple(s) for s in json.loads(meta_path.read_text())["skipped"]]
+        array = np.load(arr_path, mmap_mode="r", allow_pickle=False)
+        if array.shape != shape or array.dtype != np.uint8:
+            raise ValueError(f"holds {array.dtype} {array.shape}, expected uint8 {shape}")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("decoded cache entry %s is damaged (%s); decoding again", arr_path.name, exc)
+        return None
+    return array, skipped
+
+
 def load_decoded(
     paths: Sequence[Path],
     size: int,
@@ -95,12 +110,12 @@ def load_decoded(
     key = _fingerprint(paths, size, kind)
     folder = Path(cache_dir) / "decoded"
     arr_path, meta_path = folder / f"{kind}-{key}.npy", folder / f"{kind}-{key}.json"
-    if arr_path.is_file() and meta_path.is_file():
-        meta = json.loads(meta_path.read_text())
-        skipped = [tuple(s) for s in meta["skipped"]]
+    shape = (size, size) if masks else (size, size, 3)
+    entry = _read_entry(arr_path, meta_path, (len(paths),) + shape)
+    if entry is not None:
+        array, skipped = entry
         log.info("decoded %ss: cache hit %s (%d files)", kind, arr_path.name, len(paths))
     else:
-        shape = (size, size) if masks else (size, size, 3)
         decoder = (lambda p, s: decode_mask(p, s).astype(np.uint8)) if masks else decode_image
         # Rows are written straight into the memmap: host memory stays at a
         # few images per thread, whatever N is. Undecodable rows stay zero.
@@ -109,6 +124,7 @@ def load_decoded(
         skipped = [(str(paths[i]), reasons[i]) for i in sorted(reasons)]
         io.write_json(meta_path, {"files": len(paths), "size": size, "kind": kind, "skipped": skipped})
         log.info("decoded %d %ss into %s (%d skipped)", len(paths) - len(skipped), kind, arr_path.name, len(skipped))
+        array = np.load(arr_path, mmap_mode="r", allow_pickle=False)
     bad = {s[0] for s in skipped}
     ok = np.asarray([i for i, p in enumerate(paths) if str(p) not in bad], dtype=np.int64)
     if skipped and on_corrupt == "error":
@@ -118,5 +134,4 @@ def load_decoded(
         )
     for path, reason in skipped:
         log.warning("skipped undecodable %s: %s", kind, reason)
-    array = np.load(arr_path, mmap_mode="r", allow_pickle=False)
     return Decoded(array=array, ok=ok, skipped=list(skipped), key=key)

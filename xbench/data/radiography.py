@@ -83,9 +83,10 @@ def scan_radiography(
             labels.append(label)
             masks.append(m)
     notes = []
-    if missing_masks:
-        notes.append(f"{missing_masks} of {len(paths)} images have no lung mask: mask-based metrics (lung share) are off")
-        masks = [None] * len(paths)
+    if missing_masks == len(paths):
+        notes.append("no image has a lung mask: mask-based metrics (lung share) are off")
+    elif missing_masks:
+        notes.append(f"{missing_masks} of {len(paths)} images have no lung mask: lung share is computed on the others")
     return Records(
         paths=paths,
         labels=np.asarray(labels, dtype=np.int64),

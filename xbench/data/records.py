@@ -40,7 +40,8 @@ class Records:
 
     @property
     def has_masks(self) -> bool:
-        return len(self.mask_paths) > 0 and all(m is not None for m in self.mask_paths)
+        """At least one image has a lung mask."""
+        return any(m is not None for m in self.mask_paths)
 
     def subset(self, index: np.ndarray) -> "Records":
         index = np.asarray(index, dtype=np.int64)
