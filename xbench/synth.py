@@ -89,14 +89,25 @@ def is_complete(root: str | Path, spec: SynthSpec) -> bool:
 def write_database(root: str | Path, spec: SynthSpec, workers: int | None = None) -> Path:
     """Write the database for ``spec`` under ``root`` (skipped if already complete).
 
-    Returns ``root``. Safe to run concurrently for the same spec: every file is
-    written atomically with identical content, and the marker file last.
+    Returns ``root``. Safe to run concurrently for the same spec: one process
+    writes (under a file lock) while the others wait; every file is written
+    atomically, and the marker file last.
     """
     if spec.shortcut_class and spec.shortcut_class not in RADIOGRAPHY_CLASSES:
         raise ValueError(f"shortcut_class must be one of {RADIOGRAPHY_CLASSES} or empty, got {spec.shortcut_class!r}")
     root = Path(root)
     if is_complete(root, spec):
         return root
+    # Jobs of a sweep that start together would otherwise all write the
+    # database, and files replaced under a job that already fingerprinted them
+    # would give the jobs different data keys (so different model keys).
+    with io.file_lock(root.parent / f".{root.name}.lock"):
+        if not is_complete(root, spec):
+            _write_all(root, spec, workers)
+    return root
+
+
+def _write_all(root: Path, spec: SynthSpec, workers: int | None) -> None:
     for label in RADIOGRAPHY_CLASSES:
         for sub in ("images", "masks", "lesions"):
             io.ensure_dir(root / label / sub)
@@ -111,4 +122,3 @@ def write_database(root: str | Path, spec: SynthSpec, workers: int | None = None
         for job in tqdm(jobs, desc=desc, unit="img", mininterval=1.0):
             _write_one(job)
     io.write_json(root / MARKER_FILE, {"spec": asdict(spec), "generator": GENERATOR_VERSION, "classes": list(RADIOGRAPHY_CLASSES)})
-    return root

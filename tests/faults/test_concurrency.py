@@ -39,7 +39,7 @@ def test_two_workers_sharing_a_cache_entry_train_once_and_agree(tmp_path):
 
     model, history, record = ModelStore(cache).load(entries[0].name)  # safe mode
     assert model.output_shape == (None, 4) and len(history) == 5 and record["best_epoch"] >= 1
-    [db] = (cache / "synthetic").iterdir()
+    [db] = [d for d in (cache / "synthetic").iterdir() if d.is_dir()]
     marker = json.loads(next(db.glob("*.json")).read_text())
     assert marker["spec"]["n_per_class"] == 12
     assert sum(1 for _ in db.rglob("images/*.png")) == 48

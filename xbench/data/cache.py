@@ -84,6 +84,18 @@ def _read_entry(arr_path: Path, meta_path: Path, shape: tuple) -> tuple[np.ndarr
     return array, skipped
 
 
+def _decode_entry(paths, size, masks, arr_path, meta_path, shape, kind, workers) -> tuple[np.ndarray, list]:
+    decoder = (lambda p, s: decode_mask(p, s).astype(np.uint8)) if masks else decode_image
+    # Rows are written straight into the memmap: host memory stays at a
+    # few images per thread, whatever N is. Undecodable rows stay zero.
+    with io.atomic_memmap(arr_path, (len(paths),) + shape) as mm:
+        reasons = _decode_into(mm, paths, size, decoder, f"decoding {kind}s", workers or os.cpu_count() or 1)
+    skipped = [(str(paths[i]), reasons[i]) for i in sorted(reasons)]
+    io.write_json(meta_path, {"files": len(paths), "size": size, "kind": kind, "skipped": skipped})
+    log.info("decoded %d %ss into %s (%d skipped)", len(paths) - len(skipped), kind, arr_path.name, len(skipped))
+    return np.load(arr_path, mmap_mode="r", allow_pickle=False), skipped
+
+
 def load_decoded(
     paths: Sequence[Path],
     size: int,
@@ -112,19 +124,15 @@ def load_decoded(
     arr_path, meta_path = folder / f"{kind}-{key}.npy", folder / f"{kind}-{key}.json"
     shape = (size, size) if masks else (size, size, 3)
     entry = _read_entry(arr_path, meta_path, (len(paths),) + shape)
-    if entry is not None:
-        array, skipped = entry
-        log.info("decoded %ss: cache hit %s (%d files)", kind, arr_path.name, len(paths))
+    if entry is None:
+        # One job decodes while others needing the same entry wait, then read it.
+        with io.file_lock(folder / f".{kind}-{key}.lock"):
+            entry = _read_entry(arr_path, meta_path, (len(paths),) + shape)
+            if entry is None:
+                entry = _decode_entry(paths, size, masks, arr_path, meta_path, shape, kind, workers)
     else:
-        decoder = (lambda p, s: decode_mask(p, s).astype(np.uint8)) if masks else decode_image
-        # Rows are written straight into the memmap: host memory stays at a
-        # few images per thread, whatever N is. Undecodable rows stay zero.
-        with io.atomic_memmap(arr_path, (len(paths),) + shape) as mm:
-            reasons = _decode_into(mm, paths, size, decoder, f"decoding {kind}s", workers or os.cpu_count() or 1)
-        skipped = [(str(paths[i]), reasons[i]) for i in sorted(reasons)]
-        io.write_json(meta_path, {"files": len(paths), "size": size, "kind": kind, "skipped": skipped})
-        log.info("decoded %d %ss into %s (%d skipped)", len(paths) - len(skipped), kind, arr_path.name, len(skipped))
-        array = np.load(arr_path, mmap_mode="r", allow_pickle=False)
+        log.info("decoded %ss: cache hit %s (%d files)", kind, arr_path.name, len(paths))
+    array, skipped = entry
     bad = {s[0] for s in skipped}
     ok = np.asarray([i for i, p in enumerate(paths) if str(p) not in bad], dtype=np.int64)
     if skipped and on_corrupt == "error":
