@@ -224,13 +224,14 @@ class _StaleCheckpoint(Exception):
     """A stage-2 checkpoint that cannot be restored (stage 1 was skipped on its account)."""
 
 
-def _fit_stage(stage, trainer, data, epochs, *, mutable, cw, callback, state, checkpoint, desc, must_resume=False) -> None:
+def _fit_stage(stage, trainer, data, epochs, *, mutable, cw, callback, state, checkpoint, desc, must_resume=False) -> float:
     """Fit ``epochs`` epochs one at a time, resuming from ``checkpoint`` and saving to it after each.
 
     An epoch is fully determined by the variables saved (model with its
     dropout seed states, optimizer) and by the data, whose order and
     augmentation are functions of (seed, epoch, batch), so a resumed
-    run ends bit-identical to an uninterrupted one on CPU.
+    run ends bit-identical to an uninterrupted one on CPU. Returns the seconds
+    spent writing checkpoints.
     """
     trainer.optimizer.build(trainer.trainable_variables)  # its variables must exist to be restored
     tracked = list(mutable) + list(trainer.optimizer.variables)
@@ -248,20 +249,26 @@ def _fit_stage(stage, trainer, data, epochs, *, mutable, cw, callback, state, ch
         start = int(meta["epochs_done"])
         log.info("%s: resuming after epoch %d of %d from %s", stage, start, epochs, checkpoint.folder)
     bar = tqdm(total=epochs, initial=start, desc=desc, unit="epoch", mininterval=0.5)
+    checkpoint_s = 0.0
     for e in range(start, epochs):
         data.set_epoch(e)
+        t0 = time.perf_counter()
         # shuffle=False: Keras would permute a PyDataset's batches with the
         # global NumPy RNG, whose state a resumed process cannot have.
         hist = trainer.fit(data, initial_epoch=e, epochs=e + 1, shuffle=False, class_weight=cw, verbose=0, callbacks=[callback])
+        state["rows"][-1]["fit_seconds"] = time.perf_counter() - t0  # "seconds" plus fit's start-up
         bar.set_postfix(loss=f"{hist.history.get('loss', [float('nan')])[-1]:.3f}")
         bar.update(1)
         if checkpoint is not None:
+            t1 = time.perf_counter()
             meta = {"stage": stage, "epochs_done": e + 1, "signature": signature, "rows": state["rows"],
                     "best_score": state["best_score"], "best_epoch": state["best_epoch"]}
             checkpoint.save(meta, _values(tracked), state["weights"], state["best_changed"])
             state["best_changed"] = False
+            checkpoint_s += time.perf_counter() - t1
             faults.point("train_epoch")
     bar.close()
+    return checkpoint_s
 
 
 def train_classifier(
@@ -333,8 +340,8 @@ def train_classifier(
         trainer.compile(optimizer=keras.optimizers.Adam(settings.lr, clipnorm=settings.clipnorm), loss=loss, metrics=["accuracy"])
         cb = _SelectBest(mutable, val_inputs, labels[va], list(class_names), disease_index, settings.select, "stage1", val_predict, 0, state)
         t1 = time.perf_counter()
-        _fit_stage("stage1", trainer, data, settings.epochs, mutable=mutable, cw=cw, callback=cb, state=state,
-                   checkpoint=checkpoint, desc="training (stage 1)")
+        timings["stage1_checkpoint_s"] = _fit_stage("stage1", trainer, data, settings.epochs, mutable=mutable, cw=cw, callback=cb,
+                                                    state=state, checkpoint=checkpoint, desc="training (stage 1)")
         timings["stage1_fit_s"] = time.perf_counter() - t1
         timings["stage1_s"] = time.perf_counter() - t0
 
@@ -353,8 +360,8 @@ def train_classifier(
         cb2 = _SelectBest(mutable, va, labels[va], list(class_names), disease_index, settings.select, "stage2", image_predict, settings.epochs, state)
         t2 = time.perf_counter()
         try:
-            _fit_stage("stage2", model, batches, ft.epochs, mutable=mutable, cw=cw, callback=cb2, state=state,
-                       checkpoint=checkpoint, desc="fine-tuning (stage 2)", must_resume=at == "stage2")
+            timings["stage2_checkpoint_s"] = _fit_stage("stage2", model, batches, ft.epochs, mutable=mutable, cw=cw, callback=cb2, state=state,
+                                                        checkpoint=checkpoint, desc="fine-tuning (stage 2)", must_resume=at == "stage2")
         except _StaleCheckpoint:
             log.warning("stage-2 checkpoint in %s cannot be restored; training from the start", checkpoint.folder)
             checkpoint.clear()
