@@ -8,8 +8,8 @@ A checkpoint folder holds three kinds of file, written in this order:
 - ``best-<stage>-<epoch>.npz``: the selected epoch's weights (rewritten only
   when the selection score improves);
 - ``checkpoint.json``: the stage, the epochs done, the history rows so far,
-  the best score and epoch, the two file names and the variables' paths and
-  shapes, written last (atomically), so it only ever names complete files.
+  the best score and epoch, the two file names and the variables' shapes
+  and dtypes, written last (atomically), so it only ever names complete files.
 
 Files that ``checkpoint.json`` no longer names are deleted after it is
 written. A folder whose variables do not match the model being trained (a
@@ -69,14 +69,17 @@ class TrainCheckpoint:
             return None
         return {"meta": meta, "state": state, "best": best}
 
-    def save(self, meta: dict, state: list[np.ndarray], best: list[np.ndarray] | None, best_changed: bool) -> None:
-        """Write one epoch's checkpoint; ``meta`` must hold ``stage``, ``epochs_done`` and ``signature``."""
+    def save(self, meta: dict, state: list[np.ndarray], best: list[np.ndarray] | None) -> None:
+        """Write one epoch's checkpoint; ``meta`` must hold ``stage``, ``epochs_done``, ``best_epoch`` and ``signature``.
+
+        ``best`` is written only when ``best_epoch`` differs from the last checkpoint's.
+        """
         tag = f"{meta['stage']}-{meta['epochs_done']:04d}"
         old = self._current()
         state_file = f"state-{tag}.npz"
         io.write_npz(self.folder / state_file, {f"v{i}": a for i, a in enumerate(state)}, compress=False)
         best_file = old.get("best_file")
-        if best is not None and (best_changed or not best_file):
+        if best is not None and (meta["best_epoch"] != old.get("best_epoch") or not best_file):
             best_file = f"best-{tag}.npz"
             io.write_npz(self.folder / best_file, {f"v{i}": a for i, a in enumerate(best)}, compress=False)
         io.write_json(self._meta_path, {**meta, "version": FORMAT_VERSION, "state_file": state_file, "best_file": best_file})

@@ -37,7 +37,7 @@ def _tmp_path(path: Path, suffix: str = ".tmp") -> Path:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
     """Yield a temporary path next to ``path``; move it onto ``path`` on success.
 
     Use for writers that insist on a file name of their own (Keras, PIL). The
@@ -45,7 +45,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(path)
+    tmp = _tmp_path(path, suffix)
     try:
         yield tmp
         faults.point(f"replace@{path.name}")
@@ -142,17 +142,9 @@ def atomic_memmap(path: str | os.PathLike, shape: tuple[int, ...], dtype=np.uint
 
 def save_keras_model(path: str | os.PathLike, model) -> Path:
     """Save a Keras model in the ``.keras`` format, atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(path, suffix=".keras")
-    try:
+    with atomic_path(path, suffix=".keras") as tmp:  # Keras insists on the suffix
         model.save(tmp)
-        faults.point(f"replace@{path.name}")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return Path(path)
 
 
 def save_figure(path: str | os.PathLike, fig, **kwargs) -> Path:

@@ -25,7 +25,7 @@ import keras
 import numpy as np
 import pandas as pd
 
-from xbench import io
+from xbench import faults, io
 from xbench.models import preprocess  # noqa: F401  (registers the Preprocess layer that saved models contain)
 
 log = logging.getLogger(__name__)
@@ -91,11 +91,50 @@ class ModelStore:
         io.write_json(d / "train.json", record)  # last: marks the entry complete
 
 
+class NpyCache:
+    """float32 arrays computed once and kept as ``<root>/<name>.npy``.
+
+    A file that cannot be read (damaged, or holding pickled objects, which
+    ``allow_pickle=False`` refuses) or that has the wrong number of rows
+    counts as absent: it is logged and computed again, never trusted.
+    """
+
+    def __init__(self, root: str | Path, what: str):
+        self.root, self.what = Path(root), what
+
+    def get(self, name: str, rows: int | None = None) -> np.ndarray | None:
+        path = self.root / f"{name}.npy"
+        if not path.is_file():
+            return None
+        try:
+            array = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            log.warning("%s cache file %s is unreadable (%s); computing again", self.what, path.name, exc)
+            return None
+        if rows is not None and len(array) != rows:
+            log.warning("%s cache file %s holds %d rows, not %d; computing again", self.what, path.name, len(array), rows)
+            return None
+        return array
+
+    def put(self, name: str, array: np.ndarray) -> None:
+        io.write_npy(self.root / f"{name}.npy", np.asarray(array, dtype=np.float32))
+
+    def fetch(self, name: str, compute, rows: int) -> tuple[np.ndarray, bool]:
+        """(the array, whether it came from the cache); ``compute()`` makes it otherwise, and it is stored."""
+        array = self.get(name, rows)
+        if array is not None:
+            return array, True
+        array = np.asarray(compute(), dtype=np.float32)
+        self.put(name, array)
+        return array, False
+
+
 class CachedExplainer:
     """Wraps an explainer; heatmaps are read from / written to ``<cache_dir>/heatmaps``."""
 
     def __init__(self, explainer, cache_dir: str | Path, model_key: str):
-        self.explainer, self.root, self.model_key = explainer, Path(cache_dir) / "heatmaps", model_key
+        self.explainer, self.model_key = explainer, model_key
+        self.cache = NpyCache(Path(cache_dir) / "heatmaps", "heatmap")
         self.name = explainer.name
         self.hits = 0
 
@@ -103,23 +142,13 @@ class CachedExplainer:
         params = asdict(self.explainer) if is_dataclass(self.explainer) else repr(self.explainer)
         key = digest({"model": self.model_key, "explainer": type(self.explainer).__name__, "params": params, "seed": seed,
                       "ids": np.asarray(image_ids).tolist(), "targets": np.asarray(targets).tolist()})
-        path = self.root / f"{self.name}-{key}.npy"
-        if path.is_file():
-            try:
-                maps = np.load(path, allow_pickle=False)
-                if maps.shape[0] == len(images):
-                    self.hits += 1
-                    return maps
-                log.warning("heatmap cache file %s holds %d maps for %d images; computing again", path.name, maps.shape[0], len(images))
-            except (OSError, ValueError) as exc:
-                log.warning("heatmap cache file %s is unreadable (%s); computing again", path.name, exc)
-        maps = np.asarray(self.explainer(model, images, targets, image_ids=image_ids, seed=seed), dtype=np.float32)
-        with io.atomic_memmap(path, maps.shape, np.float32) as mm:
-            mm[:] = maps
+        maps, hit = self.cache.fetch(f"{self.name}-{key}", lambda: self.explainer(model, images, targets, image_ids=image_ids, seed=seed),
+                                     rows=len(images))
+        self.hits += hit
         return maps
 
 
-class CurveStore:
+class CurveStore(NpyCache):
     """Perturbation curves of finished scoring chunks: ``<cache_dir>/curves/<model key>/<chunk key>.npy``.
 
     A job killed while scoring finds its finished chunks here when it runs
@@ -127,17 +156,11 @@ class CurveStore:
     """
 
     def __init__(self, cache_dir: str | Path, model_key: str):
-        self.root = Path(cache_dir) / "curves" / model_key
+        super().__init__(Path(cache_dir) / "curves" / model_key, "curve")
 
-    def get(self, key: str) -> np.ndarray | None:
-        path = self.root / f"{key}.npy"
-        if not path.is_file():
-            return None
-        try:
-            return np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            log.warning("curve cache file %s is unreadable (%s); scoring that chunk again", path, exc)
-            return None
-
-    def put(self, key: str, curves: np.ndarray) -> None:
-        io.write_npy(self.root / f"{key}.npy", np.asarray(curves, dtype=np.float32))
+    def curves(self, identity: dict, compute, rows: int) -> tuple[np.ndarray, bool]:
+        """The chunk's curves keyed by ``identity`` (everything that determines them), and whether they were cached."""
+        curves, hit = self.fetch(digest(identity), compute, rows)
+        if not hit:
+            faults.point("score_chunk")
+        return curves, hit

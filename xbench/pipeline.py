@@ -230,8 +230,7 @@ def run_job(
 
     if explainer is not None and score is not None and score.enabled:
         t4 = time.perf_counter()
-        masks = _test_masks(rec, te, source.image_size, cache_dir)
-        masks, mask_ok = masks if masks is not None else (None, None)
+        masks, mask_ok = _test_masks(rec, te, source.image_size, cache_dir)
         if key is not None:
             explainer = CachedExplainer(explainer, cache_dir, key)
         res = score_model(model, data.images, te, rec.labels[te], probs.argmax(1), rec.class_names, explainer, controls,
@@ -253,15 +252,15 @@ def run_job(
     return metrics
 
 
-def _test_masks(rec: Records, rows: np.ndarray, size: int, cache_dir: Path) -> tuple[np.ndarray, np.ndarray] | None:
-    """((T, S, S) lung masks of the test images, (T,) bool "has a usable mask"), or None if none has.
+def _test_masks(rec: Records, rows: np.ndarray, size: int, cache_dir: Path) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """((T, S, S) lung masks of the test images, (T,) bool "has a usable mask"), or (None, None) if none has.
 
     Masks of any size are resized (nearest neighbour); a missing or
     undecodable mask leaves its image out of the lung share only.
     """
     have = [i for i, r in enumerate(rows) if rec.mask_paths[r] is not None]
     if not have:
-        return None
+        return None, None
     dec = load_decoded([rec.mask_paths[rows[i]] for i in have], size, cache_dir, masks=True)
     masks = np.zeros((len(rows), size, size), np.uint8)
     ok = np.zeros(len(rows), bool)

@@ -20,13 +20,10 @@ from typing import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from xbench import faults
-
 from xbench.metrics.aopc import abpc_per_image, aopc_by_step, aopc_per_image, per_class_mean
 from xbench.metrics.bootstrap import bootstrap_ci
 from xbench.metrics.localisation import positive_mass_share
 from xbench.perturbation.engine import perturbation_curves
-from xbench.model_store import digest
 from xbench.perturbation.regions import grid_shape, sanitise_heatmaps
 from xbench.settings import ScoreSettings
 
@@ -103,9 +100,8 @@ def score_model(
         perturbation: g for the engine.
         masks: (T, S, S) lung masks of the test images, or None.
         mask_ok: (T,) bool, which test images have a usable mask (default: all).
-        store: where finished chunks of curves are kept (``get(key)``,
-            ``put(key, curves)``; :class:`xbench.model_store.CurveStore`), or
-            None. With one, a run killed while scoring recomputes only the
+        store: where finished chunks of curves are kept
+            (:class:`xbench.model_store.CurveStore`), or None. With one, a run killed while scoring recomputes only the
             chunks it had not finished.
     """
     t0 = time.perf_counter()
@@ -160,24 +156,22 @@ def score_model(
             tc = time.perf_counter()
             done = []
             for ch in tqdm(chunks, desc=f"{name} {order} curves", unit="chunk", leave=False, mininterval=1.0, disable=len(chunks) < 2):
-                key = None if store is None else digest({
-                    "method": name, "order": order, "maps": hashlib.sha256(heat[ch].tobytes()).hexdigest(),
-                    "ids": rows[ch].tolist(), "targets": targets[ch].tolist(), "perturbation": perturbation.describe(),
-                    "region": int(region), "max_steps": settings.max_steps, "seed": seed})
-                part = store.get(key) if store is not None else None
-                if part is not None and part.shape == (len(rows[ch]), metrics["steps"] + 1):
-                    counts["reused"] += 1
-                else:
+                def compute(ch=ch):
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore", RuntimeWarning)  # constant maps: counted above
-                        part = perturbation_curves(model, x[ch], heat[ch], targets=targets[ch], region_size=region, order=order,
+                        return perturbation_curves(model, x[ch], heat[ch], targets=targets[ch], region_size=region, order=order,
                                                    perturbation=perturbation, max_steps=settings.max_steps, seed=seed,
                                                    batch_size=settings.batch_size, image_ids=rows[ch],
                                                    memory_budget_mb=settings.memory_budget_mb, progress=len(chunks) < 2)
-                    counts["computed"] += 1
-                    if store is not None:
-                        store.put(key, part)
-                        faults.point("score_chunk")
+
+                if store is None:
+                    part, hit = compute(), False
+                else:
+                    part, hit = store.curves({
+                        "method": name, "order": order, "maps": hashlib.sha256(heat[ch].tobytes()).hexdigest(),
+                        "ids": rows[ch].tolist(), "targets": targets[ch].tolist(), "perturbation": perturbation.describe(),
+                        "region": int(region), "max_steps": settings.max_steps, "seed": seed}, compute, rows=len(rows[ch]))
+                counts["reused" if hit else "computed"] += 1
                 done.append(part)
             c = np.concatenate(done) if done else np.zeros((0, metrics["steps"] + 1), np.float32)
             seconds[f"curves_{order}_s"] = time.perf_counter() - tc

@@ -130,7 +130,8 @@ def _compiled(model: keras.Model):
     return lambda x: model(x, training=False)
 
 
-def _augmenter(s: TrainSettings, seed: int):
+def _augmenter(s: TrainSettings, seed: int, image_shape: tuple):
+    """The augmentation layers, built (their seed states exist, so :class:`_Batches` can reseed them)."""
     layers = []
     if s.flip:
         layers.append(keras.layers.RandomFlip("horizontal", seed=seed))
@@ -138,7 +139,11 @@ def _augmenter(s: TrainSettings, seed: int):
         layers.append(keras.layers.RandomRotation(s.rotation, fill_mode="constant", seed=seed + 1))
     if s.zoom > 0:
         layers.append(keras.layers.RandomZoom(s.zoom, fill_mode="constant", seed=seed + 2))
-    return keras.Sequential(layers, name="augment") if layers else None
+    if not layers:
+        return None
+    aug = keras.Sequential(layers, name="augment")
+    aug.build((None,) + tuple(image_shape))
+    return aug
 
 
 def class_weight_map(labels: np.ndarray, num_classes: int) -> dict[int, float]:
@@ -189,7 +194,7 @@ class _SelectBest(keras.callbacks.Callback):
         self.state["rows"].append(row)
         best = score > self.state["best_score"]
         if best:
-            self.state.update(best_score=float(score), best_epoch=row["epoch"], weights=_values(self.mutable), best_changed=True)
+            self.state.update(best_score=float(score), best_epoch=row["epoch"], weights=_values(self.mutable))
         recalls = " ".join(f"{n}={row[f'val_recall/{n}']:.2f}" for n in self.class_names)
         log.info("%s epoch %d: loss %.4f val_loss %.4f val recall %s | %s %.4f%s", self.stage, row["epoch"], row["loss"], row["val_loss"], recalls, self.rule, score, " *" if best else "")
 
@@ -245,7 +250,7 @@ def _fit_stage(stage, trainer, data, epochs, *, mutable, cw, callback, state, ch
     if saved is not None:
         meta = saved["meta"]
         _assign(tracked, saved["state"])
-        state.update(rows=meta["rows"], best_score=meta["best_score"], best_epoch=meta["best_epoch"], weights=saved["best"], best_changed=False)
+        state.update(rows=meta["rows"], best_score=meta["best_score"], best_epoch=meta["best_epoch"], weights=saved["best"])
         start = int(meta["epochs_done"])
         log.info("%s: resuming after epoch %d of %d from %s", stage, start, epochs, checkpoint.folder)
     bar = tqdm(total=epochs, initial=start, desc=desc, unit="epoch", mininterval=0.5)
@@ -263,8 +268,7 @@ def _fit_stage(stage, trainer, data, epochs, *, mutable, cw, callback, state, ch
             t1 = time.perf_counter()
             meta = {"stage": stage, "epochs_done": e + 1, "signature": signature, "rows": state["rows"],
                     "best_score": state["best_score"], "best_epoch": state["best_epoch"]}
-            checkpoint.save(meta, _values(tracked), state["weights"], state["best_changed"])
-            state["best_changed"] = False
+            checkpoint.save(meta, _values(tracked), state["weights"])
             checkpoint_s += time.perf_counter() - t1
             faults.point("train_epoch")
     bar.close()
@@ -307,7 +311,7 @@ def train_classifier(
     disease_index = [class_names.index(c) for c in disease_classes if c in class_names]
     onehot = np.eye(num_classes, dtype=np.float32)[labels]
     cw = class_weight_map(labels[tr], num_classes) if settings.class_weights else None
-    state = {"rows": [], "best_score": -np.inf, "best_epoch": 0, "weights": None, "best_changed": False}
+    state = {"rows": [], "best_score": -np.inf, "best_epoch": 0, "weights": None}
     timings: dict[str, float] = {}
     loss = keras.losses.CategoricalCrossentropy(label_smoothing=settings.label_smoothing)
     mutable = _mutable_variables(model, settings)
@@ -320,7 +324,7 @@ def train_classifier(
     t0 = time.perf_counter()
     if at != "stage2":  # a stage-2 checkpoint already holds stage 1's outcome
         set_trainable(model, None if settings.freeze_base else 0)
-        aug = _augmenter(settings, seed) if settings.augment else None
+        aug = _augmenter(settings, seed, images.shape[1:]) if settings.augment else None
         if use_features:
             extractor = feature_extractor(model)
             feats = predict_images(extractor, images, np.concatenate([tr, va]), desc="backbone features")
@@ -333,8 +337,6 @@ def train_classifier(
             val_inputs = f_va
         else:
             trainer = model
-            if aug is not None:
-                aug.build((None,) + tuple(images.shape[1:]))
             data = _Batches(images, tr, onehot[tr], settings.batch_size, shuffle=True, seed=seed, augment=aug)
             val_inputs, val_predict = va, image_predict
         trainer.compile(optimizer=keras.optimizers.Adam(settings.lr, clipnorm=settings.clipnorm), loss=loss, metrics=["accuracy"])
@@ -352,9 +354,7 @@ def train_classifier(
             # fine-tuning of its saved baseline.
             _assign(mutable, state["weights"])
         log.info("stage 2: fine-tuning %d backbone layers from %s at lr %g", n, ft.from_layer, ft.lr)
-        aug = _augmenter(settings, seed + 10) if settings.augment else None
-        if aug is not None:
-            aug.build((None,) + tuple(images.shape[1:]))
+        aug = _augmenter(settings, seed + 10, images.shape[1:]) if settings.augment else None
         batches = _Batches(images, tr, onehot[tr], ft.batch_size or settings.batch_size, shuffle=True, seed=seed + 1, augment=aug)
         model.compile(optimizer=keras.optimizers.Adam(ft.lr, clipnorm=ft.clipnorm), loss=loss, metrics=["accuracy"])
         cb2 = _SelectBest(mutable, va, labels[va], list(class_names), disease_index, settings.select, "stage2", image_predict, settings.epochs, state)

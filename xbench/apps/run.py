@@ -134,15 +134,16 @@ def preflight(args: list[str]) -> None:
         key = o.key_or_group
         if key.split("/")[0].split(".")[0] == "hydra":
             continue  # Hydra's own settings (launcher, run dir) are Hydra's to check
-        values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [None]
-        if o.is_sweep_override() and not multirun:
+        sweep = o.is_sweep_override()
+        if sweep and not multirun:
             raise ConfigError(f"{o.input_line}: a sweep needs -m (xbench -m {o.input_line})")
+        values = list(o.sweep_string_iterator()) if sweep else []
         if key in GROUPS and not o.is_delete():
             options = group_options(key)
-            for v in values if values != [None] else [o.get_value_element_as_str()]:
+            for v in values or [o.get_value_element_as_str()]:
                 if v not in options:
                     raise ConfigError(f"{o.get_key_element()}={v}: no such {key}; choose one of: {', '.join(options)}")
-        choices.append([o.input_line] if values == [None] else [f"{o.get_key_element()}={v}" for v in values])
+        choices.append([f"{o.get_key_element()}={v}" for v in values] if sweep else [o.input_line])
     from xbench.config import validate
 
     with initialize_config_module(config_module="xbench.conf", version_base="1.3"):

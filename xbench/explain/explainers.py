@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from xbench.explain.controls import center_maps, random_maps
+from xbench.settings import TFKV_METHODS
 
 
 @dataclass
@@ -39,10 +40,8 @@ class TfKerasVis:
     name: str = ""
 
     def __post_init__(self):
-        from xbench.explain.tfkv import METHODS
-
-        if self.method not in METHODS:
-            raise ValueError(f"explainer.method: unknown tf-keras-vis method {self.method!r}; choose one of {list(METHODS)}")
+        if self.method not in TFKV_METHODS:
+            raise ValueError(f"explainer.method: unknown tf-keras-vis method {self.method!r}; choose one of {list(TFKV_METHODS)}")
         self.name = self.name or self.method
 
     def __call__(self, model, images, targets, image_ids=None, seed=0):

@@ -14,9 +14,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from xbench.settings import TFKV_METHODS
-
-METHODS = TFKV_METHODS
+from xbench.settings import TFKV_METHODS as METHODS
 
 
 def logits_model(model: keras.Model) -> keras.Model:

@@ -4,8 +4,14 @@ import importlib
 
 # Lazy (PEP 562): ``import xbench.models.<module>`` must not load Keras for
 # the Keras-free ones, so that configs are checked before TensorFlow starts.
-_WHERE = {'BACKBONES': 'xbench.models.backbones', 'BackboneSpec': 'xbench.models.backbones', 'build_classifier': 'xbench.models.build', 'head_model': 'xbench.models.build', 'Preprocess': 'xbench.models.preprocess'}
-__all__ = ['BACKBONES', 'BackboneSpec', 'Preprocess', 'build_classifier', 'head_model']
+_WHERE = {
+    "BACKBONES": "xbench.models.backbones",
+    "BackboneSpec": "xbench.models.backbones",
+    "build_classifier": "xbench.models.build",
+    "head_model": "xbench.models.build",
+    "Preprocess": "xbench.models.preprocess",
+}
+__all__ = sorted(_WHERE)
 
 
 def __getattr__(name):
