@@ -2,7 +2,7 @@ import keras
 import numpy as np
 import pytest
 
-from xbench.explain import CenterControl, RandomControl, TfKerasVis, gradcam, gradcam_from_gradients, gradcam_last_n, upsample
+from xbench.explain import ExplainContext, CenterControl, RandomControl, TfKerasVis, gradcam, gradcam_from_gradients, gradcam_last_n, upsample
 from xbench.models import build_classifier
 
 
@@ -88,8 +88,8 @@ def test_tf_keras_vis_layercam_matches_its_definition(images):
 
 
 def test_controls():
-    r1 = RandomControl()(None, np.zeros((3, 8, 8, 3)), None, image_ids=[4, 5, 6], seed=1)
-    r2 = RandomControl()(None, np.zeros((2, 8, 8, 3)), None, image_ids=[6, 4], seed=1)
+    r1 = RandomControl()(None, np.zeros((3, 8, 8, 3)), None, ExplainContext(np.array([4, 5, 6]), seed=1))
+    r2 = RandomControl()(None, np.zeros((2, 8, 8, 3)), None, ExplainContext(np.array([6, 4]), seed=1))
     np.testing.assert_array_equal(r1[[2, 0]], r2)
     c = CenterControl(sigma=0.2)(None, np.zeros((1, 9, 9, 3)), None)
     assert c[0].argmax() == 40 and c[0, 4, 4] == pytest.approx(c.max())

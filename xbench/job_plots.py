@@ -23,7 +23,7 @@ def _save(fig, path: Path) -> None:
 def write_job_plots(run_dir: Path, model, images, te: np.ndarray, labels: np.ndarray, probs: np.ndarray, class_names, history,
                     report: dict, scoring=None, per_cell: int = 4, last_n: int = 3) -> list[str]:
     """Write ``plots/*.png`` for one job; returns the file names written."""
-    from xbench.explain.gradcam import gradcam, gradcam_last_n
+    from xbench.explain.cam import gradcam, gradcam_last_n
 
     out = io.ensure_dir(Path(run_dir) / "plots")
     written = []

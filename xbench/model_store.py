@@ -138,11 +138,11 @@ class CachedExplainer:
         self.name = explainer.name
         self.hits = 0
 
-    def __call__(self, model, images, targets, image_ids=None, seed=0):
+    def __call__(self, model, images, targets, context):
         params = asdict(self.explainer) if is_dataclass(self.explainer) else repr(self.explainer)
-        key = digest({"model": self.model_key, "explainer": type(self.explainer).__name__, "params": params, "seed": seed,
-                      "ids": np.asarray(image_ids).tolist(), "targets": np.asarray(targets).tolist()})
-        maps, hit = self.cache.fetch(f"{self.name}-{key}", lambda: self.explainer(model, images, targets, image_ids=image_ids, seed=seed),
+        key = digest({"model": self.model_key, "explainer": type(self.explainer).__name__, "params": params, "seed": context.seed,
+                      "ids": np.asarray(context.image_ids).tolist(), "targets": np.asarray(targets).tolist()})
+        maps, hit = self.cache.fetch(f"{self.name}-{key}", lambda: self.explainer(model, images, targets, context),
                                      rows=len(images))
         self.hits += hit
         return maps

@@ -20,6 +20,7 @@ from typing import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from xbench.explain.context import ExplainContext
 from xbench.metrics.aopc import abpc_per_image, aopc_by_step, aopc_per_image, per_class_mean
 from xbench.metrics.bootstrap import bootstrap_ci
 from xbench.metrics.localisation import positive_mass_share
@@ -136,7 +137,7 @@ def score_model(
         name = method.name
         te = time.perf_counter()
         # Chunk by chunk, so a cached explainer stores each chunk's maps as soon as they exist.
-        parts = [np.asarray(method(model, x[c], targets[c], image_ids=rows[c], seed=seed), dtype=np.float32) for c in chunks]
+        parts = [np.asarray(method(model, x[c], targets[c], ExplainContext(rows[c], seed, region)), dtype=np.float32) for c in chunks]
         heat = np.concatenate(parts) if parts else np.zeros((0, size, size), np.float32)
         seconds = {"explain_s": time.perf_counter() - te}
         heat, nonfinite = sanitise_heatmaps(heat)

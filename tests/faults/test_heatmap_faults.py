@@ -31,8 +31,8 @@ def _maps(n):
 class Broken:
     name = "broken"
 
-    def __call__(self, model, images, targets, image_ids=None, seed=0):
-        return _maps(64)[np.asarray(image_ids)]
+    def __call__(self, model, images, targets, context):
+        return _maps(64)[np.asarray(context.image_ids)]
 
 
 def test_sanitise_by_hand():

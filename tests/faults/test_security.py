@@ -11,6 +11,7 @@ import pytest
 from xbench import io
 from xbench.apps.run import preflight
 from xbench.errors import ConfigError
+from xbench.explain.context import ExplainContext
 from xbench.model_store import CachedExplainer, CurveStore, ModelStore
 
 SOURCE = Path(__file__).resolve().parents[2] / "xbench"
@@ -44,16 +45,16 @@ def test_arrays_with_pickled_objects_are_refused(tmp_path, caplog):
     class Explainer:
         name = "fake"
 
-        def __call__(self, model, images, targets, image_ids=None, seed=0):
+        def __call__(self, model, images, targets, context):
             return np.ones((len(images), 4, 4), np.float32)
 
     cached = CachedExplainer(Explainer(), tmp_path, "m")
     images = np.zeros((2, 4, 4, 3), np.float32)
-    first = cached(None, images, np.zeros(2, int), image_ids=np.arange(2))
+    first = cached(None, images, np.zeros(2, int), ExplainContext.default(2))
     [path] = (tmp_path / "heatmaps").glob("fake-*.npy")
     with open(path, "wb") as f:
         np.save(f, evil, allow_pickle=True)
-    again = cached(None, images, np.zeros(2, int), image_ids=np.arange(2))
+    again = cached(None, images, np.zeros(2, int), ExplainContext.default(2))
     np.testing.assert_array_equal(first, again)
     assert cached.hits == 0  # recomputed, not unpickled
 

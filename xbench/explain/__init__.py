@@ -1,10 +1,31 @@
-"""Explainers: batched Grad-CAM, the tf-keras-vis family, and control maps."""
+"""Explainers: batched Grad-CAM, the tf-keras-vis family, reference maps and controls.
 
-from xbench.explain.controls import center_maps, random_maps
-from xbench.explain.explainers import CONTROLS, CenterControl, GradCAM, RandomControl, TfKerasVis
-from xbench.explain.gradcam import conv_layer_names, gradcam, gradcam_from_gradients, gradcam_last_n, upsample
+Lazy (PEP 562): the explainer classes and name lists import no Keras, so a
+config can be checked before TensorFlow starts; the Grad-CAM kernels
+(``xbench.explain.cam``) load Keras when first used.
+"""
 
-__all__ = [
-    "CONTROLS", "CenterControl", "GradCAM", "RandomControl", "TfKerasVis",
-    "center_maps", "conv_layer_names", "gradcam", "gradcam_from_gradients", "gradcam_last_n", "random_maps", "upsample",
-]
+import importlib
+
+_WHERE = {
+    "CONTROLS": "xbench.explain.explainers",
+    "CenterControl": "xbench.explain.explainers",
+    "ExplainContext": "xbench.explain.context",
+    "GradCAM": "xbench.explain.explainers",
+    "RandomControl": "xbench.explain.explainers",
+    "TfKerasVis": "xbench.explain.explainers",
+    "center_maps": "xbench.explain.controls",
+    "random_maps": "xbench.explain.controls",
+    "conv_layer_names": "xbench.explain.cam",
+    "gradcam": "xbench.explain.cam",
+    "gradcam_from_gradients": "xbench.explain.cam",
+    "gradcam_last_n": "xbench.explain.cam",
+    "upsample": "xbench.explain.cam",
+}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name):
+    if name in _WHERE:
+        return getattr(importlib.import_module(_WHERE[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

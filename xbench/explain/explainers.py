@@ -1,4 +1,7 @@
-"""Explainers as small configured objects: ``explainer(model, images, targets, image_ids) -> (N, H, W)``.
+"""Explainers as small configured objects: ``explainer(model, images, targets, context) -> (N, H, W)``.
+
+``context`` is an :class:`xbench.explain.context.ExplainContext` (image ids,
+seed, scoring grid, ground-truth masks where the data has them).
 
 Built from ``conf/explainer/*.yaml`` by Hydra (``_target_``) or directly.
 """
@@ -9,8 +12,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from xbench.explain.context import ExplainContext
 from xbench.explain.controls import center_maps, random_maps
 from xbench.settings import TFKV_METHODS
+
+
+def _ctx(context: ExplainContext | None, images) -> ExplainContext:
+    return context if context is not None else ExplainContext.default(len(images))
 
 
 @dataclass
@@ -21,8 +29,8 @@ class GradCAM:
     batch_size: int = 32
     name: str = "gradcam"
 
-    def __call__(self, model, images, targets, image_ids=None, seed=0):
-        from xbench.explain.gradcam import gradcam
+    def __call__(self, model, images, targets, context: ExplainContext | None = None):
+        from xbench.explain.cam import gradcam
 
         return gradcam(model, images, targets=targets, layer=self.layer, batch_size=self.batch_size, progress=True)
 
@@ -44,13 +52,13 @@ class TfKerasVis:
             raise ValueError(f"explainer.method: unknown tf-keras-vis method {self.method!r}; choose one of {list(TFKV_METHODS)}")
         self.name = self.name or self.method
 
-    def __call__(self, model, images, targets, image_ids=None, seed=0):
+    def __call__(self, model, images, targets, context: ExplainContext | None = None):
         from xbench.explain.tfkv import tfkv_maps
 
         x = np.asarray(images)
         x = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x
         return tfkv_maps(model, x, np.asarray(targets), self.method, layer=self.layer, max_n=self.max_n,
-                         smooth_samples=self.smooth_samples, smooth_noise=self.smooth_noise, batch_size=self.batch_size, seed=seed)
+                         smooth_samples=self.smooth_samples, smooth_noise=self.smooth_noise, batch_size=self.batch_size, seed=_ctx(context, images).seed)
 
 
 @dataclass
@@ -59,9 +67,10 @@ class RandomControl:
 
     name: str = "random"
 
-    def __call__(self, model, images, targets, image_ids=None, seed=0):
+    def __call__(self, model, images, targets, context: ExplainContext | None = None):
         n, h, w = np.asarray(images).shape[:3]
-        return random_maps(n, h, w, seed=seed, image_ids=image_ids)
+        context = _ctx(context, images)
+        return random_maps(n, h, w, seed=context.seed, image_ids=context.image_ids)
 
 
 @dataclass
@@ -71,7 +80,7 @@ class CenterControl:
     sigma: float = 0.25
     name: str = "center"
 
-    def __call__(self, model, images, targets, image_ids=None, seed=0):
+    def __call__(self, model, images, targets, context: ExplainContext | None = None):
         n, h, w = np.asarray(images).shape[:3]
         return center_maps(n, h, w, sigma=self.sigma)
 

@@ -72,7 +72,7 @@ def tfkv_maps(
     from tf_keras_vis.scorecam import Scorecam
     from tf_keras_vis.utils.scores import CategoricalScore
 
-    from xbench.explain.gradcam import default_layer, upsample
+    from xbench.explain.cam import default_layer, upsample
 
     layer = layer or default_layer(model)
     images = np.asarray(images, np.float32)
