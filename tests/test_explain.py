@@ -2,6 +2,7 @@ import keras
 import numpy as np
 import pytest
 
+from xbench.models.card import model_card
 from xbench.explain import ExplainContext, CenterControl, RandomControl, TfKerasVis, gradcam, gradcam_from_gradients, gradcam_last_n, upsample
 from xbench.models import build_classifier
 
@@ -22,9 +23,9 @@ def test_gradcam_equals_tf_keras_vis_at_feature_resolution(backbone, images):
     ours = gradcam(model, images, targets=targets, upsample=False)
     logits_model = keras.Model(model.inputs, model.get_layer("logits").output)
     ref = Gradcam(logits_model, model_modifier=ReplaceToLinear(), clone=True)(
-        CategoricalScore(targets.tolist()), images, penultimate_layer=model.xbench_gradcam_layer, seek_penultimate_conv_layer=False, expand_cam=False, normalize_cam=False
+        CategoricalScore(targets.tolist()), images, penultimate_layer=model_card(model)["gradcam_layer"], seek_penultimate_conv_layer=False, expand_cam=False, normalize_cam=False
     )
-    assert ours.shape == ref.shape == (4,) + tuple(model.get_layer(model.xbench_gradcam_layer).output.shape[1:3])
+    assert ours.shape == ref.shape == (4,) + tuple(model.get_layer(model_card(model)["gradcam_layer"]).output.shape[1:3])
     assert ours.max() > 0
     np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4 * float(np.abs(ref).max()))
 

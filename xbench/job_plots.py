@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 
 from xbench import io, plots
+from xbench.data.pixels import to_unit_float
 from xbench.metrics.aopc import aopc_by_step
+from xbench.results import curve_key
 
 log = logging.getLogger(__name__)
 
@@ -20,10 +22,15 @@ def _save(fig, path: Path) -> None:
     plt.close(fig)
 
 
-def write_job_plots(run_dir: Path, model, images, te: np.ndarray, labels: np.ndarray, probs: np.ndarray, class_names, history,
-                    report: dict, scoring=None, per_cell: int = 4, last_n: int = 3) -> list[str]:
-    """Write ``plots/*.png`` for one job; returns the file names written."""
+def write_job_plots(run_dir: Path, model, images, ev, class_names, history, scoring=None, per_cell: int = 4, last_n: int = 3) -> list[str]:
+    """Write ``plots/*.png`` for one job; returns the file names written.
+
+    ``ev``: the test evaluation (:class:`xbench.pipeline.Evaluation`);
+    ``scoring``: the :class:`xbench.scoring.ScoreResult`, or None.
+    """
     from xbench.explain.cam import gradcam, gradcam_last_n
+
+    te, labels, probs, report = ev.rows, ev.labels, ev.probs, ev.report
 
     out = io.ensure_dir(Path(run_dir) / "plots")
     written = []
@@ -41,7 +48,7 @@ def write_job_plots(run_dir: Path, model, images, te: np.ndarray, labels: np.nda
         pick += [(f"{name} TP", tp), (f"{name} FN", fn)]
     pos = np.concatenate([p for _, p in pick]) if pick else np.zeros(0, int)
     if len(pos):
-        x = np.asarray(images[te[pos]], dtype=np.float32) / 255.0
+        x = to_unit_float(images[te[pos]])
         maps = gradcam(model, x)  # the predicted class: what the model looked at
         k = 0
         rows = {}
@@ -59,10 +66,10 @@ def write_job_plots(run_dir: Path, model, images, te: np.ndarray, labels: np.nda
         _save(plots.layers_figure(x[0], {k: v[0] for k, v in layers.items()}, title=f"Grad-CAM of the last {len(layers)} conv layers"), out / "last_layers.png")
         written.append("last_layers.png")
     if scoring is not None:
-        curves = {k: v for k, v in scoring.curves.items() if "/" in k}
+        curves = {curve_key(m, o): c for (m, o), c in scoring.curves.curves.items()}
         if curves:
             _save(plots.mean_curves_figure(curves), out / "mean_curves.png")
-            series = {k: (aopc_by_step(v), None, None) for k, v in curves.items() if k.endswith("/morf")}
+            series = {curve_key(m, o): (aopc_by_step(c), None, None) for (m, o), c in scoring.curves.curves.items() if o == "morf"}
             _save(plots.aopc_by_step_figure(series), out / "aopc_by_step.png")
             written += ["mean_curves.png", "aopc_by_step.png"]
     return written

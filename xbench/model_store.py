@@ -26,11 +26,12 @@ import numpy as np
 import pandas as pd
 
 from xbench import faults, io
-from xbench.models import preprocess  # noqa: F401  (registers the Preprocess layer that saved models contain)
+from xbench.models import card, preprocess  # noqa: F401  (register the layers that saved models contain)
 
 log = logging.getLogger(__name__)
 # 2: batch order a function of (seed, epoch), so that training can resume exactly.
-STORE_VERSION = 2
+# 3: the model describes itself (backbone, Grad-CAM layer, classes) in its `features` layer.
+STORE_VERSION = 3
 
 
 def digest(obj: Any) -> str:
@@ -66,8 +67,6 @@ class ModelStore:
             # A damaged file, or one that safe mode refuses (a Lambda layer: code).
             log.warning("model cache entry %s is unreadable (%s); training again", key, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
             return None
-        model.xbench_backbone = record.get("backbone")
-        model.xbench_gradcam_layer = record.get("gradcam_layer")
         return model, history, record
 
     def checkpoint(self, key: str):
@@ -158,9 +157,19 @@ class CurveStore(NpyCache):
     def __init__(self, cache_dir: str | Path, model_key: str):
         super().__init__(Path(cache_dir) / "curves" / model_key, "curve")
 
-    def curves(self, identity: dict, compute, rows: int) -> tuple[np.ndarray, bool]:
-        """The chunk's curves keyed by ``identity`` (everything that determines them), and whether they were cached."""
-        curves, hit = self.fetch(digest(identity), compute, rows)
+    def curves(self, *, method: str, order: str, maps: np.ndarray, image_ids, targets, perturbation: dict, region_size: int,
+               max_steps: int | None, seed: int, compute) -> tuple[np.ndarray, bool]:
+        """One chunk's (M, K+1) curves and whether they came from the cache.
+
+        The key is everything that determines them: the method's name and the
+        SHA-256 of its maps, the order, the image ids and targets, the
+        perturbation, the grid, the steps and the seed (and, through the
+        folder, the model). ``compute()`` makes them when absent.
+        """
+        identity = {"method": method, "order": order, "maps": hashlib.sha256(np.ascontiguousarray(maps).tobytes()).hexdigest(),
+                    "ids": np.asarray(image_ids).tolist(), "targets": np.asarray(targets).tolist(), "perturbation": perturbation,
+                    "region": int(region_size), "max_steps": max_steps, "seed": seed}
+        curves, hit = self.fetch(digest(identity), compute, len(image_ids))
         if not hit:
             faults.point("score_chunk")
         return curves, hit

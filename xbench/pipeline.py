@@ -1,9 +1,10 @@
 """One benchmark job, as plain functions on built objects.
 
-``run_job`` takes a data source, a model factory and training settings (all
-already built from the config by the entry point) and a run folder, and does:
-scan -> decode (cached) -> split -> build -> train -> evaluate -> write.
-Every file goes through :mod:`xbench.io`.
+:func:`run_job` takes a :class:`JobSpec` (every object already built from the
+config by the entry point) and a run folder, and reads as the sequence it is:
+prepare the data, obtain the model (cached or trained), evaluate it, write
+the classification results, score the heatmaps, draw the plots. The results
+format is :mod:`xbench.results`; every file goes through :mod:`xbench.io`.
 """
 
 from __future__ import annotations
@@ -12,27 +13,85 @@ import contextlib
 import logging
 import platform
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import keras
 import numpy as np
 import pandas as pd
 
 import xbench
-from xbench import io
+from xbench import io, results
 from xbench.data.cache import load_decoded
 from xbench.data.records import Records
 from xbench.errors import DataError
-from xbench.metrics.classification import classification_report
-from xbench.models.build import head_layers
 from xbench.job_plots import write_job_plots
+from xbench.metrics.classification import classification_report
 from xbench.model_store import CachedExplainer, CurveStore, ModelStore, model_key
-from xbench.scoring import ScoreSettings, score_model
+from xbench.models.build import head_layers
+from xbench.models.card import model_card
+from xbench.scoring import GroundTruth, ScoreSettings, score_model
 from xbench.training import TrainSettings, predict_images, train_classifier
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class JobSpec:
+    """Everything one job needs, built.
+
+    Attributes:
+        source: a data source (:mod:`xbench.data.sources`).
+        build_model: ``build_model(num_classes=, image_size=, seed=, class_names=)`` -> classifier.
+        train: training settings.
+        seed: seeds the split, the initialisation, training and scoring.
+        cache_dir: phantoms, decoded images, models, heatmaps, curve chunks.
+        explainer, controls, perturbation, score: what to explain and how to
+            score it (:mod:`xbench.scoring`); no scoring when ``explainer`` is
+            None or ``score.enabled`` is false.
+        config: the resolved config, recorded in metrics.json.
+        cache_identity: what determines the trained model (data, model and
+            training configs, seed); with it the model, heatmaps and curve
+            chunks are cached (:mod:`xbench.model_store`).
+        plots: write the per-job figures.
+    """
+
+    source: Any
+    build_model: Callable[..., keras.Model]
+    train: TrainSettings
+    seed: int = 0
+    cache_dir: Path = Path("~/.cache/xbench")
+    explainer: Any = None
+    controls: tuple = ()
+    perturbation: Any = None
+    score: ScoreSettings | None = None
+    config: dict | None = None
+    cache_identity: dict | None = None
+    plots: bool = True
+
+    @property
+    def scores(self) -> bool:
+        return self.explainer is not None and self.score is not None and self.score.enabled
+
+
+class Stopwatch:
+    """``with clock("data_s"): ...`` records the block's wall time under that name."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self._t0 = time.perf_counter()
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = time.perf_counter() - t0
+
+    def total(self) -> dict[str, float]:
+        return {**self.seconds, "total_s": time.perf_counter() - self._t0}
 
 
 @dataclass
@@ -44,22 +103,24 @@ class PreparedData:
         images: (N, S, S, 3) uint8, row i = records.paths[i] (memmap-backed).
         split: (N,) str "train"/"val"/"test".
         skipped: (path, reason) of files that could not be decoded.
+        files_key: fingerprint of the decoded files (part of the model key).
     """
 
     records: Records
     images: np.ndarray
     split: np.ndarray
     skipped: list[tuple[str, str]]
+    image_size: int
     files_key: str = ""
+
+    @property
+    def test_rows(self) -> np.ndarray:
+        return np.flatnonzero(self.split == "test")
 
     def split_table(self) -> pd.DataFrame:
         root = self.records.root
         rel = [str(p.relative_to(root)) if root and p.is_relative_to(root) else str(p) for p in self.records.paths]
-        return pd.DataFrame({
-            "path": rel,
-            "label": [self.records.class_names[i] for i in self.records.labels],
-            "split": self.split,
-        })
+        return pd.DataFrame({"path": rel, "label": [self.records.class_names[i] for i in self.records.labels], "split": self.split})
 
 
 def prepare_data(source, seed: int, cache_dir: Path) -> PreparedData:
@@ -78,7 +139,7 @@ def prepare_data(source, seed: int, cache_dir: Path) -> PreparedData:
         raise DataError(f"class(es) {empty} have no decodable image under '{rec.root}'; fix or replace the files")
     images = dec.array if len(dec.ok) == len(rec) else _Rows(dec.array, dec.ok)
     split = source.split(usable, seed)
-    return PreparedData(records=usable, images=images, split=split, skipped=dec.skipped, files_key=dec.key)
+    return PreparedData(usable, images, split, dec.skipped, source.image_size, dec.key)
 
 
 class _Rows:
@@ -96,177 +157,189 @@ class _Rows:
         return self.array[self.rows[idx]]
 
 
+@dataclass
+class TrainedModel:
+    """A model ready to evaluate, and how it came to be."""
+
+    model: keras.Model
+    history: pd.DataFrame
+    best_epoch: int
+    best_score: float
+    used_feature_cache: bool
+    key: str | None = None  # the model cache key (None: not cached)
+    cache_hit: bool = False
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def obtain_model(spec: JobSpec, data: PreparedData, clock: Stopwatch) -> TrainedModel:
+    """The trained model: from the model store when an entry exists, else built, trained and stored.
+
+    Under an exclusive lock on the model key, so two jobs of a sweep that need
+    the same model train it once (the second waits, then loads).
+    """
+    rec = data.records
+    store = ModelStore(spec.cache_dir) if spec.cache_identity is not None else None
+    key = model_key(spec.cache_identity, data.files_key) if store else None
+    with store.lock(key) if store else contextlib.nullcontext(True) as free:
+        if not free:
+            log.info("waited for another job training the same model (%s)", key)
+        with clock("model_cache_load_s"):
+            cached = store.load(key) if store else None
+        if cached is not None:
+            model, history, record = cached
+            log.info("model cache hit %s: training skipped", key)
+            return TrainedModel(model, history, record["best_epoch"], record["best_score"], record["used_feature_cache"], key, True)
+        clock.seconds.pop("model_cache_load_s")  # nothing was loaded
+        with clock("build_s"):
+            model = spec.build_model(num_classes=len(rec.class_names), image_size=data.image_size, seed=spec.seed, class_names=rec.class_names)
+        checkpoint = store.checkpoint(key) if store else None
+        r = train_classifier(model, data.images, rec.labels, data.split, rec.class_names, rec.disease_classes, spec.train, spec.seed,
+                             checkpoint=checkpoint)
+        clock.seconds.update({f"train_{k}": v for k, v in r.timings.items()})
+        trained = TrainedModel(model, r.history, r.best_epoch, r.best_score, r.used_feature_cache, key, False, r.timings)
+        if store:
+            store.save(key, model, r.history, {"best_epoch": r.best_epoch, "best_score": r.best_score, "used_feature_cache": r.used_feature_cache,
+                                               "timings": r.timings, "identity": spec.cache_identity})
+            checkpoint.clear()  # only once the entry is complete
+        return trained
+
+
+@dataclass
+class Evaluation:
+    """The test split's predictions and classification report."""
+
+    rows: np.ndarray  # (T,) test rows of the decoded images
+    labels: np.ndarray  # (T,) true classes
+    probs: np.ndarray  # (T, C) float32
+    report: dict  # :func:`xbench.metrics.classification.classification_report`
+
+    @property
+    def preds(self) -> np.ndarray:
+        return self.probs.argmax(1)
+
+
+def evaluate(model: keras.Model, data: PreparedData) -> Evaluation:
+    rows = data.test_rows
+    probs = predict_images(model, data.images, rows, desc="test predictions").astype(np.float32)
+    labels = data.records.labels[rows]
+    report = classification_report(labels, probs.argmax(1), data.records.class_names)
+    log.info("test: accuracy %.4f, macro recall %.4f, macro F1 %.4f", report["accuracy"], report["macro_avg"]["recall"], report["macro_avg"]["f1"])
+    return Evaluation(rows, labels, probs, report)
+
+
 def _count_params(weights) -> int:
     return int(sum(int(np.prod(w.shape)) for w in weights))
 
 
-def run_job(
-    source,
-    build_model: Callable[..., keras.Model],
-    settings: TrainSettings,
-    run_dir: Path,
-    *,
-    seed: int = 0,
-    cache_dir: Path,
-    config: dict[str, Any] | None = None,
-    explainer=None,
-    controls: tuple = (),
-    perturbation=None,
-    score: ScoreSettings | None = None,
-    cache_identity: dict | None = None,
-    plots: bool = True,
-) -> dict[str, Any]:
-    """Run one job end to end and write its folder; returns the metrics dict.
-
-    Args:
-        source: a data source (:mod:`xbench.data.sources`).
-        build_model: ``build_model(num_classes=, image_size=, seed=)`` -> classifier.
-        settings: training settings.
-        run_dir: the job folder (written through :mod:`xbench.io`).
-        seed: seeds the split, the initialisation and training.
-        cache_dir: decoded-image and phantom cache.
-        config: the resolved config, recorded in metrics.json.
-        explainer, controls, perturbation, score: what to explain and how to
-            score it (see :mod:`xbench.scoring`); scoring is skipped when
-            ``explainer`` is None or ``score.enabled`` is false.
-        cache_identity: what determines the trained model (data, model and
-            training configs, seed); with it the model and the explainer's
-            heatmaps are cached under ``cache_dir`` (see :mod:`xbench.model_store`).
-    """
-    run_dir = io.ensure_dir(run_dir)
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
-    data = prepare_data(source, seed, cache_dir)
-    timings["data_s"] = time.perf_counter() - t0
-    rec = data.records
-    io.write_csv(run_dir / "split.csv", data.split_table())
+def job_metrics(spec: JobSpec, data: PreparedData, trained: TrainedModel, ev: Evaluation, timings: dict[str, float]) -> results.JobMetrics:
+    """The classification part of metrics.json (scoring is added when it finishes)."""
+    rec, model = data.records, trained.model
+    card = model_card(model)
     split_counts = {s: int((data.split == s).sum()) for s in ("train", "val", "test")}
-    log.info("data: %d images, %s, classes %s", len(rec), split_counts, rec.class_names)
-
-    t1 = time.perf_counter()
-    store = ModelStore(cache_dir) if cache_identity is not None else None
-    key = model_key(cache_identity, data.files_key) if store else None
-    with (store.lock(key) if store else contextlib.nullcontext(True)) as free:
-        if not free:
-            log.info("waited for another job training the same model (%s)", key)
-        cached = store.load(key) if store else None
-        if cached is not None:
-            model, history, record = cached
-            best_epoch, best_score, used_features = record["best_epoch"], record["best_score"], record["used_feature_cache"]
-            timings["model_cache_load_s"] = time.perf_counter() - t1
-            log.info("model cache hit %s: training skipped", key)
-        else:
-            model = build_model(num_classes=len(rec.class_names), image_size=source.image_size, seed=seed)
-            timings["build_s"] = time.perf_counter() - t1
-            checkpoint = store.checkpoint(key) if store else None
-            result = train_classifier(model, data.images, rec.labels, data.split, rec.class_names, rec.disease_classes, settings, seed,
-                                      checkpoint=checkpoint)
-            timings.update({f"train_{k}": v for k, v in result.timings.items()})
-            history, best_epoch, best_score, used_features = result.history, result.best_epoch, result.best_score, result.used_feature_cache
-            if store:
-                store.save(key, model, history, {
-                    "best_epoch": best_epoch, "best_score": best_score, "used_feature_cache": used_features,
-                    "backbone": getattr(model, "xbench_backbone", None), "gradcam_layer": getattr(model, "xbench_gradcam_layer", None),
-                    "timings": result.timings, "identity": cache_identity,
-                })
-                checkpoint.clear()  # only once the entry is complete
-    io.write_csv(run_dir / "history.csv", history)
-
-    t2 = time.perf_counter()
-    te = np.flatnonzero(data.split == "test")
-    probs = predict_images(model, data.images, te, desc="test predictions")
-    timings["test_predict_s"] = time.perf_counter() - t2
-    report = classification_report(rec.labels[te], probs.argmax(1), rec.class_names)
-    log.info("test: accuracy %.4f, macro recall %.4f, macro F1 %.4f", report["accuracy"], report["macro_avg"]["recall"], report["macro_avg"]["f1"])
-
-    t3 = time.perf_counter()
-    io.save_keras_model(run_dir / "model.keras", model)
-    io.write_npz(run_dir / "test_predictions.npz", {"index": te, "labels": rec.labels[te], "probs": probs.astype(np.float32)})
-    timings["save_s"] = time.perf_counter() - t3
-    timings["total_s"] = time.perf_counter() - t0
-
-    metrics = {
+    return results.JobMetrics.from_dict({
         "xbench_version": xbench.__version__,
         "keras_backend": keras.backend.backend(),
         "keras_version": keras.__version__,
         "platform": platform.platform(),
-        "seed": seed,
+        "seed": spec.seed,
         "data": {
-            "source": getattr(source, "name", type(source).__name__),
-            "root": str(rec.root),
-            "image_size": source.image_size,
-            "class_names": rec.class_names,
-            "disease_classes": rec.disease_classes,
-            "n_images": len(rec),
-            "split_counts": split_counts,
+            "source": getattr(spec.source, "name", type(spec.source).__name__), "root": str(rec.root), "image_size": data.image_size,
+            "class_names": rec.class_names, "disease_classes": rec.disease_classes, "n_images": len(rec), "split_counts": split_counts,
             "class_counts": {n: int((rec.labels == i).sum()) for i, n in enumerate(rec.class_names)},
-            "n_skipped": len(data.skipped),
-            "skipped": [{"path": p, "reason": r} for p, r in data.skipped],
-            "masks": rec.has_masks,
-            "n_masks": sum(m is not None for m in rec.mask_paths),
-            "notes": rec.notes,
+            "n_skipped": len(data.skipped), "skipped": [{"path": p, "reason": r} for p, r in data.skipped],
+            "masks": rec.has_masks, "n_masks": sum(m is not None for m in rec.mask_paths), "notes": rec.notes,
         },
         "model": {
-            "backbone": getattr(model, "xbench_backbone", None),
-            "gradcam_layer": getattr(model, "xbench_gradcam_layer", None),
-            "params_total": _count_params(model.weights),
+            "backbone": card["backbone"], "gradcam_layer": card["gradcam_layer"], "params_total": _count_params(model.weights),
             "params_head": _count_params([w for layer in head_layers(model) for w in layer.weights]),
         },
         "training": {
-            "settings": asdict(settings),
-            "best_epoch": best_epoch,
-            "best_selection_score": best_score,
-            "epochs_run": len(history),
-            "used_feature_cache": used_features,
-            "model_cache": {"key": key, "hit": cached is not None},
+            "settings": asdict(spec.train), "best_epoch": trained.best_epoch, "best_selection_score": trained.best_score,
+            "epochs_run": len(trained.history), "used_feature_cache": trained.used_feature_cache,
+            "model_cache": {"key": trained.key, "hit": trained.cache_hit},
         },
-        "test": report,
+        "test": ev.report,
         "timings": timings,
-    }
-    if config is not None:
-        metrics["config"] = config
-    # Written now so that the classification results survive a failure in scoring.
-    io.write_json(run_dir / "metrics.json", metrics)
+        "config": spec.config,
+    })
 
-    if explainer is not None and score is not None and score.enabled:
-        t4 = time.perf_counter()
-        masks, mask_ok = _test_masks(rec, te, source.image_size, cache_dir)
-        if key is not None:
-            explainer = CachedExplainer(explainer, cache_dir, key)
-        res = score_model(model, data.images, te, rec.labels[te], probs.argmax(1), rec.class_names, explainer, controls,
-                          perturbation, score, seed=seed, masks=masks, mask_ok=mask_ok, store=CurveStore(cache_dir, key) if key else None)
-        io.write_npz(run_dir / "curves.npz", res.curves)
-        if res.heatmaps:
-            io.write_npz(run_dir / "heatmaps.npz", res.heatmaps)
-        metrics["scoring"] = res.metrics
-        metrics["scoring"]["heatmap_cache_hit"] = bool(getattr(explainer, "hits", 0))
-        timings["scoring_s"] = time.perf_counter() - t4
-    if plots:
-        t5 = time.perf_counter()
-        metrics["plots"] = write_job_plots(run_dir, model, data.images, te, rec.labels[te], probs, rec.class_names, history, report,
-                                           res if "scoring" in metrics else None)
-        timings["plots_s"] = time.perf_counter() - t5
-    timings["total_s"] = time.perf_counter() - t0
-    io.write_json(run_dir / "metrics.json", metrics)
+
+def ground_truth(rec: Records, rows: np.ndarray, size: int, cache_dir: Path) -> GroundTruth:
+    """Lung, lesion and marker masks of ``rows`` at the image size (absent kinds are None)."""
+    def load(paths, what: str, missing_is_empty: bool):
+        if paths is None:
+            return None, None
+        masks, ok = _masks([paths[r] for r in rows], size, cache_dir, missing_is_empty)
+        if masks is not None and not ok.all():
+            log.warning("%d of %d test images have no usable %s mask: %s metrics use the other %d", (~ok).sum(), len(ok), what, what, ok.sum())
+        return masks, ok
+
+    lungs, lung_ok = load(rec.mask_paths, "lung", False)
+    lesions, lesion_ok = load(rec.lesion_paths, "lesion", False)
+    markers, marker_ok = load(rec.marker_paths, "marker", True)
+    return GroundTruth(lungs, lung_ok, lesions, lesion_ok, markers, marker_ok)
+
+
+def _masks(paths, size: int, cache_dir: Path, missing_is_empty: bool) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """((T, S, S) bool masks, (T,) bool usable), or (None, None) if no path is given.
+
+    Masks of any size are resized (nearest neighbour). A missing path is an
+    empty mask when ``missing_is_empty`` (no marker), else unusable.
+    """
+    have = [i for i, p in enumerate(paths) if p is not None]
+    if not have and not missing_is_empty:
+        return None, None
+    masks = np.zeros((len(paths), size, size), bool)
+    ok = np.full(len(paths), missing_is_empty)
+    if have:
+        dec = load_decoded([paths[i] for i in have], size, cache_dir, masks=True)
+        good = np.asarray(have)[dec.ok]
+        masks[good] = np.asarray(dec.array)[dec.ok].astype(bool)
+        ok[np.asarray(have)] = False
+        ok[good] = True
+    return masks, ok
+
+
+def score_job(spec: JobSpec, data: PreparedData, trained: TrainedModel, ev: Evaluation) -> "xbench.scoring.ScoreResult":
+    truth = ground_truth(data.records, ev.rows, data.image_size, spec.cache_dir)
+    explainer = CachedExplainer(spec.explainer, spec.cache_dir, trained.key) if trained.key else spec.explainer
+    store = CurveStore(spec.cache_dir, trained.key) if trained.key else None
+    res = score_model(trained.model, data.images, ev.rows, ev.labels, ev.preds, data.records.class_names, explainer, spec.controls,
+                      spec.perturbation, spec.score, seed=spec.seed, truth=truth, store=store)
+    res.metrics.heatmap_cache_hit = bool(getattr(explainer, "hits", 0))
+    return res
+
+
+def run_job(spec: JobSpec, run_dir: Path) -> results.JobMetrics:
+    """Run one job end to end and write its folder; returns its metrics."""
+    run_dir = io.ensure_dir(run_dir)
+    clock = Stopwatch()
+    with clock("data_s"):
+        data = prepare_data(spec.source, spec.seed, spec.cache_dir)
+    io.write_csv(run_dir / "split.csv", data.split_table())
+    log.info("data: %d images, %s, classes %s", len(data.records), {s: int((data.split == s).sum()) for s in ("train", "val", "test")},
+             data.records.class_names)
+    trained = obtain_model(spec, data, clock)
+    io.write_csv(run_dir / "history.csv", trained.history)
+    with clock("test_predict_s"):
+        ev = evaluate(trained.model, data)
+    with clock("save_s"):
+        io.save_keras_model(run_dir / "model.keras", trained.model)
+        io.write_npz(run_dir / "test_predictions.npz", {"index": ev.rows, "labels": ev.labels, "probs": ev.probs})
+    metrics = job_metrics(spec, data, trained, ev, clock.total())
+    results.write_metrics(run_dir, metrics)  # now, so the classification results survive a failure in scoring
+    scored = None
+    if spec.scores:
+        with clock("scoring_s"):
+            scored = score_job(spec, data, trained, ev)
+            results.write_curves(run_dir, scored.curves)
+            if scored.heatmaps:
+                io.write_npz(run_dir / results.HEATMAPS_FILE, scored.heatmaps)
+        metrics.scoring = scored.metrics
+    if spec.plots:
+        with clock("plots_s"):
+            metrics.plots = write_job_plots(run_dir, trained.model, data.images, ev, data.records.class_names, trained.history, scored)
+    metrics.timings = clock.total()
+    results.write_metrics(run_dir, metrics)
     log.info("wrote %s", run_dir)
     return metrics
-
-
-def _test_masks(rec: Records, rows: np.ndarray, size: int, cache_dir: Path) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """((T, S, S) lung masks of the test images, (T,) bool "has a usable mask"), or (None, None) if none has.
-
-    Masks of any size are resized (nearest neighbour); a missing or
-    undecodable mask leaves its image out of the lung share only.
-    """
-    have = [i for i, r in enumerate(rows) if rec.mask_paths[r] is not None]
-    if not have:
-        return None, None
-    dec = load_decoded([rec.mask_paths[rows[i]] for i in have], size, cache_dir, masks=True)
-    masks = np.zeros((len(rows), size, size), np.uint8)
-    ok = np.zeros(len(rows), bool)
-    good = np.asarray(have)[dec.ok]
-    masks[good] = np.asarray(dec.array)[dec.ok]
-    ok[good] = True
-    if len(good) < len(rows):
-        log.warning("%d of %d test images have no usable lung mask: lung share uses the other %d", len(rows) - len(good), len(rows), len(good))
-    return masks, ok

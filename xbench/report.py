@@ -1,8 +1,15 @@
 """Read job folders and build the comparison tables and plots (pipeline layer).
 
-Reads only what jobs wrote (``metrics.json``, ``curves.npz``); never the live
+Reads only what jobs wrote, through :mod:`xbench.results`; never the live
 config. A folder with ``.hydra/`` but no readable ``metrics.json`` is an
 incomplete or failed job: listed, skipped.
+
+A *measurement* is identified by everything that defines it (the resolved
+config without the seed and the settings that cannot change a figure); only
+jobs that differ by seed alone are pooled, and a table row, a band and a
+curve line is one measurement, labelled by the settings in which it differs
+from the others. Every statistic says what it resamples: images within one
+job, or seeds across the jobs of one measurement.
 """
 
 from __future__ import annotations
@@ -12,27 +19,28 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 
-from xbench.metrics.aopc import aopc_per_image
-from xbench.metrics.bootstrap import bootstrap_diff
+from xbench import results
+from xbench.metrics import comparison
+from xbench.metrics.aopc import aopc_by_step, aopc_per_image
+from xbench.metrics.bootstrap import bootstrap_band
 
 log = logging.getLogger(__name__)
 
-
-@dataclass
-class Job:
-    path: Path
-    metrics: dict
-    curves: dict[str, np.ndarray] = field(default_factory=dict)
+#: Config keys that cannot change a figure of a job (or vary by seed alone): left out of the identity.
+NOT_IDENTITY = ("seed", "cache_dir", "plots", "score.bootstrap", "score.chunk_images", "score.batch_size", "score.memory_budget_mb",
+                "score.save_heatmaps", "score.controls", "score.enabled")
+#: Settings shown as their own columns (the rest of what differs goes into "Setting").
+SHOWN = ("model.backbone", "explainer.name", "perturbation")
 
 
 @dataclass
 class Collected:
-    jobs: list[Job]
+    jobs: list[results.JobResult]
     incomplete: list[tuple[str, str]]  # (folder, why)
 
 
@@ -43,7 +51,7 @@ def find_job_dirs(folders: Sequence[str | Path]) -> list[Path]:
         f = Path(f)
         if not f.exists():
             raise FileNotFoundError(f"'{f}' does not exist; give job folders (outputs/runs/..., outputs/multirun/...)")
-        for marker in list(f.rglob("metrics.json")) + list(f.rglob(".hydra")):
+        for marker in list(f.rglob(results.METRICS_FILE)) + list(f.rglob(".hydra")):
             d = marker.parent
             if d.name != "models" and "decoded" not in d.parts:
                 found.add(d)
@@ -53,156 +61,255 @@ def find_job_dirs(folders: Sequence[str | Path]) -> list[Path]:
 def collect(folders: Sequence[str | Path]) -> Collected:
     jobs, incomplete = [], []
     for d in find_job_dirs(folders):
-        mpath = d / "metrics.json"
-        if not mpath.is_file():
+        if not (d / results.METRICS_FILE).is_file():
             incomplete.append((str(d), "no metrics.json (the job failed or is still running)"))
             continue
         try:
-            metrics = json.loads(mpath.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            incomplete.append((str(d), f"unreadable metrics.json ({exc})"))
+            job = results.read_job(d)
+        except results.ResultsFormatError as exc:
+            incomplete.append((str(d), str(exc)))
             continue
-        if "test" not in metrics:
-            incomplete.append((str(d), "metrics.json has no test results"))
-            continue
-        curves = {}
-        if "scoring" in metrics:
-            try:
-                with np.load(d / "curves.npz", allow_pickle=False) as z:
-                    curves = {k: z[k] for k in z.files}
-            except (OSError, ValueError) as exc:
-                incomplete.append((str(d), f"scored but curves.npz is unreadable ({exc})"))
-                continue
-        elif (metrics.get("config") or {}).get("score", {}).get("enabled"):
+        cfg = job.metrics.config or {}
+        if job.scoring is None and (cfg.get("score") or {}).get("enabled"):
             incomplete.append((str(d), "scoring did not finish (classification results only)"))
-        jobs.append(Job(d, metrics, curves))
+        jobs.append(job)
     return Collected(jobs, incomplete)
 
 
-def _perturbation_label(p: dict | None) -> str:
-    if not p:
-        return ""
-    params = ",".join(f"{k}={v}" for k, v in p.items() if k not in ("name",))
-    return f"{p.get('name', '?')}({params})"
+# ---------------------------------------------------------------- measurements
 
 
-def summary_frame(jobs: Sequence[Job]) -> pd.DataFrame:
-    """One row per job."""
-    rows = []
+def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: json.dumps(obj, sort_keys=True) if isinstance(obj, list) else obj}
+
+
+def identity(job: results.JobResult) -> dict[str, Any]:
+    """Everything that defines the job's measurement, flattened (``"data.image_size": 72``), seed excluded."""
+    m, sc = job.metrics, job.scoring
+    base = _flatten(m.config or {"data": {"source": m.data.source, "image_size": m.data.image_size}, "model": {"backbone": m.model.backbone}})
+    base = {k: v for k, v in base.items() if not k.startswith("hydra") and not any(k == n or k.startswith(n + ".") for n in NOT_IDENTITY)}
+    base["model.backbone"] = m.model.backbone
+    if sc is not None:
+        base.update({"explainer.name": sc.explainer, "perturbation": results._perturbation_label(sc.perturbation), "score.region_size": sc.region_size,
+                     "score.steps": sc.steps, "score.subset": sc.subset, "score.target": sc.target})
+    return base
+
+
+@dataclass
+class Measurement:
+    """Jobs that differ by seed alone."""
+
+    key: tuple
+    identity: dict[str, Any]
+    jobs: list[results.JobResult] = field(default_factory=list)
+    label: str = ""  # the settings in which it differs from the other measurements
+
+    @property
+    def seeds(self) -> list[int]:
+        return sorted({j.metrics.seed for j in self.jobs})
+
+    def get(self, name: str):
+        return self.identity.get(name)
+
+
+def measurements(jobs: Sequence[results.JobResult]) -> list[Measurement]:
+    """Group jobs into measurements (same identity, any seed) and label each by what differs."""
+    groups: dict[tuple, Measurement] = {}
     for j in jobs:
-        m = j.metrics
-        t = m["test"]
-        sc = m.get("scoring") or {}
-        ex = sc.get("explainer")
-        em = (sc.get("methods") or {}).get(ex, {})
-        morf = (em.get("orders") or {}).get("morf", {}).get("aopc", {})
-        row = {
-            "job": str(j.path),
-            "model": m["model"]["backbone"],
-            "seed": m.get("seed"),
-            "explainer": ex or "",
-            "perturbation": _perturbation_label(sc.get("perturbation")),
-            "order": "morf" if morf else "",
-            "test_accuracy": t["accuracy"],
-            "test_macro_recall": t["macro_avg"]["recall"],
-            "test_macro_f1": t["macro_avg"]["f1"],
-            **{f"recall/{c}": v["recall"] for c, v in t["per_class"].items()},
-            "aopc": morf.get("mean", np.nan),
-            "aopc_ci_low": (morf.get("ci95") or [np.nan, np.nan])[0],
-            "aopc_ci_high": (morf.get("ci95") or [np.nan, np.nan])[1],
-            "abpc": (em.get("abpc") or {}).get("mean", np.nan),
-            "aopc_gain_over_random": (sc.get("aopc_gain_over_random") or {}).get("mean", np.nan),
-            "gain_ci_low": ((sc.get("aopc_gain_over_random") or {}).get("ci95") or [np.nan, np.nan])[0],
-            "gain_ci_high": ((sc.get("aopc_gain_over_random") or {}).get("ci95") or [np.nan, np.nan])[1],
-            "lung_share": (em.get("lung_share") or {}).get("mean", np.nan),
-            "images_scored": sc.get("n_scored", 0),
-            "images_correct": sc.get("n_correct", np.nan),
-            "images_test": t["n"],
-        }
-        rows.append(row)
-    return pd.DataFrame(rows)
+        ident = identity(j)
+        key = tuple(sorted((k, json.dumps(v, sort_keys=True, default=str)) for k, v in ident.items()))
+        groups.setdefault(key, Measurement(key, ident)).jobs.append(j)
+    out = list(groups.values())
+    keys = sorted({k for g in out for k in g.identity})
+    varying = [k for k in keys if len({json.dumps(g.identity.get(k), default=str) for g in out}) > 1 and k not in SHOWN]
+    for g in out:
+        g.label = ", ".join(f"{k}={g.identity.get(k)}" for k in varying)
+    return out
+
+
+# ---------------------------------------------------------------- tables
+
+
+def summary_frame(jobs: Sequence[results.JobResult]) -> pd.DataFrame:
+    """One row per job (:data:`xbench.results.SUMMARY_COLUMNS`)."""
+    return pd.DataFrame([results.summary_row(j) for j in jobs])
 
 
 def _fmt_pct(x):
     return f"{100 * x:.1f}%" if pd.notna(x) else "n/a"
 
 
-def paper_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """Base model | Test Recall | Test F1 | AOPC, aggregated over seeds.
+def _explainer_aopc(job: results.JobResult) -> results.Estimate | None:
+    m = job.explainer_scores()
+    return None if m is None or "morf" not in m.orders else m.orders["morf"].aopc
 
-    Several seeds: mean ± standard deviation over seeds. One seed: the value,
-    and for AOPC its bootstrap 95% CI over images.
+
+def paper_table(groups: Sequence[Measurement]) -> pd.DataFrame:
+    """Base model | Explainer | Perturbation | Setting | Seeds | Test Recall | Test F1 | AOPC | Images, one row per measurement.
+
+    Several seeds: mean ± standard deviation over seeds (unit: seeds). One
+    seed: the value, and for AOPC its bootstrap 95% CI over images.
     """
-    out = []
-    keys = ["model", "explainer", "perturbation"]
-    for key, g in frame.groupby(keys, sort=False, dropna=False):
-        n = len(g)
-        if n > 1:
-            rec = f"{_fmt_pct(g.test_macro_recall.mean())} ± {100 * g.test_macro_recall.std(ddof=1):.1f}"
-            f1 = f"{_fmt_pct(g.test_macro_f1.mean())} ± {100 * g.test_macro_f1.std(ddof=1):.1f}"
-            ao = f"{g.aopc.mean():.3f} ± {g.aopc.std(ddof=1):.3f}"
-        else:
-            r = g.iloc[0]
-            rec, f1 = _fmt_pct(r.test_macro_recall), _fmt_pct(r.test_macro_f1)
-            ao = f"{r.aopc:.3f} [{r.aopc_ci_low:.3f}, {r.aopc_ci_high:.3f}]" if pd.notna(r.aopc) else "n/a"
-        out.append({"Base model": key[0], "Explainer": key[1], "Perturbation": key[2], "Seeds": n, "Test Recall": rec, "Test F1": f1, "AOPC": ao})
-    return pd.DataFrame(out)
-
-
-def per_image_aopc(jobs: Sequence[Job], order: str = "morf") -> dict[tuple, np.ndarray]:
-    """{(model, explainer, perturbation): per-image AOPC pooled over the jobs (seeds)}."""
-    pooled: dict[tuple, list] = {}
-    for j in jobs:
-        sc = j.metrics.get("scoring")
-        if not sc:
-            continue
-        c = j.curves.get(f"{sc['explainer']}/{order}")
-        if c is None:
-            continue
-        key = (j.metrics["model"]["backbone"], sc["explainer"], _perturbation_label(sc.get("perturbation")))
-        pooled.setdefault(key, []).append(aopc_per_image(c))
-    return {k: np.concatenate(v) for k, v in pooled.items()}
-
-
-def pairwise(jobs: Sequence[Job], n_resamples: int = 2000, seed: int = 0) -> pd.DataFrame:
-    """AOPC differences between models (same explainer and perturbation): bootstrap CI and p-value."""
-    per = per_image_aopc(jobs)
     rows = []
-    groups: dict[tuple, list] = {}
-    for (model, ex, pert), v in per.items():
-        groups.setdefault((ex, pert), []).append((model, v))
-    for (ex, pert), items in groups.items():
-        for (ma, a), (mb, b) in itertools.combinations(items, 2):
-            if len(a) < 2 or len(b) < 2:
-                continue
-            r = bootstrap_diff(a, b, n_resamples=n_resamples, seed=seed)
-            rows.append({"model_a": ma, "model_b": mb, "explainer": ex, "perturbation": pert, "aopc_a": float(a.mean()), "aopc_b": float(b.mean()),
-                         "diff": r["diff"], "ci_low": r["ci_low"], "ci_high": r["ci_high"], "p_value": r["p_value"], "n_a": len(a), "n_b": len(b)})
+    for g in groups:
+        rec = np.array([j.metrics.test.macro_avg.recall for j in g.jobs])
+        f1 = np.array([j.metrics.test.macro_avg.f1 for j in g.jobs])
+        est = [_explainer_aopc(j) for j in g.jobs]
+        ao = np.array([e.mean if e else np.nan for e in est])
+        if len(g.jobs) > 1:
+            r, f = f"{_fmt_pct(rec.mean())} ± {100 * rec.std(ddof=1):.1f}", f"{_fmt_pct(f1.mean())} ± {100 * f1.std(ddof=1):.1f}"
+            a = f"{np.nanmean(ao):.3f} ± {np.nanstd(ao, ddof=1):.3f}" if np.isfinite(ao).sum() > 1 else "n/a"
+        else:
+            r, f = _fmt_pct(rec[0]), _fmt_pct(f1[0])
+            a = f"{est[0].mean:.3f} [{est[0].ci95[0]:.3f}, {est[0].ci95[1]:.3f}]" if est[0] else "n/a"
+        sc = g.jobs[0].scoring
+        rows.append({"Base model": g.get("model.backbone"), "Explainer": g.get("explainer.name") or "", "Perturbation": g.get("perturbation") or "",
+                     "Setting": g.label, "Seeds": len(g.seeds), "Test Recall": r, "Test F1": f, "AOPC": a,
+                     "Images scored": sc.n_scored if sc else 0, "Subset": sc.subset if sc else ""})
+    out = pd.DataFrame(rows)
+    return out.drop(columns=["Setting"]) if len(out) and not out["Setting"].astype(bool).any() else out
+
+
+def _fmt_est(e: results.Estimate | None) -> str:
+    return "n/a" if e is None or not np.isfinite(e.mean) else f"{e.mean:.3f} [{e.ci95[0]:.3f}, {e.ci95[1]:.3f}]"
+
+
+def self_validation(jobs: Sequence[results.JobResult]) -> pd.DataFrame:
+    """Each job's explainer beside its controls, paired by image: MoRF AOPC and localisation, with CIs over images."""
+    rows = []
+    for j in jobs:
+        sc = j.scoring
+        if sc is None:
+            continue
+        for name, m in sc.methods.items():
+            morf = m.orders.get("morf")
+            row = {"job": j.path.name, "model": j.metrics.model.backbone, "seed": j.metrics.seed, "method": name + (" (explainer)" if name == sc.explainer else ""),
+                   "AOPC (MoRF)": _fmt_est(morf.aopc if morf else None)}
+            row.update({k: _fmt_est(m.localisation.get(k)) for k in ("lesion_mass", "pointing_hit", "lesion_auroc", "lesion_iou", "lung_share", "marker_mass")
+                        if any(k in mm.localisation for mm in sc.methods.values())})
+            rows.append(row)
+        if sc.aopc_gain_over_random is not None:
+            rows.append({"job": j.path.name, "model": j.metrics.model.backbone, "seed": j.metrics.seed,
+                         "method": f"{sc.explainer} - random (paired by image)", "AOPC (MoRF)": _fmt_est(sc.aopc_gain_over_random)})
     return pd.DataFrame(rows)
 
 
-def aopc_by_step_bands(jobs: Sequence[Job], n_resamples: int = 1000, seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """{label: (AOPC(K), CI low, CI high)} per (model, explainer, perturbation), seeds pooled."""
-    pooled: dict[str, list] = {}
-    for j in jobs:
-        sc = j.metrics.get("scoring")
-        c = j.curves.get(f"{sc['explainer']}/morf") if sc else None
-        if c is None or not len(c):
+def _per_image(job: results.JobResult, method: str, order: str = "morf") -> tuple[np.ndarray, np.ndarray] | None:
+    c = job.curves.get(method, order) if job.curves is not None else None
+    return None if c is None else (np.asarray(job.curves.image_ids), aopc_per_image(c))
+
+
+def compare(a: Measurement, b: Measurement, method_a: str, method_b: str, n_resamples: int, seed: int) -> dict | None:
+    """AOPC(a) - AOPC(b), respecting the design.
+
+    Several seeds: the unit is the seed (each job's mean per-image AOPC),
+    paired over the seeds both measurements have (:func:`comparison.over_seeds`).
+    One seed each: the unit is the image, paired over the images both scored
+    (:func:`comparison.paired_images`).
+    """
+    if len(a.seeds) > 1 or len(b.seeds) > 1:
+        by_seed = lambda g, meth: {j.metrics.seed: float(v[1].mean()) for j in g.jobs if (v := _per_image(j, meth)) is not None and len(v[1])}
+        r = comparison.over_seeds(by_seed(a, method_a), by_seed(b, method_b))
+        return {**r, "unit": "seeds"}
+    pa, pb = _per_image(a.jobs[0], method_a), _per_image(b.jobs[0], method_b)
+    if pa is None or pb is None:
+        return None
+    common, ia, ib = np.intersect1d(pa[0], pb[0], return_indices=True)
+    if len(common) < 2:
+        return None
+    r = comparison.paired_images(pa[1][ia], pb[1][ib], n_resamples=n_resamples, seed=seed)
+    return {**r, "unit": "images"}
+
+
+def _differ_only_in(a: Measurement, b: Measurement, keys: Sequence[str]) -> bool:
+    ks = set(a.identity) | set(b.identity)
+    return all(a.identity.get(k) == b.identity.get(k) for k in ks if not any(k == p or k.startswith(p + ".") for p in keys))
+
+
+def pairwise(groups: Sequence[Measurement], n_resamples: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """Model-vs-model and explainer-vs-explainer AOPC comparisons, Holm-corrected across the table.
+
+    Pairs of measurements that differ only in the model (or only in the
+    explainer) are compared; within one job, the explainer is compared with
+    each control on the same images.
+    """
+    rows = []
+    for a, b in itertools.combinations(groups, 2):
+        for what, keys in (("model", ("model",)), ("explainer", ("explainer",))):
+            if a.identity.get(f"{what}.backbone" if what == "model" else "explainer.name") == b.identity.get(
+                    f"{what}.backbone" if what == "model" else "explainer.name") or not _differ_only_in(a, b, keys):
+                continue
+            r = compare(a, b, a.get("explainer.name"), b.get("explainer.name"), n_resamples, seed)
+            if r is not None:
+                rows.append({"compares": what, "a": _name(a, what), "b": _name(b, what), "context": _context(a, what), **r})
+    for g in groups:
+        sc = g.jobs[0].scoring
+        if sc is None:
             continue
-        label = f"{j.metrics['model']['backbone']} / {sc['explainer']} / {_perturbation_label(sc.get('perturbation'))}"
-        pooled.setdefault(label, []).append(np.asarray(c, np.float64))
+        for control in (n for n in sc.methods if n != sc.explainer):
+            r = compare(g, g, sc.explainer, control, n_resamples, seed)
+            if r is not None:
+                rows.append({"compares": "explainer vs control", "a": sc.explainer, "b": control, "context": _context(g, "explainer"), **r})
+    frame = pd.DataFrame(rows)
+    if len(frame):
+        frame["p_holm"] = comparison.holm(frame["p_value"].to_numpy())
+    return frame
+
+
+def _name(g: Measurement, what: str) -> str:
+    return str(g.get("model.backbone") if what == "model" else g.get("explainer.name"))
+
+
+def _context(g: Measurement, what: str) -> str:
+    parts = [f"{g.get('explainer.name')}" if what == "model" else f"{g.get('model.backbone')}", str(g.get("perturbation"))]
+    return " / ".join(parts + ([g.label] if g.label else []))
+
+
+# ---------------------------------------------------------------- plots
+
+
+def _line_label(g: Measurement) -> str:
+    return " / ".join(str(x) for x in (g.get("model.backbone"), g.get("explainer.name"), g.get("perturbation")) if x) + (f" ({g.label})" if g.label else "")
+
+
+def aopc_by_step_bands(groups: Sequence[Measurement], n_resamples: int = 1000, seed: int = 0) -> dict[str, tuple]:
+    """{label: (AOPC(K), low, high)} per measurement.
+
+    One seed: percentile bootstrap band over images. Several: mean over
+    seeds with a t-based 95% band over the seeds' AOPC(K) (unit: seeds).
+    """
     out = {}
-    rng = np.random.default_rng([seed, 0xA0])
-    for label, cs in pooled.items():
-        c = np.concatenate(cs) if len({x.shape[1] for x in cs}) == 1 else cs[0]
-        drops = c[:, :1] - c[:, 1:]  # (N, K)
-        steps = np.arange(2, c.shape[1] + 1)
-        y = np.cumsum(drops.mean(0)) / steps
-        idx = rng.integers(0, len(c), size=(n_resamples, len(c)))
-        boot = np.cumsum(drops[idx].mean(1), axis=1) / steps  # (R, K)
-        lo, hi = np.quantile(boot, [0.025, 0.975], axis=0)
-        out[label] = (y, lo, hi)
+    for g in groups:
+        curves = [j.curves.get(j.scoring.explainer, "morf") for j in g.jobs if j.scoring is not None and j.curves is not None]
+        curves = [c for c in curves if c is not None and len(c)]
+        if not curves:
+            continue
+        if len(curves) == 1:
+            out[_line_label(g)] = bootstrap_band(curves[0], n_resamples=n_resamples, seed=seed)
+        else:
+            per_seed = np.stack([aopc_by_step(c) for c in curves])
+            out[_line_label(g) + f" [{len(curves)} seeds]"] = comparison.t_band(per_seed)
     return out
+
+
+def mean_curves(groups: Sequence[Measurement]) -> dict[str, np.ndarray]:
+    """{"<measurement> <order>": (N, K+1) curves of the explainer, images of all its seeds stacked} for the mean-curve plot."""
+    out = {}
+    for g in groups:
+        for order in ("morf", "lerf"):
+            cs = [j.curves.get(j.scoring.explainer, order) for j in g.jobs if j.scoring is not None and j.curves is not None]
+            cs = [c for c in cs if c is not None]
+            if cs:
+                out[f"{_line_label(g)} {order}"] = np.concatenate(cs)
+    return out
+
+
+# ---------------------------------------------------------------- text
 
 
 def to_markdown(frame: pd.DataFrame, floatfmt: str = ".3f") -> str:

@@ -3,13 +3,14 @@
 For the scored images (the correctly classified test images by default, as
 in the paper), the configured explainer and the controls produce heatmaps;
 the engine turns each (heatmap set, order) into perturbation curves; the
-kernels turn curves into AOPC, AOPC(K), ABPC, per-class AOPC and bootstrap
-intervals. Nothing here reads a config or writes a file.
+kernels turn curves into AOPC, AOPC(K), ABPC and per-class AOPC, and maps
+plus ground-truth masks into localisation figures, each with a bootstrap CI
+over images. Nothing here reads a config or writes a file; the results are
+:mod:`xbench.results` objects.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import time
@@ -20,6 +21,8 @@ from typing import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from xbench import results
+from xbench.data.pixels import to_unit_float
 from xbench.explain.context import ExplainContext
 from xbench.metrics.aopc import abpc_per_image, aopc_by_step, aopc_per_image, per_class_mean
 from xbench.metrics.bootstrap import bootstrap_ci
@@ -60,35 +63,160 @@ def select_images(labels: np.ndarray, preds: np.ndarray, subset: str, max_images
     return np.sort(np.asarray(keep))
 
 
-def _summary(per_image: np.ndarray, settings: ScoreSettings, seed: int) -> dict:
-    lo, hi = bootstrap_ci(per_image, n_resamples=settings.bootstrap, seed=seed) if len(per_image) >= 2 else (float("nan"), float("nan"))
-    return {"mean": float(np.mean(per_image)) if len(per_image) else float("nan"), "ci95": [lo, hi]}
+@dataclass
+class GroundTruth:
+    """Masks of the test images, each (T, S, S) bool with a (T,) bool "usable" vector, or None when the data has none.
+
+    ``lungs``: lung fields; ``lesions``: where the class evidence is (phantoms;
+    all False for Normal); ``markers``: the shortcut marker (all False where
+    an image has none).
+    """
+
+    lungs: np.ndarray | None = None
+    lungs_ok: np.ndarray | None = None
+    lesions: np.ndarray | None = None
+    lesions_ok: np.ndarray | None = None
+    markers: np.ndarray | None = None
+    markers_ok: np.ndarray | None = None
+
+    def rows(self, index) -> "GroundTruth":
+        pick = lambda a: None if a is None else np.asarray(a)[index]
+        return GroundTruth(*(pick(getattr(self, f)) for f in ("lungs", "lungs_ok", "lesions", "lesions_ok", "markers", "markers_ok")))
 
 
 @dataclass
 class ScoreResult:
-    metrics: dict
-    curves: dict[str, np.ndarray] = field(default_factory=dict)  # "<method>/<order>" -> (M, K+1)
-    heatmaps: dict[str, np.ndarray] = field(default_factory=dict)  # "<method>" -> (M, H, W) float16
+    metrics: results.Scoring
+    curves: results.Curves
+    heatmaps: dict[str, np.ndarray] = field(default_factory=dict)  # method -> (M, H, W) float16
 
 
-def score_model(
-    model,
-    images,
-    test_rows: np.ndarray,
-    labels: np.ndarray,
-    preds: np.ndarray,
-    class_names: Sequence[str],
-    explainer,
-    controls: Sequence,
-    perturbation,
-    settings: ScoreSettings,
-    *,
-    seed: int = 0,
-    masks: np.ndarray | None = None,
-    mask_ok: np.ndarray | None = None,
-    store=None,
-) -> ScoreResult:
+@dataclass
+class _Batch:
+    """The scored images and what every method is computed on."""
+
+    x: np.ndarray  # (M, S, S, 3) float32 in [0, 1]
+    rows: np.ndarray  # (M,) image ids
+    labels: np.ndarray  # (M,) true classes
+    targets: np.ndarray  # (M,) classes whose probability the curves follow
+    truth: GroundTruth
+    region: int
+    chunks: list[slice]
+    seed: int
+    class_names: list[str]
+    counts: dict[str, int]  # curve chunks computed / reused (from the store)
+
+
+def _estimate(per_image: np.ndarray, settings: ScoreSettings, seed: int) -> results.Estimate:
+    """Mean and percentile-bootstrap CI over images of the finite values of ``per_image``."""
+    v = np.asarray(per_image, np.float64)
+    v = v[np.isfinite(v)]
+    lo, hi = bootstrap_ci(v, n_resamples=settings.bootstrap, seed=seed) if len(v) >= 2 else (float("nan"), float("nan"))
+    return results.Estimate(mean=float(np.mean(v)) if len(v) else float("nan"), ci95=[lo, hi], n=int(len(v)), unit="images")
+
+
+def explain(method, model, batch: _Batch) -> tuple[np.ndarray, int, np.ndarray]:
+    """(M, S, S) float32 scorable maps, the number of constant maps, (M,) bool "was non-finite".
+
+    Chunk by chunk, so a cached explainer stores each chunk's maps as soon as
+    they exist; NaN/inf are made scorable (:func:`sanitise_heatmaps`).
+    """
+    ctx = ExplainContext(batch.rows, batch.seed, batch.region, batch.truth.lesions, batch.truth.markers)
+    parts = [np.asarray(method(model, batch.x[c], batch.targets[c], ctx.rows(c)), dtype=np.float32) for c in batch.chunks]
+    heat = np.concatenate(parts) if parts else np.zeros((0,) + batch.x.shape[1:3], np.float32)
+    heat, nonfinite = sanitise_heatmaps(heat)
+    flat = heat.reshape(len(heat), -1)
+    constant = int((flat.max(1) == flat.min(1)).sum()) if len(heat) else 0
+    if nonfinite.any():
+        log.warning("%s: %d heatmap(s) hold NaN or infinite values (first: image %d); scored with NaN/-inf as least and +inf as most relevant",
+                    method.name, int(nonfinite.sum()), int(batch.rows[np.flatnonzero(nonfinite)[0]]))
+    if constant:
+        log.warning("%s: %d constant heatmap(s) (e.g. Grad-CAM with all-negative gradients); scored in row-major order", method.name, constant)
+    return heat, constant, nonfinite
+
+
+def method_curves(model, batch: _Batch, name: str, heat: np.ndarray, order: str, perturbation, settings: ScoreSettings, store) -> np.ndarray:
+    """(M, steps + 1) curves of one method and order, chunk by chunk (each chunk cached as soon as it exists)."""
+    done = []
+    for ch in tqdm(batch.chunks, desc=f"{name} {order} curves", unit="chunk", leave=False, mininterval=1.0, disable=len(batch.chunks) < 2):
+        def compute(ch=ch):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # constant maps: counted by explain()
+                return perturbation_curves(model, batch.x[ch], heat[ch], targets=batch.targets[ch], region_size=batch.region, order=order,
+                                           perturbation=perturbation, max_steps=settings.max_steps, seed=batch.seed, batch_size=settings.batch_size,
+                                           image_ids=batch.rows[ch], memory_budget_mb=settings.memory_budget_mb, progress=len(batch.chunks) < 2)
+
+        if store is None:
+            part, hit = compute(), False
+        else:
+            part, hit = store.curves(method=name, order=order, maps=heat[ch], image_ids=batch.rows[ch], targets=batch.targets[ch],
+                                     perturbation=perturbation.describe(), region_size=batch.region, max_steps=settings.max_steps,
+                                     seed=batch.seed, compute=compute)
+        batch.counts["reused" if hit else "computed"] += 1
+        done.append(part)
+    return np.concatenate(done) if done else np.zeros((0, _steps(batch, settings) + 1), np.float32)
+
+
+def _steps(batch: _Batch, settings: ScoreSettings) -> int:
+    rows, cols = grid_shape(batch.x.shape[1], batch.x.shape[2], batch.region)
+    return rows * cols if settings.max_steps is None else settings.max_steps
+
+
+#: Localisation figures: name -> (which mask, per-image kernel (maps, masks) -> (M,) with NaN where undefined).
+LOCALISATION = {
+    "lung_share": ("lungs", positive_mass_share),
+    "lesion_mass": ("lesions", positive_mass_share),
+    "marker_mass": ("markers", positive_mass_share),
+}
+
+
+def localisation(heat: np.ndarray, truth: GroundTruth) -> dict[str, np.ndarray]:
+    """{metric: (M,) float} for every metric whose mask the data has; NaN where an image lacks a usable mask or the metric is undefined."""
+    out = {}
+    for name, (kind, kernel) in LOCALISATION.items():
+        masks, ok = getattr(truth, kind), getattr(truth, f"{kind}_ok")
+        if masks is None:
+            continue
+        present = ok & masks.reshape(len(masks), -1).any(1)  # an empty mask (no lesion, no marker) defines nothing
+        v = np.full(len(heat), np.nan)
+        if present.any():
+            v[present] = kernel(heat[present], masks[present])
+        out[name] = v
+    return out
+
+
+def score_method(method, model, batch: _Batch, orders: Sequence[str], perturbation, settings: ScoreSettings, store, out: ScoreResult) -> None:
+    """Explain, curve and summarise one method into ``out`` (metrics, curves, per-image figures, heatmaps)."""
+    name = method.name
+    te = time.perf_counter()
+    heat, constant, nonfinite = explain(method, model, batch)
+    seconds = {"explain_s": time.perf_counter() - te}
+    scores = results.MethodScores(orders={}, n_constant_maps=constant, n_nonfinite_maps=int(nonfinite.sum()), seconds=seconds)
+    for order in orders:
+        tc = time.perf_counter()
+        c = method_curves(model, batch, name, heat, order, perturbation, settings, store)
+        seconds[f"curves_{order}_s"] = time.perf_counter() - tc
+        out.curves.curves[(name, order)] = c
+        per = aopc_per_image(c)
+        scores.orders[order] = results.OrderScores(
+            aopc=_estimate(per, settings, batch.seed), aopc_by_step=aopc_by_step(c).tolist(),
+            aopc_per_class=per_class_mean(per, batch.labels, batch.class_names), mean_curve=c.mean(0).tolist() if len(c) else [])
+        e = scores.orders[order].aopc
+        log.info("%s %s: AOPC %.4f [%.4f, %.4f] (%.1f s)", name, order, e.mean, *e.ci95, seconds[f"curves_{order}_s"])
+    if ("morf" in orders) and ("lerf" in orders):
+        morf, lerf = out.curves.curves[(name, "morf")], out.curves.curves[(name, "lerf")]
+        scores.abpc = _estimate(abpc_per_image(morf, lerf), settings, batch.seed)
+    for metric, per in localisation(heat, batch.truth).items():
+        scores.localisation[metric] = _estimate(per, settings, batch.seed)
+        out.curves.per_image[(metric, name)] = per.astype(np.float32)
+    if settings.save_heatmaps:
+        out.heatmaps[name] = heat.astype(np.float16)
+    out.metrics.methods[name] = scores
+
+
+def score_model(model, images, test_rows: np.ndarray, labels: np.ndarray, preds: np.ndarray, class_names: Sequence[str], explainer,
+                controls: Sequence, perturbation, settings: ScoreSettings, *, seed: int = 0, truth: GroundTruth | None = None,
+                store=None) -> ScoreResult:
     """Explain and score the selected test images.
 
     Args:
@@ -96,116 +224,43 @@ def score_model(
         images: uint8 (N_all, S, S, 3) array or row view; rows are image ids.
         test_rows: (T,) ids of the test images (rows of ``images``).
         labels, preds: (T,) true and predicted classes of the test images.
-        explainer, controls: callables ``(model, images, targets, image_ids, seed)
-            -> (M, S, S)``.
+        explainer, controls: callables ``(model, images, targets, context) -> (M, S, S)``
+            (:mod:`xbench.explain.explainers`).
         perturbation: g for the engine.
-        masks: (T, S, S) lung masks of the test images, or None.
-        mask_ok: (T,) bool, which test images have a usable mask (default: all).
+        truth: masks of the test images (:class:`GroundTruth`), or None.
         store: where finished chunks of curves are kept
-            (:class:`xbench.model_store.CurveStore`), or None. With one, a run killed while scoring recomputes only the
-            chunks it had not finished.
+            (:class:`xbench.model_store.CurveStore`), or None. With one, a run
+            killed while scoring recomputes only the chunks it had not finished.
     """
     t0 = time.perf_counter()
     sel = select_images(labels, preds, settings.subset, settings.max_images, seed)
     rows = np.asarray(test_rows)[sel]
-    x = np.asarray(images[rows], dtype=np.float32) * np.float32(1 / 255)
+    x = to_unit_float(images[rows])
     size = x.shape[1]
     region = settings.region_size or auto_region_size(size)
-    rows_, cols_ = grid_shape(size, size, region)
-    L = rows_ * cols_
+    n_rows, n_cols = grid_shape(size, size, region)
     targets = preds[sel] if settings.target == "predicted" else labels[sel]
     n_correct = int((labels == preds).sum())
-    log.info("scoring %d of %d test images (%d correct), %dx%d regions of %d px, %s", len(sel), len(labels), n_correct, rows_, cols_, region, perturbation)
-    metrics = {
-        "n_test": int(len(labels)), "n_correct": n_correct, "n_scored": int(len(sel)),
-        "subset": settings.subset, "target": settings.target,
-        "region_size": int(region), "grid": [rows_, cols_], "n_regions": int(L),
-        "steps": int(L if settings.max_steps is None else settings.max_steps),
-        "perturbation": perturbation.describe(), "orders": list(settings.orders), "methods": {},
-    }
-    result = ScoreResult(metrics=metrics)
-    result.curves["targets"] = targets.astype(np.int64)
-    result.curves["labels"] = labels[sel].astype(np.int64)
-    result.curves["predictions"] = preds[sel].astype(np.int64)
-    result.curves["image_ids"] = rows.astype(np.int64)
-    lung = None if masks is None else np.asarray(masks)[sel].astype(bool)
-    lung_ok = None if masks is None else (np.ones(len(sel), bool) if mask_ok is None else np.asarray(mask_ok, bool)[sel])
-    per_image_morf = {}
     chunks = [slice(i, i + settings.chunk_images) for i in range(0, len(sel), settings.chunk_images)]
-    counts = {"computed": 0, "reused": 0}
+    counts = {"images_per_chunk": int(settings.chunk_images), "computed": 0, "reused": 0}
+    batch = _Batch(x, rows, labels[sel], targets, (truth or GroundTruth()).rows(sel), region, chunks, seed, list(class_names), counts)
+    log.info("scoring %d of %d test images (%d correct), %dx%d regions of %d px, %s", len(sel), len(labels), n_correct, n_rows, n_cols, region, perturbation)
+    metrics = results.Scoring(
+        explainer=explainer.name, n_test=int(len(labels)), n_correct=n_correct, n_scored=int(len(sel)), subset=settings.subset,
+        target=settings.target, region_size=int(region), grid=[n_rows, n_cols], n_regions=int(n_rows * n_cols), steps=_steps(batch, settings),
+        perturbation=perturbation.describe(), orders=list(settings.orders), methods={}, masks=batch.truth.lungs is not None,
+        chunks=counts, seconds=0.0)
+    out = ScoreResult(metrics, results.Curves(rows.astype(np.int64), labels[sel].astype(np.int64), preds[sel].astype(np.int64), targets.astype(np.int64)))
     for method in [explainer, *controls]:
-        name = method.name
-        te = time.perf_counter()
-        # Chunk by chunk, so a cached explainer stores each chunk's maps as soon as they exist.
-        parts = [np.asarray(method(model, x[c], targets[c], ExplainContext(rows[c], seed, region)), dtype=np.float32) for c in chunks]
-        heat = np.concatenate(parts) if parts else np.zeros((0, size, size), np.float32)
-        seconds = {"explain_s": time.perf_counter() - te}
-        heat, nonfinite = sanitise_heatmaps(heat)
-        flat = heat.reshape(len(heat), -1)
-        constant = int((flat.max(1) == flat.min(1)).sum()) if len(heat) else 0
-        m = {"n_constant_maps": constant, "n_nonfinite_maps": int(nonfinite.sum()), "orders": {}, "seconds": seconds}
-        if nonfinite.any():
-            log.warning("%s: %d heatmap(s) hold NaN or infinite values (first: image %d); scored with NaN/-inf as least and +inf as most relevant",
-                        name, int(nonfinite.sum()), int(rows[np.flatnonzero(nonfinite)[0]]))
-        if constant:
-            log.warning("%s: %d constant heatmap(s) (e.g. Grad-CAM with all-negative gradients); scored in row-major order", name, constant)
-        curves = {}
-        # A control's map carries no information, so its orders are equivalent:
-        # MoRF alone gives the floor the explainer's MoRF AOPC must beat.
+        # A control's map carries no information about the model, so its orders
+        # are equivalent: MoRF alone gives the floor the explainer's MoRF must beat.
         orders = settings.orders if method is explainer else [o for o in settings.orders if o == "morf"] or list(settings.orders[:1])
-        for order in orders:
-            tc = time.perf_counter()
-            done = []
-            for ch in tqdm(chunks, desc=f"{name} {order} curves", unit="chunk", leave=False, mininterval=1.0, disable=len(chunks) < 2):
-                def compute(ch=ch):
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore", RuntimeWarning)  # constant maps: counted above
-                        return perturbation_curves(model, x[ch], heat[ch], targets=targets[ch], region_size=region, order=order,
-                                                   perturbation=perturbation, max_steps=settings.max_steps, seed=seed,
-                                                   batch_size=settings.batch_size, image_ids=rows[ch],
-                                                   memory_budget_mb=settings.memory_budget_mb, progress=len(chunks) < 2)
-
-                if store is None:
-                    part, hit = compute(), False
-                else:
-                    part, hit = store.curves({
-                        "method": name, "order": order, "maps": hashlib.sha256(heat[ch].tobytes()).hexdigest(),
-                        "ids": rows[ch].tolist(), "targets": targets[ch].tolist(), "perturbation": perturbation.describe(),
-                        "region": int(region), "max_steps": settings.max_steps, "seed": seed}, compute, rows=len(rows[ch]))
-                counts["reused" if hit else "computed"] += 1
-                done.append(part)
-            c = np.concatenate(done) if done else np.zeros((0, metrics["steps"] + 1), np.float32)
-            seconds[f"curves_{order}_s"] = time.perf_counter() - tc
-            curves[order] = c
-            result.curves[f"{name}/{order}"] = c
-            per = aopc_per_image(c)
-            m["orders"][order] = {
-                "aopc": _summary(per, settings, seed),
-                "aopc_by_step": aopc_by_step(c).tolist(),
-                "aopc_per_class": per_class_mean(per, targets, class_names),
-                "mean_curve": c.mean(0).tolist() if len(c) else [],
-            }
-            if order == "morf":
-                per_image_morf[name] = per
-            log.info("%s %s: AOPC %.4f [%.4f, %.4f] (%.1f s)", name, order, m["orders"][order]["aopc"]["mean"], *m["orders"][order]["aopc"]["ci95"], seconds[f"curves_{order}_s"])
-        if "morf" in curves and "lerf" in curves:
-            m["abpc"] = _summary(abpc_per_image(curves["morf"], curves["lerf"]), settings, seed)
-        if lung is not None:
-            share = positive_mass_share(heat, lung)
-            share[~lung_ok] = np.nan  # no mask: not an image without positive mass, but excluded all the same
-            ok = np.isfinite(share)
-            m["lung_share"] = {**_summary(share[ok], settings, seed), "n": int(ok.sum())}
-            result.curves[f"lung_share_{name}"] = share.astype(np.float32)  # per image, NaN = no positive mass or no mask
-        if settings.save_heatmaps:
-            result.heatmaps[name] = heat.astype(np.float16)
-        metrics["methods"][name] = m
-    metrics["explainer"] = explainer.name
-    if "random" in per_image_morf and explainer.name in per_image_morf and explainer.name != "random":
-        gain = per_image_morf[explainer.name] - per_image_morf["random"]  # paired: same images
-        metrics["aopc_gain_over_random"] = _summary(gain, settings, seed)
-    metrics["masks"] = lung is not None
-    metrics["chunks"] = {"images_per_chunk": int(settings.chunk_images), **counts}
-    if counts["reused"]:
-        log.info("scoring: %d curve chunk(s) reused from an earlier run, %d computed", counts["reused"], counts["computed"])
-    metrics["seconds"] = time.perf_counter() - t0
-    return result
+        score_method(method, model, batch, orders, perturbation, settings, store, out)
+    morf = {n: out.curves.get(n, "morf") for n in metrics.methods}
+    if explainer.name != "random" and morf.get("random") is not None and morf.get(explainer.name) is not None:
+        gain = aopc_per_image(morf[explainer.name]) - aopc_per_image(morf["random"])  # paired: same images
+        metrics.aopc_gain_over_random = _estimate(gain, settings, seed)
+    if metrics.chunks["reused"]:
+        log.info("scoring: %d curve chunk(s) reused from an earlier run, %d computed", metrics.chunks["reused"], metrics.chunks["computed"])
+    metrics.seconds = time.perf_counter() - t0
+    return out

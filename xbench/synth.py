@@ -3,6 +3,7 @@
     <root>/<Class>/images/<Class>-<n>.png    299 x 299 gray radiograph
     <root>/<Class>/masks/<Class>-<n>.png     256 x 256 lung mask (as the real database)
     <root>/<Class>/lesions/<Class>-<n>.png   256 x 256 lesion mask (phantoms only)
+    <root>/<Class>/markers/<Class>-<n>.png   256 x 256 shortcut-marker mask (only images that carry one)
     <root>/xbench-synth.json                 the parameters; written last
 
 Because the layout is the real one, the real loader is what every default run
@@ -28,7 +29,7 @@ from xbench.phantoms import RADIOGRAPHY_CLASSES, make_phantom, resize_mask
 log = logging.getLogger(__name__)
 MARKER_FILE = "xbench-synth.json"
 #: Bump when make_phantom changes, so cached databases from older code are not reused.
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 4  # 4: marker masks written
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,8 @@ def _write_one(args) -> None:
     io.write_png(cdir / "images" / name, p.image)
     io.write_png(cdir / "masks" / name, resize_mask(p.lungs, spec.mask_size).astype(np.uint8) * 255)
     io.write_png(cdir / "lesions" / name, resize_mask(p.lesion, spec.mask_size).astype(np.uint8) * 255)
+    if p.marker.any():
+        io.write_png(cdir / "markers" / name, resize_mask(p.marker, spec.mask_size).astype(np.uint8) * 255)
 
 
 def is_complete(root: str | Path, spec: SynthSpec) -> bool:
@@ -109,7 +112,7 @@ def write_database(root: str | Path, spec: SynthSpec, workers: int | None = None
 
 def _write_all(root: Path, spec: SynthSpec, workers: int | None) -> None:
     for label in RADIOGRAPHY_CLASSES:
-        for sub in ("images", "masks", "lesions"):
+        for sub in ("images", "masks", "lesions") + (("markers",) if spec.shortcut_class else ()):
             io.ensure_dir(root / label / sub)
     jobs = [(str(root), spec, label, n) for label in RADIOGRAPHY_CLASSES for n in range(1, spec.n_per_class + 1)]
     workers = workers or min(len(jobs), os.cpu_count() or 1)

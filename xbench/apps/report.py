@@ -1,9 +1,9 @@
 """``xbench-report <folder>...``: compare jobs (single runs, multiruns, or several).
 
-Writes into ``--out`` (default: ``<first folder>/report``): ``summary.csv``,
-``summary.md`` (the paper's table, the full table, pairwise model comparison,
-incomplete jobs), ``pairwise.csv``, and plots: ``aopc_by_step``,
-``mean_curves``, ``aopc_vs_recall``.
+Writes into ``--out`` (default: ``<first folder>/report``): ``summary.csv``
+(one row per job), ``summary.md`` (the paper's table per measurement, the
+self-validation table, pairwise comparisons, all jobs, incomplete jobs),
+``pairwise.csv``, and plots: ``aopc_by_step``, ``mean_curves``, ``aopc_vs_recall``.
 """
 
 from __future__ import annotations
@@ -21,45 +21,48 @@ def build_report(folders, out: Path, fmt: str = "png", latex: bool = False, n_re
     import matplotlib.pyplot as plt
 
     from xbench import io, plots
-    from xbench.report import aopc_by_step_bands, collect, pairwise, paper_table, summary_frame, to_latex, to_markdown
+    from xbench import report as R
 
-    col = collect(folders)
+    col = R.collect(folders)
     io.ensure_dir(out)
-    frame = summary_frame(col.jobs)
+    frame = R.summary_frame(col.jobs)
     io.write_csv(out / "summary.csv", frame)
-    table = paper_table(frame) if len(frame) else frame
-    pw = pairwise(col.jobs, n_resamples=n_resamples) if col.jobs else frame.iloc[0:0]
+    groups = R.measurements(col.jobs)
+    table = R.paper_table(groups)
+    pw = R.pairwise(groups, n_resamples=n_resamples)
     io.write_csv(out / "pairwise.csv", pw)
+    subsets = sorted({j.scoring.subset for j in col.jobs if j.scoring is not None})
+    which = {"correct": "correctly classified", "all": "all"}
     md = ["# xbench report", "", f"{len(col.jobs)} job(s) read from: " + ", ".join(str(f) for f in folders), ""]
-    md += ["## The paper's table", "", "AOPC of the explainer's MoRF curves over the scored (correctly classified) test images;",
-           "several seeds: mean ± standard deviation over seeds; one seed: the value and its bootstrap 95% CI over images.", "",
-           to_markdown(table)]
-    full_cols = ["model", "seed", "explainer", "perturbation", "test_accuracy", "test_macro_recall", "test_macro_f1", "aopc", "aopc_ci_low",
-                 "aopc_ci_high", "abpc", "aopc_gain_over_random", "lung_share", "images_scored", "images_correct", "images_test"]
-    md += ["## All jobs", "", to_markdown(frame[[c for c in full_cols if c in frame]] if len(frame) else frame)]
-    md += ["## Pairwise comparison of models (AOPC, MoRF)", "", "diff = AOPC(a) - AOPC(b), per-image AOPC pooled over seeds; percentile bootstrap CI and two-sided p-value.", "",
-           to_markdown(pw)]
+    md += ["## The paper's table", "",
+           f"AOPC of the explainer's MoRF curves over the scored ({' / '.join(which.get(s, s) for s in subsets) or 'no'}) test images. One row per "
+           "measurement: jobs are pooled only when they differ by seed alone, and Seeds counts distinct seeds. Several seeds: mean ± standard "
+           "deviation over seeds; one seed: the value and its bootstrap 95% CI over images.", "", R.to_markdown(table)]
+    md += ["## Self-validation", "",
+           "Each explainer beside the controls on the same images: the random control is the floor (a uniformly random region order); "
+           "`oracle` (the blurred lesion mask) shows what a right explanation scores and `shortcut_marker` what a cheating one does. "
+           "Localisation figures use the images that have the mask (lesion: not Normal). 95% CIs are bootstrap over images.", "",
+           R.to_markdown(R.self_validation(col.jobs))]
+    md += ["## Pairwise comparisons (AOPC, MoRF)", "",
+           "diff = AOPC(a) - AOPC(b). unit = seeds: paired t-test over the seeds both share (Welch's test when they share none); "
+           "unit = images: paired bootstrap over the images both scored, p floored at 1/(R+1). p_holm: Holm-corrected across this table.", "",
+           R.to_markdown(pw)]
+    full_cols = ["model", "seed", "explainer", "perturbation", "test_accuracy", "test_macro_recall", "test_macro_f1", "aopc", "aopc_ci_low", "aopc_ci_high",
+                 "abpc", "aopc_random", "aopc_gain_over_random", "gain_ci_low", "gain_ci_high", "lung_share", "lesion_mass", "lesion_mass_random",
+                 "marker_mass", "images_scored", "images_correct", "images_test"]
+    md += ["## All jobs", "", R.to_markdown(frame[[c for c in full_cols if c in frame]] if len(frame) else frame)]
     if col.incomplete:
         md += ["## Incomplete or failed jobs (skipped)", ""] + [f"- `{d}`: {why}" for d, why in col.incomplete] + [""]
     io.write_text(out / "summary.md", "\n".join(md))
     written = ["summary.csv", "summary.md", "pairwise.csv"]
     if latex:
-        io.write_text(out / "summary.tex", to_latex(table))
+        io.write_text(out / "summary.tex", R.to_latex(table))
         written.append("summary.tex")
-    bands = aopc_by_step_bands(col.jobs)
     figs = {}
+    bands = R.aopc_by_step_bands(groups)
     if bands:
         figs["aopc_by_step"] = plots.aopc_by_step_figure(bands)
-        mean = {}
-        for j in col.jobs:
-            sc = j.metrics.get("scoring")
-            if not sc:
-                continue
-            for order in ("morf", "lerf"):
-                c = j.curves.get(f"{sc['explainer']}/{order}")
-                if c is not None:
-                    mean.setdefault(f"{j.metrics['model']['backbone']} {order}", []).append(c)
-        figs["mean_curves"] = plots.mean_curves_figure({k: v[0] if len(v) == 1 else _stack(v) for k, v in mean.items()})
+        figs["mean_curves"] = plots.mean_curves_figure(R.mean_curves(groups))
     scored = frame[frame["aopc"].notna()] if len(frame) else frame
     if len(scored):
         figs["aopc_vs_recall"] = plots.aopc_vs_recall_figure(scored)
@@ -68,13 +71,6 @@ def build_report(folders, out: Path, fmt: str = "png", latex: bool = False, n_re
         plt.close(fig)
         written.append(f"{name}.{fmt}")
     return {"out": str(out), "jobs": len(col.jobs), "incomplete": col.incomplete, "written": written}
-
-
-def _stack(curves):
-    import numpy as np
-
-    width = min(c.shape[1] for c in curves)
-    return np.concatenate([c[:, :width] for c in curves])
 
 
 def main(argv=None) -> int:

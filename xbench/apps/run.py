@@ -24,14 +24,14 @@ log = logging.getLogger("xbench")
 register()
 
 
-def run(cfg: DictConfig, run_dir: Path) -> dict:
+def run(cfg: DictConfig, run_dir: Path):
     """Validate ``cfg``, build the job's objects and run it into ``run_dir``."""
     validate(cfg)
     from hydra.utils import instantiate
 
     from xbench.errors import ConfigError
     from xbench.explain.explainers import CONTROLS
-    from xbench.pipeline import run_job
+    from xbench.pipeline import JobSpec, run_job
 
     try:
         explainer = instantiate(cfg.explainer)
@@ -44,14 +44,13 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     build_model = instantiate(cfg.model, _partial_=True)
     settings = OmegaConf.to_object(cfg.train)  # a TrainSettings (the schema of the group)
     cache_dir = Path(os.path.expanduser(cfg.cache_dir))
-    return run_job(
-        source, build_model, settings, run_dir,
-        seed=int(cfg.seed), cache_dir=cache_dir,
-        config=OmegaConf.to_container(cfg, resolve=True),
+    spec = JobSpec(
+        source=source, build_model=build_model, train=settings, seed=int(cfg.seed), cache_dir=cache_dir,
         explainer=explainer, controls=controls, perturbation=perturbation, score=score,
-        plots=bool(cfg.plots),
+        config=OmegaConf.to_container(cfg, resolve=True), plots=bool(cfg.plots),
         cache_identity={k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("data", "model", "train")} | {"seed": int(cfg.seed)},
     )
+    return run_job(spec, run_dir)
 
 
 def _root_cause(exc: BaseException) -> str:

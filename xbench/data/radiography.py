@@ -60,6 +60,8 @@ def scan_radiography(
     paths: list[Path] = []
     labels: list[int] = []
     masks: list[Path | None] = []
+    # Phantoms carry ground truth in parallel folders (lesions/, markers/).
+    truth: dict[str, list[Path | None]] = {"lesions": [], "markers": []}
     missing_masks = 0
     absent = [name for name in classes if not (root / name).is_dir()]
     if absent:
@@ -82,6 +84,9 @@ def scan_radiography(
             paths.append(f)
             labels.append(label)
             masks.append(m)
+            for kind, found in truth.items():
+                t = cdir / kind / f.name
+                found.append(t if t.is_file() else None)
     notes = []
     if missing_masks == len(paths):
         notes.append("no image has a lung mask: mask-based metrics (lung share) are off")
@@ -96,4 +101,6 @@ def scan_radiography(
         root=root,
         disease_classes=[c for c in classes if c != normal_class],
         notes=notes,
+        lesion_paths=truth["lesions"] if any(truth["lesions"]) else None,
+        marker_paths=truth["markers"] if any(truth["markers"]) else None,
     )

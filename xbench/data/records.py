@@ -19,6 +19,9 @@ class Records:
         groups: (N,) str patient or group ids; images of one group always land
             in the same split (the pediatric set's ``personN`` prefix).
         mask_paths: (N,) lung-mask paths, or None where there is none.
+        lesion_paths: (N,) lesion-mask paths (phantoms), or None where there is
+            none; an image without a lesion has an all-black mask.
+        marker_paths: (N,) shortcut-marker masks (phantoms with a shortcut), or None.
         fixed_split: (N,) str "train"/"val"/"test" when the dataset ships its
             own split (pediatric test set), else None.
         root: the dataset root.
@@ -34,6 +37,8 @@ class Records:
     root: Path | None = None
     disease_classes: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    lesion_paths: list[Path | None] | None = None
+    marker_paths: list[Path | None] | None = None
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -55,4 +60,6 @@ class Records:
             root=self.root,
             disease_classes=list(self.disease_classes),
             notes=list(self.notes),
+            lesion_paths=None if self.lesion_paths is None else [self.lesion_paths[i] for i in index],
+            marker_paths=None if self.marker_paths is None else [self.marker_paths[i] for i in index],
         )

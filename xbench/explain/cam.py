@@ -16,6 +16,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from xbench.data.pixels import to_unit_float
 from xbench.explain.gradients import activations_and_gradients
 
 
@@ -34,7 +35,10 @@ def upsample(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def default_layer(model: keras.Model) -> str:
-    name = getattr(model, "xbench_gradcam_layer", None)
+    """The layer the model's card names (:mod:`xbench.models.card`), else the last conv layer."""
+    from xbench.models.card import model_card
+
+    name = model_card(model)["gradcam_layer"]
     if name:
         return name
     convs = conv_layer_names(model)
@@ -82,7 +86,7 @@ def gradcam(
 
     for s in tqdm(range(0, len(images), batch_size), desc="grad-cam", unit="batch", leave=False, mininterval=1.0, disable=not progress):
         x = images[s : s + batch_size]
-        x = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
+        x = to_unit_float(x)
         t = None if targets is None else np.asarray(targets)[s : s + batch_size]
         (a,), (g,), _, tt = activations_and_gradients(model, x, [layer], t)
         maps.append(gradcam_from_gradients(a, g))

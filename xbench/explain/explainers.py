@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from xbench.data.pixels import to_unit_float
 from xbench.explain.context import ExplainContext
 from xbench.explain.controls import center_maps, random_maps
 from xbench.settings import TFKV_METHODS
@@ -55,8 +56,7 @@ class TfKerasVis:
     def __call__(self, model, images, targets, context: ExplainContext | None = None):
         from xbench.explain.tfkv import tfkv_maps
 
-        x = np.asarray(images)
-        x = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x
+        x = to_unit_float(images)
         return tfkv_maps(model, x, np.asarray(targets), self.method, layer=self.layer, max_n=self.max_n,
                          smooth_samples=self.smooth_samples, smooth_noise=self.smooth_noise, batch_size=self.batch_size, seed=_ctx(context, images).seed)
 

@@ -6,9 +6,11 @@ import importlib
 # the Keras-free ones, so that configs are checked before TensorFlow starts.
 _WHERE = {
     "BACKBONES": "xbench.models.backbones",
+    "BackboneOutput": "xbench.models.card",
     "BackboneSpec": "xbench.models.backbones",
     "build_classifier": "xbench.models.build",
     "head_model": "xbench.models.build",
+    "model_card": "xbench.models.card",
     "Preprocess": "xbench.models.preprocess",
 }
 __all__ = sorted(_WHERE)

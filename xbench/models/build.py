@@ -1,10 +1,12 @@
 """Build a classifier: [0, 1] image -> Preprocess -> backbone -> features -> head -> logits -> softmax.
 
 The graph is flat (the backbone's layers are layers of the classifier), so
-Grad-CAM can read any backbone layer's activations by name. Two names are
+Grad-CAM can read any backbone layer's activations by name. Three names are
 fixed by the output contract:
 
-- ``features``: the backbone's output feature map, the head's input;
+- ``features``: the backbone's output feature map, the head's input; a
+  :class:`xbench.models.card.BackboneOutput` that records the backbone, the
+  default Grad-CAM layer and the class names, so a saved model describes itself;
 - ``logits``: the last Dense layer, no activation (Grad-CAM differentiates it);
 - ``probs``: the softmax over ``logits`` (perturbation curves read it).
 """
@@ -19,6 +21,7 @@ import keras
 
 from xbench.errors import ConfigError
 from xbench.models.backbones import get_backbone
+from xbench.models.card import BackboneOutput
 from xbench.models.preprocess import Preprocess
 from xbench.settings import HEADS
 
@@ -59,6 +62,7 @@ def build_classifier(
     pool_size: int = 4,
     seed: int = 0,
     gradcam_layer: str | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> keras.Model:
     """Build an uncompiled classifier for (image_size, image_size, 3) inputs in [0, 1].
 
@@ -79,6 +83,7 @@ def build_classifier(
             131,396 / 491,844 trainable parameters).
         seed: initialisation seed.
         gradcam_layer: recorded default Grad-CAM layer (the backbone's if None).
+        class_names: recorded class names in label order (``num_classes`` of them).
 
     Returns:
         A functional model mapping (N, S, S, 3) float32 to (N, C) probabilities,
@@ -107,7 +112,10 @@ def build_classifier(
         raise
     if wname is None:
         _he_reinitialise(base.layers, seed)
-    feats = keras.layers.Identity(name=FEATURES)(base.output)
+    if class_names is not None and len(class_names) != num_classes:
+        raise ValueError(f"class_names has {len(class_names)} names for {num_classes} classes")
+    card = BackboneOutput(backbone=backbone, gradcam_layer=gradcam_layer or spec.gradcam_layer, class_names=class_names, name=FEATURES)
+    feats = card(base.output)
 
     y = feats
     if head == "paper":
@@ -125,11 +133,7 @@ def build_classifier(
         y = keras.layers.Dropout(dropout, seed=seed, name="head_dropout")(y)
     logits = keras.layers.Dense(num_classes, name=LOGITS, kernel_initializer=keras.initializers.GlorotUniform(seed=seed + 997))(y)
     probs = keras.layers.Softmax(name=PROBS, dtype="float32")(logits)
-    model = keras.Model(inputs, probs, name=f"xbench_{backbone}")
-    # Plain attributes for this process; the run's config records them for reloads.
-    model.xbench_backbone = backbone
-    model.xbench_gradcam_layer = gradcam_layer or spec.gradcam_layer
-    return model
+    return keras.Model(inputs, probs, name=f"xbench_{backbone}")
 
 
 def _layer_index(model: keras.Model, name: str) -> int:

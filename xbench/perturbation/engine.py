@@ -27,6 +27,7 @@ from typing import Callable, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from xbench.data.pixels import to_unit_float
 from xbench.perturbation.perturbations import GaussianNoise, Perturbation, image_rng
 from xbench.perturbation.regions import check_heatmaps, grid_shape, rank_maps, region_order, region_scores
 
@@ -198,15 +199,11 @@ def perturbation_curves(
     B = balanced_batch(n * S, B)
     G = math.ceil(B / S) + 1  # image slots one batch can span (fixed, so shapes never change)
 
-    def to_float(x):
-        x = np.asarray(x)
-        return x.astype(np.float32) * np.float32(1 / 255) if x.dtype == np.uint8 else x.astype(np.float32, copy=False)
-
     cache: dict[int, tuple] = {}
 
     def prepared(i):
         if i not in cache:
-            x = to_float(images[i])
+            x = to_unit_float(images[i])
             g = perturbation(x, image_rng(seed, ids[i]))
             rk = rank_maps(orders[i : i + 1], height, width, region_size)[0]
             cache[i] = (x, g, rk)

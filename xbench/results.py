@@ -1,0 +1,485 @@
+"""The results format: what a job writes and the report reads, defined once.
+
+A job folder holds ``metrics.json`` (one :class:`JobMetrics`) and
+``curves.npz`` (one :class:`Curves`). The job builds these objects and
+writes them with :func:`write_metrics` / :func:`write_curves`; the report,
+the plots and the tests read them back with :func:`read_job`. Every field is
+declared here, once, with its meaning; a field that is missing or of the
+wrong kind in a file fails loudly (:class:`ResultsFormatError` naming the
+field) instead of turning into a silent NaN column.
+
+``summary.csv`` columns are declared here too (:data:`SUMMARY_COLUMNS`),
+each as a function of a job's results.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from xbench.errors import XbenchError
+
+#: 2: typed sections, estimates carry their resampling unit, localisation per method.
+FORMAT_VERSION = 2
+METRICS_FILE = "metrics.json"
+CURVES_FILE = "curves.npz"
+HEATMAPS_FILE = "heatmaps.npz"
+
+
+class ResultsFormatError(XbenchError):
+    """A results file lacks a field or holds a value of the wrong kind."""
+
+
+# ---------------------------------------------------------------- metrics.json
+
+
+@dataclass
+class Estimate:
+    """A mean with its percentile-bootstrap 95% CI.
+
+    ``unit`` says what the bootstrap resampled ("images": the scored images of
+    one job; "seeds": jobs that differ by seed only); ``n`` how many units.
+    ``ci95`` is [nan, nan] for fewer than two units.
+    """
+
+    mean: float
+    ci95: list[float]
+    n: int
+    unit: str = "images"
+
+
+@dataclass
+class OrderScores:
+    """One (method, order) set of curves, summarised."""
+
+    aopc: Estimate  # AOPC over the scored images (DESIGN.md: 1/(L+1) sum_k f(x0) - f(xk))
+    aopc_by_step: list[float]  # AOPC(K) for K = 1..steps
+    aopc_per_class: dict[str, float | None]  # mean per-image AOPC per TRUE class of the image (None: no image)
+    mean_curve: list[float]  # mean f(x(k)) over images, k = 0..steps
+
+
+@dataclass
+class MethodScores:
+    """Everything scored for one explainer or control on one job's scored images."""
+
+    orders: dict[str, OrderScores]  # "morf" / "lerf" / "random" -> scores
+    n_constant_maps: int  # maps with one value everywhere (scored row-major; say nothing)
+    n_nonfinite_maps: int  # maps that held NaN/inf (sanitised, then scored)
+    seconds: dict[str, float]  # explain_s, curves_<order>_s
+    abpc: Estimate | None = None  # area between LeRF and MoRF, when both were scored
+    # Where the map's positive mass falls, per image then averaged (images
+    # without the needed mask left out; ``n`` says how many remain):
+    # lung_share, lesion_mass, pointing_hit, lesion_auroc, lesion_iou, marker_mass.
+    localisation: dict[str, Estimate] = field(default_factory=dict)
+
+
+@dataclass
+class Scoring:
+    """How the heatmaps were scored, and the scores of every method."""
+
+    explainer: str  # the configured explainer's name; the other methods are controls
+    n_test: int
+    n_correct: int
+    n_scored: int
+    subset: str  # "correct" (the paper) or "all"
+    target: str  # "predicted" or "true": whose probability the curves follow
+    region_size: int
+    grid: list[int]  # [rows, cols] of the region grid
+    n_regions: int
+    steps: int
+    perturbation: dict[str, Any]  # the perturbation's name and parameters
+    orders: list[str]
+    methods: dict[str, MethodScores]
+    masks: bool  # lung masks were available
+    chunks: dict[str, int]  # images_per_chunk, computed, reused
+    seconds: float
+    aopc_gain_over_random: Estimate | None = None  # explainer MoRF AOPC - random's, paired by image
+    heatmap_cache_hit: bool = False
+
+
+@dataclass
+class DataSummary:
+    source: str
+    root: str
+    image_size: int
+    class_names: list[str]
+    disease_classes: list[str]
+    n_images: int
+    split_counts: dict[str, int]
+    class_counts: dict[str, int]
+    n_skipped: int
+    skipped: list[dict[str, str]]  # {"path", "reason"} of undecodable files
+    masks: bool
+    n_masks: int
+    notes: list[str]
+
+
+@dataclass
+class ModelSummary:
+    backbone: str | None
+    gradcam_layer: str | None
+    params_total: int
+    params_head: int
+
+
+@dataclass
+class TrainingSummary:
+    settings: dict[str, Any]
+    best_epoch: int
+    best_selection_score: float
+    epochs_run: int
+    used_feature_cache: bool
+    model_cache: dict[str, Any]  # {"key", "hit"}
+
+
+@dataclass
+class ClassScores:
+    precision: float
+    recall: float
+    f1: float
+    support: int
+
+
+@dataclass
+class TestReport:
+    """The test split's classification report (:func:`xbench.metrics.classification.classification_report`)."""
+
+    class_names: list[str]
+    n: int
+    per_class: dict[str, ClassScores]
+    accuracy: float
+    macro_avg: ClassScores
+    weighted_avg: ClassScores
+    confusion_matrix: list[list[int]]
+
+
+@dataclass
+class JobMetrics:
+    """``metrics.json``: one job's results. ``scoring`` is None until scoring finishes."""
+
+    xbench_version: str
+    keras_backend: str
+    keras_version: str
+    platform: str
+    seed: int
+    data: DataSummary
+    model: ModelSummary
+    training: TrainingSummary
+    test: TestReport
+    timings: dict[str, float]
+    config: dict[str, Any] | None = None  # the resolved config (None when run from Python)
+    scoring: Scoring | None = None
+    plots: list[str] | None = None
+    format_version: int = FORMAT_VERSION
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, obj: Mapping) -> "JobMetrics":
+        return decode(cls, obj)
+
+
+def decode(kind, value, path: str = ""):
+    """Build ``kind`` (a dataclass or a typing form of them) from JSON data, checking every field.
+
+    Raises :class:`ResultsFormatError` naming the first missing or ill-typed field.
+    """
+    where = path or "(top)"
+    if isinstance(kind, str):
+        raise TypeError(f"unresolved type {kind!r} at {where}")
+    origin = typing.get_origin(kind)
+    if dataclasses.is_dataclass(kind):
+        if not isinstance(value, Mapping):
+            raise ResultsFormatError(f"{where}: expected an object, got {type(value).__name__}")
+        hints = typing.get_type_hints(kind)
+        out = {}
+        for f in dataclasses.fields(kind):
+            sub = f"{path}.{f.name}" if path else f.name
+            if f.name in value:
+                out[f.name] = decode(hints[f.name], value[f.name], sub)
+            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ResultsFormatError(f"missing field '{sub}'")
+        return kind(**out)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(kind)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return decode(a, value, path)
+            except ResultsFormatError as exc:
+                errors.append(str(exc))
+        raise ResultsFormatError(errors[0] if errors else f"{where}: unexpected None")
+    if origin in (dict, Mapping):
+        if not isinstance(value, Mapping):
+            raise ResultsFormatError(f"{where}: expected an object, got {type(value).__name__}")
+        _, vt = typing.get_args(kind) or (str, Any)
+        return {k: decode(vt, v, f"{path}.{k}") for k, v in value.items()}
+    if origin is list:
+        if not isinstance(value, list):
+            raise ResultsFormatError(f"{where}: expected a list, got {type(value).__name__}")
+        (it,) = typing.get_args(kind) or (Any,)
+        return [decode(it, v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if kind is Any:
+        return value
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ResultsFormatError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ResultsFormatError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if kind in (str, bool):
+        if not isinstance(value, kind):
+            raise ResultsFormatError(f"{where}: expected {kind.__name__}, got {value!r}")
+        return value
+    raise TypeError(f"no decoder for {kind!r} at {where}")
+
+
+# ---------------------------------------------------------------- curves.npz
+
+
+def curve_key(method: str, order: str) -> str:
+    """Name of a (method, order) curve array in ``curves.npz``."""
+    return f"{method}/{order}"
+
+
+def per_image_key(metric: str, method: str) -> str:
+    """Name of a per-image metric array (e.g. lesion_mass of gradcam) in ``curves.npz``."""
+    return f"{metric}@{method}"
+
+
+@dataclass
+class Curves:
+    """``curves.npz``: the scored images and their curves, row i = scored image i.
+
+    Attributes:
+        image_ids: (M,) int64 rows of the decoded split (stable image ids).
+        labels, predictions, targets: (M,) int64 true class, predicted class,
+            and the class whose probability the curves follow.
+        curves: {(method, order): (M, steps + 1) float32 f(x(k))[target]}.
+        per_image: {(metric, method): (M,) float32}, NaN where undefined
+            (lung_share, lesion_mass, ...).
+    """
+
+    image_ids: np.ndarray
+    labels: np.ndarray
+    predictions: np.ndarray
+    targets: np.ndarray
+    curves: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
+    per_image: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
+
+    _INDEX = ("image_ids", "labels", "predictions", "targets")
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        out = {k: np.asarray(getattr(self, k), np.int64) for k in self._INDEX}
+        out.update({curve_key(m, o): np.asarray(c, np.float32) for (m, o), c in self.curves.items()})
+        out.update({per_image_key(k, m): np.asarray(v, np.float32) for (k, m), v in self.per_image.items()})
+        return out
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> "Curves":
+        missing = [k for k in cls._INDEX if k not in arrays]
+        if missing:
+            raise ResultsFormatError(f"curves file lacks '{missing[0]}'")
+        out = cls(*(np.asarray(arrays[k]) for k in cls._INDEX))
+        for name, a in arrays.items():
+            if "/" in name:
+                m, o = name.split("/", 1)
+                out.curves[(m, o)] = a
+            elif "@" in name:
+                k, m = name.split("@", 1)
+                out.per_image[(k, m)] = a
+        return out
+
+    def get(self, method: str, order: str) -> np.ndarray | None:
+        return self.curves.get((method, order))
+
+
+# ---------------------------------------------------------------- reading and writing
+
+
+def write_metrics(run_dir: str | Path, metrics: JobMetrics) -> Path:
+    from xbench import io
+
+    return io.write_json(Path(run_dir) / METRICS_FILE, metrics.to_dict())
+
+
+def write_curves(run_dir: str | Path, curves: Curves) -> Path:
+    from xbench import io
+
+    return io.write_npz(Path(run_dir) / CURVES_FILE, curves.to_arrays())
+
+
+def read_metrics(run_dir: str | Path) -> JobMetrics:
+    """The job's metrics; :class:`ResultsFormatError` names the file and the first bad field."""
+    path = Path(run_dir) / METRICS_FILE
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ResultsFormatError(f"{path}: unreadable ({exc})") from None
+    try:
+        return JobMetrics.from_dict(raw)
+    except ResultsFormatError as exc:
+        raise ResultsFormatError(f"{path}: {exc}") from None
+
+
+def read_curves(run_dir: str | Path) -> Curves:
+    path = Path(run_dir) / CURVES_FILE
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return Curves.from_arrays({k: z[k] for k in z.files})
+    except (OSError, ValueError) as exc:
+        raise ResultsFormatError(f"{path}: unreadable ({exc})") from None
+
+
+@dataclass
+class JobResult:
+    """A finished job as the report sees it."""
+
+    path: Path
+    metrics: JobMetrics
+    curves: Curves | None = None
+
+    @property
+    def scoring(self) -> Scoring | None:
+        return self.metrics.scoring
+
+    def explainer_scores(self) -> MethodScores | None:
+        sc = self.scoring
+        return None if sc is None else sc.methods[sc.explainer]
+
+
+def read_job(run_dir: str | Path) -> JobResult:
+    """metrics.json and, when the job was scored, curves.npz of one job folder."""
+    metrics = read_metrics(run_dir)
+    curves = read_curves(run_dir) if metrics.scoring is not None else None
+    return JobResult(Path(run_dir), metrics, curves)
+
+
+# ---------------------------------------------------------------- summary.csv
+
+_NAN = float("nan")
+
+
+def _explainer_estimate(j: JobResult, pick: Callable[[MethodScores], Estimate | None]) -> Estimate | None:
+    m = j.explainer_scores()
+    return None if m is None else pick(m)
+
+
+def _morf(m: MethodScores) -> Estimate | None:
+    o = m.orders.get("morf")
+    return None if o is None else o.aopc
+
+
+def _mean(e: Estimate | None) -> float:
+    return _NAN if e is None else e.mean
+
+
+def _low(e: Estimate | None) -> float:
+    return _NAN if e is None else e.ci95[0]
+
+
+def _high(e: Estimate | None) -> float:
+    return _NAN if e is None else e.ci95[1]
+
+
+def _loc(metric: str, method: str | None = None):
+    def pick(j: JobResult) -> Estimate | None:
+        sc = j.scoring
+        if sc is None:
+            return None
+        m = sc.methods.get(method or sc.explainer)
+        return None if m is None else m.localisation.get(metric)
+
+    return pick
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    description: str
+    get: Callable[[JobResult], Any]
+
+
+def _perturbation_label(p: Mapping | None) -> str:
+    if not p:
+        return ""
+    params = ",".join(f"{k}={v}" for k, v in p.items() if k != "name")
+    return f"{p.get('name', '?')}({params})"
+
+
+def _gain(j: JobResult) -> Estimate | None:
+    return None if j.scoring is None else j.scoring.aopc_gain_over_random
+
+
+def _method_morf(method: str):
+    def pick(j: JobResult) -> Estimate | None:
+        sc = j.scoring
+        m = None if sc is None else sc.methods.get(method)
+        return None if m is None else _morf(m)
+
+    return pick
+
+
+SUMMARY_COLUMNS: tuple[Column, ...] = (
+    Column("job", "the job folder", lambda j: str(j.path)),
+    Column("model", "backbone", lambda j: j.metrics.model.backbone),
+    Column("seed", "the run seed", lambda j: j.metrics.seed),
+    Column("explainer", "the scored explainer", lambda j: j.scoring.explainer if j.scoring else ""),
+    Column("perturbation", "perturbation and its parameters", lambda j: _perturbation_label(j.scoring.perturbation) if j.scoring else ""),
+    Column("subset", "which test images were scored", lambda j: j.scoring.subset if j.scoring else ""),
+    Column("region_size", "region side in pixels", lambda j: j.scoring.region_size if j.scoring else _NAN),
+    Column("test_accuracy", "test accuracy", lambda j: j.metrics.test.accuracy),
+    Column("test_macro_recall", "test recall, macro average over classes", lambda j: j.metrics.test.macro_avg.recall),
+    Column("test_macro_f1", "test F1, macro average", lambda j: j.metrics.test.macro_avg.f1),
+    Column("aopc", "explainer MoRF AOPC, mean over scored images", lambda j: _mean(_explainer_estimate(j, _morf))),
+    Column("aopc_ci_low", "its 95% bootstrap CI over images, low", lambda j: _low(_explainer_estimate(j, _morf))),
+    Column("aopc_ci_high", "... high", lambda j: _high(_explainer_estimate(j, _morf))),
+    Column("abpc", "explainer ABPC (LeRF - MoRF area)", lambda j: _mean(_explainer_estimate(j, lambda m: m.abpc))),
+    Column("aopc_random", "the random control's MoRF AOPC on the same images", lambda j: _mean(_method_morf("random")(j))),
+    Column("aopc_gain_over_random", "explainer - random MoRF AOPC, paired by image", lambda j: _mean(_gain(j))),
+    Column("gain_ci_low", "its 95% bootstrap CI over images, low", lambda j: _low(_gain(j))),
+    Column("gain_ci_high", "... high", lambda j: _high(_gain(j))),
+    Column("lung_share", "share of the explainer's positive mass inside the lungs", lambda j: _mean(_loc("lung_share")(j))),
+)
+SUMMARY_COLUMNS += tuple(
+    Column(name, desc, (lambda m: lambda j: _mean(_loc(m)(j)))(name))
+    for name, desc in (
+        ("lesion_mass", "share of the explainer's positive mass inside the lesion (images with a lesion)"),
+        ("pointing_hit", "share of images whose map maximum lies on the lesion (pointing game)"),
+        ("lesion_auroc", "AUROC of the map as a pixel classifier of the lesion"),
+        ("lesion_iou", "IoU of the Otsu-thresholded map with the lesion"),
+        ("marker_mass", "share of the explainer's positive mass on the shortcut marker (images with one)"),
+    )
+)
+SUMMARY_COLUMNS += (
+    Column("lesion_mass_random", "the random control's lesion_mass on the same images", lambda j: _mean(_loc("lesion_mass", "random")(j))),
+    Column("images_scored", "scored test images", lambda j: j.scoring.n_scored if j.scoring else 0),
+    Column("images_correct", "correctly classified test images", lambda j: j.scoring.n_correct if j.scoring else _NAN),
+    Column("images_test", "test images", lambda j: j.metrics.test.n),
+)
+
+
+def summary_row(job: JobResult) -> dict[str, Any]:
+    """One ``summary.csv`` row: every :data:`SUMMARY_COLUMNS` value plus per-class test recall."""
+    row = {c.name: c.get(job) for c in SUMMARY_COLUMNS}
+    row.update({f"recall/{c}": s.recall for c, s in job.metrics.test.per_class.items()})
+    return row
+
+
+def is_nan(x) -> bool:
+    return isinstance(x, float) and math.isnan(x)
