@@ -54,12 +54,12 @@ def test_gradcam_beats_the_random_control_on_a_trained_model(trained):
     assert (labels == preds).mean() > 0.6  # the model has learned something
     res = score_model(model, data.images, te, labels, preds, data.records.class_names, GradCAM(), [RandomControl()], GaussianNoise(0.1),
                       ScoreSettings(orders=["morf"], max_images=24, region_size=8), seed=0)
-    m = res.metrics["methods"]
-    g, r = m["gradcam"]["orders"]["morf"]["aopc"]["mean"], m["random"]["orders"]["morf"]["aopc"]["mean"]
+    m = res.metrics.methods
+    g, r = m["gradcam"].orders["morf"].aopc.mean, m["random"].orders["morf"].aopc.mean
     assert g > r
-    assert res.metrics["aopc_gain_over_random"]["ci95"][0] > 0  # paired bootstrap: not luck
+    assert res.metrics.aopc_gain_over_random.ci95[0] > 0  # paired bootstrap: not luck
     # metrics agree with the curves they were computed from
     from xbench.metrics.aopc import aopc
 
-    assert g == pytest.approx(aopc(res.curves["gradcam/morf"]))
-    assert res.curves["gradcam/morf"].shape == (24, 65) and res.heatmaps["gradcam"].dtype == np.float16
+    assert g == pytest.approx(aopc(res.curves.get("gradcam", "morf")))
+    assert res.curves.get("gradcam", "morf").shape == (24, 65) and res.heatmaps["gradcam"].dtype == np.float16

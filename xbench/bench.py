@@ -272,6 +272,7 @@ def training_speed(backbone: str = "vgg16", image_size: int = 64, n: int = 256, 
             out[f"{key}_first_epoch_s"] = float(r.history["seconds"].iloc[0])
             # Per epoch with fit's start-up (one fit call per epoch), and the checkpoint write.
             out[f"{key}_wall_epoch_s"] = float(r.history["fit_seconds"].iloc[1:].median()) + r.timings["stage1_checkpoint_s"] / epochs
+            out[f"{key}_val_loss"] = [float(v) for v in r.history["val_loss"]]  # the paths must train the same head
             if cached and checkpoint is None:
                 out["feature_extraction_s"] = r.timings["features_s"]
     out["epoch_speedup"] = out["plain_epoch_s"] / out["features_epoch_s"]

@@ -115,7 +115,7 @@ def test_a_messy_database_at_an_odd_path_runs_and_lists_what_it_skipped(messy_db
     assert "zero-byte" in skipped["COVID-3.png"]
     assert m["data"]["class_counts"] == {"COVID": 9, "Lung_Opacity": 12, "Normal": 12, "Viral Pneumonia": 12}, m["data"]["class_counts"]
     # The other mask size is resized; lung share is on for every scored image.
-    assert m["data"]["n_masks"] == 45 and m["scoring"]["methods"]["gradcam"]["lung_share"]["n"] >= 1
+    assert m["data"]["n_masks"] == 45 and m["scoring"]["methods"]["gradcam"]["localisation"]["lung_share"]["n"] >= 1
     assert (tmp_path / "run" / "metrics.json").is_file()
 
 

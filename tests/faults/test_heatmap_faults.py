@@ -51,15 +51,15 @@ def test_broken_maps_are_scored_counted_and_warned_about(caplog):
     labels = np.array([0, 1, 2, 0, 1, 2])
     settings = ScoreSettings(subset="all", region_size=4, bootstrap=1000, controls=[], chunk_images=4)
     res = score_model(model, images, np.arange(n), labels, labels, ["a", "b", "c"], Broken(), (), GaussianNoise(0.1), settings, seed=0)
-    m = res.metrics["methods"]["broken"]
-    assert m["n_nonfinite_maps"] == 3  # maps 0, 1, 2
-    assert m["n_constant_maps"] == 2  # map 3 (zeros) and map 2 (nothing finite -> zeros)
+    m = res.metrics.methods["broken"]
+    assert m.n_nonfinite_maps == 3  # maps 0, 1, 2
+    assert m.n_constant_maps == 2  # map 3 (zeros) and map 2 (nothing finite -> zeros)
     for order in ("morf", "lerf"):
-        assert np.isfinite(m["orders"][order]["aopc"]["mean"])
-        assert np.isfinite(res.curves[f"broken/{order}"]).all()
+        assert np.isfinite(m.orders[order].aopc.mean)
+        assert np.isfinite(res.curves.get("broken", order)).all()
     assert "hold NaN or infinite values" in caplog.text and "constant heatmap" in caplog.text
     # Scored exactly as the sanitised maps would be.
     clean, _ = sanitise_heatmaps(_maps(64)[:n])
     want = perturbation_curves(model, images, clean, targets=labels, region_size=4, order="morf", image_ids=np.arange(n), seed=0)
-    np.testing.assert_allclose(res.curves["broken/morf"], want, atol=1e-6)
+    np.testing.assert_allclose(res.curves.get("broken", "morf"), want, atol=1e-6)
     assert np.isfinite(res.heatmaps["broken"].astype(np.float32)).all()
