@@ -9,15 +9,21 @@ push the same images through the same frozen backbone. The backbone's
 ``features`` map is then computed once per image and only the head trains
 (:func:`xbench.models.build.head_model` shares the head's weights), which is
 the same model, far faster.
+
+Shape: :func:`train_classifier` runs each stage (a :class:`_Stage`: what
+trains, on which batches, how it is validated) through one
+:func:`_run_stage`; a :class:`Selection` carries the kept epoch and the
+history from stage 1 into stage 2 and into every checkpoint.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
-from dataclasses import dataclass
-from typing import Sequence
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
 
 import keras
 import numpy as np
@@ -161,42 +167,119 @@ def _assign(variables, values) -> None:
         v.assign(a)
 
 
-class _SelectBest(keras.callbacks.Callback):
-    """Per-epoch validation recall per class; keeps the best values of ``mutable`` in memory."""
+@contextlib.contextmanager
+def _timed(timings: dict[str, float], key: str):
+    """Record the seconds the ``with`` body took as ``timings[key]``."""
+    t0 = time.perf_counter()
+    yield
+    timings[key] = time.perf_counter() - t0
 
-    def __init__(self, mutable, val_inputs, val_labels, class_names, disease_index, rule, stage, predict, epoch_offset, state):
+
+@dataclass
+class Selection:
+    """The epoch training keeps: its score and number, the values of the mutable variables then, and every history row.
+
+    Carried from stage 1 into stage 2 (epochs count on), and saved with each
+    checkpoint: :meth:`to_meta` is its part of the checkpoint's metadata,
+    :meth:`from_checkpoint` reads it back.
+    """
+
+    score: float = -np.inf
+    epoch: int = 0  # 1-based history row of the kept epoch; 0 before any epoch
+    best: list[np.ndarray] | None = None  # values of the mutable variables at ``epoch``
+    rows: list[dict] = field(default_factory=list)  # one history row per epoch run, both stages
+
+    def offer(self, row: dict, variables) -> bool:
+        """Append an epoch's history row; keep the values of ``variables`` if its score is the best so far (returns whether it is)."""
+        self.rows.append(row)
+        if not row["selection_score"] > self.score:  # ties keep the earlier epoch
+            return False
+        self.score, self.epoch, self.best = row["selection_score"], row["epoch"], _values(variables)
+        return True
+
+    def restore(self, variables) -> None:
+        """Set ``variables`` to the kept epoch's values (nothing if no epoch was kept)."""
+        if self.best is not None:
+            _assign(variables, self.best)
+
+    def history(self) -> pd.DataFrame:
+        """The rows as a table: one row per epoch run, both stages."""
+        return pd.DataFrame(self.rows)
+
+    def to_meta(self) -> dict:
+        """The checkpoint metadata this selection owns (``best`` goes to the checkpoint's ``best`` file)."""
+        return {"rows": self.rows, "best_score": self.score, "best_epoch": self.epoch}
+
+    @classmethod
+    def from_checkpoint(cls, saved: dict) -> Selection:
+        """The selection saved in ``saved``, a :meth:`TrainCheckpoint.load <xbench.checkpoints.TrainCheckpoint.load>` result."""
+        meta = saved["meta"]
+        return cls(score=meta["best_score"], epoch=meta["best_epoch"], best=saved["best"], rows=meta["rows"])
+
+
+@dataclass
+class _Validation:
+    """Turns validation probabilities into a history row's validation columns."""
+
+    labels: np.ndarray  # (N_val,) int
+    class_names: list[str]
+    disease_index: list[int]  # the disease classes, for the ``disease_recall`` rule
+    rule: str  # one of SELECTION_RULES
+
+    def scores(self, probs: np.ndarray) -> dict[str, float]:
+        """(N_val, C) probabilities -> val_loss, val_accuracy, val_recall/<class>..., val_macro_f1, selection_score."""
+        y = self.labels
+        s = per_class_scores(confusion_matrix(y, probs.argmax(1), len(self.class_names)))
+        p_true = np.clip(probs[np.arange(len(y)), y], 1e-12, 1)
+        return {
+            "val_loss": float(-np.mean(np.log(p_true))),
+            "val_accuracy": float(np.mean(probs.argmax(1) == y)),
+            **{f"val_recall/{n}": float(s["recall"][i]) for i, n in enumerate(self.class_names)},
+            "val_macro_f1": float(s["f1"].mean()),
+            "selection_score": float(selection_score(y, probs, self.rule, self.disease_index)),
+        }
+
+
+@dataclass
+class _Stage:
+    """One stage of training: what fits, on which batches, for how many epochs, and how it is validated."""
+
+    name: str  # "stage1" | "stage2": the history's ``stage`` column and the checkpoint's tag
+    trainer: keras.Model  # the classifier, or its head when stage 1 trains on cached backbone features
+    data: _Batches
+    epochs: int
+    val_inputs: np.ndarray  # (N_val, ...) features, or (N_val,) image rows
+    val_predict: Callable[[np.ndarray], np.ndarray]  # val_inputs -> (N_val, C) probabilities
+    lr: float
+    clipnorm: float | None
+    epoch_offset: int  # epochs of the stages before, so history epochs count on
+    desc: str  # progress-bar label
+
+
+class _Validate(keras.callbacks.Callback):
+    """After each epoch: predict the validation inputs and hand the history row to the selection."""
+
+    def __init__(self, stage: _Stage, validation: _Validation, selection: Selection, variables):
         super().__init__()
-        self.mutable, self.val_inputs, self.val_labels = mutable, val_inputs, val_labels
-        self.class_names, self.disease_index, self.rule = class_names, disease_index, rule
-        self.stage, self.predict, self.epoch_offset, self.state = stage, predict, epoch_offset, state
+        self.stage, self.validation, self.selection, self.variables = stage, validation, selection, variables
 
     def on_epoch_begin(self, epoch, logs=None):
         self._t0 = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
-        probs = self.predict(self.val_inputs)
-        y = self.val_labels
-        s = per_class_scores(confusion_matrix(y, probs.argmax(1), len(self.class_names)))
-        score = selection_score(y, probs, self.rule, self.disease_index)
-        p_true = np.clip(probs[np.arange(len(y)), y], 1e-12, 1)
+        logs, v = logs or {}, self.validation
         row = {
-            "epoch": self.epoch_offset + epoch + 1,
-            "stage": self.stage,
-            "loss": float((logs or {}).get("loss", np.nan)),
-            "accuracy": float((logs or {}).get("accuracy", np.nan)),
-            "val_loss": float(-np.mean(np.log(p_true))),
-            "val_accuracy": float(np.mean(probs.argmax(1) == y)),
-            **{f"val_recall/{n}": float(s["recall"][i]) for i, n in enumerate(self.class_names)},
-            "val_macro_f1": float(s["f1"].mean()),
-            "selection_score": float(score),
+            "epoch": self.stage.epoch_offset + epoch + 1,
+            "stage": self.stage.name,
+            "loss": float(logs.get("loss", np.nan)),
+            "accuracy": float(logs.get("accuracy", np.nan)),
+            **v.scores(self.stage.val_predict(self.stage.val_inputs)),
             "seconds": time.perf_counter() - self._t0,
         }
-        self.state["rows"].append(row)
-        best = score > self.state["best_score"]
-        if best:
-            self.state.update(best_score=float(score), best_epoch=row["epoch"], weights=_values(self.mutable))
-        recalls = " ".join(f"{n}={row[f'val_recall/{n}']:.2f}" for n in self.class_names)
-        log.info("%s epoch %d: loss %.4f val_loss %.4f val recall %s | %s %.4f%s", self.stage, row["epoch"], row["loss"], row["val_loss"], recalls, self.rule, score, " *" if best else "")
+        best = self.selection.offer(row, self.variables)
+        recalls = " ".join(f"{n}={row[f'val_recall/{n}']:.2f}" for n in v.class_names)
+        log.info("%s epoch %d: loss %.4f val_loss %.4f val recall %s | %s %.4f%s", row["stage"], row["epoch"], row["loss"], row["val_loss"],
+                 recalls, v.rule, row["selection_score"], " *" if best else "")
 
 
 def _mutable_variables(model: keras.Model, settings: TrainSettings) -> list:
@@ -225,54 +308,160 @@ def _mutable_variables(model: keras.Model, settings: TrainSettings) -> list:
     return out
 
 
-class _StaleCheckpoint(Exception):
-    """A stage-2 checkpoint that cannot be restored (stage 1 was skipped on its account)."""
+@dataclass
+class _Job:
+    """What every stage of one training shares."""
+
+    model: keras.Model
+    images: np.ndarray  # (N, S, S, 3) uint8
+    settings: TrainSettings
+    seed: int
+    train_rows: np.ndarray  # (N_train,) rows of ``images``
+    val_rows: np.ndarray  # (N_val,)
+    targets: np.ndarray  # (N, C) one-hot float32
+    class_weight: dict[int, float] | None
+    loss: keras.losses.Loss
+    mutable: list  # the variables any stage can change (see _mutable_variables)
+    validation: _Validation
+
+    @property
+    def fine_tunes(self) -> bool:
+        return self.settings.fine_tune.enabled and self.settings.fine_tune.epochs > 0
+
+    @property
+    def uses_features(self) -> bool:
+        s = self.settings
+        return s.freeze_base and not s.augment and s.feature_cache
+
+    def predict_rows(self, rows: np.ndarray) -> np.ndarray:
+        """(n,) image rows -> (n, C) probabilities of the classifier."""
+        return predict_images(self.model, self.images, rows)
+
+    def batches(self, data: np.ndarray, rows: np.ndarray, batch_size: int, seed: int, augment=None) -> _Batches:
+        """Shuffled training batches of ``data[rows]`` with the training targets."""
+        return _Batches(data, rows, self.targets[self.train_rows], batch_size, shuffle=True, seed=seed, augment=augment)
 
 
-def _fit_stage(stage, trainer, data, epochs, *, mutable, cw, callback, state, checkpoint, desc, must_resume=False) -> float:
-    """Fit ``epochs`` epochs one at a time, resuming from ``checkpoint`` and saving to it after each.
+def _prepare(model, images, labels, split, class_names, disease_classes, settings: TrainSettings, seed: int) -> _Job:
+    """Check the inputs, seed Keras, and gather what the stages share (arguments as in :func:`train_classifier`)."""
+    if settings.select not in SELECTION_RULES:
+        raise ValueError(f"train.select must be one of {SELECTION_RULES}")
+    keras.utils.set_random_seed(seed)
+    num_classes = len(class_names)
+    tr, va = np.flatnonzero(split == "train"), np.flatnonzero(split == "val")
+    if len(tr) == 0 or len(va) == 0:
+        raise ValueError("the split has no training or no validation images")
+    disease_index = [class_names.index(c) for c in disease_classes if c in class_names]
+    return _Job(
+        model=model, images=images, settings=settings, seed=seed, train_rows=tr, val_rows=va,
+        targets=np.eye(num_classes, dtype=np.float32)[labels],
+        class_weight=class_weight_map(labels[tr], num_classes) if settings.class_weights else None,
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=settings.label_smoothing),
+        mutable=_mutable_variables(model, settings),
+        validation=_Validation(labels[va], list(class_names), disease_index, settings.select),
+    )
+
+
+def _stage1(job: _Job, timings: dict[str, float]) -> _Stage:
+    """Stage 1: the head (frozen backbone) or the whole classifier, at ``settings.lr``."""
+    s, tr, va = job.settings, job.train_rows, job.val_rows
+    set_trainable(job.model, None if s.freeze_base else 0)
+    if job.uses_features:
+        with _timed(timings, "features_s"):
+            feats = predict_images(feature_extractor(job.model), job.images, np.concatenate([tr, va]), desc="backbone features")
+        trainer = head_model(job.model)
+        forward = _compiled(trainer)
+        predict = lambda x: np.concatenate([keras.ops.convert_to_numpy(forward(x[i : i + 256])) for i in range(0, len(x), 256)])
+        data, val_inputs = job.batches(feats[: len(tr)], np.arange(len(tr)), s.batch_size, job.seed), feats[len(tr) :]
+    else:
+        aug = _augmenter(s, job.seed, job.images.shape[1:]) if s.augment else None
+        trainer, predict, val_inputs = job.model, job.predict_rows, va
+        data = job.batches(job.images, tr, s.batch_size, job.seed, aug)
+    return _Stage("stage1", trainer, data, s.epochs, val_inputs, predict, s.lr, s.clipnorm, epoch_offset=0, desc="training (stage 1)")
+
+
+def _stage2(job: _Job, selection: Selection) -> _Stage:
+    """Stage 2: fine-tune the backbone from ``fine_tune.from_layer`` on images, starting from ``selection``'s weights."""
+    s, ft = job.settings, job.settings.fine_tune
+    n = set_trainable(job.model, ft.from_layer)
+    # From the best stage-1 weights, like the study's fine-tuning of its saved
+    # baseline. (A resumed stage 2 passes an empty selection: its checkpoint
+    # restores every variable anyway.)
+    selection.restore(job.mutable)
+    log.info("stage 2: fine-tuning %d backbone layers from %s at lr %g", n, ft.from_layer, ft.lr)
+    # Its own augmentation and batch-order seeds, so stage 2 does not replay stage 1's draws.
+    aug = _augmenter(s, job.seed + 10, job.images.shape[1:]) if s.augment else None
+    data = job.batches(job.images, job.train_rows, ft.batch_size or s.batch_size, job.seed + 1, aug)
+    return _Stage("stage2", job.model, data, ft.epochs, job.val_rows, job.predict_rows, ft.lr, ft.clipnorm,
+                  epoch_offset=s.epochs, desc="fine-tuning (stage 2)")
+
+
+def _run_stage(stage: _Stage, selection: Selection, job: _Job, checkpoint, timings: dict[str, float],
+               *, resume_only: bool = False) -> Selection | None:
+    """Fit ``stage`` one epoch at a time, resuming from ``checkpoint`` and saving to it after each epoch.
 
     An epoch is fully determined by the variables saved (model with its
     dropout seed states, optimizer) and by the data, whose order and
-    augmentation are functions of (seed, epoch, batch), so a resumed
-    run ends bit-identical to an uninterrupted one on CPU. Returns the seconds
-    spent writing checkpoints.
+    augmentation are functions of (seed, epoch, batch), so a resumed run ends
+    bit-identical to an uninterrupted one on CPU. Returns the selection after
+    the stage (the checkpoint's, when resumed); with ``resume_only``, None
+    and nothing trained when the checkpoint cannot be restored. Records
+    ``<name>_fit_s`` and ``<name>_checkpoint_s`` in ``timings``.
     """
-    trainer.optimizer.build(trainer.trainable_variables)  # its variables must exist to be restored
-    tracked = list(mutable) + list(trainer.optimizer.variables)
-    # Shapes and dtypes, not paths: Keras numbers optimizer and seed-generator
-    # paths by creation order, which differs between a resumed and a fresh process.
-    signature = [[[int(d) for d in v.shape], str(v.dtype)] for v in tracked]
-    start = 0
-    saved = checkpoint.load(stage, signature) if checkpoint is not None else None
-    if saved is None and must_resume:
-        raise _StaleCheckpoint
-    if saved is not None:
-        meta = saved["meta"]
-        _assign(tracked, saved["state"])
-        state.update(rows=meta["rows"], best_score=meta["best_score"], best_epoch=meta["best_epoch"], weights=saved["best"])
-        start = int(meta["epochs_done"])
-        log.info("%s: resuming after epoch %d of %d from %s", stage, start, epochs, checkpoint.folder)
-    bar = tqdm(total=epochs, initial=start, desc=desc, unit="epoch", mininterval=0.5)
-    checkpoint_s = 0.0
-    for e in range(start, epochs):
-        data.set_epoch(e)
-        t0 = time.perf_counter()
-        # shuffle=False: Keras would permute a PyDataset's batches with the
-        # global NumPy RNG, whose state a resumed process cannot have.
-        hist = trainer.fit(data, initial_epoch=e, epochs=e + 1, shuffle=False, class_weight=cw, verbose=0, callbacks=[callback])
-        state["rows"][-1]["fit_seconds"] = time.perf_counter() - t0  # "seconds" plus fit's start-up
-        bar.set_postfix(loss=f"{hist.history.get('loss', [float('nan')])[-1]:.3f}")
-        bar.update(1)
-        if checkpoint is not None:
-            t1 = time.perf_counter()
-            meta = {"stage": stage, "epochs_done": e + 1, "signature": signature, "rows": state["rows"],
-                    "best_score": state["best_score"], "best_epoch": state["best_epoch"]}
-            checkpoint.save(meta, _values(tracked), state["weights"])
-            checkpoint_s += time.perf_counter() - t1
-            faults.point("train_epoch")
-    bar.close()
-    return checkpoint_s
+    trainer = stage.trainer
+    trainer.compile(optimizer=keras.optimizers.Adam(stage.lr, clipnorm=stage.clipnorm), loss=job.loss, metrics=["accuracy"])
+    with _timed(timings, f"{stage.name}_fit_s"):
+        trainer.optimizer.build(trainer.trainable_variables)  # its variables must exist to be restored
+        tracked = list(job.mutable) + list(trainer.optimizer.variables)
+        # Shapes and dtypes, not paths: Keras numbers optimizer and seed-generator
+        # paths by creation order, which differs between a resumed and a fresh process.
+        signature = [[[int(d) for d in v.shape], str(v.dtype)] for v in tracked]
+        saved = checkpoint.load(stage.name, signature) if checkpoint is not None else None
+        if saved is None and resume_only:
+            return None
+        start = 0
+        if saved is not None:
+            _assign(tracked, saved["state"])
+            selection, start = Selection.from_checkpoint(saved), int(saved["meta"]["epochs_done"])
+            log.info("%s: resuming after epoch %d of %d from %s", stage.name, start, stage.epochs, checkpoint.folder)
+        callback = _Validate(stage, job.validation, selection, job.mutable)
+        bar = tqdm(total=stage.epochs, initial=start, desc=stage.desc, unit="epoch", mininterval=0.5)
+        checkpoint_s = 0.0
+        for e in range(start, stage.epochs):
+            stage.data.set_epoch(e)
+            t0 = time.perf_counter()
+            # shuffle=False: Keras would permute a PyDataset's batches with the
+            # global NumPy RNG, whose state a resumed process cannot have.
+            hist = trainer.fit(stage.data, initial_epoch=e, epochs=e + 1, shuffle=False, class_weight=job.class_weight, verbose=0,
+                               callbacks=[callback])
+            selection.rows[-1]["fit_seconds"] = time.perf_counter() - t0  # "seconds" plus fit's start-up
+            bar.set_postfix(loss=f"{hist.history.get('loss', [float('nan')])[-1]:.3f}")
+            bar.update(1)
+            if checkpoint is not None:
+                t1 = time.perf_counter()
+                meta = {"stage": stage.name, "epochs_done": e + 1, "signature": signature, **selection.to_meta()}
+                checkpoint.save(meta, _values(tracked), selection.best)
+                checkpoint_s += time.perf_counter() - t1
+                faults.point("train_epoch")
+        bar.close()
+        timings[f"{stage.name}_checkpoint_s"] = checkpoint_s
+    return selection
+
+
+def _train_stages(job: _Job, checkpoint, timings: dict[str, float]) -> Selection:
+    """Stage 1, then stage 2 if enabled; each resumes from ``checkpoint`` if it holds that stage."""
+    with _timed(timings, "stage1_s"):
+        selection = _run_stage(_stage1(job, timings), Selection(), job, checkpoint, timings)
+    if job.fine_tunes:
+        with _timed(timings, "stage2_s"):
+            selection = _run_stage(_stage2(job, selection), selection, job, checkpoint, timings)
+    return selection
+
+
+def _resume_stage2(job: _Job, checkpoint, timings: dict[str, float]) -> Selection | None:
+    """Stage 2 resumed from its checkpoint, which already holds stage 1's outcome; None if it cannot be restored."""
+    with _timed(timings, "stage2_s"):
+        return _run_stage(_stage2(job, Selection()), Selection(), job, checkpoint, timings, resume_only=True)
 
 
 def train_classifier(
@@ -301,73 +490,20 @@ def train_classifier(
             one, every epoch is checkpointed and a run killed part-way resumes
             after its last finished epoch, ending with the same weights.
     """
-    if settings.select not in SELECTION_RULES:
-        raise ValueError(f"train.select must be one of {SELECTION_RULES}")
-    keras.utils.set_random_seed(seed)
-    num_classes = len(class_names)
-    tr, va = np.flatnonzero(split == "train"), np.flatnonzero(split == "val")
-    if len(tr) == 0 or len(va) == 0:
-        raise ValueError("the split has no training or no validation images")
-    disease_index = [class_names.index(c) for c in disease_classes if c in class_names]
-    onehot = np.eye(num_classes, dtype=np.float32)[labels]
-    cw = class_weight_map(labels[tr], num_classes) if settings.class_weights else None
-    state = {"rows": [], "best_score": -np.inf, "best_epoch": 0, "weights": None}
+    job = _prepare(model, images, labels, split, class_names, disease_classes, settings, seed)
     timings: dict[str, float] = {}
-    loss = keras.losses.CategoricalCrossentropy(label_smoothing=settings.label_smoothing)
-    mutable = _mutable_variables(model, settings)
-    ft = settings.fine_tune
-    stage2 = ft.enabled and ft.epochs > 0
-    at = checkpoint.stage() if checkpoint is not None else None
-    image_predict = lambda idx: predict_images(model, images, idx)
-
-    use_features = settings.freeze_base and not settings.augment and settings.feature_cache
-    t0 = time.perf_counter()
-    if at != "stage2":  # a stage-2 checkpoint already holds stage 1's outcome
-        set_trainable(model, None if settings.freeze_base else 0)
-        aug = _augmenter(settings, seed, images.shape[1:]) if settings.augment else None
-        if use_features:
-            extractor = feature_extractor(model)
-            feats = predict_images(extractor, images, np.concatenate([tr, va]), desc="backbone features")
-            timings["features_s"] = time.perf_counter() - t0
-            f_tr, f_va = feats[: len(tr)], feats[len(tr) :]
-            trainer = head_model(model)
-            predict_fn = _compiled(trainer)
-            val_predict = lambda x: np.concatenate([keras.ops.convert_to_numpy(predict_fn(x[i : i + 256])) for i in range(0, len(x), 256)])
-            data = _Batches(f_tr, np.arange(len(tr)), onehot[tr], settings.batch_size, shuffle=True, seed=seed)
-            val_inputs = f_va
-        else:
-            trainer = model
-            data = _Batches(images, tr, onehot[tr], settings.batch_size, shuffle=True, seed=seed, augment=aug)
-            val_inputs, val_predict = va, image_predict
-        trainer.compile(optimizer=keras.optimizers.Adam(settings.lr, clipnorm=settings.clipnorm), loss=loss, metrics=["accuracy"])
-        cb = _SelectBest(mutable, val_inputs, labels[va], list(class_names), disease_index, settings.select, "stage1", val_predict, 0, state)
-        t1 = time.perf_counter()
-        timings["stage1_checkpoint_s"] = _fit_stage("stage1", trainer, data, settings.epochs, mutable=mutable, cw=cw, callback=cb,
-                                                    state=state, checkpoint=checkpoint, desc="training (stage 1)")
-        timings["stage1_fit_s"] = time.perf_counter() - t1
-        timings["stage1_s"] = time.perf_counter() - t0
-
-    if stage2:
-        n = set_trainable(model, ft.from_layer)
-        if at != "stage2" and state["weights"] is not None:
-            # Stage 2 starts from the best stage-1 weights, like the study's
-            # fine-tuning of its saved baseline.
-            _assign(mutable, state["weights"])
-        log.info("stage 2: fine-tuning %d backbone layers from %s at lr %g", n, ft.from_layer, ft.lr)
-        aug = _augmenter(settings, seed + 10, images.shape[1:]) if settings.augment else None
-        batches = _Batches(images, tr, onehot[tr], ft.batch_size or settings.batch_size, shuffle=True, seed=seed + 1, augment=aug)
-        model.compile(optimizer=keras.optimizers.Adam(ft.lr, clipnorm=ft.clipnorm), loss=loss, metrics=["accuracy"])
-        cb2 = _SelectBest(mutable, va, labels[va], list(class_names), disease_index, settings.select, "stage2", image_predict, settings.epochs, state)
-        t2 = time.perf_counter()
-        try:
-            timings["stage2_checkpoint_s"] = _fit_stage("stage2", model, batches, ft.epochs, mutable=mutable, cw=cw, callback=cb2, state=state,
-                                                        checkpoint=checkpoint, desc="fine-tuning (stage 2)", must_resume=at == "stage2")
-        except _StaleCheckpoint:
+    selection = None
+    if checkpoint is not None and job.fine_tunes and checkpoint.stage() == "stage2":
+        selection = _resume_stage2(job, checkpoint, timings)
+        if selection is None:
             log.warning("stage-2 checkpoint in %s cannot be restored; training from the start", checkpoint.folder)
             checkpoint.clear()
-            return train_classifier(model, images, labels, split, class_names, disease_classes, settings, seed, checkpoint)
-        timings["stage2_s"] = time.perf_counter() - t2
-    if state["weights"] is not None:
-        _assign(mutable, state["weights"])
-    history = pd.DataFrame(state["rows"])
-    return TrainResult(history=history, best_epoch=int(state["best_epoch"]), best_score=float(state["best_score"]), timings=timings, used_feature_cache=use_features)
+            timings.clear()  # the abandoned attempt's
+            # Nothing has changed the model's weights yet; re-seeding makes
+            # what follows exactly a fresh run.
+            keras.utils.set_random_seed(seed)
+    if selection is None:
+        selection = _train_stages(job, checkpoint, timings)
+    selection.restore(job.mutable)
+    return TrainResult(history=selection.history(), best_epoch=int(selection.epoch), best_score=float(selection.score), timings=timings,
+                       used_feature_cache=job.uses_features)
