@@ -31,6 +31,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from xbench import faults
+from xbench.data.pixels import to_unit_float
 from xbench.metrics.classification import confusion_matrix, per_class_scores, selection_score
 from xbench.models.build import feature_extractor, head_model, set_trainable
 from xbench.settings import SELECTION_RULES, FineTuneSettings, TrainSettings  # noqa: F401  (FineTuneSettings re-exported)
@@ -76,7 +77,7 @@ class _Batches(keras.utils.PyDataset):
         sel = np.sort(self.order[i * self.batch_size : (i + 1) * self.batch_size])
         rows = self.index[sel]
         x = self.images[rows]
-        x = np.asarray(x, dtype=np.float32) * np.float32(1 / 255) if x.dtype == np.uint8 else np.asarray(x, dtype=np.float32)
+        x = to_unit_float(x)
         if self.augment is not None:
             # Keras reads batch 0 an extra time to learn the data's spec, which
             # would shift a stateful random stream; reseeding from
@@ -90,11 +91,6 @@ class _Batches(keras.utils.PyDataset):
         if self.targets is None:
             return (x,)
         return x, self.targets[sel]
-
-
-def to_float(images: np.ndarray) -> np.ndarray:
-    """uint8 (N, H, W, 3) -> float32 in [0, 1]."""
-    return np.asarray(images, dtype=np.float32) * np.float32(1 / 255)
 
 
 def predict_images(model: keras.Model, images: np.ndarray, index: np.ndarray | None = None, batch_size: int | None = None,
@@ -116,7 +112,7 @@ def predict_images(model: keras.Model, images: np.ndarray, index: np.ndarray | N
         it = tqdm(it, desc=desc, unit="batch", leave=False, mininterval=1.0)
     for start in it:
         rows = index[start : start + batch_size]
-        out.append(keras.ops.convert_to_numpy(fn(to_float(images[rows]))))
+        out.append(keras.ops.convert_to_numpy(fn(to_unit_float(images[rows]))))
     if not out:
         shape = tuple(int(d) for d in model.output.shape[1:])
         return np.zeros((0,) + shape, np.float32)
