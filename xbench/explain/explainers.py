@@ -55,10 +55,12 @@ class TfKerasVis:
     def __call__(self, model, images, targets, context: ExplainContext | None = None):
         from xbench.explain.tfkv import tfkv_maps
 
+        context = _ctx(context, images)
         x = np.asarray(images)
         x = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x
         return tfkv_maps(model, x, np.asarray(targets), self.method, layer=self.layer, max_n=self.max_n,
-                         smooth_samples=self.smooth_samples, smooth_noise=self.smooth_noise, batch_size=self.batch_size, seed=_ctx(context, images).seed)
+                         smooth_samples=self.smooth_samples, smooth_noise=self.smooth_noise, batch_size=self.batch_size,
+                         seed=context.seed, image_ids=context.image_ids)
 
 
 @dataclass
