@@ -60,11 +60,28 @@ def test_upsample_is_bilinear_with_half_pixel_centres():
     np.testing.assert_allclose(up[0, :, 0], [0, 0.5, 1.5, 2.0], atol=1e-6)
 
 
-def test_last_n_conv_layers(images):
+def test_last_n_block_outputs_vgg(images):
     model = build_classifier("vgg16", 4, 64, weights="none")
     maps = gradcam_last_n(model, images[:2], n=3)
-    assert list(maps) == ["block5_conv1", "block5_conv2", "block5_conv3"]
+    assert list(maps) == ["block5_conv1", "block5_conv2", "block5_conv3"]  # a chain: every conv is a block output
     np.testing.assert_allclose(maps["block5_conv3"], gradcam(model, images[:2]), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("backbone, want", [("densenet201", ["conv5_block30_concat", "conv5_block31_concat", "relu"]),
+                                            ("resnet50", ["conv5_block1_out", "conv5_block2_out", "conv5_block3_out"])])
+def test_last_n_are_block_outputs_not_growth_or_pre_bn_convs(backbone, want, images):
+    from xbench.explain import block_output_names
+    from xbench.models.backbones import BACKBONES
+
+    model = build_classifier(backbone, 4, 64, weights="none", seed=1)
+    names = block_output_names(model)
+    assert names[-1] == BACKBONES[backbone].gradcam_layer
+    assert all(model.get_layer(n).output.shape[-1] >= 256 for n in names[-3:])
+    inside = [n for n in names if "_block" in n and not n.endswith(("_concat", "_out"))]
+    assert not inside  # nothing from inside a dense or residual block
+    maps = gradcam_last_n(model, images[:2], n=3, targets=np.array([0, 1]))
+    assert list(maps) == want and all(m.shape == (2, 64, 64) for m in maps.values())
+    np.testing.assert_allclose(maps[want[-1]], gradcam(model, images[:2], targets=np.array([0, 1])), rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("method", ["gradcampp", "scorecam", "layercam", "saliency", "smoothgrad"])

@@ -16,6 +16,7 @@ _WHERE = {
     "RandomControl": "xbench.explain.explainers",
     "ShortcutMarker": "xbench.explain.explainers",
     "TfKerasVis": "xbench.explain.explainers",
+    "block_output_names": "xbench.explain.cam",
     "center_maps": "xbench.explain.controls",
     "mask_maps": "xbench.explain.controls",
     "random_maps": "xbench.explain.controls",
