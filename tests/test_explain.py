@@ -61,11 +61,28 @@ def test_upsample_is_bilinear_with_half_pixel_centres():
     np.testing.assert_allclose(up[0, :, 0], [0, 0.5, 1.5, 2.0], atol=1e-6)
 
 
-def test_last_n_conv_layers(images):
+def test_last_n_block_outputs_vgg(images):
     model = build_classifier("vgg16", 4, 64, weights="none")
     maps = gradcam_last_n(model, images[:2], n=3)
-    assert list(maps) == ["block5_conv1", "block5_conv2", "block5_conv3"]
+    assert list(maps) == ["block5_conv1", "block5_conv2", "block5_conv3"]  # a chain: every conv is a block output
     np.testing.assert_allclose(maps["block5_conv3"], gradcam(model, images[:2]), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("backbone, want", [("densenet201", ["conv5_block30_concat", "conv5_block31_concat", "relu"]),
+                                            ("resnet50", ["conv5_block1_out", "conv5_block2_out", "conv5_block3_out"])])
+def test_last_n_are_block_outputs_not_growth_or_pre_bn_convs(backbone, want, images):
+    from xbench.explain import block_output_names
+    from xbench.models.backbones import BACKBONES
+
+    model = build_classifier(backbone, 4, 64, weights="none", seed=1)
+    names = block_output_names(model)
+    assert names[-1] == BACKBONES[backbone].gradcam_layer
+    assert all(model.get_layer(n).output.shape[-1] >= 256 for n in names[-3:])
+    inside = [n for n in names if "_block" in n and not n.endswith(("_concat", "_out"))]
+    assert not inside  # nothing from inside a dense or residual block
+    maps = gradcam_last_n(model, images[:2], n=3, targets=np.array([0, 1]))
+    assert list(maps) == want and all(m.shape == (2, 64, 64) for m in maps.values())
+    np.testing.assert_allclose(maps[want[-1]], gradcam(model, images[:2], targets=np.array([0, 1])), rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("method", ["gradcampp", "scorecam", "layercam", "saliency", "smoothgrad"])
@@ -119,3 +136,43 @@ def test_gradcampp_is_tf_keras_vis_divided_by_exp_score_and_never_overflows(imag
     assert not np.isfinite(plain).all()
     big = TfKerasVis(method="gradcampp")(model, images[:2], t)
     assert np.isfinite(big).all() and big.max() > 0
+
+
+def test_smoothgrad_noise_is_a_function_of_seed_and_image_id_not_of_chunking(images, monkeypatch):
+    import tensorflow as tf
+
+    model = build_classifier("vgg16", 4, 64, weights="none", seed=2)
+    t = np.array([0, 1, 2, 3])
+    ids = np.array([10, 11, 12, 13])
+    ex = TfKerasVis(method="smoothgrad", smooth_samples=3, batch_size=16)
+    tf.random.set_seed(123)
+    np.random.seed(5)
+    np_state = np.random.get_state()[1].copy()
+    first = tf.random.uniform([3]).numpy()
+    whole = ex(model, images, t, ExplainContext(ids, seed=4))
+    after = tf.random.uniform([3]).numpy()
+    tf.random.set_seed(123)
+    tf.random.uniform([3])
+    np.testing.assert_array_equal(after, tf.random.uniform([3]).numpy())  # the global TF stream went on as if we had not run
+    np.testing.assert_array_equal(np.random.get_state()[1], np_state)  # NumPy's global state untouched
+    assert first.shape == (3,)
+
+    ones = TfKerasVis(method="smoothgrad", smooth_samples=3, batch_size=1)(model, images, t, ExplainContext(ids, seed=4))
+    perm = np.array([2, 0, 3, 1])
+    shuffled = ex(model, images[perm], t[perm], ExplainContext(ids[perm], seed=4))
+    scale = float(np.abs(whole).max())
+    np.testing.assert_allclose(ones, whole, rtol=1e-5, atol=1e-6 * scale)
+    np.testing.assert_allclose(shuffled, whole[perm], rtol=1e-5, atol=1e-6 * scale)
+    assert not np.allclose(ex(model, images, t, ExplainContext(ids, seed=5)), whole, atol=1e-6 * scale)  # another seed, other noise
+
+    # It is tf-keras-vis's SmoothGrad when tf-keras-vis is handed the same noise (it draws np.random.normal(0, sigma, (S, N, H, W, 3))).
+    from tf_keras_vis.saliency import Saliency
+    from tf_keras_vis.utils.scores import CategoricalScore
+
+    from xbench.explain.tfkv import SMOOTHGRAD_TAG, logits_model
+
+    rngs = [np.random.default_rng([4, int(i), SMOOTHGRAD_TAG]) for i in ids]
+    z = np.stack([np.stack([r.standard_normal((64, 64, 3), dtype=np.float32) for r in rngs]) for _ in range(3)])  # (S, N, H, W, 3)
+    monkeypatch.setattr(np.random, "normal", lambda loc, scale, size: (np.asarray(scale) * z).astype(np.float32))
+    ref = Saliency(logits_model(model), clone=False)(CategoricalScore(t.tolist()), images, smooth_samples=3, smooth_noise=0.2, normalize_map=False)
+    np.testing.assert_allclose(whole, ref, rtol=1e-4, atol=1e-5 * scale)

@@ -152,6 +152,10 @@ def register() -> None:
     cs.store(group="train", name="train_schema", node=TrainSettings)
     for name, node in (("gradcam_schema", GradCAMConfig), ("tfkv_schema", TfKerasVisConfig), ("random_schema", RandomControlConfig), ("center_schema", CenterControlConfig)):
         cs.store(group="explainer", name=name, node=node)
+    from xbench.explain import explainers as E  # reference maps: the dataclass declares its fields once
+
+    for name, cls in (("oracle_schema", E.Oracle), ("shortcut_marker_schema", E.ShortcutMarker)):
+        cs.store(group="explainer", name=name, node=_schema_of(cls, f"xbench.explain.{cls.__name__}"))
     for name, node in _perturbation_schemas().items():
         cs.store(group="perturbation", name=name, node=node)
 

@@ -101,9 +101,88 @@ def gradcam(
 _upsample = upsample
 
 
+#: Layers that map a feature map to one of the same shape pixel by pixel; a block output followed by one is represented by it.
+_ELEMENTWISE = ("BatchNormalization", "Activation", "ReLU", "LeakyReLU", "PReLU", "ELU", "Dropout", "SpatialDropout2D", "Identity", "LayerNormalization")
+
+
+def block_output_names(model: keras.Model, last: str | None = None) -> list[str]:
+    """Names of the model's block outputs up to ``last`` (default: its Grad-CAM layer), in graph order; ``last`` is the final entry.
+
+    A block output is a layer with a 4-D output that EVERY path from the
+    input to the output passes through (a cut vertex of the layer graph: no
+    skip connection jumps over it), at or after the first convolution,
+    except zero-padding layers; a run of such layers joined by shape-keeping
+    element-wise layers (batch norm, activation) counts once, as its last
+    layer (the convolution before a BN, the sum before a ReLU are not
+    listed). For the keras.applications backbones this gives:
+
+    - VGG: every ``blockN_convM`` and ``blockN_pool`` (a chain);
+    - ResNet: ``convN_blockM_out`` (and the stem's ``conv1_relu``, ``pool1_pool``);
+    - DenseNet: ``convN_blockM_concat``, the transitions' ``poolN_relu``,
+      ``poolN_conv``, ``poolN_pool`` (a chain), the final ``relu``;
+    - InceptionV3: ``mixedN``;
+    - MobileNetV2: ``block_N_add`` where a block has a residual, and the
+      layers of the blocks without one, ``out_relu`` last.
+
+    Inside a residual or dense block (the 32-channel growth convolutions of
+    DenseNet, the pre-BN convolutions of ResNet) nothing is listed.
+    """
+    layers = model.layers
+    where = {id(l): i for i, l in enumerate(layers)}
+    parents = [sorted({where[id(p.operation)] for node in l._inbound_nodes for p in node.parent_nodes if id(p.operation) in where}) for l in layers]
+    # positions in a topological order (Kahn's algorithm, ties kept in model.layers order)
+    children = [[] for _ in layers]
+    for w, ps in enumerate(parents):
+        for u in ps:
+            children[u].append(w)
+    indeg = [len(ps) for ps in parents]
+    import heapq
+
+    ready = [i for i, d in enumerate(indeg) if d == 0]
+    heapq.heapify(ready)
+    topo = []
+    while ready:
+        u = heapq.heappop(ready)
+        topo.append(u)
+        for w in children[u]:
+            indeg[w] -= 1
+            if indeg[w] == 0:
+                heapq.heappush(ready, w)
+    pos = np.empty(len(layers), np.int64)
+    pos[topo] = np.arange(len(topo))
+    # v is a cut vertex iff no edge (u -> w) has pos(u) < pos(v) < pos(w)
+    jump = np.zeros(len(layers) + 1, np.int64)
+    for w, ps in enumerate(parents):
+        for u in ps:
+            jump[pos[u] + 1] += 1
+            jump[pos[w]] -= 1
+    cut_at = np.cumsum(jump)[: len(layers)] == 0  # indexed by position
+    ordered = [layers[i] for i in topo]
+    last = last or default_layer(model)
+    end = int(pos[where[id(model.get_layer(last))]])
+    conv_types = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.SeparableConv2D)
+    first_conv = next((p for p, l in enumerate(ordered) if isinstance(l, conv_types)), end)
+    shape = lambda l: tuple(l.output.shape) if hasattr(l, "output") and not isinstance(l.output, (list, tuple)) else None
+    names = []
+    for p in range(first_conv, end):
+        l, nxt = ordered[p], ordered[p + 1]
+        if not cut_at[p] or shape(l) is None or len(shape(l)) != 4 or isinstance(l, keras.layers.ZeroPadding2D):
+            continue
+        if cut_at[p + 1] and type(nxt).__name__ in _ELEMENTWISE and shape(nxt) == shape(l):
+            continue  # represented by the element-wise layer after it
+        names.append(l.name)
+    return names + [last]
+
+
 def gradcam_last_n(model: keras.Model, images: np.ndarray, n: int = 3, *, targets=None, upsample: bool = True) -> dict[str, np.ndarray]:
-    """Grad-CAM at each of the last ``n`` conv layers (the pediatric study's app): {layer: maps}."""
-    names = conv_layer_names(model)[-n:]
+    """Grad-CAM at each of the last ``n`` block outputs (the pediatric study's app): {layer: maps}, in graph order.
+
+    The layers are :func:`block_output_names` (feature maps that feed the
+    next block, ending at the model's Grad-CAM layer), not the last ``n``
+    Conv2D layers, which for DenseNet are 32-channel growth convolutions and
+    for ResNet convolutions before their batch norm.
+    """
+    names = block_output_names(model)[-n:]
     x = np.asarray(images, np.float32)
     acts, grads, _, _ = activations_and_gradients(model, x, names, targets)
     out = {}

@@ -14,7 +14,7 @@ import numpy as np
 
 from xbench.data.pixels import to_unit_float
 from xbench.explain.context import ExplainContext
-from xbench.explain.controls import center_maps, random_maps
+from xbench.explain.controls import center_maps, mask_maps, random_maps
 from xbench.settings import TFKV_METHODS
 
 
@@ -56,21 +56,27 @@ class TfKerasVis:
     def __call__(self, model, images, targets, context: ExplainContext | None = None):
         from xbench.explain.tfkv import tfkv_maps
 
+        context = _ctx(context, images)
         x = to_unit_float(images)
         return tfkv_maps(model, x, np.asarray(targets), self.method, layer=self.layer, max_n=self.max_n,
-                         smooth_samples=self.smooth_samples, smooth_noise=self.smooth_noise, batch_size=self.batch_size, seed=_ctx(context, images).seed)
+                         smooth_samples=self.smooth_samples, smooth_noise=self.smooth_noise, batch_size=self.batch_size,
+                         seed=context.seed, image_ids=context.image_ids)
 
 
 @dataclass
 class RandomControl:
-    """Uniform noise maps, fixed per (seed, image id): the floor every explainer must beat."""
+    """A uniformly random region order at the scoring grid, fixed per (seed, image id): the floor every explainer must beat.
+
+    See :func:`xbench.explain.controls.random_maps` (per-pixel noise when the
+    context has no scoring grid).
+    """
 
     name: str = "random"
 
     def __call__(self, model, images, targets, context: ExplainContext | None = None):
         n, h, w = np.asarray(images).shape[:3]
         context = _ctx(context, images)
-        return random_maps(n, h, w, seed=context.seed, image_ids=context.image_ids)
+        return random_maps(n, h, w, seed=context.seed, image_ids=context.image_ids, region_size=context.region_size)
 
 
 @dataclass
@@ -85,4 +91,44 @@ class CenterControl:
         return center_maps(n, h, w, sigma=self.sigma)
 
 
-CONTROLS = {"random": RandomControl, "center": CenterControl}
+def _masks(masks, images, what: str) -> np.ndarray:
+    if masks is None:
+        raise ValueError(f"these images have no {what} masks; only phantoms carry them (use data=synthetic)")
+    masks = np.asarray(masks)
+    if masks.shape != np.asarray(images).shape[:3]:
+        raise ValueError(f"{what} masks {masks.shape} do not match the images {np.asarray(images).shape[:3]}")
+    return masks
+
+
+@dataclass
+class Oracle:
+    """Reference map of a right explanation: the lesion mask blurred (std ``sigma`` x side), zero off the lesion.
+
+    See :func:`xbench.explain.controls.mask_maps`. Needs ``context.lesions``
+    (phantoms); a Normal image (empty mask) gets an all-zero map.
+    """
+
+    sigma: float = 0.02
+    name: str = "oracle"
+
+    def __call__(self, model, images, targets, context: ExplainContext | None = None):
+        return mask_maps(_masks(_ctx(context, images).lesions, images, "lesion"), sigma=self.sigma)
+
+
+@dataclass
+class ShortcutMarker:
+    """Reference map of a cheating explanation: the shortcut-marker mask blurred like :class:`Oracle`.
+
+    Needs ``context.markers`` (phantoms); images without a marker get all-zero maps.
+    """
+
+    sigma: float = 0.02
+    name: str = "shortcut_marker"
+
+    def __call__(self, model, images, targets, context: ExplainContext | None = None):
+        return mask_maps(_masks(_ctx(context, images).markers, images, "marker"), sigma=self.sigma)
+
+
+#: Maps a report can name in ``score.controls``: floors (random, center) and
+#: ground-truth references (oracle, shortcut_marker; phantoms only).
+CONTROLS = {"random": RandomControl, "center": CenterControl, "oracle": Oracle, "shortcut_marker": ShortcutMarker}

@@ -43,6 +43,48 @@ def _unit_exp_score(targets):
     return score
 
 
+#: Tag of SmoothGrad's noise stream: image i's noise comes from default_rng([seed, image_ids[i], SMOOTHGRAD_TAG]).
+SMOOTHGRAD_TAG = 0x5D
+
+
+def smoothgrad(model: keras.Model, images: np.ndarray, targets: np.ndarray, image_ids: np.ndarray, *, samples: int = 20, noise: float = 0.2, seed: int = 0) -> np.ndarray:
+    """SmoothGrad (Smilkov et al., 2017) as tf-keras-vis defines it, with noise fixed per (seed, image id).
+
+    For image x (H, W, 3): sigma = ``noise`` x (max(x) - min(x)) over the
+    image; for s = 1..S, x_s = x + sigma z_s with z_s ~ N(0, 1) (H, W, 3) the
+    s-th draw of ``default_rng([seed, image_id, SMOOTHGRAD_TAG])``;
+    map = max over channels of (1/S) sum_s |d logit_c / d x_s|, i.e. vanilla
+    saliency (tf-keras-vis ``Saliency`` with ``smooth_samples=0``, absolute
+    gradients) averaged over the noisy copies, then the channel maximum, as
+    tf-keras-vis's SmoothGrad does. tf-keras-vis draws its noise from NumPy's
+    global generator, so its maps change from call to call and with
+    chunking; these depend only on (seed, image id), and no global random
+    state (NumPy's or TensorFlow's) is read or changed.
+
+    Args:
+        model: xbench classifier (explained at its ``logits`` layer).
+        images: (N, H, W, 3) float32 in [0, 1].
+        targets: (N,) classes; image_ids: (N,) ints.
+        samples: S >= 1; noise: the noise level (fraction of the value range).
+
+    Returns:
+        (N, H, W) float32, >= 0.
+    """
+    from tf_keras_vis.saliency import Saliency
+    from tf_keras_vis.utils.scores import CategoricalScore
+
+    x = np.asarray(images, np.float32)
+    rngs = [np.random.default_rng([int(seed), int(i), SMOOTHGRAD_TAG]) for i in np.asarray(image_ids)]
+    sigma = (noise * (x.max(axis=(1, 2, 3)) - x.min(axis=(1, 2, 3)))).astype(np.float32)[:, None, None, None]
+    saliency = Saliency(logits_model(model), clone=False)
+    score = CategoricalScore([int(t) for t in targets])
+    total = np.zeros(x.shape, np.float32)
+    for _ in range(samples):
+        z = np.stack([r.standard_normal(x.shape[1:], dtype=np.float32) for r in rngs])
+        total += np.asarray(saliency(score, x + sigma * z, smooth_samples=0, keepdims=True, normalize_map=False), np.float32)
+    return (total / samples).max(axis=-1)
+
+
 def tfkv_maps(
     model: keras.Model,
     images: np.ndarray,
@@ -55,17 +97,19 @@ def tfkv_maps(
     smooth_noise: float = 0.2,
     batch_size: int = 16,
     seed: int = 0,
+    image_ids: np.ndarray | None = None,
 ) -> np.ndarray:
     """(N, H, W) float32 maps from tf-keras-vis for ``targets`` (N,) classes.
 
     ``max_n``: Score-CAM's faster variant (only the max_n channels with the
     largest activations are scored); None scores all channels.
+    ``seed``, ``image_ids`` ((N,), default 0..N-1): SmoothGrad's noise is a
+    function of (seed, image id) only (see :func:`smoothgrad`).
     """
     if keras.backend.backend() != "tensorflow":
         raise RuntimeError(f"the tf-keras-vis explainers need the TensorFlow backend, not {keras.backend.backend()!r}")
     if method not in METHODS:
         raise ValueError(f"unknown tf-keras-vis method {method!r}; choose one of {METHODS}")
-    import tensorflow as tf
     from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
     from tf_keras_vis.layercam import Layercam
     from tf_keras_vis.saliency import Saliency
@@ -76,6 +120,9 @@ def tfkv_maps(
 
     layer = layer or default_layer(model)
     images = np.asarray(images, np.float32)
+    ids = np.arange(len(images)) if image_ids is None else np.asarray(image_ids)
+    if len(ids) != len(images):
+        raise ValueError(f"got {len(ids)} image ids for {len(images)} images")
     out = []
     for s in range(0, len(images), batch_size):
         x = images[s : s + batch_size]
@@ -86,10 +133,10 @@ def tfkv_maps(
             m = Layercam(logits_model(model), clone=False)(score, x, penultimate_layer=layer, seek_penultimate_conv_layer=False, expand_cam=False, normalize_cam=False)
         elif method == "scorecam":
             m = Scorecam(model, clone=False)(score, x, penultimate_layer=layer, seek_penultimate_conv_layer=False, max_N=-1 if max_n is None else int(max_n), expand_cam=True, normalize_cam=False)
+        elif method == "smoothgrad" and smooth_samples > 0:
+            m = smoothgrad(model, x, targets[s : s + batch_size], ids[s : s + batch_size], samples=smooth_samples, noise=smooth_noise, seed=seed)
         else:
-            tf.random.set_seed(seed + s)  # SmoothGrad's noise
-            samples = smooth_samples if method == "smoothgrad" else 0
-            m = Saliency(logits_model(model), clone=False)(score, x, smooth_samples=samples, smooth_noise=smooth_noise, normalize_map=False)
+            m = Saliency(logits_model(model), clone=False)(score, x, smooth_samples=0, normalize_map=False)
         m = np.asarray(m, np.float32)
         if m.shape[1:] != images.shape[1:3]:  # coarse CAM: the same bilinear upsampling as Grad-CAM
             m = upsample(m.reshape(len(x), *m.shape[-2:]), images.shape[1:3])
