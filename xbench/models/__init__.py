@@ -7,6 +7,8 @@ import importlib
 _WHERE = {
     "BACKBONES": "xbench.models.backbones",
     "BackboneSpec": "xbench.models.backbones",
+    "ClassifierSpec": "xbench.models.backbones",
+    "HEADS": "xbench.models.backbones",
     "build_classifier": "xbench.models.build",
     "head_model": "xbench.models.build",
     "Preprocess": "xbench.models.preprocess",

@@ -18,9 +18,8 @@ from typing import Sequence
 import keras
 
 from xbench.errors import ConfigError
-from xbench.models.backbones import get_backbone
+from xbench.models.backbones import HEADS, get_backbone
 from xbench.models.preprocess import Preprocess
-from xbench.settings import HEADS
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +58,7 @@ def build_classifier(
     pool_size: int = 4,
     seed: int = 0,
     gradcam_layer: str | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> keras.Model:
     """Build an uncompiled classifier for (image_size, image_size, 3) inputs in [0, 1].
 
@@ -79,6 +79,7 @@ def build_classifier(
             131,396 / 491,844 trainable parameters).
         seed: initialisation seed.
         gradcam_layer: recorded default Grad-CAM layer (the backbone's if None).
+        class_names: the classes' names, in label order (accepted; not used yet).
 
     Returns:
         A functional model mapping (N, S, S, 3) float32 to (N, C) probabilities,
