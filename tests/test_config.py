@@ -49,6 +49,16 @@ def test_default_is_valid_and_offline():
     assert job.model.weights == "none" and job.settings.epochs == 80
 
 
+def test_offline_is_an_overlay_the_experiments_swap_for_pretrained():
+    assert compose(["setup=pretrained"]).model.weights == "imagenet" and compose(["setup=pretrained"]).train.epochs == 20
+    for experiment in ("covid_radiography", "pediatric_3class"):
+        text = (CONF / "experiment" / f"{experiment}.yaml").read_text()
+        assert "override /setup: pretrained" in text and "weights:" not in text
+    for option in _group_options("model"):  # a model file names its backbone only
+        body = [l for l in (CONF / "model" / f"{option}.yaml").read_text().splitlines() if l and not l.startswith(("#", " ", "defaults"))]
+        assert body == [f"backbone: {option}"], body
+
+
 def test_synthetic_defaults_are_declared_once_and_xbench_synth_uses_them():
     from xbench.apps.synth import parser
     from xbench.data.sources import SyntheticSource

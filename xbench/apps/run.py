@@ -132,7 +132,7 @@ def _log_traceback_to_file(exc: BaseException) -> None:
 
 
 #: Config groups whose options are files under ``xbench/conf/<group>/``.
-GROUPS = ("data", "model", "train", "explainer", "perturbation", "experiment")
+GROUPS = ("data", "model", "train", "explainer", "perturbation", "setup", "experiment")
 #: Hydra flags after which there is no job to check (help, printing the config, completion).
 _NO_JOB_FLAGS = {"--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c", "--shell-completion", "-sc", "--version",
                  "--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--experimental-rerun"}
