@@ -183,3 +183,19 @@ def test_schemas_are_out_of_sight():
     assert not any(name.endswith("_schema") or name.endswith("_schema.yaml") for group in ("data", "model", "train", "explainer", "perturbation")
                    for name in repo.get(group, {}))
     assert sorted(repo["schema"]) == ["data", "explainer", "model", "perturbation", "train"]
+
+
+def test_help_lists_the_real_options_and_no_schema():
+    import subprocess
+    import sys
+
+    from xbench.apps.run import GROUPS, help_text
+
+    r = subprocess.run([sys.executable, "-m", "xbench", "--help"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == help_text() and "powered by Hydra" not in r.stdout
+    assert "schema" not in r.stdout and "_target_" not in r.stdout
+    for group in GROUPS:
+        line = next(l for l in r.stdout.splitlines() if l.strip().startswith(f"{group}:"))
+        assert [o.rstrip("*") for o in line.split(":", 1)[1].split("(")[0].replace(",", " ").split()] == _group_options(group), line
+    assert r.stdout.count("\n  xbench ") == 3  # three example commands
+    assert "data:" in r.stdout and "synthetic*" in r.stdout and "offline*" in r.stdout

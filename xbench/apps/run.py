@@ -134,7 +134,7 @@ def _log_traceback_to_file(exc: BaseException) -> None:
 #: Config groups whose options are files under ``xbench/conf/<group>/``.
 GROUPS = ("data", "model", "train", "explainer", "perturbation", "setup", "experiment")
 #: Hydra flags after which there is no job to check (help, printing the config, completion).
-_NO_JOB_FLAGS = {"--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c", "--shell-completion", "-sc", "--version",
+_NO_JOB_FLAGS = {"--hydra-help", "--info", "-i", "--cfg", "-c", "--shell-completion", "-sc", "--version",
                  "--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--experimental-rerun"}
 #: Sweeps larger than this are checked on their first combinations only.
 MAX_PREFLIGHT_JOBS = 64
@@ -227,9 +227,50 @@ def _fail(exc: BaseException) -> None:
     sys.exit(2)
 
 
+def help_text() -> str:
+    """``xbench --help``: what xbench does, each config group with its options (read from conf/), examples."""
+    from importlib.resources import files
+
+    defaults = {}
+    for entry in OmegaConf.load(str(files("xbench.conf") / "config.yaml")).defaults:
+        if isinstance(entry, DictConfig):
+            defaults.update({str(k): str(v) for k, v in entry.items()})
+    width = max(map(len, GROUPS)) + 2
+    groups = []
+    for group in GROUPS:
+        names = [f"{o}*" if defaults.get(group) == o else o for o in group_options(group)]
+        how = "   (add one with +experiment=NAME)" if group == "experiment" else ""
+        groups.append(f"  {(group + ':').ljust(width)}{', '.join(names)}{how}")
+    return "\n".join([
+        "xbench: benchmark the heatmaps of chest X-ray classifiers.",
+        "",
+        "One job trains a classifier (or reuses the cached one), explains its test predictions",
+        "(Grad-CAM and others, beside random/center controls) and scores the heatmaps with",
+        "region-perturbation curves (MoRF, LeRF; AOPC, ABPC). Results go to",
+        "outputs/runs/<date>/<time>/, sweeps (-m) to outputs/multirun/<date>/<time>/<job>/;",
+        "xbench-report compares them.",
+        "",
+        "Usage: xbench [-m] [GROUP=OPTION ...] [KEY=VALUE ...] [+experiment=NAME]",
+        "",
+        "Config groups and their options (* = default; files in conf/<group>/):",
+        *groups,
+        "",
+        "Examples:",
+        "  xbench                                          # the default job: VGG16 on synthetic phantoms, offline",
+        "  xbench -m model=vgg16,densenet201 seed=0,1,2    # a sweep: 2 models x 3 seeds",
+        "  xbench -m +experiment=covid_radiography model=vgg16,densenet201 data.root=/path/to/COVID-19_Radiography_Dataset",
+        "",
+        "See every key and its value: xbench --cfg job. Hydra's own options: xbench --hydra-help.",
+    ])
+
+
 def main() -> None:
+    args = sys.argv[1:]
+    if "--help" in args or "-h" in args:
+        print(help_text())
+        return
     try:
-        preflight(sys.argv[1:])
+        preflight(args)
     except XbenchError as exc:
         _fail(exc)
     except Exception:  # an override form the preflight does not model (glob sweeps, ...): Hydra judges it
