@@ -21,7 +21,7 @@ def phantom_db(tmp_path_factory) -> Path:
     from xbench.synth import SynthSpec, write_database
 
     root = tmp_path_factory.mktemp("phantoms") / "COVID-19_Radiography_Dataset"
-    write_database(root, SynthSpec(n_per_class=12, seed=3, shortcut_class="Normal", shortcut_fraction=0.5), workers=1)
+    write_database(root, SynthSpec(n_per_class=12, seed=3, difficulty=0.3, shortcut_class="Normal", shortcut_fraction=0.5), workers=1)
     return root
 
 

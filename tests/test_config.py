@@ -4,6 +4,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from tests.conftest import compose
+from xbench.apps.run import build_job
 from xbench.config import validate
 from xbench.errors import ConfigError
 
@@ -43,7 +44,37 @@ def test_pediatric_experiment_values():
 def test_default_is_valid_and_offline():
     cfg = compose()
     validate(cfg)
-    assert cfg.data._target_.endswith("SyntheticSource") and cfg.model.weights == "none"
+    job = build_job(cfg)
+    assert cfg.data._target_.endswith("SyntheticSource") and cfg.model.weights == "none" and cfg.train.epochs == 80
+    assert job.model.weights == "none" and job.settings.epochs == 80
+
+
+def test_offline_is_an_overlay_the_experiments_swap_for_pretrained():
+    assert compose(["setup=pretrained"]).model.weights == "imagenet" and compose(["setup=pretrained"]).train.epochs == 20
+    for experiment in ("covid_radiography", "pediatric_3class"):
+        text = (CONF / "experiment" / f"{experiment}.yaml").read_text()
+        assert "override /setup: pretrained" in text and "weights:" not in text
+    for option in _group_options("model"):  # a model file names its backbone only
+        body = [l for l in (CONF / "model" / f"{option}.yaml").read_text().splitlines() if l and not l.startswith(("#", " ", "defaults"))]
+        assert body == [f"backbone: {option}"], body
+
+
+def test_synthetic_defaults_are_declared_once_and_xbench_synth_uses_them():
+    from xbench.apps.synth import parser
+    from xbench.data.sources import SyntheticSource
+    from xbench.synth import SynthSpec
+
+    src, spec, cli = SyntheticSource(), SynthSpec(), parser().parse_args(["--out", "x"])
+    assert (src.n_per_class, src.difficulty, src.shortcut_class, src.shortcut_fraction, src.synth_seed) == (400, 0.0, "", 0.0, 0)
+    assert (src.image_size, list(src.fractions)) == (72, [0.8, 0.1, 0.1])
+    assert (cli.n_per_class, cli.difficulty, cli.shortcut_class, cli.shortcut_fraction, cli.seed) == (
+        spec.n_per_class, spec.difficulty, spec.shortcut_class, spec.shortcut_fraction, spec.seed) == (
+        src.n_per_class, src.difficulty, src.shortcut_class, src.shortcut_fraction, src.synth_seed)
+    data = compose().data
+    assert {k: data[k] for k in ("n_per_class", "difficulty", "image_size", "shortcut_class", "shortcut_fraction")} == {
+        "n_per_class": 400, "difficulty": 0.0, "image_size": 72, "shortcut_class": "", "shortcut_fraction": 0.0}
+    # The YAML restates no value: its body is the defaults list only.
+    assert [l for l in (CONF / "data" / "synthetic.yaml").read_text().splitlines() if l and not l.startswith(("#", " ", "defaults"))] == []
 
 
 @pytest.mark.parametrize("override", ["model.backbnoe=vgg16", "train.epoch=3", "sed=1", "data.n_per_clas=3"])
@@ -74,8 +105,97 @@ def test_wrong_type_fails_at_compose_time():
         (["model.weights=/no/such/file.h5"], r"model.weights: weights file '/no/such/file.h5' does not exist"),
         (["data=covid_radiography"], r"data.root: not set"),
         (["data._target_=os.system"], r"data._target_: 'os.system' is not allowed"),
+        (["model._target_=xbench.models.ClassifierSpec"], r"model._target_: xbench builds classifiers with xbench.models.build_classifier"),
+        (["seed=-1"], r"seed: must be >= 0"),
     ],
 )
 def test_bad_values_are_rejected_with_the_key(overrides, message):
     with pytest.raises(ConfigError, match=message):
-        validate(compose(overrides))
+        build_job(compose(overrides))
+
+
+# Each object checks its own fields; the entry point names the group: "<group>.<field>: ...".
+OWN_RULES = [
+    (["data.n_per_class=3"], "data.n_per_class: need at least 10 phantoms per class to split 80/10/10, got 3"),
+    (["data.shortcut_class=Lung"], "data.shortcut_class: must be '' or one of"),
+    (["data.shortcut_fraction=1.5"], "data.shortcut_fraction: must lie in [0, 1]"),
+    (["data.classes=[COVID,Tumour]"], "data.classes: unknown classes ['Tumour']"),
+    (["data.classes=[COVID]"], "data.classes: need at least two classes"),
+    (["data.max_per_class=0"], "data.max_per_class: must be >= 1"),
+    (["data.fractions=[0.8,0.2]"], "data.fractions: give three fractions"),
+    (["data.fractions=[1.2,-0.1,-0.1]"], "data.fractions: fractions must be non-negative"),
+    (["data=pediatric", "data.root=/x", "data.val_fraction=1"], "data.val_fraction: must lie in (0, 1)"),
+    (["data=pediatric"], "data.root: not set"),
+    (["model.head=big"], "model.head: unknown head 'big'"),
+    (["model.dropout=1.0"], "model.dropout: must lie in [0, 1)"),
+    (["model.pool_size=0"], "model.pool_size: must be >= 1"),
+    (["model.dense_units=[64,0]"], "model.dense_units: widths must be >= 1"),
+    (["train.batch_size=0"], "train.batch_size: must be >= 1"),
+    (["train.lr=0"], "train.lr: must be > 0"),
+    (["train.label_smoothing=1"], "train.label_smoothing: must lie in [0, 1)"),
+    (["train.rotation=-1"], "train.rotation: must be >= 0"),
+    (["train.zoom=-1"], "train.zoom: must be >= 0"),
+    (["train.fine_tune.epochs=-1"], "train.fine_tune.epochs: must be >= 0"),
+    (["train.fine_tune.lr=0"], "train.fine_tune.lr: must be > 0"),
+    (["explainer=gradcampp", "explainer.method=gradcam3"], "explainer.method: unknown tf-keras-vis method 'gradcam3'"),
+    (["explainer.batch_size=0"], "explainer.batch_size: must be >= 1"),
+    (["explainer=center", "explainer.sigma=0"], "explainer.sigma: must be > 0"),
+    (["perturbation=uniform", "perturbation.low=0.5", "perturbation.high=0.2"], "perturbation.high: must be >= low"),
+    (["score.max_steps=-1"], "score.max_steps: must be >= 0"),
+    (["score.subset=some"], "score.subset: must be 'correct' or 'all'"),
+    (["score.target=best"], "score.target: must be 'predicted' or 'true'"),
+    (["score.controls=[random,oracle2]"], "score.controls: choose from ['random', 'center']"),
+    (["score.max_images=0"], "score.max_images: must be >= 1"),
+    (["score.memory_budget_mb=0"], "score.memory_budget_mb: must be > 0"),
+]
+
+
+@pytest.mark.parametrize("overrides, message", OWN_RULES, ids=[" ".join(c[0]) for c in OWN_RULES])
+def test_an_objects_own_rule_surfaces_as_group_dot_field(overrides, message):
+    cfg = compose(overrides)
+    validate(cfg)  # not a cross-group rule: the object itself says it
+    with pytest.raises(ConfigError) as err:
+        build_job(cfg)
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)
+
+
+def test_objects_raise_plain_value_errors_naming_their_field():
+    from xbench.data.sources import SyntheticSource
+    from xbench.models.backbones import ClassifierSpec
+    from xbench.settings import ScoreSettings
+
+    for make, message in [(lambda: SyntheticSource(n_per_class=3), "n_per_class: "),
+                          (lambda: SyntheticSource(image_size=0), "image_size: must be a positive number of pixels"),
+                          (lambda: SyntheticSource(on_corrupt="ignore"), "on_corrupt: "), (lambda: ClassifierSpec(backbone="vgg61"), "backbone: "),
+                          (lambda: ScoreSettings(bootstrap=10), "bootstrap: ")]:
+        with pytest.raises(ValueError) as err:
+            make()
+        assert str(err.value).startswith(message)
+
+
+def test_schemas_are_out_of_sight():
+    from hydra.core.config_store import ConfigStore
+
+    from xbench.config import register
+
+    register()
+    repo = ConfigStore.instance().repo
+    assert not any(name.endswith("_schema") or name.endswith("_schema.yaml") for group in ("data", "model", "train", "explainer", "perturbation")
+                   for name in repo.get(group, {}))
+    assert sorted(repo["schema"]) == ["data", "explainer", "model", "perturbation", "train"]
+
+
+def test_help_lists_the_real_options_and_no_schema():
+    import subprocess
+    import sys
+
+    from xbench.apps.run import GROUPS, help_text
+
+    r = subprocess.run([sys.executable, "-m", "xbench", "--help"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == help_text() and "powered by Hydra" not in r.stdout
+    assert "schema" not in r.stdout and "_target_" not in r.stdout
+    for group in GROUPS:
+        line = next(l for l in r.stdout.splitlines() if l.strip().startswith(f"{group}:"))
+        assert [o.rstrip("*") for o in line.split(":", 1)[1].split("(")[0].replace(",", " ").split()] == _group_options(group), line
+    assert r.stdout.count("\n  xbench ") == 3  # three example commands
+    assert "data:" in r.stdout and "synthetic*" in r.stdout and "offline*" in r.stdout

@@ -2,8 +2,11 @@
 
 Plain dataclasses with no heavy imports: the pipeline takes them as
 arguments, and :mod:`xbench.config` registers them as the schema of the
-``train`` group and the ``score`` node, so each field is declared once
-(hence ``Optional[...]``, which OmegaConf understands).
+``train`` group and the ``score`` node, so each field and its default is
+declared once (hence ``Optional[...]``, which OmegaConf understands). Each
+checks its own fields in ``__post_init__`` (``OmegaConf.to_object`` calls it)
+and names the field in its message; the names it accepts belong to the
+modules that implement them.
 """
 
 from __future__ import annotations
@@ -11,12 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-SELECTION_RULES = ("disease_recall", "val_loss", "macro_f1")
-#: Names a config may choose, declared here (Keras-free) so that configs are
-#: checked before TensorFlow loads; the modules that implement them import these.
-HEADS = ("paper", "pediatric")
-TFKV_METHODS = ("gradcampp", "scorecam", "layercam", "saliency", "smoothgrad")
-CONTROL_NAMES = ("random", "center")
+from xbench.explain.explainers import CONTROL_NAMES
+from xbench.metrics.classification import SELECTION_RULES
+from xbench.perturbation.regions import ORDERS
 
 
 @dataclass
@@ -33,6 +33,15 @@ class FineTuneSettings:
     epochs: int = 10
     clipnorm: Optional[float] = 1.0
     batch_size: Optional[int] = None
+
+    def _check(self) -> None:
+        """Raise ValueError naming the field (checked by :class:`TrainSettings`, which knows its key)."""
+        _at_least(self.epochs, 0, "epochs")
+        _positive(self.lr, "lr")
+        if self.clipnorm is not None:
+            _positive(self.clipnorm, "clipnorm")
+        if self.batch_size is not None:
+            _at_least(self.batch_size, 1, "batch_size")
 
 
 @dataclass
@@ -54,6 +63,23 @@ class TrainSettings:
     feature_cache: bool = True
     fine_tune: FineTuneSettings = field(default_factory=FineTuneSettings)
 
+    def __post_init__(self):
+        _at_least(self.epochs, 0, "epochs")
+        _at_least(self.batch_size, 1, "batch_size")
+        _positive(self.lr, "lr")
+        if self.clipnorm is not None:
+            _positive(self.clipnorm, "clipnorm")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing: must lie in [0, 1), got {self.label_smoothing}")
+        _at_least(self.rotation, 0, "rotation")
+        _at_least(self.zoom, 0, "zoom")
+        if self.select not in SELECTION_RULES:
+            raise ValueError(f"select: must be one of {list(SELECTION_RULES)}, got {self.select!r}")
+        try:
+            self.fine_tune._check()
+        except ValueError as exc:
+            raise ValueError(f"fine_tune.{exc}") from None
+
 
 @dataclass
 class ScoreSettings:
@@ -74,5 +100,37 @@ class ScoreSettings:
     # Images per scoring chunk: each chunk's heatmaps and curves are cached as
     # soon as they exist, so a killed job resumes from its last finished chunk.
     chunk_images: int = 16
+
+    def __post_init__(self):
+        if not self.orders or not all(o in ORDERS for o in self.orders):
+            raise ValueError(f"orders: choose from {list(ORDERS)}, got {list(self.orders)}")
+        if self.region_size is not None and self.region_size < 1:
+            raise ValueError(f"region_size: must be a positive number of pixels, got {self.region_size}")
+        if self.max_steps is not None:
+            _at_least(self.max_steps, 0, "max_steps")
+        if self.subset not in ("correct", "all"):
+            raise ValueError(f"subset: must be 'correct' or 'all', got {self.subset!r}")
+        if self.target not in ("predicted", "true"):
+            raise ValueError(f"target: must be 'predicted' or 'true', got {self.target!r}")
+        if not all(c in CONTROL_NAMES for c in self.controls):
+            raise ValueError(f"controls: choose from {list(CONTROL_NAMES)}, got {list(self.controls)}")
+        if self.max_images is not None:
+            _at_least(self.max_images, 1, "max_images")
+        if self.batch_size is not None:
+            _at_least(self.batch_size, 1, "batch_size")
+        _positive(self.memory_budget_mb, "memory_budget_mb")
+        if self.bootstrap < 1000:
+            raise ValueError(f"bootstrap: use at least 1,000 resamples, got {self.bootstrap}")
+        _at_least(self.chunk_images, 1, "chunk_images")
+
+
+def _at_least(value, low, name: str) -> None:
+    if value < low:
+        raise ValueError(f"{name}: must be >= {low}, got {value}")
+
+
+def _positive(value, name: str) -> None:
+    if not value > 0:
+        raise ValueError(f"{name}: must be > 0, got {value}")
 
 

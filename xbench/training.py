@@ -34,7 +34,8 @@ from xbench import faults
 from xbench.data.pixels import to_unit_float
 from xbench.metrics.classification import confusion_matrix, per_class_scores, selection_score
 from xbench.models.build import feature_extractor, head_model, set_trainable
-from xbench.settings import SELECTION_RULES, FineTuneSettings, TrainSettings  # noqa: F401  (FineTuneSettings re-exported)
+from xbench.metrics.classification import SELECTION_RULES
+from xbench.settings import FineTuneSettings, TrainSettings  # noqa: F401  (FineTuneSettings re-exported)
 
 log = logging.getLogger(__name__)
 

@@ -3,6 +3,8 @@
 The table in docs/robustness.md lists these cases; each row is a test here.
 """
 
+import os
+import re
 import shutil
 import subprocess
 import sys
@@ -21,6 +23,11 @@ from .conftest import xbench
 # ---------------------------------------------------------------- config ----
 CONFIG_CASES = [
     (["model=resnet1000"], "model=resnet1000: no such model; choose one of: densenet121"),
+    (["model=model_schema"], "model=model_schema: no such model; choose one of: densenet121"),  # schemas are not options
+    (["data=synthetic_schema"], "data=synthetic_schema: no such data; choose one of: covid_radiography, pediatric, synthetic"),
+    (["setup=online"], "setup=online: no such setup; choose one of: offline, pretrained"),
+    (["data.n_per_class=3"], "data.n_per_class: need at least 10 phantoms per class to split 80/10/10, got 3"),
+    (["train.fine_tune.lr=0"], "train.fine_tune.lr: must be > 0"),
     (["explainer=gradcam2"], "explainer=gradcam2: no such explainer; choose one of: center, gradcam"),
     (["perturbation=salt"], "perturbation=salt: no such perturbation; choose one of: blur"),
     (["model.backbone=vgg17"], "model.backbone: unknown backbone 'vgg17'"),
@@ -60,12 +67,29 @@ def test_config_errors_are_caught_before_any_job_starts(overrides, message):
     assert message in text and "\n" not in text
 
 
-def test_a_user_error_is_one_line_on_the_console_with_the_traceback_in_the_log(tmp_path):
-    r = xbench(["data=covid_radiography", f"data.root={tmp_path / 'nowhere'}", "hydra.run.dir=run"], tmp_path, tmp_path / "cache")
+def test_a_missing_data_root_is_one_line_before_tensorflow_loads(tmp_path):
+    # TF_CPP_MIN_LOG_LEVEL unset: were TensorFlow imported, its C++ start-up lines would show.
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "XBENCH_FAULT")}
+    env["XBENCH_CACHE"] = str(tmp_path / "cache")
+    r = subprocess.run([sys.executable, "-m", "xbench", "data=covid_radiography", "data.root=/missing"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=120)
     assert r.returncode == 2
-    lines = [l for l in r.stderr.splitlines() if l.strip() and "absl::InitializeLog" not in l and "cudart_stub" not in l]
-    assert lines == [f"xbench: error: data.root '{tmp_path / 'nowhere'}' does not exist or is not a folder; "
+    assert (r.stdout + r.stderr).splitlines() == ["xbench: error: data.root '/missing' does not exist or is not a folder; "
+                                                  "expected <root>/{COVID,Lung_Opacity,Normal,Viral Pneumonia}/images/<Class>-<n>.png (lung masks in .../masks/)"]
+    assert not (tmp_path / "outputs").exists() and not (tmp_path / "cache").exists()
+
+
+def test_a_user_error_in_the_job_is_one_line_on_the_console_with_the_traceback_in_the_log(phantom_db, tmp_path):
+    root = tmp_path / "db"
+    shutil.copytree(phantom_db, root)
+    _empty_class(root)  # the folders are there (preflight passes); the job finds no images
+    r = xbench(["data=covid_radiography", f"data.root={root}", "hydra.run.dir=run"], tmp_path, tmp_path / "cache")
+    assert r.returncode == 2
+    tf_start_up = re.compile(r"^[IWE]\d{4} |absl::InitializeLog")  # TensorFlow's C++ log lines (the job imports it)
+    lines = [l for l in r.stderr.splitlines() if l.strip() and not tf_start_up.search(l)]
+    assert lines == [f"xbench: error: class 'Normal' has no images in '{root}/Normal/images'; "
                      "expected <root>/{COVID,Lung_Opacity,Normal,Viral Pneumonia}/images/<Class>-<n>.png (lung masks in .../masks/)"]
+    assert "has no images" not in r.stdout  # not a second copy from the job's console logger
     log = (tmp_path / "run" / "run.log").read_text()
     assert "Traceback" in log and "DataError" in log
 

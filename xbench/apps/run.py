@@ -14,49 +14,97 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from dataclasses import dataclass
+from typing import Any
+
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from xbench.config import register, validate
-from xbench.errors import XbenchError
+from xbench.errors import ConfigError, XbenchError
+from xbench.models.backbones import ClassifierSpec
+from xbench.settings import ScoreSettings, TrainSettings
 
 log = logging.getLogger("xbench")
 register()
 
 
-def run(cfg: DictConfig, run_dir: Path):
-    """Validate ``cfg``, build the job's objects and run it into ``run_dir``."""
-    validate(cfg)
-    from hydra.utils import instantiate
+@dataclass
+class Job:
+    """The objects one job is made of, built and checked from the config by :func:`build_job` (no Keras)."""
 
-    from xbench.errors import ConfigError
+    source: Any
+    model: ClassifierSpec
+    settings: TrainSettings
+    explainer: Any
+    controls: tuple
+    perturbation: Any
+    score: ScoreSettings
+
+
+def build_job(cfg: DictConfig) -> Job:
+    """Build every object of the job from ``cfg``; a bad value raises one-line :class:`ConfigError` naming the key.
+
+    Each object checks its own fields (its ``ValueError`` starts with the
+    field's name, and becomes ``<group>.<field>: ...`` here);
+    :func:`xbench.config.validate` checks what spans groups. Nothing here
+    imports Keras, so :func:`preflight` runs it for every job of a sweep
+    before the first starts.
+    """
     from xbench.explain.explainers import CONTROLS
+
+    validate(cfg)
+    makers = {
+        "data": _from_target,
+        "model": lambda node: ClassifierSpec(**_fields(node)),
+        "train": OmegaConf.to_object,  # a TrainSettings (the schema of the group)
+        "explainer": _from_target,
+        "perturbation": _from_target,
+        "score": OmegaConf.to_object,  # a ScoreSettings (the schema of the node)
+    }
+    built = {}
+    for group, make in makers.items():
+        try:
+            built[group] = make(cfg[group])
+        except ValueError as exc:  # "<field>: what is wrong" from the object itself
+            raise ConfigError(_keyed(group, exc)) from exc
+    explainer, score = built["explainer"], built["score"]
+    return Job(
+        source=built["data"], model=built["model"], settings=built["train"], explainer=explainer,
+        controls=tuple(CONTROLS[c]() for c in score.controls if c != explainer.name),
+        perturbation=built["perturbation"], score=score,
+    )
+
+
+def _fields(node: DictConfig) -> dict:
+    return {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k != "_target_"}
+
+
+def _from_target(node: DictConfig):
+    from hydra.utils import get_object
+
+    return get_object(node._target_)(**_fields(node))
+
+
+def _keyed(group: str, exc: BaseException) -> str:
+    """``"sigma: must be >= 0"`` from the ``perturbation`` object -> ``"perturbation.sigma: must be >= 0"``."""
+    first = (str(exc).splitlines() or [type(exc).__name__])[0]
+    field, sep, rest = first.partition(": ")
+    return f"{group}.{field}: {rest}" if sep and all(p.isidentifier() for p in field.split(".")) else f"{group}: {first}"
+
+
+def run(cfg: DictConfig, run_dir: Path):
+    """Build the job's objects from ``cfg`` (checking every value) and run it into ``run_dir``."""
     from xbench.pipeline import JobSpec, run_job
 
-    try:
-        explainer = instantiate(cfg.explainer)
-        perturbation = instantiate(cfg.perturbation)
-    except Exception as exc:  # a bad value caught by the object itself
-        raise ConfigError(f"explainer/perturbation: {_root_cause(exc)}") from exc
-    score = OmegaConf.to_object(cfg.score)  # a ScoreSettings (the schema of the node)
-    controls = tuple(CONTROLS[c]() for c in cfg.score.controls if c != explainer.name)
-    source = instantiate(cfg.data)
-    build_model = instantiate(cfg.model, _partial_=True)
-    settings = OmegaConf.to_object(cfg.train)  # a TrainSettings (the schema of the group)
-    cache_dir = Path(os.path.expanduser(cfg.cache_dir))
+    job = build_job(cfg)
     spec = JobSpec(
-        source=source, build_model=build_model, train=settings, seed=int(cfg.seed), cache_dir=cache_dir,
-        explainer=explainer, controls=controls, perturbation=perturbation, score=score,
+        source=job.source, build_model=job.model.build, train=job.settings, seed=int(cfg.seed), cache_dir=Path(os.path.expanduser(cfg.cache_dir)),
+        explainer=job.explainer, controls=job.controls, perturbation=job.perturbation, score=job.score,
         config=OmegaConf.to_container(cfg, resolve=True), plots=bool(cfg.plots),
         cache_identity={k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("data", "model", "train")} | {"seed": int(cfg.seed)},
     )
     return run_job(spec, run_dir)
-
-
-def _root_cause(exc: BaseException) -> str:
-    while exc.__cause__ is not None:
-        exc = exc.__cause__
-    return str(exc).splitlines()[0]
 
 
 @hydra.main(version_base="1.3", config_path="pkg://xbench.conf", config_name="config")
@@ -68,22 +116,21 @@ def _hydra_main(cfg: DictConfig) -> None:
         run(cfg, run_dir)
     except XbenchError as exc:
         _log_traceback_to_file(exc)
-        log.error("%s", exc)
         _fail(exc)
 
 
 def _log_traceback_to_file(exc: BaseException) -> None:
-    """Write ``exc``'s traceback to the job's log file only (the console gets one line)."""
-    record = log.makeRecord(log.name, logging.DEBUG, __file__, 0, "user error, traceback:", (), (type(exc), exc, exc.__traceback__))
+    """Write ``exc`` and its traceback to the job's log file only (the console gets one line, from :func:`_fail`)."""
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, "%s", (exc,), (type(exc), exc, exc.__traceback__))
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.FileHandler):
             handler.handle(record)
 
 
 #: Config groups whose options are files under ``xbench/conf/<group>/``.
-GROUPS = ("data", "model", "train", "explainer", "perturbation", "experiment")
+GROUPS = ("data", "model", "train", "explainer", "perturbation", "setup", "experiment")
 #: Hydra flags after which there is no job to check (help, printing the config, completion).
-_NO_JOB_FLAGS = {"--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c", "--shell-completion", "-sc", "--version",
+_NO_JOB_FLAGS = {"--hydra-help", "--info", "-i", "--cfg", "-c", "--shell-completion", "-sc", "--version",
                  "--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--experimental-rerun"}
 #: Sweeps larger than this are checked on their first combinations only.
 MAX_PREFLIGHT_JOBS = 64
@@ -101,9 +148,11 @@ def preflight(args: list[str]) -> None:
     """Check the command line's overrides for every job of the run or sweep, before any job starts.
 
     Unknown group options, unknown keys, malformed overrides and bad values
-    (:func:`xbench.config.validate`) raise :class:`ConfigError` with one line
-    naming the override, so a typo in the last value of a sweep does not cost
-    the jobs before it. Hydra's own error messages span several lines.
+    (:func:`build_job` builds every Keras-free object of each job) raise
+    :class:`ConfigError` with one line naming the override, and a data folder
+    that is not where the config says raises :class:`DataError`, so a typo in
+    the last value of a sweep does not cost the jobs before it. Hydra's own
+    error messages span several lines; TensorFlow is not imported.
     """
     import itertools
 
@@ -143,8 +192,7 @@ def preflight(args: list[str]) -> None:
                 if v not in options:
                     raise ConfigError(f"{o.get_key_element()}={v}: no such {key}; choose one of: {', '.join(options)}")
         choices.append([f"{o.get_key_element()}={v}" for v in values] if sweep else [o.input_line])
-    from xbench.config import validate
-
+    checked_layouts: set[str] = set()
     with initialize_config_module(config_module="xbench.conf", version_base="1.3"):
         for combo in itertools.islice(itertools.product(*choices), MAX_PREFLIGHT_JOBS):
             try:
@@ -161,9 +209,13 @@ def preflight(args: list[str]) -> None:
                 detail = next((line for m in chain[1:] for line in m.splitlines()[:1] if "$VALUE" not in line), "")
                 raise ConfigError(f"{bad + ': ' if bad else ''}{str(exc).splitlines()[0]}{' (' + detail + ')' if detail else ''}") from None
             try:
-                validate(cfg)
-            except ConfigError as exc:
-                raise ConfigError(f"{exc} (in the job {' '.join(combo)})" if multirun and combo else str(exc)) from None
+                job = build_job(cfg)
+                layout = OmegaConf.to_yaml(cfg.data)
+                if layout not in checked_layouts:  # a few stat calls per data setting, not per job
+                    job.source.check_layout()
+                    checked_layouts.add(layout)
+            except XbenchError as exc:
+                raise type(exc)(f"{exc} (in the job {' '.join(combo)})" if multirun and combo else str(exc)) from None
 
 
 def _fail(exc: BaseException) -> None:
@@ -171,9 +223,50 @@ def _fail(exc: BaseException) -> None:
     sys.exit(2)
 
 
+def help_text() -> str:
+    """``xbench --help``: what xbench does, each config group with its options (read from conf/), examples."""
+    from importlib.resources import files
+
+    defaults = {}
+    for entry in OmegaConf.load(str(files("xbench.conf") / "config.yaml")).defaults:
+        if isinstance(entry, DictConfig):
+            defaults.update({str(k): str(v) for k, v in entry.items()})
+    width = max(map(len, GROUPS)) + 2
+    groups = []
+    for group in GROUPS:
+        names = [f"{o}*" if defaults.get(group) == o else o for o in group_options(group)]
+        how = "   (add one with +experiment=NAME)" if group == "experiment" else ""
+        groups.append(f"  {(group + ':').ljust(width)}{', '.join(names)}{how}")
+    return "\n".join([
+        "xbench: benchmark the heatmaps of chest X-ray classifiers.",
+        "",
+        "One job trains a classifier (or reuses the cached one), explains its test predictions",
+        "(Grad-CAM and others, beside random/center controls) and scores the heatmaps with",
+        "region-perturbation curves (MoRF, LeRF; AOPC, ABPC). Results go to",
+        "outputs/runs/<date>/<time>/, sweeps (-m) to outputs/multirun/<date>/<time>/<job>/;",
+        "xbench-report compares them.",
+        "",
+        "Usage: xbench [-m] [GROUP=OPTION ...] [KEY=VALUE ...] [+experiment=NAME]",
+        "",
+        "Config groups and their options (* = default; files in conf/<group>/):",
+        *groups,
+        "",
+        "Examples:",
+        "  xbench                                          # the default job: VGG16 on synthetic phantoms, offline",
+        "  xbench -m model=vgg16,densenet201 seed=0,1,2    # a sweep: 2 models x 3 seeds",
+        "  xbench -m +experiment=covid_radiography model=vgg16,densenet201 data.root=/path/to/COVID-19_Radiography_Dataset",
+        "",
+        "See every key and its value: xbench --cfg job. Hydra's own options: xbench --hydra-help.",
+    ])
+
+
 def main() -> None:
+    args = sys.argv[1:]
+    if "--help" in args or "-h" in args:
+        print(help_text())
+        return
     try:
-        preflight(sys.argv[1:])
+        preflight(args)
     except XbenchError as exc:
         _fail(exc)
     except Exception:  # an override form the preflight does not model (glob sweeps, ...): Hydra judges it

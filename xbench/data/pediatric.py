@@ -35,13 +35,17 @@ def patient_id(path: Path) -> str:
     return "-".join(parts[:-1]) if len(parts) > 1 else name
 
 
-def scan_pediatric(root: str | Path, three_class: bool = True) -> Records:
-    """List the labelled images under ``root``; see the module docstring for the layout."""
+def check_layout(root: str | Path) -> list[tuple[str, str, Path]]:
+    """Check the split and class folders without listing any file; return (split, class, folder) triples.
+
+    A few ``stat`` calls, so the entry point runs it before any job starts.
+
+    Raises:
+        DataError: the first missing folder, with the expected layout.
+    """
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DataError(f"data.root '{root}' does not exist or is not a folder; expected {LAYOUT}")
-    class_names = ["bacteria", "normal", "virus"] if three_class else ["NORMAL", "PNEUMONIA"]
-    paths, labels, groups, fixed = [], [], [], []
     folders = []
     for split in ("train", "val", "test"):
         sdir = root / split
@@ -55,7 +59,15 @@ def scan_pediatric(root: str | Path, three_class: bool = True) -> Records:
                 raise DataError(f"class folder '{cdir}' is missing; expected {LAYOUT}")
             if cdir.is_dir():
                 folders.append((split, folder, cdir))
-    for split, folder, cdir in folders:
+    return folders
+
+
+def scan_pediatric(root: str | Path, three_class: bool = True) -> Records:
+    """List the labelled images under ``root``; see the module docstring for the layout."""
+    root = Path(root).expanduser()
+    class_names = ["bacteria", "normal", "virus"] if three_class else ["NORMAL", "PNEUMONIA"]
+    paths, labels, groups, fixed = [], [], [], []
+    for split, folder, cdir in check_layout(root):
         files = list_images(cdir)
         if not files and split != "val":
             raise DataError(f"class folder '{cdir}' has no images; expected {LAYOUT}")

@@ -36,6 +36,28 @@ def list_images(folder: Path) -> list[Path]:
     return sorted(files, key=_numeric_key)
 
 
+def check_layout(root: str | Path, classes: Sequence[str] | None = None) -> None:
+    """Check the folders (root, class folders, their images/ folders) without listing any file.
+
+    A few ``stat`` calls, so the entry point runs it before any job starts.
+
+    Raises:
+        DataError: the first missing folder, with the expected layout.
+    """
+    root = Path(root).expanduser()
+    classes = list(classes) if classes else list(RADIOGRAPHY_CLASSES)
+    if not root.is_dir():
+        raise DataError(f"data.root '{root}' does not exist or is not a folder; expected {LAYOUT}")
+    absent = [name for name in classes if not (root / name).is_dir()]
+    if absent:
+        found = sorted(p.name for p in root.iterdir() if p.is_dir())
+        raise DataError(f"class folder '{root / absent[0]}' is missing (found: {found or 'no folders'}); expected {LAYOUT}")
+    for name in classes:
+        idir = root / name / "images"
+        if not idir.is_dir():
+            raise DataError(f"image folder '{idir}' is missing; expected {LAYOUT}")
+
+
 def scan_radiography(
     root: str | Path,
     classes: Sequence[str] | None = None,
@@ -55,23 +77,16 @@ def scan_radiography(
     """
     root = Path(root).expanduser()
     classes = list(classes) if classes else list(RADIOGRAPHY_CLASSES)
-    if not root.is_dir():
-        raise DataError(f"data.root '{root}' does not exist or is not a folder; expected {LAYOUT}")
+    check_layout(root, classes)
     paths: list[Path] = []
     labels: list[int] = []
     masks: list[Path | None] = []
     # Phantoms carry ground truth in parallel folders (lesions/, markers/).
     truth: dict[str, list[Path | None]] = {"lesions": [], "markers": []}
     missing_masks = 0
-    absent = [name for name in classes if not (root / name).is_dir()]
-    if absent:
-        found = sorted(p.name for p in root.iterdir() if p.is_dir())
-        raise DataError(f"class folder '{root / absent[0]}' is missing (found: {found or 'no folders'}); expected {LAYOUT}")
     for label, name in enumerate(classes):
         cdir = root / name
         idir = cdir / "images"
-        if not idir.is_dir():
-            raise DataError(f"image folder '{idir}' is missing; expected {LAYOUT}")
         files = list_images(idir)
         if not files:
             raise DataError(f"class '{name}' has no images in '{idir}'; expected {LAYOUT}")

@@ -1,52 +1,88 @@
 """Data sources: built from the config's ``data`` group, they scan, subsample and split.
 
-A source's :meth:`records` checks the layout on disk (fast, before any long
-work); :meth:`split` assigns train/val/test deterministically from the seed.
-Decoding is the pipeline's job (:mod:`xbench.data.cache`).
+Each source is a dataclass whose fields are the ``data`` group's schema
+(:mod:`xbench.config` derives it), so a setting and its default are declared
+once, here; each checks its own fields when made and names the field in its
+message. :meth:`check_layout` looks at the folders only (a few ``stat``
+calls, run before any job starts); :meth:`records` checks the layout on disk
+and lists the images; :meth:`split` assigns train/val/test deterministically
+from the seed. Decoding is the pipeline's job (:mod:`xbench.data.cache`).
 """
 
 from __future__ import annotations
 
 import logging
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import List, Optional
 
 import numpy as np
 
-from xbench.data.pediatric import scan_pediatric
-from xbench.data.radiography import scan_radiography
+from xbench.data import pediatric, radiography
 from xbench.data.records import Records
 from xbench.data.split import balanced_subset, capped_subset, carve_validation, stratified_split
+from xbench.phantoms import RADIOGRAPHY_CLASSES
+from xbench.synth import SynthSpec
 
 log = logging.getLogger(__name__)
 
 
+def _check_images(src) -> None:
+    """The fields every source has: image size, corrupt-file policy, per-class cap."""
+    if src.image_size < 1:
+        raise ValueError(f"image_size: must be a positive number of pixels, got {src.image_size}")
+    if src.on_corrupt not in ("skip", "error"):
+        raise ValueError(f"on_corrupt: must be 'skip' or 'error', got {src.on_corrupt!r}")
+    if src.max_per_class is not None and src.max_per_class < 1:
+        raise ValueError(f"max_per_class: must be >= 1, got {src.max_per_class}")
+
+
+def _require_root(root, example: str, other: str) -> None:
+    if root in (None, ""):
+        raise ValueError(f"root: not set; point it at the dataset folder (data.root={example}) or use {other}")
+
+
+@dataclass
 class RadiographySource:
-    """The COVID-19 Radiography Database layout; see :mod:`xbench.data.radiography`."""
+    """The COVID-19 Radiography Database layout (or anything in it); see :mod:`xbench.data.radiography`."""
+
+    root: Optional[str] = None
+    classes: Optional[List[str]] = None  # class folders in label order; null = all four
+    balance: bool = False  # downsample every class to the smallest (the paper: 1,345 each)
+    max_per_class: Optional[int] = None
+    fractions: List[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])  # train / val / test
+    image_size: int = 299
+    on_corrupt: str = "skip"  # skip (and list) undecodable files, or stop with an error
 
     name = "covid_radiography"
+    root_required = True
 
-    def __init__(
-        self,
-        root: str | None,
-        classes: Sequence[str] | None = None,
-        balance: bool = False,
-        max_per_class: int | None = None,
-        fractions: Sequence[float] = (0.8, 0.1, 0.1),
-        image_size: int = 299,
-        on_corrupt: str = "skip",
-    ):
-        self.root = None if root in (None, "") else Path(str(root)).expanduser()
-        self.classes = list(classes) if classes else None
-        self.balance, self.max_per_class = balance, max_per_class
-        self.fractions = tuple(float(f) for f in fractions)
-        self.image_size, self.on_corrupt = int(image_size), on_corrupt
+    def __post_init__(self):
+        if self.root_required:
+            _require_root(self.root, "/path/to/COVID-19_Radiography_Dataset", "data=synthetic")
+        if self.classes and len(self.classes) < 2:
+            raise ValueError(f"classes: need at least two classes, got {list(self.classes)}")
+        fr = [float(f) for f in self.fractions]
+        if len(fr) != 3:
+            raise ValueError(f"fractions: give three fractions [train, val, test], got {fr}")
+        if not all(f >= 0 for f in fr):
+            raise ValueError(f"fractions: fractions must be non-negative, got {fr}")
+        if not math.isclose(sum(fr), 1.0, abs_tol=1e-6):
+            raise ValueError(f"fractions: fractions must sum to 1, got {fr} (sum {sum(fr):g})")
+        if not all(f > 0 for f in fr):
+            raise ValueError(f"fractions: train, val and test all need images, got {fr}")
+        _check_images(self)
+
+    def check_layout(self) -> None:
+        """Raise DataError if a folder of the layout is missing (no file is listed)."""
+        radiography.check_layout(self.root, self.classes)
 
     def prepare(self, cache_dir: Path) -> None:
         """Make the data exist (a no-op for real data)."""
 
     def records(self, seed: int) -> Records:
-        rec = scan_radiography(self.root, self.classes)
+        rec = radiography.scan_radiography(self.root, self.classes)
         if self.balance:
             rec = rec.subset(balanced_subset(rec.labels, seed, self.max_per_class))
         elif self.max_per_class:
@@ -54,46 +90,80 @@ class RadiographySource:
         return rec
 
     def split(self, rec: Records, seed: int) -> np.ndarray:
-        return stratified_split(rec.labels, self.fractions, seed)
+        return stratified_split(rec.labels, tuple(float(f) for f in self.fractions), seed)
 
 
+@dataclass
 class SyntheticSource(RadiographySource):
-    """Phantoms in the database layout, written on first use under the cache folder."""
+    """Phantoms in the database layout, written on first use under the cache folder.
+
+    The phantom defaults are :class:`xbench.synth.SynthSpec`'s; ``image_size``
+    72 keeps the default benchmark on a laptop CPU (8-px regions give the
+    paper's 9x9 grid).
+    """
+
+    image_size: int = 72
+    n_per_class: int = SynthSpec.n_per_class
+    difficulty: float = SynthSpec.difficulty  # lesion contrast knob in [0, 1]; 0 = clearly visible lesions
+    shortcut_class: str = SynthSpec.shortcut_class  # e.g. "Normal": burn a marker outside the lungs into that class...
+    shortcut_fraction: float = SynthSpec.shortcut_fraction  # ...on this fraction of its images (to test the benchmark itself)
+    synth_seed: int = SynthSpec.seed
 
     name = "synthetic"
+    root_required = False  # the database is written under the cache folder unless root names a folder
 
-    def __init__(self, n_per_class=200, difficulty=0.3, shortcut_class="", shortcut_fraction=0.0, synth_seed=0, **kwargs):
-        super().__init__(**kwargs)
-        from xbench.synth import SynthSpec
-
+    def __post_init__(self):
+        super().__post_init__()
+        if self.classes:  # phantoms exist only for the database's classes
+            unknown = [c for c in self.classes if c not in RADIOGRAPHY_CLASSES]
+            if unknown:
+                raise ValueError(f"classes: unknown classes {unknown}; choose from {list(RADIOGRAPHY_CLASSES)}")
+        if self.n_per_class < 10:
+            raise ValueError(f"n_per_class: need at least 10 phantoms per class to split 80/10/10, got {self.n_per_class}")
         self.spec = SynthSpec(
-            n_per_class=int(n_per_class), seed=int(synth_seed), difficulty=float(difficulty),
-            shortcut_class=shortcut_class or "", shortcut_fraction=float(shortcut_fraction),
+            n_per_class=int(self.n_per_class), seed=int(self.synth_seed), difficulty=float(self.difficulty),
+            shortcut_class=self.shortcut_class or "", shortcut_fraction=float(self.shortcut_fraction),
         )
+
+    def check_layout(self) -> None:
+        """Nothing to check before the job: the database is written on first use."""
 
     def prepare(self, cache_dir: Path) -> None:
         from xbench.synth import write_database
 
-        if self.root is None:
-            self.root = Path(cache_dir).expanduser() / "synthetic" / self.spec.key()
-        write_database(self.root, self.spec)
+        if self.root in (None, ""):
+            self.root = str(Path(cache_dir).expanduser() / "synthetic" / self.spec.key())
+        write_database(Path(self.root).expanduser(), self.spec)
 
 
+@dataclass
 class PediatricSource:
     """The pediatric pneumonia set; validation carved from train by patient."""
 
+    root: Optional[str] = None
+    three_class: bool = True  # bacteria / normal / virus from the file names; false = NORMAL / PNEUMONIA
+    val_fraction: float = 0.1  # carved from train by patient; the test folder stays the test split
+    max_per_class: Optional[int] = None
+    image_size: int = 224
+    on_corrupt: str = "skip"
+
     name = "pediatric"
 
-    def __init__(self, root: str | None, three_class: bool = True, val_fraction: float = 0.1, max_per_class: int | None = None, image_size: int = 224, on_corrupt: str = "skip"):
-        self.root = None if root in (None, "") else Path(str(root)).expanduser()
-        self.three_class, self.val_fraction = three_class, float(val_fraction)
-        self.max_per_class, self.image_size, self.on_corrupt = max_per_class, int(image_size), on_corrupt
+    def __post_init__(self):
+        _require_root(self.root, "/path/to/chest_xray", "data=synthetic")
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"val_fraction: must lie in (0, 1), got {self.val_fraction}")
+        _check_images(self)
+
+    def check_layout(self) -> None:
+        """Raise DataError if a folder of the layout is missing (no file is listed)."""
+        pediatric.check_layout(self.root)
 
     def prepare(self, cache_dir: Path) -> None:
         """Nothing to make."""
 
     def records(self, seed: int) -> Records:
-        rec = scan_pediatric(self.root, self.three_class)
+        rec = pediatric.scan_pediatric(self.root, self.three_class)
         if self.max_per_class:
             rec = rec.subset(capped_subset(rec.labels, seed, self.max_per_class))
         return rec

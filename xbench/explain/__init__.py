@@ -9,6 +9,8 @@ import importlib
 
 _WHERE = {
     "CONTROLS": "xbench.explain.explainers",
+    "CONTROL_NAMES": "xbench.explain.explainers",
+    "TFKV_METHODS": "xbench.explain.explainers",
     "CenterControl": "xbench.explain.explainers",
     "ExplainContext": "xbench.explain.context",
     "GradCAM": "xbench.explain.explainers",

@@ -3,7 +3,9 @@
 ``context`` is an :class:`xbench.explain.context.ExplainContext` (image ids,
 seed, scoring grid, ground-truth masks where the data has them).
 
-Built from ``conf/explainer/*.yaml`` by Hydra (``_target_``) or directly.
+Built from ``conf/explainer/*.yaml`` (whose schemas :mod:`xbench.config`
+derives from these classes) or directly. Each checks its own fields when made
+and names the field in its message. Keras-free: the kernels load on first call.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ import numpy as np
 from xbench.data.pixels import to_unit_float
 from xbench.explain.context import ExplainContext
 from xbench.explain.controls import center_maps, mask_maps, random_maps
-from xbench.settings import TFKV_METHODS
+
+#: The tf-keras-vis methods :func:`xbench.explain.tfkv.tfkv_maps` implements.
+TFKV_METHODS = ("gradcampp", "scorecam", "layercam", "saliency", "smoothgrad")
 
 
 def _ctx(context: ExplainContext | None, images) -> ExplainContext:
@@ -26,9 +30,12 @@ def _ctx(context: ExplainContext | None, images) -> ExplainContext:
 class GradCAM:
     """Grad-CAM of the target logit at ``layer`` (default: the backbone's last conv map)."""
 
-    layer: str | None = None
+    layer: str | None = None  # default: the backbone's last conv feature map
     batch_size: int = 32
     name: str = "gradcam"
+
+    def __post_init__(self):
+        _check_batch_size(self.batch_size)
 
     def __call__(self, model, images, targets, context: ExplainContext | None = None):
         from xbench.explain.cam import gradcam
@@ -42,7 +49,7 @@ class TfKerasVis:
 
     method: str = "gradcampp"
     layer: str | None = None
-    max_n: int | None = None
+    max_n: int | None = None  # Score-CAM: score only the max_n strongest channels (faster)
     smooth_samples: int = 20
     smooth_noise: float = 0.2
     batch_size: int = 16
@@ -50,7 +57,14 @@ class TfKerasVis:
 
     def __post_init__(self):
         if self.method not in TFKV_METHODS:
-            raise ValueError(f"explainer.method: unknown tf-keras-vis method {self.method!r}; choose one of {list(TFKV_METHODS)}")
+            raise ValueError(f"method: unknown tf-keras-vis method {self.method!r}; choose one of {list(TFKV_METHODS)}")
+        _check_batch_size(self.batch_size)
+        if self.max_n is not None and self.max_n < 1:
+            raise ValueError(f"max_n: must be >= 1 (or null for every channel), got {self.max_n}")
+        if self.smooth_samples < 1:
+            raise ValueError(f"smooth_samples: must be >= 1, got {self.smooth_samples}")
+        if self.smooth_noise < 0:
+            raise ValueError(f"smooth_noise: must be >= 0, got {self.smooth_noise}")
         self.name = self.name or self.method
 
     def __call__(self, model, images, targets, context: ExplainContext | None = None):
@@ -86,9 +100,18 @@ class CenterControl:
     sigma: float = 0.25
     name: str = "center"
 
+    def __post_init__(self):
+        if self.sigma <= 0:
+            raise ValueError(f"sigma: must be > 0 (a fraction of the image side), got {self.sigma}")
+
     def __call__(self, model, images, targets, context: ExplainContext | None = None):
         n, h, w = np.asarray(images).shape[:3]
         return center_maps(n, h, w, sigma=self.sigma)
+
+
+def _check_batch_size(batch_size: int) -> None:
+    if batch_size < 1:
+        raise ValueError(f"batch_size: must be >= 1, got {batch_size}")
 
 
 def _masks(masks, images, what: str) -> np.ndarray:
@@ -132,3 +155,4 @@ class ShortcutMarker:
 #: Maps a report can name in ``score.controls``: floors (random, center) and
 #: ground-truth references (oracle, shortcut_marker; phantoms only).
 CONTROLS = {"random": RandomControl, "center": CenterControl, "oracle": Oracle, "shortcut_marker": ShortcutMarker}
+CONTROL_NAMES = tuple(CONTROLS)

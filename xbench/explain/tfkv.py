@@ -14,7 +14,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from xbench.settings import TFKV_METHODS as METHODS
+from xbench.explain.explainers import TFKV_METHODS as METHODS
 
 
 def logits_model(model: keras.Model) -> keras.Model:

@@ -11,6 +11,10 @@ from typing import Sequence
 
 import numpy as np
 
+#: Checkpoint selection rules (``train.select``) the trainer implements from these metrics:
+#: mean recall of the disease classes, validation loss, macro F1.
+SELECTION_RULES = ("disease_recall", "val_loss", "macro_f1")
+
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
     """(C, C) int64 counts; row = true class, column = predicted class."""

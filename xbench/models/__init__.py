@@ -8,6 +8,8 @@ _WHERE = {
     "BACKBONES": "xbench.models.backbones",
     "BackboneOutput": "xbench.models.card",
     "BackboneSpec": "xbench.models.backbones",
+    "ClassifierSpec": "xbench.models.backbones",
+    "HEADS": "xbench.models.backbones",
     "build_classifier": "xbench.models.build",
     "head_model": "xbench.models.build",
     "model_card": "xbench.models.card",

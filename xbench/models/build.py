@@ -20,10 +20,9 @@ from typing import Sequence
 import keras
 
 from xbench.errors import ConfigError
-from xbench.models.backbones import get_backbone
+from xbench.models.backbones import HEADS, get_backbone
 from xbench.models.card import BackboneOutput
 from xbench.models.preprocess import Preprocess
-from xbench.settings import HEADS
 
 log = logging.getLogger(__name__)
 

@@ -49,7 +49,7 @@ class GaussianNoise(Perturbation):
 
     def __post_init__(self):
         if self.sigma < 0:
-            raise ValueError(f"sigma must be >= 0, got {self.sigma}")
+            raise ValueError(f"sigma: must be >= 0, got {self.sigma}")
 
     def _apply(self, x, rng):
         return x + rng.normal(0.0, self.sigma, size=x.shape).astype(np.float32)
@@ -65,7 +65,7 @@ class UniformNoise(Perturbation):
 
     def __post_init__(self):
         if self.high < self.low:
-            raise ValueError(f"high must be >= low, got low={self.low}, high={self.high}")
+            raise ValueError(f"high: must be >= low, got low={self.low}, high={self.high}")
 
     def _apply(self, x, rng):
         return rng.uniform(self.low, self.high, size=x.shape).astype(np.float32)
@@ -101,7 +101,7 @@ class Blur(Perturbation):
 
     def __post_init__(self):
         if self.sigma <= 0:
-            raise ValueError(f"sigma must be > 0, got {self.sigma}")
+            raise ValueError(f"sigma: must be > 0, got {self.sigma}")
 
     def _apply(self, x, rng):
         from scipy.ndimage import gaussian_filter
