@@ -153,3 +153,18 @@ def test_bootstrap_ci_draws_are_unchanged_by_the_shared_resampler():
     rng = np.random.default_rng([1, 0xB007])
     means = v[rng.integers(0, 400, size=(2000, 400))].mean(axis=1)
     assert bootstrap_ci(v, n_resamples=2000, seed=1) == tuple(float(q) for q in np.quantile(means, [0.025, 0.975]))
+
+
+def test_t_band_by_hand():
+    from scipy import stats
+
+    from xbench.metrics.comparison import t_band
+
+    v = np.array([[1.0, 2.0], [3.0, 2.0], [2.0, 5.0]])
+    mean, lo, hi = t_band(v)
+    np.testing.assert_allclose(mean, [2.0, 3.0])
+    half = stats.t.ppf(0.975, 2) * np.array([1.0, np.sqrt(3.0)]) / np.sqrt(3)
+    np.testing.assert_allclose(lo, mean - half)
+    np.testing.assert_allclose(hi, mean + half)
+    with pytest.raises(ValueError):
+        t_band(v[:1])

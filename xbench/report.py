@@ -215,7 +215,7 @@ def compare(a: Measurement, b: Measurement, method_a: str, method_b: str, n_resa
     if len(a.seeds) > 1 or len(b.seeds) > 1:
         by_seed = lambda g, meth: {j.metrics.seed: float(v[1].mean()) for j in g.jobs if (v := _per_image(j, meth)) is not None and len(v[1])}
         r = comparison.over_seeds(by_seed(a, method_a), by_seed(b, method_b))
-        return {**r, "unit": "seeds"}
+        return r
     pa, pb = _per_image(a.jobs[0], method_a), _per_image(b.jobs[0], method_b)
     if pa is None or pb is None:
         return None
@@ -223,7 +223,7 @@ def compare(a: Measurement, b: Measurement, method_a: str, method_b: str, n_resa
     if len(common) < 2:
         return None
     r = comparison.paired_images(pa[1][ia], pb[1][ib], n_resamples=n_resamples, seed=seed)
-    return {**r, "unit": "images"}
+    return r
 
 
 def _differ_only_in(a: Measurement, b: Measurement, keys: Sequence[str]) -> bool:

@@ -26,7 +26,7 @@ from xbench.data.pixels import to_unit_float
 from xbench.explain.context import ExplainContext
 from xbench.metrics.aopc import abpc_per_image, aopc_by_step, aopc_per_image, per_class_mean
 from xbench.metrics.bootstrap import bootstrap_ci
-from xbench.metrics.localisation import positive_mass_share
+from xbench.metrics.localisation import lesion_auroc, lesion_iou, lesion_mass, marker_mass, pointing_hit, positive_mass_share
 from xbench.perturbation.engine import perturbation_curves
 from xbench.perturbation.regions import grid_shape, sanitise_heatmaps
 from xbench.settings import ScoreSettings
@@ -165,8 +165,11 @@ def _steps(batch: _Batch, settings: ScoreSettings) -> int:
 #: Localisation figures: name -> (which mask, per-image kernel (maps, masks) -> (M,) with NaN where undefined).
 LOCALISATION = {
     "lung_share": ("lungs", positive_mass_share),
-    "lesion_mass": ("lesions", positive_mass_share),
-    "marker_mass": ("markers", positive_mass_share),
+    "lesion_mass": ("lesions", lesion_mass),
+    "pointing_hit": ("lesions", pointing_hit),
+    "lesion_auroc": ("lesions", lesion_auroc),
+    "lesion_iou": ("lesions", lesion_iou),
+    "marker_mass": ("markers", marker_mass),
 }
 
 

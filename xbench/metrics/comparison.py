@@ -137,3 +137,22 @@ def holm(p_values) -> np.ndarray:
         scaled = np.minimum(1.0, (m - np.arange(m)) * flat[order])
         res[order] = np.maximum.accumulate(scaled)
     return res.reshape(p.shape)
+
+
+def t_band(per_seed: np.ndarray, *, level: float = 0.95) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean over seeds of per-seed curves and its pointwise t-based CI (unit: seed).
+
+    Args:
+        per_seed: (S, K) one row per seed (e.g. each job's AOPC(K)), S >= 2.
+
+    Returns:
+        (mean, low, high), each (K,): mean +- t_{S-1} sd / sqrt(S).
+    """
+    from scipy import stats
+
+    v = np.asarray(per_seed, np.float64)
+    if v.ndim != 2 or len(v) < 2:
+        raise ValueError(f"need (seeds >= 2, K) values, got shape {v.shape}")
+    mean = v.mean(0)
+    half = stats.t.ppf(1 - (1 - level) / 2, len(v) - 1) * v.std(0, ddof=1) / math.sqrt(len(v))
+    return mean, mean - half, mean + half
