@@ -199,6 +199,32 @@ def self_validation(jobs: Sequence[results.JobResult]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def shortcut_table(jobs: Sequence[results.JobResult]) -> pd.DataFrame:
+    """The self-test: jobs on phantoms with a shortcut class, clean vs shortcut-trained, tested with and without the marker.
+
+    Figures with 95% bootstrap CIs over the scored images; marker figures
+    exist only where the test images carry the marker.
+    """
+    rows = []
+    for j in jobs:
+        data = (j.metrics.config or {}).get("data") or {}
+        cls = data.get("shortcut_class")
+        if not cls or j.scoring is None:
+            continue
+        trained, tested = data.get("shortcut_fraction", 0.0), data.get("test_shortcut_fraction")
+        tested = trained if tested is None else tested
+        ex = j.explainer_scores()
+        marker = j.scoring.methods.get("shortcut_marker")
+        rows.append({
+            "model": j.metrics.model.backbone, "seed": j.metrics.seed,
+            "trained on": "shortcut" if trained > 0 else "clean", "test images": f"{cls} with marker" if tested > 0 else "no marker",
+            "test recall": _fmt_pct(j.metrics.test.macro_avg.recall), f"recall {cls}": _fmt_pct(j.metrics.test.per_class[cls].recall),
+            **{f"{j.scoring.explainer} {k}": _fmt_est(ex.localisation.get(k)) for k in ("marker_mass", "lesion_mass", "lung_share")},
+            "shortcut_marker AOPC": _fmt_est(marker.orders["morf"].aopc if marker and "morf" in marker.orders and tested > 0 else None),
+        })
+    return pd.DataFrame(rows)
+
+
 def _per_image(job: results.JobResult, method: str, order: str = "morf") -> tuple[np.ndarray, np.ndarray] | None:
     c = job.curves.get(method, order) if job.curves is not None else None
     return None if c is None else (np.asarray(job.curves.image_ids), aopc_per_image(c))

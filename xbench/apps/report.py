@@ -43,6 +43,12 @@ def build_report(folders, out: Path, fmt: str = "png", latex: bool = False, n_re
            "`oracle` (the blurred lesion mask) shows what a right explanation scores and `shortcut_marker` what a cheating one does. "
            "Localisation figures use the images that have the mask (lesion: not Normal). 95% CIs are bootstrap over images.", "",
            R.to_markdown(R.self_validation(col.jobs))]
+    shortcut = R.shortcut_table(col.jobs)
+    if len(shortcut):
+        md += ["## Shortcut self-test", "",
+               "A model trained with a marker on the shortcut class must be caught: Grad-CAM mass on the marker, the shortcut_marker "
+               "reference map's AOPC, less lesion mass, and recall falling on images without the marker. 95% CIs over images.", "",
+               R.to_markdown(shortcut)]
     md += ["## Pairwise comparisons (AOPC, MoRF)", "",
            "diff = AOPC(a) - AOPC(b). unit = seeds: paired t-test over the seeds both share (Welch's test when they share none); "
            "unit = images: paired bootstrap over the images both scored, p floored at 1/(R+1). p_holm: Holm-corrected across this table.", "",
