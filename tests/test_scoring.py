@@ -3,6 +3,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from xbench.perturbation import GaussianNoise
 from xbench.scoring import ScoreSettings, auto_region_size, score_model, select_images
 
 
@@ -10,6 +11,21 @@ def test_auto_region_size_gives_the_paper_grid():
     assert auto_region_size(299) == 34
     assert auto_region_size(72) == 8
     assert all(-(-s // auto_region_size(s)) <= 9 for s in (32, 64, 72, 128, 224, 299))
+    # 64 px has no square 9x9 grid (8 px -> 8x8, 7 px -> 10x10): the size gives 8x8, and says so.
+    assert auto_region_size(64) == 8 and -(-64 // 7) == 10
+
+
+def test_a_grid_other_than_the_papers_is_stated(caplog):
+    import keras
+
+    inp = keras.Input((64, 64, 3))
+    model = keras.Model(inp, keras.layers.Dense(2, activation="softmax")(keras.layers.GlobalAveragePooling2D()(inp)))
+    images = np.zeros((2, 64, 64, 3), np.uint8)
+    from xbench.explain import RandomControl
+
+    res = score_model(model, images, np.arange(2), np.zeros(2, int), np.zeros(2, int), ["a", "b"], RandomControl(), (), GaussianNoise(0.1),
+                      ScoreSettings(orders=["morf"], max_steps=1, bootstrap=1000), seed=0)
+    assert res.metrics.grid == [8, 8] and "scoring on 8x8 regions of 8 px" in caplog.text
 
 
 def test_select_images_correct_only_stratified_and_seeded():

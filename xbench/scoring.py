@@ -38,7 +38,12 @@ PAPER_GRID = math.ceil(299 / 34)
 
 
 def auto_region_size(image_size: int) -> int:
-    """The region side giving the paper's 9 x 9 grid: 34 px at 299 px, 8 px at 72 px."""
+    """The region side closest to the paper's 9 x 9 grid: ceil(S / 9) px (34 px at 299 px, 8 px at 72 px).
+
+    Not every size has a 9 x 9 grid of square regions: at 64 px, 8-px regions
+    give 8 x 8 and 7-px regions 10 x 10. The grid actually used is logged and
+    recorded in metrics.json (``scoring.grid``).
+    """
     return max(1, math.ceil(image_size / PAPER_GRID))
 
 
@@ -242,6 +247,9 @@ def score_model(model, images, test_rows: np.ndarray, labels: np.ndarray, preds:
     size = x.shape[1]
     region = settings.region_size or auto_region_size(size)
     n_rows, n_cols = grid_shape(size, size, region)
+    if settings.region_size is None and (n_rows, n_cols) != (PAPER_GRID, PAPER_GRID):
+        log.warning("no square region size gives the paper's %dx%d grid at %d px; scoring on %dx%d regions of %d px",
+                    PAPER_GRID, PAPER_GRID, size, n_rows, n_cols, region)
     targets = preds[sel] if settings.target == "predicted" else labels[sel]
     n_correct = int((labels == preds).sum())
     chunks = [slice(i, i + settings.chunk_images) for i in range(0, len(sel), settings.chunk_images)]

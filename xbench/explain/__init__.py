@@ -5,7 +5,7 @@ config can be checked before TensorFlow starts; the Grad-CAM kernels
 (``xbench.explain.cam``) load Keras when first used.
 """
 
-import importlib
+from xbench.lazy import exports
 
 _WHERE = {
     "CONTROLS": "xbench.explain.explainers",
@@ -28,10 +28,4 @@ _WHERE = {
     "gradcam_last_n": "xbench.explain.cam",
     "upsample": "xbench.explain.cam",
 }
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name):
-    if name in _WHERE:
-        return getattr(importlib.import_module(_WHERE[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __all__ = exports(__name__, _WHERE)

@@ -1,6 +1,6 @@
 """Classifiers: keras.applications backbones with in-model preprocessing and the studies' heads."""
 
-import importlib
+from xbench.lazy import exports
 
 # Lazy (PEP 562): ``import xbench.models.<module>`` must not load Keras for
 # the Keras-free ones, so that configs are checked before TensorFlow starts.
@@ -15,10 +15,4 @@ _WHERE = {
     "model_card": "xbench.models.card",
     "Preprocess": "xbench.models.preprocess",
 }
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name):
-    if name in _WHERE:
-        return getattr(importlib.import_module(_WHERE[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __all__ = exports(__name__, _WHERE)
