@@ -31,6 +31,30 @@ def build_report(folders, out: Path, fmt: str = "png", latex: bool = False, n_re
     table = R.paper_table(groups)
     pw = R.pairwise(groups, n_resamples=n_resamples)
     io.write_csv(out / "pairwise.csv", pw)
+    io.write_text(out / "summary.md", summary_markdown(col, folders, frame, groups, table, pw))
+    written = ["summary.csv", "summary.md", "pairwise.csv"]
+    if latex:
+        io.write_text(out / "summary.tex", R.to_latex(table))
+        written.append("summary.tex")
+    figs = {}
+    bands = R.aopc_by_step_bands(groups)
+    if bands:
+        figs["aopc_by_step"] = plots.aopc_by_step_figure(bands)
+        figs["mean_curves"] = plots.mean_curves_figure(R.mean_curves(groups))
+    scored = frame[frame["aopc"].notna()] if len(frame) else frame
+    if len(scored):
+        figs["aopc_vs_recall"] = plots.aopc_vs_recall_figure(scored)
+    for name, fig in figs.items():
+        io.save_figure(out / f"{name}.{fmt}", fig, dpi=120)
+        plt.close(fig)
+        written.append(f"{name}.{fmt}")
+    return {"out": str(out), "jobs": len(col.jobs), "incomplete": col.incomplete, "written": written}
+
+
+def summary_markdown(col, folders, frame, groups, table, pw) -> str:
+    """The text of ``summary.md``: each table with a sentence on what it pools and resamples."""
+    from xbench import report as R
+
     subsets = sorted({j.scoring.subset for j in col.jobs if j.scoring is not None})
     which = {"correct": "correctly classified", "all": "all"}
     md = ["# xbench report", "", f"{len(col.jobs)} job(s) read from: " + ", ".join(str(f) for f in folders), ""]
@@ -59,24 +83,7 @@ def build_report(folders, out: Path, fmt: str = "png", latex: bool = False, n_re
     md += ["## All jobs", "", R.to_markdown(frame[[c for c in full_cols if c in frame]] if len(frame) else frame)]
     if col.incomplete:
         md += ["## Incomplete or failed jobs (skipped)", ""] + [f"- `{d}`: {why}" for d, why in col.incomplete] + [""]
-    io.write_text(out / "summary.md", "\n".join(md))
-    written = ["summary.csv", "summary.md", "pairwise.csv"]
-    if latex:
-        io.write_text(out / "summary.tex", R.to_latex(table))
-        written.append("summary.tex")
-    figs = {}
-    bands = R.aopc_by_step_bands(groups)
-    if bands:
-        figs["aopc_by_step"] = plots.aopc_by_step_figure(bands)
-        figs["mean_curves"] = plots.mean_curves_figure(R.mean_curves(groups))
-    scored = frame[frame["aopc"].notna()] if len(frame) else frame
-    if len(scored):
-        figs["aopc_vs_recall"] = plots.aopc_vs_recall_figure(scored)
-    for name, fig in figs.items():
-        io.save_figure(out / f"{name}.{fmt}", fig, dpi=120)
-        plt.close(fig)
-        written.append(f"{name}.{fmt}")
-    return {"out": str(out), "jobs": len(col.jobs), "incomplete": col.incomplete, "written": written}
+    return "\n".join(md)
 
 
 def main(argv=None) -> int:

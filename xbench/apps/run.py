@@ -157,16 +157,35 @@ def preflight(args: list[str]) -> None:
     import itertools
 
     from hydra import compose, initialize_config_module
-    from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
-
-    from xbench.errors import ConfigError
 
     if any(a.split("=")[0] in _NO_JOB_FLAGS for a in args):
         return
     multirun = "-m" in args or "--multirun" in args
-    lines = [a for a in args if not a.startswith("-")]
+    choices = _override_choices([a for a in args if not a.startswith("-")], multirun)
+    checked_layouts: set[str] = set()
+    with initialize_config_module(config_module="xbench.conf", version_base="1.3"):
+        for combo in itertools.islice(itertools.product(*choices), MAX_PREFLIGHT_JOBS):
+            try:
+                cfg = compose(config_name="config", overrides=list(combo))
+            except (HydraException, OmegaConfBaseException, ValueError) as exc:
+                raise _compose_error(exc, combo) from None
+            try:
+                job = build_job(cfg)
+                layout = OmegaConf.to_yaml(cfg.data)
+                if layout not in checked_layouts:  # a few stat calls per data setting, not per job
+                    job.source.check_layout()
+                    checked_layouts.add(layout)
+            except XbenchError as exc:
+                raise type(exc)(f"{exc} (in the job {' '.join(combo)})" if multirun and combo else str(exc)) from None
+
+
+def _override_choices(lines: list[str], multirun: bool) -> list[list[str]]:
+    """Per override, the overrides of each job it stands for (a sweep's values); group options checked against conf/."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
     parser = OverridesParser.create()
     parsed = []
     for line in lines:
@@ -192,30 +211,21 @@ def preflight(args: list[str]) -> None:
                 if v not in options:
                     raise ConfigError(f"{o.get_key_element()}={v}: no such {key}; choose one of: {', '.join(options)}")
         choices.append([f"{o.get_key_element()}={v}" for v in values] if sweep else [o.input_line])
-    checked_layouts: set[str] = set()
-    with initialize_config_module(config_module="xbench.conf", version_base="1.3"):
-        for combo in itertools.islice(itertools.product(*choices), MAX_PREFLIGHT_JOBS):
-            try:
-                cfg = compose(config_name="config", overrides=list(combo))
-            except (HydraException, OmegaConfBaseException, ValueError) as exc:
-                chain, e = [], exc
-                while e is not None:
-                    chain.append(str(e))
-                    e = e.__cause__ or e.__context__
-                msg = " ".join(" ".join(chain).split())
-                bad = next((c for c in combo if c.split("=")[0].lstrip("+~") in msg), None)
-                if "not in" in msg and bad:
-                    raise ConfigError(f"{bad}: no such key in the config; check the spelling ('xbench --cfg job' prints every key)") from None
-                detail = next((line for m in chain[1:] for line in m.splitlines()[:1] if "$VALUE" not in line), "")
-                raise ConfigError(f"{bad + ': ' if bad else ''}{str(exc).splitlines()[0]}{' (' + detail + ')' if detail else ''}") from None
-            try:
-                job = build_job(cfg)
-                layout = OmegaConf.to_yaml(cfg.data)
-                if layout not in checked_layouts:  # a few stat calls per data setting, not per job
-                    job.source.check_layout()
-                    checked_layouts.add(layout)
-            except XbenchError as exc:
-                raise type(exc)(f"{exc} (in the job {' '.join(combo)})" if multirun and combo else str(exc)) from None
+    return choices
+
+
+def _compose_error(exc: BaseException, combo) -> ConfigError:
+    """Hydra's multi-line composition error as one line naming the override."""
+    chain, e = [], exc
+    while e is not None:
+        chain.append(str(e))
+        e = e.__cause__ or e.__context__
+    msg = " ".join(" ".join(chain).split())
+    bad = next((c for c in combo if c.split("=")[0].lstrip("+~") in msg), None)
+    if "not in" in msg and bad:
+        return ConfigError(f"{bad}: no such key in the config; check the spelling ('xbench --cfg job' prints every key)")
+    detail = next((line for m in chain[1:] for line in m.splitlines()[:1] if "$VALUE" not in line), "")
+    return ConfigError(f"{bad + ': ' if bad else ''}{str(exc).splitlines()[0]}{' (' + detail + ')' if detail else ''}")
 
 
 def _fail(exc: BaseException) -> None:
