@@ -55,6 +55,10 @@ class TrainSettings:
     label_smoothing: float = 0.0
     class_weights: bool = False
     freeze_base: bool = True
+    # A backbone layer name: stage 1 also trains the backbone from this layer on
+    # (the layers below stay frozen; with the feature cache, their output is
+    # computed once). None: ``freeze_base`` alone decides.
+    train_from: Optional[str] = None
     augment: bool = False
     flip: bool = True
     rotation: float = 0.03

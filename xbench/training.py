@@ -8,7 +8,9 @@ Speed: when the backbone is frozen and augmentation is off, every epoch would
 push the same images through the same frozen backbone. The backbone's
 ``features`` map is then computed once per image and only the head trains
 (:func:`xbench.models.build.head_model` shares the head's weights), which is
-the same model, far faster.
+the same model, far faster. With ``train_from`` (the backbone trains from that
+layer on), the input of that layer is cached instead and the model from there
+trains (:func:`xbench.models.build.tail_model`, also sharing the weights).
 
 Shape: :func:`train_classifier` runs each stage (a :class:`_Stage`: what
 trains, on which batches, how it is validated) through one
@@ -32,9 +34,10 @@ from tqdm.auto import tqdm
 
 from xbench import faults
 from xbench.data.pixels import to_unit_float
+from xbench.errors import ConfigError
 from xbench.metrics.classification import confusion_matrix, per_class_scores, selection_score
-from xbench.models.build import feature_extractor, head_model, set_trainable
 from xbench.metrics.classification import SELECTION_RULES
+from xbench.models.build import activations_before, feature_extractor, head_model, set_trainable, tail_model
 from xbench.settings import FineTuneSettings, TrainSettings  # noqa: F401  (FineTuneSettings re-exported)
 
 log = logging.getLogger(__name__)
@@ -279,6 +282,13 @@ class _Validate(keras.callbacks.Callback):
                  recalls, v.rule, row["selection_score"], " *" if best else "")
 
 
+def _stage1_from(settings: TrainSettings) -> str | int | None:
+    """The first backbone layer stage 1 trains: ``train_from``, else none (frozen) or all (``freeze_base=false``)."""
+    if settings.train_from is not None:
+        return settings.train_from
+    return None if settings.freeze_base else 0
+
+
 def _mutable_variables(model: keras.Model, settings: TrainSettings) -> list:
     """The classifier's variables that any stage of training can change.
 
@@ -289,11 +299,11 @@ def _mutable_variables(model: keras.Model, settings: TrainSettings) -> list:
     every epoch). Leaves the stage-1 trainable flags set.
     """
     layers: dict[int, keras.layers.Layer] = {}
-    stages = [None if settings.freeze_base else 0]
+    stages = [_stage1_from(settings)]
     if settings.fine_tune.enabled and settings.fine_tune.epochs > 0:
         stages.append(settings.fine_tune.from_layer)
-    for from_layer in reversed(stages):
-        set_trainable(model, from_layer)
+    for from_layer, setting in reversed(list(zip(stages, ("train.train_from", "train.fine_tune.from_layer")))):
+        set_trainable(model, from_layer, setting)
         layers.update({id(l): l for l in model.layers if l.trainable})
     out, seen = [], set()
     for layer in model.layers:  # model order, so the list is the same in every process
@@ -343,6 +353,8 @@ def _prepare(model, images, labels, split, class_names, disease_classes, setting
     """Check the inputs, seed Keras, and gather what the stages share (arguments as in :func:`train_classifier`)."""
     if settings.select not in SELECTION_RULES:
         raise ValueError(f"train.select must be one of {SELECTION_RULES}")
+    if settings.train_from is not None and not settings.freeze_base:
+        raise ConfigError("train.train_from needs train.freeze_base=true (with freeze_base=false the whole backbone trains)")
     keras.utils.set_random_seed(seed)
     num_classes = len(class_names)
     tr, va = np.flatnonzero(split == "train"), np.flatnonzero(split == "val")
@@ -360,13 +372,16 @@ def _prepare(model, images, labels, split, class_names, disease_classes, setting
 
 
 def _stage1(job: _Job, timings: dict[str, float]) -> _Stage:
-    """Stage 1: the head (frozen backbone) or the whole classifier, at ``settings.lr``."""
+    """Stage 1: the head (frozen backbone), the backbone from ``train_from`` on and the head, or the whole classifier, at ``settings.lr``."""
     s, tr, va = job.settings, job.train_rows, job.val_rows
-    set_trainable(job.model, None if s.freeze_base else 0)
+    set_trainable(job.model, _stage1_from(s), "train.train_from")
     if job.uses_features:
+        # The frozen part runs once: up to ``features`` (only the head trains),
+        # or up to the input of ``train_from`` (the layers from there train).
+        lower, trainer = ((feature_extractor(job.model), head_model(job.model)) if s.train_from is None
+                          else (activations_before(job.model, s.train_from), tail_model(job.model, s.train_from)))
         with _timed(timings, "features_s"):
-            feats = predict_images(feature_extractor(job.model), job.images, np.concatenate([tr, va]), desc="backbone features")
-        trainer = head_model(job.model)
+            feats = predict_images(lower, job.images, np.concatenate([tr, va]), desc="backbone features")
         forward = _compiled(trainer)
         predict = lambda x: np.concatenate([keras.ops.convert_to_numpy(forward(x[i : i + 256])) for i in range(0, len(x), 256)])
         data, val_inputs = job.batches(feats[: len(tr)], np.arange(len(tr)), s.batch_size, job.seed), feats[len(tr) :]

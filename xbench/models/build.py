@@ -169,18 +169,55 @@ def head_model(model: keras.Model) -> keras.Model:
     return keras.Model(inp, x, name=f"{model.name}_head")
 
 
+def tail_model(model: keras.Model, layer: str) -> keras.Model:
+    """A model from the input of backbone layer ``layer`` to probabilities that SHARES the weights of every layer from there on.
+
+    Training it trains those layers of the classifier: with the layers below
+    ``layer`` frozen and no augmentation, their output is computed once
+    (:func:`activations_before`) and only this runs per epoch. ``layer`` must
+    cut the graph: no layer from it on may read a tensor from before its input
+    (in DenseNet, the first layer of a dense block or transition; in VGG, any
+    layer); otherwise :class:`ConfigError`.
+    """
+    start = _layer_index(model, layer)
+    cut = model.layers[start].input
+    if isinstance(cut, (list, tuple)):
+        raise ConfigError(f"train.train_from: layer {layer!r} has several inputs; choose a layer with one")
+    try:
+        tail = keras.Model(cut, model.output, name=f"{model.name}_from_{layer}")
+    except ValueError:  # Keras: the output is "not connected to inputs"
+        tail = None
+    if tail is None:
+        raise ConfigError(f"train.train_from: layer {layer!r} does not cut {model.name}: layers after it read tensors from before it; "
+                          "choose the first layer of a block")
+    later = {id(l) for l in model.layers[start:]}
+    strays = [l.name for l in tail.layers if not isinstance(l, keras.layers.InputLayer) and id(l) not in later]
+    if strays:
+        raise ConfigError(f"train.train_from: layer {layer!r} does not cut {model.name}: layers after it read {strays[0]!r} from before it; "
+                          "choose the first layer of a block")
+    if len(tail.inputs) != 1:
+        raise ConfigError(f"train.train_from: layer {layer!r} does not cut {model.name}: layers after it read tensors from before it; "
+                          "choose the first layer of a block")
+    return tail
+
+
+def activations_before(model: keras.Model, layer: str) -> keras.Model:
+    """A model from images to the input of layer ``layer`` (shares the weights below it)."""
+    return keras.Model(model.inputs, model.get_layer(layer).input, name=f"{model.name}_to_{layer}")
+
+
 def feature_extractor(model: keras.Model) -> keras.Model:
     """A model from images to the ``features`` map (shares the backbone's weights)."""
     return keras.Model(model.inputs, model.get_layer(FEATURES).output, name=f"{model.name}_features")
 
 
-def set_trainable(model: keras.Model, from_layer: int | str | None) -> int:
+def set_trainable(model: keras.Model, from_layer: int | str | None, setting: str = "train.fine_tune.from_layer") -> int:
     """Freeze the backbone up to ``from_layer`` (an index into :func:`backbone_layers` or a name).
 
     None freezes the whole backbone; 0 unfreezes it all. The head always
     trains. BatchNormalization layers stay in inference mode when frozen
     (Keras 3 semantics of ``trainable = False``). Returns the number of
-    trainable backbone layers.
+    trainable backbone layers. ``setting`` names the config key in errors.
     """
     layers = backbone_layers(model)
     if from_layer is None:
@@ -188,12 +225,12 @@ def set_trainable(model: keras.Model, from_layer: int | str | None) -> int:
     elif isinstance(from_layer, str) and not from_layer.lstrip("-").isdigit():
         names = [l.name for l in layers]
         if from_layer not in names:
-            raise ConfigError(f"train.fine_tune.from_layer: no backbone layer named {from_layer!r}")
+            raise ConfigError(f"{setting}: no backbone layer named {from_layer!r}")
         start = names.index(from_layer)
     else:
         start = int(from_layer)
         if not 0 <= start <= len(layers):
-            raise ConfigError(f"train.fine_tune.from_layer={start} is outside the backbone's 0..{len(layers)} layers")
+            raise ConfigError(f"{setting}={start} is outside the backbone's 0..{len(layers)} layers")
     for i, layer in enumerate(layers):
         layer.trainable = i >= start
     for layer in head_layers(model):

@@ -1,0 +1,44 @@
+"""``train.train_from``: training the tail on cached activations is training the full model with the lower layers frozen."""
+
+import numpy as np
+import pytest
+
+
+def _train(feature_cache: bool, train_from: str = "block5_conv1"):
+    from xbench.models import build_classifier
+    from xbench.training import TrainSettings, train_classifier
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (24, 32, 32, 3), dtype=np.uint8)
+    labels = np.repeat(np.arange(2), 12)
+    split = np.array((["train"] * 8 + ["val"] * 4) * 2)
+    model = build_classifier("vgg16", 2, 32, weights=None, seed=0)
+    lower = model.get_layer("block4_conv3").get_weights()
+    s = TrainSettings(epochs=2, batch_size=8, train_from=train_from, feature_cache=feature_cache)
+    r = train_classifier(model, images, labels, split, ["a", "b"], ["b"], s, seed=0)
+    return r, model, lower
+
+
+def test_tail_on_cached_activations_matches_full_model():
+    cached, m1, lower1 = _train(True)
+    full, m2, _ = _train(False)
+    assert cached.used_feature_cache and not full.used_feature_cache
+    np.testing.assert_allclose(cached.history["val_loss"], full.history["val_loss"], rtol=1e-4)
+    # The layers below train_from are frozen, the ones from it on trained.
+    for a, b in zip(m1.get_layer("block4_conv3").get_weights(), lower1):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(m1.get_layer("block5_conv1").get_weights(), m2.get_layer("block5_conv1").get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_train_from_needs_frozen_base_and_a_backbone_layer():
+    from xbench.errors import ConfigError
+    from xbench.models import build_classifier
+    from xbench.training import TrainSettings, train_classifier
+
+    model = build_classifier("vgg16", 2, 32, weights=None, seed=0)
+    args = (model, np.zeros((4, 32, 32, 3), np.uint8), np.array([0, 1, 0, 1]), np.array(["train", "train", "val", "val"]), ["a", "b"], ["b"])
+    with pytest.raises(ConfigError, match="freeze_base"):
+        train_classifier(*args, TrainSettings(epochs=1, train_from="block5_conv1", freeze_base=False))
+    with pytest.raises(ConfigError, match="train.train_from"):
+        train_classifier(*args, TrainSettings(epochs=1, train_from="no_such_layer"))
