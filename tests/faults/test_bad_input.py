@@ -133,7 +133,7 @@ def messy_db(phantom_db, tmp_path):
 
 
 def test_a_messy_database_at_an_odd_path_runs_and_lists_what_it_skipped(messy_db, tmp_path, cache_dir):
-    m = run(_job(messy_db), tmp_path / "run")
+    m = run(_job(messy_db), tmp_path / "run").to_dict()
     skipped = {s["path"].rsplit("/", 1)[-1]: s["reason"] for s in m["data"]["skipped"]}
     assert sorted(skipped) == ["COVID-3.png", "COVID-4.png", "COVID-5.png", "Normal-90.jpg"]
     assert "zero-byte" in skipped["COVID-3.png"]
