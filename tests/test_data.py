@@ -220,3 +220,21 @@ def test_atomic_writes_leave_no_temp_files_and_normal_permissions(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_shortcut_phantoms_carry_marker_masks_and_the_test_split_can_differ(tmp_path):
+    from xbench.data.sources import SyntheticSource
+
+    clean = SyntheticSource(n_per_class=10, shortcut_class="Normal", shortcut_fraction=0.0, test_shortcut_fraction=1.0)
+    clean.prepare(tmp_path)
+    rec = clean.records(0)
+    split = clean.split(rec, 0)
+    test, train = split == "test", split == "train"
+    normal = rec.labels == rec.class_names.index("Normal")
+    # Training images come from the clean database (a markers/ folder without files: no marker anywhere) ...
+    assert all(rec.marker_paths[i] is None for i in np.flatnonzero(train))
+    assert all(rec.paths[i].is_relative_to(Path(clean.root)) for i in np.flatnonzero(train))
+    # ... the test split's Normal images from the marked one, the same phantoms otherwise.
+    assert all(rec.marker_paths[i] is not None for i in np.flatnonzero(test & normal))
+    assert all(rec.marker_paths[i] is None for i in np.flatnonzero(test & ~normal))
+    assert not any(rec.paths[i].is_relative_to(Path(clean.root)) for i in np.flatnonzero(test))

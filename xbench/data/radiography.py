@@ -117,5 +117,6 @@ def scan_radiography(
         disease_classes=[c for c in classes if c != normal_class],
         notes=notes,
         lesion_paths=truth["lesions"] if any(truth["lesions"]) else None,
-        marker_paths=truth["markers"] if any(truth["markers"]) else None,
+        # A markers/ folder means "no file = no marker on this image" (a clean database of a shortcut setup).
+        marker_paths=truth["markers"] if any((root / name / "markers").is_dir() for name in classes) else None,
     )
