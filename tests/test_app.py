@@ -114,3 +114,20 @@ def test_smoke_job_scores_heatmaps(smoke_run):
     share = job.curves.per_image[("lung_share", "gradcam")]
     assert sc.methods["gradcam"].localisation["lung_share"].n == np.isfinite(share).sum() >= 1
     assert share.shape == (sc.n_scored,) and np.all((share[np.isfinite(share)] >= 0) & (share[np.isfinite(share)] <= 1))
+
+
+def test_reference_maps_are_scored_on_the_images_with_ground_truth(tmp_path, cache_dir):
+    from xbench.apps.run import run
+    from xbench.metrics.aopc import aopc_per_image
+    from xbench.results import read_job
+
+    m = run(compose(SCORED + ["score.controls=[random,oracle]", "plots=false"]), tmp_path)
+    job = read_job(tmp_path)
+    lesion = np.isfinite(job.curves.per_image[("lesion_mass", "oracle")])  # images that have a lesion (not Normal)
+    assert 1 <= lesion.sum() < len(lesion)
+    oracle = m.scoring.methods["oracle"]
+    assert oracle.n_images == oracle.orders["morf"].aopc.n == m.scoring.gains_over_random["oracle"].n == lesion.sum()
+    assert oracle.localisation["lesion_mass"].mean == pytest.approx(1.0)
+    want = aopc_per_image(job.curves.get("oracle", "morf"))[lesion] - aopc_per_image(job.curves.get("random", "morf"))[lesion]
+    assert m.scoring.gains_over_random["oracle"].mean == pytest.approx(want.mean())
+    assert m.scoring.aopc_gain_over_random == m.scoring.gains_over_random["gradcam"]

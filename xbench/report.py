@@ -193,9 +193,9 @@ def self_validation(jobs: Sequence[results.JobResult]) -> pd.DataFrame:
             row.update({k: _fmt_est(m.localisation.get(k)) for k in ("lesion_mass", "pointing_hit", "lesion_auroc", "lesion_iou", "lung_share", "marker_mass")
                         if any(k in mm.localisation for mm in sc.methods.values())})
             rows.append(row)
-        if sc.aopc_gain_over_random is not None:
+        for name, gain in sc.gains_over_random.items():
             rows.append({"job": j.path.name, "model": j.metrics.model.backbone, "seed": j.metrics.seed,
-                         "method": f"{sc.explainer} - random (paired by image)", "AOPC (MoRF)": _fmt_est(sc.aopc_gain_over_random)})
+                         "method": f"{name} - random (paired by image)", "AOPC (MoRF)": _fmt_est(gain)})
     return pd.DataFrame(rows)
 
 

@@ -74,6 +74,9 @@ class MethodScores:
     n_constant_maps: int  # maps with one value everywhere (scored row-major; say nothing)
     n_nonfinite_maps: int  # maps that held NaN/inf (sanitised, then scored)
     seconds: dict[str, float]  # explain_s, curves_<order>_s
+    # Reference maps (oracle, shortcut_marker) are scored on the images that
+    # have their ground truth only: how many those were (None: all scored images).
+    n_images: int | None = None
     abpc: Estimate | None = None  # area between LeRF and MoRF, when both were scored
     # Where the map's positive mass falls, per image then averaged (images
     # without the needed mask left out; ``n`` says how many remain):
@@ -103,6 +106,9 @@ class Scoring:
     seconds: float
     aopc_gain_over_random: Estimate | None = None  # explainer MoRF AOPC - random's, paired by image
     heatmap_cache_hit: bool = False
+    # Every other method's MoRF AOPC - random's, paired by image, on the images
+    # the method is scored on (reference maps: those with the lesion / marker).
+    gains_over_random: dict[str, Estimate] = field(default_factory=dict)
 
 
 @dataclass

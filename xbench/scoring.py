@@ -193,6 +193,17 @@ def localisation(heat: np.ndarray, truth: GroundTruth) -> dict[str, np.ndarray]:
     return out
 
 
+def evidence_rows(method, truth: GroundTruth, n: int) -> np.ndarray | None:
+    """(M,) bool: the images a reference map is scored on (its mask present and non-empty), or None for other methods."""
+    kind = getattr(method, "evidence", None)
+    if kind is None:
+        return None
+    masks, ok = getattr(truth, kind), getattr(truth, f"{kind}_ok")
+    if masks is None:
+        return np.zeros(n, bool)
+    return ok & masks.reshape(n, -1).any(1)
+
+
 def score_method(method, model, batch: _Batch, orders: Sequence[str], perturbation, settings: ScoreSettings, store, out: ScoreResult) -> None:
     """Explain, curve and summarise one method into ``out`` (metrics, curves, per-image figures, heatmaps)."""
     name = method.name
@@ -200,15 +211,19 @@ def score_method(method, model, batch: _Batch, orders: Sequence[str], perturbati
     heat, constant, nonfinite = explain(method, model, batch)
     seconds = {"explain_s": time.perf_counter() - te}
     scores = results.MethodScores(orders={}, n_constant_maps=constant, n_nonfinite_maps=int(nonfinite.sum()), seconds=seconds)
+    keep = evidence_rows(method, batch.truth, len(heat))
+    if keep is not None:
+        scores.n_images = int(keep.sum())
     for order in orders:
         tc = time.perf_counter()
         c = method_curves(model, batch, name, heat, order, perturbation, settings, store)
         seconds[f"curves_{order}_s"] = time.perf_counter() - tc
         out.curves.curves[(name, order)] = c
-        per = aopc_per_image(c)
+        rows = slice(None) if keep is None else keep  # a reference map: only the images with its ground truth
+        cs, per = c[rows], aopc_per_image(c[rows])
         scores.orders[order] = results.OrderScores(
-            aopc=_estimate(per, settings, batch.seed), aopc_by_step=aopc_by_step(c).tolist(),
-            aopc_per_class=per_class_mean(per, batch.labels, batch.class_names), mean_curve=c.mean(0).tolist() if len(c) else [])
+            aopc=_estimate(per, settings, batch.seed), aopc_by_step=aopc_by_step(cs).tolist(),
+            aopc_per_class=per_class_mean(per, batch.labels[rows], batch.class_names), mean_curve=cs.mean(0).tolist() if len(cs) else [])
         e = scores.orders[order].aopc
         log.info("%s %s: AOPC %.4f [%.4f, %.4f] (%.1f s)", name, order, e.mean, *e.ci95, seconds[f"curves_{order}_s"])
     if ("morf" in orders) and ("lerf" in orders):
@@ -267,10 +282,15 @@ def score_model(model, images, test_rows: np.ndarray, labels: np.ndarray, preds:
         # are equivalent: MoRF alone gives the floor the explainer's MoRF must beat.
         orders = settings.orders if method is explainer else [o for o in settings.orders if o == "morf"] or list(settings.orders[:1])
         score_method(method, model, batch, orders, perturbation, settings, store, out)
-    morf = {n: out.curves.get(n, "morf") for n in metrics.methods}
-    if explainer.name != "random" and morf.get("random") is not None and morf.get(explainer.name) is not None:
-        gain = aopc_per_image(morf[explainer.name]) - aopc_per_image(morf["random"])  # paired: same images
-        metrics.aopc_gain_over_random = _estimate(gain, settings, seed)
+    if out.curves.get("random", "morf") is not None:
+        floor = aopc_per_image(out.curves.get("random", "morf"))
+        for method in [explainer, *controls]:
+            if method.name == "random" or out.curves.get(method.name, "morf") is None:
+                continue
+            gain = aopc_per_image(out.curves.get(method.name, "morf")) - floor  # paired: same images
+            keep = evidence_rows(method, batch.truth, len(gain))
+            metrics.gains_over_random[method.name] = _estimate(gain if keep is None else np.where(keep, gain, np.nan), settings, seed)
+        metrics.aopc_gain_over_random = metrics.gains_over_random.get(explainer.name)
     if metrics.chunks["reused"]:
         log.info("scoring: %d curve chunk(s) reused from an earlier run, %d computed", metrics.chunks["reused"], metrics.chunks["computed"])
     metrics.seconds = time.perf_counter() - t0

@@ -11,6 +11,7 @@ and names the field in its message. Keras-free: the kernels load on first call.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -133,6 +134,8 @@ class Oracle:
 
     sigma: float = 0.02
     name: str = "oracle"
+    #: Scored only on the images that have this ground truth (not on Normal ones).
+    evidence: ClassVar[str] = "lesions"
 
     def __call__(self, model, images, targets, context: ExplainContext | None = None):
         return mask_maps(_masks(_ctx(context, images).lesions, images, "lesion"), sigma=self.sigma)
@@ -147,6 +150,7 @@ class ShortcutMarker:
 
     sigma: float = 0.02
     name: str = "shortcut_marker"
+    evidence: ClassVar[str] = "markers"
 
     def __call__(self, model, images, targets, context: ExplainContext | None = None):
         return mask_maps(_masks(_ctx(context, images).markers, images, "marker"), sigma=self.sigma)
