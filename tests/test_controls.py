@@ -116,3 +116,37 @@ def test_reference_maps_compose_from_their_config_and_reject_a_bad_value(name, c
     assert isinstance(ex, cls) and ex.sigma == 0.05 and ex.name == name
     with pytest.raises(Exception, match="sigma"):
         compose([f"explainer={name}", "explainer.sigma=wide"])
+
+
+def test_the_heatmap_cache_keys_the_scoring_grid(tmp_path):
+    # The random control's map is an order of the grid's regions: a map made for
+    # one region size must never be reused for another.
+    from xbench.explain import ExplainContext, RandomControl
+    from xbench.model_store import CachedExplainer
+
+    cached = CachedExplainer(RandomControl(), tmp_path, "model")
+    images = np.zeros((3, 16, 16, 3), np.float32)
+    at8 = cached(None, images, np.zeros(3, int), ExplainContext(np.arange(3), 0, 8))
+    at4 = cached(None, images, np.zeros(3, int), ExplainContext(np.arange(3), 0, 4))
+    again8 = cached(None, images, np.zeros(3, int), ExplainContext(np.arange(3), 0, 8))
+    assert cached.hits == 1 and np.array_equal(at8, again8) and not np.array_equal(at4, at8)
+    sums = at4.reshape(3, 4, 4, 4, 4).sum(axis=(2, 4)).reshape(3, 16)
+    assert all(sorted(np.round(s).astype(int)) == list(range(1, 17)) for s in sums)  # a permutation of the 4-px regions
+
+
+def test_scoring_with_no_image_to_score_writes_empty_results():
+    import keras
+
+    from xbench.explain import GradCAM, RandomControl
+    from xbench.perturbation import GaussianNoise
+    from xbench.scoring import ScoreSettings, score_model
+
+    inp = keras.Input((16, 16, 3))
+    x = keras.layers.Conv2D(2, 3, name="conv")(inp)
+    logits = keras.layers.Dense(2, name="logits")(keras.layers.GlobalAveragePooling2D()(x))
+    model = keras.Model(inp, keras.layers.Softmax(name="probs")(logits))
+    labels = np.array([0, 1, 0])
+    res = score_model(model, np.zeros((3, 16, 16, 3), np.uint8), np.arange(3), labels, 1 - labels, ["a", "b"], GradCAM(), [RandomControl()],
+                      GaussianNoise(0.1), ScoreSettings(region_size=4, bootstrap=1000), seed=0)  # every prediction wrong: nothing to score
+    assert res.metrics.n_scored == 0 and res.curves.get("gradcam", "morf").shape == (0, 17)
+    assert res.metrics.methods["gradcam"].orders["morf"].aopc.n == 0

@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 # 2: batch order a function of (seed, epoch), so that training can resume exactly.
 # 3: the model describes itself (backbone, Grad-CAM layer, classes) in its `features` layer.
 STORE_VERSION = 3
+#: 2: maps may depend on the scoring grid (the random control is a region order), which is part of the key.
+HEATMAP_VERSION = 2
 
 
 def digest(obj: Any) -> str:
@@ -140,7 +142,8 @@ class CachedExplainer:
     def __call__(self, model, images, targets, context):
         params = asdict(self.explainer) if is_dataclass(self.explainer) else repr(self.explainer)
         key = digest({"model": self.model_key, "explainer": type(self.explainer).__name__, "params": params, "seed": context.seed,
-                      "ids": np.asarray(context.image_ids).tolist(), "targets": np.asarray(targets).tolist()})
+                      "ids": np.asarray(context.image_ids).tolist(), "targets": np.asarray(targets).tolist(),
+                      "region": context.region_size, "version": HEATMAP_VERSION})
         maps, hit = self.cache.fetch(f"{self.name}-{key}", lambda: self.explainer(model, images, targets, context),
                                      rows=len(images))
         self.hits += hit

@@ -120,7 +120,13 @@ class Measurement:
 def measurements(jobs: Sequence[results.JobResult]) -> list[Measurement]:
     """Group jobs into measurements (same identity, any seed) and label each by what differs."""
     groups: dict[tuple, Measurement] = {}
-    for j in jobs:
+    seen: dict[tuple, results.JobResult] = {}
+    for j in jobs:  # one job per (measurement, seed): a rerun of a seed is not another seed
+        key = (tuple(sorted((k, json.dumps(v, sort_keys=True, default=str)) for k, v in identity(j).items())), j.metrics.seed)
+        if key in seen:
+            log.warning("%s repeats seed %d of %s; using the later job", j.path, j.metrics.seed, seen[key].path)
+        seen[key] = j
+    for j in seen.values():
         ident = identity(j)
         key = tuple(sorted((k, json.dumps(v, sort_keys=True, default=str)) for k, v in ident.items()))
         groups.setdefault(key, Measurement(key, ident)).jobs.append(j)
@@ -242,6 +248,8 @@ def compare(a: Measurement, b: Measurement, method_a: str, method_b: str, n_resa
         by_seed = lambda g, meth: {j.metrics.seed: float(v[1].mean()) for j in g.jobs if (v := _per_image(j, meth)) is not None and len(v[1])}
         r = comparison.over_seeds(by_seed(a, method_a), by_seed(b, method_b))
         return r
+    if a.seeds != b.seeds:
+        return None  # different seeds: different splits and training, no pairing by image
     pa, pb = _per_image(a.jobs[0], method_a), _per_image(b.jobs[0], method_b)
     if pa is None or pb is None:
         return None

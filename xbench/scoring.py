@@ -130,7 +130,7 @@ def explain(method, model, batch: _Batch) -> tuple[np.ndarray, int, np.ndarray]:
     parts = [np.asarray(method(model, batch.x[c], batch.targets[c], ctx.rows(c)), dtype=np.float32) for c in batch.chunks]
     heat = np.concatenate(parts) if parts else np.zeros((0,) + batch.x.shape[1:3], np.float32)
     heat, nonfinite = sanitise_heatmaps(heat)
-    flat = heat.reshape(len(heat), -1)
+    flat = heat.reshape(len(heat), heat[0].size if len(heat) else 0)
     constant = int((flat.max(1) == flat.min(1)).sum()) if len(heat) else 0
     if nonfinite.any():
         log.warning("%s: %d heatmap(s) hold NaN or infinite values (first: image %d); scored with NaN/-inf as least and +inf as most relevant",
@@ -185,7 +185,7 @@ def localisation(heat: np.ndarray, truth: GroundTruth) -> dict[str, np.ndarray]:
         masks, ok = getattr(truth, kind), getattr(truth, f"{kind}_ok")
         if masks is None:
             continue
-        present = ok & masks.reshape(len(masks), -1).any(1)  # an empty mask (no lesion, no marker) defines nothing
+        present = ok & (masks.reshape(len(masks), masks[0].size).any(1) if len(masks) else np.zeros(0, bool))  # an empty mask defines nothing
         v = np.full(len(heat), np.nan)
         if present.any():
             v[present] = kernel(heat[present], masks[present])
@@ -201,7 +201,7 @@ def evidence_rows(method, truth: GroundTruth, n: int) -> np.ndarray | None:
     masks, ok = getattr(truth, kind), getattr(truth, f"{kind}_ok")
     if masks is None:
         return np.zeros(n, bool)
-    return ok & masks.reshape(n, -1).any(1)
+    return ok & (masks.reshape(n, masks[0].size).any(1) if n else np.zeros(0, bool))
 
 
 def score_method(method, model, batch: _Batch, orders: Sequence[str], perturbation, settings: ScoreSettings, store, out: ScoreResult) -> None:

@@ -58,7 +58,7 @@ def sanitise_heatmaps(heatmaps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     order). Finite maps are returned unchanged.
     """
     h = np.array(heatmaps, dtype=np.float32, copy=True)
-    flat = h.reshape(len(h), -1)
+    flat = h.reshape(len(h), h[0].size if len(h) else 0)
     ok = np.isfinite(flat)
     bad = ~ok.all(axis=1)
     for i in np.flatnonzero(bad):

@@ -1,0 +1,44 @@
+"""The report's pooling and pairing rules on hand-made job results (no model)."""
+
+from pathlib import Path
+
+import numpy as np
+
+from xbench import report
+from xbench import results as R
+from xbench.metrics.aopc import aopc_per_image
+
+
+def _job(path, seed, backbone="vgg16", ids=(0, 1, 2, 3), drop=0.5):
+    ids = np.asarray(ids)
+    labels = np.zeros(len(ids), int)
+    curve = np.tile(np.linspace(1, drop, 5), (len(ids), 1)).astype(np.float32) + 0.01 * np.arange(len(ids))[:, None]
+    est = lambda v, n: R.Estimate(float(v), [float(v), float(v)], n)
+    cs = R.ClassScores(1.0, 1.0, 1.0, 1)
+    test = R.TestReport(["a", "b"], len(ids), {"a": cs, "b": cs}, 1.0, cs, cs, [[1, 0], [0, 1]])
+    curves = R.Curves(ids, labels, labels, labels, {("gradcam", "morf"): curve})
+    scores = {"gradcam": R.MethodScores({"morf": R.OrderScores(est(aopc_per_image(curve).mean(), len(ids)), [], {}, [])}, 0, 0, {})}
+    scoring = R.Scoring("gradcam", len(ids), len(ids), len(ids), "correct", "predicted", 4, [2, 2], 4, 4, {"name": "constant", "value": 0.0},
+                        ["morf"], scores, False, {}, 0.0)
+    data = R.DataSummary("synthetic", "/r", 8, ["a", "b"], ["b"], len(ids), {}, {}, 0, [], False, 0, [])
+    metrics = R.JobMetrics("0", "tensorflow", "3", "x", seed, data, R.ModelSummary(backbone, None, 1, 1), R.TrainingSummary({}, 0, 0.0, 0, False, {}),
+                           test, {}, {"model": {"backbone": backbone}, "seed": seed}, scoring)
+    return R.JobResult(Path(path), metrics, curves)
+
+
+def test_a_rerun_of_a_seed_is_not_a_second_seed():
+    groups = report.measurements([_job("a", 0, drop=0.5), _job("b", 0, drop=0.2)])
+    assert len(groups) == 1 and len(groups[0].jobs) == 1 and groups[0].jobs[0].path == Path("b")
+    row = report.paper_table(groups).iloc[0]
+    assert row["Seeds"] == 1 and "±" not in row["AOPC"]
+
+
+def test_models_are_paired_by_image_only_within_one_seed():
+    same = report.measurements([_job("v", 0, "vgg16"), _job("d", 0, "densenet201", ids=(2, 3, 4, 5), drop=0.2)])
+    r = report.compare(same[0], same[1], "gradcam", "gradcam", n_resamples=1000, seed=0)
+    assert r["n_images"] == 2 and r["unit"] == "image" and r["diff"] < 0  # images 2 and 3, paired
+    other = report.measurements([_job("v", 0, "vgg16"), _job("d", 1, "densenet201")])
+    assert report.compare(other[0], other[1], "gradcam", "gradcam", n_resamples=1000, seed=0) is None
+    seeds = report.measurements([_job(f"v{s}", s, "vgg16") for s in (0, 1, 2)] + [_job(f"d{s}", s, "densenet201", drop=0.2 + 0.01 * s) for s in (0, 1, 2)])
+    r = report.compare(seeds[0], seeds[1], "gradcam", "gradcam", n_resamples=1000, seed=0)
+    assert r["unit"] == "seed" and r["test"] == "paired t" and r["n_seeds"] == 3
