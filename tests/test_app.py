@@ -131,3 +131,4 @@ def test_reference_maps_are_scored_on_the_images_with_ground_truth(tmp_path, cac
     want = aopc_per_image(job.curves.get("oracle", "morf"))[lesion] - aopc_per_image(job.curves.get("random", "morf"))[lesion]
     assert m.scoring.gains_over_random["oracle"].mean == pytest.approx(want.mean())
     assert m.scoring.aopc_gain_over_random == m.scoring.gains_over_random["gradcam"]
+

@@ -150,3 +150,29 @@ def test_scoring_with_no_image_to_score_writes_empty_results():
                       GaussianNoise(0.1), ScoreSettings(region_size=4, bootstrap=1000), seed=0)  # every prediction wrong: nothing to score
     assert res.metrics.n_scored == 0 and res.curves.get("gradcam", "morf").shape == (0, 17)
     assert res.metrics.methods["gradcam"].orders["morf"].aopc.n == 0
+
+
+def test_the_random_controls_localisation_floor_is_chance_even_on_a_partial_grid():
+    # On 18 px with 4-px regions the last strip is 2 px wide: the region-order map
+    # would put every maximum there (pointing game 0). Localisation uses per-pixel noise.
+    import keras
+
+    from xbench.explain import GradCAM, RandomControl
+    from xbench.perturbation import GaussianNoise
+    from xbench.scoring import GroundTruth, ScoreSettings, score_model
+
+    inp = keras.Input((18, 18, 3))
+    x = keras.layers.Conv2D(2, 3, name="conv")(inp)
+    logits = keras.layers.Dense(2, name="logits")(keras.layers.GlobalAveragePooling2D()(x))
+    model = keras.Model(inp, keras.layers.Softmax(name="probs")(logits))
+    n = 60
+    lesions = np.zeros((n, 18, 18), bool)
+    lesions[:, 5:14, 5:14] = True  # 81 of 324 pixels: area share 0.25
+    truth = GroundTruth(lesions=lesions, lesions_ok=np.ones(n, bool))
+    labels = np.zeros(n, int)
+    res = score_model(model, np.zeros((n, 18, 18, 3), np.uint8), np.arange(n), labels, labels, ["a", "b"], GradCAM(), [RandomControl()],
+                      GaussianNoise(0.1), ScoreSettings(region_size=4, orders=["morf"], max_steps=1, bootstrap=1000), seed=0, truth=truth)
+    loc = res.metrics.methods["random"].localisation
+    assert abs(loc["lesion_mass"].mean - 0.25) < 0.02
+    assert 0.1 < loc["pointing_hit"].mean < 0.6  # chance: the maximum lands in or near the lesion about a third of the time
+    assert abs(loc["lesion_auroc"].mean - 0.5) < 0.05

@@ -120,13 +120,17 @@ def _estimate(per_image: np.ndarray, settings: ScoreSettings, seed: int) -> resu
     return results.Estimate(mean=float(np.mean(v)) if len(v) else float("nan"), ci95=[lo, hi], n=int(len(v)), unit="images")
 
 
+def _context(batch: _Batch) -> ExplainContext:
+    return ExplainContext(batch.rows, batch.seed, batch.region, batch.truth.lesions, batch.truth.markers)
+
+
 def explain(method, model, batch: _Batch) -> tuple[np.ndarray, int, np.ndarray]:
     """(M, S, S) float32 scorable maps, the number of constant maps, (M,) bool "was non-finite".
 
     Chunk by chunk, so a cached explainer stores each chunk's maps as soon as
     they exist; NaN/inf are made scorable (:func:`sanitise_heatmaps`).
     """
-    ctx = ExplainContext(batch.rows, batch.seed, batch.region, batch.truth.lesions, batch.truth.markers)
+    ctx = _context(batch)
     parts = [np.asarray(method(model, batch.x[c], batch.targets[c], ctx.rows(c)), dtype=np.float32) for c in batch.chunks]
     heat = np.concatenate(parts) if parts else np.zeros((0,) + batch.x.shape[1:3], np.float32)
     heat, nonfinite = sanitise_heatmaps(heat)
@@ -229,7 +233,12 @@ def score_method(method, model, batch: _Batch, orders: Sequence[str], perturbati
     if ("morf" in orders) and ("lerf" in orders):
         morf, lerf = out.curves.curves[(name, "morf")], out.curves.curves[(name, "lerf")]
         scores.abpc = _estimate(abpc_per_image(morf, lerf), settings, batch.seed)
-    for metric, per in localisation(heat, batch.truth).items():
+    inner = getattr(method, "explainer", method)  # a cached explainer wraps the real one
+    if hasattr(inner, "localisation_maps"):  # a control whose floor for localisation is not its ranking map
+        heat_loc = np.concatenate([inner.localisation_maps(batch.x[c], _context(batch).rows(c)) for c in batch.chunks]) if batch.chunks else heat
+    else:
+        heat_loc = heat
+    for metric, per in localisation(heat_loc, batch.truth).items():
         scores.localisation[metric] = _estimate(per, settings, batch.seed)
         out.curves.per_image[(metric, name)] = per.astype(np.float32)
     if settings.save_heatmaps:

@@ -93,6 +93,17 @@ class RandomControl:
         context = _ctx(context, images)
         return random_maps(n, h, w, seed=context.seed, image_ids=context.image_ids, region_size=context.region_size)
 
+    def localisation_maps(self, images, context: ExplainContext | None = None) -> np.ndarray:
+        """Per-pixel uniform noise from the same (seed, image id): the chance level of the localisation figures.
+
+        The region-order map gives narrow edge regions a higher density and
+        would put every maximum there; a floor for where mass falls must be
+        uniform over pixels.
+        """
+        n, h, w = np.asarray(images).shape[:3]
+        context = _ctx(context, images)
+        return random_maps(n, h, w, seed=context.seed, image_ids=context.image_ids)
+
 
 @dataclass
 class CenterControl:
