@@ -42,3 +42,25 @@ def test_models_are_paired_by_image_only_within_one_seed():
     seeds = report.measurements([_job(f"v{s}", s, "vgg16") for s in (0, 1, 2)] + [_job(f"d{s}", s, "densenet201", drop=0.2 + 0.01 * s) for s in (0, 1, 2)])
     r = report.compare(seeds[0], seeds[1], "gradcam", "gradcam", n_resamples=1000, seed=0)
     assert r["unit"] == "seed" and r["test"] == "paired t" and r["n_seeds"] == 3
+
+
+def test_results_files_are_read_strictly(tmp_path):
+    import json
+
+    import pytest
+
+    job = _job(tmp_path, 0)
+    R.write_metrics(tmp_path, job.metrics)
+    assert R.read_metrics(tmp_path) == job.metrics  # round trip
+    raw = json.loads((tmp_path / R.METRICS_FILE).read_text())
+    for mutate, message in [
+        (lambda d: d["scoring"].pop("methods"), "missing field 'scoring.methods'"),
+        (lambda d: d["scoring"].__setitem__("gains_over_randm", {}), "unknown field 'scoring.gains_over_randm'"),
+        (lambda d: d["test"]["macro_avg"].__setitem__("recall", "high"), "test.macro_avg.recall: expected a number"),
+        (lambda d: d.__setitem__("format_version", 1), "format_version is 1"),
+    ]:
+        bad = json.loads(json.dumps(raw))
+        mutate(bad)
+        (tmp_path / R.METRICS_FILE).write_text(json.dumps(bad))
+        with pytest.raises(R.ResultsFormatError, match=message.replace("(", r"\(")):
+            R.read_metrics(tmp_path)

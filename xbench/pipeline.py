@@ -236,7 +236,7 @@ def job_metrics(spec: JobSpec, data: PreparedData, trained: TrainedModel, ev: Ev
     rec, model = data.records, trained.model
     card = model_card(model)
     split_counts = {s: int((data.split == s).sum()) for s in ("train", "val", "test")}
-    return results.JobMetrics.from_dict({
+    return results.decode(results.JobMetrics, {
         "xbench_version": xbench.__version__,
         "keras_backend": keras.backend.backend(),
         "keras_version": keras.__version__,

@@ -191,6 +191,9 @@ class JobMetrics:
 
     @classmethod
     def from_dict(cls, obj: Mapping) -> "JobMetrics":
+        version = obj.get("format_version") if isinstance(obj, Mapping) else None
+        if version != FORMAT_VERSION:
+            raise ResultsFormatError(f"format_version is {version!r}, this xbench reads {FORMAT_VERSION}; run the job again with this version")
         return decode(cls, obj)
 
 
@@ -207,6 +210,9 @@ def decode(kind, value, path: str = ""):
         if not isinstance(value, Mapping):
             raise ResultsFormatError(f"{where}: expected an object, got {type(value).__name__}")
         hints = typing.get_type_hints(kind)
+        unknown = sorted(set(value) - {f.name for f in dataclasses.fields(kind)})
+        if unknown:
+            raise ResultsFormatError(f"unknown field '{path + '.' if path else ''}{unknown[0]}' (a misspelling, or a file from another xbench version)")
         out = {}
         for f in dataclasses.fields(kind):
             sub = f"{path}.{f.name}" if path else f.name
