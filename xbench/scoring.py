@@ -11,6 +11,7 @@ over images. Nothing here reads a config or writes a file; the results are
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -85,8 +86,7 @@ class GroundTruth:
     markers_ok: np.ndarray | None = None
 
     def rows(self, index) -> "GroundTruth":
-        pick = lambda a: None if a is None else np.asarray(a)[index]
-        return GroundTruth(*(pick(getattr(self, f)) for f in ("lungs", "lungs_ok", "lesions", "lesions_ok", "markers", "markers_ok")))
+        return GroundTruth(**{f.name: None if (a := getattr(self, f.name)) is None else np.asarray(a)[index] for f in dataclasses.fields(self)})
 
 
 @dataclass
@@ -111,6 +111,11 @@ class _Batch:
     class_names: list[str]
     counts: dict[str, int]  # curve chunks computed / reused (from the store)
 
+    @property
+    def context(self) -> ExplainContext:
+        """What an explainer may know about these images (ids, seed, grid, lesion and marker masks)."""
+        return ExplainContext(self.rows, self.seed, self.region, self.truth.lesions, self.truth.markers)
+
 
 def _estimate(per_image: np.ndarray, settings: ScoreSettings, seed: int) -> results.Estimate:
     """Mean and percentile-bootstrap CI over images of the finite values of ``per_image``."""
@@ -120,17 +125,13 @@ def _estimate(per_image: np.ndarray, settings: ScoreSettings, seed: int) -> resu
     return results.Estimate(mean=float(np.mean(v)) if len(v) else float("nan"), ci95=[lo, hi], n=int(len(v)), unit="images")
 
 
-def _context(batch: _Batch) -> ExplainContext:
-    return ExplainContext(batch.rows, batch.seed, batch.region, batch.truth.lesions, batch.truth.markers)
-
-
 def explain(method, model, batch: _Batch) -> tuple[np.ndarray, int, np.ndarray]:
     """(M, S, S) float32 scorable maps, the number of constant maps, (M,) bool "was non-finite".
 
     Chunk by chunk, so a cached explainer stores each chunk's maps as soon as
     they exist; NaN/inf are made scorable (:func:`sanitise_heatmaps`).
     """
-    ctx = _context(batch)
+    ctx = batch.context
     parts = [np.asarray(method(model, batch.x[c], batch.targets[c], ctx.rows(c)), dtype=np.float32) for c in batch.chunks]
     heat = np.concatenate(parts) if parts else np.zeros((0,) + batch.x.shape[1:3], np.float32)
     heat, nonfinite = sanitise_heatmaps(heat)
@@ -234,10 +235,8 @@ def score_method(method, model, batch: _Batch, orders: Sequence[str], perturbati
         morf, lerf = out.curves.curves[(name, "morf")], out.curves.curves[(name, "lerf")]
         scores.abpc = _estimate(abpc_per_image(morf, lerf), settings, batch.seed)
     inner = getattr(method, "explainer", method)  # a cached explainer wraps the real one
-    if hasattr(inner, "localisation_maps"):  # a control whose floor for localisation is not its ranking map
-        heat_loc = np.concatenate([inner.localisation_maps(batch.x[c], _context(batch).rows(c)) for c in batch.chunks]) if batch.chunks else heat
-    else:
-        heat_loc = heat
+    # A control whose floor for localisation is not its ranking map (drawn per image id: no chunking needed).
+    heat_loc = inner.localisation_maps(batch.x, batch.context) if hasattr(inner, "localisation_maps") else heat
     for metric, per in localisation(heat_loc, batch.truth).items():
         scores.localisation[metric] = _estimate(per, settings, batch.seed)
         out.curves.per_image[(metric, name)] = per.astype(np.float32)
