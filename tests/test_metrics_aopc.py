@@ -48,10 +48,12 @@ def test_bootstrap_diff_detects_a_real_difference():
     assert r["ci_low"] < r["diff"] < r["ci_high"] and r["p_value"] < 0.01
     same = bootstrap_diff(a, a.copy(), seed=0)
     assert same["p_value"] > 0.5
+    far = bootstrap_diff(a + 10.0, b, n_resamples=1000, seed=0)
+    assert far["p_value"] == pytest.approx(1 / 1001)  # floored: 1,000 resamples cannot show p < 1/(R+1)
 
 
 def test_positive_mass_share_by_hand():
     h = np.array([[[1.0, -5.0], [3.0, 0.0]], [[0.0, 0.0], [0.0, 0.0]]])
     m = np.array([[[1, 1], [0, 0]], [[1, 1], [1, 1]]])
     share = positive_mass_share(h, m)
-    assert share[0] == pytest.approx(0.25) and np.isnan(share[1])
+    assert share[0] == pytest.approx(0.25) and share[1] == 0.0  # a dead map puts nothing in the mask

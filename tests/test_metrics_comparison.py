@@ -108,6 +108,10 @@ def test_over_seeds_by_hand_paired_welch_and_too_few():
     assert one["test"] == "none" and np.isnan(one["p_value"]) and one["diff"] == pytest.approx(0.0)
     assert np.isnan(over_seeds({}, {0: 1.0})["diff"])
     assert over_seeds({0: 1.0, 1: 2.0, 2: np.nan}, {0: 1.0, 1: 2.0, 2: 5.0})["n_seeds"] == 2  # NaN seeds are dropped
+    # The same difference on every seed: no spread, so no t-test and no p-value (not p = 0).
+    flat = over_seeds({0: 0.5, 1: 0.75, 2: 1.0}, {0: 0.25, 1: 0.5, 2: 0.75})
+    assert flat["diff"] == pytest.approx(0.25) and np.isnan(flat["p_value"]) and flat["test"] == "paired t"
+    assert np.isnan(over_seeds({0: 1.0, 1: 1.0}, {5: 0.0, 6: 0.0})["p_value"])
 
 
 def test_holm_by_hand():

@@ -31,9 +31,11 @@ def test_lesion_mass_by_hand():
     m = np.array([[[1, 1], [0, 0]], [[0, 0], [0, 0]], [[1, 0], [0, 0]]], bool)
     out = lesion_mass(h, m)
     assert out.dtype == np.float64 and out[0] == pytest.approx(0.25)  # 1 of 1 + 3 (the -5 is ignored)
-    assert np.isnan(out[1]) and np.isnan(out[2])  # empty mask; no positive mass
+    assert np.isnan(out[1])  # empty mask: undefined
+    assert out[2] == 0.0  # no positive mass: the map shows nothing, a miss (not dropped)
     np.testing.assert_array_equal(marker_mass(h, m), out)
     assert positive_mass_share(h, m)[1] == 0.0  # the old share says 0 for an empty mask; lesion_mass says undefined
+    assert positive_mass_share(h, m)[2] == 0.0
     u = np.ones((1, 4, 4))
     mm = np.zeros((1, 4, 4), bool)
     mm[0, :1, :2] = True
@@ -53,7 +55,7 @@ def test_pointing_hit_by_hand_with_tolerance_ties_and_constant_maps():
     assert one((3, 5), 2) == 1.0 and one((5, 5), 2) == 0.0 and one((5, 5), 2.9) == 1.0  # distance sqrt(2^2 + 2^2) = 2.83
     assert one((2, 2), 0, plateau=[(9, 9)]) == 0.0  # every maximal pixel must be within tolerance
     assert one((2, 2), 0, plateau=[(3, 3)]) == 1.0
-    assert np.isnan(pointing_hit(np.ones((1, 10, 10)), m)[0])  # a constant map points nowhere
+    assert pointing_hit(np.ones((1, 10, 10)), m)[0] == 0.0  # a constant map points nowhere: a miss, not dropped
     assert np.isnan(pointing_hit(np.arange(100.0).reshape(1, 10, 10), np.zeros((1, 10, 10), bool))[0])
     assert default_tolerance(224, 224) == 15 and default_tolerance(299, 299) == 20 and default_tolerance(64, 64) == 4
     h = np.zeros((1, 10, 10))

@@ -64,3 +64,24 @@ def test_results_files_are_read_strictly(tmp_path):
         (tmp_path / R.METRICS_FILE).write_text(json.dumps(bad))
         with pytest.raises(R.ResultsFormatError, match=message.replace("(", r"\(")):
             R.read_metrics(tmp_path)
+
+
+def test_a_reference_map_is_read_only_on_the_images_with_its_ground_truth(tmp_path):
+    """oracle as the configured explainer: images without a lesion (Normal) are in curves.npz but in none of its figures."""
+    job = _job("o", 0, ids=(0, 1, 2, 3))
+    curves = job.curves
+    oracle = curves.get("gradcam", "morf").copy()
+    oracle[2:] = 99.0  # rows 2, 3 (no lesion): would move every figure if they were read
+    curves.curves = {("oracle", "morf"): oracle, ("random", "morf"): curves.get("gradcam", "morf")}
+    curves.per_image[(R.SCORED, "oracle")] = np.array([1, 1, 0, 0], np.float32)
+    job.metrics.scoring.explainer = "oracle"
+    back = R.Curves.from_arrays(curves.to_arrays())  # the marker survives curves.npz
+    assert back.rows("oracle").tolist() == [True, True, False, False] and back.rows("random").all()
+    ids, kept = back.scored("oracle", "morf")
+    assert ids.tolist() == [0, 1] and (kept < 2).all()
+    g = report.measurements([job])[0]
+    r = report.compare(g, g, "oracle", "random", n_resamples=1000, seed=0)
+    assert r["n_images"] == 2 and abs(r["diff"]) < 1e-9  # rows 0, 1 of both: equal curves
+    (band, lo, hi), = report.aopc_by_step_bands([g]).values()
+    assert (band < 2).all()
+    assert all((c < 2).all() for c in report.mean_curves([g]).values())

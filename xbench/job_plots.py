@@ -66,10 +66,11 @@ def write_job_plots(run_dir: Path, model, images, ev, class_names, history, scor
         _save(plots.layers_figure(x[0], {k: v[0] for k, v in layers.items()}, title=f"Grad-CAM of the last {len(layers)} conv layers"), out / "last_layers.png")
         written.append("last_layers.png")
     if scoring is not None:
-        curves = {curve_key(m, o): c for (m, o), c in scoring.curves.curves.items()}
+        scored = {(m, o): scoring.curves.scored(m, o)[1] for (m, o) in scoring.curves.curves}  # a reference map: its own images
+        curves = {curve_key(m, o): c for (m, o), c in scored.items()}
         if curves:
             _save(plots.mean_curves_figure(curves), out / "mean_curves.png")
-            series = {curve_key(m, o): (aopc_by_step(c), None, None) for (m, o), c in scoring.curves.curves.items() if o == "morf"}
+            series = {curve_key(m, o): (aopc_by_step(c), None, None) for (m, o), c in scored.items() if o == "morf" and len(c)}
             _save(plots.aopc_by_step_figure(series), out / "aopc_by_step.png")
             written += ["mean_curves.png", "aopc_by_step.png"]
     return written

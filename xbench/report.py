@@ -232,8 +232,8 @@ def shortcut_table(jobs: Sequence[results.JobResult]) -> pd.DataFrame:
 
 
 def _per_image(job: results.JobResult, method: str, order: str = "morf") -> tuple[np.ndarray, np.ndarray] | None:
-    c = job.curves.get(method, order) if job.curves is not None else None
-    return None if c is None else (np.asarray(job.curves.image_ids), aopc_per_image(c))
+    got = job.curves.scored(method, order) if job.curves is not None else None
+    return None if got is None else (got[0], aopc_per_image(got[1]))
 
 
 def compare(a: Measurement, b: Measurement, method_a: str, method_b: str, n_resamples: int, seed: int) -> dict | None:
@@ -319,8 +319,8 @@ def aopc_by_step_bands(groups: Sequence[Measurement], n_resamples: int = 1000, s
     """
     out = {}
     for g in groups:
-        curves = [j.curves.get(j.scoring.explainer, "morf") for j in g.jobs if j.scoring is not None and j.curves is not None]
-        curves = [c for c in curves if c is not None and len(c)]
+        got = [j.curves.scored(j.scoring.explainer, "morf") for j in g.jobs if j.scoring is not None and j.curves is not None]
+        curves = [c for _, c in filter(None, got) if len(c)]
         if not curves:
             continue
         if len(curves) == 1:
@@ -336,8 +336,8 @@ def mean_curves(groups: Sequence[Measurement]) -> dict[str, np.ndarray]:
     out = {}
     for g in groups:
         for order in ("morf", "lerf"):
-            cs = [j.curves.get(j.scoring.explainer, order) for j in g.jobs if j.scoring is not None and j.curves is not None]
-            cs = [c for c in cs if c is not None]
+            got = [j.curves.scored(j.scoring.explainer, order) for j in g.jobs if j.scoring is not None and j.curves is not None]
+            cs = [c for _, c in filter(None, got)]
             if cs:
                 out[f"{_line_label(g)} {order}"] = np.concatenate(cs)
     return out

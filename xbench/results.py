@@ -274,6 +274,10 @@ def per_image_key(metric: str, method: str) -> str:
     return f"{metric}@{method}"
 
 
+#: The per-image "metric" that marks (1/0) the rows a reference map is scored on.
+SCORED = "scored"
+
+
 @dataclass
 class Curves:
     """``curves.npz``: the scored images and their curves, row i = scored image i.
@@ -284,7 +288,9 @@ class Curves:
             and the class whose probability the curves follow.
         curves: {(method, order): (M, steps + 1) float32 f(x(k))[target]}.
         per_image: {(metric, method): (M,) float32}, NaN where undefined
-            (lung_share, lesion_mass, ...).
+            (lung_share, lesion_mass, ...). The metric ``SCORED`` (1/0) marks
+            the rows a reference map is scored on (the images with its ground
+            truth); read it through :meth:`rows` and :meth:`scored`.
     """
 
     image_ids: np.ndarray
@@ -318,7 +324,21 @@ class Curves:
         return out
 
     def get(self, method: str, order: str) -> np.ndarray | None:
+        """All M rows of one curve set (every scored image, whether or not the method counts it); see :meth:`scored`."""
         return self.curves.get((method, order))
+
+    def rows(self, method: str) -> np.ndarray:
+        """(M,) bool: the images ``method``'s figures count (a reference map: those with its ground truth; any other method: all)."""
+        r = self.per_image.get((SCORED, method))
+        return np.ones(len(self.image_ids), bool) if r is None else np.asarray(r) > 0
+
+    def scored(self, method: str, order: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """(image ids, curves) of the rows ``method`` is scored on, or None without curves: what every figure of it reads."""
+        c = self.get(method, order)
+        if c is None:
+            return None
+        keep = self.rows(method)
+        return np.asarray(self.image_ids)[keep], np.asarray(c)[keep]
 
 
 # ---------------------------------------------------------------- reading and writing

@@ -219,6 +219,7 @@ def score_method(method, model, batch: _Batch, orders: Sequence[str], perturbati
     keep = evidence_rows(method, batch.truth, len(heat))
     if keep is not None:
         scores.n_images = int(keep.sum())
+        out.curves.per_image[(results.SCORED, name)] = keep.astype(np.float32)
     for order in orders:
         tc = time.perf_counter()
         c = method_curves(model, batch, name, heat, order, perturbation, settings, store)
@@ -233,7 +234,8 @@ def score_method(method, model, batch: _Batch, orders: Sequence[str], perturbati
         log.info("%s %s: AOPC %.4f [%.4f, %.4f] (%.1f s)", name, order, e.mean, *e.ci95, seconds[f"curves_{order}_s"])
     if ("morf" in orders) and ("lerf" in orders):
         morf, lerf = out.curves.curves[(name, "morf")], out.curves.curves[(name, "lerf")]
-        scores.abpc = _estimate(abpc_per_image(morf, lerf), settings, batch.seed)
+        rows = slice(None) if keep is None else keep
+        scores.abpc = _estimate(abpc_per_image(morf[rows], lerf[rows]), settings, batch.seed)
     inner = getattr(method, "explainer", method)  # a cached explainer wraps the real one
     # A control whose floor for localisation is not its ranking map (drawn per image id: no chunking needed).
     heat_loc = inner.localisation_maps(batch.x, batch.context) if hasattr(inner, "localisation_maps") else heat

@@ -64,7 +64,8 @@ def bootstrap_diff(a: np.ndarray, b: np.ndarray, *, n_resamples: int = 2000, lev
     d = da - db
     alpha = (1 - level) / 2
     lo, hi = np.quantile(d, [alpha, 1 - alpha])
-    p = min(1.0, 2 * min((d <= 0).mean(), (d >= 0).mean()))
+    # R resamples cannot show a p below 1/(R+1).
+    p = min(1.0, max(2 * min((d <= 0).mean(), (d >= 0).mean()), 1 / (n_resamples + 1)))
     return {"diff": float(a.mean() - b.mean()), "ci_low": float(lo), "ci_high": float(hi), "p_value": float(p)}
 
 

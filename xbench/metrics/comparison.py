@@ -74,7 +74,8 @@ def over_seeds(a_by_seed: dict, b_by_seed: dict, *, level: float = 0.95) -> dict
       Welch-Satterthwaite CI of mean(a) - mean(b).
     - Otherwise: the difference of means (if both have a seed), NaN CI and p.
 
-    Non-finite values are dropped first.
+    Non-finite values are dropped first. Where the differences have no spread
+    (sd 0, e.g. two identical jobs) the p-value is NaN: no t-test exists.
 
     Args:
         a_by_seed, b_by_seed: {seed: value}, e.g. each job's AOPC (the mean
@@ -100,7 +101,9 @@ def over_seeds(a_by_seed: dict, b_by_seed: dict, *, level: float = 0.95) -> dict
         n = len(d)
         se = d.std(ddof=1) / math.sqrt(n)
         half = stats.t.ppf(q, n - 1) * se
-        p = float(stats.ttest_rel([a[s] for s in shared], [b[s] for s in shared]).pvalue) if se > 0 else (1.0 if d.mean() == 0 else 0.0)
+        # Identical differences on every seed (sd 0): a t-test has no p-value to give, and
+        # printing 0 would claim certainty that a handful of seeds cannot carry.
+        p = float(stats.ttest_rel([a[s] for s in shared], [b[s] for s in shared]).pvalue) if se > 0 else math.nan
         out.update(diff=float(d.mean()), ci_low=float(d.mean() - half), ci_high=float(d.mean() + half), p_value=p, test="paired t", n_seeds=n)
     elif len(a) >= 2 and len(b) >= 2:
         diff = va.mean() - vb.mean()
@@ -111,7 +114,7 @@ def over_seeds(a_by_seed: dict, b_by_seed: dict, *, level: float = 0.95) -> dict
             half = stats.t.ppf(q, df) * se
             p = float(stats.ttest_ind(va, vb, equal_var=False).pvalue)
         else:
-            half, p = 0.0, (1.0 if diff == 0 else 0.0)
+            half, p = 0.0, math.nan  # no spread on either side: no test (see the paired case)
         out.update(diff=float(diff), ci_low=float(diff - half), ci_high=float(diff + half), p_value=p, test="welch t")
     return out
 

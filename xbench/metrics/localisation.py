@@ -2,9 +2,11 @@
 
 Every function takes (N, H, W) heatmaps and (N, H, W) masks (bool or {0, 1},
 row i <-> image i) and returns (N,) float64, one value per image, NaN where
-the value is undefined (an empty mask: a Normal phantom has no lesion; a map
-without positive mass; see each function). Average with ``np.nanmean`` and
-report how many images were defined.
+the value is undefined (an empty mask: a Normal phantom has no lesion). A map
+that shows nothing (no positive mass, or constant) points at nothing and
+scores as a miss (0), never NaN: dropping it would score an explainer only on
+the images where it worked. Average with ``np.nanmean`` and report how many
+images were defined.
 
 - :func:`lesion_mass` / :func:`marker_mass`: relevance mass inside the mask
   (positive mass in / positive mass in total), the "energy-based pointing
@@ -40,7 +42,8 @@ def positive_mass_share(heatmaps: np.ndarray, masks: np.ndarray) -> np.ndarray:
         masks: (N, H, W) bool or {0, 1} (e.g. lung masks resized to the image).
 
     Returns:
-        (N,) float64; NaN where a map has no positive mass (an empty mask gives 0).
+        (N,) float64; 0 where a map has no positive mass (it puts nothing in
+        the mask) and where the mask is empty.
     """
     h = np.clip(np.asarray(heatmaps, dtype=np.float64), 0, None)
     m = np.asarray(masks).astype(bool)
@@ -48,8 +51,7 @@ def positive_mass_share(heatmaps: np.ndarray, masks: np.ndarray) -> np.ndarray:
         raise ValueError(f"heatmaps {h.shape} and masks {m.shape} differ in shape")
     total = h.reshape(len(h), -1).sum(1)
     inside = (h * m).reshape(len(h), -1).sum(1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(total > 0, inside / np.where(total > 0, total, 1), np.nan)
+    return inside / np.where(total > 0, total, 1)
 
 
 def lesion_mass(heatmaps: np.ndarray, lesions: np.ndarray) -> np.ndarray:
@@ -59,7 +61,7 @@ def lesion_mass(heatmaps: np.ndarray, lesions: np.ndarray) -> np.ndarray:
     the lesion's area fraction; the oracle (mass only on the lesion) scores 1.
 
     Returns:
-        (N,) float64; NaN for an empty mask or a map with no positive mass.
+        (N,) float64; NaN for an empty mask; 0 for a map with no positive mass.
     """
     h, m = _check(heatmaps, lesions)
     share = positive_mass_share(h, m)
@@ -83,7 +85,7 @@ def pointing_hit(heatmaps: np.ndarray, lesions: np.ndarray, tolerance: float | N
     lesion pixel is <= ``tolerance`` (0: on the lesion itself). Ties: when
     several pixels share the maximum, the hit needs ALL of them within
     tolerance (a plateau points at all its pixels; a map cannot score by
-    spreading its peak). A constant map points nowhere: NaN.
+    spreading its peak). A constant map points nowhere: a miss (0).
 
     Args:
         heatmaps: (N, H, W) float.
@@ -92,7 +94,7 @@ def pointing_hit(heatmaps: np.ndarray, lesions: np.ndarray, tolerance: float | N
             side: 20 px at 299 px, 4 px at 64 px).
 
     Returns:
-        (N,) float64 in {0.0, 1.0}; NaN for an empty mask or a constant map.
+        (N,) float64 in {0.0, 1.0}; NaN for an empty mask; 0 for a constant map.
     """
     from scipy.ndimage import distance_transform_edt
 
@@ -101,10 +103,11 @@ def pointing_hit(heatmaps: np.ndarray, lesions: np.ndarray, tolerance: float | N
     tol = default_tolerance(*h.shape[1:]) if tolerance is None else float(tolerance)
     if tol < 0:
         raise ValueError(f"tolerance must be >= 0 pixels, got {tolerance}")
-    out = np.full(n, np.nan)
+    present = m.reshape(n, -1).any(1)
+    out = np.where(present, 0.0, np.nan)
     flat = h.reshape(n, -1)
     hi, lo = flat.max(1, initial=-np.inf), flat.min(1, initial=np.inf)
-    for i in np.flatnonzero(m.reshape(n, -1).any(1) & (hi > lo)):
+    for i in np.flatnonzero(present & (hi > lo)):
         near = distance_transform_edt(~m[i]) <= tol
         out[i] = float(near[h[i] == hi[i]].all())
     return out
