@@ -45,8 +45,9 @@ def test_default_is_valid_and_offline():
     cfg = compose()
     validate(cfg)
     job = build_job(cfg)
-    assert cfg.data._target_.endswith("SyntheticSource") and cfg.model.weights == "none" and cfg.train.epochs == 80
-    assert job.model.weights == "none" and job.settings.epochs == 80
+    assert cfg.data._target_.endswith("SyntheticSource") and cfg.model.weights == "none" and cfg.train.epochs == 8  # conf/fit/offline_vgg16.yaml
+    assert job.model.weights == "none" and job.settings.epochs == 8 and job.settings.train_from == "block4_conv3"
+    assert compose(["model=resnet50"]).train.epochs == 80  # the offline setup's head-only default
 
 
 def test_offline_is_an_overlay_the_experiments_swap_for_pretrained():
@@ -199,3 +200,28 @@ def test_help_lists_the_real_options_and_no_schema():
         assert [o.rstrip("*") for o in line.split(":", 1)[1].split("(")[0].replace(",", " ").split()] == _group_options(group), line
     assert r.stdout.count("\n  xbench ") == 3  # three example commands
     assert "data:" in r.stdout and "synthetic*" in r.stdout and "offline*" in r.stdout
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["data=covid_radiography", "data.root=/x", "score.controls=[random,oracle]"], "score.controls: oracle is scored against lesions masks, which data=covid_radiography does not have"),
+    (["data=pediatric", "data.root=/x", "score.controls=[random]", "explainer=oracle"], "explainer: oracle is scored against lesions masks"),
+    (["score.controls=[random,shortcut_marker]"], "score.controls: shortcut_marker is scored against markers masks, which data=synthetic"),
+])
+def test_a_reference_map_without_its_ground_truth_is_refused_before_training(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        build_job(compose(overrides))
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)
+
+
+def test_the_offline_setup_trains_the_layer_grad_cam_reads_and_phantoms_add_the_oracle():
+    """conf/fit/<setup>_<backbone>.yaml and conf/truth/<data>.yaml are chosen by the defaults list; overrides still win."""
+    vgg, dense = compose([]), compose(["model=densenet201"])
+    assert (vgg.model.gradcam_layer, vgg.train.train_from) == ("block4_conv3", "block4_conv3")
+    assert (dense.model.gradcam_layer, dense.train.train_from) == ("pool4_conv", "conv4_block37_0_bn")
+    assert list(vgg.score.controls) == ["random", "oracle"]
+    pre = compose(["setup=pretrained"])
+    assert pre.model.gradcam_layer is None and pre.train.train_from is None  # the paper: last conv map, head only
+    assert compose(["model=resnet50"]).train.train_from is None  # no fit file: the offline head-only default
+    assert compose(["train.epochs=3", "model.gradcam_layer=block5_conv3"]).train.epochs == 3
+    assert list(compose(["data=covid_radiography", "data.root=/x"]).score.controls) == ["random"]
+    build_job(vgg), build_job(dense)  # valid jobs

@@ -69,11 +69,28 @@ def build_job(cfg: DictConfig) -> Job:
         except ValueError as exc:  # "<field>: what is wrong" from the object itself
             raise ConfigError(_keyed(group, exc)) from exc
     explainer, score = built["explainer"], built["score"]
+    controls = tuple(CONTROLS[c]() for c in score.controls if c != explainer.name)
+    _check_ground_truth(built["data"], explainer, controls)
     return Job(
         source=built["data"], model=built["model"], settings=built["train"], explainer=explainer,
-        controls=tuple(CONTROLS[c]() for c in score.controls if c != explainer.name),
-        perturbation=built["perturbation"], score=score,
+        controls=controls, perturbation=built["perturbation"], score=score,
     )
+
+
+#: What to do when a reference map lacks its masks, by the masks it needs.
+_GROUND_TRUTH_HINTS = {
+    "lesions": "lesion masks exist only on phantoms (data=synthetic)",
+    "markers": "marker masks exist only on phantoms with data.shortcut_class set (see +experiment=shortcut)",
+}
+
+
+def _check_ground_truth(source, explainer, controls) -> None:
+    """A reference map (oracle, shortcut_marker) needs its masks in the data: refuse before training, not after."""
+    for method, key in [(explainer, "explainer"), *((c, "score.controls") for c in controls)]:
+        need = getattr(type(method), "evidence", None)
+        if need is not None and need not in source.ground_truth:
+            raise ConfigError(f"{key}: {method.name} is scored against {need} masks, which data={source.name} does not have; "
+                              f"{_GROUND_TRUTH_HINTS[need]}, so drop it here (e.g. score.controls=[random])")
 
 
 def _fields(node: DictConfig) -> dict:
@@ -239,8 +256,8 @@ def help_text() -> str:
 
     defaults = {}
     for entry in OmegaConf.load(str(files("xbench.conf") / "config.yaml")).defaults:
-        if isinstance(entry, DictConfig):
-            defaults.update({str(k): str(v) for k, v in entry.items()})
+        if isinstance(entry, DictConfig):  # raw values: "optional fit: ${setup}_${model}" is resolved by Hydra, not here
+            defaults.update({str(k): str(entry._get_node(k)._value()) for k in entry})
     width = max(map(len, GROUPS)) + 2
     groups = []
     for group in GROUPS:

@@ -15,7 +15,7 @@ import logging
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import List, Optional
+from typing import ClassVar, List, Optional
 
 import numpy as np
 
@@ -57,6 +57,8 @@ class RadiographySource:
 
     name = "covid_radiography"
     root_required = True
+    #: Masks the data provides for every image ("lungs", "lesions", "markers"): what reference maps may be scored against.
+    ground_truth: ClassVar[frozenset] = frozenset({"lungs"})
 
     def __post_init__(self):
         if self.root_required:
@@ -114,6 +116,11 @@ class SyntheticSource(RadiographySource):
 
     name = "synthetic"
     root_required = False  # the database is written under the cache folder unless root names a folder
+
+    @property
+    def ground_truth(self) -> frozenset:
+        """Lungs and lesions always; the shortcut marker where a class carries it."""
+        return frozenset({"lungs", "lesions"} | ({"markers"} if self.shortcut_class else set()))
 
     def __post_init__(self):
         super().__post_init__()
@@ -179,6 +186,7 @@ class PediatricSource:
     on_corrupt: str = "skip"
 
     name = "pediatric"
+    ground_truth: ClassVar[frozenset] = frozenset()  # no masks
 
     def __post_init__(self):
         _require_root(self.root, "/path/to/chest_xray", "data=synthetic")
