@@ -10,6 +10,7 @@ which is harmless because cache entries are keyed by their content.
 from __future__ import annotations
 
 import contextlib
+import logging
 import io
 import json
 import os
@@ -162,14 +163,24 @@ def ensure_dir(path: str | os.PathLike) -> Path:
 
 
 @contextlib.contextmanager
-def file_lock(path: str | os.PathLike) -> Iterator[bool]:
+def file_lock(path: str | os.PathLike, what: str | None = None, *, report_every: float = 30.0) -> Iterator[bool]:
     """Hold an exclusive ``flock`` on ``path`` (created if missing) for the block.
 
     Yields True if the lock was free at once, False if the caller had to wait
     for another process to release it. The kernel drops the lock when its
-    holder dies, even by SIGKILL, so a killed job never blocks the next one.
+    holder dies, even by SIGKILL, so a killed job never blocks the next one,
+    provided no child process shares the lock's open file: child processes
+    of xbench are spawned, never forked while a lock is held
+    (:func:`process_pool`). The holder writes its pid and command line into
+    the file; a waiter logs what it waits for and on whom at once and every
+    ``report_every`` seconds, so a wait is never silent.
+
+    Args:
+        path: the lock file.
+        what: what the lock guards, for the wait message (default: the file name).
     """
     import fcntl
+    import time
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -181,10 +192,72 @@ def file_lock(path: str | os.PathLike) -> Iterator[bool]:
         except BlockingIOError:
             free = False
         if not free:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            log = logging.getLogger(__name__)
+            start, told = time.monotonic(), -report_every
+            while True:
+                waited = time.monotonic() - start
+                if waited - told >= report_every:
+                    log.warning("waiting for %s: locked by %s (%s); it is released when that process finishes or dies (waited %.0f s)",
+                                what or path.name, lock_holder(path) or "another process", path, waited)
+                    told = waited
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    time.sleep(0.2)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}: {_cmdline(os.getpid())}\n".encode(), 0)
         yield free
     finally:
         os.close(fd)  # closing releases the lock
+
+
+def lock_holder(path: str | os.PathLike) -> str | None:
+    """The "pid N: command line" the holder of lock file ``path`` wrote, or None."""
+    try:
+        text = Path(path).read_text().strip()
+    except OSError:
+        return None
+    return text or None
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return "?"
+    return " ".join(a.decode(errors="replace") for a in raw.split(b"\0") if a)[:200]
+
+
+def process_pool(workers: int):
+    """A ``ProcessPoolExecutor`` whose workers neither hold the parent's locks nor outlive it.
+
+    Workers are spawned (a fresh interpreter, not a fork): a forked worker
+    shares every open file of its parent, so a lock held by the parent at
+    fork time would stay held for as long as the worker lives, and forked
+    workers hold each other's pipe ends, so none notices its parent die.
+    On Linux each worker also asks the kernel to kill it when its parent
+    dies (``PR_SET_PDEATHSIG``), so a parent killed by SIGKILL (the OOM
+    killer) leaves no orphan.
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_die_with_parent, initargs=(os.getpid(),))
+
+
+def _die_with_parent(parent: int) -> None:
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
 
 
 def remove(path: str | os.PathLike) -> None:

@@ -83,7 +83,7 @@ class ModelStore:
         Two jobs of a sweep that need the same model train it once: the second
         waits for the first and then loads its entry.
         """
-        return io.file_lock(self.root / f"{key}.lock")
+        return io.file_lock(self.root / f"{key}.lock", f"the cached model {key} (another job is training it)")
 
     def save(self, key: str, model, history: pd.DataFrame, record: dict) -> None:
         d = io.ensure_dir(self._dir(key))

@@ -16,7 +16,6 @@ import hashlib
 import json
 import logging
 import os
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -116,7 +115,7 @@ def write_database(root: str | Path, spec: SynthSpec, workers: int | None = None
     # Jobs of a sweep that start together would otherwise all write the
     # database, and files replaced under a job that already fingerprinted them
     # would give the jobs different data keys (so different model keys).
-    with io.file_lock(root.parent / f".{root.name}.lock"):
+    with io.file_lock(root.parent / f".{root.name}.lock", f"the phantom database {root}"):
         if not is_complete(root, spec):
             _write_all(root, spec, workers)
     return root
@@ -131,7 +130,7 @@ def _write_all(root: Path, spec: SynthSpec, workers: int | None) -> None:
     desc = f"writing {len(jobs)} phantoms"
     log.info("%s into %s", desc, root)
     if workers > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        with io.process_pool(workers) as pool:
             list(tqdm(pool.map(_write_one, jobs, chunksize=8), total=len(jobs), desc=desc, unit="img", mininterval=1.0))
     else:
         for job in tqdm(jobs, desc=desc, unit="img", mininterval=1.0):

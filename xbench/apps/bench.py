@@ -38,6 +38,9 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=1, help="alternate raw and engine this many times and keep the best of each")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     a = p.parse_args(argv)
+    from xbench.native_logs import start_backend
+
+    start_backend()  # the backend's machine-dependent start-up lines stay off the console
     from xbench.bench import BenchSettings, matmul_peak, memory_bandwidth, run_bench
 
     s = BenchSettings(a.backbone, a.image_size, a.n, a.region_size, a.order, a.perturbation, a.batch_size, a.dtype, not a.no_toolkit, max_steps=a.max_steps, repeats=a.repeats)

@@ -130,6 +130,9 @@ def _hydra_main(cfg: DictConfig) -> None:
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
+        from xbench.native_logs import start_backend
+
+        start_backend()  # TensorFlow's machine-dependent start-up lines go to run.log, not the console
         run(cfg, run_dir)
     except XbenchError as exc:
         _log_traceback_to_file(exc)

@@ -126,7 +126,7 @@ def load_decoded(
     entry = _read_entry(arr_path, meta_path, (len(paths),) + shape)
     if entry is None:
         # One job decodes while others needing the same entry wait, then read it.
-        with io.file_lock(folder / f".{kind}-{key}.lock"):
+        with io.file_lock(folder / f".{kind}-{key}.lock", f"the decoded {kind} cache {key} (another job is decoding it)"):
             entry = _read_entry(arr_path, meta_path, (len(paths),) + shape)
             if entry is None:
                 entry = _decode_entry(paths, size, masks, arr_path, meta_path, shape, kind, workers)

@@ -1,0 +1,73 @@
+"""Keep the numeric backend's native start-up messages off the console.
+
+TensorFlow's C++ runtime writes lines such as "oneDNN custom operations are
+on ...", "Could not find cuda drivers ..." and "failed call to cuInit ..."
+straight to file descriptor 2 when it is imported and when it first looks for
+devices. Which lines appear depends on the CPU, the drivers and the
+TensorFlow build, and several ignore ``TF_CPP_MIN_LOG_LEVEL`` (they are
+printed before absl's logging starts). They are not xbench's messages, so a
+job moves descriptor 2 to a temporary file while the backend starts
+(:func:`start_backend`) and hands the captured lines to the job's log file
+only: the console shows xbench's own output and nothing that depends on the
+machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import tempfile
+from typing import Iterator
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def native_stderr_captured() -> Iterator[list[str]]:
+    """Redirect file descriptor 2 to a temporary file for the block; yields the list the captured lines are put in on exit.
+
+    Python's own ``sys.stderr`` writes during the block are captured too
+    (flushed first), so keep the block to the backend's start-up.
+    """
+    lines: list[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            lines.extend(l for l in tmp.read().decode(errors="replace").splitlines() if l.strip())
+
+
+def start_backend() -> list[str]:
+    """Import Keras and its backend and initialise the devices, with the native messages kept off the console.
+
+    Returns the captured lines and writes them, as INFO records marked
+    "backend start-up", to the root logger's file handlers only (the run
+    folder's ``run.log``). A second call in the same process captures nothing
+    new (the imports are done).
+    """
+    with native_stderr_captured() as lines:
+        import keras
+
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()  # the device probe (cuInit) prints here, not in the middle of a job
+        elif keras.backend.backend() == "jax":
+            import jax
+
+            jax.devices()
+    for line in lines:
+        record = log.makeRecord(log.name, logging.INFO, __file__, 0, "backend start-up: %s", (line,), None)
+        for handler in logging.getLogger().handlers:
+            if isinstance(handler, logging.FileHandler):
+                handler.handle(record)
+    return lines
