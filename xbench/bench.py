@@ -124,7 +124,7 @@ def _unsaturate(model, images) -> None:
     nothing. Scaling the last layer keeps the cost and makes the curves move.
     """
     layer = model.get_layer("logits")
-    probe = keras.Model(model.inputs, layer.output)
+    probe = keras.Model(model.input, layer.output)
     for _ in range(3):  # repeated: vanishing logits (1e-9) need more than one step in float32
         z = np.asarray(probe(images), dtype=np.float64)
         spread = float(z.std(axis=0).mean())

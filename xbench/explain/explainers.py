@@ -18,6 +18,7 @@ import numpy as np
 from xbench.data.pixels import to_unit_float
 from xbench.explain.context import ExplainContext
 from xbench.explain.controls import center_maps, mask_maps, random_maps
+from xbench.keras_backend import configured_backend
 
 #: The tf-keras-vis methods :func:`xbench.explain.tfkv.tfkv_maps` implements.
 TFKV_METHODS = ("gradcampp", "scorecam", "layercam", "saliency", "smoothgrad")
@@ -59,6 +60,10 @@ class TfKerasVis:
     def __post_init__(self):
         if self.method not in TFKV_METHODS:
             raise ValueError(f"method: unknown tf-keras-vis method {self.method!r}; choose one of {list(TFKV_METHODS)}")
+        backend = configured_backend()
+        if backend != "tensorflow":
+            raise ValueError(f"method: {self.method} comes from tf-keras-vis, which needs the TensorFlow backend, and Keras is set to {backend!r}; "
+                             "run it with KERAS_BACKEND=tensorflow, or use explainer=gradcam (every backend)")
         _check_batch_size(self.batch_size)
         if self.max_n is not None and self.max_n < 1:
             raise ValueError(f"max_n: must be >= 1 (or null for every channel), got {self.max_n}")

@@ -18,7 +18,7 @@ def _probe(model: keras.Model, layers: tuple[str, ...]) -> keras.Model:
     cache = model.__dict__.setdefault("_xbench_probes", {})
     if layers not in cache:
         outs = [model.get_layer(n).output for n in layers] + [model.get_layer(LOGITS).output]
-        cache[layers] = keras.Model(model.inputs, outs, name=f"{model.name}_probe")
+        cache[layers] = keras.Model(model.input, outs, name=f"{model.name}_probe")
     return cache[layers]
 
 
@@ -57,7 +57,7 @@ def _jax(model, images, layers, targets):
     if len(layers) != 1:
         return _merge([_jax(model, images, (l,), targets) for l in layers])
     layer = model.get_layer(layers[0])
-    head = keras.Model(model.inputs, [layer.output, model.get_layer(LOGITS).output])
+    head = keras.Model(model.input, [layer.output, model.get_layer(LOGITS).output])
     try:
         tail = keras.Model(layer.output, model.get_layer(LOGITS).output)
     except ValueError:

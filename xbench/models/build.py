@@ -203,12 +203,12 @@ def tail_model(model: keras.Model, layer: str) -> keras.Model:
 
 def activations_before(model: keras.Model, layer: str) -> keras.Model:
     """A model from images to the input of layer ``layer`` (shares the weights below it)."""
-    return keras.Model(model.inputs, model.get_layer(layer).input, name=f"{model.name}_to_{layer}")
+    return keras.Model(model.input, model.get_layer(layer).input, name=f"{model.name}_to_{layer}")
 
 
 def feature_extractor(model: keras.Model) -> keras.Model:
     """A model from images to the ``features`` map (shares the backbone's weights)."""
-    return keras.Model(model.inputs, model.get_layer(FEATURES).output, name=f"{model.name}_features")
+    return keras.Model(model.input, model.get_layer(FEATURES).output, name=f"{model.name}_features")
 
 
 def set_trainable(model: keras.Model, from_layer: int | str | None, setting: str = "train.fine_tune.from_layer") -> int:
