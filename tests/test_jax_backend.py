@@ -64,9 +64,15 @@ def test_tf_and_jax_give_the_same_curves_and_grad_cam_on_the_same_weights(tmp_pa
     from xbench.explain.cam import gradcam
     from xbench.perturbation import GaussianNoise, perturbation_curves
 
+    import keras
+
+    from xbench.bench import _unsaturate
+
+    assert keras.backend.backend() == "tensorflow"  # this process is the TensorFlow side
     model = build_classifier("vgg16", 4, 32, weights="none", seed=3)
     rng = np.random.default_rng(0)
     x = rng.random((6, 32, 32, 3)).astype(np.float32)
+    _unsaturate(model, x)  # an untrained backbone's logits are in the hundreds: every curve would be 1.0
     model.save(tmp_path / "m.keras")
     np.save(tmp_path / "x.npy", x)
 
@@ -80,6 +86,7 @@ def test_tf_and_jax_give_the_same_curves_and_grad_cam_on_the_same_weights(tmp_pa
         return maps, curves
 
     tf_maps, tf_curves = compute()
+    assert all(np.ptp(c) > 0.05 for c in tf_curves.values()) and np.abs(tf_maps).max() > 0  # the curves move: equality means something
     script = BLOCK_TF + textwrap.dedent(f"""
         import numpy as np, keras
         import xbench.models.card, xbench.models.preprocess  # register xbench's layers for loading
@@ -96,7 +103,12 @@ def test_tf_and_jax_give_the_same_curves_and_grad_cam_on_the_same_weights(tmp_pa
     r = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=_jax_env(tmp_path / "cache"), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-1500:]
     jx = np.load(tmp_path / "jax.npz")
-    # The tolerances the README states (measured worst: see docs/robustness.md).
+    # The tolerances docs/robustness.md states. Measured worst on this model: curves 1.4e-4. Its raw
+    # logits are in the hundreds and _unsaturate recentres them to a spread of 3, so float32 rounding
+    # of sums that size (oneDNN vs XLA order them differently) shows at ~1e-4 in the probabilities.
     np.testing.assert_allclose(jx["maps"], tf_maps, atol=1e-5 * max(1.0, float(np.abs(tf_maps).max())), rtol=1e-4)
     for o in ("morf", "lerf"):
-        np.testing.assert_allclose(jx[o], tf_curves[o], atol=1e-5, rtol=0)
+        np.testing.assert_allclose(jx[o], tf_curves[o], atol=5e-4, rtol=0)
+    worst = max(float(np.abs(jx[o] - tf_curves[o]).max()) for o in ("morf", "lerf"))
+    print(f"TF vs JAX: curves differ by at most {worst:.2e}, Grad-CAM maps by {float(np.abs(jx['maps'] - tf_maps).max()):.2e} "
+          f"(map max {float(np.abs(tf_maps).max()):.3g})")

@@ -112,6 +112,8 @@ def test_over_seeds_by_hand_paired_welch_and_too_few():
     flat = over_seeds({0: 0.5, 1: 0.75, 2: 1.0}, {0: 0.25, 1: 0.5, 2: 0.75})
     assert flat["diff"] == pytest.approx(0.25) and np.isnan(flat["p_value"]) and flat["test"] == "paired t"
     assert np.isnan(over_seeds({0: 1.0, 1: 1.0}, {5: 0.0, 6: 0.0})["p_value"])
+    rounded = over_seeds({0: 0.3, 1: 0.4, 2: 0.7}, {0: 0.2, 1: 0.3, 2: 0.6})  # 0.1 each, up to float rounding
+    assert np.isnan(rounded["p_value"]) and np.isnan(rounded["ci_low"]) and rounded["diff"] == pytest.approx(0.1)
 
 
 def test_holm_by_hand():

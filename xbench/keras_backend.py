@@ -11,16 +11,20 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 
 def configured_backend() -> str:
-    """"tensorflow", "jax" or "torch": the backend ``import keras`` will load in this environment."""
+    """"tensorflow", "jax" or "torch": the backend ``import keras`` loads (or loaded) in this process."""
+    keras = sys.modules.get("keras")
+    if keras is not None and hasattr(keras, "backend"):
+        return keras.backend.backend()
     name = os.environ.get("KERAS_BACKEND")
     if not name:
-        home = Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras")
+        home = Path(os.path.expanduser(os.environ.get("KERAS_HOME") or "~/.keras"))
         try:
             name = json.loads((home / "keras.json").read_text()).get("backend")
         except (OSError, ValueError, AttributeError):
             name = None
-    return (name or "tensorflow").strip().lower()
+    return name or "tensorflow"

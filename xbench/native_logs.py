@@ -51,23 +51,33 @@ def start_backend() -> list[str]:
 
     Returns the captured lines and writes them, as INFO records marked
     "backend start-up", to the root logger's file handlers only (the run
-    folder's ``run.log``). A second call in the same process captures nothing
-    new (the imports are done).
+    folder's ``run.log``). If the start-up raises, the lines are also written
+    to the console: then they are the backend's own account of what went
+    wrong. (A native abort during the import leaves no Python to do either.)
+    A second call in the same process captures nothing new (the imports are done).
     """
-    with native_stderr_captured() as lines:
-        import keras
+    lines: list[str] = []
+    try:
+        with native_stderr_captured() as lines:
+            import keras
 
-        if keras.backend.backend() == "tensorflow":
-            import tensorflow as tf
+            if keras.backend.backend() == "tensorflow":
+                import tensorflow as tf
 
-            tf.config.list_physical_devices()  # the device probe (cuInit) prints here, not in the middle of a job
-        elif keras.backend.backend() == "jax":
-            import jax
+                tf.config.list_physical_devices()  # the device probe (cuInit) prints here, not in the middle of a job
+            elif keras.backend.backend() == "jax":
+                # JAX reports through Python logging, at INFO, that it found no TPU/GPU plugin.
+                logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
+                import jax
 
-            jax.devices()
-    for line in lines:
-        record = log.makeRecord(log.name, logging.INFO, __file__, 0, "backend start-up: %s", (line,), None)
-        for handler in logging.getLogger().handlers:
-            if isinstance(handler, logging.FileHandler):
-                handler.handle(record)
+                jax.devices()
+    except BaseException:
+        sys.stderr.write("".join(f"{line}\n" for line in lines))
+        raise
+    finally:
+        for line in lines:
+            record = log.makeRecord(log.name, logging.INFO, __file__, 0, "backend start-up: %s", (line,), None)
+            for handler in logging.getLogger().handlers:
+                if isinstance(handler, logging.FileHandler):
+                    handler.handle(record)
     return lines

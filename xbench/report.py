@@ -176,9 +176,18 @@ def paper_table(groups: Sequence[Measurement]) -> pd.DataFrame:
         sc = g.jobs[0].scoring
         rows.append({"Base model": g.get("model.backbone"), "Explainer": g.get("explainer.name") or "", "Perturbation": g.get("perturbation") or "",
                      "Setting": g.label, "Seeds": len(g.seeds), "Test Recall": r, "Test F1": f, "AOPC": a,
-                     "Images scored": sc.n_scored if sc else 0, "Subset": sc.subset if sc else ""})
+                     "Images scored": _images_scored(g.jobs[0]), "Subset": sc.subset if sc else ""})
     out = pd.DataFrame(rows)
     return out.drop(columns=["Setting"]) if len(out) and not out["Setting"].astype(bool).any() else out
+
+
+def _images_scored(job: results.JobResult) -> int:
+    """Images the explainer's figures count: its own (a reference map: those with its ground truth), else all scored."""
+    sc = job.scoring
+    if sc is None:
+        return 0
+    own = sc.methods.get(sc.explainer)
+    return own.n_images if own is not None and own.n_images is not None else sc.n_scored
 
 
 def _fmt_est(e: results.Estimate | None) -> str:
@@ -245,9 +254,12 @@ def compare(a: Measurement, b: Measurement, method_a: str, method_b: str, n_resa
     (:func:`comparison.paired_images`).
     """
     if len(a.seeds) > 1 or len(b.seeds) > 1:
+        if a is b:  # two methods of the same jobs: each seed's means over the images BOTH methods count
+            means = {j.metrics.seed: _common_means(j, method_a, method_b) for j in a.jobs}
+            means = {s: m for s, m in means.items() if m is not None}
+            return comparison.over_seeds({s: m[0] for s, m in means.items()}, {s: m[1] for s, m in means.items()})
         by_seed = lambda g, meth: {j.metrics.seed: float(v[1].mean()) for j in g.jobs if (v := _per_image(j, meth)) is not None and len(v[1])}
-        r = comparison.over_seeds(by_seed(a, method_a), by_seed(b, method_b))
-        return r
+        return comparison.over_seeds(by_seed(a, method_a), by_seed(b, method_b))
     if a.seeds != b.seeds:
         return None  # different seeds: different splits and training, no pairing by image
     pa, pb = _per_image(a.jobs[0], method_a), _per_image(b.jobs[0], method_b)
@@ -258,6 +270,15 @@ def compare(a: Measurement, b: Measurement, method_a: str, method_b: str, n_resa
         return None
     r = comparison.paired_images(pa[1][ia], pb[1][ib], n_resamples=n_resamples, seed=seed)
     return r
+
+
+def _common_means(job: results.JobResult, method_a: str, method_b: str) -> tuple[float, float] | None:
+    """Mean per-image AOPC of two methods of one job over the images both count (a reference map counts only its own)."""
+    pa, pb = _per_image(job, method_a), _per_image(job, method_b)
+    if pa is None or pb is None:
+        return None
+    _, ia, ib = np.intersect1d(pa[0], pb[0], return_indices=True)
+    return (float(pa[1][ia].mean()), float(pb[1][ib].mean())) if len(ia) else None
 
 
 def _differ_only_in(a: Measurement, b: Measurement, keys: Sequence[str]) -> bool:

@@ -28,7 +28,7 @@ import numpy as np
 from xbench.errors import XbenchError
 
 #: 2: typed sections, estimates carry their resampling unit, localisation per method.
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: reference maps' rows marked (Curves.rows); a map that shows nothing scores as a miss
 METRICS_FILE = "metrics.json"
 CURVES_FILE = "curves.npz"
 HEATMAPS_FILE = "heatmaps.npz"
@@ -482,7 +482,7 @@ SUMMARY_COLUMNS: tuple[Column, ...] = (
     Column("aopc_ci_low", "its 95% bootstrap CI over images, low", lambda j: _low(_explainer_estimate(j, _morf))),
     Column("aopc_ci_high", "... high", lambda j: _high(_explainer_estimate(j, _morf))),
     Column("abpc", "explainer ABPC (LeRF - MoRF area)", lambda j: _mean(_explainer_estimate(j, lambda m: m.abpc))),
-    Column("aopc_random", "the random control's MoRF AOPC on the same images", lambda j: _mean(_method_morf("random")(j))),
+    Column("aopc_random", "the random control's MoRF AOPC over all scored images (the gain is paired over the explainer's own)", lambda j: _mean(_method_morf("random")(j))),
     Column("aopc_gain_over_random", "explainer - random MoRF AOPC, paired by image", lambda j: _mean(_gain(j))),
     Column("gain_ci_low", "its 95% bootstrap CI over images, low", lambda j: _low(_gain(j))),
     Column("gain_ci_high", "... high", lambda j: _high(_gain(j))),

@@ -240,6 +240,8 @@ def score_method(method, model, batch: _Batch, orders: Sequence[str], perturbati
     # A control whose floor for localisation is not its ranking map (drawn per image id: no chunking needed).
     heat_loc = inner.localisation_maps(batch.x, batch.context) if hasattr(inner, "localisation_maps") else heat
     for metric, per in localisation(heat_loc, batch.truth).items():
+        if keep is not None:  # a reference map: every figure on its own images only (an empty map elsewhere says nothing)
+            per = np.where(keep, per, np.nan)
         scores.localisation[metric] = _estimate(per, settings, batch.seed)
         out.curves.per_image[(metric, name)] = per.astype(np.float32)
     if settings.save_heatmaps:

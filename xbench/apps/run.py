@@ -88,7 +88,7 @@ def _check_ground_truth(source, explainer, controls) -> None:
     """A reference map (oracle, shortcut_marker) needs its masks in the data: refuse before training, not after."""
     for method, key in [(explainer, "explainer"), *((c, "score.controls") for c in controls)]:
         need = getattr(type(method), "evidence", None)
-        if need is not None and need not in source.ground_truth:
+        if need is not None and need not in getattr(source, "ground_truth", frozenset()):
             raise ConfigError(f"{key}: {method.name} is scored against {need} masks, which data={source.name} does not have; "
                               f"{_GROUND_TRUTH_HINTS[need]}, so drop it here (e.g. score.controls=[random])")
 

@@ -75,7 +75,8 @@ def over_seeds(a_by_seed: dict, b_by_seed: dict, *, level: float = 0.95) -> dict
     - Otherwise: the difference of means (if both have a seed), NaN CI and p.
 
     Non-finite values are dropped first. Where the differences have no spread
-    (sd 0, e.g. two identical jobs) the p-value is NaN: no t-test exists.
+    (up to rounding, e.g. two identical jobs) the CI and p-value are NaN: no
+    t-test exists.
 
     Args:
         a_by_seed, b_by_seed: {seed: value}, e.g. each job's AOPC (the mean
@@ -99,24 +100,29 @@ def over_seeds(a_by_seed: dict, b_by_seed: dict, *, level: float = 0.95) -> dict
     if len(shared) >= 2:
         d = np.array([a[s] - b[s] for s in shared])
         n = len(d)
-        se = d.std(ddof=1) / math.sqrt(n)
-        half = stats.t.ppf(q, n - 1) * se
-        # Identical differences on every seed (sd 0): a t-test has no p-value to give, and
-        # printing 0 would claim certainty that a handful of seeds cannot carry.
-        p = float(stats.ttest_rel([a[s] for s in shared], [b[s] for s in shared]).pvalue) if se > 0 else math.nan
-        out.update(diff=float(d.mean()), ci_low=float(d.mean() - half), ci_high=float(d.mean() + half), p_value=p, test="paired t", n_seeds=n)
+        out.update(diff=float(d.mean()), test="paired t", n_seeds=n)
+        # The same difference on every seed (up to rounding): a t-test has no p-value or CI
+        # to give, and p ~ 0 would claim a certainty that a handful of seeds cannot carry.
+        if not _flat(d):
+            half = stats.t.ppf(q, n - 1) * d.std(ddof=1) / math.sqrt(n)
+            p = float(stats.ttest_rel([a[s] for s in shared], [b[s] for s in shared]).pvalue)
+            out.update(ci_low=float(d.mean() - half), ci_high=float(d.mean() + half), p_value=p)
     elif len(a) >= 2 and len(b) >= 2:
         diff = va.mean() - vb.mean()
-        sa, sb = va.var(ddof=1) / len(va), vb.var(ddof=1) / len(vb)
-        se = math.sqrt(sa + sb)
-        if se > 0:
+        out.update(diff=float(diff), test="welch t")
+        if not (_flat(va) and _flat(vb)):  # no spread on either side: no test (see the paired case)
+            sa, sb = va.var(ddof=1) / len(va), vb.var(ddof=1) / len(vb)
             df = (sa + sb) ** 2 / (sa**2 / (len(va) - 1) + sb**2 / (len(vb) - 1))
-            half = stats.t.ppf(q, df) * se
+            half = stats.t.ppf(q, df) * math.sqrt(sa + sb)
             p = float(stats.ttest_ind(va, vb, equal_var=False).pvalue)
-        else:
-            half, p = 0.0, math.nan  # no spread on either side: no test (see the paired case)
-        out.update(diff=float(diff), ci_low=float(diff - half), ci_high=float(diff + half), p_value=p, test="welch t")
+            out.update(ci_low=float(diff - half), ci_high=float(diff + half), p_value=p)
     return out
+
+
+def _flat(v: np.ndarray) -> bool:
+    """True when the values differ by no more than float64 rounding of their size (a spread of 0 up to 1e-9 relative)."""
+    v = np.asarray(v, np.float64)
+    return bool(np.ptp(v) <= 1e-9 * max(1.0, float(np.abs(v).max())))
 
 
 def holm(p_values) -> np.ndarray:

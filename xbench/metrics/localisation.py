@@ -3,10 +3,12 @@
 Every function takes (N, H, W) heatmaps and (N, H, W) masks (bool or {0, 1},
 row i <-> image i) and returns (N,) float64, one value per image, NaN where
 the value is undefined (an empty mask: a Normal phantom has no lesion). A map
-that shows nothing (no positive mass, or constant) points at nothing and
-scores as a miss (0), never NaN: dropping it would score an explainer only on
-the images where it worked. Average with ``np.nanmean`` and report how many
-images were defined.
+that shows nothing scores as a miss, never NaN: no positive mass gives
+``lesion_mass`` 0, a constant map ``pointing_hit`` 0, ``lesion_auroc`` 0.5
+(chance) and ``lesion_iou`` 0; dropping such maps would score an explainer
+only on the images where it worked. The exception is ``marker_mass``, where
+0 is the good value: there a map without mass is NaN. Average with
+``np.nanmean`` and report how many images were defined.
 
 - :func:`lesion_mass` / :func:`marker_mass`: relevance mass inside the mask
   (positive mass in / positive mass in total), the "energy-based pointing
@@ -69,8 +71,15 @@ def lesion_mass(heatmaps: np.ndarray, lesions: np.ndarray) -> np.ndarray:
 
 
 def marker_mass(heatmaps: np.ndarray, markers: np.ndarray) -> np.ndarray:
-    """(N,) positive mass on the shortcut marker: :func:`lesion_mass` with the marker masks (NaN without a marker)."""
-    return lesion_mass(heatmaps, markers)
+    """(N,) positive mass on the shortcut marker: :func:`lesion_mass` with the marker masks.
+
+    NaN without a marker, and NaN for a map with no positive mass: here 0 is
+    the good value ("no mass on the cheat"), and a map that shows nothing is
+    no evidence that the model does not cheat.
+    """
+    h, m = _check(heatmaps, markers)
+    live = np.clip(h, 0, None).reshape(len(h), -1).sum(1) > 0
+    return np.where(live, lesion_mass(h, m), np.nan)
 
 
 def default_tolerance(height: int, width: int) -> int:
