@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from xbench import report
 from xbench import results as R
@@ -97,3 +98,16 @@ def test_a_reference_map_is_read_only_on_the_images_with_its_ground_truth(tmp_pa
     gs = report.measurements(seeds)[0]
     r = report.compare(gs, gs, "gradcam", "oracle", n_resamples=1000, seed=0)
     assert r["unit"] == "seed" and r["n_seeds"] == 3 and abs(r["diff"]) < 1e-9  # equal on rows 0, 1
+
+
+def test_self_validation_pairs_localisation_with_random_by_image():
+    job = _job("v", 0, ids=(0, 1, 2, 3))
+    job.curves.curves[("random", "morf")] = job.curves.get("gradcam", "morf")
+    job.metrics.scoring.gains_over_random = {"gradcam": R.Estimate(0.0, [0.0, 0.0], 4)}
+    job.metrics.scoring.methods["gradcam"].localisation = {"lesion_mass": R.Estimate(0.3, [0.2, 0.4], 3)}
+    job.curves.per_image[("lesion_mass", "gradcam")] = np.array([0.3, 0.5, np.nan, 0.1], np.float32)
+    job.curves.per_image[("lesion_mass", "random")] = np.array([0.1, 0.2, 0.9, 0.05], np.float32)
+    frame = report.self_validation([job])
+    row = frame[frame["method"] == "gradcam - random (paired by image)"].iloc[0]
+    diff = float(row["lesion_mass"].split()[0])
+    assert diff == pytest.approx(np.mean([0.2, 0.3, 0.05]), abs=1e-3)  # image 2 (NaN for gradcam) left out of both

@@ -194,8 +194,26 @@ def _fmt_est(e: results.Estimate | None) -> str:
     return "n/a" if e is None or not np.isfinite(e.mean) else f"{e.mean:.3f} [{e.ci95[0]:.3f}, {e.ci95[1]:.3f}]"
 
 
+_LOCALISATION_COLUMNS = ("lesion_mass", "pointing_hit", "lesion_auroc", "lesion_iou", "lung_share", "marker_mass")
+
+
+def _paired_localisation(job: results.JobResult, method: str, metric: str) -> dict | None:
+    """metric(method) - metric(random), paired over the images where both are defined (unit: image), or None."""
+    if job.curves is None:
+        return None
+    a, b = job.curves.per_image.get((metric, method)), job.curves.per_image.get((metric, "random"))
+    if a is None or b is None:
+        return None
+    ok = np.isfinite(a) & np.isfinite(b)
+    return comparison.paired_images(np.asarray(a)[ok], np.asarray(b)[ok], seed=job.metrics.seed) if ok.sum() >= 2 else None
+
+
+def _fmt_paired(r: dict | None) -> str:
+    return "n/a" if r is None or not np.isfinite(r["ci_low"]) else f"{r['diff']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
+
+
 def self_validation(jobs: Sequence[results.JobResult]) -> pd.DataFrame:
-    """Each job's explainer beside its controls, paired by image: MoRF AOPC and localisation, with CIs over images."""
+    """Each job's explainer beside its controls: MoRF AOPC and localisation with CIs over images, and each method minus random, paired by image."""
     rows = []
     for j in jobs:
         sc = j.scoring
@@ -205,12 +223,15 @@ def self_validation(jobs: Sequence[results.JobResult]) -> pd.DataFrame:
             morf = m.orders.get("morf")
             row = {"job": j.path.name, "model": j.metrics.model.backbone, "seed": j.metrics.seed, "method": name + (" (explainer)" if name == sc.explainer else ""),
                    "AOPC (MoRF)": _fmt_est(morf.aopc if morf else None)}
-            row.update({k: _fmt_est(m.localisation.get(k)) for k in ("lesion_mass", "pointing_hit", "lesion_auroc", "lesion_iou", "lung_share", "marker_mass")
-                        if any(k in mm.localisation for mm in sc.methods.values())})
+            row.update({k: _fmt_est(m.localisation.get(k)) for k in _LOCALISATION_COLUMNS if any(k in mm.localisation for mm in sc.methods.values())})
             rows.append(row)
         for name, gain in sc.gains_over_random.items():
-            rows.append({"job": j.path.name, "model": j.metrics.model.backbone, "seed": j.metrics.seed,
-                         "method": f"{name} - random (paired by image)", "AOPC (MoRF)": _fmt_est(gain)})
+            row = {"job": j.path.name, "model": j.metrics.model.backbone, "seed": j.metrics.seed,
+                   "method": f"{name} - random (paired by image)", "AOPC (MoRF)": _fmt_est(gain)}
+            for k in _LOCALISATION_COLUMNS:
+                if any(k in mm.localisation for mm in sc.methods.values()):
+                    row[k] = _fmt_paired(_paired_localisation(j, name, k))
+            rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -371,9 +392,11 @@ def to_markdown(frame: pd.DataFrame, floatfmt: str = ".3f") -> str:
     if frame.empty:
         return "_(none)_\n"
     cols = list(frame.columns)
-    fmt = lambda v: (format(v, floatfmt) if isinstance(v, (float, np.floating)) and np.isfinite(v) else ("n/a" if isinstance(v, (float, np.floating)) else str(v)))
+    fmt = lambda v, f=floatfmt: (format(v, f) if isinstance(v, (float, np.floating)) and np.isfinite(v) else ("n/a" if isinstance(v, (float, np.floating)) else str(v)))
+    # p-values keep two significant digits: a floored 1/(R+1) = 0.0005 must not print as 0.000.
+    fmts = [(lambda v: fmt(v, ".2g")) if c.startswith("p_") else fmt for c in cols]
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    lines += ["| " + " | ".join(f(v) for f, v in zip(fmts, row)) + " |" for row in frame.itertuples(index=False)]
     return "\n".join(lines) + "\n"
 
 
