@@ -230,7 +230,7 @@ def _cmdline(pid: int) -> str:
 
 
 def process_pool(workers: int):
-    """A ``ProcessPoolExecutor`` whose workers neither hold the parent's locks nor outlive it.
+    """A ``ProcessPoolExecutor`` whose workers neither hold the parent's locks nor outlive it (threads under a launcher with its own start method).
 
     Workers are spawned (a fresh interpreter, not a fork): a forked worker
     shares every open file of its parent, so a lock held by the parent at
@@ -241,8 +241,13 @@ def process_pool(workers: int):
     killer) leaves no orphan.
     """
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
+    if multiprocessing.get_start_method(allow_none=True) not in (None, "fork", "spawn", "forkserver"):
+        # Inside a launcher's worker (joblib's loky sets its own start method), a spawned child
+        # would try to restore that method and fail: use threads, which hold no lock of their
+        # own and cannot outlive the process.
+        return ThreadPoolExecutor(max_workers=workers)
     return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
                                initializer=_die_with_parent, initargs=(os.getpid(),))
 
