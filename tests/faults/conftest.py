@@ -11,7 +11,8 @@ import pytest
 
 #: A job small enough for CI that still has every stage a fault can hit:
 #: augmentation (random state per batch), stage-2 fine-tuning, dropout-free
-#: head, 4 scoring chunks per (method, order).
+#: head, 4 scoring chunks per (method, order): 16 in all (Grad-CAM MoRF and
+#: LeRF, random and oracle MoRF).
 JOB = ["+experiment=smoke", "train.epochs=3", "train.augment=true", "train.fine_tune.enabled=true",
        "train.fine_tune.epochs=2", "train.fine_tune.from_layer=15", "plots=false",
        "score.subset=all", "score.chunk_images=2"]

@@ -59,8 +59,8 @@ def test_killed_in_scoring_resumes_from_the_last_chunk_and_matches(reference, tm
     r2 = xbench(JOB + ["hydra.run.dir=s2"], tmp_path, cache)
     assert r2.returncode == 0, r2.stderr[-2000:]
     m2 = load_metrics(tmp_path / "s2")
-    # 8 images in chunks of 2: gradcam morf + lerf and random morf = 12 chunks.
-    assert m2["scoring"]["chunks"] == {"images_per_chunk": 2, "computed": 7, "reused": 5}
+    # 8 images in chunks of 2: gradcam morf + lerf, random morf and oracle morf (phantoms) = 16 chunks.
+    assert m2["scoring"]["chunks"] == {"images_per_chunk": 2, "computed": 11, "reused": 5}
     assert m2["training"]["model_cache"]["hit"] is True
     assert figures(m2) == figures(load_metrics(reference))
 
