@@ -310,13 +310,14 @@ def _differ_only_in(a: Measurement, b: Measurement, keys: Sequence[str]) -> bool
 def pairwise(groups: Sequence[Measurement], n_resamples: int = 2000, seed: int = 0) -> pd.DataFrame:
     """Model-vs-model and explainer-vs-explainer AOPC comparisons, Holm-corrected across the table.
 
-    Pairs of measurements that differ only in the model (or only in the
-    explainer) are compared; within one job, the explainer is compared with
-    each control on the same images.
+    Pairs of measurements that differ only in the model and its training
+    recipe (a backbone with its own ``conf/fit`` settings is still one model
+    against another), or only in the explainer, are compared; within one job,
+    the explainer is compared with each control on the same images.
     """
     rows = []
     for a, b in itertools.combinations(groups, 2):
-        for what, keys in (("model", ("model",)), ("explainer", ("explainer",))):
+        for what, keys in (("model", ("model", "train")), ("explainer", ("explainer",))):
             if a.identity.get(f"{what}.backbone" if what == "model" else "explainer.name") == b.identity.get(
                     f"{what}.backbone" if what == "model" else "explainer.name") or not _differ_only_in(a, b, keys):
                 continue
