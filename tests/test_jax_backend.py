@@ -112,3 +112,14 @@ def test_tf_and_jax_give_the_same_curves_and_grad_cam_on_the_same_weights(tmp_pa
     worst = max(float(np.abs(jx[o] - tf_curves[o]).max()) for o in ("morf", "lerf"))
     print(f"TF vs JAX: curves differ by at most {worst:.2e}, Grad-CAM maps by {float(np.abs(jx['maps'] - tf_maps).max()):.2e} "
           f"(map max {float(np.abs(tf_maps).max()):.3g})")
+
+
+def test_the_engine_and_aopc_tests_pass_on_jax():
+    """The backend-sensitive kernel tests (engine vs the slow per-step loop, regions, perturbations, AOPC) again, under JAX."""
+    env = _jax_env(Path(os.environ.get("XBENCH_CACHE", "/tmp")) / "jax-kernels")
+    probe = subprocess.run([sys.executable, "-c", "import keras; print(keras.backend.backend())"], env=env, capture_output=True, text=True, timeout=300)
+    assert probe.stdout.strip() == "jax"  # tests/conftest.py only sets the backend where none is given
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_perturbation.py", "tests/test_metrics_aopc.py"],
+                       cwd=Path(__file__).resolve().parent.parent, env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:]
+    assert " passed" in r.stdout and "skipped" not in r.stdout
