@@ -120,15 +120,14 @@ class Measurement:
 def measurements(jobs: Sequence[results.JobResult]) -> list[Measurement]:
     """Group jobs into measurements (same identity, any seed) and label each by what differs."""
     groups: dict[tuple, Measurement] = {}
-    seen: dict[tuple, results.JobResult] = {}
+    seen: dict[tuple, tuple[tuple, dict, results.JobResult]] = {}
     for j in jobs:  # one job per (measurement, seed): a rerun of a seed is not another seed
-        key = (tuple(sorted((k, json.dumps(v, sort_keys=True, default=str)) for k, v in identity(j).items())), j.metrics.seed)
-        if key in seen:
-            log.warning("%s repeats seed %d of %s; using the later job", j.path, j.metrics.seed, seen[key].path)
-        seen[key] = j
-    for j in seen.values():
         ident = identity(j)
         key = tuple(sorted((k, json.dumps(v, sort_keys=True, default=str)) for k, v in ident.items()))
+        if (key, j.metrics.seed) in seen:
+            log.warning("%s repeats seed %d of %s; using the later job", j.path, j.metrics.seed, seen[(key, j.metrics.seed)][2].path)
+        seen[(key, j.metrics.seed)] = (key, ident, j)
+    for key, ident, j in seen.values():
         groups.setdefault(key, Measurement(key, ident)).jobs.append(j)
     out = list(groups.values())
     keys = sorted({k for g in out for k in g.identity})
@@ -202,10 +201,7 @@ def _paired_localisation(job: results.JobResult, method: str, metric: str) -> di
     if job.curves is None:
         return None
     a, b = job.curves.per_image.get((metric, method)), job.curves.per_image.get((metric, "random"))
-    if a is None or b is None:
-        return None
-    ok = np.isfinite(a) & np.isfinite(b)
-    return comparison.paired_images(np.asarray(a)[ok], np.asarray(b)[ok], seed=job.metrics.seed) if ok.sum() >= 2 else None
+    return None if a is None or b is None else comparison.paired_images(a, b, seed=job.metrics.seed)  # it drops non-finite pairs
 
 
 def _fmt_paired(r: dict | None) -> str:
@@ -219,19 +215,16 @@ def self_validation(jobs: Sequence[results.JobResult]) -> pd.DataFrame:
         sc = j.scoring
         if sc is None:
             continue
+        cols = [k for k in _LOCALISATION_COLUMNS if any(k in mm.localisation for mm in sc.methods.values())]
         for name, m in sc.methods.items():
             morf = m.orders.get("morf")
             row = {"job": j.path.name, "model": j.metrics.model.backbone, "seed": j.metrics.seed, "method": name + (" (explainer)" if name == sc.explainer else ""),
                    "AOPC (MoRF)": _fmt_est(morf.aopc if morf else None)}
-            row.update({k: _fmt_est(m.localisation.get(k)) for k in _LOCALISATION_COLUMNS if any(k in mm.localisation for mm in sc.methods.values())})
-            rows.append(row)
+            rows.append({**row, **{k: _fmt_est(m.localisation.get(k)) for k in cols}})
         for name, gain in sc.gains_over_random.items():
             row = {"job": j.path.name, "model": j.metrics.model.backbone, "seed": j.metrics.seed,
                    "method": f"{name} - random (paired by image)", "AOPC (MoRF)": _fmt_est(gain)}
-            for k in _LOCALISATION_COLUMNS:
-                if any(k in mm.localisation for mm in sc.methods.values()):
-                    row[k] = _fmt_paired(_paired_localisation(j, name, k))
-            rows.append(row)
+            rows.append({**row, **{k: _fmt_paired(_paired_localisation(j, name, k)) for k in cols}})
     return pd.DataFrame(rows)
 
 
@@ -276,30 +269,25 @@ def compare(a: Measurement, b: Measurement, method_a: str, method_b: str, n_resa
     """
     if len(a.seeds) > 1 or len(b.seeds) > 1:
         if a is b:  # two methods of the same jobs: each seed's means over the images BOTH methods count
-            means = {j.metrics.seed: _common_means(j, method_a, method_b) for j in a.jobs}
-            means = {s: m for s, m in means.items() if m is not None}
-            return comparison.over_seeds({s: m[0] for s, m in means.items()}, {s: m[1] for s, m in means.items()})
+            pairs = {j.metrics.seed: p for j in a.jobs if (p := _paired_aopc(j, j, method_a, method_b)) is not None and len(p[0])}
+            return comparison.over_seeds({s: float(p[0].mean()) for s, p in pairs.items()}, {s: float(p[1].mean()) for s, p in pairs.items()})
         by_seed = lambda g, meth: {j.metrics.seed: float(v[1].mean()) for j in g.jobs if (v := _per_image(j, meth)) is not None and len(v[1])}
         return comparison.over_seeds(by_seed(a, method_a), by_seed(b, method_b))
     if a.seeds != b.seeds:
         return None  # different seeds: different splits and training, no pairing by image
-    pa, pb = _per_image(a.jobs[0], method_a), _per_image(b.jobs[0], method_b)
-    if pa is None or pb is None:
+    pair = _paired_aopc(a.jobs[0], b.jobs[0], method_a, method_b)
+    if pair is None or len(pair[0]) < 2:
         return None
-    common, ia, ib = np.intersect1d(pa[0], pb[0], return_indices=True)
-    if len(common) < 2:
-        return None
-    r = comparison.paired_images(pa[1][ia], pb[1][ib], n_resamples=n_resamples, seed=seed)
-    return r
+    return comparison.paired_images(*pair, n_resamples=n_resamples, seed=seed)
 
 
-def _common_means(job: results.JobResult, method_a: str, method_b: str) -> tuple[float, float] | None:
-    """Mean per-image AOPC of two methods of one job over the images both count (a reference map counts only its own)."""
-    pa, pb = _per_image(job, method_a), _per_image(job, method_b)
+def _paired_aopc(ja: results.JobResult, jb: results.JobResult, method_a: str, method_b: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """Per-image AOPCs of ``method_a`` in ``ja`` and ``method_b`` in ``jb``, aligned on the images both count, or None without curves."""
+    pa, pb = _per_image(ja, method_a), _per_image(jb, method_b)
     if pa is None or pb is None:
         return None
     _, ia, ib = np.intersect1d(pa[0], pb[0], return_indices=True)
-    return (float(pa[1][ia].mean()), float(pb[1][ib].mean())) if len(ia) else None
+    return pa[1][ia], pb[1][ib]
 
 
 def _differ_only_in(a: Measurement, b: Measurement, keys: Sequence[str]) -> bool:

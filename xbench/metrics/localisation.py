@@ -78,7 +78,7 @@ def marker_mass(heatmaps: np.ndarray, markers: np.ndarray) -> np.ndarray:
     no evidence that the model does not cheat.
     """
     h, m = _check(heatmaps, markers)
-    live = np.clip(h, 0, None).reshape(len(h), -1).sum(1) > 0
+    live = (h > 0).reshape(len(h), -1).any(1)
     return np.where(live, lesion_mass(h, m), np.nan)
 
 
