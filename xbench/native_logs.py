@@ -76,8 +76,12 @@ def start_backend() -> list[str]:
         raise
     finally:
         for line in lines:
-            record = log.makeRecord(log.name, logging.INFO, __file__, 0, "backend start-up: %s", (line,), None)
-            for handler in logging.getLogger().handlers:
-                if isinstance(handler, logging.FileHandler):
-                    handler.handle(record)
+            to_log_files(log.makeRecord(log.name, logging.INFO, __file__, 0, "backend start-up: %s", (line,), None))
     return lines
+
+
+def to_log_files(record: logging.LogRecord) -> None:
+    """Hand ``record`` to the root logger's file handlers only (the run folder's ``run.log``), not to the console."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)

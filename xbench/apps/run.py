@@ -141,10 +141,9 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 def _log_traceback_to_file(exc: BaseException) -> None:
     """Write ``exc`` and its traceback to the job's log file only (the console gets one line, from :func:`_fail`)."""
-    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, "%s", (exc,), (type(exc), exc, exc.__traceback__))
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.FileHandler):
-            handler.handle(record)
+    from xbench.native_logs import to_log_files
+
+    to_log_files(log.makeRecord(log.name, logging.ERROR, __file__, 0, "%s", (exc,), (type(exc), exc, exc.__traceback__)))
 
 
 #: Config groups whose options are files under ``xbench/conf/<group>/``.
