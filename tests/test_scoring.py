@@ -79,3 +79,42 @@ def test_gradcam_beats_the_random_control_on_a_trained_model(trained):
 
     assert g == pytest.approx(aopc(res.curves.get("gradcam", "morf")))
     assert res.curves.get("gradcam", "morf").shape == (24, 65) and res.heatmaps["gradcam"].dtype == np.float16
+
+
+def _peak_scoring_bytes(tmp_path: Path, n: int, size: int = 48) -> int:
+    """Peak Python-heap bytes (tracemalloc: NumPy buffers included) of scoring n memory-mapped images."""
+    import tracemalloc
+
+    import keras  # noqa: F401  (the engine imports it; importing it while tracing would count its import)
+
+    from xbench.explain.explainers import RandomControl
+
+    rng = np.random.default_rng(0)
+    images = np.lib.format.open_memmap(tmp_path / f"images-{n}.npy", mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
+    images[:] = rng.integers(0, 256, images.shape, dtype=np.uint8)
+    images.flush()
+    images = np.load(tmp_path / f"images-{n}.npy", mmap_mode="r")  # as the decoded-image cache is read
+
+    def predict(x):  # a cheap two-class "model": brightness of the red channel
+        z = x[..., 0].mean((1, 2))
+        p = 1 / (1 + np.exp(-(z - 0.5) * 20))
+        return np.stack([1 - p, p], 1).astype(np.float32)
+
+    labels = np.zeros(n, np.int64)
+    settings = ScoreSettings(orders=["morf"], controls=[], bootstrap=1000, save_heatmaps=False, chunk_images=8, batch_size=64)
+    tracemalloc.start()
+    try:
+        score_model(predict, images, np.arange(n), labels, labels, ["a", "b"], RandomControl(), [], GaussianNoise(0.1), settings)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_scoring_streams_the_images_host_memory_grows_by_less_than_one_float_image_per_image(tmp_path):
+    # Per scored image the host keeps its map (4 bytes a pixel) and a curve; a
+    # float32 copy of the image would add 12 bytes a pixel. Measured on two
+    # sizes, so the fixed costs (one chunk, one engine batch) cancel out.
+    size, small, large = 48, 32, 160
+    per_image = (_peak_scoring_bytes(tmp_path, large, size) - _peak_scoring_bytes(tmp_path, small, size)) / (large - small)
+    float_image = size * size * 3 * 4
+    assert per_image < 0.6 * float_image, f"{per_image:.0f} bytes per scored image; a float32 image is {float_image}"

@@ -24,6 +24,11 @@ from xbench.keras_backend import configured_backend
 TFKV_METHODS = ("gradcampp", "scorecam", "layercam", "saliency", "smoothgrad")
 
 
+def _shape(images) -> tuple[int, ...]:
+    """The images' shape without converting them (scoring passes a chunk-by-chunk view of its images)."""
+    return tuple(images.shape) if hasattr(images, "shape") else np.asarray(images).shape
+
+
 def _ctx(context: ExplainContext | None, images) -> ExplainContext:
     return context if context is not None else ExplainContext.default(len(images))
 
@@ -94,7 +99,7 @@ class RandomControl:
     name: str = "random"
 
     def __call__(self, model, images, targets, context: ExplainContext | None = None):
-        n, h, w = np.asarray(images).shape[:3]
+        n, h, w = _shape(images)[:3]
         context = _ctx(context, images)
         return random_maps(n, h, w, seed=context.seed, image_ids=context.image_ids, region_size=context.region_size)
 
@@ -105,7 +110,7 @@ class RandomControl:
         would put every maximum there; a floor for where mass falls must be
         uniform over pixels.
         """
-        n, h, w = np.asarray(images).shape[:3]
+        n, h, w = _shape(images)[:3]
         context = _ctx(context, images)
         return random_maps(n, h, w, seed=context.seed, image_ids=context.image_ids)
 
@@ -122,7 +127,7 @@ class CenterControl:
             raise ValueError(f"sigma: must be > 0 (a fraction of the image side), got {self.sigma}")
 
     def __call__(self, model, images, targets, context: ExplainContext | None = None):
-        n, h, w = np.asarray(images).shape[:3]
+        n, h, w = _shape(images)[:3]
         return center_maps(n, h, w, sigma=self.sigma)
 
 
@@ -135,8 +140,8 @@ def _masks(masks, images, what: str) -> np.ndarray:
     if masks is None:
         raise ValueError(f"these images have no {what} masks; only phantoms carry them (use data=synthetic)")
     masks = np.asarray(masks)
-    if masks.shape != np.asarray(images).shape[:3]:
-        raise ValueError(f"{what} masks {masks.shape} do not match the images {np.asarray(images).shape[:3]}")
+    if masks.shape != _shape(images)[:3]:
+        raise ValueError(f"{what} masks {masks.shape} do not match the images {_shape(images)[:3]}")
     return masks
 
 
