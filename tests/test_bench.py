@@ -42,3 +42,11 @@ def test_cli_json():
     assert r.returncode == 0, r.stderr[-2000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["main"]["max_abs_diff_engine_toolkit"] < 1e-5 and [s["n"] for s in out["sweep"]] == [2, 4]
+
+
+def test_a_low_precision_bench_reports_its_curve_difference_to_float32():
+    r, curves = run_bench(BenchSettings(backbone="vgg16", image_size=32, n=4, region_size=8, dtype="bfloat16", toolkit=False))
+    assert r["dtype"] == "bfloat16" and curves.std() > 1e-3
+    # computed in bfloat16 (not a float32 run relabelled), and the difference is what it says
+    assert 0 < r["mean_abs_diff_vs_float32"] <= r["max_abs_diff_vs_float32"] < 1
+    assert r["max_abs_aopc_diff_vs_float32"] <= 2 * r["max_abs_diff_vs_float32"]  # |dAOPC| <= |df(x0)| + mean |df(xk)|

@@ -153,23 +153,27 @@ class BenchSettings:
 
 
 def run_bench(s: BenchSettings, model=None) -> dict:
-    """Time raw / engine / toolkit_loop on one model; returns a JSON-ready dict."""
-    if s.dtype not in ("float32", "mixed_bfloat16", "mixed_float16"):
-        raise ValueError(f"dtype must be float32, mixed_bfloat16 or mixed_float16, got {s.dtype!r}")
-    keras.mixed_precision.set_dtype_policy(s.dtype)
-    try:
-        from xbench.models import build_classifier
+    """Time raw / engine / toolkit_loop on one model; returns a JSON-ready dict.
 
-        model = model or build_classifier(s.backbone, 4, s.image_size, weights="none", seed=s.seed)
-    finally:
-        keras.mixed_precision.set_dtype_policy("float32")
+    With ``s.dtype`` other than float32, every path runs a copy of the float32
+    model computing in that type (:func:`xbench.models.precision.with_compute_dtype`,
+    what ``score.dtype`` does), and the curves are compared with the float32
+    model's on the same images and maps.
+    """
+    from xbench.models.precision import check_compute_dtype, with_compute_dtype
+
+    check_compute_dtype(s.dtype)
+    from xbench.models import build_classifier
+
+    model32 = model or build_classifier(s.backbone, 4, s.image_size, weights="none", seed=s.seed)
     rng = np.random.default_rng(s.seed)
     images = rng.random((s.n, s.image_size, s.image_size, 3), dtype=np.float32)
     heat = rng.random((s.n, s.image_size, s.image_size), dtype=np.float32)
     rows, cols = grid_shape(s.image_size, s.image_size, s.region_size)
     L = rows * cols if s.max_steps is None else min(s.max_steps, rows * cols)
     pairs = s.n * (L + 1)
-    _unsaturate(model, images[:16])
+    _unsaturate(model32, images[:16])
+    model = with_compute_dtype(model32, s.dtype)
     B = balanced_batch(pairs, s.batch_size or auto_batch_size(model, 1024))  # what the engine will use
     pert = PERTURBATIONS[s.perturbation]()
     flops = model_flops(model)
@@ -211,6 +215,14 @@ def run_bench(s: BenchSettings, model=None) -> dict:
             "engine_over_toolkit": toolkit_s / engine_s,
             "max_abs_diff_engine_toolkit": float(np.abs(tk - curves).max()),
         })
+    if s.dtype != "float32":
+        ref = perturbation_curves(model32, images, heat, **kw)
+        from xbench.metrics.aopc import aopc_per_image
+
+        out.update({"max_abs_diff_vs_float32": float(np.abs(curves - ref).max()),
+                    "mean_abs_diff_vs_float32": float(np.abs(curves - ref).mean()),
+                    "max_abs_aopc_diff_vs_float32": float(np.abs(aopc_per_image(curves) - aopc_per_image(ref)).max()),
+                    "mean_aopc_diff_vs_float32": float((aopc_per_image(curves) - aopc_per_image(ref)).mean())})
     out["curves_mean"] = float(curves.mean())
     out["curves_std"] = float(curves.std())
     return out, curves

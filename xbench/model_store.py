@@ -161,7 +161,7 @@ class CurveStore(NpyCache):
         super().__init__(Path(cache_dir) / "curves" / model_key, "curve")
 
     def curves(self, *, method: str, order: str, maps: np.ndarray, image_ids, targets, perturbation: dict, region_size: int,
-               max_steps: int | None, seed: int, compute) -> tuple[np.ndarray, bool]:
+               max_steps: int | None, seed: int, compute, dtype: str = "float32") -> tuple[np.ndarray, bool]:
         """One chunk's (M, K+1) curves and whether they came from the cache.
 
         The key is everything that determines them: the method's name and the
@@ -172,6 +172,8 @@ class CurveStore(NpyCache):
         identity = {"method": method, "order": order, "maps": hashlib.sha256(np.ascontiguousarray(maps).tobytes()).hexdigest(),
                     "ids": np.asarray(image_ids).tolist(), "targets": np.asarray(targets).tolist(), "perturbation": perturbation,
                     "region": int(region_size), "max_steps": max_steps, "seed": seed}
+        if dtype != "float32":
+            identity["dtype"] = dtype
         curves, hit = self.fetch(digest(identity), compute, len(image_ids))
         if not hit:
             faults.point("score_chunk")

@@ -109,6 +109,7 @@ class Scoring:
     # Every other method's MoRF AOPC - random's, paired by image, on the images
     # the method is scored on (reference maps: those with the lesion / marker).
     gains_over_random: dict[str, Estimate] = field(default_factory=dict)
+    dtype: str = "float32"  # precision of the engine's forward passes (score.dtype); maps always float32
 
 
 @dataclass

@@ -168,13 +168,21 @@ def explain(method, model, batch: _Batch) -> tuple[np.ndarray, int, np.ndarray]:
 
 
 def method_curves(model, batch: _Batch, name: str, heat: np.ndarray, order: str, perturbation, settings: ScoreSettings, store) -> np.ndarray:
-    """(M, steps + 1) curves of one method and order, chunk by chunk (each chunk cached as soon as it exists)."""
+    """(M, steps + 1) curves of one method and order, chunk by chunk (each chunk cached as soon as it exists).
+
+    The forward passes run in ``settings.dtype`` (:func:`xbench.models.precision.with_compute_dtype`).
+    """
+    engine_model = model
+    if settings.dtype != "float32":
+        from xbench.models.precision import with_compute_dtype
+
+        engine_model = with_compute_dtype(model, settings.dtype)
     done = []
     for ch in tqdm(batch.chunks, desc=f"{name} {order} curves", unit="chunk", leave=False, mininterval=1.0, disable=len(batch.chunks) < 2):
         def compute(ch=ch):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)  # constant maps: counted by explain()
-                return perturbation_curves(model, batch.x[ch], heat[ch], targets=batch.targets[ch], region_size=batch.region, order=order,
+                return perturbation_curves(engine_model, batch.x[ch], heat[ch], targets=batch.targets[ch], region_size=batch.region, order=order,
                                            perturbation=perturbation, max_steps=settings.max_steps, seed=batch.seed, batch_size=settings.batch_size,
                                            image_ids=batch.rows[ch], memory_budget_mb=settings.memory_budget_mb, progress=len(batch.chunks) < 2)
 
@@ -183,7 +191,7 @@ def method_curves(model, batch: _Batch, name: str, heat: np.ndarray, order: str,
         else:
             part, hit = store.curves(method=name, order=order, maps=heat[ch], image_ids=batch.rows[ch], targets=batch.targets[ch],
                                      perturbation=perturbation.describe(), region_size=batch.region, max_steps=settings.max_steps,
-                                     seed=batch.seed, compute=compute)
+                                     seed=batch.seed, dtype=settings.dtype, compute=compute)
         batch.counts["reused" if hit else "computed"] += 1
         done.append(part)
     return np.concatenate(done) if done else np.zeros((0, _steps(batch, settings) + 1), np.float32)
@@ -304,12 +312,13 @@ def score_model(model, images, test_rows: np.ndarray, labels: np.ndarray, preds:
     chunks = [slice(i, i + settings.chunk_images) for i in range(0, len(sel), settings.chunk_images)]
     counts = {"images_per_chunk": int(settings.chunk_images), "computed": 0, "reused": 0}
     batch = _Batch(x, rows, labels[sel], targets, (truth or GroundTruth()).rows(sel), region, chunks, seed, list(class_names), counts)
-    log.info("scoring %d of %d test images (%d correct), %dx%d regions of %d px, %s", len(sel), len(labels), n_correct, n_rows, n_cols, region, perturbation)
+    log.info("scoring %d of %d test images (%d correct), %dx%d regions of %d px, %s, forward passes in %s", len(sel), len(labels), n_correct,
+             n_rows, n_cols, region, perturbation, settings.dtype)
     metrics = results.Scoring(
         explainer=explainer.name, n_test=int(len(labels)), n_correct=n_correct, n_scored=int(len(sel)), subset=settings.subset,
         target=settings.target, region_size=int(region), grid=[n_rows, n_cols], n_regions=int(n_rows * n_cols), steps=_steps(batch, settings),
         perturbation=perturbation.describe(), orders=list(settings.orders), methods={}, masks=batch.truth.lungs is not None,
-        chunks=counts, seconds=0.0)
+        chunks=counts, seconds=0.0, dtype=settings.dtype)
     out = ScoreResult(metrics, results.Curves(rows.astype(np.int64), labels[sel].astype(np.int64), preds[sel].astype(np.int64), targets.astype(np.int64)))
     for method in [explainer, *controls]:
         # A control's map carries no information about the model, so its orders

@@ -16,6 +16,7 @@ from typing import List, Optional
 
 from xbench.explain.explainers import CONTROL_NAMES
 from xbench.metrics.classification import SELECTION_RULES
+from xbench.models.precision import check_compute_dtype
 from xbench.perturbation.regions import ORDERS
 
 
@@ -104,6 +105,9 @@ class ScoreSettings:
     # Images per scoring chunk: each chunk's heatmaps and curves are cached as
     # soon as they exist, so a killed job resumes from its last finished chunk.
     chunk_images: int = 16
+    # Precision of the engine's forward passes (float32 | bfloat16 | float16);
+    # maps always come from the float32 model (xbench.models.precision).
+    dtype: str = "float32"
 
     def __post_init__(self):
         if not self.orders or not all(o in ORDERS for o in self.orders):
@@ -126,6 +130,7 @@ class ScoreSettings:
         if self.bootstrap < 1000:
             raise ValueError(f"bootstrap: use at least 1,000 resamples, got {self.bootstrap}")
         _at_least(self.chunk_images, 1, "chunk_images")
+        check_compute_dtype(self.dtype)
 
 
 def _at_least(value, low, name: str) -> None:

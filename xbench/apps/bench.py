@@ -12,7 +12,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 def _table(rows) -> str:
     cols = ["backbone", "image_size", "n", "regions", "batch_size", "dtype", "forward_passes", "raw_images_per_s", "engine_images_per_s",
-            "engine_over_raw", "toolkit_images_per_s", "engine_over_toolkit", "engine_tflops", "engine_peak_rss_delta_mb", "max_abs_diff_engine_toolkit"]
+            "engine_over_raw", "toolkit_images_per_s", "engine_over_toolkit", "engine_tflops", "engine_peak_rss_delta_mb", "max_abs_diff_engine_toolkit",
+            "max_abs_diff_vs_float32", "max_abs_aopc_diff_vs_float32"]
     cols = [c for c in cols if any(c in r for r in rows)]
     fmt = lambda v: f"{v:.3g}" if isinstance(v, float) else str(v)
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -29,7 +30,8 @@ def main(argv=None) -> int:
     p.add_argument("--order", default="morf", choices=("morf", "lerf", "random"))
     p.add_argument("--perturbation", default="gaussian", choices=("gaussian", "uniform", "constant", "mean", "blur"))
     p.add_argument("--batch-size", type=int, default=None, help="(image, step) pairs per forward pass (default: from a 1 GiB budget)")
-    p.add_argument("--dtype", default="float32", choices=("float32", "mixed_bfloat16", "mixed_float16"))
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                   help="precision of the forward passes (score.dtype); the curves are compared with float32's")
     p.add_argument("--max-steps", type=int, default=None, help="stop curves after this many steps (default: all regions)")
     p.add_argument("--sweep-n", default="", help="comma-separated N values, e.g. 64,128,256,512 (engine only)")
     p.add_argument("--training", action="store_true", help="also time frozen-backbone training: cached features vs plain fit")

@@ -14,5 +14,6 @@ _WHERE = {
     "head_model": "xbench.models.build",
     "model_card": "xbench.models.card",
     "Preprocess": "xbench.models.preprocess",
+    "with_compute_dtype": "xbench.models.precision",
 }
 __getattr__, __all__ = exports(__name__, _WHERE)
