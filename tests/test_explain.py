@@ -12,6 +12,7 @@ def images():
     return np.random.default_rng(0).random((4, 64, 64, 3)).astype(np.float32)
 
 
+@pytest.mark.tensorflow
 @pytest.mark.parametrize("backbone", ["vgg16", "densenet201"])
 def test_gradcam_equals_tf_keras_vis_at_feature_resolution(backbone, images):
     from tf_keras_vis.gradcam import Gradcam
@@ -85,6 +86,7 @@ def test_last_n_are_block_outputs_not_growth_or_pre_bn_convs(backbone, want, ima
     np.testing.assert_allclose(maps[want[-1]], gradcam(model, images[:2], targets=np.array([0, 1])), rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.tensorflow
 @pytest.mark.parametrize("method", ["gradcampp", "scorecam", "layercam", "saliency", "smoothgrad"])
 def test_tf_keras_vis_family_runs_on_our_models(method, images):
     model = build_classifier("vgg16", 4, 64, weights="none", seed=2)
@@ -93,6 +95,7 @@ def test_tf_keras_vis_family_runs_on_our_models(method, images):
     assert maps.shape == (2, 64, 64) and np.isfinite(maps).all() and maps.max() > 0
 
 
+@pytest.mark.tensorflow
 def test_tf_keras_vis_layercam_matches_its_definition(images):
     # Layer-CAM = ReLU(sum_k ReLU(grad) * A), computed here from our own gradients.
     from xbench.explain.gradients import activations_and_gradients
@@ -113,6 +116,7 @@ def test_controls():
     assert c[0].argmax() == 40 and c[0, 4, 4] == pytest.approx(c.max())
 
 
+@pytest.mark.tensorflow
 def test_gradcampp_is_tf_keras_vis_divided_by_exp_score_and_never_overflows(images):
 
     from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
@@ -138,6 +142,7 @@ def test_gradcampp_is_tf_keras_vis_divided_by_exp_score_and_never_overflows(imag
     assert np.isfinite(big).all() and big.max() > 0
 
 
+@pytest.mark.tensorflow
 def test_smoothgrad_noise_is_a_function_of_seed_and_image_id_not_of_chunking(images, monkeypatch):
     import tensorflow as tf
 

@@ -114,12 +114,41 @@ def test_tf_and_jax_give_the_same_curves_and_grad_cam_on_the_same_weights(tmp_pa
           f"(map max {float(np.abs(tf_maps).max()):.3g})")
 
 
-def test_the_engine_and_aopc_tests_pass_on_jax():
-    """The backend-sensitive kernel tests (engine vs the slow per-step loop, regions, perturbations, AOPC) again, under JAX."""
+def test_the_engine_explainer_and_aopc_tests_pass_on_jax():
+    """The backend-sensitive kernel tests again, under JAX: engine vs the slow per-step loop, regions, perturbations, AOPC,
+    Grad-CAM by hand, targets and block outputs (the tf-keras-vis comparisons need TensorFlow: marked and left out)."""
     env = _jax_env(Path(os.environ.get("XBENCH_CACHE", "/tmp")) / "jax-kernels")
     probe = subprocess.run([sys.executable, "-c", "import keras; print(keras.backend.backend())"], env=env, capture_output=True, text=True, timeout=300)
     assert probe.stdout.strip() == "jax"  # tests/conftest.py only sets the backend where none is given
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_perturbation.py", "tests/test_metrics_aopc.py"],
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_perturbation.py", "tests/test_metrics_aopc.py",
+                        "tests/test_explain.py", "tests/test_precision.py", "-m", "not tensorflow"],
                        cwd=Path(__file__).resolve().parent.parent, env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:]
-    assert " passed" in r.stdout and "skipped" not in r.stdout
+    assert " passed" in r.stdout and "skipped" not in r.stdout and " failed" not in r.stdout
+
+
+def test_the_engine_splits_its_batches_over_two_jax_devices_with_identical_curves(tmp_path):
+    # Two host "devices" stand in for two GPUs: every batch's pairs are split
+    # between them (jax.sharding), and the curves must not change by a bit.
+    script = """
+import sys, numpy as np, jax
+from xbench.bench import _unsaturate
+from xbench.models import build_classifier
+from xbench.perturbation.engine import perturbation_curves, step_devices
+m = build_classifier("vgg16", 4, 32, weights="none", seed=0)
+rng = np.random.default_rng(0)
+x = rng.random((5, 32, 32, 3), dtype=np.float32); h = rng.random((5, 32, 32), dtype=np.float32)
+_unsaturate(m, x)
+c = perturbation_curves(m, x, h, region_size=8, batch_size=9)  # 9 pairs: padded to 10 on two devices
+np.save(sys.argv[1], c)
+print(len(jax.local_devices()), step_devices(m))
+"""
+    out = {}
+    for count in (1, 2):
+        env = {**_jax_env(tmp_path / "cache"), "XLA_FLAGS": f"--xla_force_host_platform_device_count={count}"}
+        r = subprocess.run([sys.executable, "-c", script, str(tmp_path / f"c{count}.npy")], env=env, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert r.stdout.split()[-2:] == [str(count), str(count)]  # devices seen, devices the engine split over
+        out[count] = np.load(tmp_path / f"c{count}.npy")
+    assert out[1].std() > 1e-3  # the curves move, so their equality means something
+    np.testing.assert_array_equal(out[2], out[1])

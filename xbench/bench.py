@@ -22,7 +22,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from xbench.perturbation.engine import auto_batch_size, balanced_batch, device_step, perturbation_curves
+from xbench.perturbation.engine import auto_batch_size, balanced_batch, device_step, perturbation_curves, step_devices
 from xbench.perturbation.perturbations import PERTURBATIONS, image_rng
 from xbench.perturbation.regions import grid_shape, rank_maps, region_order, region_scores
 
@@ -174,7 +174,8 @@ def run_bench(s: BenchSettings, model=None) -> dict:
     pairs = s.n * (L + 1)
     _unsaturate(model32, images[:16])
     model = with_compute_dtype(model32, s.dtype)
-    B = balanced_batch(pairs, s.batch_size or auto_batch_size(model, 1024))  # what the engine will use
+    d = step_devices(model)
+    B = math.ceil(balanced_batch(pairs, s.batch_size or auto_batch_size(model, 1024)) / d) * d  # what the engine will use
     pert = PERTURBATIONS[s.perturbation]()
     flops = model_flops(model)
     kw = dict(region_size=s.region_size, order=s.order, perturbation=pert, seed=s.seed, batch_size=B, max_steps=s.max_steps)
@@ -197,7 +198,7 @@ def run_bench(s: BenchSettings, model=None) -> dict:
     out = {
         "backbone": s.backbone, "image_size": s.image_size, "n": s.n, "region_size": s.region_size, "regions": L,
         "order": s.order, "perturbation": s.perturbation, "dtype": s.dtype, "batch_size": B, "forward_passes": pairs,
-        "keras_backend": keras.backend.backend(), "gflop_per_image": flops / 1e9,
+        "keras_backend": keras.backend.backend(), "devices": d, "gflop_per_image": flops / 1e9,
         "raw_s": raw_s, "engine_s": engine_s,
         "raw_images_per_s": nb * B / raw_s, "engine_images_per_s": pairs / engine_s,
         "engine_over_raw": (nb * B / raw_s and (pairs / engine_s) / (nb * B / raw_s)),

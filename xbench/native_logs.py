@@ -65,6 +65,7 @@ def start_backend() -> list[str]:
                 import tensorflow as tf
 
                 tf.config.list_physical_devices()  # the device probe (cuInit) prints here, not in the middle of a job
+                logging.getLogger("tensorflow").addFilter(_retracing_to_log_files)
             elif keras.backend.backend() == "jax":
                 # JAX reports through Python logging, at INFO, that it found no TPU/GPU plugin.
                 logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
@@ -78,6 +79,20 @@ def start_backend() -> list[str]:
         for line in lines:
             to_log_files(log.makeRecord(log.name, logging.INFO, __file__, 0, "backend start-up: %s", (line,), None))
     return lines
+
+
+def _retracing_to_log_files(record: logging.LogRecord) -> bool:
+    """Send TensorFlow's "triggered tf.function retracing" warning to run.log only.
+
+    xbench compiles one forward (and one gradient) function per model, on
+    purpose; a sweep, or the randomisation check, builds many models, and
+    TensorFlow counts their traces together and warns on the console about a
+    cost that is expected and paid once per model.
+    """
+    if "triggered tf.function retracing" in record.getMessage():
+        to_log_files(record)
+        return False
+    return True
 
 
 def to_log_files(record: logging.LogRecord) -> None:

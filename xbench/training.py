@@ -130,7 +130,7 @@ def _compiled(model: keras.Model):
 
         cache = getattr(model, "_xbench_forward", None)
         if cache is None:
-            cache = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+            cache = tf.function(lambda x: model(x, training=False), reduce_retracing=True, autograph=False)
             model._xbench_forward = cache
         return cache
     return lambda x: model(x, training=False)

@@ -11,7 +11,9 @@ region is perturbed). The device then builds the batch by broadcasting,
     x_b = where(rank[img_b] < k_b, g(x)[img_b], x[img_b]),
 
 and runs one compiled forward pass. Host memory therefore holds the inputs
-plus a few images, whatever N is; device memory holds one batch.
+plus a few images, whatever N is; device memory holds one batch. On the JAX
+backend with several local devices, each device runs an equal share of every
+batch's pairs (:func:`_jax_step`).
 
 Curve: f(x(k))[c] for k = 0..K, the softmax probability of the target class c
 (the predicted class at k = 0 unless targets are given), as in
@@ -96,6 +98,7 @@ def device_step(model) -> Callable:
         return model(ops.where(mask, r, x), training=False)
 
     backend = keras.backend.backend()
+    devices = 1
     if backend == "tensorflow":
         import tensorflow as tf
 
@@ -105,15 +108,42 @@ def device_step(model) -> Callable:
         h, w = model.input_shape[1:3]
         sig = [tf.TensorSpec((None, h, w, 3), tf.float32), tf.TensorSpec((None, h, w, 3), tf.float32),
                tf.TensorSpec((None, h, w), tf.int32), tf.TensorSpec((None,), tf.int32), tf.TensorSpec((None,), tf.int32)]
-        fn = tf.function(step, input_signature=sig)
+        fn = tf.function(step, input_signature=sig, autograph=False)  # no Python control flow to convert
     elif backend == "jax":
-        import jax
-
-        fn = jax.jit(step)
+        fn, devices = _jax_step(step)
     else:
         fn = step
     model._xbench_step = fn
+    model._xbench_step_devices = devices
     return fn
+
+
+def step_devices(model) -> int:
+    """How many devices one batch of ``device_step(model)`` is split across (a batch is padded to a multiple of it)."""
+    if not _is_keras_model(model):
+        return 1
+    device_step(model)
+    return model._xbench_step_devices
+
+
+def _jax_step(step) -> tuple[Callable, int]:
+    """``jax.jit`` of the step; with several local devices, each takes an equal share of a batch's (image, step) pairs.
+
+    The few originals, perturbed originals and rank maps a batch reads are
+    replicated (they are small: G images); the pairs' slot and step vectors,
+    and so the forward passes, are split along the batch axis over
+    ``jax.local_devices()``. The weights, closed over by the traced model, are
+    replicated by XLA.
+    """
+    import jax
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    devices = jax.local_devices()
+    if len(devices) == 1:
+        return jax.jit(step), 1
+    mesh = Mesh(np.asarray(devices), ("pairs",))
+    whole, split = NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("pairs"))
+    return jax.jit(step, in_shardings=(whole, whole, whole, split, split), out_shardings=split), len(devices)
 
 
 def _host_step(predict_fn: Callable) -> Callable:
@@ -197,6 +227,8 @@ def perturbation_curves(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     S = K + 1
     B = balanced_batch(n * S, B)
+    d = step_devices(model) if keras_model else 1
+    B = math.ceil(B / d) * d  # an equal share per device
     G = math.ceil(B / S) + 1  # image slots one batch can span (fixed, so shapes never change)
 
     cache: dict[int, tuple] = {}
