@@ -123,7 +123,9 @@ def edge_maps(images: np.ndarray) -> np.ndarray:
     x = np.asarray(images)
     if x.ndim != 4:
         raise ValueError(f"images must have shape (N, H, W, C), got {x.shape}")
-    grey = to_unit_float(x).astype(np.float64).mean(axis=-1)
-    d_row = sobel(grey, axis=1, mode="reflect")
-    d_col = sobel(grey, axis=2, mode="reflect")
-    return np.hypot(d_row, d_col).astype(np.float32)
+    out = np.empty(x.shape[:3], np.float32)
+    for i, img in enumerate(x):
+        # one image at a time: ndimage.sobel smooths along every other axis, the batch axis included
+        grey = to_unit_float(img).astype(np.float64).mean(axis=-1)
+        out[i] = np.hypot(sobel(grey, axis=0, mode="reflect"), sobel(grey, axis=1, mode="reflect"))
+    return out

@@ -3,7 +3,8 @@
 The measures of Adebayo et al. (2018, "Sanity Checks for Saliency Maps",
 Sec. 3): the Spearman rank correlation of the absolute maps and of the
 signed maps, and the structural similarity (SSIM, Wang et al., 2004) of the
-signed maps. The baseline is the same measures between maps of two different
+absolute maps scaled to [0, 1] (see :func:`map_similarities` for why not the
+signed ones). The baseline is the same measures between maps of two different
 images (Arun et al., 2021, "Assessing the Trustworthiness of Saliency Maps
 for Localizing Abnormalities in Medical Imaging": 50 random pairs per set):
 a randomised model's map that is no more like the original than another
@@ -63,21 +64,21 @@ def spearman(a, b) -> np.ndarray:
     return _correlation(ra, rb)
 
 
-def normalise_signed(maps) -> np.ndarray:
-    """Each map divided by its largest absolute value (Adebayo et al.'s diverging normalisation).
+def normalise_abs(maps) -> np.ndarray:
+    """|map| divided by its largest value (Adebayo et al.'s absolute normalisation, ``abs_grayscale_norm`` in their code).
 
     Args:
         maps: (N, H, W) float.
 
     Returns:
-        (N, H, W) float64 in [-1, 1]; an all-zero map stays zero.
+        (N, H, W) float64 in [0, 1]; an all-zero map stays zero.
     """
-    m = np.asarray(maps, np.float64)
-    peak = np.abs(m).reshape(len(m), -1).max(axis=1) if m.size else np.zeros(len(m))
+    m = np.abs(np.asarray(maps, np.float64))
+    peak = m.reshape(len(m), -1).max(axis=1) if m.size else np.zeros(len(m))
     return m / np.where(peak > 0, peak, 1.0)[:, None, None]
 
 
-def ssim(a, b, *, data_range: float = 2.0) -> np.ndarray:
+def ssim(a, b, *, data_range: float = 1.0) -> np.ndarray:
     """Mean structural similarity of each pair of maps (Wang et al., 2004, Eq. 13).
 
     With Gaussian-weighted local statistics (std :data:`SSIM_SIGMA` = 1.5 px,
@@ -92,8 +93,8 @@ def ssim(a, b, *, data_range: float = 2.0) -> np.ndarray:
 
     Args:
         a, b: (N, H, W) float maps, H and W >= 11.
-        data_range: L, the span the maps' values can take (2 for maps in
-            [-1, 1], see :func:`normalise_signed`).
+        data_range: L, the span the maps' values can take (1 for maps in
+            [0, 1], see :func:`normalise_abs`).
 
     Returns:
         (N,) float64, in [-1, 1]; 1 for identical maps.
@@ -121,7 +122,13 @@ def map_similarities(a, b) -> dict[str, np.ndarray]:
     """The three measures of each pair of maps: ``{"spearman_abs", "spearman_signed", "ssim"}``.
 
     spearman_abs = :func:`spearman` of |a| and |b|; spearman_signed = of a
-    and b; ssim = :func:`ssim` of :func:`normalise_signed` a and b (L = 2).
+    and b; ssim = :func:`ssim` of :func:`normalise_abs` a and b (L = 1).
+    SSIM is taken of the absolute maps because its luminance term
+    (2 mu_a mu_b + C1) / (mu_a^2 + mu_b^2 + C1) assumes non-negative
+    intensities: on signed maps it turns negative where the local means
+    differ in sign and multiplies the (then also negative) structure term,
+    so a map and its negation can score clearly above 0. The sign is
+    judged by spearman_signed.
     A constant map (e.g. a Grad-CAM that the ReLU zeroed everywhere) ranks
     nothing, so its rank correlation is undefined; here it is 0 against a
     map that is not constant (they share no ordering) and 1 against another
@@ -141,7 +148,7 @@ def map_similarities(a, b) -> dict[str, np.ndarray]:
     for key, (x, y, cx, cy) in {"spearman_abs": (np.abs(a), np.abs(b), ka, kb), "spearman_signed": (a, b, ca, cb)}.items():
         r = spearman(x, y)
         out[key] = np.where(cx & cy, 1.0, np.where(cx | cy, 0.0, r))
-    out["ssim"] = ssim(normalise_signed(a), normalise_signed(b), data_range=2.0)
+    out["ssim"] = ssim(normalise_abs(a), normalise_abs(b), data_range=1.0)
     return out
 
 
