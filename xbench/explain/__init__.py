@@ -1,4 +1,4 @@
-"""Explainers: batched Grad-CAM, the tf-keras-vis family, reference maps and controls.
+"""Explainers: batched Grad-CAM, guided backprop, the tf-keras-vis family, reference maps and controls; model randomisation.
 
 Lazy (PEP 562): the explainer classes and name lists import no Keras, so a
 config can be checked before TensorFlow starts; the Grad-CAM kernels
@@ -12,14 +12,24 @@ _WHERE = {
     "CONTROL_NAMES": "xbench.explain.explainers",
     "TFKV_METHODS": "xbench.explain.explainers",
     "CenterControl": "xbench.explain.explainers",
+    "EdgeMap": "xbench.explain.explainers",
     "ExplainContext": "xbench.explain.context",
     "GradCAM": "xbench.explain.explainers",
+    "GuidedBackprop": "xbench.explain.explainers",
+    "GuidedGradCAM": "xbench.explain.explainers",
     "Oracle": "xbench.explain.explainers",
     "RandomControl": "xbench.explain.explainers",
     "ShortcutMarker": "xbench.explain.explainers",
     "TfKerasVis": "xbench.explain.explainers",
     "block_output_names": "xbench.explain.cam",
     "center_maps": "xbench.explain.controls",
+    "edge_maps": "xbench.explain.controls",
+    "guided_backprop": "xbench.explain.guided",
+    "guided_gradcam": "xbench.explain.guided",
+    "guided_gradients": "xbench.explain.guided",
+    "layer_groups": "xbench.explain.randomisation",
+    "randomisation_steps": "xbench.explain.randomisation",
+    "randomised_copy": "xbench.explain.randomisation",
     "mask_maps": "xbench.explain.controls",
     "random_maps": "xbench.explain.controls",
     "conv_layer_names": "xbench.explain.cam",

@@ -99,3 +99,33 @@ def mask_maps(masks: np.ndarray, *, sigma: float = 0.02) -> np.ndarray:
     f = m.astype(np.float32)
     blurred = gaussian_filter(f, sigma=(0, s, s), mode="reflect") if s > 0 else f
     return np.where(m, blurred, 0.0).astype(np.float32)
+
+
+def edge_maps(images: np.ndarray) -> np.ndarray:
+    """A known-bad "explanation" that looks only at the image: the Sobel gradient magnitude of its grey level.
+
+    Adebayo et al. (2018) show that some saliency maps resemble such an edge
+    detector, which needs neither model nor training; a sanity check must
+    flag it. The grey level is the mean of the 3 channels; the Sobel
+    derivatives (scipy.ndimage.sobel, reflecting borders) along rows and
+    columns give map = sqrt(d_row^2 + d_col^2).
+
+    Args:
+        images: (N, H, W, 3) float in [0, 1] (uint8 is divided by 255).
+
+    Returns:
+        (N, H, W) float32, >= 0.
+    """
+    from scipy.ndimage import sobel
+
+    from xbench.data.pixels import to_unit_float
+
+    x = np.asarray(images)
+    if x.ndim != 4:
+        raise ValueError(f"images must have shape (N, H, W, C), got {x.shape}")
+    out = np.empty(x.shape[:3], np.float32)
+    for i, img in enumerate(x):
+        # one image at a time: ndimage.sobel smooths along every other axis, the batch axis included
+        grey = to_unit_float(img).astype(np.float64).mean(axis=-1)
+        out[i] = np.hypot(sobel(grey, axis=0, mode="reflect"), sobel(grey, axis=1, mode="reflect"))
+    return out

@@ -17,7 +17,7 @@ import numpy as np
 
 from xbench.data.pixels import to_unit_float
 from xbench.explain.context import ExplainContext
-from xbench.explain.controls import center_maps, mask_maps, random_maps
+from xbench.explain.controls import center_maps, edge_maps, mask_maps, random_maps
 from xbench.keras_backend import configured_backend
 
 #: The tf-keras-vis methods :func:`xbench.explain.tfkv.tfkv_maps` implements.
@@ -48,6 +48,44 @@ class GradCAM:
         from xbench.explain.cam import gradcam
 
         return gradcam(model, images, targets=targets, layer=self.layer, batch_size=self.batch_size, progress=True)
+
+
+@dataclass
+class GuidedBackprop:
+    """Guided Backpropagation (Springenberg et al., 2015): d logit_c / d grey level with guided ReLU gradients.
+
+    See :func:`xbench.explain.guided.guided_backprop` (signed maps; the user's
+    model is cloned, never modified). Adebayo et al. (2018) show its maps
+    barely change when the model is randomised.
+    """
+
+    batch_size: int = 32
+    name: str = "guided_backprop"
+
+    def __post_init__(self):
+        _check_batch_size(self.batch_size)
+
+    def __call__(self, model, images, targets, context: ExplainContext | None = None):
+        from xbench.explain.guided import guided_backprop
+
+        return guided_backprop(model, images, targets=targets, batch_size=self.batch_size)
+
+
+@dataclass
+class GuidedGradCAM:
+    """Guided Grad-CAM (Selvaraju et al., 2017): guided backprop x upsampled Grad-CAM at ``layer``."""
+
+    layer: str | None = None  # default: the backbone's last conv feature map
+    batch_size: int = 32
+    name: str = "guided_gradcam"
+
+    def __post_init__(self):
+        _check_batch_size(self.batch_size)
+
+    def __call__(self, model, images, targets, context: ExplainContext | None = None):
+        from xbench.explain.guided import guided_gradcam
+
+        return guided_gradcam(model, images, targets=targets, layer=self.layer, batch_size=self.batch_size)
 
 
 @dataclass
@@ -129,6 +167,19 @@ class CenterControl:
     def __call__(self, model, images, targets, context: ExplainContext | None = None):
         n, h, w = _shape(images)[:3]
         return center_maps(n, h, w, sigma=self.sigma)
+
+
+@dataclass
+class EdgeMap:
+    """A known-bad "explainer" that ignores the model: the Sobel edge magnitude of the image (:func:`xbench.explain.controls.edge_maps`).
+
+    It must fail the model-randomisation check (:mod:`xbench.sanity`).
+    """
+
+    name: str = "edge"
+
+    def __call__(self, model, images, targets, context: ExplainContext | None = None):
+        return edge_maps(images)
 
 
 def _check_batch_size(batch_size: int) -> None:

@@ -1,0 +1,441 @@
+"""The model-parameter randomisation check (Adebayo et al., 2018): similarity kernels, layer groups, randomised copies, guided backprop, the pipeline."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from scipy.stats import spearmanr
+
+from xbench.explain import CenterControl, EdgeMap, GradCAM, GuidedBackprop, edge_maps, gradcam
+from xbench.explain.guided import guided_backprop, guided_gradcam, guided_gradients
+from xbench.explain.randomisation import layer_groups, layer_seed, randomisation_steps, randomised_copy
+from xbench.metrics.similarity import (MEASURES, constant_maps, map_similarities, normalise_abs, pair_similarities, random_pairs, spearman,
+                                       ssim)
+from xbench.models import build_classifier
+from xbench.results import Estimate
+from xbench.sanity import randomisation_check, verdict
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ------------------------------------------------------------------ similarity kernels
+
+
+def _ssim_slow(a, b, data_range):
+    """SSIM pixel by pixel: an explicit 11 x 11 Gaussian window (std 1.5) over each pixel at least 5 px from the border."""
+    r, sigma = 5, 1.5
+    g = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
+    w = np.outer(g, g) / np.outer(g, g).sum()
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    out = []
+    for x, y in zip(a, b):
+        vals = []
+        for i in range(r, x.shape[0] - r):
+            for j in range(r, x.shape[1] - r):
+                wx, wy = x[i - r : i + r + 1, j - r : j + r + 1], y[i - r : i + r + 1, j - r : j + r + 1]
+                mx, my = (w * wx).sum(), (w * wy).sum()
+                vx, vy = (w * (wx - mx) ** 2).sum(), (w * (wy - my) ** 2).sum()
+                cxy = (w * (wx - mx) * (wy - my)).sum()
+                vals.append((2 * mx * my + c1) * (2 * cxy + c2) / ((mx**2 + my**2 + c1) * (vx + vy + c2)))
+        out.append(np.mean(vals))
+    return np.array(out)
+
+
+def test_spearman_equals_scipy_with_ties():
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 4, (5, 9, 7)).astype(np.float64)  # few levels: many ties
+    b = a + rng.integers(0, 3, a.shape)
+    ours = spearman(a, b)
+    ref = [spearmanr(x.ravel(), y.ravel()).statistic for x, y in zip(a, b)]
+    np.testing.assert_allclose(ours, ref, rtol=1e-12)
+
+
+def test_spearman_by_hand():
+    a = np.array([[[1.0, 2.0], [3.0, 4.0]]])
+    b = np.array([[[1.0, 3.0], [2.0, 4.0]]])
+    # rho = 1 - 6 sum d^2 / (n (n^2 - 1)) = 1 - 6 * 2 / 60
+    np.testing.assert_allclose(spearman(a, b), [0.8], rtol=1e-12)
+    assert np.isnan(spearman(a, np.ones_like(a)))[0]  # a constant map ranks nothing (scipy: NaN)
+
+
+def test_identical_maps_score_exactly_one_and_a_negated_map_minus_one_signed():
+    maps = np.random.default_rng(1).normal(size=(3, 16, 16))
+    same = map_similarities(maps, maps.copy())
+    for m in MEASURES:
+        assert (same[m] == 1.0).all(), m
+    neg = map_similarities(maps, -maps)
+    np.testing.assert_allclose(neg["spearman_signed"], -1.0, rtol=1e-12)
+    assert (neg["spearman_abs"] == 1.0).all() and (neg["ssim"] == 1.0).all()  # SSIM of the absolute maps
+    assert (map_similarities(maps, maps + 0.5 * np.random.default_rng(2).normal(size=maps.shape))["ssim"] < 0.9).all()
+
+
+def test_constant_maps_rank_nothing():
+    a = np.zeros((2, 12, 12))
+    b = np.random.default_rng(2).random((2, 12, 12))
+    s = map_similarities(a, b)
+    assert (s["spearman_abs"] == 0).all() and (s["spearman_signed"] == 0).all()
+    both = map_similarities(a, np.full_like(a, 3.0))
+    assert (both["spearman_abs"] == 1).all() and (both["spearman_signed"] == 1).all()
+    assert constant_maps(np.concatenate([a, b])) == 2
+
+
+def test_ssim_equals_a_pixel_by_pixel_reference():
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(2, 16, 19))
+    b = a + rng.normal(scale=0.7, size=a.shape)
+    np.testing.assert_allclose(ssim(a, b, data_range=2.0), _ssim_slow(a, b, 2.0), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(ssim(a, b, data_range=1.0), _ssim_slow(a, b, 1.0), rtol=1e-9, atol=1e-12)
+
+
+def test_ssim_of_constant_maps_by_hand():
+    a, b = np.full((1, 11, 11), 0.5), np.full((1, 11, 11), 0.25)
+    c1 = 0.01**2  # data range 1; the variance term is C2 / C2 = 1
+    np.testing.assert_allclose(ssim(a, b), [(2 * 0.5 * 0.25 + c1) / (0.25 + 0.0625 + c1)], rtol=1e-12)
+    with pytest.raises(ValueError, match="at least 11 x 11"):
+        ssim(np.zeros((1, 10, 20)), np.zeros((1, 10, 20)))
+
+
+def test_normalise_abs_divides_the_magnitude_by_its_largest_value():
+    m = np.array([[[1.0, -4.0], [2.0, 0.0]], [[0.0, 0.0], [0.0, 0.0]]])
+    np.testing.assert_array_equal(normalise_abs(m), [[[0.25, 1.0], [0.5, 0.0]], [[0, 0], [0, 0]]])
+
+
+def test_random_pairs_are_seeded_pairs_of_different_images():
+    p = random_pairs(7, 50, seed=4)
+    assert p.shape == (50, 2) and (p[:, 0] != p[:, 1]).all() and p.min() >= 0 and p.max() < 7
+    np.testing.assert_array_equal(p, random_pairs(7, 50, seed=4))
+    assert not np.array_equal(p, random_pairs(7, 50, seed=5))
+    assert {tuple(x) for x in random_pairs(2, 20)} == {(0, 1), (1, 0)}
+    maps = np.random.default_rng(5).random((7, 12, 12))
+    got = pair_similarities(maps, p)
+    for m in MEASURES:
+        np.testing.assert_array_equal(got[m], map_similarities(maps[p[:, 0]], maps[p[:, 1]])[m])
+
+
+def test_verdict_rule():
+    e = lambda lo, hi: Estimate(mean=(lo + hi) / 2, ci95=[lo, hi], n=8)
+    assert verdict([e(0.8, 0.9), e(0.1, 0.2)], 0.3) == "passes"  # below the baseline at some step
+    assert verdict([e(1.0, 1.0), e(1.0, 1.0)], 1.0) == "fails"  # never leaves it
+    assert verdict([e(0.9, 1.0), e(0.25, 0.4)], 0.3) == "inconclusive"
+
+
+# ------------------------------------------------------------------ layer groups and randomised copies
+
+
+@pytest.fixture(scope="module")
+def vgg():
+    return build_classifier("vgg16", 2, 32, weights="none", seed=0)
+
+
+def _tiny_bn_model(seed=0):
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((12, 12, 3), name="image")
+    h = keras.layers.Conv2D(4, 3, padding="same", name="conv_a")(inp)
+    h = keras.layers.BatchNormalization(name="bn_a")(h)
+    h = keras.layers.Activation("relu", name="relu_a")(h)
+    h = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="conv_b")(h)
+    h = keras.layers.GlobalAveragePooling2D(name="gap")(h)
+    z = keras.layers.Dense(3, name="logits")(h)
+    return keras.Model(inp, keras.layers.Softmax(name="probs")(z))
+
+
+def test_vgg16_groups_top_down_and_cascading_steps(vgg):
+    groups = layer_groups(vgg)
+    assert [g.name for g in groups] == ["logits", "head", "block5", "block4", "block3", "block2", "block1"]
+    assert groups[0].layers == ("logits",) and groups[1].layers == ("head_dense0",)
+    assert groups[2].layers == ("block5_conv1", "block5_conv2", "block5_conv3")
+    assert groups[-1].layers == ("block1_conv1", "block1_conv2")
+    cascading = randomisation_steps(vgg, "cascading")
+    independent = randomisation_steps(vgg, "independent")
+    assert [s.depth for s in cascading] == list(range(1, 8))
+    for k, (c, i) in enumerate(zip(cascading, independent)):
+        assert c.name == i.name == groups[k].name
+        assert c.layers == sum((g.layers for g in groups[: k + 1]), ())
+        assert i.layers == groups[k].layers
+    # every weighted layer is randomised by the last cascading step
+    assert set(cascading[-1].layers) == {l.name for l in vgg.layers if l.weights}
+    with pytest.raises(ValueError, match="mode"):
+        randomisation_steps(vgg, "bottom-up")
+
+
+def test_densenet_groups_are_dense_blocks_and_transitions_and_bn_reinit_has_no_nan():
+    model = build_classifier("densenet121", 2, 32, weights="none", seed=0)
+    groups = layer_groups(model)
+    assert [g.name for g in groups] == ["logits", "head", "conv5", "pool4", "conv4", "pool3", "conv3", "pool2", "conv2", "conv1"]
+    assert "bn" in groups[2].layers  # the final BN joins the last dense block
+    assert groups[3].layers == ("pool4_bn", "pool4_conv")
+    assert sorted(sum((g.layers for g in groups), ())) == sorted(l.name for l in model.layers if l.weights)
+    x = np.random.default_rng(0).random((2, 32, 32, 3)).astype(np.float32)
+    rand = randomised_copy(model, randomisation_steps(model)[-1].layers, seed=0)
+    for layer in rand.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            np.testing.assert_array_equal(np.asarray(layer.moving_variance), 1.0)
+    assert np.isfinite(np.asarray(rand(x))).all()
+    assert np.isfinite(gradcam(rand, x, targets=[0, 1])).all()
+
+
+def test_generic_model_groups_one_per_kernel_layer_with_its_batch_norm():
+    groups = layer_groups(_tiny_bn_model())
+    assert [(g.name, g.layers) for g in groups] == [("logits", ("logits",)), ("conv_b", ("conv_b",)), ("conv_a", ("conv_a", "bn_a"))]
+
+
+def test_randomised_copy_leaves_the_model_untouched_and_reinitialises_only_the_listed_layers(vgg):
+    before = [w.copy() for w in vgg.get_weights()]
+    listed = randomisation_steps(vgg)[2].layers  # logits, head, block5
+    rand = randomised_copy(vgg, listed, seed=0)
+    assert rand is not vgg and [l.name for l in rand.layers] == [l.name for l in vgg.layers]
+    for a, b in zip(before, vgg.get_weights()):
+        np.testing.assert_array_equal(a, b)  # bit-identical
+    for layer in vgg.layers:
+        for v, w in zip(layer.weights, rand.get_layer(layer.name).weights):
+            same = np.array_equal(np.asarray(v), np.asarray(w))
+            # biases start at zero and stay there; every kernel must change
+            if layer.name in listed and v.name == "kernel":
+                assert not same, layer.name
+            elif layer.name not in listed:
+                assert same, layer.name
+
+
+def test_randomised_weights_are_seeded_per_layer(vgg):
+    step = randomisation_steps(vgg)[2]
+    a, b = randomised_copy(vgg, step.layers, seed=7), randomised_copy(vgg, step.layers, seed=7)
+    c = randomised_copy(vgg, step.layers, seed=8)
+    alone = randomised_copy(vgg, ("block5_conv2",), seed=7)  # independent: the same draw as in the cascade
+    k = lambda m: np.asarray(m.get_layer("block5_conv2").kernel)
+    np.testing.assert_array_equal(k(a), k(b))
+    np.testing.assert_array_equal(k(a), k(alone))
+    assert not np.array_equal(k(a), k(c))
+    assert layer_seed(7, "block5_conv2", "kernel") != layer_seed(7, "block5_conv1", "kernel")
+
+
+def test_reinitialisation_uses_the_layers_own_initialisers_and_resets_batch_norm():
+    model = _tiny_bn_model()
+    bn = model.get_layer("bn_a")
+    rng = np.random.default_rng(0)
+    for v in bn.weights:  # a trained BN: nothing at its initial value
+        v.assign(rng.uniform(0.5, 2.0, v.shape).astype("float32"))
+    before = [w.copy() for w in model.get_weights()]
+    rand = randomised_copy(model, ("conv_a", "bn_a", "logits"), seed=1)
+    rbn = rand.get_layer("bn_a")
+    for name, want in {"gamma": 1.0, "beta": 0.0, "moving_mean": 0.0, "moving_variance": 1.0}.items():
+        np.testing.assert_array_equal(np.asarray(getattr(rbn, name)), want)
+    for a, b in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    # the Glorot-uniform kernel of conv_a: within its limit sqrt(6 / (fan_in + fan_out))
+    limit = np.sqrt(6 / (3 * 3 * 3 + 3 * 3 * 4))
+    kernel = np.asarray(rand.get_layer("conv_a").kernel)
+    assert np.abs(kernel).max() <= limit and kernel.std() > limit / 4
+    np.testing.assert_array_equal(np.asarray(rand.get_layer("conv_a").bias), 0.0)
+    assert np.isfinite(np.asarray(rand(np.ones((1, 12, 12, 3), np.float32)))).all()
+
+
+# ------------------------------------------------------------------ guided backprop
+
+
+def _guided_case(guided_relu_cap=1.0):
+    """A Conv-ReLU-Conv(ReLU)-Dense-ReLU(cap)-Dense model and its guided backprop computed by hand in NumPy.
+
+    Returns (model, images, targets, guided reference, plain-gradient reference), references (N, 6, 6, 3) float64.
+    """
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((6, 6, 3), name="image")
+    h = keras.layers.Conv2D(4, 3, name="conv1")(inp)  # valid: 4 x 4
+    h = keras.layers.Activation("relu", name="act1")(h)
+    h = keras.layers.Conv2D(4, 1, activation="relu", name="conv2")(h)
+    h = keras.layers.Flatten(name="flat")(h)
+    h = keras.layers.Dense(6, name="dense")(h)
+    h = keras.layers.ReLU(max_value=guided_relu_cap, name="relu_cap")(h)
+    z = keras.layers.Dense(3, name="logits")(h)
+    model = keras.Model(inp, keras.layers.Softmax(name="probs")(z))
+    rng = np.random.default_rng(0)
+    params = [rng.normal(scale=0.6, size=w.shape) for w in model.get_weights()]
+    model.set_weights([p.astype(np.float32) for p in params])
+    W1, b1, W2, b2, W3, b3, W4, b4 = params
+    x = rng.random((4, 6, 6, 3))
+    t = np.array([0, 1, 2, 1])
+
+    z1 = np.zeros((4, 4, 4, 4))
+    for i in range(4):
+        for j in range(4):
+            z1[:, i, j] = np.einsum("nabc,abck->nk", x[:, i : i + 3, j : j + 3], W1) + b1
+    z2 = np.einsum("nijc,ck->nijk", np.maximum(z1, 0), W2[0, 0]) + b2
+    z3 = np.maximum(z2, 0).reshape(4, -1) @ W3 + b3
+
+    def backward(guided):
+        gate = lambda z, R, cap=None: R * (z > 0) * ((z < cap) if cap else 1) * ((R > 0) if guided else 1)
+        R = gate(z3, W4[:, t].T, guided_relu_cap)
+        R = gate(z2, (R @ W3.T).reshape(4, 4, 4, 4))
+        R = gate(z1, np.einsum("nijk,ck->nijc", R, W2[0, 0]))
+        Rx = np.zeros_like(x)
+        for i in range(4):
+            for j in range(4):
+                Rx[:, i : i + 3, j : j + 3] += np.einsum("nk,abck->nabc", R[:, i, j], W1)
+        return Rx
+
+    assert ((z3 > 0) & (z3 < guided_relu_cap)).any() and (z3 > guided_relu_cap).any()  # the cap gates something
+    return model, x.astype(np.float32), t, backward(True), backward(False)
+
+
+def _guided_errors() -> dict:
+    """Max errors of guided_gradients against the guided and the plain NumPy references (also run under JAX)."""
+    model, x, t, ref, plain = _guided_case()
+    ours = guided_gradients(model, x, targets=t, batch_size=3)
+    scale = np.abs(ref).max()
+    return {"guided": float(np.abs(ours - ref).max() / scale), "plain": float(np.abs(ours - plain).max() / scale),
+            "relu_kept": model.get_layer("conv2").activation is keras.activations.relu}
+
+
+def test_guided_backprop_equals_a_numpy_reference():
+    err = _guided_errors()
+    assert err["guided"] < 1e-5
+    assert err["plain"] > 1e-2  # the case tells guided from plain gradients
+    assert err["relu_kept"]
+
+
+def test_guided_backprop_does_not_modify_the_model_and_guided_gradcam_is_its_product_with_gradcam():
+    model, x, t, ref, _ = _guided_case()
+    before = [w.copy() for w in model.get_weights()]
+    out_before = np.asarray(model(x))
+    maps = guided_backprop(model, x, targets=t)
+    np.testing.assert_allclose(maps, ref.sum(axis=-1), rtol=1e-4, atol=1e-5 * np.abs(ref).max())
+    for a, b in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert model.get_layer("act1").activation is keras.activations.relu and isinstance(model.get_layer("relu_cap"), keras.layers.ReLU)
+    np.testing.assert_array_equal(np.asarray(model(x)), out_before)
+    cam = gradcam(model, x, targets=t, layer="conv2")
+    np.testing.assert_allclose(guided_gradcam(model, x, targets=t, layer="conv2"), maps * cam, rtol=1e-5, atol=1e-7)
+
+
+def test_edge_map_is_the_sobel_magnitude_of_the_grey_image():
+    img = np.zeros((1, 5, 5, 3), np.float32)
+    img[0, :, 3:] = 1.0  # a vertical step between columns 2 and 3
+    m = edge_maps(img)[0]
+    # Sobel across the step: [1, 2, 1] smoothing x [-1, 0, 1] difference = 4 at columns 2 and 3, 0 elsewhere
+    np.testing.assert_allclose(m, np.tile([0, 0, 4, 4, 0], (5, 1)), atol=1e-6)
+    np.testing.assert_array_equal(EdgeMap()(None, img, None), m[None])
+
+
+# ------------------------------------------------------------------ the pipeline
+
+
+@pytest.mark.parametrize("explainer", [CenterControl(), EdgeMap()], ids=["center", "edge"])
+def test_model_blind_maps_stay_at_one_and_fail(vgg, explainer):
+    x = np.random.default_rng(1).random((4, 32, 32, 3)).astype(np.float32)
+    r = randomisation_check(vgg, x, None, explainer, seed=0, n_pairs=10, bootstrap=1000)
+    assert [s.name for s in r.steps] == ["logits", "head", "block5", "block4", "block3", "block2", "block1"]
+    for s in r.steps:
+        for m in MEASURES:
+            assert (s.per_image[m] == 1.0).all(), (s.name, m)
+            assert s.similarity[m].mean == 1.0 and s.similarity[m].ci95 == [1.0, 1.0]
+    assert r.verdict == "fails" and set(r.verdicts.values()) == {"fails"}
+    assert r.first_below_baseline == {m: None for m in MEASURES}
+    assert r.pairs.shape == (10, 2) and r.baseline["spearman_abs"].unit == "image pairs"
+
+
+def _bars(n, seed):
+    """Phantom-like 32 px images: a bright bar on a noisy background, horizontal (class 0) or vertical (class 1), anywhere."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(0.3, 0.05, (n, 32, 32)).astype(np.float32)
+    y = np.arange(n) % 2
+    for i in range(n):
+        r, c = rng.integers(4, 20, 2)
+        if y[i] == 0:
+            x[i, r : r + 3, c : c + 10] += 0.6
+        else:
+            x[i, r : r + 10, c : c + 3] += 0.6
+    return np.repeat(np.clip(x, 0, 1)[..., None], 3, axis=-1), y
+
+
+@pytest.fixture(scope="module")
+def trained():
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((32, 32, 3), name="image")
+    h = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="conv1")(inp)
+    h = keras.layers.Conv2D(16, 3, padding="same", activation="relu", name="conv2")(h)
+    h = keras.layers.GlobalAveragePooling2D(name="gap")(h)
+    z = keras.layers.Dense(2, name="logits")(h)
+    model = keras.Model(inp, keras.layers.Softmax(name="probs")(z))
+    model.compile(keras.optimizers.Adam(3e-3), "sparse_categorical_crossentropy")
+    x, y = _bars(96, seed=0)
+    model.fit(x, y, epochs=30, batch_size=32, verbose=0)
+    return model
+
+
+def test_gradcam_of_a_trained_model_falls_below_the_random_pair_baseline(trained):
+    x, y = _bars(12, seed=1)
+    before = [w.copy() for w in trained.get_weights()]
+    seen = []
+    r = randomisation_check(trained, x, y, GradCAM(), seed=0, bootstrap=1000, on_step=lambda step, m, maps: seen.append((step.name, m is trained, maps.shape)))
+    assert seen == [("logits", False, (12, 32, 32)), ("conv2", False, (12, 32, 32)), ("conv1", False, (12, 32, 32))]
+    first = r.steps[0].similarity["spearman_abs"]
+    assert first.ci95[1] < r.baseline["spearman_abs"].mean  # randomising the head alone already decorrelates the maps
+    assert r.steps[-1].similarity["spearman_abs"].mean < 0.5
+    assert r.verdict == "passes" and r.first_below_baseline["spearman_abs"] == 1
+    for a, b in zip(before, trained.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    again = randomisation_check(trained, x, y, GradCAM(), seed=0, bootstrap=1000)
+    other = randomisation_check(trained, x, y, GradCAM(), seed=1, bootstrap=1000)
+    for s, t, u in zip(r.steps, again.steps, other.steps):
+        np.testing.assert_array_equal(s.per_image["ssim"], t.per_image["ssim"])
+        assert not np.array_equal(s.per_image["ssim"], u.per_image["ssim"])
+    curve = r.curve("spearman_abs")
+    assert curve["name"].tolist() == ["logits", "conv2", "conv1"] and curve["mean"][0] == first.mean
+
+
+def test_guided_backprop_of_the_trained_model_fails_and_independent_steps_randomise_one_group(trained):
+    x, y = _bars(8, seed=2)
+    r = randomisation_check(trained, x, y, GuidedBackprop(), mode="independent", seed=0, bootstrap=1000)
+    assert [s.layers for s in r.steps] == [("logits",), ("conv2",), ("conv1",)]
+    assert r.verdict == "fails"  # Adebayo et al.: guided backprop barely depends on the weights
+
+
+def test_the_new_explainers_compose_from_their_config_files():
+    from hydra.utils import instantiate
+
+    from tests.conftest import compose
+    from xbench.explain import GuidedGradCAM
+
+    for name, cls in {"guided_backprop": GuidedBackprop, "guided_gradcam": GuidedGradCAM, "edge": EdgeMap}.items():
+        explainer = instantiate(compose([f"explainer={name}"]).explainer)
+        assert isinstance(explainer, cls) and explainer.name == name
+
+
+def test_randomisation_gradcam_and_guided_backprop_under_jax(tmp_path):
+    pytest.importorskip("jax")
+    script = textwrap.dedent("""
+        import json
+        import keras
+        import numpy as np
+        from tests.test_sanity import _guided_errors, _tiny_bn_model
+        from xbench.explain import CenterControl, GradCAM
+        from xbench.explain.randomisation import randomised_copy
+        from xbench.sanity import randomisation_check
+
+        model = _tiny_bn_model()
+        x = np.random.default_rng(0).random((4, 12, 12, 3)).astype(np.float32)
+        k = lambda m: np.asarray(m.get_layer("conv_a").kernel)
+        a, b = randomised_copy(model, ("conv_a",), 3), randomised_copy(model, ("conv_a",), 3)
+        cam = randomisation_check(model, x, None, GradCAM(), n_pairs=10, bootstrap=1000)
+        center = randomisation_check(model, x, None, CenterControl(), n_pairs=10, bootstrap=1000)
+        print(json.dumps({"backend": keras.backend.backend(), "guided": _guided_errors(),
+                          "same_seed_same_weights": bool(np.array_equal(k(a), k(b))), "changed": bool(not np.array_equal(k(a), k(model))),
+                          "cam_finite": bool(all(np.isfinite(s.per_image[m]).all() for s in cam.steps for m in s.per_image)),
+                          "cam_steps": [s.name for s in cam.steps],
+                          "center_all_one": bool(all((s.per_image[m] == 1).all() for s in center.steps for m in s.per_image)),
+                          "center_verdict": center.verdict}))
+    """)
+    env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    r = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["backend"] == "jax"
+    assert out["guided"]["guided"] < 1e-5 and out["guided"]["plain"] > 1e-2 and out["guided"]["relu_kept"]
+    assert out["same_seed_same_weights"] and out["changed"] and out["cam_finite"]
+    assert out["cam_steps"] == ["logits", "conv_b", "conv_a"]
+    assert out["center_all_one"] and out["center_verdict"] == "fails"
