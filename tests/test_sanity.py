@@ -439,3 +439,68 @@ def test_randomisation_gradcam_and_guided_backprop_under_jax(tmp_path):
     assert out["same_seed_same_weights"] and out["changed"] and out["cam_finite"]
     assert out["cam_steps"] == ["logits", "conv_b", "conv_a"]
     assert out["center_all_one"] and out["center_verdict"] == "fails"
+
+
+def test_the_job_check_scores_the_randomised_maps_on_both_models_as_a_direct_computation_does(trained):
+    from xbench.explain.explainers import CenterControl, RandomControl
+    from xbench.explain.randomisation import randomisation_steps, randomised_copy
+    from xbench.metrics.aopc import aopc_per_image
+    from xbench.perturbation import GaussianNoise, perturbation_curves
+    from xbench.sanity import check_job_model
+    from xbench.settings import SanitySettings
+
+    x, y = _bars(6, seed=3)
+    ids = np.arange(100, 106)
+    settings = SanitySettings(enabled=True, explainers=["center"], n_pairs=20)
+    out = check_job_model(trained, x, ids, y, GradCAM(), [CenterControl()], settings, perturbation=GaussianNoise(0.1), region_size=8, seed=4,
+                          bootstrap=1000)
+    assert [c.explainer for c in out.checks] == ["gradcam", "center"] and out.n_images == 6 and out.image_ids == ids.tolist()
+    center = out.checks[1]
+    assert center.verdict == "fails" and all(s.similarity["spearman_abs"].mean == 1.0 for s in center.steps)
+    assert all(s.aopc_on_trained is None for s in center.steps)  # only the configured explainer is scored
+    kw = dict(targets=y, region_size=8, order="morf", perturbation=GaussianNoise(0.1), seed=4, image_ids=ids)
+    step = randomisation_steps(trained)[0]
+    copy = randomised_copy(trained, step.layers, 4)
+    maps = GradCAM()(copy, x, y).astype(np.float32)
+    got = out.checks[0].steps[0]
+    assert got.aopc_on_randomised.mean == pytest.approx(aopc_per_image(perturbation_curves(copy, x, maps, **kw)).mean(), abs=1e-6)
+    assert got.aopc_on_trained.mean == pytest.approx(aopc_per_image(perturbation_curves(trained, x, maps, **kw)).mean(), abs=1e-6)
+    from xbench.explain.context import ExplainContext
+
+    floor = RandomControl()(trained, x, y, ExplainContext(ids, 4, 8))
+    assert out.random_aopc.mean == pytest.approx(aopc_per_image(perturbation_curves(trained, x, floor, **kw)).mean(), abs=1e-6)
+
+
+@pytest.mark.slow
+def test_a_job_with_the_check_records_it_in_metrics_summary_plots_and_report(tmp_path, cache_dir):
+    from tests.conftest import compose
+    from xbench import results
+    from xbench.apps.report import main as report_main
+    from xbench.apps.run import run
+
+    run(compose(["+experiment=smoke", "score.subset=all", "sanity.enabled=true", "sanity.max_images=4", "sanity.n_pairs=10"]), tmp_path / "job")
+    job = results.read_job(tmp_path / "job")  # decoded field by field from metrics.json
+    sa = job.metrics.sanity
+    assert [c.explainer for c in sa.checks] == ["gradcam", "center", "edge"] and sa.n_images == 4
+    for c in sa.checks[1:]:  # model-blind: identical maps whatever the weights
+        assert c.verdict == "fails" and all(s.similarity["spearman_abs"].mean == 1.0 for s in c.steps)
+    steps = sa.checks[0].steps
+    assert [s.name for s in steps][:3] == ["logits", "head", "block5"] and all(s.aopc_on_trained is not None for s in steps)
+    row = results.summary_row(job)
+    assert row["sanity_verdict"] == sa.checks[0].verdict and row["sanity_baseline"] == sa.checks[0].baseline["spearman_abs"].mean
+    assert row["sanity_lowest_similarity"] == min(s.similarity["spearman_abs"].mean for s in steps)
+    assert (tmp_path / "job" / "plots" / "randomisation_cascading.png").is_file()
+    assert report_main([str(tmp_path / "job"), "--out", str(tmp_path / "report")]) == 0
+    md = (tmp_path / "report" / "summary.md").read_text()
+    assert "## Sanity check: model-parameter randomisation" in md and "| edge | cascading | 4 | fails | never |" in md
+
+
+def test_a_bad_sanity_value_is_one_line_naming_the_key():
+    from tests.conftest import compose
+    from xbench.apps.run import build_job
+    from xbench.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^sanity\.modes: choose from \['cascading', 'independent'\], got \['sideways'\]$"):
+        build_job(compose(["+experiment=smoke", "sanity.modes=[sideways]"]))
+    with pytest.raises(ConfigError, match=r"^sanity\.explainers: choose from"):
+        build_job(compose(["+experiment=smoke", "sanity.explainers=[oracle]"]))

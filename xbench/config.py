@@ -26,7 +26,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from xbench.errors import ConfigError
-from xbench.settings import ScoreSettings, TrainSettings
+from xbench.settings import SanitySettings, ScoreSettings, TrainSettings
 
 #: Modules whose callables a config may name in ``_target_``.
 ALLOWED_TARGET_PREFIXES = ("xbench.",)
@@ -84,6 +84,7 @@ class XbenchConfig:
     explainer: Any = MISSING
     perturbation: Any = MISSING
     score: ScoreSettings = field(default_factory=ScoreSettings)
+    sanity: SanitySettings = field(default_factory=SanitySettings)  # the model-randomisation check (off by default)
     plots: bool = True  # per-job figures in <job>/plots/
     seed: int = 0
     cache_dir: str = '${oc.env:XBENCH_CACHE,"~/.cache/xbench"}'

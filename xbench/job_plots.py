@@ -22,11 +22,13 @@ def _save(fig, path: Path) -> None:
     plt.close(fig)
 
 
-def write_job_plots(run_dir: Path, model, images, ev, class_names, history, scoring=None, per_cell: int = 4, last_n: int = 3) -> list[str]:
+def write_job_plots(run_dir: Path, model, images, ev, class_names, history, scoring=None, per_cell: int = 4, last_n: int = 3,
+                    sanity=None) -> list[str]:
     """Write ``plots/*.png`` for one job; returns the file names written.
 
     ``ev``: the test evaluation (:class:`xbench.pipeline.Evaluation`);
-    ``scoring``: the :class:`xbench.scoring.ScoreResult`, or None.
+    ``scoring``: the :class:`xbench.scoring.ScoreResult`, or None;
+    ``sanity``: the :class:`xbench.results.Sanity` of the randomisation check, or None.
     """
     from xbench.explain.cam import gradcam, gradcam_last_n
 
@@ -73,4 +75,8 @@ def write_job_plots(run_dir: Path, model, images, ev, class_names, history, scor
             series = {curve_key(m, o): (aopc_by_step(c), None, None) for (m, o), c in scored.items() if o == "morf" and len(c)}
             _save(plots.aopc_by_step_figure(series), out / "aopc_by_step.png")
             written += ["mean_curves.png", "aopc_by_step.png"]
+    if sanity is not None:
+        for mode in dict.fromkeys(c.mode for c in sanity.checks):
+            _save(plots.randomisation_figure([c for c in sanity.checks if c.mode == mode]), out / f"randomisation_{mode}.png")
+            written.append(f"randomisation_{mode}.png")
     return written

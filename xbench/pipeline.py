@@ -25,13 +25,14 @@ import xbench
 from xbench import io, results
 from xbench.data.cache import load_decoded
 from xbench.data.records import Records
-from xbench.errors import DataError
+from xbench.errors import DataError, XbenchError
 from xbench.job_plots import write_job_plots
 from xbench.metrics.classification import classification_report
 from xbench.model_store import CachedExplainer, CurveStore, ModelStore, model_key
 from xbench.models.build import head_layers
 from xbench.models.card import model_card
 from xbench.scoring import GroundTruth, ScoreSettings, score_model
+from xbench.settings import SanitySettings
 from xbench.training import TrainSettings, predict_images, train_classifier
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,8 @@ class JobSpec:
             training configs, seed); with it the model, heatmaps and curve
             chunks are cached (:mod:`xbench.model_store`).
         plots: write the per-job figures.
+        sanity: the model-randomisation check (:mod:`xbench.sanity`); runs
+            when given and ``enabled``, after scoring.
     """
 
     source: Any
@@ -69,6 +72,7 @@ class JobSpec:
     config: dict | None = None
     cache_identity: dict | None = None
     plots: bool = True
+    sanity: SanitySettings | None = None
 
     @property
     def scores(self) -> bool:
@@ -310,6 +314,26 @@ def score_job(spec: JobSpec, data: PreparedData, trained: TrainedModel, ev: Eval
     return res
 
 
+def sanity_job(spec: JobSpec, data: PreparedData, trained: TrainedModel, ev: Evaluation) -> results.Sanity:
+    """The randomisation check on up to ``sanity.max_images`` test images (``score.subset``'s: correctly classified by default; class-stratified, seeded)."""
+    from xbench.explain.explainers import SANITY_EXPLAINERS
+    from xbench.sanity import check_job_model
+    from xbench.scoring import auto_region_size, select_images
+
+    s, score = spec.sanity, spec.score or ScoreSettings()
+    sel = select_images(ev.labels, ev.preds, score.subset, s.max_images, spec.seed)
+    if len(sel) < 2:
+        raise XbenchError(f"the randomisation check needs 2 test images ({score.subset}), the model has {len(sel)}; "
+                          "set score.subset=all or sanity.enabled=false")
+    rows = ev.rows[sel]
+    references = [SANITY_EXPLAINERS[n]() for n in s.explainers if n != spec.explainer.name]
+    log.info("sanity: randomisation check of %s on %d test images (%s), beside %s", spec.explainer.name, len(rows), ", ".join(s.modes),
+             ", ".join(r.name for r in references) or "nothing else")
+    return check_job_model(trained.model, np.asarray(data.images[rows]), rows, ev.preds[sel], spec.explainer, references, s,
+                           perturbation=spec.perturbation, region_size=score.region_size or auto_region_size(data.image_size), seed=spec.seed,
+                           bootstrap=score.bootstrap, max_steps=score.max_steps)
+
+
 def run_job(spec: JobSpec, run_dir: Path) -> results.JobMetrics:
     """Run one job end to end and write its folder; returns its metrics."""
     run_dir = io.ensure_dir(run_dir)
@@ -336,9 +360,14 @@ def run_job(spec: JobSpec, run_dir: Path) -> results.JobMetrics:
             if scored.heatmaps:
                 io.write_npz(run_dir / results.HEATMAPS_FILE, scored.heatmaps)
         metrics.scoring = scored.metrics
+    if spec.sanity is not None and spec.sanity.enabled:
+        results.write_metrics(run_dir, metrics)  # the scores survive a failure in the check
+        with clock("sanity_s"):
+            metrics.sanity = sanity_job(spec, data, trained, ev)
     if spec.plots:
         with clock("plots_s"):
-            metrics.plots = write_job_plots(run_dir, trained.model, data.images, ev, data.records.class_names, trained.history, scored)
+            metrics.plots = write_job_plots(run_dir, trained.model, data.images, ev, data.records.class_names, trained.history, scored,
+                                            sanity=metrics.sanity)
     metrics.timings = clock.total()
     results.write_metrics(run_dir, metrics)
     log.info("wrote %s", run_dir)

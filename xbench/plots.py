@@ -139,3 +139,32 @@ def aopc_vs_recall_figure(frame, title: str = "AOPC against test recall (one poi
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def randomisation_figure(checks: Sequence, measure: str = "spearman_abs", title: str = ""):
+    """The cascading-randomisation figure (Adebayo et al. 2018, Fig. 2): similarity to the original map against randomised depth.
+
+    ``checks``: :class:`xbench.results.SanityScores` of one mode. One line per
+    map with its 95% CI over images as a band; its random-pair baseline as a
+    dashed line of the same colour. x: the groups randomised, logits first.
+    """
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    names = []
+    for i, c in enumerate(checks):
+        color = f"C{i}"
+        depth = [s.depth for s in c.steps]
+        est = [s.similarity[measure] for s in c.steps]
+        ax.plot(depth, [e.mean for e in est], "o-", color=color, label=f"{c.explainer} ({c.verdicts.get(measure, '')})")
+        ax.fill_between(depth, [e.ci95[0] for e in est], [e.ci95[1] for e in est], color=color, alpha=0.2, linewidth=0)
+        ax.axhline(c.baseline[measure].mean, color=color, linestyle="--", linewidth=1)
+        if len(c.steps) > len(names):
+            names = [s.name for s in c.steps]
+    ax.set_xticks(range(1, len(names) + 1), names, rotation=30, ha="right")
+    ax.set_ylim(-1.05, 1.05)
+    ax.set_xlabel("randomised from the top down to")
+    ax.set_ylabel({"spearman_abs": "Spearman of |maps|", "spearman_signed": "Spearman of signed maps", "ssim": "SSIM of |maps|"}.get(measure, measure)
+                  + " to the original")
+    ax.set_title(title or f"Model-parameter randomisation ({checks[0].mode if checks else ''}); dashed: random image pairs")
+    ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    return fig

@@ -254,6 +254,37 @@ def shortcut_table(jobs: Sequence[results.JobResult]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def sanity_table(jobs: Sequence[results.JobResult]) -> pd.DataFrame:
+    """The model-randomisation check of each job: per map and mode, the verdict and the similarity at every randomised depth.
+
+    Similarity: Spearman rank correlation of the absolute maps to the trained
+    model's map of the same image, mean and 95% bootstrap CI over the checked
+    images; baseline: the same between the trained model's maps of random
+    image pairs (CI over pairs). For the configured explainer, the MoRF AOPC
+    of the randomised model's maps (curves on the randomised model / on the
+    trained model) beside the random control's.
+    """
+    rows = []
+    for j in jobs:
+        sa = j.metrics.sanity
+        if sa is None:
+            continue
+        for c in sa.checks:
+            row = {"job": j.path.name, "model": j.metrics.model.backbone, "seed": j.metrics.seed, "map": c.explainer, "mode": c.mode,
+                   "images": c.n_images, "verdict": c.verdict,
+                   "first depth below baseline": str(d) if (d := c.first_below_baseline.get("spearman_abs")) is not None else "never",
+                   "baseline (random pairs)": _fmt_est(c.baseline["spearman_abs"])}
+            row.update({f"{s.depth}. {s.name}": _fmt_est(s.similarity["spearman_abs"]) for s in c.steps})
+            rows.append(row)
+            if any(s.aopc_on_randomised is not None for s in c.steps):
+                for what in ("aopc_on_randomised", "aopc_on_trained"):
+                    label = "AOPC, curves on the randomised model" if what == "aopc_on_randomised" else "AOPC, curves on the trained model"
+                    rows.append({"job": j.path.name, "model": j.metrics.model.backbone, "seed": j.metrics.seed, "map": c.explainer, "mode": c.mode,
+                                 "images": c.n_images, "verdict": label, "baseline (random pairs)": f"random control: {_fmt_est(sa.random_aopc)}",
+                                 **{f"{s.depth}. {s.name}": _fmt_est(getattr(s, what)) for s in c.steps}})
+    return pd.DataFrame(rows)
+
+
 def _per_image(job: results.JobResult, method: str, order: str = "morf") -> tuple[np.ndarray, np.ndarray] | None:
     got = job.curves.scored(method, order) if job.curves is not None else None
     return None if got is None else (got[0], aopc_per_image(got[1]))

@@ -113,6 +113,46 @@ class Scoring:
 
 
 @dataclass
+class SanityStepScores:
+    """One randomised model of the check: how like the trained model's maps its maps still are."""
+
+    name: str  # the group randomised at this step ("logits", "head", a backbone block)
+    depth: int  # 1 (logits) .. number of groups
+    layers: list[str]  # every layer re-initialised in this model
+    similarity: dict[str, Estimate]  # spearman_abs / spearman_signed / ssim to the original map, mean over images
+    n_constant_maps: int
+    # The configured explainer only (sanity.aopc): MoRF AOPC of this model's
+    # maps, curves read on this randomised model and on the trained model.
+    aopc_on_randomised: Estimate | None = None
+    aopc_on_trained: Estimate | None = None
+
+
+@dataclass
+class SanityScores:
+    """The model-parameter randomisation check of one map (:func:`xbench.sanity.randomisation_check`)."""
+
+    explainer: str
+    mode: str  # "cascading" | "independent"
+    n_images: int
+    baseline: dict[str, Estimate]  # the same measures between the trained model's maps of random image pairs (unit "image pairs")
+    steps: list[SanityStepScores]
+    verdicts: dict[str, str]  # measure -> passes | fails | inconclusive (xbench.sanity.verdict)
+    verdict: str  # the verdict on spearman_abs, the explainer's
+    first_below_baseline: dict[str, int | None]  # measure -> depth of the first step wholly below the baseline mean
+
+
+@dataclass
+class Sanity:
+    """``metrics.json`` ``sanity``: the randomisation check of the configured explainer and of ``sanity.explainers``."""
+
+    n_images: int
+    image_ids: list[int]  # the checked images (correctly classified test images, class-stratified)
+    checks: list[SanityScores]
+    random_aopc: Estimate | None  # MoRF AOPC of the random control on these images and the trained model: the floor
+    seconds: float
+
+
+@dataclass
 class DataSummary:
     source: str
     root: str
@@ -184,6 +224,7 @@ class JobMetrics:
     timings: dict[str, float]
     config: dict[str, Any] | None = None  # the resolved config (None when run from Python)
     scoring: Scoring | None = None
+    sanity: Sanity | None = None  # the randomisation check (sanity.enabled)
     plots: list[str] | None = None
     format_version: int = FORMAT_VERSION
 
@@ -499,11 +540,38 @@ SUMMARY_COLUMNS += tuple(
         ("marker_mass", "share of the explainer's positive mass on the shortcut marker (images with one)"),
     )
 )
+def _sanity(job: JobResult) -> SanityScores | None:
+    """The configured explainer's randomisation check (its first mode), or None."""
+    sa, sc = job.metrics.sanity, job.scoring
+    if sa is None or not sa.checks:
+        return None
+    name = sc.explainer if sc else sa.checks[0].explainer
+    return next((c for c in sa.checks if c.explainer == name), None)
+
+
+def _sanity_lowest(job: JobResult) -> Estimate | None:
+    """The step whose mean Spearman (absolute maps) to the original is lowest."""
+    c = _sanity(job)
+    return None if c is None or not c.steps else min((s.similarity["spearman_abs"] for s in c.steps), key=lambda e: e.mean)
+
+
 SUMMARY_COLUMNS += (
     Column("lesion_mass_random", "the random control's lesion_mass on the same images", lambda j: _mean(_loc("lesion_mass", "random")(j))),
     Column("images_scored", "scored test images", lambda j: j.scoring.n_scored if j.scoring else 0),
     Column("images_correct", "correctly classified test images", lambda j: j.scoring.n_correct if j.scoring else _NAN),
     Column("images_test", "test images", lambda j: j.metrics.test.n),
+)
+SUMMARY_COLUMNS += (
+    Column("sanity_verdict", "model-randomisation check of the explainer: passes | fails | inconclusive (Spearman of absolute maps)",
+           lambda j: c.verdict if (c := _sanity(j)) else ""),
+    Column("sanity_depth_below_baseline", "first randomised depth (1 = logits) whose similarity CI lies below the random-pair baseline",
+           lambda j: _NAN if (c := _sanity(j)) is None or c.first_below_baseline.get("spearman_abs") is None else c.first_below_baseline["spearman_abs"]),
+    Column("sanity_lowest_similarity", "lowest mean Spearman (absolute maps) of a randomised model's maps to the original, over steps",
+           lambda j: _mean(_sanity_lowest(j))),
+    Column("sanity_lowest_ci_low", "its 95% bootstrap CI over images, low", lambda j: _low(_sanity_lowest(j))),
+    Column("sanity_lowest_ci_high", "... high", lambda j: _high(_sanity_lowest(j))),
+    Column("sanity_baseline", "mean Spearman (absolute maps) between the trained model's maps of random image pairs",
+           lambda j: _NAN if (c := _sanity(j)) is None else c.baseline["spearman_abs"].mean),
 )
 
 

@@ -14,16 +14,25 @@ image's map is has lost what the model had learned.
 from __future__ import annotations
 
 import gc
+import logging
+import time
+import warnings
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
+from tqdm.auto import tqdm
 
+from xbench import results
+from xbench.data.pixels import to_unit_float
 from xbench.explain.context import ExplainContext
 from xbench.explain.randomisation import MODES, RandomisationStep, randomisation_steps, randomised_copy
 from xbench.metrics.bootstrap import bootstrap_ci
 from xbench.metrics.similarity import MEASURES, constant_maps, map_similarities, pair_similarities, random_pairs
 from xbench.results import Estimate
+from xbench.settings import SanitySettings
+
+log = logging.getLogger(__name__)
 
 #: The measure whose verdict is the explainer's: Adebayo et al.'s rank correlation of absolute maps.
 VERDICT_MEASURE = "spearman_abs"
@@ -202,7 +211,8 @@ def randomisation_check(
     baseline = {m: _estimate(per_pair[m], unit="image pairs", n_resamples=bootstrap, seed=seed) for m in MEASURES}
 
     steps = []
-    for step in randomisation_steps(model, mode):
+    name = getattr(explainer, "name", type(explainer).__name__)
+    for step in tqdm(randomisation_steps(model, mode), desc=f"randomisation check ({name}, {mode})", unit="model", leave=False, mininterval=1.0):
         copy = randomised_copy(model, step.layers, seed)
         maps, n_bad = _clean(explainer(copy, images, targets, context))
         if on_step is not None:
@@ -216,5 +226,63 @@ def randomisation_check(
 
     verdicts = {m: verdict([s.similarity[m] for s in steps], baseline[m].mean) for m in MEASURES}
     first = {m: next((s.depth for s in steps if s.similarity[m].ci95[1] < baseline[m].mean), None) for m in MEASURES}
-    name = getattr(explainer, "name", type(explainer).__name__)
     return RandomisationCheck(name, mode, int(seed), targets, steps, pairs, per_pair, baseline, verdicts, first, constant_maps(original))
+
+
+def _as_scores(check: RandomisationCheck, aopc: dict[int, tuple[Estimate, Estimate]]) -> results.SanityScores:
+    steps = [results.SanityStepScores(s.name, s.depth, list(s.layers), dict(s.similarity), s.n_constant_maps,
+                                      *aopc.get(s.depth, (None, None))) for s in check.steps]
+    return results.SanityScores(check.explainer, check.mode, check.n_images, dict(check.baseline), steps, dict(check.verdicts),
+                                check.verdict, dict(check.first_below_baseline))
+
+
+def check_job_model(model, images, image_ids: np.ndarray, targets: np.ndarray, explainer, references: Sequence, settings: SanitySettings,
+                    *, perturbation, region_size: int, seed: int = 0, bootstrap: int = 2000, max_steps: int | None = None) -> results.Sanity:
+    """The randomisation check of a job's trained model, as ``metrics.json`` records it.
+
+    Args:
+        model: the trained classifier (never modified).
+        images: (N, S, S, 3) uint8 or float in [0, 1]: the checked images.
+        image_ids: (N,) their stable ids (the random control and the noise are functions of them).
+        targets: (N,) the classes explained (the trained model's predictions).
+        explainer: the job's explainer; its randomised maps are also scored
+            (MoRF AOPC on the randomised and on the trained model) when
+            ``settings.aopc``.
+        references: more maps to check (``settings.explainers``, built).
+        perturbation, region_size, max_steps: as the job scores (the engine's).
+    """
+    from xbench.explain.explainers import RandomControl
+    from xbench.metrics.aopc import aopc_per_image
+    from xbench.perturbation.engine import perturbation_curves
+
+    t0 = time.perf_counter()
+    x = to_unit_float(images)
+    ids = np.asarray(image_ids, np.int64)
+    context = ExplainContext(ids, seed, region_size)
+
+    def curves(on_model, maps):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a randomised model's constant maps: counted in n_constant_maps
+            return perturbation_curves(on_model, x, maps, targets=targets, region_size=region_size, order="morf", perturbation=perturbation,
+                                       max_steps=max_steps, seed=seed, image_ids=ids)
+
+    def estimate(per_image):
+        return _estimate(per_image, unit="images", n_resamples=bootstrap, seed=seed)
+
+    random_aopc = estimate(aopc_per_image(curves(model, RandomControl()(model, x, targets, context)))) if settings.aopc else None
+    checks = []
+    for method in [explainer, *references]:
+        for mode in settings.modes:
+            aopc: dict[int, tuple[Estimate, Estimate]] = {}
+
+            def on_step(step, randomised, maps, aopc=aopc):
+                maps = maps.astype(np.float32)
+                aopc[step.depth] = (estimate(aopc_per_image(curves(randomised, maps))), estimate(aopc_per_image(curves(model, maps))))
+
+            scored = settings.aopc and method is explainer
+            check = randomisation_check(model, x, targets, method, mode=mode, seed=seed, n_pairs=settings.n_pairs, bootstrap=bootstrap,
+                                        context=context, on_step=on_step if scored else None)
+            log.info("sanity (%s): %s %s; Spearman |map| to the original, lowest %.3f, baseline %.3f", mode, check.explainer, check.verdict,
+                     min(s.similarity[VERDICT_MEASURE].mean for s in check.steps), check.baseline[VERDICT_MEASURE].mean)
+            checks.append(_as_scores(check, aopc))
+    return results.Sanity(len(ids), ids.tolist(), checks, random_aopc, time.perf_counter() - t0)

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-from xbench.explain.explainers import CONTROL_NAMES
+from xbench.explain.explainers import CONTROL_NAMES, SANITY_EXPLAINERS
 from xbench.metrics.classification import SELECTION_RULES
 from xbench.models.precision import check_compute_dtype
 from xbench.perturbation.regions import ORDERS
@@ -131,6 +131,34 @@ class ScoreSettings:
             raise ValueError(f"bootstrap: use at least 1,000 resamples, got {self.bootstrap}")
         _at_least(self.chunk_images, 1, "chunk_images")
         check_compute_dtype(self.dtype)
+
+
+@dataclass
+class SanitySettings:
+    """The model-parameter randomisation check (:mod:`xbench.sanity`); also the schema of the config's ``sanity`` node.
+
+    Off by default (it explains the images once per randomised model);
+    ``+experiment=sanity`` turns it on for the default benchmark.
+    """
+
+    enabled: bool = False
+    modes: List[str] = field(default_factory=lambda: ["cascading"])  # cascading | independent
+    # Checked beside the configured explainer: model-blind maps that must fail
+    # (center, edge) and Guided Backprop, the published near-failure.
+    explainers: List[str] = field(default_factory=lambda: ["center", "edge"])
+    max_images: int = 16  # test images of score.subset (correct ones by default), class-stratified and seeded
+    n_pairs: int = 50  # random image pairs of the baseline (Arun et al., 2021)
+    aopc: bool = True  # score the configured explainer's randomised maps (MoRF) on the randomised and the trained model
+
+    def __post_init__(self):
+        from xbench.explain.randomisation import MODES
+
+        if not self.modes or not all(m in MODES for m in self.modes):
+            raise ValueError(f"modes: choose from {list(MODES)}, got {list(self.modes)}")
+        if not all(e in SANITY_EXPLAINERS for e in self.explainers):
+            raise ValueError(f"explainers: choose from {list(SANITY_EXPLAINERS)}, got {list(self.explainers)}")
+        _at_least(self.max_images, 2, "max_images")
+        _at_least(self.n_pairs, 1, "n_pairs")
 
 
 def _at_least(value, low, name: str) -> None:

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from xbench.config import register, validate
 from xbench.errors import ConfigError, XbenchError
 from xbench.models.backbones import ClassifierSpec
-from xbench.settings import ScoreSettings, TrainSettings
+from xbench.settings import SanitySettings, ScoreSettings, TrainSettings
 
 log = logging.getLogger("xbench")
 register()
@@ -40,6 +40,7 @@ class Job:
     controls: tuple
     perturbation: Any
     score: ScoreSettings
+    sanity: SanitySettings
 
 
 def build_job(cfg: DictConfig) -> Job:
@@ -61,6 +62,7 @@ def build_job(cfg: DictConfig) -> Job:
         "explainer": _from_target,
         "perturbation": _from_target,
         "score": OmegaConf.to_object,  # a ScoreSettings (the schema of the node)
+        "sanity": OmegaConf.to_object,  # a SanitySettings
     }
     built = {}
     for group, make in makers.items():
@@ -73,7 +75,7 @@ def build_job(cfg: DictConfig) -> Job:
     _check_ground_truth(built["data"], explainer, controls)
     return Job(
         source=built["data"], model=built["model"], settings=built["train"], explainer=explainer,
-        controls=controls, perturbation=built["perturbation"], score=score,
+        controls=controls, perturbation=built["perturbation"], score=score, sanity=built["sanity"],
     )
 
 
@@ -117,7 +119,7 @@ def run(cfg: DictConfig, run_dir: Path):
     job = build_job(cfg)
     spec = JobSpec(
         source=job.source, build_model=job.model.build, train=job.settings, seed=int(cfg.seed), cache_dir=Path(os.path.expanduser(cfg.cache_dir)),
-        explainer=job.explainer, controls=job.controls, perturbation=job.perturbation, score=job.score,
+        explainer=job.explainer, controls=job.controls, perturbation=job.perturbation, score=job.score, sanity=job.sanity,
         config=OmegaConf.to_container(cfg, resolve=True), plots=bool(cfg.plots),
         cache_identity={k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("data", "model", "train")} | {"seed": int(cfg.seed)},
     )

@@ -228,7 +228,14 @@ class ShortcutMarker:
         return mask_maps(_masks(_ctx(context, images).markers, images, "marker"), sigma=self.sigma)
 
 
-#: Maps a report can name in ``score.controls``: floors (random, center) and
-#: ground-truth references (oracle, shortcut_marker; phantoms only).
-CONTROLS = {"random": RandomControl, "center": CenterControl, "oracle": Oracle, "shortcut_marker": ShortcutMarker}
+#: Maps a report can name in ``score.controls``: floors (random, center), a
+#: known-bad map that reads only the image (edge) and ground-truth references
+#: (oracle, shortcut_marker; phantoms only).
+CONTROLS = {"random": RandomControl, "center": CenterControl, "oracle": Oracle, "shortcut_marker": ShortcutMarker, "edge": EdgeMap}
 CONTROL_NAMES = tuple(CONTROLS)
+
+#: Maps the randomisation check can run beside the configured explainer
+#: (``sanity.explainers``): model-blind references that must fail it (center,
+#: edge) and Guided Backprop / Guided Grad-CAM, the published near-failures.
+SANITY_EXPLAINERS = {"center": CenterControl, "edge": EdgeMap, "guided_backprop": GuidedBackprop, "guided_gradcam": GuidedGradCAM,
+                     "gradcam": GradCAM}

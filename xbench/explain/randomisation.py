@@ -29,7 +29,6 @@ import re
 from dataclasses import dataclass
 from typing import Sequence
 
-import keras
 import numpy as np
 
 FEATURES = "features"
@@ -168,6 +167,8 @@ def _initializer(layer, variable, seed: int):
     attrs = _INITIALIZER_ATTRS.get(variable.name, ()) + (f"{variable.name}_initializer",)
     init = next((getattr(layer, a) for a in attrs if getattr(layer, a, None) is not None), None)
     if init is None:
+        import keras
+
         # A layer that does not say how it initialises: the Keras defaults for kernels and biases.
         return keras.initializers.GlorotUniform(seed=seed) if len(variable.shape) >= 2 else keras.initializers.Zeros()
     config = init.get_config()
@@ -187,6 +188,8 @@ def reinitialise(layer: keras.layers.Layer, seed: int) -> None:
     peer toolkits produce NaN maps. A nested model is re-initialised layer
     by layer.
     """
+    import keras
+
     if isinstance(layer, keras.Model):  # a nested model: its own layers know their initialisers
         for inner in layer.layers:
             reinitialise(inner, seed)
@@ -219,6 +222,8 @@ def randomised_copy(model: keras.Model, layers: Sequence[str], seed: int = 0) ->
     missing = [n for n in layers if n not in names]
     if missing:
         raise ValueError(f"model {model.name} has no layer {missing[0]!r}")
+    import keras
+
     copy = keras.models.clone_model(model)
     copy.set_weights(model.get_weights())
     for name in layers:
