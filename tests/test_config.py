@@ -145,7 +145,7 @@ OWN_RULES = [
     (["score.max_steps=-1"], "score.max_steps: must be >= 0"),
     (["score.subset=some"], "score.subset: must be 'correct' or 'all'"),
     (["score.target=best"], "score.target: must be 'predicted' or 'true'"),
-    (["score.controls=[random,oracle2]"], "score.controls: choose from ['random', 'center', 'oracle', 'shortcut_marker']"),
+    (["score.controls=[random,oracle2]"], "score.controls: choose from ['random', 'center', 'oracle', 'shortcut_marker', 'edge']"),
     (["score.max_images=0"], "score.max_images: must be >= 1"),
     (["score.memory_budget_mb=0"], "score.memory_budget_mb: must be > 0"),
 ]
