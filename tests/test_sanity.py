@@ -106,23 +106,83 @@ def test_normalise_abs_divides_the_magnitude_by_its_largest_value():
     np.testing.assert_array_equal(normalise_abs(m), [[[0.25, 1.0], [0.5, 0.0]], [[0, 0], [0, 0]]])
 
 
-def test_random_pairs_are_seeded_pairs_of_different_images():
+def test_random_pairs_are_distinct_seeded_pairs_of_different_images():
+    p = random_pairs(16, 50, seed=4)
+    assert p.shape == (50, 2) and (p[:, 0] < p[:, 1]).all() and p.min() >= 0 and p.max() < 16
+    assert len({tuple(x) for x in p}) == 50  # no pair counted twice
+    np.testing.assert_array_equal(p, random_pairs(16, 50, seed=4))
+    assert not np.array_equal(p, random_pairs(16, 50, seed=5))
+    np.testing.assert_array_equal(random_pairs(7, 50), np.stack(np.triu_indices(7, 1), 1))  # 21 pairs exist: all of them
+    np.testing.assert_array_equal(random_pairs(2, 20), [[0, 1]])
     p = random_pairs(7, 50, seed=4)
-    assert p.shape == (50, 2) and (p[:, 0] != p[:, 1]).all() and p.min() >= 0 and p.max() < 7
-    np.testing.assert_array_equal(p, random_pairs(7, 50, seed=4))
-    assert not np.array_equal(p, random_pairs(7, 50, seed=5))
-    assert {tuple(x) for x in random_pairs(2, 20)} == {(0, 1), (1, 0)}
     maps = np.random.default_rng(5).random((7, 12, 12))
     got = pair_similarities(maps, p)
     for m in MEASURES:
         np.testing.assert_array_equal(got[m], map_similarities(maps[p[:, 0]], maps[p[:, 1]])[m])
 
 
+def _null_check(rng, n=16, steps=7, rho=0.0, n_pairs=50):
+    """Per-image similarities at several steps and a pair baseline, all from ONE distribution: nothing is below the baseline."""
+    from xbench.metrics.similarity import versus_pairs
+
+    image = rng.normal(0, 0.15, n)  # images differ (some maps are more alike to everything)
+    shared = rng.normal(0, 1, n)
+    per = np.stack([0.3 + image + 0.1 * (np.sqrt(rho) * shared + np.sqrt(1 - rho) * rng.normal(0, 1, n)) for _ in range(steps)])
+    pairs = random_pairs(n, n_pairs, int(rng.integers(1 << 30)))
+    per_pair = 0.3 + (image[pairs[:, 0]] + image[pairs[:, 1]]) / 2 + 0.1 * rng.normal(0, 1, len(pairs))
+    return versus_pairs(per, pairs, per_pair, n_resamples=1000, seed=int(rng.integers(1 << 30))), per, per_pair
+
+
+def test_versus_pairs_by_hand_and_its_baseline_ci_bootstraps_images():
+    from xbench.metrics.similarity import versus_pairs
+
+    per = np.array([[0.1, 0.2, 0.3], [0.5, 0.5, 0.5]])
+    pairs, per_pair = np.array([[0, 1], [0, 2], [1, 2]]), np.array([0.4, 0.2, 0.3])
+    t = versus_pairs(per, pairs, per_pair, n_resamples=1000, seed=0)
+    np.testing.assert_allclose(t["diff"], [0.2 - 0.3, 0.5 - 0.3])
+    assert t["diff_ci"][1, 0] > 0 and t["p_below"][1] > 0.5  # step 2 is above the baseline
+    assert 0.2 <= t["baseline_ci"][0] <= 0.3 <= t["baseline_ci"][1] <= 0.4
+    # With 2 images there is one pair: the baseline has no spread to resample, whatever n_pairs asked for.
+    t2 = versus_pairs(np.array([[0.0, 0.0]]), random_pairs(2, 50), np.array([0.7]), n_resamples=1000, seed=0)
+    np.testing.assert_allclose(t2["baseline_ci"], [0.7, 0.7])
+
+
+def test_the_verdict_says_passes_by_chance_at_most_about_five_percent_under_a_simulated_null():
+    # The audit's null: per-image step similarities and pair similarities from one distribution,
+    # images varying; 7 steps (VGG16) independent or strongly correlated (cascading).
+    from xbench.metrics.comparison import holm
+
+    rng = np.random.default_rng(0)
+    for rho in (0.0, 0.8):
+        passes = sum(bool((holm(_null_check(rng, rho=rho)[0]["p_below"]) < 0.05).any()) for _ in range(200))
+        assert passes / 200 <= 0.08, f"rho {rho}: 'passes' in {passes} of 200 null checks"
+
+
+def test_the_baseline_ci_covers_the_truth_about_95_percent_when_images_vary():
+    from xbench.metrics.similarity import versus_pairs
+
+    rng = np.random.default_rng(1)
+    hits = 0
+    for _ in range(200):
+        image = rng.normal(0, 0.15, 16)  # the population mean of a pair's similarity is 0.3
+        pairs = random_pairs(16, 50, int(rng.integers(1 << 30)))
+        per_pair = 0.3 + (image[pairs[:, 0]] + image[pairs[:, 1]]) / 2 + 0.05 * rng.normal(0, 1, len(pairs))
+        lo, hi = versus_pairs(np.zeros((1, 16)), pairs, per_pair, n_resamples=1000, seed=int(rng.integers(1 << 30)))["baseline_ci"]
+        hits += lo <= 0.3 <= hi
+    assert 0.85 <= hits / 200 <= 1.0, f"coverage {hits / 200}"
+
+
 def test_verdict_rule():
-    e = lambda lo, hi: Estimate(mean=(lo + hi) / 2, ci95=[lo, hi], n=8)
-    assert verdict([e(0.8, 0.9), e(0.1, 0.2)], 0.3) == "passes"  # below the baseline at some step
-    assert verdict([e(1.0, 1.0), e(1.0, 1.0)], 1.0) == "fails"  # never leaves it
-    assert verdict([e(0.9, 1.0), e(0.25, 0.4)], 0.3) == "inconclusive"
+    from xbench.sanity import SanityStep
+
+    def step(p, lo):
+        e = Estimate(mean=lo + 0.05, ci95=[lo, lo + 0.1], n=8)
+        return SanityStep("s", 1, (), {}, {"spearman_abs": e}, 0, 0, {"spearman_abs": e}, {"spearman_abs": p})
+
+    assert verdict([step(0.5, -0.1), step(0.01, -0.3)], "spearman_abs", 8) == "passes"  # below the baseline at some step
+    assert verdict([step(1.0, 0.0), step(1.0, 0.2)], "spearman_abs", 8) == "fails"  # never leaves it
+    assert verdict([step(0.5, 0.1), step(0.2, -0.05)], "spearman_abs", 8) == "inconclusive"
+    assert verdict([step(0.01, -0.3)], "spearman_abs", 1) == "inconclusive"  # one usable image: no baseline
 
 
 # ------------------------------------------------------------------ layer groups and randomised copies
@@ -335,7 +395,7 @@ def test_model_blind_maps_stay_at_one_and_fail(vgg, explainer):
             assert s.similarity[m].mean == 1.0 and s.similarity[m].ci95 == [1.0, 1.0]
     assert r.verdict == "fails" and set(r.verdicts.values()) == {"fails"}
     assert r.first_below_baseline == {m: None for m in MEASURES}
-    assert r.pairs.shape == (10, 2) and r.baseline["spearman_abs"].unit == "image pairs"
+    assert r.pairs.shape == (6, 2) and r.baseline["spearman_abs"].unit == "images"  # 4 images: all 6 distinct pairs
 
 
 def _bars(n, seed):
@@ -488,7 +548,7 @@ def test_a_job_with_the_check_records_it_in_metrics_summary_plots_and_report(tmp
     assert [s.name for s in steps][:3] == ["logits", "head", "block5"] and all(s.aopc_on_trained is not None for s in steps)
     row = results.summary_row(job)
     assert row["sanity_verdict"] == sa.checks[0].verdict and row["sanity_baseline"] == sa.checks[0].baseline["spearman_abs"].mean
-    assert row["sanity_lowest_similarity"] == min(s.similarity["spearman_abs"].mean for s in steps)
+    assert row["sanity_similarity_head"] == steps[1].similarity["spearman_abs"].mean and row["sanity_mode"] == "cascading"
     assert (tmp_path / "job" / "plots" / "randomisation_cascading.png").is_file()
     assert report_main([str(tmp_path / "job"), "--out", str(tmp_path / "report")]) == 0
     md = (tmp_path / "report" / "summary.md").read_text()
@@ -504,3 +564,30 @@ def test_a_bad_sanity_value_is_one_line_naming_the_key():
         build_job(compose(["+experiment=smoke", "sanity.modes=[sideways]"]))
     with pytest.raises(ConfigError, match=r"^sanity\.explainers: choose from"):
         build_job(compose(["+experiment=smoke", "sanity.explainers=[oracle]"]))
+
+
+def test_an_explainer_whose_trained_maps_are_constant_is_left_out_not_passed(vgg):
+    # A Grad-CAM zeroed by its ReLU everywhere ranks nothing: 0 against every randomised map
+    # must not read as "changed by randomisation".
+    x = np.random.default_rng(0).random((5, 32, 32, 3)).astype(np.float32)
+
+    def flat_when_trained(model, images, targets, context=None):
+        return np.zeros(np.shape(images)[:3]) if model is vgg else np.random.default_rng(1).random(np.shape(images)[:3])
+
+    r = randomisation_check(vgg, x, np.zeros(5, int), flat_when_trained, seed=0, bootstrap=1000)
+    assert r.n_constant_original == 5 and len(r.pairs) == 0
+    assert r.verdict == "inconclusive" and all(np.isnan(s.per_image["spearman_abs"]).all() for s in r.steps)
+
+
+def test_one_block_like_name_does_not_fold_a_users_layers_into_it():
+    from xbench.explain.randomisation import layer_groups
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((12, 12, 3))
+    h = keras.layers.Conv2D(4, 3, name="stem")(inp)
+    h = keras.layers.BatchNormalization(name="conv1_bn")(h)
+    for k in range(3):
+        h = keras.layers.Conv2D(4, 3, padding="same", name=f"layer{k}")(h)
+    z = keras.layers.Dense(2, name="logits")(keras.layers.GlobalAveragePooling2D()(h))
+    groups = [g.name for g in layer_groups(keras.Model(inp, z))]
+    assert groups == ["logits", "layer2", "layer1", "layer0", "stem"]

@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 #: Config keys that cannot change a figure of a job (or vary by seed alone): left out of the identity.
 NOT_IDENTITY = ("seed", "cache_dir", "plots", "score.bootstrap", "score.chunk_images", "score.batch_size", "score.memory_budget_mb",
-                "score.save_heatmaps", "score.controls", "score.enabled")
+                "score.save_heatmaps", "score.controls", "score.enabled", "sanity")
 #: Settings shown as their own columns (the rest of what differs goes into "Setting").
 SHOWN = ("model.backbone", "explainer.name", "perturbation")
 
@@ -96,7 +96,8 @@ def identity(job: results.JobResult) -> dict[str, Any]:
     base["model.backbone"] = m.model.backbone
     if sc is not None:
         base.update({"explainer.name": sc.explainer, "perturbation": results._perturbation_label(sc.perturbation), "score.region_size": sc.region_size,
-                     "score.steps": sc.steps, "score.subset": sc.subset, "score.target": sc.target})
+                     "score.steps": sc.steps, "score.subset": sc.subset, "score.target": sc.target,
+                     "score.dtype": sc.dtype})
     return base
 
 
@@ -271,16 +272,18 @@ def sanity_table(jobs: Sequence[results.JobResult]) -> pd.DataFrame:
             continue
         for c in sa.checks:
             row = {"job": j.path.name, "model": j.metrics.model.backbone, "seed": j.metrics.seed, "map": c.explainer, "mode": c.mode,
-                   "images": c.n_images, "verdict": c.verdict,
+                   "images": c.n_images - c.n_left_out, "verdict": c.verdict,
                    "first depth below baseline": str(d) if (d := c.first_below_baseline.get("spearman_abs")) is not None else "never",
                    "baseline (random pairs)": _fmt_est(c.baseline["spearman_abs"])}
             row.update({f"{s.depth}. {s.name}": _fmt_est(s.similarity["spearman_abs"]) for s in c.steps})
             rows.append(row)
             if any(s.aopc_on_randomised is not None for s in c.steps):
-                for what in ("aopc_on_randomised", "aopc_on_trained"):
-                    label = "AOPC, curves on the randomised model" if what == "aopc_on_randomised" else "AOPC, curves on the trained model"
+                for what, label, floor in (
+                        ("aopc_on_randomised", "AOPC of its maps, curves on the randomised model", "random control on the same randomised model: next row"),
+                        ("random_aopc_on_randomised", "AOPC of the random control on the randomised model", ""),
+                        ("aopc_on_trained", "AOPC of its maps, curves on the trained model", f"random control on the trained model: {_fmt_est(sa.random_aopc)}")):
                     rows.append({"job": j.path.name, "model": j.metrics.model.backbone, "seed": j.metrics.seed, "map": c.explainer, "mode": c.mode,
-                                 "images": c.n_images, "verdict": label, "baseline (random pairs)": f"random control: {_fmt_est(sa.random_aopc)}",
+                                 "images": c.n_images, "verdict": label, "baseline (random pairs)": floor,
                                  **{f"{s.depth}. {s.name}": _fmt_est(getattr(s, what)) for s in c.steps}})
     return pd.DataFrame(rows)
 

@@ -120,11 +120,16 @@ class SanityStepScores:
     depth: int  # 1 (logits) .. number of groups
     layers: list[str]  # every layer re-initialised in this model
     similarity: dict[str, Estimate]  # spearman_abs / spearman_signed / ssim to the original map, mean over images
-    n_constant_maps: int
+    below_baseline: dict[str, Estimate]  # similarity - random-pair baseline (images bootstrapped, pairs re-formed)
+    p_below: dict[str, float]  # one-sided p of "not below the baseline", Holm-adjusted over this check's steps
+    n_constant_maps: int  # this model's maps with one value everywhere (similarity 0 to a non-constant original)
+    n_nonfinite_maps: int  # this model's maps that held NaN/inf (left out at this step)
     # The configured explainer only (sanity.aopc): MoRF AOPC of this model's
-    # maps, curves read on this randomised model and on the trained model.
+    # maps, curves read on this randomised model and on the trained model,
+    # and the random control's on this randomised model (its own floor).
     aopc_on_randomised: Estimate | None = None
     aopc_on_trained: Estimate | None = None
+    random_aopc_on_randomised: Estimate | None = None
 
 
 @dataclass
@@ -134,11 +139,13 @@ class SanityScores:
     explainer: str
     mode: str  # "cascading" | "independent"
     n_images: int
-    baseline: dict[str, Estimate]  # the same measures between the trained model's maps of random image pairs (unit "image pairs")
+    n_left_out: int  # images whose trained-model map is constant or not finite (rank nothing): in no step and no pair
+    n_pairs: int  # distinct image pairs of the baseline
+    baseline: dict[str, Estimate]  # the same measures between the trained model's maps of random image pairs (CI: images bootstrapped)
     steps: list[SanityStepScores]
     verdicts: dict[str, str]  # measure -> passes | fails | inconclusive (xbench.sanity.verdict)
     verdict: str  # the verdict on spearman_abs, the explainer's
-    first_below_baseline: dict[str, int | None]  # measure -> depth of the first step wholly below the baseline mean
+    first_below_baseline: dict[str, int | None]  # measure -> depth of the first step below the baseline (Holm p < 0.05)
 
 
 @dataclass
@@ -148,7 +155,7 @@ class Sanity:
     n_images: int
     image_ids: list[int]  # the checked images (correctly classified test images, class-stratified)
     checks: list[SanityScores]
-    random_aopc: Estimate | None  # MoRF AOPC of the random control on these images and the trained model: the floor
+    random_aopc: Estimate | None  # MoRF AOPC of the random control on these images and the trained model: the floor of aopc_on_trained
     seconds: float
 
 
@@ -546,13 +553,16 @@ def _sanity(job: JobResult) -> SanityScores | None:
     if sa is None or not sa.checks:
         return None
     name = sc.explainer if sc else sa.checks[0].explainer
-    return next((c for c in sa.checks if c.explainer == name), None)
+    return next((c for c in sorted(sa.checks, key=lambda c: c.mode != "cascading") if c.explainer == name), None)
 
 
-def _sanity_lowest(job: JobResult) -> Estimate | None:
-    """The step whose mean Spearman (absolute maps) to the original is lowest."""
+def _sanity_head(job: JobResult) -> Estimate | None:
+    """Similarity (Spearman, absolute maps) once the logits and the head are randomised: a depth fixed in advance, not the lowest found."""
     c = _sanity(job)
-    return None if c is None or not c.steps else min((s.similarity["spearman_abs"] for s in c.steps), key=lambda e: e.mean)
+    if c is None or not c.steps:
+        return None
+    step = next((s for s in c.steps if s.name == "head"), c.steps[0])
+    return step.similarity["spearman_abs"]
 
 
 SUMMARY_COLUMNS += (
@@ -564,12 +574,13 @@ SUMMARY_COLUMNS += (
 SUMMARY_COLUMNS += (
     Column("sanity_verdict", "model-randomisation check of the explainer: passes | fails | inconclusive (Spearman of absolute maps)",
            lambda j: c.verdict if (c := _sanity(j)) else ""),
-    Column("sanity_depth_below_baseline", "first randomised depth (1 = logits) whose similarity CI lies below the random-pair baseline",
+    Column("sanity_depth_below_baseline", "first randomised depth (1 = logits) below the random-pair baseline (Holm-adjusted p < 0.05)",
            lambda j: _NAN if (c := _sanity(j)) is None or c.first_below_baseline.get("spearman_abs") is None else c.first_below_baseline["spearman_abs"]),
-    Column("sanity_lowest_similarity", "lowest mean Spearman (absolute maps) of a randomised model's maps to the original, over steps",
-           lambda j: _mean(_sanity_lowest(j))),
-    Column("sanity_lowest_ci_low", "its 95% bootstrap CI over images, low", lambda j: _low(_sanity_lowest(j))),
-    Column("sanity_lowest_ci_high", "... high", lambda j: _high(_sanity_lowest(j))),
+    Column("sanity_mode", "the check's mode these columns report (cascading first when several ran)", lambda j: c.mode if (c := _sanity(j)) else ""),
+    Column("sanity_similarity_head", "Spearman (absolute maps) to the original once logits and head are randomised (the first step without a head)",
+           lambda j: _mean(_sanity_head(j))),
+    Column("sanity_head_ci_low", "its 95% bootstrap CI over images, low", lambda j: _low(_sanity_head(j))),
+    Column("sanity_head_ci_high", "... high", lambda j: _high(_sanity_head(j))),
     Column("sanity_baseline", "mean Spearman (absolute maps) between the trained model's maps of random image pairs",
            lambda j: _NAN if (c := _sanity(j)) is None else c.baseline["spearman_abs"].mean),
 )

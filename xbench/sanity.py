@@ -28,7 +28,8 @@ from xbench.data.pixels import to_unit_float
 from xbench.explain.context import ExplainContext
 from xbench.explain.randomisation import MODES, RandomisationStep, randomisation_steps, randomised_copy
 from xbench.metrics.bootstrap import bootstrap_ci
-from xbench.metrics.similarity import MEASURES, constant_maps, map_similarities, pair_similarities, random_pairs
+from xbench.metrics.comparison import holm
+from xbench.metrics.similarity import MEASURES, _constant, constant_maps, map_similarities, pair_similarities, random_pairs, versus_pairs
 from xbench.results import Estimate
 from xbench.settings import SanitySettings
 
@@ -47,10 +48,17 @@ class SanityStep:
         name: the group randomised at this step ("logits", "head", a block name).
         depth: 1 (logits) .. number of groups.
         layers: the layers re-initialised in this model.
-        per_image: {measure: (N,) float64} similarity of each image's map to its original.
+        per_image: {measure: (N,) float64} similarity of each image's map to its
+            original; NaN for an image left out (its original map is
+            constant, or this model's map is not finite).
         similarity: {measure: Estimate} mean over images, 95% bootstrap CI over images.
         n_constant_maps: randomised maps with one value everywhere (rank correlation 0 against a non-constant original).
-        n_nonfinite_maps: randomised maps that held NaN/inf (set to 0 before comparing).
+        n_nonfinite_maps: randomised maps that held NaN/inf (left out at this step).
+        below_baseline: {measure: Estimate} similarity minus the random-pair
+            baseline (:func:`xbench.metrics.similarity.versus_pairs`: images
+            bootstrapped, pairs re-formed in each resample).
+        p_below: {measure: float} one-sided p of "not below the baseline",
+            Holm-adjusted over the steps of this check.
     """
 
     name: str
@@ -60,6 +68,8 @@ class SanityStep:
     similarity: dict[str, Estimate]
     n_constant_maps: int
     n_nonfinite_maps: int
+    below_baseline: dict[str, Estimate]
+    p_below: dict[str, float]
 
 
 @dataclass(frozen=True)
@@ -72,13 +82,16 @@ class RandomisationCheck:
         seed: seeds the re-initialised weights, the random pairs and the bootstrap.
         targets: (N,) int64 classes explained at every step (the trained model's).
         steps: one :class:`SanityStep` per randomised model, top-down.
-        pairs: (P, 2) int64 image pairs of the baseline.
+        pairs: (P, 2) int64 distinct pairs of usable images (the baseline's).
         baseline_per_pair: {measure: (P,) float64}.
-        baseline: {measure: Estimate} mean over pairs, bootstrap CI over pairs (unit "image pairs").
+        baseline: {measure: Estimate} mean over the pairs; its CI bootstraps
+            IMAGES, re-forming the pairs in each resample (unit "images", n =
+            usable images).
         verdicts: {measure: "passes" | "fails" | "inconclusive"} (rule: :func:`verdict`).
-        first_below_baseline: {measure: depth of the first step whose CI lies
-            wholly below the baseline mean, or None}.
-        n_constant_original: trained-model maps with one value everywhere.
+        first_below_baseline: {measure: depth of the first step below the
+            baseline (Holm-adjusted p < 0.05), or None}.
+        n_constant_original: images left out because the trained model's map
+            is constant (or not finite): it ranks nothing.
     """
 
     explainer: str
@@ -116,38 +129,47 @@ class RandomisationCheck:
 
 
 def _estimate(values: np.ndarray, *, unit: str, n_resamples: int, seed: int) -> Estimate:
-    lo, hi = bootstrap_ci(values, n_resamples=n_resamples, seed=seed)
-    return Estimate(mean=float(np.mean(values)), ci95=[lo, hi], n=int(len(values)), unit=unit)
+    v = np.asarray(values, np.float64)
+    v = v[np.isfinite(v)]
+    lo, hi = bootstrap_ci(v, n_resamples=n_resamples, seed=seed)
+    return Estimate(mean=float(np.mean(v)) if len(v) else float("nan"), ci95=[lo, hi], n=int(len(v)), unit=unit)
 
 
-def verdict(steps: list[Estimate], baseline_mean: float) -> str:
-    """The check's verdict on one measure, from its estimates at every step (top-down) and the random-pair baseline mean.
+def verdict(steps: list[SanityStep], measure: str, usable: int, alpha: float = 0.05) -> str:
+    """The check's verdict on one measure from its steps (top-down).
 
-    - "passes": at some step the 95% CI lies wholly BELOW the baseline mean
-      (high < baseline): randomising the model down to there made its maps
-      less like the originals than maps of different images are;
-    - "fails": at every step the CI lies at or ABOVE it (low >= baseline):
-      the maps never lose their likeness to the originals; a map that
-      ignores the model stays at 1 and fails this way;
-    - "inconclusive": neither.
+    - "passes": at some step the similarity is below the random-pair baseline
+      at family-wise level ``alpha`` (Holm over the steps, one-sided
+      image-bootstrap p of the difference, :func:`xbench.metrics.similarity.versus_pairs`):
+      randomising the model down to there made its maps less like the
+      originals than maps of different images are;
+    - "fails": at every step the difference's 95% CI lies at or above 0: the
+      maps never lose their likeness to the originals (a map that ignores the
+      model stays at 1, at or above any baseline);
+    - "inconclusive": neither, or fewer than 2 usable images (a constant
+      original map ranks nothing and is left out).
 
-    Judging every step, not only the last, follows the acceptance rule of
-    the check ("below the baseline by the time the head and last block are
-    randomised"): a fully random network can give maps that again follow
-    the image (random convolutions still respond to edges), which says
-    nothing about the trained model.
+    Judging every step, not only the last, follows the acceptance rule of the
+    check ("below the baseline by the time the head and last block are
+    randomised"): a fully random network can give maps that again follow the
+    image (random convolutions still respond to edges). The Holm correction
+    keeps "passes" from coming up by chance across many steps (a simulated
+    null in tests/test_sanity.py measures its rate).
     """
-    if any(e.ci95[1] < baseline_mean for e in steps):
+    if usable < 2 or not steps:
+        return "inconclusive"
+    if any(s.p_below[measure] < alpha for s in steps):
         return "passes"
-    if all(e.ci95[0] >= baseline_mean for e in steps):
+    if all(s.below_baseline[measure].ci95[0] >= -1e-12 for s in steps):  # rounding: a model-blind map's difference is 0 up to 1e-16
         return "fails"
     return "inconclusive"
 
 
-def _clean(maps) -> tuple[np.ndarray, int]:
+def _clean(maps) -> tuple[np.ndarray, np.ndarray]:
+    """(maps with NaN/inf set to 0, (N,) bool "held NaN/inf"): such a map is left out, not compared."""
     m = np.asarray(maps, np.float64)
     bad = ~np.isfinite(m).reshape(len(m), -1).all(axis=1)
-    return np.nan_to_num(m, nan=0.0, posinf=0.0, neginf=0.0), int(bad.sum())
+    return np.nan_to_num(m, nan=0.0, posinf=0.0, neginf=0.0), bad
 
 
 def randomisation_check(
@@ -205,35 +227,47 @@ def randomisation_check(
     targets = np.asarray(targets, np.int64)
     context = context if context is not None else ExplainContext.default(n, seed=seed)
 
-    original, _ = _clean(explainer(model, images, targets, context))
-    pairs = random_pairs(n, n_pairs, seed)
-    per_pair = pair_similarities(original, pairs)
-    baseline = {m: _estimate(per_pair[m], unit="image pairs", n_resamples=bootstrap, seed=seed) for m in MEASURES}
+    original, bad_original = _clean(explainer(model, images, targets, context))
+    usable = ~_constant(original) & ~bad_original  # a constant (or broken) original ranks nothing: left out, and counted
+    idx = np.flatnonzero(usable)
+    pairs = idx[random_pairs(len(idx), n_pairs, seed)] if len(idx) >= 2 else np.zeros((0, 2), np.int64)
+    per_pair = pair_similarities(original, pairs) if len(pairs) else {m: np.zeros(0) for m in MEASURES}
 
-    steps = []
     name = getattr(explainer, "name", type(explainer).__name__)
+    raw = []
     for step in tqdm(randomisation_steps(model, mode), desc=f"randomisation check ({name}, {mode})", unit="model", leave=False, mininterval=1.0):
         copy = randomised_copy(model, step.layers, seed)
-        maps, n_bad = _clean(explainer(copy, images, targets, context))
+        maps, bad = _clean(explainer(copy, images, targets, context))
         if on_step is not None:
             on_step(step, copy, maps)
         del copy
         gc.collect()  # one randomised DenseNet201 at a time, not one per step
-        sims = map_similarities(original, maps)
-        steps.append(SanityStep(step.name, step.depth, step.layers, sims,
-                                {m: _estimate(sims[m], unit="images", n_resamples=bootstrap, seed=seed) for m in MEASURES},
-                                constant_maps(maps), n_bad))
+        sims = {m: np.where(usable & ~bad, v, np.nan) for m, v in map_similarities(original, maps).items()}
+        raw.append((step, sims, constant_maps(maps), int(bad.sum())))
 
-    verdicts = {m: verdict([s.similarity[m] for s in steps], baseline[m].mean) for m in MEASURES}
-    first = {m: next((s.depth for s in steps if s.similarity[m].ci95[1] < baseline[m].mean), None) for m in MEASURES}
-    return RandomisationCheck(name, mode, int(seed), targets, steps, pairs, per_pair, baseline, verdicts, first, constant_maps(original))
+    baseline, steps = {}, [SanityStep(st.name, st.depth, st.layers, sims, {}, nc, nb, {}, {}) for st, sims, nc, nb in raw]
+    for m in MEASURES:
+        test = versus_pairs(np.stack([s.per_image[m] for s in steps]) if steps else np.zeros((0, n)), pairs, per_pair[m],
+                            n_resamples=bootstrap, seed=seed)
+        baseline[m] = Estimate(mean=float(per_pair[m].mean()) if len(pairs) else float("nan"), ci95=[float(x) for x in test["baseline_ci"]],
+                               n=int(len(idx)), unit="images")
+        p_holm = holm(test["p_below"])
+        for k, st in enumerate(steps):
+            st.similarity[m] = _estimate(st.per_image[m], unit="images", n_resamples=bootstrap, seed=seed)
+            st.below_baseline[m] = Estimate(mean=float(test["diff"][k]), ci95=[float(x) for x in test["diff_ci"][k]],
+                                            n=int(np.isfinite(st.per_image[m]).sum()), unit="images")
+            st.p_below[m] = float(p_holm[k])
+
+    verdicts = {m: verdict(steps, m, len(idx)) for m in MEASURES}
+    first = {m: next((s.depth for s in steps if s.p_below[m] < 0.05), None) if len(idx) >= 2 else None for m in MEASURES}
+    return RandomisationCheck(name, mode, int(seed), targets, steps, pairs, per_pair, baseline, verdicts, first, int((~usable).sum()))
 
 
-def _as_scores(check: RandomisationCheck, aopc: dict[int, tuple[Estimate, Estimate]]) -> results.SanityScores:
-    steps = [results.SanityStepScores(s.name, s.depth, list(s.layers), dict(s.similarity), s.n_constant_maps,
-                                      *aopc.get(s.depth, (None, None))) for s in check.steps]
-    return results.SanityScores(check.explainer, check.mode, check.n_images, dict(check.baseline), steps, dict(check.verdicts),
-                                check.verdict, dict(check.first_below_baseline))
+def _as_scores(check: RandomisationCheck, aopc: dict[int, tuple[Estimate, Estimate, Estimate]]) -> results.SanityScores:
+    steps = [results.SanityStepScores(s.name, s.depth, list(s.layers), dict(s.similarity), dict(s.below_baseline), dict(s.p_below),
+                                      s.n_constant_maps, s.n_nonfinite_maps, *aopc.get(s.depth, (None, None, None))) for s in check.steps]
+    return results.SanityScores(check.explainer, check.mode, check.n_images, check.n_constant_original, int(len(check.pairs)),
+                                dict(check.baseline), steps, dict(check.verdicts), check.verdict, dict(check.first_below_baseline))
 
 
 def check_job_model(model, images, image_ids: np.ndarray, targets: np.ndarray, explainer, references: Sequence, settings: SanitySettings,
@@ -269,15 +303,18 @@ def check_job_model(model, images, image_ids: np.ndarray, targets: np.ndarray, e
     def estimate(per_image):
         return _estimate(per_image, unit="images", n_resamples=bootstrap, seed=seed)
 
-    random_aopc = estimate(aopc_per_image(curves(model, RandomControl()(model, x, targets, context)))) if settings.aopc else None
+    floor_maps = RandomControl()(model, x, targets, context)
+    random_aopc = estimate(aopc_per_image(curves(model, floor_maps))) if settings.aopc else None
     checks = []
     for method in [explainer, *references]:
         for mode in settings.modes:
-            aopc: dict[int, tuple[Estimate, Estimate]] = {}
+            aopc: dict[int, tuple[Estimate, Estimate, Estimate]] = {}
 
             def on_step(step, randomised, maps, aopc=aopc):
                 maps = maps.astype(np.float32)
-                aopc[step.depth] = (estimate(aopc_per_image(curves(randomised, maps))), estimate(aopc_per_image(curves(model, maps))))
+                # The randomised model's own floor: its probabilities may barely move under any order.
+                aopc[step.depth] = (estimate(aopc_per_image(curves(randomised, maps))), estimate(aopc_per_image(curves(model, maps))),
+                                    estimate(aopc_per_image(curves(randomised, floor_maps))))
 
             scored = settings.aopc and method is explainer
             check = randomisation_check(model, x, targets, method, mode=mode, seed=seed, n_pairs=settings.n_pairs, bootstrap=bootstrap,

@@ -79,9 +79,11 @@ def summary_markdown(col, folders, frame, groups, table, pw) -> str:
                "The trained model's layers re-initialised from the top (logits, head, then the backbone's blocks), cascading or one group at a "
                "time, and each map recomputed. Cells: Spearman correlation of the absolute map with the trained model's map of the same image, "
                "mean and 95% bootstrap CI over images. A map that explains the model must fall below the baseline (the same measure between "
-               "maps of random image pairs): 'passes' when some depth's CI lies wholly below it, 'fails' when none ever reaches it "
-               "(a map that ignores the model, like center or edge, stays at 1). AOPC rows: the randomised model's maps scored on the "
-               "randomised and on the trained model, beside the random control.", "", R.to_markdown(sanity)]
+               "maps of random image pairs; its CI bootstraps images, re-forming the pairs): 'passes' when some depth is below it (one-sided "
+               "image-bootstrap test of the difference, Holm-corrected over the depths, 0.05), 'fails' when at every depth the difference's CI "
+               "lies at or above 0 (a map that ignores the model, like center or edge, stays at 1). Images whose trained-model map is constant "
+               "rank nothing and are left out (images counts the rest). AOPC rows: the randomised model's maps scored on the randomised and "
+               "on the trained model, each beside the random control on that model.", "", R.to_markdown(sanity)]
     md += ["## Pairwise comparisons (AOPC, MoRF)", "",
            "diff = AOPC(a) - AOPC(b). unit = seeds: paired t-test over the seeds both share (Welch's test when they share none); "
            "unit = images: paired bootstrap over the images both scored, p floored at 1/(R+1). p_holm: Holm-corrected across this table.", "",

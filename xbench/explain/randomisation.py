@@ -87,7 +87,9 @@ def _block_name(name: str) -> str | None:
 
 def _blocks(layers: Sequence[keras.layers.Layer]) -> list[LayerGroup]:
     """Bottom-up blocks of the backbone's weighted layers (see the module docstring)."""
-    by_name = any(_block_name(l.name) for l in layers)
+    # Block names only when most layers carry them: one stray "conv1_bn" in a
+    # user's model must not fold every other layer into its block.
+    by_name = 2 * sum(_block_name(l.name) is not None for l in layers) > len(layers)
     order: list[str] = []
     members: dict[str, list[str]] = {}
     for layer in layers:

@@ -13,6 +13,8 @@ image's map is is unrelated to it.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from scipy.ndimage import gaussian_filter
 from scipy.stats import rankdata
@@ -159,23 +161,26 @@ def constant_maps(maps) -> int:
 
 
 def random_pairs(n: int, n_pairs: int = 50, seed: int = 0) -> np.ndarray:
-    """``n_pairs`` random pairs (i, j) of DIFFERENT images out of ``n``, seeded.
+    """Up to ``n_pairs`` DISTINCT unordered pairs (i < j) of different images out of ``n``, seeded.
 
-    i is uniform over 0..n-1 and j uniform over the other n-1 images, drawn
-    independently per pair (with replacement across pairs: a set of 8 images
-    has only 28 distinct pairs), from ``default_rng([seed, 0x5A1E])``.
+    All n (n - 1) / 2 pairs when there are no more than ``n_pairs`` of them;
+    otherwise a uniform sample of ``n_pairs`` of them without replacement,
+    from ``default_rng([seed, 0x5A1E])`` (Arun et al., 2021, used 50 pairs
+    per image set). No pair repeats, so a small set is not over-counted.
 
     Returns:
-        (n_pairs, 2) int64.
+        (P, 2) int64, P = min(n_pairs, n (n - 1) / 2), rows sorted.
     """
     if n < 2:
         raise ValueError(f"random pairs need at least 2 images, got {n}")
     if n_pairs < 1:
         raise ValueError(f"n_pairs: must be >= 1, got {n_pairs}")
+    i, j = np.triu_indices(n, k=1)
+    every = np.stack([i, j], axis=1).astype(np.int64)
+    if len(every) <= n_pairs:
+        return every
     rng = np.random.default_rng([int(seed), 0x5A1E])
-    i = rng.integers(0, n, size=n_pairs)
-    j = (i + rng.integers(1, n, size=n_pairs)) % n  # a shift of 1..n-1: never i itself, each other image equally likely
-    return np.stack([i, j], axis=1).astype(np.int64)
+    return every[np.sort(rng.choice(len(every), size=n_pairs, replace=False))]
 
 
 def pair_similarities(maps, pairs) -> dict[str, np.ndarray]:
@@ -183,3 +188,51 @@ def pair_similarities(maps, pairs) -> dict[str, np.ndarray]:
     m = np.asarray(maps)
     p = np.asarray(pairs, np.int64)
     return map_similarities(m[p[:, 0]], m[p[:, 1]])
+
+
+def versus_pairs(per_image: np.ndarray, pairs: np.ndarray, per_pair: np.ndarray, *, n_resamples: int = 2000, level: float = 0.95,
+                 seed: int = 0) -> dict[str, np.ndarray]:
+    """Per-image similarities of several steps against the random-pair baseline, bootstrapping IMAGES.
+
+    The baseline is a statistic of pairs of the same images, so images, not
+    pairs, are the unit: each resample draws the N images with replacement
+    (counts w); a step's mean is the w-weighted mean of its per-image values,
+    the baseline's the mean over the pairs with both images drawn, each
+    weighted w_i w_j (pairs re-formed within the resample). A step is
+    "below the baseline" when the difference step - baseline is < 0; its
+    one-sided p-value is the share of resamples with difference >= 0,
+    floored at 1/(R+1).
+
+    Args:
+        per_image: (S, N) similarity of each image's map to its original at
+            S steps; NaN for an image left out at a step.
+        pairs: (P, 2) int64 image pairs of the baseline; per_pair: (P,) their
+            similarity (NaN pairs are left out).
+
+    Returns:
+        {"baseline_ci": (2,), "diff": (S,), "diff_ci": (S, 2), "p_below": (S,)}
+        (float64; NaN where a resample has no usable image or pair).
+    """
+    v = np.asarray(per_image, np.float64)
+    v = v[None] if v.ndim == 1 else v
+    pairs, b = np.asarray(pairs, np.int64).reshape(-1, 2), np.asarray(per_pair, np.float64)
+    keep = np.isfinite(b)
+    pairs, b = pairs[keep], b[keep]
+    n = v.shape[1]
+    rng = np.random.default_rng([int(seed), 0x5A1F])
+    w = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(n_resamples)]).astype(np.float64)  # (R, N)
+    wp = w[:, pairs[:, 0]] * w[:, pairs[:, 1]]  # (R, P)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        base = (wp @ b) / wp.sum(1)  # (R,)
+        ok = np.isfinite(v)
+        steps = (w @ np.where(ok, v, 0.0).T) / (w @ ok.T.astype(np.float64))  # (R, S)
+    a = (1 - level) / 2
+    d = steps - base[:, None]
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a step with no usable image: NaN, said by its n
+        out_diff = np.nanmean(v, axis=1) - (b.mean() if len(b) else np.nan)
+    ci = np.stack([np.nanquantile(d, a, axis=0), np.nanquantile(d, 1 - a, axis=0)], axis=1) if len(b) else np.full((len(v), 2), np.nan)
+    usable = np.isfinite(d)
+    p = np.maximum(((d >= 0) & usable).sum(0) / np.maximum(usable.sum(0), 1), 1 / (n_resamples + 1))
+    base_ci = np.nanquantile(base, [a, 1 - a]) if len(b) else np.full(2, np.nan)
+    return {"baseline_ci": base_ci, "diff": out_diff, "diff_ci": ci, "p_below": np.where(usable.any(0), p, np.nan)}

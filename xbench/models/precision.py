@@ -25,8 +25,11 @@ def with_compute_dtype(model, dtype: str):
     """``model`` itself for float32; otherwise a copy computing in ``dtype`` with the same float32 weights.
 
     The copy is made once per (model, dtype) and kept on the model object, so
-    scoring chunk after chunk re-uses one compiled step. The model is not
-    modified; its last layer (the softmax) stays float32 in the copy.
+    scoring chunk after chunk re-uses one compiled step; its weights are
+    copied from the model on every call (cheap next to a chunk of forward
+    passes), so it never runs stale weights. The model is not modified; its
+    last layer (the softmax) and the ``logits`` layer stay float32 in the
+    copy (the classes' scores are read where rounding matters most).
 
     Args:
         model: a functional Keras classifier (images -> probabilities).
@@ -39,15 +42,14 @@ def with_compute_dtype(model, dtype: str):
         return model
     cache = model.__dict__.setdefault("_xbench_precision", {})
     if dtype not in cache:
-        policy, last = f"mixed_{dtype}", model.layers[-1].name
+        policy, keep = f"mixed_{dtype}", {model.layers[-1].name, "logits"}
 
         def clone(layer):
             config = layer.get_config()
-            if not isinstance(layer, keras.layers.InputLayer) and layer.name != last:
+            if not isinstance(layer, keras.layers.InputLayer) and layer.name not in keep:
                 config["dtype"] = policy
             return layer.__class__.from_config(config)
 
-        low = keras.models.clone_model(model, clone_function=clone)
-        low.set_weights(model.get_weights())
-        cache[dtype] = low
+        cache[dtype] = keras.models.clone_model(model, clone_function=clone)
+    cache[dtype].set_weights(model.get_weights())
     return cache[dtype]
