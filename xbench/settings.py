@@ -138,7 +138,10 @@ class SanitySettings:
     """The model-parameter randomisation check (:mod:`xbench.sanity`); also the schema of the config's ``sanity`` node.
 
     Off by default (it explains the images once per randomised model);
-    ``+experiment=sanity`` turns it on for the default benchmark.
+    ``+experiment=sanity`` turns it on for the default benchmark. Every map
+    explains the trained model's predicted class (whatever ``score.target``
+    says), for the trained and every randomised model alike, so a change in
+    the map is the weights', not the target's.
     """
 
     enabled: bool = False
