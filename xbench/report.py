@@ -26,8 +26,8 @@ import pandas as pd
 
 from xbench import results
 from xbench.metrics import comparison
-from xbench.metrics.aopc import aopc_by_step, aopc_per_image
-from xbench.metrics.bootstrap import bootstrap_band
+from xbench.metrics.aopc import abpc_per_image, aopc_by_step, aopc_per_image
+from xbench.metrics.bootstrap import bootstrap_band, bootstrap_ci
 
 log = logging.getLogger(__name__)
 
@@ -367,6 +367,148 @@ def _name(g: Measurement, what: str) -> str:
 def _context(g: Measurement, what: str) -> str:
     parts = [f"{g.get('explainer.name')}" if what == "model" else f"{g.get('model.backbone')}", str(g.get("perturbation"))]
     return " / ".join(parts + ([g.label] if g.label else []))
+
+
+# ---------------------------------------------------------------- metric reliability
+
+#: Config keys that say how the metric is computed (not what is measured): jobs that differ only in these are variants of one metric.
+METRIC_KEYS = ("perturbation", "score.region_size", "score.steps", "score.max_steps", "score.orders")
+
+
+def _is_metric_key(k: str) -> bool:
+    return any(k == p or k.startswith(p + ".") for p in METRIC_KEYS)
+
+
+def _aligned(job: results.JobResult, method: str, order: str, ids: np.ndarray) -> np.ndarray | None:
+    """Per-image AOPC (ABPC for order "abpc") of ``method`` on the images ``ids`` (in that order); NaN where the method does not score an image."""
+    cur = job.curves
+    if order == "abpc":
+        m, l = cur.get(method, "morf"), cur.get(method, "lerf")
+        per = None if m is None or l is None else abpc_per_image(m, l)
+    else:
+        c = cur.get(method, order)
+        per = None if c is None else aopc_per_image(c)
+    if per is None:
+        return None
+    per = np.where(cur.rows(method), per, np.nan)
+    pos = {int(i): k for k, i in enumerate(np.asarray(cur.image_ids))}
+    return np.array([per[pos[int(i)]] for i in ids])
+
+
+def _random_abpc_rows(job: results.JobResult, label: str, n_resamples: int) -> list[dict]:
+    """The random control's ABPC with its CI over images: a floor must not separate LeRF from MoRF (the CI must contain 0)."""
+    cur = job.curves
+    m, l = cur.get("random", "morf"), cur.get("random", "lerf")
+    base = {"group": label, "computed": f"random control ABPC (LeRF - MoRF area), job {job.path.name}", "methods": "random", "n_variants": 1}
+    per = abpc_per_image(m, l)
+    lo, hi = bootstrap_ci(per, n_resamples=n_resamples, seed=job.metrics.seed) if len(per) >= 2 else (np.nan, np.nan)
+    note = ("CI contains 0, as a floor's must" if lo <= 0 <= hi else
+            "CI EXCLUDES 0: the random order separates LeRF from MoRF, the floor is biased" if np.isfinite(lo) else "too few images for a CI")
+    return [{**base, "value": float(per.mean()), "ci_low": lo, "ci_high": hi, "n_images": int(len(per)), "note": note}]
+
+
+def metric_reliability(jobs: Sequence[results.JobResult], n_resamples: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """Reliability of the metric itself (Tomsett et al. 2020) over jobs that differ only in how the metric is computed.
+
+    A *reliability group* is two or more scored jobs with the same identity
+    once the metric's settings (:data:`METRIC_KEYS`: perturbation and its
+    parameters, region size, steps, orders) are left out, and the same seed
+    (so the same model, split and scored images). Each job gives the
+    variants MoRF and, where scored, LeRF and ABPC (area between LeRF and
+    MoRF) of the same curves. Images are paired by id (``Curves.image_ids``);
+    only the images every job scored, and only the methods every job scored,
+    are used. Rows:
+
+    - internal consistency of each method over the MoRF variants (every
+      method has them): mean pairwise Spearman of per-image AOPC,
+      Krippendorff's alpha (interval);
+    - internal consistency of the explainer over all its variants (MoRF,
+      LeRF, ABPC; controls are scored MoRF only), when it has LeRF curves.
+      The orders are taken as they are (LeRF AOPC is not sign-flipped): a
+      low value says the orders disagree about which images are easy;
+    - inter-method reliability: mean Kendall tau-b of the ranking of the
+      methods by mean AOPC, over the MoRF variants (the only ones every
+      method has);
+    - the random control's ABPC per job with its CI (it must contain 0), or a
+      note that the random control is scored MoRF only.
+
+    Every CI is a percentile bootstrap over the common images
+    (:func:`xbench.metrics.reliability.reliability`, ``n_resamples``
+    resamples).
+
+    Returns:
+        DataFrame with columns group, computed, methods, value, ci_low,
+        ci_high, n_images, n_variants, note (empty when no group exists).
+    """
+    from xbench.metrics import reliability as rel
+
+    by_key: dict[tuple, dict[tuple, results.JobResult]] = {}
+    for j in jobs:
+        if j.scoring is None or j.curves is None:
+            continue
+        ident = identity(j)
+        rest = tuple(sorted((k, json.dumps(v, sort_keys=True, default=str)) for k, v in ident.items() if not _is_metric_key(k)))
+        # score.orders is left out of the variant: two jobs that differ only in it have the same MoRF curves (the later job is kept)
+        variant = tuple(sorted((k, json.dumps(v, sort_keys=True, default=str)) for k, v in ident.items() if _is_metric_key(k) and k != "score.orders"))
+        by_key.setdefault((rest, j.metrics.seed), {})[variant] = j  # a rerun of the same variant: the later job
+    rows: list[dict] = []
+    for (rest, s), variants in by_key.items():
+        if len(variants) < 2:
+            continue
+        vjobs = list(variants.values())
+        idents = [identity(j) for j in vjobs]
+        varying = sorted({k for i in idents for k in i if _is_metric_key(k) and k != "score.orders"
+                          and len({json.dumps(x.get(k), default=str) for x in idents}) > 1})
+        if "perturbation" in varying:  # the label already holds the perturbation's name and parameters
+            varying = [k for k in varying if not k.startswith("perturbation.")]
+        names = [", ".join(f"{k}={i.get(k)}" for k in varying) or j.path.name for i, j in zip(idents, vjobs)]
+        sc0 = vjobs[0].scoring
+        label = f"{sc0.explainer} on {vjobs[0].metrics.model.backbone}, seed {s}"
+        ids = vjobs[0].curves.image_ids
+        for j in vjobs[1:]:
+            ids = np.intersect1d(ids, j.curves.image_ids)
+        ids = np.sort(np.asarray(ids))
+        methods = [m for m in sc0.methods if all(m in j.scoring.methods and j.curves.get(m, "morf") is not None for j in vjobs)]
+        methods = [sc0.explainer] + [m for m in methods if m != sc0.explainer] if sc0.explainer in methods else methods
+        if not methods or len(ids) < 2:
+            continue
+        morf = np.stack([np.stack([_aligned(j, m, "morf", ids) for m in methods]) for j in vjobs])  # (V, M, N)
+        res = rel.reliability(morf, names, methods, n_resamples=n_resamples, seed=seed)
+        common = {"group": label, "n_variants": len(vjobs)}
+        for m in methods:
+            pm = res["per_method"][m]
+            for what, key in (("mean pairwise Spearman of per-image AOPC", "spearman"), ("Krippendorff's alpha (interval) of per-image AOPC", "alpha")):
+                rows.append({**common, "computed": f"internal consistency over the MoRF variants: {what}", "methods": m,
+                             "value": pm[key]["value"], "ci_low": pm[key]["ci95"][0], "ci_high": pm[key]["ci95"][1], "n_images": pm["n_images"],
+                             "note": "the explainer" if m == sc0.explainer else "control or reference map"})
+        tau = res["kendall_tau"]
+        rows.append({**common, "computed": "inter-method reliability: mean Kendall tau-b of the method ranking (mean AOPC) between MoRF variants",
+                     "methods": ", ".join(methods), "value": tau["value"], "ci_low": tau["ci95"][0], "ci_high": tau["ci95"][1], "n_images": int(len(ids)),
+                     "note": "MoRF variants only: controls are scored MoRF only" + ("" if len(methods) >= 2 else "; fewer than 2 methods, no ranking")})
+        ex = sc0.explainer
+        if ex in methods:
+            per, vn = [], []
+            for j, nm in zip(vjobs, names):
+                for order in ("morf", "lerf", "abpc"):
+                    v = _aligned(j, ex, order, ids)
+                    if v is not None:
+                        per.append(v)
+                        vn.append(f"{nm} {order.upper() if order != 'abpc' else 'ABPC'}")
+            if len(per) > len(vjobs):  # LeRF (and ABPC) exist: the orders are variants too
+                allv = rel.reliability(np.stack(per)[:, None, :], vn, [ex], n_resamples=n_resamples, seed=seed)["per_method"][ex]
+                for what, key in (("mean pairwise Spearman of per-image values", "spearman"), ("Krippendorff's alpha (interval) of per-image values", "alpha")):
+                    rows.append({**common, "n_variants": len(per), "computed": f"internal consistency over MoRF, LeRF and ABPC variants: {what}",
+                                 "methods": ex, "value": allv[key]["value"], "ci_low": allv[key]["ci95"][0], "ci_high": allv[key]["ci95"][1],
+                                 "n_images": allv["n_images"], "note": "orders as computed (LeRF AOPC not sign-flipped)"})
+        with_lerf = [j for j in vjobs if j.curves.get("random", "morf") is not None and j.curves.get("random", "lerf") is not None]
+        for j in with_lerf:
+            rows += _random_abpc_rows(j, label, n_resamples)
+        if not with_lerf and any("random" in j.scoring.methods for j in vjobs):
+            rows.append({"group": label, "computed": "random control ABPC (LeRF - MoRF area)", "methods": "random", "value": np.nan, "ci_low": np.nan,
+                         "ci_high": np.nan, "n_images": 0, "n_variants": len(vjobs),
+                         "note": "not available: the random control is scored MoRF only (controls are); explainer=random scores both orders"})
+    cols = ["group", "computed", "methods", "value", "ci_low", "ci_high", "n_images", "n_variants", "note"]
+    return pd.DataFrame(rows, columns=cols)
 
 
 # ---------------------------------------------------------------- plots

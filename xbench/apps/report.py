@@ -3,7 +3,7 @@
 Writes into ``--out`` (default: ``<first folder>/report``): ``summary.csv``
 (one row per job), ``summary.md`` (the paper's table per measurement, the
 self-validation table, pairwise comparisons, all jobs, incomplete jobs),
-``pairwise.csv``, and plots: ``aopc_by_step``, ``mean_curves``, ``aopc_vs_recall``.
+``pairwise.csv``, ``reliability.csv`` (when jobs vary only how the metric is computed), and plots: ``aopc_by_step``, ``mean_curves``, ``aopc_vs_recall``.
 """
 
 from __future__ import annotations
@@ -31,8 +31,12 @@ def build_report(folders, out: Path, fmt: str = "png", latex: bool = False, n_re
     table = R.paper_table(groups)
     pw = R.pairwise(groups, n_resamples=n_resamples)
     io.write_csv(out / "pairwise.csv", pw)
-    io.write_text(out / "summary.md", summary_markdown(col, folders, frame, groups, table, pw))
+    reliab = R.metric_reliability(col.jobs, n_resamples=n_resamples)
+    io.write_text(out / "summary.md", summary_markdown(col, folders, frame, groups, table, pw, reliab))
     written = ["summary.csv", "summary.md", "pairwise.csv"]
+    if len(reliab):
+        io.write_csv(out / "reliability.csv", reliab)
+        written.append("reliability.csv")
     if latex:
         io.write_text(out / "summary.tex", R.to_latex(table))
         written.append("summary.tex")
@@ -51,10 +55,15 @@ def build_report(folders, out: Path, fmt: str = "png", latex: bool = False, n_re
     return {"out": str(out), "jobs": len(col.jobs), "incomplete": col.incomplete, "written": written}
 
 
-def summary_markdown(col, folders, frame, groups, table, pw) -> str:
-    """The text of ``summary.md``: each table with a sentence on what it pools and resamples."""
+def summary_markdown(col, folders, frame, groups, table, pw, reliab=None) -> str:
+    """The text of ``summary.md``: each table with a sentence on what it pools and resamples.
+
+    ``reliab``: :func:`xbench.report.metric_reliability` of the jobs (computed here when None).
+    """
     from xbench import report as R
 
+    if reliab is None:
+        reliab = R.metric_reliability(col.jobs)
     subsets = sorted({j.scoring.subset for j in col.jobs if j.scoring is not None})
     which = {"correct": "correctly classified", "all": "all"}
     md = ["# xbench report", "", f"{len(col.jobs)} job(s) read from: " + ", ".join(str(f) for f in folders), ""]
@@ -88,6 +97,15 @@ def summary_markdown(col, folders, frame, groups, table, pw) -> str:
            "diff = AOPC(a) - AOPC(b). unit = seeds: paired t-test over the seeds both share (Welch's test when they share none); "
            "unit = images: paired bootstrap over the images both scored, p floored at 1/(R+1). p_holm: Holm-corrected across this table.", "",
            R.to_markdown(pw)]
+    if len(reliab):
+        md += ["## Metric reliability", "",
+               "Jobs that differ only in how the metric is computed (perturbation and its parameters, region size, steps), with the same "
+               "model, data and seed, are variants of one metric, and so are the MoRF, LeRF and ABPC of the same curves (Tomsett et al. 2020). "
+               "Internal consistency: mean pairwise Spearman and Krippendorff's alpha (interval) of the per-image values across the variants; "
+               "inter-method reliability: mean Kendall tau-b of the methods' ranking by mean AOPC between variants (MoRF variants only: "
+               "controls are scored MoRF only). Images are paired by id (only those every variant scored); every 95% CI is a percentile "
+               "bootstrap that resamples these images (the same resampled images for every variant and method). The random control's ABPC "
+               "CI must contain 0.", "", R.to_markdown(reliab)]
     full_cols = ["model", "seed", "explainer", "perturbation", "test_accuracy", "test_macro_recall", "test_macro_f1", "aopc", "aopc_ci_low", "aopc_ci_high",
                  "abpc", "aopc_random", "aopc_gain_over_random", "gain_ci_low", "gain_ci_high", "lung_share", "lesion_mass", "lesion_mass_random",
                  "marker_mass", "images_scored", "images_correct", "images_test"]
