@@ -190,6 +190,19 @@ def test_identical_variants_are_perfectly_consistent_and_images_pair_by_id():
     tau = frame[frame["computed"].str.startswith("inter-method")].iloc[0]
     assert tau["value"] == pytest.approx(1.0) and tau["methods"] == "gradcam, random, center" and "MoRF variants only" in tau["note"]
     assert (frame["methods"] == "random").any() and "scored MoRF only" in frame[frame["computed"].str.startswith("random control")].iloc[0]["note"]
+    # a reference map scored on some images only (its ground truth): only its rows are read
+    for j in jobs:
+        ids = np.asarray(j.curves.image_ids)
+        scored = ids % 2 == 0
+        v = np.where(scored, 0.5 + 0.1 * np.append(u, 0.0)[np.minimum(ids, 40)], rng.random(len(ids)))  # noise elsewhere: read, it would break the agreement
+        j.curves.curves[("oracle", "morf")] = _curves(v)
+        j.curves.per_image[(R.SCORED, "oracle")] = scored.astype(np.float32)
+        j.metrics.scoring.methods["oracle"] = j.metrics.scoring.methods["center"]
+    frame = report.metric_reliability(jobs, n_resamples=1000)
+    for what in ("mean pairwise Spearman", "Krippendorff"):
+        r = _rows(frame, f"MoRF variants: {what}", "oracle").iloc[0]
+        assert r["n_images"] == 20 and r["value"] == pytest.approx(1.0) and r["ci_low"] == pytest.approx(1.0)
+    assert frame[frame["computed"].str.startswith("inter-method")].iloc[0]["value"] == pytest.approx(1.0)
 
 
 def test_independent_variants_have_alpha_near_zero_and_a_swapped_ranking_lowers_tau():
@@ -214,6 +227,12 @@ def test_only_jobs_that_differ_in_the_metric_alone_are_grouped():
               _job("gc", 0, PERTURBATIONS[2], vals, np.arange(20), explainer="gradcampp")]  # another explainer
     frame = report.metric_reliability(jobs + others, n_resamples=1000)
     assert set(frame["group"]) == {"gradcam on vgg16, seed 0"} and set(frame["n_variants"].dropna()) == {2}
+    # two groups that differ elsewhere (here the data's image size) are told apart in their labels
+    small = _sweep([vals, vals])
+    for j in small:
+        j.metrics.config["data"] = {"image_size": 16}
+    labels = set(report.metric_reliability(jobs + small, n_resamples=1000)["group"])
+    assert len(labels) == 2 and any("data.image_size=16" in g for g in labels)
     assert report.metric_reliability(others, n_resamples=1000).empty
     # a region-size variant is a variant too
     frame = report.metric_reliability([_job("r4", 0, PERTURBATIONS[0], vals, np.arange(20), region_size=4),

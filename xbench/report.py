@@ -452,9 +452,12 @@ def metric_reliability(jobs: Sequence[results.JobResult], n_resamples: int = 200
         variant = tuple(sorted((k, json.dumps(v, sort_keys=True, default=str)) for k, v in ident.items() if _is_metric_key(k) and k != "score.orders"))
         by_key.setdefault((rest, j.metrics.seed), {})[variant] = j  # a rerun of the same variant: the later job
     rows: list[dict] = []
-    for (rest, s), variants in by_key.items():
-        if len(variants) < 2:
-            continue
+    found = {k: v for k, v in by_key.items() if len(v) >= 2}
+    # what else tells the groups apart (data, training, ...), beyond the explainer, model and seed in the label
+    rests = [dict(rest) for rest, _ in found]
+    apart = [k for k in sorted({k for r in rests for k in r}) if k not in ("model.backbone", "explainer.name")
+             and len({r.get(k) for r in rests}) > 1]
+    for (rest, s), variants in found.items():
         vjobs = list(variants.values())
         idents = [identity(j) for j in vjobs]
         varying = sorted({k for i in idents for k in i if _is_metric_key(k) and k != "score.orders"
@@ -463,7 +466,7 @@ def metric_reliability(jobs: Sequence[results.JobResult], n_resamples: int = 200
             varying = [k for k in varying if not k.startswith("perturbation.")]
         names = [", ".join(f"{k}={i.get(k)}" for k in varying) or j.path.name for i, j in zip(idents, vjobs)]
         sc0 = vjobs[0].scoring
-        label = f"{sc0.explainer} on {vjobs[0].metrics.model.backbone}, seed {s}"
+        label = f"{sc0.explainer} on {vjobs[0].metrics.model.backbone}, seed {s}" + "".join(f", {k}={json.loads(dict(rest)[k])}" for k in apart if k in dict(rest))
         ids = vjobs[0].curves.image_ids
         for j in vjobs[1:]:
             ids = np.intersect1d(ids, j.curves.image_ids)
