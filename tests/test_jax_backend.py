@@ -153,3 +153,20 @@ print(len(jax.local_devices()), step_devices(m))
         out[count] = np.load(tmp_path / f"c{count}.npy")
     assert out[1].std() > 1e-3  # the curves move, so their equality means something
     np.testing.assert_array_equal(out[2], out[1])
+
+
+def test_on_jax_tensorflows_start_up_lines_stay_off_the_console_when_keras_imports_it(tmp_path):
+    # keras.utils.set_random_seed imports TensorFlow whenever it is installed, whatever the backend;
+    # start_backend imports it under the capture, so nothing of it reaches stderr mid-job.
+    script = textwrap.dedent("""
+        import sys
+        from xbench.native_logs import start_backend
+        start_backend()
+        import keras
+        keras.utils.set_random_seed(0)
+        print("TF_LOADED", "tensorflow" in sys.modules, keras.backend.backend())
+    """)
+    r = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=_jax_env(tmp_path / "cache"), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.split()[-1] == "jax"
+    assert r.stderr == ""

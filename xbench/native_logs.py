@@ -72,6 +72,15 @@ def start_backend() -> list[str]:
                 import jax
 
                 jax.devices()
+                # Keras imports TensorFlow opportunistically when it is installed
+                # (keras.utils.set_random_seed, serialisation), whatever the
+                # backend; then its C++ start-up lines would reach the console in
+                # the middle of a job. Import it here, under the capture. On a
+                # JAX-only machine there is nothing to import.
+                try:
+                    import tensorflow  # noqa: F401
+                except ImportError:
+                    pass
     except BaseException:
         sys.stderr.write("".join(f"{line}\n" for line in lines))
         raise
