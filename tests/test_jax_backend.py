@@ -170,3 +170,27 @@ def test_on_jax_tensorflows_start_up_lines_stay_off_the_console_when_keras_impor
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.split()[-1] == "jax"
     assert r.stderr == ""
+
+
+def test_a_saturated_softmax_still_trains_on_jax(tmp_path):
+    # He-initialised backbones give logits hundreds apart: the softmax saturates, and cross-entropy
+    # from clipped probabilities has no gradient. Training must compute it from the logits (as
+    # Keras's TF backend does by itself), or the model never leaves its first prediction.
+    script = textwrap.dedent("""
+        import numpy as np
+        from xbench.models import build_classifier
+        from xbench.training import TrainSettings, train_classifier
+        rng = np.random.default_rng(0)
+        labels = np.arange(64) % 2
+        images = (rng.random((64, 32, 32, 3)) * 60 + labels[:, None, None, None] * 120).astype(np.uint8)
+        split = np.where(np.arange(64) % 4 == 0, "val", "train")
+        model = build_classifier("vgg16", 2, 32, weights="none", seed=0, head="pediatric", dense_units=[])
+        k = model.get_layer("logits").kernel
+        k.assign(np.asarray(k) * 1e4)  # logits thousands apart: saturated
+        r = train_classifier(model, images, labels, split, ["a", "b"], ["b"], TrainSettings(epochs=3, lr=1e-2), seed=0)
+        print("LOSS", *r.history["loss"].round(6))
+    """)
+    r = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=_jax_env(tmp_path / "cache"), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    loss = [float(v) for v in r.stdout.split("LOSS")[-1].split()]
+    assert len(loss) == 3 and loss[-1] < loss[0], loss

@@ -412,6 +412,28 @@ def _stage2(job: _Job, selection: Selection) -> _Stage:
                   epoch_offset=s.epochs, desc="fine-tuning (stage 2)")
 
 
+def _fitted(trainer: keras.Model, job: "_Job") -> tuple[keras.Model, keras.losses.Loss]:
+    """What ``fit`` trains, and with which loss: cross-entropy computed from the logits on every backend.
+
+    Keras's TensorFlow backend finds the logits behind a softmax output and
+    computes the cross-entropy from them; the JAX and torch backends compute
+    it from the probabilities, clipped at 1e-7, so a saturated softmax (the
+    He-initialised offline backbones give logits hundreds apart) has zero
+    gradient and the model never leaves its first prediction (the default
+    benchmark trained to chance on JAX). There, the same layers up to the
+    softmax's input (weights shared) train with ``from_logits=True``. On
+    TensorFlow the trainer is kept as it was, so its runs stay bit-identical
+    to earlier ones.
+    """
+    out = trainer.outputs[0]
+    op, node_index, _ = out._keras_history
+    if keras.backend.backend() == "tensorflow" or not isinstance(op, keras.layers.Softmax):
+        return trainer, job.loss
+    logits = op._inbound_nodes[node_index].input_tensors[0]
+    fit_model = keras.Model(trainer.inputs, logits, name=f"{trainer.name}_logits")
+    return fit_model, keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=job.settings.label_smoothing)
+
+
 def _run_stage(stage: _Stage, selection: Selection, job: _Job, checkpoint, timings: dict[str, float],
                *, resume_only: bool = False) -> Selection | None:
     """Fit ``stage`` one epoch at a time, resuming from ``checkpoint`` and saving to it after each epoch.
@@ -424,8 +446,8 @@ def _run_stage(stage: _Stage, selection: Selection, job: _Job, checkpoint, timin
     and nothing trained when the checkpoint cannot be restored. Records
     ``<name>_fit_s`` and ``<name>_checkpoint_s`` in ``timings``.
     """
-    trainer = stage.trainer
-    trainer.compile(optimizer=keras.optimizers.Adam(stage.lr, clipnorm=stage.clipnorm), loss=job.loss, metrics=["accuracy"])
+    trainer, loss = _fitted(stage.trainer, job)
+    trainer.compile(optimizer=keras.optimizers.Adam(stage.lr, clipnorm=stage.clipnorm), loss=loss, metrics=["accuracy"])
     with _timed(timings, f"{stage.name}_fit_s"):
         trainer.optimizer.build(trainer.trainable_variables)  # its variables must exist to be restored
         tracked = list(job.mutable) + list(trainer.optimizer.variables)
