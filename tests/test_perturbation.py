@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from xbench.perturbation import (
-    Blur, Constant, GaussianNoise, ImageMean, UniformNoise, perturbation_curves, region_order, region_scores,
+    Blur, Constant, GaussianNoise, ImageMean, Road, UniformNoise, perturbation_curves, region_order, region_scores,
 )
 from xbench.perturbation.perturbations import image_rng
 
@@ -36,11 +36,20 @@ def slow_curves(model, images, heatmaps, region_size, order, perturbation, seed,
         else:
             seq = list(np.random.default_rng([seed, int(ids[i]), 0x0D]).permutation(L))
         x = images[i].astype(np.float32).copy()
-        g = perturbation(x, image_rng(seed, ids[i]))
         f = lambda z: np.asarray(model(z[None]))[0]
         p0 = f(x)
         t = int(np.argmax(p0)) if targets is None else int(targets[i])
         curve = [p0[t]]
+        if perturbation.mask_dependent:  # ROAD: re-impute the whole removed set by a direct solve at every step
+            original, draws = x.copy(), perturbation.draws(x, image_rng(seed, ids[i]))
+            removed = np.zeros((H, W), bool)
+            for r in seq:
+                a, b, c, d = boxes[r]
+                removed[a:b, c:d] = True
+                curve.append(f(perturbation.exact(original, removed, draws))[t])
+            out.append(curve)
+            continue
+        g = perturbation(x, image_rng(seed, ids[i]))
         for r in seq:
             a, b, c, d = boxes[r]
             x[a:b, c:d] = g[a:b, c:d]
@@ -64,6 +73,35 @@ def test_engine_equals_slow_loop(size, region, order):
         fast = perturbation_curves(model, images, heat, region_size=region, order=order, perturbation=pert, seed=4, image_ids=ids, batch_size=16)
         slow = slow_curves(model, images, heat, region, order, pert, 4, ids)
         np.testing.assert_allclose(fast, slow, atol=1e-5, err_msg=f"{pert}")
+
+
+@pytest.mark.parametrize("size, region", [(20, 5), (23, 5)])
+@pytest.mark.parametrize("order", ["morf", "random"])
+def test_road_engine_equals_a_direct_sparse_solve_per_step(size, region, order):
+    # The engine imputes each step's removed set by batched CG on the device;
+    # the slow loop solves the same system exactly with SciPy, per step.
+    rng = np.random.default_rng(size * 7 + region)
+    images = rng.random((3, size, size, 3)).astype(np.float32)
+    heat = rng.random((3, size, size)).astype(np.float32)
+    model = tiny_model(size, size, seed=1)
+    ids = np.array([4, 9, 1])
+    pert = Road(noise=0.05)
+    dev = perturbation_curves(model, images, heat, region_size=region, order=order, perturbation=pert, seed=2, image_ids=ids, batch_size=13)
+    host = perturbation_curves(lambda z: np.asarray(model(z)), images, heat, region_size=region, order=order, perturbation=pert, seed=2,
+                               image_ids=ids, batch_size=7)
+    slow = slow_curves(model, images, heat, region, order, pert, 2, ids)
+    np.testing.assert_allclose(dev, slow, atol=1e-5)
+    np.testing.assert_allclose(host, slow, atol=1e-5)
+    gauss = perturbation_curves(model, images, heat, region_size=region, order=order, seed=2, image_ids=ids)
+    assert np.abs(dev - gauss).max() > 1e-3  # a different removal, not the default one by accident
+
+
+def test_road_has_no_single_perturbed_image_and_checks_its_settings():
+    with pytest.raises(TypeError, match="depends on the removed set"):
+        Road()(np.zeros((4, 4, 3), np.float32), image_rng(0, 0))
+    for kw, field in [({"noise": -1}, "noise"), ({"tol": 0}, "tol"), ({"max_iter": 0}, "max_iter")]:
+        with pytest.raises(ValueError, match=field):
+            Road(**kw)
 
 
 def test_batch_size_does_not_change_curves_and_inputs_are_untouched():

@@ -78,15 +78,21 @@ def balanced_batch(total: int, batch_size: int) -> int:
     return math.ceil(total / math.ceil(total / b)) if total else b
 
 
-def device_step(model) -> Callable:
-    """step(X, R, RK, idx, k) -> probs (B, C), compiled once per model for the active backend.
+def device_step(model, perturbation: Perturbation | None = None) -> Callable:
+    """step(X, R, RK, idx, k) -> probs (B, C), compiled once per model (and mask-dependent perturbation) for the active backend.
 
-    X, R: (G, H, W, 3) float32 originals and perturbed originals; RK: (G, H, W)
-    int32 rank maps; idx, k: (B,) int32 image slot and step of each pair.
+    X: (G, H, W, 3) float32 originals; R: (G, H, W, 3) float32 perturbed
+    originals g(x), or, for a mask-dependent perturbation (ROAD), its per-image
+    draws (the noise); RK: (G, H, W) int32 rank maps; idx, k: (B,) int32 image
+    slot and step of each pair.
     """
-    cached = getattr(model, "_xbench_step", None)
-    if cached is not None:
-        return cached
+    fill = perturbation.fill if perturbation is not None and perturbation.mask_dependent else None
+    key = None if fill is None else repr(perturbation.describe())
+    steps = getattr(model, "_xbench_steps", None)
+    if steps is None:
+        steps = model._xbench_steps = {}
+    if key in steps:
+        return steps[key]
     import keras
     from keras import ops
 
@@ -95,7 +101,7 @@ def device_step(model) -> Callable:
         r = ops.take(R, idx, axis=0)
         rk = ops.take(RK, idx, axis=0)
         mask = ops.expand_dims(ops.less(rk, ops.reshape(k, (-1, 1, 1))), -1)
-        return model(ops.where(mask, r, x), training=False)
+        return model(ops.where(mask, r, x) if fill is None else fill(x, mask, r), training=False)
 
     backend = keras.backend.backend()
     devices = 1
@@ -113,7 +119,7 @@ def device_step(model) -> Callable:
         fn, devices = _jax_step(step)
     else:
         fn = step
-    model._xbench_step = fn
+    steps[key] = fn
     model._xbench_step_devices = devices
     return fn
 
@@ -146,9 +152,11 @@ def _jax_step(step) -> tuple[Callable, int]:
     return jax.jit(step, in_shardings=(whole, whole, whole, split, split), out_shardings=split), len(devices)
 
 
-def _host_step(predict_fn: Callable) -> Callable:
+def _host_step(predict_fn: Callable, perturbation: Perturbation) -> Callable:
     def step(X, R, RK, idx, k):
         mask = (RK[idx] < k[:, None, None])[..., None]
+        if perturbation.mask_dependent:
+            return predict_fn(np.asarray(perturbation.fill(X[idx], mask, R[idx]), np.float32))
         return predict_fn(np.where(mask, R[idx], X[idx]))
 
     return step
@@ -221,7 +229,7 @@ def perturbation_curves(
     orders = region_order(region_scores(heatmaps, region_size), order, seed=seed, image_ids=ids)
 
     keras_model = _is_keras_model(model)
-    step = device_step(model) if keras_model else _host_step(model)
+    step = device_step(model, perturbation) if keras_model else _host_step(model, perturbation)
     B = int(batch_size) if batch_size else auto_batch_size(model, memory_budget_mb)
     if B < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -236,7 +244,8 @@ def perturbation_curves(
     def prepared(i):
         if i not in cache:
             x = to_unit_float(images[i])
-            g = perturbation(x, image_rng(seed, ids[i]))
+            rng = image_rng(seed, ids[i])
+            g = perturbation.draws(x, rng) if perturbation.mask_dependent else perturbation(x, rng)
             rk = rank_maps(orders[i : i + 1], height, width, region_size)[0]
             cache[i] = (x, g, rk)
         return cache[i]

@@ -9,6 +9,11 @@ taken from the ORIGINAL image (not from the partly perturbed x(k-1)), which
 keeps every step well defined and independent of the order; the slow
 reference in the tests uses the same definition.
 
+``Road`` is the exception: a removed pixel's value is imputed from its
+neighbours, so it depends on which pixels are removed at that step; it has no
+g(x), and the engine builds each step's image with its ``fill`` instead
+(``mask_dependent``).
+
 Random draws come from a generator seeded with (seed, image id), so a curve
 never depends on the batch size, the chunking or which images are scored.
 """
@@ -16,6 +21,7 @@ never depends on the batch size, the chunking or which images are scored.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 
@@ -25,6 +31,10 @@ class Perturbation:
     clip: bool = field(default=True, kw_only=True)  # clip g(x) to [0, 1]
 
     name = "base"
+    #: False: g(x) is drawn once per image and x(k) = where(rank < k, g(x), x).
+    #: True: what a removed pixel becomes depends on which pixels are removed
+    #: (ROAD); the engine calls ``fill(x, removed, draws(x, rng))`` per step.
+    mask_dependent = False
 
     def _apply(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         raise NotImplementedError
@@ -109,7 +119,55 @@ class Blur(Perturbation):
         return gaussian_filter(x, sigma=(self.sigma, self.sigma, 0), mode="reflect")
 
 
-PERTURBATIONS = {c.name: c for c in (GaussianNoise, UniformNoise, Constant, ImageMean, Blur)}
+@dataclass(frozen=True)
+class Road(Perturbation):
+    """ROAD's noisy linear imputation (Rong et al., 2022): removed pixels become the weighted mean of their neighbours plus noise.
+
+    The imputed values depend on the whole removed set, so there is no single
+    g(x): at each step the engine solves the step's sparse system on the
+    device (:func:`xbench.perturbation.imputation.road_fill`, conjugate
+    gradients to relative residual ``tol``) and adds this image's fixed
+    N(0, noise^2) field to the removed pixels. ``max_iter`` None: 4 (H + W).
+    """
+
+    noise: float = 0.01  # the std ROAD's code adds to imputed values
+    tol: float = 1e-6
+    max_iter: Optional[int] = None
+    name = "road"
+    mask_dependent = True
+
+    def __post_init__(self):
+        if self.noise < 0:
+            raise ValueError(f"noise: must be >= 0, got {self.noise}")
+        if not 0 < self.tol < 1:
+            raise ValueError(f"tol: must lie in (0, 1), got {self.tol}")
+        if self.max_iter is not None and self.max_iter < 1:
+            raise ValueError(f"max_iter: must be >= 1, got {self.max_iter}")
+
+    def _apply(self, x, rng):
+        raise TypeError("road: what a removed pixel becomes depends on the removed set; use fill(x, removed, draws(x, rng)) or exact(...)")
+
+    def draws(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """(H, W, 3) float32: this image's noise field, fixed across steps."""
+        return rng.normal(0.0, self.noise, size=np.shape(x)).astype(np.float32)
+
+    def fill(self, x, removed, draws):
+        """Batched, traceable (``keras.ops``): x (B, H, W, 3), removed (B, H, W, 1) bool/float, draws (B, H, W, 3)."""
+        from xbench.perturbation.imputation import road_fill
+
+        return road_fill(x, removed, draws, tol=self.tol, max_iter=self.max_iter, clip=self.clip)
+
+    def exact(self, x: np.ndarray, removed: np.ndarray, draws: np.ndarray) -> np.ndarray:
+        """One image by SciPy's direct sparse solve (the reference): (H, W, 3), (H, W) bool, (H, W, 3) -> (H, W, 3) float32."""
+        from xbench.perturbation.imputation import impute_exact
+
+        rm = np.asarray(removed, bool)
+        out = impute_exact(x, rm) + rm[..., None] * np.asarray(draws, np.float64)
+        out = np.where(rm[..., None], out, np.asarray(x, np.float64))
+        return (np.clip(out, 0.0, 1.0) if self.clip else out).astype(np.float32)
+
+
+PERTURBATIONS = {c.name: c for c in (GaussianNoise, UniformNoise, Constant, ImageMean, Blur, Road)}
 
 
 def image_rng(seed: int, image_id: int) -> np.random.Generator:
