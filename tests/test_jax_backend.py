@@ -120,7 +120,7 @@ def test_the_engine_explainer_and_aopc_tests_pass_on_jax():
     env = _jax_env(Path(os.environ.get("XBENCH_CACHE", "/tmp")) / "jax-kernels")
     probe = subprocess.run([sys.executable, "-c", "import keras; print(keras.backend.backend())"], env=env, capture_output=True, text=True, timeout=300)
     assert probe.stdout.strip() == "jax"  # tests/conftest.py only sets the backend where none is given
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_perturbation.py", "tests/test_metrics_aopc.py",
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_perturbation.py", "tests/test_imputation.py", "tests/test_metrics_aopc.py",
                         "tests/test_explain.py", "-m", "not tensorflow",
                         # Block names are backend-free; DenseNet's and ResNet's JAX traces cost a minute each.
                         "-k", "not densenet201 and not resnet50"],

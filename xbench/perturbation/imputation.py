@@ -32,8 +32,12 @@ Two solvers of the same system:
   together until each has relative residual ``||r|| <= tol * ||b||`` or
   ``max_iter`` is reached. The matrix is never built: A v is two masked 3x3
   depthwise convolutions, so it compiles into the engine's forward step on
-  any Keras backend. How far it lands from the exact solve is measured in
-  the tests and by ``xbench-bench --perturbation road``.
+  any Keras backend. It solves for the departure from each image's mean kept
+  value (float32 rounding then scales with contrast, not brightness). Its
+  distance from the exact solve is bounded in the tests (1e-4 on images up to
+  31 px, any mask) and was measured at 3e-6 (72 px, half the regions
+  removed), 6e-6 (72 px, 95%) and 3e-5 (299 px, 95%) with the default
+  ``tol`` = 1e-6, after 97, 264 and 839 iterations.
 """
 
 from __future__ import annotations
@@ -141,13 +145,16 @@ def impute_batched(x, removed, *, tol: float = 1e-6, max_iter: int | None = None
     def dot(a, b):
         return ops.sum(a * b, axis=(1, 2), keepdims=True)  # (B, 1, 1, C): one per system
 
-    b = m * nb(keep * x)
-    # Start from each system's mean kept value: CG then has only the
-    # low-contrast remainder to resolve (0 where nothing is kept).
+    # Solve for the departure from each system's mean kept value (0 where
+    # nothing is kept): the system is linear and a constant solves it, so
+    # this changes nothing in exact arithmetic, but float32 rounding then
+    # scales with the image's contrast, not its brightness (one kept pixel
+    # is filled exactly instead of 1e-4 off).
     kept_n = ops.sum(keep, axis=(1, 2), keepdims=True)
     mean_kept = ops.sum(keep * x, axis=(1, 2), keepdims=True) / ops.maximum(kept_n, 1.0)
-    u = m * ops.where(kept_n > 0, mean_kept, 0.0)
-    r = b - apply(u)
+    b = m * nb(keep * (x - mean_kept))
+    u = ops.zeros_like(x)
+    r = b
     z = inv_diag * r
     p = z
     rz = dot(r, z)
@@ -168,10 +175,9 @@ def impute_batched(x, removed, *, tol: float = 1e-6, max_iter: int | None = None
         active = ops.sqrt(dot(r, r)) > limit
         alpha = ops.where(ops.logical_and(active, pap > 0), rz / ops.where(pap > 0, pap, 1.0), 0.0)
         u = u + alpha * p
-        # The updated residual, not b - A u: in float32 the true residual of a
-        # large hole stalls near 1e-3 of ||b|| (299 px, 95% removed), so a rule
-        # on it would run to max_iter; the updated one keeps falling and stops
-        # where the measured error is already below a quarter grey level.
+        # The updated residual, not b - A u (one convolution fewer a step); its
+        # gap to the true residual is what the tests bound against the direct
+        # solve: <= 1e-4 on small images, 3e-5 measured at 299 px with 95% removed.
         r = ops.where(active, r - alpha * ap, r)
         z = inv_diag * r
         rz_new = dot(r, z)
@@ -179,7 +185,7 @@ def impute_batched(x, removed, *, tol: float = 1e-6, max_iter: int | None = None
         return i + 1, u, r, ops.where(active, z + beta * p, p), ops.where(active, rz_new, rz)
 
     i, u, r, _, _ = ops.while_loop(cond, body, (ops.convert_to_tensor(0, "int32"), u, r, p, rz))
-    out = ops.where(m > 0, u, x)
+    out = ops.where(m > 0, u + mean_kept, x)
     if not return_info:
         return out
     rel = ops.max(ops.sqrt(dot(r, r)) / ops.maximum(bnorm, 1e-30))
