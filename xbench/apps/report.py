@@ -72,7 +72,8 @@ def summary_markdown(col, folders, frame, groups, table, pw, reliab=None) -> str
            "measurement: jobs are pooled only when they differ by seed alone, and Seeds counts distinct seeds. Several seeds: mean ± standard "
            "deviation over seeds; one seed: the value and its bootstrap 95% CI over images.", "", R.to_markdown(table)]
     md += ["## Self-validation", "",
-           "Each explainer beside the controls on the same images: the random control is the floor (a uniformly random region order); "
+           "Each explainer beside the controls on the same images: the random control is the floor (a uniformly random region order; for deletion "
+           "and insertion a uniformly random pixel order); "
            "`oracle` (the blurred lesion mask) shows what a right explanation scores and `shortcut_marker` what a cheating one does. "
            "Localisation figures use the images that have the mask (lesion: not Normal). 95% CIs are bootstrap over images.", "",
            R.to_markdown(R.self_validation(col.jobs))]
