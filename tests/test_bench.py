@@ -50,3 +50,18 @@ def test_a_low_precision_bench_reports_its_curve_difference_to_float32():
     # computed in bfloat16 (not a float32 run relabelled), and the difference is what it says
     assert 0 < r["mean_abs_diff_vs_float32"] <= r["max_abs_diff_vs_float32"] < 1
     assert r["max_abs_aopc_diff_vs_float32"] <= 2 * r["max_abs_diff_vs_float32"]  # |dAOPC| <= |df(x0)| + mean |df(xk)|
+
+
+@pytest.mark.parametrize("order", ["deletion", "insertion"])
+def test_pixel_orders_on_all_three_paths(order, capsys):
+    from xbench.apps.bench import main
+
+    r, curves = run_bench(BenchSettings(backbone="vgg16", image_size=32, n=3, region_size=8, order=order, perturbation="constant", batch_size=7,
+                                        pixel_steps=10))
+    # 1024 px in 10 steps of ceil(1024 / 10) = 103 px
+    assert curves.shape == (3, 11) and r["steps"] == 10 and r["regions"] == 16 and r["forward_passes"] == 3 * 11
+    assert r["max_abs_diff_engine_toolkit"] < 1e-5 and curves.std() > 1e-3
+    assert r["raw_images_per_s"] > 0 and r["engine_over_raw"] > 0
+    assert main(["--image-size", "32", "--n", "2", "--region-size", "16", "--order", order, "--no-toolkit", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["main"]
+    assert out["order"] == order and out["steps"] == 4 and out["forward_passes"] == 2 * 5  # default: as many steps as the 2 x 2 regions

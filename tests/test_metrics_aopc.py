@@ -57,3 +57,19 @@ def test_positive_mass_share_by_hand():
     m = np.array([[[1, 1], [0, 0]], [[1, 1], [1, 1]]])
     share = positive_mass_share(h, m)
     assert share[0] == pytest.approx(0.25) and share[1] == 0.0  # a dead map puts nothing in the mask
+
+
+def test_insertion_deletion_auc_by_hand():
+    from xbench.metrics.insertion_deletion import auc, auc_per_image
+
+    curves = np.array([[1.0, 0.5, 0.25], [0.0, 1.0, 1.0]])
+    # trapezoids of width 0.5: (1 + 0.5)/2 * 0.5 + (0.5 + 0.25)/2 * 0.5 = 0.5625; (0 + 1)/4 + (1 + 1)/4 = 0.75
+    assert auc_per_image(curves, [0, 0.5, 1]).tolist() == pytest.approx([0.5625, 0.75])
+    assert auc(curves, [0, 0.5, 1]) == pytest.approx(0.65625)
+    # unequal widths (20 x 20 px in 7 steps: 58 px per step, the last step 52 px): only the last trapezoid is narrower
+    fr = np.minimum(np.arange(8) * 58, 400) / 400
+    c = np.array([[1, 1, 1, 1, 1, 1, 1, 0.0]])
+    assert auc_per_image(c, fr)[0] == pytest.approx(6 * 58 / 400 + 0.5 * 52 / 400)
+    with pytest.raises(ValueError, match="disagree"):
+        auc_per_image(curves, [0, 1])
+    assert np.isnan(auc(np.zeros((0, 3)), [0, 0.5, 1]))

@@ -209,3 +209,163 @@ def test_true_class_targets_and_uint8_images():
     slow = slow_curves(model, images.astype(np.float32) / 255, heat, 4, "morf", GaussianNoise(0.1), 0, np.arange(2), targets=[2, 0])
     assert t.tolist() == [2, 0]
     np.testing.assert_allclose(c, slow, atol=1e-5)
+
+
+# ---------------------------------------------------------------- pixel deletion and insertion (Petsiuk et al. 2018)
+
+
+def slow_pixel_curves(model, images, heatmaps, steps, order, perturbation, seed, ids, sigma=5.0, targets=None):
+    """Per image: sort pixels (relevance desc., then row-major index), change n of them per step in NumPy, call the model on one image."""
+    n_img, H, W, _ = images.shape
+    P = H * W
+    per = math.ceil(P / steps)
+    f = model if not isinstance(model, keras.Model) else (lambda z: np.asarray(model(z)))
+    out = []
+    for i in range(n_img):
+        flat = np.asarray(heatmaps[i], np.float64).reshape(-1)
+        seq = sorted(range(P), key=lambda j: (-flat[j], j))
+        x0 = images[i].astype(np.float32)
+        if order == "deletion":
+            x, fill = x0.copy(), perturbation(x0, image_rng(seed, ids[i]))
+        else:
+            x, fill = Blur(sigma)(x0, None), x0
+        probs = [np.asarray(f(x[None]))[0]]
+        for a in range(0, P, per):
+            for j in seq[a : a + per]:
+                r, c = divmod(j, W)
+                x[r, c] = fill[r, c]
+            probs.append(np.asarray(f(x[None]))[0])
+        p = np.stack(probs)
+        t = int((p[-1] if order == "insertion" else p[0]).argmax()) if targets is None else int(targets[i])
+        out.append(p[:, t])
+    return np.asarray(out, np.float32)
+
+
+@pytest.mark.parametrize("size, steps, k_eff", [(20, 8, 8), (20, 7, 7), (20, 150, 134), (17, 17, 17), (17, 10, 10)])
+@pytest.mark.parametrize("order", ["deletion", "insertion"])
+def test_pixel_orders_equal_the_slow_loop_on_device_and_host(size, steps, k_eff, order):
+    rng = np.random.default_rng(size * 7 + steps)
+    images = rng.random((3, size, size, 3)).astype(np.float32)
+    heat = rng.integers(0, 6, (3, size, size)).astype(np.float32)  # many ties: broken by row-major pixel index
+    model = tiny_model(size, size)
+    ids = np.array([4, 9, 1])
+    perts = [Constant(0.0), GaussianNoise(0.2)] if order == "deletion" else [None]
+    sigmas = [5.0] if order == "deletion" else [5.0, 1.5]
+    for pert in perts:
+        for sigma in sigmas:
+            kw = dict(region_size=5, order=order, perturbation=pert, seed=2, image_ids=ids, pixel_steps=steps, insertion_blur=sigma)
+            dev = perturbation_curves(model, images, heat, batch_size=32, **kw)
+            host = perturbation_curves(lambda x: np.asarray(model(x)), images, heat, batch_size=50, **kw)
+            slow = slow_pixel_curves(model, images, heat, steps, order, pert, 2, ids, sigma=sigma)
+            assert dev.shape == (3, k_eff + 1)
+            np.testing.assert_allclose(dev, slow, atol=1e-5, err_msg=f"{pert} sigma={sigma}")
+            np.testing.assert_allclose(host, slow, atol=1e-5, err_msg=f"{pert} sigma={sigma}")
+            assert dev.std() > 1e-3  # the curves move, so their equality means something
+
+
+def test_pixel_orders_default_to_the_region_count_and_ignore_max_steps():
+    rng = np.random.default_rng(3)
+    images = rng.random((2, 20, 20, 3)).astype(np.float32)
+    heat = rng.random((2, 20, 20)).astype(np.float32)
+    model = tiny_model(20, 20)
+    c = perturbation_curves(model, images, heat, region_size=5, order="deletion", max_steps=3)  # L = 16 regions -> 16 steps of 25 px
+    assert c.shape == (2, 17)
+    np.testing.assert_allclose(c, slow_pixel_curves(model, images, heat, 16, "deletion", GaussianNoise(0.1), 0, np.arange(2)), atol=1e-5)
+    with pytest.raises(ValueError, match="pixel steps must be >= 1"):
+        perturbation_curves(model, images, heat, region_size=5, order="insertion", pixel_steps=0)
+
+
+def _linear_2x2(weights, bias, scale=1.0):
+    """predict_fn and Keras model of softmax([scale * (sum_j w_j mean_c(x_j) + bias), 0]) on 2x2 images."""
+    w = np.asarray(weights, np.float64).reshape(-1)
+
+    def predict(x):
+        z = scale * (np.asarray(x, np.float64).mean(-1).reshape(len(x), -1) @ w + bias)
+        p = 1 / (1 + np.exp(-z))
+        return np.stack([p, 1 - p], 1).astype(np.float32)
+
+    inp = keras.Input((2, 2, 3))
+    d = keras.layers.Dense(2)
+    out = keras.layers.Softmax()(d(keras.layers.Flatten()(inp)))
+    model = keras.Model(inp, out)
+    kernel = np.zeros((12, 2), np.float32)
+    kernel[:, 0] = scale * np.repeat(w, 3) / 3  # Flatten is (row, col, channel)
+    d.kernel.assign(kernel)
+    d.bias.assign(np.array([scale * bias, 0.0], np.float32))
+    return predict, model
+
+
+def test_hand_computed_deletion_curve_and_auc():
+    from xbench.metrics.insertion_deletion import auc_per_image
+    from xbench.perturbation.regions import pixel_steps
+
+    # z = w . x - 5 with w = [[1, 2], [3, 4]] on an all-ones image: z(x) = 5, class 0.
+    # Relevance [[4, 1], [3, 2]]: pixels deleted (to black) in the order (0,0), (1,0), (1,1), (0,1),
+    # so z = 5, 4, 1, -3, -5 and the curve is sigmoid(z).
+    predict, model = _linear_2x2([[1, 2], [3, 4]], -5.0)
+    images = np.ones((1, 2, 2, 3), np.float32)
+    heat = np.array([[[4.0, 1.0], [3.0, 2.0]]])
+    sig = lambda z: 1 / (1 + np.exp(-np.asarray(z, np.float64)))
+    for m in (predict, model):
+        c = perturbation_curves(m, images, heat, region_size=1, order="deletion", perturbation=Constant(0.0), pixel_steps=4)
+        np.testing.assert_allclose(c[0], sig([5, 4, 1, -3, -5]), rtol=1e-5)
+        # 2 steps of 2 pixels: (0,0) and (1,0) first (z = 1), then the rest (z = -5)
+        c2 = perturbation_curves(m, images, heat, region_size=1, order="deletion", perturbation=Constant(0.0), pixel_steps=2)
+        np.testing.assert_allclose(c2[0], sig([5, 1, -5]), rtol=1e-5)
+        # 3 steps requested: n = ceil(4/3) = 2 pixels per step, so only 2 real steps
+        c3 = perturbation_curves(m, images, heat, region_size=1, order="deletion", perturbation=Constant(0.0), pixel_steps=3)
+        np.testing.assert_allclose(c3, c2, rtol=1e-6)
+    s = sig([5, 4, 1, -3, -5])
+    fr = pixel_steps(2, 2, 4)[2]
+    assert fr.tolist() == [0, 0.25, 0.5, 0.75, 1.0]
+    hand = 0.25 * (s[0] / 2 + s[1] + s[2] + s[3] + s[4] / 2)
+    assert auc_per_image(c, fr)[0] == pytest.approx(hand, rel=1e-5)
+    # ties by row-major index: a constant map deletes (0,0), (0,1), (1,0), (1,1): z = 5, 4, 2, -1, -5
+    ct = perturbation_curves(predict, images, np.zeros((1, 2, 2)), region_size=1, order="deletion", perturbation=Constant(0.0), pixel_steps=4)
+    np.testing.assert_allclose(ct[0], sig([5, 4, 2, -1, -5]), rtol=1e-5)
+    # [[2, 1], [2, 1]]: (0,0), (1,0) (tie at 2), then (0,1), (1,1) (tie at 1): z = 5, 4, 1, -1, -5
+    cp = perturbation_curves(predict, images, np.array([[[2.0, 1.0], [2.0, 1.0]]]), region_size=1, order="deletion",
+                             perturbation=Constant(0.0), pixel_steps=4)
+    np.testing.assert_allclose(cp[0], sig([5, 4, 1, -1, -5]), rtol=1e-5)
+
+
+def test_hand_computed_insertion_curve_target_is_the_original_images_class():
+    from xbench.metrics.insertion_deletion import auc_per_image
+
+    # softmax([8 (x_00 - 0.5), 0]): only pixel (0,0) counts. Original: x_00 = 1 -> class 0 (p = sigmoid(4)).
+    # The blurred start spreads that pixel over the 2x2 image: b_00 < 0.5 -> class 1 at k = 0.
+    predict, model = _linear_2x2([[1, 0], [0, 0]], -0.5, scale=8.0)
+    x = np.zeros((1, 2, 2, 3), np.float32)
+    x[0, 0, 0] = 1.0
+    b00 = float(Blur(5.0)(x[0], None)[0, 0].mean())
+    assert 0.2 < b00 < 0.5
+    sig = lambda z: 1 / (1 + np.exp(-np.asarray(z, np.float64)))
+    start, end = sig(8 * (b00 - 0.5)), sig(4.0)
+    last = np.array([[[1.0, 4.0], [3.0, 2.0]]])  # (0,0) least relevant: inserted last
+    first = np.array([[[4.0, 1.0], [3.0, 2.0]]])  # (0,0) most relevant: inserted first
+    for m in (predict, model):
+        c, t = perturbation_curves(m, x, last, region_size=1, order="insertion", pixel_steps=4, return_targets=True)
+        assert t.tolist() == [0]  # the original image's class, not the blurred start's
+        np.testing.assert_allclose(c[0], [start, start, start, start, end], rtol=1e-5)
+        c1 = perturbation_curves(m, x, first, region_size=1, order="insertion", pixel_steps=4)
+        np.testing.assert_allclose(c1[0], [start, end, end, end, end], rtol=1e-5)
+    fr = [0, 0.25, 0.5, 0.75, 1.0]
+    assert auc_per_image(c, fr)[0] == pytest.approx(0.25 * (3.5 * start + 0.5 * end), rel=1e-5)
+    assert auc_per_image(c1, fr)[0] == pytest.approx(0.25 * (0.5 * start + 3.5 * end), rel=1e-5)
+    # deletion of the same image starts from the original: its default target is step 0's class (also 0 here)
+    _, td = perturbation_curves(predict, x, last, region_size=1, order="deletion", perturbation=Constant(0.0), pixel_steps=4, return_targets=True)
+    assert td.tolist() == [0]
+
+
+def test_pixel_rank_maps_ties_and_steps():
+    from xbench.perturbation.regions import pixel_rank_maps, pixel_steps
+
+    h = np.array([[[1.0, 3.0, 3.0], [0.0, 3.0, 1.0]]])  # desc.: idx 1, 2, 4 (3s), 0, 5 (1s), 3
+    ranks, k, fr = pixel_rank_maps(h, 6)
+    assert ranks.tolist() == [[[3, 0, 1], [5, 2, 4]]] and k == 6 and ranks.dtype == np.int32
+    ranks, k, fr = pixel_rank_maps(h, 4)  # n = 2: K_eff = 3
+    assert ranks.tolist() == [[[1, 0, 0], [2, 1, 2]]] and k == 3 and fr.tolist() == pytest.approx([0, 1 / 3, 2 / 3, 1])
+    n, k, fr = pixel_steps(20, 20, 150)
+    assert (n, k) == (3, 134) and fr[-1] == 1.0 and fr[-2] == pytest.approx(399 / 400)
+    with pytest.raises(ValueError, match="pixel order"):
+        region_order(np.zeros((1, 4)), "deletion")

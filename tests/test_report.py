@@ -111,3 +111,22 @@ def test_self_validation_pairs_localisation_with_random_by_image():
     row = frame[frame["method"] == "gradcam - random (paired by image)"].iloc[0]
     diff = float(row["lesion_mass"].split()[0])
     assert diff == pytest.approx(np.mean([0.2, 0.3, 0.05]), abs=1e-3)  # image 2 (NaN for gradcam) left out of both
+
+
+def test_metrics_written_before_the_pixel_orders_still_load(tmp_path):
+    import json
+
+    job = _job(tmp_path, 0)
+    R.write_metrics(tmp_path, job.metrics)
+    raw = json.loads((tmp_path / R.METRICS_FILE).read_text())
+    for key in ("pixel_steps", "pixels_per_step", "insertion_blur", "auc_gains_over_random"):
+        raw["scoring"].pop(key)
+    for order in raw["scoring"]["methods"]["gradcam"]["orders"].values():
+        for key in ("auc", "auc_per_class", "fractions"):
+            order.pop(key)
+    (tmp_path / R.METRICS_FILE).write_text(json.dumps(raw))
+    back = R.read_metrics(tmp_path)
+    assert back == job.metrics and back.scoring.auc_gains_over_random == {} and back.scoring.methods["gradcam"].orders["morf"].auc is None
+    row = R.summary_row(R.JobResult(tmp_path, back, job.curves))
+    assert R.is_nan(row["deletion_auc"]) and R.is_nan(row["insertion_auc_gain_over_random"])
+    assert report.pixel_auc_table(report.summary_frame([R.JobResult(tmp_path, back, job.curves)])).empty

@@ -118,3 +118,96 @@ def test_scoring_streams_the_images_host_memory_grows_by_less_than_one_float_ima
     per_image = (_peak_scoring_bytes(tmp_path, large, size) - _peak_scoring_bytes(tmp_path, small, size)) / (large - small)
     float_image = size * size * 3 * 4
     assert per_image < 0.6 * float_image, f"{per_image:.0f} bytes per scored image; a float32 image is {float_image}"
+
+
+def _pixel_job_inputs(n=8, size=16):
+    from tests.test_perturbation import tiny_model
+
+    rng = np.random.default_rng(7)
+    images = (rng.random((n, size, size, 3)) * 255).astype(np.uint8)
+    model = tiny_model(size, size, c=2)
+    preds = np.asarray(model(images / 255.0)).argmax(1)
+    return model, images, preds
+
+
+def test_deletion_and_insertion_are_scored_for_the_explainer_and_random_and_reported(tmp_path):
+    import pandas as pd
+
+    from tests.test_report import _job
+    from xbench import results as R
+    from xbench.apps.report import build_report
+    from xbench.explain import CenterControl, RandomControl
+    from xbench.job_plots import scoring_plots
+    from xbench.metrics.insertion_deletion import auc_per_image
+    from xbench.perturbation import Constant
+
+    model, images, preds = _pixel_job_inputs()
+    settings = ScoreSettings(orders=["morf", "deletion", "insertion"], region_size=4, bootstrap=1000, pixel_steps=10)
+    res = score_model(model, images, np.arange(8), preds, preds, ["a", "b"], CenterControl(), [RandomControl()], Constant(0.0), settings, seed=0)
+    m = res.metrics
+    assert (m.pixel_steps, m.pixels_per_step, m.insertion_blur) == (10, 26, 5.0)  # 256 px in 10 steps of ceil(256/10) = 26
+    fr = np.minimum(np.arange(11) * 26, 256) / 256
+    p = np.asarray(model(images / 255.0))[np.arange(8), preds]
+    auc = {}
+    for name in ("center", "random"):
+        assert set(m.methods[name].orders) == {"morf", "deletion", "insertion"}  # the control gets the pixel orders too
+        for order in ("deletion", "insertion"):
+            c = res.curves.get(name, order)
+            o = m.methods[name].orders[order]
+            auc[name, order] = auc_per_image(c, fr)
+            assert c.shape == (8, 11) and o.aopc is None and o.fractions == pytest.approx(fr.tolist())
+            assert o.auc.mean == pytest.approx(auc[name, order].mean()) and o.auc.n == 8 and o.auc.ci95[0] <= o.auc.mean <= o.auc.ci95[1]
+        # deletion starts at the original image, insertion ends there: both at the target's probability
+        np.testing.assert_allclose(res.curves.get(name, "deletion")[:, 0], p, atol=1e-5)
+        np.testing.assert_allclose(res.curves.get(name, "insertion")[:, -1], p, atol=1e-5)
+    gains = m.auc_gains_over_random
+    assert gains["deletion"]["center"].mean == pytest.approx((auc["random", "deletion"] - auc["center", "deletion"]).mean())  # positive = better
+    assert gains["insertion"]["center"].mean == pytest.approx((auc["center", "insertion"] - auc["random", "insertion"]).mean())
+    assert "random" not in gains["deletion"] and m.gains_over_random["center"] is not None  # MoRF's gain as before
+
+    # The job folder: metrics.json and curves.npz round trip; the report reads the AUCs through summary.csv's columns.
+    job = _job(tmp_path / "job", 0)
+    job.metrics.scoring = m
+    R.write_metrics(job.path, job.metrics)
+    R.write_curves(job.path, res.curves)
+    back = R.read_job(job.path)
+    assert back.scoring.methods["random"].orders["insertion"].auc == m.methods["random"].orders["insertion"].auc
+    assert back.scoring.auc_gains_over_random == gains and back.curves.get("random", "deletion").shape == (8, 11)
+    build_report([job.path], tmp_path / "report")
+    row = pd.read_csv(tmp_path / "report" / "summary.csv").iloc[0]
+    for order in ("deletion", "insertion"):
+        e, r, g = m.methods["center"].orders[order].auc, m.methods["random"].orders[order].auc, gains[order]["center"]
+        assert row[f"{order}_auc"] == pytest.approx(e.mean) and row[f"{order}_auc_ci_low"] == pytest.approx(e.ci95[0])
+        assert row[f"{order}_auc_random"] == pytest.approx(r.mean) and row[f"{order}_auc_random_ci_high"] == pytest.approx(r.ci95[1])
+        assert row[f"{order}_auc_gain_over_random"] == pytest.approx(g.mean)
+    md = (tmp_path / "report" / "summary.md").read_text()
+    assert "## Deletion and insertion (pixel curves)" in md
+    e = m.methods["center"].orders["insertion"].auc
+    assert f"{e.mean:.3f} [{e.ci95[0]:.3f}, {e.ci95[1]:.3f}]" in md
+    assert "Deletion AUC (lower is better" in md  # the self-validation table has the column
+    assert "deletion_insertion.png" in scoring_plots(tmp_path, res) and (tmp_path / "deletion_insertion.png").is_file()
+
+
+def test_curve_store_keys_pixel_orders_by_their_settings(tmp_path):
+    from xbench.explain import CenterControl
+    from xbench.model_store import CurveStore
+    from xbench.perturbation import Constant
+
+    model, images, preds = _pixel_job_inputs(n=4)
+    predict = lambda x: np.asarray(model(x))
+    store = CurveStore(tmp_path, "m")
+
+    def run(**kw):
+        s = ScoreSettings(orders=["morf", "deletion", "insertion"], region_size=4, bootstrap=1000, controls=[], **kw)
+        r = score_model(predict, images, np.arange(4), preds, preds, ["a", "b"], CenterControl(), [], Constant(0.0), s, seed=0, store=store)
+        return r.metrics.chunks, r.curves
+
+    first, c1 = run(pixel_steps=8)
+    assert first["computed"] == 3 and first["reused"] == 0
+    again, c2 = run(pixel_steps=8)
+    assert again["reused"] == 3 and np.array_equal(c1.get("center", "insertion"), c2.get("center", "insertion"))
+    steps, c3 = run(pixel_steps=5)  # morf reused; both pixel orders computed again
+    assert steps["reused"] == 1 and steps["computed"] == 2 and c3.get("center", "deletion").shape == (4, 6)
+    blur, c4 = run(pixel_steps=8, insertion_blur=2.0)  # only insertion depends on the blur
+    assert blur["reused"] == 2 and blur["computed"] == 1
+    assert not np.allclose(c4.get("center", "insertion"), c1.get("center", "insertion"))

@@ -7,6 +7,10 @@ Three paths over the same model, images, heatmaps and (image, step) pairs:
 - ``engine``: :func:`xbench.perturbation.perturbation_curves` end to end;
 - ``toolkit_loop``: what metric toolkits do: per step, perturb the whole set
   of images on the host in NumPy and call ``model.predict``.
+
+Every order runs on all three paths: the region orders (morf, lerf, random)
+and the pixel orders deletion and insertion (Petsiuk et al. 2018; ``n``
+pixels per step, :func:`xbench.perturbation.regions.pixel_rank_maps`).
 """
 
 from __future__ import annotations
@@ -23,8 +27,8 @@ import keras
 import numpy as np
 
 from xbench.perturbation.engine import auto_batch_size, balanced_batch, device_step, perturbation_curves, step_devices
-from xbench.perturbation.perturbations import PERTURBATIONS, image_rng
-from xbench.perturbation.regions import grid_shape, rank_maps, region_order, region_scores
+from xbench.perturbation.perturbations import PERTURBATIONS, Blur, image_rng
+from xbench.perturbation.regions import PIXEL_ORDERS, grid_shape, pixel_rank_maps, pixel_steps, rank_maps, region_order, region_scores
 
 
 def model_flops(model: keras.Model) -> float:
@@ -79,28 +83,37 @@ class PeakRSS:
         return self.peak - self.start
 
 
-def toolkit_loop(model, images, heatmaps, *, region_size, order, perturbation, seed, batch_size, targets=None, max_steps=None):
-    """Per step: perturb every image's next region on the host, then ``model.predict`` all images.
+def toolkit_loop(model, images, heatmaps, *, region_size, order, perturbation, seed, batch_size, targets=None, max_steps=None,
+                 pixel_steps=None, insertion_blur=5.0):
+    """Per step: change every image's next region (pixel orders: next n pixels) on the host, then ``model.predict`` all images.
 
+    Deletion changes pixels to g(x); insertion starts from ``Blur(insertion_blur)``
+    of x and puts x's pixels back, its default target the class of x (the last step).
     ROAD (mask-dependent): every image's removed set is re-imputed per step by
     SciPy's direct sparse solve, as ROAD's own code does, one image at a time.
     """
     n, h, w = images.shape[:3]
-    x = images.astype(np.float32).copy()
-    road = perturbation.mask_dependent
-    g = np.stack([(perturbation.draws if road else perturbation)(images[i], image_rng(seed, i)) for i in range(n)])
-    ranks = rank_maps(region_order(region_scores(heatmaps, region_size), order, seed=seed, image_ids=np.arange(n)), h, w, region_size)
     rows, cols = grid_shape(h, w, region_size)
+    x = images.astype(np.float32).copy()
+    road = perturbation.mask_dependent and order != "insertion"
+    g = np.stack([(perturbation.draws if road else perturbation)(images[i], image_rng(seed, i)) for i in range(n)]) if order != "insertion" else None
+    if order in PIXEL_ORDERS:
+        ranks, steps, _ = pixel_rank_maps(heatmaps, rows * cols if pixel_steps is None else pixel_steps)
+        if order == "insertion":
+            x, g = np.stack([Blur(insertion_blur)(images[i], None) for i in range(n)]), x
+    else:
+        ranks = rank_maps(region_order(region_scores(heatmaps, region_size), order, seed=seed, image_ids=np.arange(n)), h, w, region_size)
+        steps = rows * cols if max_steps is None else max_steps
     probs = [model.predict(x, batch_size=batch_size, verbose=0)]
-    t = probs[0].argmax(1) if targets is None else targets
-    for k in range(rows * cols if max_steps is None else max_steps):
+    for k in range(steps):
         if road:
             x = np.stack([perturbation.exact(images[i], ranks[i] <= k, g[i]) for i in range(n)])
         else:
             m = ranks == k
             x[m] = g[m]
         probs.append(model.predict(x, batch_size=batch_size, verbose=0))
-    p = np.stack(probs, 1)  # (N, L+1, C)
+    p = np.stack(probs, 1)  # (N, steps + 1, C)
+    t = p[:, -1 if order == "insertion" else 0].argmax(1) if targets is None else targets
     return p[np.arange(n), :, t]
 
 
@@ -158,6 +171,8 @@ class BenchSettings:
     seed: int = 0
     max_steps: int | None = None
     repeats: int = 1  # raw and engine alternate this many times; the best time of each counts
+    pixel_steps: int | None = None  # deletion / insertion: steps requested (None: as many as regions)
+    insertion_blur: float = 5.0  # insertion: sigma (px) of the blurred start
 
 
 def run_bench(s: BenchSettings, model=None) -> dict:
@@ -179,6 +194,8 @@ def run_bench(s: BenchSettings, model=None) -> dict:
     heat = rng.random((s.n, s.image_size, s.image_size), dtype=np.float32)
     rows, cols = grid_shape(s.image_size, s.image_size, s.region_size)
     L = rows * cols if s.max_steps is None else min(s.max_steps, rows * cols)
+    if s.order in PIXEL_ORDERS:  # steps of n pixels, always to 100% (max_steps does not apply)
+        L = pixel_steps(s.image_size, s.image_size, rows * cols if s.pixel_steps is None else s.pixel_steps)[1]
     pairs = s.n * (L + 1)
     _unsaturate(model32, images[:16])
     model = with_compute_dtype(model32, s.dtype)
@@ -186,7 +203,8 @@ def run_bench(s: BenchSettings, model=None) -> dict:
     B = math.ceil(balanced_batch(pairs, s.batch_size or auto_batch_size(model, 1024)) / d) * d  # what the engine will use
     pert = PERTURBATIONS[s.perturbation]()
     flops = model_flops(model)
-    kw = dict(region_size=s.region_size, order=s.order, perturbation=pert, seed=s.seed, batch_size=B, max_steps=s.max_steps)
+    kw = dict(region_size=s.region_size, order=s.order, perturbation=pert, seed=s.seed, batch_size=B, max_steps=s.max_steps,
+              pixel_steps=s.pixel_steps, insertion_blur=s.insertion_blur)
 
     # Warm up (compile) every path on a small input so that timings are steady state.
     perturbation_curves(model, images[:2], heat[:2], **kw)
@@ -204,7 +222,7 @@ def run_bench(s: BenchSettings, model=None) -> dict:
         mem_deltas.append(mem.delta)
     raw_s, engine_s = min(raw_times), min(engine_times)
     out = {
-        "backbone": s.backbone, "image_size": s.image_size, "n": s.n, "region_size": s.region_size, "regions": L,
+        "backbone": s.backbone, "image_size": s.image_size, "n": s.n, "region_size": s.region_size, "regions": rows * cols, "steps": L,
         "order": s.order, "perturbation": s.perturbation, "dtype": s.dtype, "batch_size": B, "forward_passes": pairs,
         "keras_backend": keras.backend.backend(), "devices": d, "gflop_per_image": flops / 1e9,
         "raw_s": raw_s, "engine_s": engine_s,
@@ -226,7 +244,8 @@ def run_bench(s: BenchSettings, model=None) -> dict:
         out["engine_over_gaussian"] = out["gaussian_engine_s"] / engine_s
     if s.toolkit:
         t0 = time.perf_counter()
-        tk = toolkit_loop(model, images, heat, region_size=s.region_size, order=s.order, perturbation=pert, seed=s.seed, batch_size=B, max_steps=s.max_steps)
+        tk = toolkit_loop(model, images, heat, region_size=s.region_size, order=s.order, perturbation=pert, seed=s.seed, batch_size=B, max_steps=s.max_steps,
+                          pixel_steps=s.pixel_steps, insertion_blur=s.insertion_blur)
         toolkit_s = time.perf_counter() - t0
         out.update({
             "toolkit_s": toolkit_s, "toolkit_images_per_s": pairs / toolkit_s,

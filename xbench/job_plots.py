@@ -10,6 +10,7 @@ import numpy as np
 from xbench import io, plots
 from xbench.data.pixels import to_unit_float
 from xbench.metrics.aopc import aopc_by_step
+from xbench.perturbation.regions import PIXEL_ORDERS
 from xbench.results import curve_key
 
 log = logging.getLogger(__name__)
@@ -68,15 +69,38 @@ def write_job_plots(run_dir: Path, model, images, ev, class_names, history, scor
         _save(plots.layers_figure(x[0], {k: v[0] for k, v in layers.items()}, title=f"Grad-CAM of the last {len(layers)} conv layers"), out / "last_layers.png")
         written.append("last_layers.png")
     if scoring is not None:
-        scored = {(m, o): scoring.curves.scored(m, o)[1] for (m, o) in scoring.curves.curves}  # a reference map: its own images
-        curves = {curve_key(m, o): c for (m, o), c in scored.items()}
-        if curves:
-            _save(plots.mean_curves_figure(curves), out / "mean_curves.png")
-            series = {curve_key(m, o): (aopc_by_step(c), None, None) for (m, o), c in scored.items() if o == "morf" and len(c)}
-            _save(plots.aopc_by_step_figure(series), out / "aopc_by_step.png")
-            written += ["mean_curves.png", "aopc_by_step.png"]
+        written += scoring_plots(out, scoring)
     if sanity is not None:
         for mode in dict.fromkeys(c.mode for c in sanity.checks):
             _save(plots.randomisation_figure([c for c in sanity.checks if c.mode == mode]), out / f"randomisation_{mode}.png")
             written.append(f"randomisation_{mode}.png")
+    return written
+
+
+def scoring_plots(out: Path, scoring) -> list[str]:
+    """The scoring figures of a :class:`xbench.scoring.ScoreResult` into ``out``; returns the file names written.
+
+    ``mean_curves.png`` (region orders, against the step), ``aopc_by_step.png``
+    (MoRF) and ``deletion_insertion.png`` (the pixel orders, against the
+    fraction of pixels changed, which differs from the region steps).
+    """
+    written = []
+    scored = {(m, o): scoring.curves.scored(m, o)[1] for (m, o) in scoring.curves.curves}  # a reference map: its own images
+    curves = {curve_key(m, o): c for (m, o), c in scored.items() if o not in PIXEL_ORDERS}  # region steps on the x axis
+    if curves:
+        _save(plots.mean_curves_figure(curves), out / "mean_curves.png")
+        written.append("mean_curves.png")
+    series = {curve_key(m, o): (aopc_by_step(c), None, None) for (m, o), c in scored.items() if o == "morf" and len(c)}
+    if series:
+        _save(plots.aopc_by_step_figure(series), out / "aopc_by_step.png")
+        written.append("aopc_by_step.png")
+    panels = {}  # deletion / insertion: against the fraction of pixels changed, the AUC in the label
+    for (m, o), c in scored.items():
+        sc = scoring.metrics.methods.get(m)
+        os_ = None if sc is None else sc.orders.get(o)
+        if o in PIXEL_ORDERS and os_ is not None and os_.fractions is not None:
+            panels.setdefault(o, {})[f"{m} (AUC {os_.auc.mean:.3f})"] = (np.asarray(os_.fractions), c)
+    if panels:
+        _save(plots.pixel_curves_figure(panels), out / "deletion_insertion.png")
+        written.append("deletion_insertion.png")
     return written

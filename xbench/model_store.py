@@ -161,19 +161,27 @@ class CurveStore(NpyCache):
         super().__init__(Path(cache_dir) / "curves" / model_key, "curve")
 
     def curves(self, *, method: str, order: str, maps: np.ndarray, image_ids, targets, perturbation: dict, region_size: int,
-               max_steps: int | None, seed: int, compute, dtype: str = "float32") -> tuple[np.ndarray, bool]:
+               max_steps: int | None, seed: int, compute, dtype: str = "float32", pixel_steps: int | None = None,
+               insertion_blur: float | None = None) -> tuple[np.ndarray, bool]:
         """One chunk's (M, K+1) curves and whether they came from the cache.
 
         The key is everything that determines them: the method's name and the
         SHA-256 of its maps, the order, the image ids and targets, the
         perturbation, the grid, the steps and the seed (and, through the
-        folder, the model). ``compute()`` makes them when absent.
+        folder, the model); for the pixel orders also the requested
+        ``pixel_steps`` and, for insertion, ``insertion_blur`` (given only
+        then, so the region orders' keys are what they were).
+        ``compute()`` makes them when absent.
         """
         identity = {"method": method, "order": order, "maps": hashlib.sha256(np.ascontiguousarray(maps).tobytes()).hexdigest(),
                     "ids": np.asarray(image_ids).tolist(), "targets": np.asarray(targets).tolist(), "perturbation": perturbation,
                     "region": int(region_size), "max_steps": max_steps, "seed": seed}
         if dtype != "float32":
             identity["dtype"] = dtype
+        if pixel_steps is not None:
+            identity["pixel_steps"] = int(pixel_steps)
+        if insertion_blur is not None:
+            identity["insertion_blur"] = float(insertion_blur)
         curves, hit = self.fetch(digest(identity), compute, len(image_ids))
         if not hit:
             faults.point("score_chunk")

@@ -129,6 +129,24 @@ def mean_curves_figure(curves: Mapping[str, np.ndarray], title: str = "Mean pert
     return fig
 
 
+def pixel_curves_figure(panels: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray]]],
+                        title: str = "Deletion and insertion curves (Petsiuk et al. 2018)"):
+    """One panel per pixel order: {order: {label: (fractions (K+1,), (N, K+1) curves)}} -> mean f(x(k)) against the fraction of pixels changed."""
+    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(5.2 * max(1, len(panels)), 4), squeeze=False)
+    for ax, (order, lines) in zip(axes[0], panels.items()):
+        for label, (fr, c) in lines.items():
+            if len(c):
+                ax.plot(np.asarray(fr), np.asarray(c).mean(0), label=label)
+        ax.set_xlim(0, 1)
+        ax.set_xlabel("fraction of pixels " + ("inserted into the blurred image" if order == "insertion" else "deleted"))
+        ax.set_ylabel("probability of the target class")
+        ax.set_title(f"{order} ({'higher' if order == 'insertion' else 'lower'} AUC is better)")
+        ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 def aopc_vs_recall_figure(frame, title: str = "AOPC against test recall (one point per job)"):
     fig, ax = plt.subplots(figsize=(6, 4.2))
     for model, g in frame.groupby("model"):

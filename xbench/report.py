@@ -28,6 +28,7 @@ from xbench import results
 from xbench.metrics import comparison
 from xbench.metrics.aopc import abpc_per_image, aopc_by_step, aopc_per_image
 from xbench.metrics.bootstrap import bootstrap_band, bootstrap_ci
+from xbench.perturbation.regions import PIXEL_ORDERS
 
 log = logging.getLogger(__name__)
 
@@ -209,23 +210,59 @@ def _fmt_paired(r: dict | None) -> str:
     return "n/a" if r is None or not np.isfinite(r["ci_low"]) else f"{r['diff']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
 
 
+#: self_validation's deletion / insertion columns: the AUC, and in a "<method> - random" row the gain, signed so that positive = better than random.
+PIXEL_AUC_HEADERS = {"deletion": "Deletion AUC (lower is better; '- random' rows: random - method)",
+                     "insertion": "Insertion AUC (higher is better; '- random' rows: method - random)"}
+
+
 def self_validation(jobs: Sequence[results.JobResult]) -> pd.DataFrame:
-    """Each job's explainer beside its controls: MoRF AOPC and localisation with CIs over images, and each method minus random, paired by image."""
+    """Each job's explainer beside its controls: MoRF AOPC, deletion / insertion AUC and localisation with CIs over images, and each method against random, paired by image.
+
+    The "<method> - random" rows: MoRF AOPC and localisation as method -
+    random; deletion AUC as random - method and insertion AUC as method -
+    random (:data:`PIXEL_AUC_HEADERS` says so), so that a positive AUC gain is
+    better than random for both.
+    """
     rows = []
     for j in jobs:
         sc = j.scoring
         if sc is None:
             continue
         cols = [k for k in _LOCALISATION_COLUMNS if any(k in mm.localisation for mm in sc.methods.values())]
+        pix = [o for o in PIXEL_ORDERS if any(o in mm.orders for mm in sc.methods.values())]
         for name, m in sc.methods.items():
             morf = m.orders.get("morf")
             row = {"job": j.path.name, "model": j.metrics.model.backbone, "seed": j.metrics.seed, "method": name + (" (explainer)" if name == sc.explainer else ""),
                    "AOPC (MoRF)": _fmt_est(morf.aopc if morf else None)}
+            row.update({PIXEL_AUC_HEADERS[o]: _fmt_est(m.orders[o].auc if o in m.orders else None) for o in pix})
             rows.append({**row, **{k: _fmt_est(m.localisation.get(k)) for k in cols}})
-        for name, gain in sc.gains_over_random.items():
+        against = list(dict.fromkeys([*sc.gains_over_random, *(n for o in pix for n in sc.auc_gains_over_random.get(o, {}))]))
+        for name in against:
             row = {"job": j.path.name, "model": j.metrics.model.backbone, "seed": j.metrics.seed,
-                   "method": f"{name} - random (paired by image)", "AOPC (MoRF)": _fmt_est(gain)}
+                   "method": f"{name} - random (paired by image)", "AOPC (MoRF)": _fmt_est(sc.gains_over_random.get(name))}
+            row.update({PIXEL_AUC_HEADERS[o]: _fmt_est(sc.auc_gains_over_random.get(o, {}).get(name)) for o in pix})
             rows.append({**row, **{k: _fmt_paired(_paired_localisation(j, name, k)) for k in cols}})
+    return pd.DataFrame(rows)
+
+
+def pixel_auc_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Deletion and insertion AUC per job from ``summary.csv``'s columns (:data:`xbench.results.PIXEL_AUC_COLUMNS`): empty when no job scored them.
+
+    Cells: mean [95% bootstrap CI over images]. Gains over random are paired
+    by image and signed so that positive = better than random (deletion:
+    random - explainer; insertion: explainer - random).
+    """
+    names = [c.name for c in results.PIXEL_AUC_COLUMNS if not c.name.endswith(("_ci_low", "_ci_high"))]
+    if frame.empty or not any(n in frame and frame[n].notna().any() for n in names):
+        return pd.DataFrame()
+    cell = lambda r, n: "n/a" if pd.isna(r[n]) else (f"{r[n]:.3f} [{r[n + '_ci_low']:.3f}, {r[n + '_ci_high']:.3f}]" if pd.notna(r[n + "_ci_low"])
+                                                   else f"{r[n]:.3f}")
+    rows = []
+    for _, r in frame.iterrows():
+        if not any(pd.notna(r[n]) for n in names):
+            continue
+        rows.append({"job": Path(str(r["job"])).name, "model": r["model"], "seed": r["seed"], "explainer": r["explainer"], "perturbation": r["perturbation"],
+                     **{n: cell(r, n) for n in names}})
     return pd.DataFrame(rows)
 
 
@@ -372,7 +409,9 @@ def _context(g: Measurement, what: str) -> str:
 # ---------------------------------------------------------------- metric reliability
 
 #: Config keys that say how the metric is computed (not what is measured): jobs that differ only in these are variants of one metric.
-METRIC_KEYS = ("perturbation", "score.region_size", "score.steps", "score.max_steps", "score.orders")
+METRIC_KEYS = ("perturbation", "score.region_size", "score.steps", "score.max_steps", "score.orders", "score.pixel_steps", "score.insertion_blur")
+#: Metric keys that leave the MoRF curves (what reliability compares) unchanged: never a variant of their own.
+NOT_VARIANT = ("score.orders", "score.pixel_steps", "score.insertion_blur")
 
 
 def _is_metric_key(k: str) -> bool:
@@ -449,7 +488,7 @@ def metric_reliability(jobs: Sequence[results.JobResult], n_resamples: int = 200
         ident = identity(j)
         rest = tuple(sorted((k, json.dumps(v, sort_keys=True, default=str)) for k, v in ident.items() if not _is_metric_key(k)))
         # score.orders is left out of the variant: two jobs that differ only in it have the same MoRF curves (the later job is kept)
-        variant = tuple(sorted((k, json.dumps(v, sort_keys=True, default=str)) for k, v in ident.items() if _is_metric_key(k) and k != "score.orders"))
+        variant = tuple(sorted((k, json.dumps(v, sort_keys=True, default=str)) for k, v in ident.items() if _is_metric_key(k) and k not in NOT_VARIANT))
         by_key.setdefault((rest, j.metrics.seed), {})[variant] = j  # a rerun of the same variant: the later job
     rows: list[dict] = []
     found = {k: v for k, v in by_key.items() if len(v) >= 2}
@@ -460,7 +499,7 @@ def metric_reliability(jobs: Sequence[results.JobResult], n_resamples: int = 200
     for (rest, s), variants in found.items():
         vjobs = list(variants.values())
         idents = [identity(j) for j in vjobs]
-        varying = sorted({k for i in idents for k in i if _is_metric_key(k) and k != "score.orders"
+        varying = sorted({k for i in idents for k in i if _is_metric_key(k) and k not in NOT_VARIANT
                           and len({json.dumps(x.get(k), default=str) for x in idents}) > 1})
         if "perturbation" in varying:  # the label already holds the perturbation's name and parameters
             varying = [k for k in varying if not k.startswith("perturbation.")]

@@ -29,6 +29,9 @@ from xbench.errors import XbenchError
 
 #: 2: typed sections, estimates carry their resampling unit, localisation per method.
 FORMAT_VERSION = 3  # 3: reference maps' rows marked (Curves.rows); a map that shows nothing scores as a miss
+# Fields added since without a version bump, all optional with a default, so files written before
+# them still load: the deletion / insertion figures (OrderScores.auc, .auc_per_class, .fractions;
+# Scoring.pixel_steps, .pixels_per_step, .insertion_blur, .auc_gains_over_random).
 METRICS_FILE = "metrics.json"
 CURVES_FILE = "curves.npz"
 HEATMAPS_FILE = "heatmaps.npz"
@@ -58,12 +61,25 @@ class Estimate:
 
 @dataclass
 class OrderScores:
-    """One (method, order) set of curves, summarised."""
+    """One (method, order) set of curves, summarised.
 
-    aopc: Estimate  # AOPC over the scored images (DESIGN.md: 1/(L+1) sum_k f(x0) - f(xk))
-    aopc_by_step: list[float]  # AOPC(K) for K = 1..steps
-    aopc_per_class: dict[str, float | None]  # mean per-image AOPC per TRUE class of the image (None: no image)
+    Region orders (morf, lerf, random) are summarised by AOPC; the pixel
+    orders deletion and insertion (Petsiuk et al. 2018) by the area under the
+    curve over the fraction of pixels changed (``auc``; their AOPC fields are
+    None / empty: insertion's x(0) is the blurred image, so "drop from x(0)"
+    would not mean what AOPC means).
+    """
+
+    aopc: Estimate | None  # AOPC over the scored images (DESIGN.md: 1/(L+1) sum_k f(x0) - f(xk)); None for pixel orders
+    aopc_by_step: list[float]  # AOPC(K) for K = 1..steps (empty for pixel orders)
+    aopc_per_class: dict[str, float | None]  # mean per-image AOPC per TRUE class of the image (None: no image; empty for pixel orders)
     mean_curve: list[float]  # mean f(x(k)) over images, k = 0..steps
+    # Pixel orders only: trapezoid AUC of f(x(k))[target] over ``fractions`` (deletion: lower is
+    # better; insertion: higher is better), its per-class mean, and the curve's x axis
+    # (fraction of pixels changed at k = 0..steps: min(k * pixels_per_step, H*W) / (H*W)).
+    auc: Estimate | None = None
+    auc_per_class: dict[str, float | None] | None = None
+    fractions: list[float] | None = None
 
 
 @dataclass
@@ -110,6 +126,15 @@ class Scoring:
     # the method is scored on (reference maps: those with the lesion / marker).
     gains_over_random: dict[str, Estimate] = field(default_factory=dict)
     dtype: str = "float32"  # precision of the engine's forward passes (score.dtype); maps always float32
+    # The pixel orders (deletion / insertion), when scored: their real number of steps K_eff,
+    # pixels changed per step, and insertion's blur sigma in px (None when not scored).
+    pixel_steps: int | None = None
+    pixels_per_step: int | None = None
+    insertion_blur: float | None = None
+    # {"deletion" | "insertion": {method: AUC gain over the random control, paired by image}},
+    # signed so that POSITIVE = BETTER than random: deletion random - method (a faster fall
+    # is a lower AUC), insertion method - random (a faster rise is a higher AUC).
+    auc_gains_over_random: dict[str, dict[str, Estimate]] = field(default_factory=dict)
 
 
 @dataclass
@@ -547,6 +572,50 @@ SUMMARY_COLUMNS += tuple(
         ("marker_mass", "share of the explainer's positive mass on the shortcut marker (images with one)"),
     )
 )
+
+
+def _order_auc(order: str, method: str | None = None):
+    """The AUC estimate of ``order`` (deletion / insertion) for ``method`` (default: the explainer), or None."""
+    def pick(j: JobResult) -> Estimate | None:
+        sc = j.scoring
+        m = None if sc is None else sc.methods.get(method or sc.explainer)
+        o = None if m is None else m.orders.get(order)
+        return None if o is None else o.auc
+
+    return pick
+
+
+def _auc_gain(order: str):
+    def pick(j: JobResult) -> Estimate | None:
+        sc = j.scoring
+        return None if sc is None else sc.auc_gains_over_random.get(order, {}).get(sc.explainer)
+
+    return pick
+
+
+def _estimate_columns(name: str, description: str, pick: Callable[[JobResult], Estimate | None]) -> tuple[Column, ...]:
+    """``name`` (the mean) and ``name_ci_low`` / ``name_ci_high`` (its 95% bootstrap CI over images)."""
+    return (Column(name, description, lambda j: _mean(pick(j))),
+            Column(f"{name}_ci_low", "its 95% bootstrap CI over images, low", lambda j: _low(pick(j))),
+            Column(f"{name}_ci_high", "... high", lambda j: _high(pick(j))))
+
+
+#: Pixel deletion / insertion (Petsiuk et al. 2018): AUC over the fraction of pixels changed, NaN when the order was not scored.
+PIXEL_AUC_COLUMNS: tuple[Column, ...] = tuple(
+    c
+    for order, better, sign in (("deletion", "lower", "random - explainer"), ("insertion", "higher", "explainer - random"))
+    for c in (
+        _estimate_columns(f"{order}_auc", f"explainer {order} AUC over the fraction of pixels changed ({better} is better), mean over scored images",
+                          _order_auc(order))
+        + _estimate_columns(f"{order}_auc_random", f"the random control's {order} AUC (a uniformly random pixel order), all scored images",
+                            _order_auc(order, "random"))
+        + _estimate_columns(f"{order}_auc_gain_over_random", f"{sign} {order} AUC, paired by image: positive = better than random",
+                            _auc_gain(order))
+    )
+)
+SUMMARY_COLUMNS += PIXEL_AUC_COLUMNS
+
+
 def _sanity(job: JobResult) -> SanityScores | None:
     """The configured explainer's randomisation check (its first mode), or None."""
     sa, sc = job.metrics.sanity, job.scoring

@@ -3,9 +3,10 @@
 For the scored images (the correctly classified test images by default, as
 in the paper), the configured explainer and the controls produce heatmaps;
 the engine turns each (heatmap set, order) into perturbation curves; the
-kernels turn curves into AOPC, AOPC(K), ABPC and per-class AOPC, and maps
-plus ground-truth masks into localisation figures, each with a bootstrap CI
-over images. Nothing here reads a config or writes a file; the results are
+kernels turn curves into AOPC, AOPC(K), ABPC and per-class AOPC (region
+orders) or the deletion / insertion AUC (pixel orders, Petsiuk et al. 2018),
+and maps plus ground-truth masks into localisation figures, each with a
+bootstrap CI over images. Nothing here reads a config or writes a file; the results are
 :mod:`xbench.results` objects.
 """
 
@@ -27,9 +28,10 @@ from xbench.data.pixels import to_unit_float
 from xbench.explain.context import ExplainContext
 from xbench.metrics.aopc import abpc_per_image, aopc_by_step, aopc_per_image, per_class_mean
 from xbench.metrics.bootstrap import bootstrap_ci
+from xbench.metrics.insertion_deletion import auc_per_image
 from xbench.metrics.localisation import lesion_auroc, lesion_iou, lesion_mass, marker_mass, pointing_hit, positive_mass_share
 from xbench.perturbation.engine import perturbation_curves
-from xbench.perturbation.regions import grid_shape, sanitise_heatmaps
+from xbench.perturbation.regions import PIXEL_ORDERS, grid_shape, pixel_steps, sanitise_heatmaps
 from xbench.settings import ScoreSettings
 
 log = logging.getLogger(__name__)
@@ -170,6 +172,8 @@ def explain(method, model, batch: _Batch) -> tuple[np.ndarray, int, np.ndarray]:
 def method_curves(model, batch: _Batch, name: str, heat: np.ndarray, order: str, perturbation, settings: ScoreSettings, store) -> np.ndarray:
     """(M, steps + 1) curves of one method and order, chunk by chunk (each chunk cached as soon as it exists).
 
+    steps: L (or ``max_steps``) for the region orders, K_eff (:func:`pixel_plan`) for deletion / insertion.
+
     The forward passes run in ``settings.dtype`` (:func:`xbench.models.precision.with_compute_dtype`).
     """
     engine_model = model
@@ -184,22 +188,43 @@ def method_curves(model, batch: _Batch, name: str, heat: np.ndarray, order: str,
                 warnings.simplefilter("ignore", RuntimeWarning)  # constant maps: counted by explain()
                 return perturbation_curves(engine_model, batch.x[ch], heat[ch], targets=batch.targets[ch], region_size=batch.region, order=order,
                                            perturbation=perturbation, max_steps=settings.max_steps, seed=batch.seed, batch_size=settings.batch_size,
-                                           image_ids=batch.rows[ch], memory_budget_mb=settings.memory_budget_mb, progress=len(batch.chunks) < 2)
+                                           image_ids=batch.rows[ch], memory_budget_mb=settings.memory_budget_mb, progress=len(batch.chunks) < 2,
+                                           pixel_steps=settings.pixel_steps, insertion_blur=settings.insertion_blur)
 
         if store is None:
             part, hit = compute(), False
         else:
+            pixel = {}  # what else decides a pixel order's curves (absent for region orders: their keys stay as they were)
+            if order in PIXEL_ORDERS:
+                pixel["pixel_steps"] = _requested_pixel_steps(batch, settings)
+            if order == "insertion":
+                pixel["insertion_blur"] = float(settings.insertion_blur)
             part, hit = store.curves(method=name, order=order, maps=heat[ch], image_ids=batch.rows[ch], targets=batch.targets[ch],
                                      perturbation=perturbation.describe(), region_size=batch.region, max_steps=settings.max_steps,
-                                     seed=batch.seed, dtype=settings.dtype, compute=compute)
+                                     seed=batch.seed, dtype=settings.dtype, compute=compute, **pixel)
         batch.counts["reused" if hit else "computed"] += 1
         done.append(part)
-    return np.concatenate(done) if done else np.zeros((0, _steps(batch, settings) + 1), np.float32)
+    steps = pixel_plan(batch, settings)[1] if order in PIXEL_ORDERS else _steps(batch, settings)
+    return np.concatenate(done) if done else np.zeros((0, steps + 1), np.float32)
 
 
 def _steps(batch: _Batch, settings: ScoreSettings) -> int:
+    """Steps of the region orders: L, or ``max_steps``."""
     rows, cols = grid_shape(batch.x.shape[1], batch.x.shape[2], batch.region)
     return rows * cols if settings.max_steps is None else settings.max_steps
+
+
+def _requested_pixel_steps(batch: _Batch, settings: ScoreSettings) -> int:
+    """K asked of the pixel orders: ``pixel_steps``, or L, the number of regions (MoRF's forward-pass budget)."""
+    if settings.pixel_steps is not None:
+        return int(settings.pixel_steps)
+    rows, cols = grid_shape(batch.x.shape[1], batch.x.shape[2], batch.region)
+    return rows * cols
+
+
+def pixel_plan(batch: _Batch, settings: ScoreSettings) -> tuple[int, int, np.ndarray]:
+    """(pixels per step, K_eff, (K_eff + 1,) fractions of pixels changed) of the deletion / insertion curves."""
+    return pixel_steps(batch.x.shape[1], batch.x.shape[2], _requested_pixel_steps(batch, settings))
 
 
 #: Localisation figures: name -> (which mask, per-image kernel (maps, masks) -> (M,) with NaN where undefined).
@@ -250,23 +275,39 @@ def score_method(method, model, batch: _Batch, orders: Sequence[str], perturbati
     if keep is not None:
         scores.n_images = int(keep.sum())
         out.curves.per_image[(results.SCORED, name)] = keep.astype(np.float32)
+    inner = getattr(method, "explainer", method)  # a cached explainer wraps the real one
+    # The pixel orders rank single pixels: a control whose region-order map is not a fair pixel order
+    # (the random control: a uniformly random pixel order instead) says so with pixel_order_maps.
+    heat_px = heat
+    if any(o in PIXEL_ORDERS for o in orders) and hasattr(inner, "pixel_order_maps"):
+        heat_px = np.asarray(inner.pixel_order_maps(batch.x, batch.context), np.float32)
     for order in orders:
         tc = time.perf_counter()
-        c = method_curves(model, batch, name, heat, order, perturbation, settings, store)
+        pixel = order in PIXEL_ORDERS
+        c = method_curves(model, batch, name, heat_px if pixel else heat, order, perturbation, settings, store)
         seconds[f"curves_{order}_s"] = time.perf_counter() - tc
         out.curves.curves[(name, order)] = c
         rows = slice(None) if keep is None else keep  # a reference map: only the images with its ground truth
-        cs, per = c[rows], aopc_per_image(c[rows])
-        scores.orders[order] = results.OrderScores(
-            aopc=_estimate(per, settings, batch.seed), aopc_by_step=aopc_by_step(cs).tolist(),
-            aopc_per_class=per_class_mean(per, batch.labels[rows], batch.class_names), mean_curve=cs.mean(0).tolist() if len(cs) else [])
-        e = scores.orders[order].aopc
-        log.info("%s %s: AOPC %.4f [%.4f, %.4f] (%.1f s)", name, order, e.mean, *e.ci95, seconds[f"curves_{order}_s"])
+        cs = c[rows]
+        mean_curve = cs.mean(0).tolist() if len(cs) else []
+        if pixel:  # deletion / insertion: trapezoid AUC over the fraction of pixels changed
+            fractions = pixel_plan(batch, settings)[2]
+            per = auc_per_image(cs, fractions)
+            scores.orders[order] = results.OrderScores(
+                aopc=None, aopc_by_step=[], aopc_per_class={}, mean_curve=mean_curve, auc=_estimate(per, settings, batch.seed),
+                auc_per_class=per_class_mean(per, batch.labels[rows], batch.class_names), fractions=fractions.tolist())
+            e, what = scores.orders[order].auc, "AUC"
+        else:
+            per = aopc_per_image(cs)
+            scores.orders[order] = results.OrderScores(
+                aopc=_estimate(per, settings, batch.seed), aopc_by_step=aopc_by_step(cs).tolist(),
+                aopc_per_class=per_class_mean(per, batch.labels[rows], batch.class_names), mean_curve=mean_curve)
+            e, what = scores.orders[order].aopc, "AOPC"
+        log.info("%s %s: %s %.4f [%.4f, %.4f] (%.1f s)", name, order, what, e.mean, *e.ci95, seconds[f"curves_{order}_s"])
     if ("morf" in orders) and ("lerf" in orders):
         morf, lerf = out.curves.curves[(name, "morf")], out.curves.curves[(name, "lerf")]
         rows = slice(None) if keep is None else keep
         scores.abpc = _estimate(abpc_per_image(morf[rows], lerf[rows]), settings, batch.seed)
-    inner = getattr(method, "explainer", method)  # a cached explainer wraps the real one
     # A control whose floor for localisation is not its ranking map (drawn per image id: no chunking needed).
     heat_loc = inner.localisation_maps(batch.x, batch.context) if hasattr(inner, "localisation_maps") else heat
     for metric, per in localisation(heat_loc, batch.truth).items():
@@ -319,11 +360,18 @@ def score_model(model, images, test_rows: np.ndarray, labels: np.ndarray, preds:
         target=settings.target, region_size=int(region), grid=[n_rows, n_cols], n_regions=int(n_rows * n_cols), steps=_steps(batch, settings),
         perturbation=perturbation.describe(), orders=list(settings.orders), methods={}, masks=batch.truth.lungs is not None,
         chunks=counts, seconds=0.0, dtype=settings.dtype)
+    pixel_orders = [o for o in settings.orders if o in PIXEL_ORDERS]
+    if pixel_orders:
+        per_step, k_eff, _ = pixel_plan(batch, settings)
+        metrics.pixel_steps, metrics.pixels_per_step = int(k_eff), int(per_step)
+        metrics.insertion_blur = float(settings.insertion_blur) if "insertion" in pixel_orders else None
+        log.info("pixel orders %s: %d steps of %d px (%d requested)", ", ".join(pixel_orders), k_eff, per_step, _requested_pixel_steps(batch, settings))
     out = ScoreResult(metrics, results.Curves(rows.astype(np.int64), labels[sel].astype(np.int64), preds[sel].astype(np.int64), targets.astype(np.int64)))
     for method in [explainer, *controls]:
-        # A control's map carries no information about the model, so its orders
-        # are equivalent: MoRF alone gives the floor the explainer's MoRF must beat.
-        orders = settings.orders if method is explainer else [o for o in settings.orders if o == "morf"] or list(settings.orders[:1])
+        # A control's map carries no information about the model, so its region orders
+        # are equivalent: MoRF alone gives the floor the explainer's MoRF must beat. Deletion and
+        # insertion are other measurements (pixel level, insertion from a blurred start): each gets its own floor.
+        orders = settings.orders if method is explainer else [o for o in settings.orders if o == "morf" or o in PIXEL_ORDERS] or list(settings.orders[:1])
         score_method(method, model, batch, orders, perturbation, settings, store, out)
     if out.curves.get("random", "morf") is not None:
         floor = aopc_per_image(out.curves.get("random", "morf"))
@@ -334,6 +382,20 @@ def score_model(model, images, test_rows: np.ndarray, labels: np.ndarray, preds:
             keep = evidence_rows(method, batch.truth, len(gain))
             metrics.gains_over_random[method.name] = _estimate(gain if keep is None else np.where(keep, gain, np.nan), settings, seed)
         metrics.aopc_gain_over_random = metrics.gains_over_random.get(explainer.name)
+    for order in pixel_orders:
+        if out.curves.get("random", order) is None:
+            continue
+        fractions = pixel_plan(batch, settings)[2]
+        floor = auc_per_image(out.curves.get("random", order), fractions)
+        gains = {}
+        for method in [explainer, *controls]:
+            if method.name == "random" or out.curves.get(method.name, order) is None:
+                continue
+            a = auc_per_image(out.curves.get(method.name, order), fractions)
+            gain = floor - a if order == "deletion" else a - floor  # paired by image; positive = better than random
+            keep = evidence_rows(method, batch.truth, len(gain))
+            gains[method.name] = _estimate(gain if keep is None else np.where(keep, gain, np.nan), settings, seed)
+        metrics.auc_gains_over_random[order] = gains
     if metrics.chunks["reused"]:
         log.info("scoring: %d curve chunk(s) reused from an earlier run, %d computed", metrics.chunks["reused"], metrics.chunks["computed"])
     metrics.seconds = time.perf_counter() - t0

@@ -91,9 +91,18 @@ class ScoreSettings:
     """What to score and how; also the schema of the config's ``score`` node."""
 
     enabled: bool = True
+    # Region orders morf | lerf | random, and the pixel orders deletion | insertion
+    # (Petsiuk et al. 2018, RISE: single pixels, most relevant first; figure: AUC).
     orders: List[str] = field(default_factory=lambda: ["morf", "lerf"])
     region_size: Optional[int] = None  # None: the paper's 9x9 grid (34 px at 299 px)
-    max_steps: Optional[int] = None  # None: all L regions
+    # None: all L regions. Region orders only: deletion and insertion always run to 100% of the pixels.
+    max_steps: Optional[int] = None
+    # Steps K of deletion / insertion: ceil(H*W / K) pixels per step, so ceil(H*W / that)
+    # real steps (can be fewer than K). None: L, the number of regions (MoRF's forward-pass budget).
+    pixel_steps: Optional[int] = None
+    # sigma (px) of the Gaussian blur insertion starts from, whatever the perturbation
+    # (RISE: 5 px with the kernel cut at 11 px; scipy cuts at 4 sigma). Deletion uses the perturbation.
+    insertion_blur: float = 5.0
     subset: str = "correct"  # correct (the paper) | all
     target: str = "predicted"  # predicted | true
     max_images: Optional[int] = None
@@ -116,6 +125,9 @@ class ScoreSettings:
             raise ValueError(f"region_size: must be a positive number of pixels, got {self.region_size}")
         if self.max_steps is not None:
             _at_least(self.max_steps, 0, "max_steps")
+        if self.pixel_steps is not None:
+            _at_least(self.pixel_steps, 1, "pixel_steps")
+        _positive(self.insertion_blur, "insertion_blur")
         if self.subset not in ("correct", "all"):
             raise ValueError(f"subset: must be 'correct' or 'all', got {self.subset!r}")
         if self.target not in ("predicted", "true"):

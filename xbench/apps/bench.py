@@ -7,11 +7,13 @@ import json
 import os
 import sys
 
+from xbench.perturbation.regions import ORDERS  # pure NumPy: no backend starts here
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def _table(rows) -> str:
-    cols = ["backbone", "image_size", "n", "regions", "batch_size", "dtype", "forward_passes", "raw_images_per_s", "engine_images_per_s",
+    cols = ["backbone", "image_size", "n", "order", "regions", "steps", "batch_size", "dtype", "forward_passes", "raw_images_per_s", "engine_images_per_s",
             "engine_over_raw", "toolkit_images_per_s", "engine_over_toolkit", "engine_tflops", "engine_peak_rss_delta_mb", "max_abs_diff_engine_toolkit",
             "max_abs_diff_vs_float32", "max_abs_aopc_diff_vs_float32", "engine_over_gaussian"]
     cols = [c for c in cols if any(c in r for r in rows)]
@@ -28,15 +30,17 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=int, default=64, help="images")
     p.add_argument("--region-size", type=int, default=8)
     from xbench.perturbation.perturbations import PERTURBATIONS
-    from xbench.perturbation.regions import ORDERS
 
-    p.add_argument("--order", default="morf", choices=ORDERS)
+    p.add_argument("--order", default="morf", choices=ORDERS,
+                   help="region order, or the pixel orders deletion / insertion (Petsiuk et al. 2018)")
     p.add_argument("--perturbation", default="gaussian", choices=tuple(PERTURBATIONS),
                    help="road: in-distribution removal (Rong et al., 2022); its time against gaussian's is reported as engine_over_gaussian")
     p.add_argument("--batch-size", type=int, default=None, help="(image, step) pairs per forward pass (default: from a 1 GiB budget)")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
                    help="precision of the forward passes (score.dtype); the curves are compared with float32's")
-    p.add_argument("--max-steps", type=int, default=None, help="stop curves after this many steps (default: all regions)")
+    p.add_argument("--max-steps", type=int, default=None, help="stop region curves after this many steps (default: all regions; pixel orders run to 100%%)")
+    p.add_argument("--pixel-steps", type=int, default=None, help="deletion / insertion: steps requested (default: as many as regions)")
+    p.add_argument("--insertion-blur", type=float, default=5.0, help="insertion: sigma in px of the blurred start (RISE: 5)")
     p.add_argument("--sweep-n", default="", help="comma-separated N values, e.g. 64,128,256,512 (engine only)")
     p.add_argument("--training", action="store_true", help="also time frozen-backbone training: cached features vs plain fit")
     p.add_argument("--no-toolkit", action="store_true", help="skip the toolkit_loop path")
@@ -44,12 +48,15 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=1, help="alternate raw and engine this many times and keep the best of each")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     a = p.parse_args(argv)
+    if a.pixel_steps is not None and a.pixel_steps < 1:
+        p.error("--pixel-steps must be >= 1")
     from xbench.native_logs import start_backend
 
     start_backend()  # the backend's machine-dependent start-up lines stay off the console
     from xbench.bench import BenchSettings, matmul_peak, memory_bandwidth, run_bench
 
-    s = BenchSettings(a.backbone, a.image_size, a.n, a.region_size, a.order, a.perturbation, a.batch_size, a.dtype, not a.no_toolkit, max_steps=a.max_steps, repeats=a.repeats)
+    s = BenchSettings(a.backbone, a.image_size, a.n, a.region_size, a.order, a.perturbation, a.batch_size, a.dtype, not a.no_toolkit, max_steps=a.max_steps, repeats=a.repeats,
+                      pixel_steps=a.pixel_steps, insertion_blur=a.insertion_blur)
     try:
         result, _ = run_bench(s)
     except ValueError as exc:
@@ -62,7 +69,8 @@ def main(argv=None) -> int:
         model = build_classifier(a.backbone, 4, a.image_size, weights="none")
         out["sweep"] = []
         for n in [int(v) for v in a.sweep_n.split(",") if v]:
-            r, _ = run_bench(BenchSettings(a.backbone, a.image_size, n, a.region_size, a.order, a.perturbation, a.batch_size, a.dtype, False, max_steps=a.max_steps), model=model)
+            r, _ = run_bench(BenchSettings(a.backbone, a.image_size, n, a.region_size, a.order, a.perturbation, a.batch_size, a.dtype, False, max_steps=a.max_steps,
+                                           pixel_steps=a.pixel_steps, insertion_blur=a.insertion_blur), model=model)
             out["sweep"].append(r)
     if a.training:
         from xbench.bench import training_speed

@@ -72,10 +72,20 @@ def summary_markdown(col, folders, frame, groups, table, pw, reliab=None) -> str
            "measurement: jobs are pooled only when they differ by seed alone, and Seeds counts distinct seeds. Several seeds: mean ± standard "
            "deviation over seeds; one seed: the value and its bootstrap 95% CI over images.", "", R.to_markdown(table)]
     md += ["## Self-validation", "",
-           "Each explainer beside the controls on the same images: the random control is the floor (a uniformly random region order); "
+           "Each explainer beside the controls on the same images: the random control is the floor (a uniformly random region order; for deletion "
+           "and insertion a uniformly random pixel order); "
            "`oracle` (the blurred lesion mask) shows what a right explanation scores and `shortcut_marker` what a cheating one does. "
            "Localisation figures use the images that have the mask (lesion: not Normal). 95% CIs are bootstrap over images.", "",
            R.to_markdown(R.self_validation(col.jobs))]
+    pixel = R.pixel_auc_table(frame)
+    if len(pixel):
+        md += ["## Deletion and insertion (pixel curves)", "",
+               "Petsiuk et al. (2018): pixels ranked by the map, most relevant first (ties by row-major index), changed a step at a time "
+               "(score.pixel_steps steps; default: as many as regions). Deletion replaces them by the job's perturbation (lower AUC is better); "
+               "insertion puts the original pixels back into a Gaussian-blurred image (score.insertion_blur px; higher AUC is better). AUC: "
+               "trapezoid rule over the fraction of pixels changed, mean over images with its bootstrap 95% CI over images. The random "
+               "control ranks pixels in a uniformly random order. Gains over random are paired by image and signed so that positive = "
+               "better than random (deletion: random - explainer; insertion: explainer - random).", "", R.to_markdown(pixel)]
     shortcut = R.shortcut_table(col.jobs)
     if len(shortcut):
         md += ["## Shortcut self-test", "",
@@ -109,6 +119,8 @@ def summary_markdown(col, folders, frame, groups, table, pw, reliab=None) -> str
     full_cols = ["model", "seed", "explainer", "perturbation", "test_accuracy", "test_macro_recall", "test_macro_f1", "aopc", "aopc_ci_low", "aopc_ci_high",
                  "abpc", "aopc_random", "aopc_gain_over_random", "gain_ci_low", "gain_ci_high", "lung_share", "lesion_mass", "lesion_mass_random",
                  "marker_mass", "images_scored", "images_correct", "images_test"]
+    full_cols += [c for c in ("deletion_auc", "deletion_auc_random", "deletion_auc_gain_over_random", "insertion_auc", "insertion_auc_random",
+                              "insertion_auc_gain_over_random") if c in frame and frame[c].notna().any()]
     md += ["## All jobs", "", R.to_markdown(frame[[c for c in full_cols if c in frame]] if len(frame) else frame)]
     if col.incomplete:
         md += ["## Incomplete or failed jobs (skipped)", ""] + [f"- `{d}`: {why}" for d, why in col.incomplete] + [""]

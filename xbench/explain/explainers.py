@@ -152,6 +152,17 @@ class RandomControl:
         context = _ctx(context, images)
         return random_maps(n, h, w, seed=context.seed, image_ids=context.image_ids)
 
+    def pixel_order_maps(self, images, context: ExplainContext | None = None) -> np.ndarray:
+        """What the pixel orders (deletion, insertion) rank: a uniformly random PIXEL order, fixed per (seed, image id).
+
+        The same per-pixel uniform noise as :meth:`localisation_maps`. The
+        region-order map is constant over each region and denser on narrow
+        edge regions: ranked pixel by pixel it would take whole regions in
+        row-major order, and where the last row or column of the grid is
+        narrower, those edge regions first: not a uniformly random pixel order.
+        """
+        return self.localisation_maps(images, context)
+
 
 @dataclass
 class CenterControl:

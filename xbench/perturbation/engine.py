@@ -18,6 +18,16 @@ batch's pairs (:func:`_jax_step`).
 Curve: f(x(k))[c] for k = 0..K, the softmax probability of the target class c
 (the predicted class at k = 0 unless targets are given), as in
 Samek et al. (2017) and Lamprou's Grad-CAM study.
+
+The pixel orders ``deletion`` and ``insertion`` (Petsiuk et al., 2018,
+"RISE", BMVC) take the same path: the rank map holds each PIXEL's step
+(:func:`xbench.perturbation.regions.pixel_rank_maps`) instead of its region's.
+Deletion: x(k) = where(rank < k, g(x), x) with the configured g. Insertion
+starts from a Gaussian blur of x and puts the original pixels back, most
+relevant first: x(k) = where(rank < k, x, blur(x)); the engine's original
+slot then holds blur(x) and its perturbed slot x, so the device still
+computes where(rank < k, R, X). Insertion's default target is the class
+predicted on the original image, x(K) (not the blurred x(0)).
 """
 
 from __future__ import annotations
@@ -30,8 +40,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from xbench.data.pixels import to_unit_float
-from xbench.perturbation.perturbations import GaussianNoise, Perturbation, image_rng
-from xbench.perturbation.regions import check_heatmaps, grid_shape, rank_maps, region_order, region_scores
+from xbench.perturbation.perturbations import Blur, GaussianNoise, Perturbation, image_rng
+from xbench.perturbation.regions import PIXEL_ORDERS, check_heatmaps, grid_shape, pixel_rank_maps, rank_maps, region_order, region_scores
+from xbench.perturbation.regions import pixel_steps as plan_pixel_steps
 
 log = logging.getLogger(__name__)
 MAX_AUTO_BATCH = 256
@@ -178,8 +189,10 @@ def perturbation_curves(
     memory_budget_mb: float = 1024,
     progress: bool = False,
     return_targets: bool = False,
+    pixel_steps: int | None = None,
+    insertion_blur: float = 5.0,
 ):
-    """Region-perturbation curves f(x(k))[target], k = 0..K.
+    """Region-perturbation curves f(x(k))[target], k = 0..K (and pixel deletion / insertion curves).
 
     Args:
         model: a Keras classifier (images in [0, 1] -> softmax probabilities;
@@ -189,11 +202,23 @@ def perturbation_curves(
         images: (N, H, W, 3) float in [0, 1], or uint8 (divided by 255).
         heatmaps: (N, H, W) relevance; only the order of region sums matters.
         targets: (N,) class whose probability is tracked; default: the
-            predicted class of the unperturbed image.
+            predicted class of the unperturbed image (for ``insertion``, of
+            x(K) = the original image, not of the blurred start).
         region_size: p, the side of the square regions in pixels.
-        order: "morf", "lerf" or "random".
-        perturbation: g (default ``GaussianNoise(0.1)``, the paper's).
-        max_steps: K; default L (all regions).
+        order: "morf", "lerf" or "random" (regions), or the pixel orders
+            "deletion" and "insertion" (Petsiuk et al. 2018): pixels ranked by
+            relevance, descending, ties by lower row-major index; n =
+            ceil(H*W / K) pixels per step, K_eff = ceil(H*W / n) steps.
+        perturbation: g (default ``GaussianNoise(0.1)``, the paper's); for
+            ``deletion`` too (``Constant(0.0)`` is Petsiuk's black deletion).
+            ``insertion`` ignores it: its start image is
+            ``Blur(insertion_blur)`` of the original.
+        max_steps: K for the region orders; default L (all regions). Ignored
+            by the pixel orders, whose curves always run to 100% of pixels.
+        pixel_steps: K requested for the pixel orders; default L, the number
+            of regions of the ``region_size`` grid (MoRF's forward-pass budget).
+        insertion_blur: sigma in pixels of insertion's Gaussian blur (RISE:
+            5 px, with the kernel truncated at 11 px; scipy truncates at 4 sigma).
         seed: with ``image_ids``, fixes each image's noise and random order.
         batch_size: (image, step) pairs per forward pass; default from
             ``memory_budget_mb``. Curves do not depend on it.
@@ -203,7 +228,9 @@ def perturbation_curves(
         return_targets: also return the (N,) targets used.
 
     Returns:
-        (N, K + 1) float32 curves (and the targets if ``return_targets``).
+        (N, K + 1) float32 curves (and the targets if ``return_targets``);
+        K = K_eff for the pixel orders, whose point k lies at fraction
+        min(k * n, H*W) / (H*W) of the pixels (:func:`xbench.perturbation.regions.pixel_steps`).
 
     Raises:
         ValueError: shapes disagree, region_size is out of range, heatmaps
@@ -219,14 +246,23 @@ def perturbation_curves(
         raise ValueError(f"heatmaps must have shape {(n, height, width)} to match the images, got {heatmaps.shape}")
     rows, cols = grid_shape(height, width, region_size)
     L = rows * cols
-    K = L if max_steps is None else int(max_steps)
+    pixel = order in PIXEL_ORDERS
+    K = L if max_steps is None or pixel else int(max_steps)  # pixel orders: max_steps ignored, curves run to 100%
     if not 0 <= K <= L:
         raise ValueError(f"max_steps must lie in [0, {L}], got {max_steps}")
     ids = np.arange(n) if image_ids is None else np.asarray(image_ids)
     if len(ids) != n:
         raise ValueError(f"image_ids has {len(ids)} entries for {n} images")
     check_heatmaps(heatmaps)
-    orders = region_order(region_scores(heatmaps, region_size), order, seed=seed, image_ids=ids)
+    if pixel:
+        wanted = L if pixel_steps is None else int(pixel_steps)
+        _, K, _ = plan_pixel_steps(height, width, wanted)  # K_eff <= wanted (checks wanted >= 1)
+        ranks_of = lambda i: pixel_rank_maps(heatmaps[i : i + 1], wanted)[0][0]
+        if order == "insertion":
+            perturbation = Blur(float(insertion_blur))  # the blurred start; the slots are swapped below
+    else:
+        orders = region_order(region_scores(heatmaps, region_size), order, seed=seed, image_ids=ids)
+        ranks_of = lambda i: rank_maps(orders[i : i + 1], height, width, region_size)[0]
 
     keras_model = _is_keras_model(model)
     step = device_step(model, perturbation) if keras_model else _host_step(model, perturbation)
@@ -246,8 +282,8 @@ def perturbation_curves(
             x = to_unit_float(images[i])
             rng = image_rng(seed, ids[i])
             g = perturbation.draws(x, rng) if perturbation.mask_dependent else perturbation(x, rng)
-            rk = rank_maps(orders[i : i + 1], height, width, region_size)[0]
-            cache[i] = (x, g, rk)
+            rk = ranks_of(i)
+            cache[i] = (g, x, rk) if order == "insertion" else (x, g, rk)  # insertion: X = blur(x), R = x
         return cache[i]
 
     X = np.zeros((G, height, width, 3), np.float32)
@@ -279,7 +315,7 @@ def perturbation_curves(
     if probs_out is None:
         curves = np.zeros((0, S), np.float32)
         return (curves, np.zeros(0, np.int64)) if return_targets else curves
-    t = probs_out[:, 0].argmax(1) if targets is None else np.asarray(targets, dtype=np.int64)
+    t = probs_out[:, -1 if order == "insertion" else 0].argmax(1) if targets is None else np.asarray(targets, dtype=np.int64)
     if len(t) != n:
         raise ValueError(f"targets has {len(t)} entries for {n} images")
     curves = probs_out[np.arange(n), :, t]

@@ -6,6 +6,11 @@ Regions are the non-overlapping p x p squares of a row-major grid over an
 A region's relevance is the sum of the heatmap over it. MoRF perturbs the
 most relevant region first, LeRF the least relevant, ``random`` follows a
 seeded permutation; ties always break by the lower row-major region index.
+
+The pixel orders ``deletion`` and ``insertion`` (Petsiuk et al., 2018, "RISE:
+Randomized Input Sampling for Explanation of Black-box Models", BMVC) rank
+single pixels instead of regions (:func:`pixel_rank_maps`); the engine runs
+them through the same rank-map path.
 """
 
 from __future__ import annotations
@@ -15,7 +20,12 @@ import warnings
 
 import numpy as np
 
-ORDERS = ("morf", "lerf", "random")
+#: Orders over the region grid (one region per step; ``max_steps`` may truncate them).
+REGION_ORDERS = ("morf", "lerf", "random")
+#: Orders over single pixels, most relevant first, ``pixels_per_step`` pixels per step, always to 100%
+#: (:func:`pixel_rank_maps`; deletion and insertion curves, Petsiuk et al. 2018).
+PIXEL_ORDERS = ("deletion", "insertion")
+ORDERS = REGION_ORDERS + PIXEL_ORDERS
 
 
 def grid_shape(height: int, width: int, region_size: int) -> tuple[int, int]:
@@ -108,6 +118,8 @@ def region_order(scores: np.ndarray, order: str, seed: int = 0, image_ids: np.nd
     if order == "random":
         ids = np.arange(n) if image_ids is None else np.asarray(image_ids)
         return np.stack([np.random.default_rng([seed, int(i), 0x0D]).permutation(L) for i in ids]) if n else np.zeros((0, L), np.int64)
+    if order in PIXEL_ORDERS:
+        raise ValueError(f"{order!r} is a pixel order (pixel_rank_maps), not a region order; region orders: {REGION_ORDERS}")
     raise ValueError(f"unknown order {order!r}; choose one of {ORDERS}")
 
 
@@ -123,3 +135,49 @@ def rank_maps(order: np.ndarray, height: int, width: int, region_size: int) -> n
     np.put_along_axis(rank_of_region, order, np.arange(L)[None, :].repeat(n, 0), axis=1)
     idx = region_index_map(height, width, region_size)
     return rank_of_region[:, idx].astype(np.int32)
+
+
+def pixel_steps(height: int, width: int, steps: int) -> tuple[int, int, np.ndarray]:
+    """(pixels_per_step n, real number of steps K_eff, (K_eff + 1,) float64 fractions) for ``steps`` requested steps.
+
+    n = ceil(H*W / steps); K_eff = ceil(H*W / n), which can be less than
+    ``steps`` (e.g. 20 x 20 px in 7 steps: n = 58, K_eff = 7; in 150 steps:
+    n = 3, K_eff = 134). Curve point k = 0..K_eff has
+    min(k * n, H*W) / (H*W) of the pixels changed: 0 first, 1 last.
+    """
+    total = int(height) * int(width)
+    if int(steps) < 1:
+        raise ValueError(f"pixel steps must be >= 1, got {steps}")
+    if total < 1:
+        raise ValueError(f"images must have at least one pixel, got {height}x{width}")
+    n = math.ceil(total / int(steps))
+    k_eff = math.ceil(total / n)
+    fractions = np.minimum(np.arange(k_eff + 1) * n, total) / total
+    return n, k_eff, fractions.astype(np.float64)
+
+
+def pixel_rank_maps(heatmaps: np.ndarray, steps: int) -> tuple[np.ndarray, int, np.ndarray]:
+    """Pixel rank maps of the deletion and insertion curves (Petsiuk et al., 2018).
+
+    Pixels are sorted by heatmap relevance, descending; ties break by the
+    lower row-major pixel index (a stable sort, as the region orders do). With
+    n = ceil(H*W / steps) pixels per step (:func:`pixel_steps`), the pixel at
+    sorted position j gets rank j // n, so x(k) = where(rank < k, changed,
+    original) has the min(k * n, H*W) most relevant pixels changed.
+
+    Args:
+        heatmaps: (N, H, W) finite relevance (compared in float64).
+        steps: the requested number of steps K (>= 1).
+
+    Returns:
+        (ranks (N, H, W) int32, K_eff, fractions (K_eff + 1,) float64).
+    """
+    h = np.asarray(heatmaps, dtype=np.float64)
+    if h.ndim != 3:
+        raise ValueError(f"heatmaps must have shape (N, H, W), got {h.shape}")
+    nimg, height, width = h.shape
+    n, k_eff, fractions = pixel_steps(height, width, steps)
+    order = np.argsort(-h.reshape(nimg, -1), axis=1, kind="stable")  # (N, H*W) pixel indices, most relevant first
+    ranks = np.empty(order.shape, np.int32)
+    np.put_along_axis(ranks, order, (np.arange(height * width) // n).astype(np.int32)[None, :].repeat(nimg, 0), axis=1)
+    return ranks.reshape(nimg, height, width), k_eff, fractions
