@@ -56,6 +56,7 @@ numbers.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -147,7 +148,9 @@ def removal_masks(n: int, height: int, width: int, region_size: int, *, seed: in
     return out
 
 
+@functools.lru_cache(maxsize=8)
 def _identity_model(height: int, width: int):
+    """An identity Keras model, so the engine's compiled step (cached on it) builds perturbed images and nothing else; one per size and process."""
     import keras
 
     inp = keras.Input((height, width, 3))
@@ -155,7 +158,7 @@ def _identity_model(height: int, width: int):
 
 
 def perturb_with_masks(images, removed, perturbation: Perturbation, *, seed: int, image_ids: Sequence[int] | None = None,
-                       batch_size: int = 32, _identity=None) -> np.ndarray:
+                       batch_size: int = 32) -> np.ndarray:
     """(N, H, W, 3) float32: each image with its ``removed`` pixels perturbed, built as the engine builds x(k).
 
     The engine's compiled step (over an identity model) forms the images on
@@ -168,7 +171,7 @@ def perturb_with_masks(images, removed, perturbation: Perturbation, *, seed: int
     if len(images) != n or tuple(images.shape[1:3]) != (h, w):
         raise ValueError(f"images {tuple(images.shape)} and masks {removed.shape} disagree")
     ids = np.arange(n) if image_ids is None else np.asarray(image_ids)
-    model = _identity if _identity is not None else _identity_model(h, w)
+    model = _identity_model(h, w)
     step = device_step(model, perturbation)
     B = max(1, min(int(batch_size), n))
     out = np.empty((n, h, w, 3), np.float32)
@@ -204,6 +207,11 @@ def mask_net(height: int, width: int, *, seed: int, width_channels: int = 16, de
                                 kernel_initializer=keras.initializers.HeNormal(seed=_seed(seed, 0x4E7, i)))(x)
     out = keras.layers.Conv2D(1, 1, activation="sigmoid", kernel_initializer=keras.initializers.GlorotUniform(seed=_seed(seed, 0x4E7, depth)))(x)
     return keras.Model(inp, out, name="mask_net")
+
+
+def _predict(net, x: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    """(N, H, W) float64 predicted mask; direct calls (no ``predict`` function traced per new net)."""
+    return np.concatenate([np.asarray(net(x[s : s + batch_size], training=False))[..., 0] for s in range(0, len(x), batch_size)]).astype(np.float64)
 
 
 def mask_leakage(
@@ -255,13 +263,12 @@ def mask_leakage(
     test, train = np.sort(perm[:n_test]), np.sort(perm[n_test:])
     originals = to_unit_float(images[test])
     y = removed[..., None].astype(np.float32)
-    identity = _identity_model(h, w)
     settings = {"region_size": region_size, "seed": seed, "fractions": list(fractions), "epochs": epochs, "batch_size": batch_size,
                 "learning_rate": learning_rate, "width": width, "depth": depth, "test_fraction": test_fraction, "image_size": [h, w]}
     results = {}
     for name, pert in perturbations.items():
         t0 = time.perf_counter()
-        xp = perturb_with_masks(images, removed, pert, seed=seed, image_ids=ids, _identity=identity)
+        xp = perturb_with_masks(images, removed, pert, seed=seed, image_ids=ids)
         fill_s = time.perf_counter() - t0
 
         net = mask_net(h, w, seed=seed, width_channels=width, depth=depth)
@@ -275,8 +282,8 @@ def mask_leakage(
                       for s in range(0, len(order), batch_size)]
         train_s = time.perf_counter() - t0
 
-        pm = np.asarray(net.predict(xp[test], batch_size=32, verbose=0))[..., 0].astype(np.float64)  # (n_test, H, W)
-        po = np.asarray(net.predict(originals, batch_size=32, verbose=0))[..., 0].astype(np.float64)
+        pm = _predict(net, xp[test])  # (n_test, H, W)
+        po = _predict(net, originals)
         truth = removed[test]
         per_image = lesion_auroc(pm, truth)
         eps = 1e-7
