@@ -326,3 +326,31 @@ def training_speed(backbone: str = "vgg16", image_size: int = 64, n: int = 256, 
                 out["feature_extraction_s"] = r.timings["features_s"]
     out["epoch_speedup"] = out["plain_epoch_s"] / out["features_epoch_s"]
     return out
+
+
+def phantom_images(n: int, size: int, seed: int = 0, difficulty: float = 0.3) -> tuple[np.ndarray, np.ndarray]:
+    """(N, S, S, 3) uint8 phantoms (the four classes in turn, gray repeated to 3 channels, as the loader gives them) and their (N,) labels."""
+    from xbench.phantoms import RADIOGRAPHY_CLASSES, make_phantom
+
+    labels = np.arange(n) % len(RADIOGRAPHY_CLASSES)
+    gray = np.stack([make_phantom(RADIOGRAPHY_CLASSES[c], i // len(RADIOGRAPHY_CLASSES), seed=seed, size=size, difficulty=difficulty).image
+                     for i, c in enumerate(labels)]) if n else np.zeros((0, size, size), np.uint8)
+    return np.repeat(gray[..., None], 3, axis=-1), labels
+
+
+def leakage_perturbations() -> dict:
+    """What ``xbench-bench --leakage`` compares: ROAD, a black fill, the paper's noise, and ``identity`` (noise of std 0: nothing changes, the chance floor)."""
+    from xbench.perturbation.perturbations import Constant, GaussianNoise, Road
+
+    return {"road": Road(), "constant": Constant(0.0), "gaussian": GaussianNoise(0.1), "identity": GaussianNoise(0.0)}
+
+
+def leakage_bench(image_size: int = 64, n: int = 128, region_size: int = 8, seed: int = 0, epochs: int = 50, perturbations: dict | None = None) -> dict:
+    """ROAD's mask-leakage check (:func:`xbench.leakage.mask_leakage`) on ``n`` phantoms; a JSON-ready dict."""
+    from xbench.leakage import mask_leakage
+
+    t0 = time.perf_counter()
+    images, _ = phantom_images(n, image_size, seed=seed)
+    res = mask_leakage(images, perturbations or leakage_perturbations(), region_size=region_size, seed=seed, epochs=epochs)
+    return {"keras_backend": keras.backend.backend(), "image_size": image_size, "n": n, "region_size": region_size, "seed": seed, "epochs": epochs,
+            "results": {k: v.as_dict() for k, v in res.items()}, "total_s": time.perf_counter() - t0}

@@ -1,4 +1,4 @@
-"""``xbench-bench``: the perturbation engine against its ceiling (raw) and the toolkit loop."""
+"""``xbench-bench``: the perturbation engine against its ceiling (raw) and the toolkit loop; ``--leakage``: ROAD's mask-leakage check on phantoms."""
 
 from __future__ import annotations
 
@@ -23,11 +23,23 @@ def _table(rows) -> str:
     return "\n".join(lines)
 
 
+def _leakage_table(out) -> str:
+    ci = lambda v: f"[{v[0]:.3f}, {v[1]:.3f}]"
+    lines = [f"mask leakage: {out['n']} phantoms at {out['image_size']} px, {out['region_size']}-px regions, {out['epochs']} epochs, seed {out['seed']} "
+             f"({out['keras_backend']}); AUC 0.5 = the mask cannot be read off the image",
+             "| perturbation | mask AUC per image [95% CI] | pooled pixel AUC | image AUC [95% CI] | n train/test | train s |", "|---|---|---|---|---|---|"]
+    for name, r in out["results"].items():
+        lines.append(f"| {name} | {r['mask_auc_per_image']:.3f} {ci(r['mask_auc_ci'])} | {r['mask_auc']:.3f} | {r['image_auc']:.3f} {ci(r['image_auc_ci'])} | "
+                     f"{r['n_train']}/{r['n_test']} | {r['train_seconds']:.1f} |")
+    lines.append(f"total {out['total_s']:.1f} s")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="xbench-bench", description=__doc__)
     p.add_argument("--backbone", default="vgg16")
     p.add_argument("--image-size", type=int, default=64)
-    p.add_argument("--n", type=int, default=64, help="images")
+    p.add_argument("--n", type=int, default=None, help="images (default 64; 128 with --leakage)")
     p.add_argument("--region-size", type=int, default=8)
     from xbench.perturbation.perturbations import PERTURBATIONS
 
@@ -46,6 +58,10 @@ def main(argv=None) -> int:
     p.add_argument("--no-toolkit", action="store_true", help="skip the toolkit_loop path")
     p.add_argument("--peaks", action="store_true", help="also measure the matrix-product peak and memory bandwidth")
     p.add_argument("--repeats", type=int, default=1, help="alternate raw and engine this many times and keep the best of each")
+    p.add_argument("--leakage", action="store_true",
+                   help="instead: ROAD's mask-leakage check (Rong et al., 2022) on phantoms: can a small net recover the removal mask from the perturbed image?")
+    p.add_argument("--epochs", type=int, default=50, help="--leakage: training epochs of the mask net")
+    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     a = p.parse_args(argv)
     if a.pixel_steps is not None and a.pixel_steps < 1:
@@ -53,10 +69,21 @@ def main(argv=None) -> int:
     from xbench.native_logs import start_backend
 
     start_backend()  # the backend's machine-dependent start-up lines stay off the console
+    if a.leakage:
+        from xbench.bench import leakage_bench
+
+        try:
+            out = leakage_bench(a.image_size, a.n or 128, a.region_size, a.seed, a.epochs)
+        except ValueError as exc:
+            print(f"xbench-bench: error: {exc}", file=sys.stderr)
+            return 2
+        print(json.dumps({"leakage": out}) if a.json else _leakage_table(out))
+        return 0
+    a.n = 64 if a.n is None else a.n
     from xbench.bench import BenchSettings, matmul_peak, memory_bandwidth, run_bench
 
-    s = BenchSettings(a.backbone, a.image_size, a.n, a.region_size, a.order, a.perturbation, a.batch_size, a.dtype, not a.no_toolkit, max_steps=a.max_steps, repeats=a.repeats,
-                      pixel_steps=a.pixel_steps, insertion_blur=a.insertion_blur)
+    s = BenchSettings(a.backbone, a.image_size, a.n, a.region_size, a.order, a.perturbation, a.batch_size, a.dtype, not a.no_toolkit, seed=a.seed,
+                      max_steps=a.max_steps, repeats=a.repeats, pixel_steps=a.pixel_steps, insertion_blur=a.insertion_blur)
     try:
         result, _ = run_bench(s)
     except ValueError as exc:
