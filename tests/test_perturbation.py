@@ -377,3 +377,14 @@ def test_pixel_rank_maps_ties_and_steps():
     assert (n, k) == (3, 134) and fr[-1] == 1.0 and fr[-2] == pytest.approx(399 / 400)
     with pytest.raises(ValueError, match="pixel order"):
         region_order(np.zeros((1, 4)), "deletion")
+
+
+def test_road_noise_is_grey_on_grey_images_and_per_channel_on_colour():
+    # Per-channel noise on an X-ray copied to RGB colours the fill: the leakage check found removed pixels by R - G alone.
+    rng = np.random.default_rng(3)
+    grey = np.repeat(rng.random((6, 6, 1)), 3, axis=-1).astype(np.float32)
+    colour = rng.random((6, 6, 3)).astype(np.float32)
+    d = Road(noise=0.1).draws(grey, image_rng(0, 1))
+    assert np.array_equal(d[..., 0], d[..., 1]) and np.array_equal(d[..., 0], d[..., 2]) and d.std() > 0.05
+    c = Road(noise=0.1).draws(colour, image_rng(0, 1))
+    assert not np.array_equal(c[..., 0], c[..., 1])
