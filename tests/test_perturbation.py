@@ -388,3 +388,18 @@ def test_road_noise_is_grey_on_grey_images_and_per_channel_on_colour():
     assert np.array_equal(d[..., 0], d[..., 1]) and np.array_equal(d[..., 0], d[..., 2]) and d.std() > 0.05
     c = Road(noise=0.1).draws(colour, image_rng(0, 1))
     assert not np.array_equal(c[..., 0], c[..., 1])
+
+
+def test_road_says_when_max_iter_cut_its_solves_short(caplog):
+    rng = np.random.default_rng(8)
+    images = rng.random((2, 16, 16, 3)).astype(np.float32)
+    heat = rng.random((2, 16, 16)).astype(np.float32)
+    model = tiny_model(16, 16)
+    with caplog.at_level("WARNING", logger="xbench.perturbation.engine"):
+        perturbation_curves(model, images, heat, region_size=4, perturbation=Road())
+    assert "max_iter" not in caplog.text  # the default bound is enough
+    with caplog.at_level("WARNING", logger="xbench.perturbation.engine"):
+        perturbation_curves(model, images, heat, region_size=4, perturbation=Road(max_iter=2))
+        perturbation_curves(lambda z: np.asarray(model(z)), images, heat, region_size=4, perturbation=Road(max_iter=2))
+    warned = [r.getMessage() for r in caplog.records if "max_iter" in r.getMessage()]
+    assert len(warned) == 2 and "raise perturbation.max_iter" in warned[0]

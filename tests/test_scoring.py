@@ -211,3 +211,8 @@ def test_curve_store_keys_pixel_orders_by_their_settings(tmp_path):
     blur, c4 = run(pixel_steps=8, insertion_blur=2.0)  # only insertion depends on the blur
     assert blur["reused"] == 2 and blur["computed"] == 1
     assert not np.allclose(c4.get("center", "insertion"), c1.get("center", "insertion"))
+    # Insertion never uses the perturbation, and pixel orders ignore max_steps: neither splits their entries.
+    s = ScoreSettings(orders=["morf", "deletion", "insertion"], region_size=4, bootstrap=1000, controls=[], pixel_steps=8, max_steps=3)
+    r = score_model(predict, images, np.arange(4), preds, preds, ["a", "b"], CenterControl(), [], Constant(0.5), s, seed=0, store=store)
+    assert r.metrics.chunks["reused"] == 1 and r.metrics.chunks["computed"] == 2  # insertion reused; morf (3 steps) and deletion (0.5) new
+    assert np.array_equal(r.curves.get("center", "insertion"), c1.get("center", "insertion"))

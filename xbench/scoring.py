@@ -199,8 +199,11 @@ def method_curves(model, batch: _Batch, name: str, heat: np.ndarray, order: str,
                 pixel["pixel_steps"] = _requested_pixel_steps(batch, settings)
             if order == "insertion":
                 pixel["insertion_blur"] = float(settings.insertion_blur)
+            # Insertion never uses the perturbation (it starts from a blur) and pixel orders ignore max_steps:
+            # neither may split their cache entries.
             part, hit = store.curves(method=name, order=order, maps=heat[ch], image_ids=batch.rows[ch], targets=batch.targets[ch],
-                                     perturbation=perturbation.describe(), region_size=batch.region, max_steps=settings.max_steps,
+                                     perturbation={"name": "insertion"} if order == "insertion" else perturbation.describe(),
+                                     region_size=batch.region, max_steps=None if order in PIXEL_ORDERS else settings.max_steps,
                                      seed=batch.seed, dtype=settings.dtype, compute=compute, **pixel)
         batch.counts["reused" if hit else "computed"] += 1
         done.append(part)

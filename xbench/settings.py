@@ -100,8 +100,9 @@ class ScoreSettings:
     # Steps K of deletion / insertion: ceil(H*W / K) pixels per step, so ceil(H*W / that)
     # real steps (can be fewer than K). None: L, the number of regions (MoRF's forward-pass budget).
     pixel_steps: Optional[int] = None
-    # sigma (px) of the Gaussian blur insertion starts from, whatever the perturbation
-    # (RISE: 5 px with the kernel cut at 11 px; scipy cuts at 4 sigma). Deletion uses the perturbation.
+    # sigma (px) of the Gaussian blur insertion starts from, whatever the perturbation; deletion
+    # uses the perturbation. Not RISE's blur: RISE filters with sigma 5 but cuts the kernel at
+    # 11 x 11 px, close to a box of std ~3.1 px; here sigma 5 px, cut at 4 sigma (scipy).
     insertion_blur: float = 5.0
     subset: str = "correct"  # correct (the paper) | all
     target: str = "predicted"  # predicted | true
