@@ -442,7 +442,8 @@ def _random_abpc_rows(job: results.JobResult, label: str, n_resamples: int) -> l
     per = abpc_per_image(m, l)
     lo, hi = bootstrap_ci(per, n_resamples=n_resamples, seed=job.metrics.seed) if len(per) >= 2 else (np.nan, np.nan)
     note = ("CI contains 0, as a floor's must" if lo <= 0 <= hi else
-            "CI EXCLUDES 0: the random order separates LeRF from MoRF, the floor is biased" if np.isfinite(lo) else "too few images for a CI")
+            "CI EXCLUDES 0: LeRF and MoRF of the random order differ here; a 95% CI misses 0 by chance in 1 job of 20, "
+            "so rerun with more images (score.max_images) before calling the floor biased" if np.isfinite(lo) else "too few images for a CI")
     return [{**base, "value": float(per.mean()), "ci_low": lo, "ci_high": hi, "n_images": int(len(per)), "note": note}]
 
 
@@ -492,10 +493,14 @@ def metric_reliability(jobs: Sequence[results.JobResult], n_resamples: int = 200
         by_key.setdefault((rest, j.metrics.seed), {})[variant] = j  # a rerun of the same variant: the later job
     rows: list[dict] = []
     found = {k: v for k, v in by_key.items() if len(v) >= 2}
-    # what else tells the groups apart (data, training, ...), beyond the explainer, model and seed in the label
-    rests = [dict(rest) for rest, _ in found]
-    apart = [k for k in sorted({k for r in rests for k in r}) if k not in ("model.backbone", "explainer.name")
-             and len({r.get(k) for r in rests}) > 1]
+    # What else tells apart groups that share a label (explainer, model, seed): a key that varies only
+    # between labels (an explainer's own parameters, a model's Grad-CAM layer) says nothing new.
+    by_label: dict[tuple, list[dict]] = {}
+    for rest, s in found:
+        r = dict(rest)
+        by_label.setdefault((r.get("explainer.name"), r.get("model.backbone"), s), []).append(r)
+    apart = sorted({k for rs in by_label.values() if len(rs) > 1 for k in {k for r in rs for k in r}
+                    if k not in ("model.backbone", "explainer.name") and len({r.get(k) for r in rs}) > 1})
     for (rest, s), variants in found.items():
         vjobs = list(variants.values())
         idents = [identity(j) for j in vjobs]
