@@ -47,7 +47,7 @@ CONFIG_CASES = [
     (["+model.extra=1"], "model.extra: not a setting of model"),
     (["train.epochs=many"], "train.epochs=many: Error merging override"),
     (["train.select=accuracy"], "train.select: must be one of"),
-    (["score.orders=[morf,best]"], "score.orders: choose from ['morf', 'lerf', 'random']"),
+    (["score.orders=[morf,best]"], "score.orders: choose from ['morf', 'lerf', 'random', 'deletion', 'insertion']"),
     (["score.bootstrap=100"], "score.bootstrap: use at least 1,000 resamples"),
     (["score.chunk_images=0"], "score.chunk_images: must be >= 1"),
     (["model=vgg16,densenet201"], "a sweep needs -m"),
