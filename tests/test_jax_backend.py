@@ -123,7 +123,8 @@ def test_the_engine_explainer_and_aopc_tests_pass_on_jax():
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_perturbation.py", "tests/test_imputation.py", "tests/test_metrics_aopc.py",
                         "tests/test_explain.py", "-m", "not tensorflow",
                         # Block names are backend-free; DenseNet's and ResNet's JAX traces cost a minute each.
-                        "-k", "not densenet201 and not resnet50"],
+                        # The pixel-order grid's larger cases repeat the small ones' code path.
+                        "-k", "not densenet201 and not resnet50 and not 20-150-134 and not 20-7-7 and not 17-10-10"],
                        cwd=Path(__file__).resolve().parent.parent, env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:]
     assert " passed" in r.stdout and "skipped" not in r.stdout and " failed" not in r.stdout

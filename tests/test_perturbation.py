@@ -257,7 +257,8 @@ def test_pixel_orders_equal_the_slow_loop_on_device_and_host(size, steps, k_eff,
     heat = rng.integers(0, 6, (3, size, size)).astype(np.float32)  # many ties: broken by row-major pixel index
     model = tiny_model(size, size)
     ids = np.array([4, 9, 1])
-    perts = [Constant(0.0), GaussianNoise(0.2), Road(noise=0.05)] if order == "deletion" else [None]
+    # ROAD's slow loop solves a sparse system per step: its cases with few steps suffice.
+    perts = ([Constant(0.0), GaussianNoise(0.2)] + ([Road(noise=0.05)] if steps <= 17 else [])) if order == "deletion" else [None]
     sigmas = [5.0] if order == "deletion" else [5.0, 1.5]
     for pert in perts:
         for sigma in sigmas:

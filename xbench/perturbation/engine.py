@@ -117,8 +117,10 @@ def device_step(model, perturbation: Perturbation | None = None) -> Callable:
         # ROAD: each pair's solver residual rides back as one more column, so
         # the engine can say when max_iter cut a solve short.
         xb, rel = fill(x, mask, r, return_residual=True)
-        probs = ops.cast(model(xb, training=False), "float32")
-        return ops.concatenate([probs, ops.expand_dims(ops.cast(rel, "float32"), -1)], axis=1)
+        probs = model(xb, training=False)
+        if len(probs.shape) != 2:  # not a classifier (the leakage check's identity model builds images): no column to add
+            return probs
+        return ops.concatenate([ops.cast(probs, "float32"), ops.expand_dims(ops.cast(rel, "float32"), -1)], axis=1)
 
     backend = keras.backend.backend()
     devices = 1
