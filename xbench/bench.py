@@ -96,11 +96,12 @@ def toolkit_loop(model, images, heatmaps, *, region_size, order, perturbation, s
     rows, cols = grid_shape(h, w, region_size)
     x = images.astype(np.float32).copy()
     road = perturbation.mask_dependent and order != "insertion"
-    g = np.stack([(perturbation.draws if road else perturbation)(images[i], image_rng(seed, i)) for i in range(n)]) if order != "insertion" else None
+    if order == "insertion":  # from the blur, back to x
+        x, g = np.stack([Blur(insertion_blur)(images[i], None) for i in range(n)]), x
+    else:
+        g = np.stack([(perturbation.draws if road else perturbation)(images[i], image_rng(seed, i)) for i in range(n)])
     if order in PIXEL_ORDERS:
         ranks, steps, _ = pixel_rank_maps(heatmaps, rows * cols if pixel_steps is None else pixel_steps)
-        if order == "insertion":
-            x, g = np.stack([Blur(insertion_blur)(images[i], None) for i in range(n)]), x
     else:
         ranks = rank_maps(region_order(region_scores(heatmaps, region_size), order, seed=seed, image_ids=np.arange(n)), h, w, region_size)
         steps = rows * cols if max_steps is None else max_steps

@@ -217,6 +217,8 @@ def perturb_with_masks(images, removed, perturbation: Perturbation, *, seed: int
             R[j] = perturbation.draws(x, rng) if perturbation.mask_dependent else perturbation(x, rng)
             RK[j] = np.where(removed[i], 0, 1)
         res = step(X, R, RK, idx, k)  # always B pairs: one compiled shape
+        if perturbation.mask_dependent:
+            res = res[0]  # the images; the solver residuals are the engine's concern
         out[s:e] = np.asarray(res if not hasattr(res, "numpy") else res.numpy())[: e - s]
     return out
 

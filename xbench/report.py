@@ -482,7 +482,7 @@ def metric_reliability(jobs: Sequence[results.JobResult], n_resamples: int = 200
     """
     from xbench.metrics import reliability as rel
 
-    by_key: dict[tuple, dict[tuple, results.JobResult]] = {}
+    by_key: dict[tuple, dict[tuple, tuple[results.JobResult, dict]]] = {}
     for j in jobs:
         if j.scoring is None or j.curves is None:
             continue
@@ -490,7 +490,7 @@ def metric_reliability(jobs: Sequence[results.JobResult], n_resamples: int = 200
         rest = tuple(sorted((k, json.dumps(v, sort_keys=True, default=str)) for k, v in ident.items() if not _is_metric_key(k)))
         # score.orders is left out of the variant: two jobs that differ only in it have the same MoRF curves (the later job is kept)
         variant = tuple(sorted((k, json.dumps(v, sort_keys=True, default=str)) for k, v in ident.items() if _is_metric_key(k) and k not in NOT_VARIANT))
-        by_key.setdefault((rest, j.metrics.seed), {})[variant] = j  # a rerun of the same variant: the later job
+        by_key.setdefault((rest, j.metrics.seed), {})[variant] = (j, ident)  # a rerun of the same variant: the later job
     rows: list[dict] = []
     found = {k: v for k, v in by_key.items() if len(v) >= 2}
     # What else tells apart groups that share a label (explainer, model, seed): a key that varies only
@@ -502,8 +502,8 @@ def metric_reliability(jobs: Sequence[results.JobResult], n_resamples: int = 200
     apart = sorted({k for rs in by_label.values() if len(rs) > 1 for k in {k for r in rs for k in r}
                     if k not in ("model.backbone", "explainer.name") and len({r.get(k) for r in rs}) > 1})
     for (rest, s), variants in found.items():
-        vjobs = list(variants.values())
-        idents = [identity(j) for j in vjobs]
+        vjobs = [j for j, _ in variants.values()]
+        idents = [ident for _, ident in variants.values()]
         varying = sorted({k for i in idents for k in i if _is_metric_key(k) and k not in NOT_VARIANT
                           and len({json.dumps(x.get(k), default=str) for x in idents}) > 1})
         if "perturbation" in varying:  # the label already holds the perturbation's name and parameters

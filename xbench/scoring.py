@@ -323,6 +323,25 @@ def score_method(method, model, batch: _Batch, orders: Sequence[str], perturbati
     out.metrics.methods[name] = scores
 
 
+def paired_gains(curves: results.Curves, methods: Sequence, order: str, score, batch: _Batch, settings: ScoreSettings) -> dict[str, results.Estimate]:
+    """{method: mean of score(method's curves) - score(random's), paired by image, with its CI}, for every method but random.
+
+    ``score``: (M, K + 1) curves -> (M,) per-image figure, higher = better (so
+    a positive gain is better than the random control). A reference map counts
+    only the images with its ground truth.
+    """
+    floor = score(curves.get("random", order))
+    gains = {}
+    for method in methods:
+        c = curves.get(method.name, order)
+        if method.name == "random" or c is None:
+            continue
+        gain = score(c) - floor
+        keep = evidence_rows(method, batch.truth, len(gain))
+        gains[method.name] = _estimate(gain if keep is None else np.where(keep, gain, np.nan), settings, batch.seed)
+    return gains
+
+
 def score_model(model, images, test_rows: np.ndarray, labels: np.ndarray, preds: np.ndarray, class_names: Sequence[str], explainer,
                 controls: Sequence, perturbation, settings: ScoreSettings, *, seed: int = 0, truth: GroundTruth | None = None,
                 store=None) -> ScoreResult:
@@ -376,29 +395,17 @@ def score_model(model, images, test_rows: np.ndarray, labels: np.ndarray, preds:
         # insertion are other measurements (pixel level, insertion from a blurred start): each gets its own floor.
         orders = settings.orders if method is explainer else [o for o in settings.orders if o == "morf" or o in PIXEL_ORDERS] or list(settings.orders[:1])
         score_method(method, model, batch, orders, perturbation, settings, store, out)
+    methods = [explainer, *controls]
     if out.curves.get("random", "morf") is not None:
-        floor = aopc_per_image(out.curves.get("random", "morf"))
-        for method in [explainer, *controls]:
-            if method.name == "random" or out.curves.get(method.name, "morf") is None:
-                continue
-            gain = aopc_per_image(out.curves.get(method.name, "morf")) - floor  # paired: same images
-            keep = evidence_rows(method, batch.truth, len(gain))
-            metrics.gains_over_random[method.name] = _estimate(gain if keep is None else np.where(keep, gain, np.nan), settings, seed)
+        metrics.gains_over_random = paired_gains(out.curves, methods, "morf", aopc_per_image, batch, settings)
         metrics.aopc_gain_over_random = metrics.gains_over_random.get(explainer.name)
-    for order in pixel_orders:
-        if out.curves.get("random", order) is None:
-            continue
+    if pixel_orders:
         fractions = pixel_plan(batch, settings)[2]
-        floor = auc_per_image(out.curves.get("random", order), fractions)
-        gains = {}
-        for method in [explainer, *controls]:
-            if method.name == "random" or out.curves.get(method.name, order) is None:
-                continue
-            a = auc_per_image(out.curves.get(method.name, order), fractions)
-            gain = floor - a if order == "deletion" else a - floor  # paired by image; positive = better than random
-            keep = evidence_rows(method, batch.truth, len(gain))
-            gains[method.name] = _estimate(gain if keep is None else np.where(keep, gain, np.nan), settings, seed)
-        metrics.auc_gains_over_random[order] = gains
+        for order in pixel_orders:
+            if out.curves.get("random", order) is not None:
+                # A deletion curve falls faster the better the map (lower AUC): its gain is random - method.
+                score = (lambda c: -auc_per_image(c, fractions)) if order == "deletion" else (lambda c: auc_per_image(c, fractions))
+                metrics.auc_gains_over_random[order] = paired_gains(out.curves, methods, order, score, batch, settings)
     if metrics.chunks["reused"]:
         log.info("scoring: %d curve chunk(s) reused from an earlier run, %d computed", metrics.chunks["reused"], metrics.chunks["computed"])
     metrics.seconds = time.perf_counter() - t0

@@ -27,6 +27,8 @@ from typing import Sequence
 
 import numpy as np
 
+from xbench.metrics.similarity import pearson_rows
+
 
 # ---------------------------------------------------------------- kernels
 
@@ -79,16 +81,6 @@ def _rank(x: np.ndarray) -> np.ndarray:
     return rankdata(x, axis=-1)
 
 
-def _pearson_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pearson correlation of two rank vectors along the last axis; NaN where either side is constant."""
-    a = a - a.mean(axis=-1, keepdims=True)
-    b = b - b.mean(axis=-1, keepdims=True)
-    den = np.sqrt((a * a).sum(axis=-1) * (b * b).sum(axis=-1))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        r = (a * b).sum(axis=-1) / den
-    return np.where(den > 1e-9, r, np.nan)  # ranks: a non-constant side has a centred sum of squares >= 1/2
-
-
 def mean_pairwise_spearman(ratings: np.ndarray) -> float:
     """Mean Spearman correlation of the per-image values between every pair of variants.
 
@@ -114,7 +106,7 @@ def mean_pairwise_spearman(ratings: np.ndarray) -> float:
         if x.shape[-1] < 3:
             return float("nan") if x.ndim == 2 else np.full(x.shape[:-2], np.nan)
         r = _rank(x)
-        rhos = np.stack([_pearson_rows(r[..., a, :], r[..., b, :]) for a, b in itertools.combinations(range(V), 2)], axis=-1)
+        rhos = np.stack([pearson_rows(r[..., a, :], r[..., b, :]) for a, b in itertools.combinations(range(V), 2)], axis=-1)
         out = _mean_defined(rhos)
         return float(out) if np.ndim(out) == 0 else out
     rhos = []
@@ -122,7 +114,7 @@ def mean_pairwise_spearman(ratings: np.ndarray) -> float:
         ok = np.isfinite(x[a]) & np.isfinite(x[b])
         if ok.sum() < 3:
             continue
-        rho = _pearson_rows(_rank(x[a, ok]), _rank(x[b, ok]))
+        rho = pearson_rows(_rank(x[a, ok]), _rank(x[b, ok]))
         if np.isfinite(rho):
             rhos.append(float(rho))
     return float(np.mean(rhos)) if rhos else float("nan")

@@ -34,16 +34,15 @@ def _maps(a, b) -> tuple[np.ndarray, np.ndarray]:
     return a, b
 
 
-def _correlation(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Row-wise Pearson correlation of (N, P) arrays; NaN where a row is constant."""
-    dx = x - x.mean(axis=1, keepdims=True)
-    dy = y - y.mean(axis=1, keepdims=True)
-    sxy, sxx, syy = (dx * dy).sum(axis=1), (dx * dx).sum(axis=1), (dy * dy).sum(axis=1)
+def pearson_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Pearson correlation along the last axis of two (..., P) arrays; NaN where either side is constant."""
+    dx = x - x.mean(axis=-1, keepdims=True)
+    dy = y - y.mean(axis=-1, keepdims=True)
+    sxy, sxx, syy = (dx * dy).sum(axis=-1), (dx * dx).sum(axis=-1), (dy * dy).sum(axis=-1)
     with np.errstate(invalid="ignore", divide="ignore"):
         # sxy / sqrt(sxx * syy), not / (sqrt(sxx) sqrt(syy)): for x == y this is s / sqrt(s * s) = 1 exactly.
         r = sxy / np.sqrt(sxx * syy)
-    r[(sxx == 0) | (syy == 0)] = np.nan
-    return np.clip(r, -1.0, 1.0)
+    return np.clip(np.where((sxx == 0) | (syy == 0), np.nan, r), -1.0, 1.0)
 
 
 def spearman(a, b) -> np.ndarray:
@@ -63,7 +62,7 @@ def spearman(a, b) -> np.ndarray:
     n = len(a)
     ra = rankdata(a.reshape(n, -1), method="average", axis=1)
     rb = rankdata(b.reshape(n, -1), method="average", axis=1)
-    return _correlation(ra, rb)
+    return pearson_rows(ra, rb)
 
 
 def normalise_abs(maps) -> np.ndarray:

@@ -92,6 +92,9 @@ def balanced_batch(total: int, batch_size: int) -> int:
 def device_step(model, perturbation: Perturbation | None = None) -> Callable:
     """step(X, R, RK, idx, k) -> probs (B, C), compiled once per model (and mask-dependent perturbation) for the active backend.
 
+    For a mask-dependent perturbation the step returns (probs, (B,) relative
+    residual of each pair's imputation solve).
+
     X: (G, H, W, 3) float32 originals; R: (G, H, W, 3) float32 perturbed
     originals g(x), or, for a mask-dependent perturbation (ROAD), its per-image
     draws (the noise); RK: (G, H, W) int32 rank maps; idx, k: (B,) int32 image
@@ -114,13 +117,10 @@ def device_step(model, perturbation: Perturbation | None = None) -> Callable:
         mask = ops.expand_dims(ops.less(rk, ops.reshape(k, (-1, 1, 1))), -1)
         if fill is None:
             return model(ops.where(mask, r, x), training=False)
-        # ROAD: each pair's solver residual rides back as one more column, so
-        # the engine can say when max_iter cut a solve short.
+        # ROAD: each pair's solver residual comes back too, so the engine can
+        # say when max_iter cut a solve short.
         xb, rel = fill(x, mask, r, return_residual=True)
-        probs = model(xb, training=False)
-        if len(probs.shape) != 2:  # not a classifier (the leakage check's identity model builds images): no column to add
-            return probs
-        return ops.concatenate([ops.cast(probs, "float32"), ops.expand_dims(ops.cast(rel, "float32"), -1)], axis=1)
+        return model(xb, training=False), rel
 
     backend = keras.backend.backend()
     devices = 1
@@ -171,12 +171,17 @@ def _jax_step(step) -> tuple[Callable, int]:
     return jax.jit(step, in_shardings=(whole, whole, whole, split, split), out_shardings=split), len(devices)
 
 
+def _host(a) -> np.ndarray:
+    """A backend tensor (or array) as a NumPy array."""
+    return np.asarray(a.numpy() if hasattr(a, "numpy") else a)
+
+
 def _host_step(predict_fn: Callable, perturbation: Perturbation) -> Callable:
     def step(X, R, RK, idx, k):
         mask = (RK[idx] < k[:, None, None])[..., None]
         if perturbation.mask_dependent:
             xb, rel = perturbation.fill(X[idx], mask, R[idx], return_residual=True)
-            return np.concatenate([np.asarray(predict_fn(np.asarray(xb, np.float32)), np.float32), np.asarray(rel, np.float32)[:, None]], axis=1)
+            return predict_fn(np.asarray(xb, np.float32)), rel
         return predict_fn(np.where(mask, R[idx], X[idx]))
 
     return step
@@ -317,11 +322,12 @@ def perturbation_curves(
         idx[: len(p)] = img - i0
         kk[: len(p)] = k
         out = step(X, R, RK, idx, kk)  # padded to B pairs: one compiled shape
-        out = np.asarray(out if not hasattr(out, "numpy") else out.numpy())[: len(p)]
         if perturbation.mask_dependent:
-            out, rel = out[:, :-1], out[:, -1]
+            out, rel = out
+            rel = _host(rel)[: len(p)]
             unsolved += int((rel > perturbation.tol * 1.001).sum())  # the slack: float32 rounding of a solve that just met tol
             worst = max(worst, float(rel.max()))
+        out = _host(out)[: len(p)]
         if probs_out is None:
             probs_out = np.zeros((n, S, out.shape[1]), np.float32)
         probs_out[img, k] = out

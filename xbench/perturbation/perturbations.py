@@ -177,8 +177,7 @@ class Road(Perturbation):
         from xbench.perturbation.imputation import impute_exact
 
         rm = np.asarray(removed, bool)
-        out = impute_exact(x, rm) + rm[..., None] * np.asarray(draws, np.float64)
-        out = np.where(rm[..., None], out, np.asarray(x, np.float64))
+        out = impute_exact(x, rm) + rm[..., None] * np.asarray(draws, np.float64)  # kept pixels: x, unchanged
         return (np.clip(out, 0.0, 1.0) if self.clip else out).astype(np.float32)
 
 
