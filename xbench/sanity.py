@@ -29,7 +29,7 @@ from xbench.explain.context import ExplainContext
 from xbench.explain.randomisation import MODES, RandomisationStep, randomisation_steps, randomised_copy
 from xbench.metrics.bootstrap import bootstrap_ci
 from xbench.metrics.comparison import holm
-from xbench.metrics.similarity import MEASURES, _constant, constant_maps, map_similarities, pair_similarities, random_pairs, versus_pairs
+from xbench.metrics.similarity import MEASURES, constant_maps, is_constant, map_similarities, pair_similarities, random_pairs, versus_pairs
 from xbench.results import Estimate
 from xbench.settings import SanitySettings
 
@@ -228,7 +228,7 @@ def randomisation_check(
     context = context if context is not None else ExplainContext.default(n, seed=seed)
 
     original, bad_original = _clean(explainer(model, images, targets, context))
-    usable = ~_constant(original) & ~bad_original  # a constant (or broken) original ranks nothing: left out, and counted
+    usable = ~is_constant(original) & ~bad_original  # a constant (or broken) original ranks nothing: left out, and counted
     idx = np.flatnonzero(usable)
     pairs = idx[random_pairs(len(idx), n_pairs, seed)] if len(idx) >= 2 else np.zeros((0, 2), np.int64)
     per_pair = pair_similarities(original, pairs) if len(pairs) else {m: np.zeros(0) for m in MEASURES}

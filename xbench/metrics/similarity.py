@@ -114,7 +114,8 @@ def ssim(a, b, *, data_range: float = 1.0) -> np.ndarray:
     return s[:, r:-r, r:-r].mean(axis=(1, 2))
 
 
-def _constant(m: np.ndarray) -> np.ndarray:
+def is_constant(m: np.ndarray) -> np.ndarray:
+    """(N,) bool: which of the (N, H, W) maps hold one value everywhere (they rank nothing)."""
     flat = m.reshape(len(m), -1)
     return (flat == flat[:, :1]).all(axis=1)
 
@@ -143,8 +144,8 @@ def map_similarities(a, b) -> dict[str, np.ndarray]:
         {measure: (N,) float64}.
     """
     a, b = _maps(a, b)
-    ca, cb = _constant(a), _constant(b)
-    ka, kb = _constant(np.abs(a)), _constant(np.abs(b))
+    ca, cb = is_constant(a), is_constant(b)
+    ka, kb = is_constant(np.abs(a)), is_constant(np.abs(b))
     out = {}
     for key, (x, y, cx, cy) in {"spearman_abs": (np.abs(a), np.abs(b), ka, kb), "spearman_signed": (a, b, ca, cb)}.items():
         r = spearman(x, y)
@@ -156,7 +157,7 @@ def map_similarities(a, b) -> dict[str, np.ndarray]:
 def constant_maps(maps) -> int:
     """How many of the (N, H, W) maps hold one value everywhere."""
     m = np.asarray(maps)
-    return int(_constant(m).sum()) if len(m) else 0
+    return int(is_constant(m).sum()) if len(m) else 0
 
 
 def random_pairs(n: int, n_pairs: int = 50, seed: int = 0) -> np.ndarray:
