@@ -30,8 +30,10 @@ from xbench.settings import SanitySettings, ScoreSettings, TrainSettings
 
 #: Modules whose callables a config may name in ``_target_``.
 ALLOWED_TARGET_PREFIXES = ("xbench.",)
-#: What the ``model`` group's ``_target_`` names: the function :meth:`ClassifierSpec.build` calls.
+#: What the ``model`` group's ``_target_`` names: the function :meth:`ClassifierSpec.build` calls...
 MODEL_TARGET = "xbench.models.build_classifier"
+#: ...or, for a trained model the user brings (``model=file``), :class:`xbench.models.model_file.ModelFile`.
+MODEL_FILE_TARGET = "xbench.models.model_file.ModelFile"
 #: Groups whose node has a schema (``score`` is a plain node of the root schema).
 SCHEMA_GROUPS = ("data", "model", "train", "explainer", "perturbation", "score")
 
@@ -55,13 +57,15 @@ def schemas() -> dict[str, dict[str, Any]]:
     from xbench.data import sources as S
     from xbench.explain import explainers as E
     from xbench.models.backbones import ClassifierSpec
+    from xbench.models.model_file import ModelFile
     from xbench.perturbation import perturbations as P
 
     return {
         "data": {"radiography": schema_of(S.RadiographySource, "xbench.data.sources.RadiographySource"),
                  "synthetic": schema_of(S.SyntheticSource, "xbench.data.sources.SyntheticSource"),
-                 "pediatric": schema_of(S.PediatricSource, "xbench.data.sources.PediatricSource")},
-        "model": {"classifier": schema_of(ClassifierSpec, MODEL_TARGET)},
+                 "pediatric": schema_of(S.PediatricSource, "xbench.data.sources.PediatricSource"),
+                 "folder": schema_of(S.FolderSource, "xbench.data.sources.FolderSource")},
+        "model": {"classifier": schema_of(ClassifierSpec, MODEL_TARGET), "file": schema_of(ModelFile, MODEL_FILE_TARGET)},
         "train": {"train": TrainSettings},
         "explainer": {"gradcam": schema_of(E.GradCAM, "xbench.explain.GradCAM"),
                       "tfkv": schema_of(E.TfKerasVis, "xbench.explain.TfKerasVis"),
@@ -141,7 +145,15 @@ def validate(cfg: DictConfig) -> None:
     _check_no_extra_keys(cfg)
     for group in ("data", "model", "explainer", "perturbation"):
         check_target(cfg[group]._target_, group)
-    _check(m._target_ == MODEL_TARGET, "model._target_", f"xbench builds classifiers with {MODEL_TARGET} (settings: xbench.models.ClassifierSpec's), got {m._target_!r}")
+    _check(m._target_ in (MODEL_TARGET, MODEL_FILE_TARGET), "model._target_",
+           f"xbench builds classifiers with {MODEL_TARGET} or loads them with {MODEL_FILE_TARGET}, got {m._target_!r}")
+    if m._target_ == MODEL_FILE_TARGET:
+        _check(sc.region_size is None or d.image_size is None or sc.region_size <= d.image_size, "score.region_size",
+               f"{sc.region_size} px is larger than the {d.image_size} px image")
+        _check(cfg.seed >= 0, "seed", f"must be >= 0, got {cfg.seed}")
+        return
+    _check(d.image_size is not None, "data.image_size", f"set the image size xbench trains {m.backbone} at (e.g. data.image_size=224); "
+                                                        "only a model file (model=file) brings its own")
     spec = BACKBONES.get(m.backbone)  # an unknown name is ClassifierSpec's to report
     if spec is not None:
         _check(d.image_size >= spec.min_size, "data.image_size", f"{d.image_size} px is below {m.backbone}'s minimum of {spec.min_size} px")

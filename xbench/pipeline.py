@@ -25,7 +25,7 @@ import xbench
 from xbench import io, results
 from xbench.data.cache import load_decoded
 from xbench.data.records import Records
-from xbench.errors import DataError, XbenchError
+from xbench.errors import ConfigError, DataError, XbenchError
 from xbench.job_plots import write_job_plots
 from xbench.metrics.classification import classification_report
 from xbench.model_store import CachedExplainer, CurveStore, ModelStore, model_key
@@ -44,7 +44,10 @@ class JobSpec:
 
     Attributes:
         source: a data source (:mod:`xbench.data.sources`).
-        build_model: ``build_model(num_classes=, image_size=, seed=, class_names=)`` -> classifier.
+        build_model: ``build_model(num_classes=, image_size=, seed=, class_names=)`` -> classifier
+            that xbench trains; or None, with ``model_file``.
+        model_file: a trained model the user brings
+            (:class:`xbench.models.model_file.ModelFile`): loaded, never trained.
         train: training settings.
         seed: seeds the split, the initialisation, training and scoring.
         cache_dir: phantoms, decoded images, models, heatmaps, curve chunks.
@@ -61,7 +64,7 @@ class JobSpec:
     """
 
     source: Any
-    build_model: Callable[..., keras.Model]
+    build_model: Callable[..., keras.Model] | None
     train: TrainSettings
     seed: int = 0
     cache_dir: Path = Path("~/.cache/xbench")
@@ -73,6 +76,7 @@ class JobSpec:
     cache_identity: dict | None = None
     plots: bool = True
     sanity: SanitySettings | None = None
+    model_file: Any = None
 
     @property
     def scores(self) -> bool:
@@ -173,6 +177,12 @@ class TrainedModel:
     key: str | None = None  # the model cache key (None: not cached)
     cache_hit: bool = False
     timings: dict[str, float] = field(default_factory=dict)
+    file: str | None = None  # the model file it was loaded from (nothing trained)
+    file_sha256: str | None = None
+
+    @property
+    def trained_here(self) -> bool:
+        return self.file is None
 
 
 def obtain_model(spec: JobSpec, data: PreparedData, clock: Stopwatch) -> TrainedModel:
@@ -182,6 +192,8 @@ def obtain_model(spec: JobSpec, data: PreparedData, clock: Stopwatch) -> Trained
     the same model train it once (the second waits, then loads).
     """
     rec = data.records
+    if spec.model_file is not None:
+        return load_model_file(spec, data, clock)
     store = ModelStore(spec.cache_dir) if spec.cache_identity is not None else None
     key = model_key(spec.cache_identity, data.files_key) if store else None
     with store.lock(key) if store else contextlib.nullcontext(True) as free:
@@ -206,6 +218,31 @@ def obtain_model(spec: JobSpec, data: PreparedData, clock: Stopwatch) -> Trained
                                                "timings": r.timings, "identity": spec.cache_identity})
             checkpoint.clear()  # only once the entry is complete
         return trained
+
+
+def load_model_file(spec: JobSpec, data: PreparedData, clock: Stopwatch) -> TrainedModel:
+    """The user's trained model, read as an xbench classifier; nothing is trained.
+
+    Its cache key (heatmaps and curve chunks, so a killed job resumes) is the
+    file's SHA-256 with how it is read (preprocess, logits, Grad-CAM layer),
+    the image size and the backend.
+    """
+    from xbench.model_store import model_key
+
+    mf, rec = spec.model_file, data.records
+    with clock("model_load_s"):
+        model = mf.load(class_names=rec.class_names, image_size=data.image_size)
+    n_out = int(model.output.shape[-1])
+    if n_out != len(rec.class_names):
+        raise ConfigError(f"data.classes: the model has {n_out} outputs but the data has {len(rec.class_names)} classes ({', '.join(rec.class_names)}); "
+                          "list the class folders in the model's output order with data.classes=[...]")
+    digest = mf.sha256()
+    identity = {"model_file": digest, "read": {k: getattr(mf, k) for k in ("preprocess", "logits_layer", "output", "gradcam_layer")},
+                "image_size": data.image_size, "classes": rec.class_names, "backend": keras.backend.backend()}
+    key = model_key(identity, "")
+    log.info("model %s (sha256 %s) loaded from %s: %d classes, Grad-CAM layer %s; nothing trained", model.name, digest[:12], mf.file, n_out,
+             model_card(model)["gradcam_layer"])
+    return TrainedModel(model, pd.DataFrame(), -1, float("nan"), False, key, False, file=str(mf.file), file_sha256=digest)
 
 
 @dataclass
@@ -256,8 +293,9 @@ def job_metrics(spec: JobSpec, data: PreparedData, trained: TrainedModel, ev: Ev
         "model": {
             "backbone": card["backbone"], "gradcam_layer": card["gradcam_layer"], "params_total": _count_params(model.weights),
             "params_head": _count_params([w for layer in head_layers(model) for w in layer.weights]),
+            "file": trained.file, "file_sha256": trained.file_sha256,
         },
-        "training": {
+        "training": None if not trained.trained_here else {
             "settings": asdict(spec.train), "best_epoch": trained.best_epoch, "best_selection_score": trained.best_score,
             "epochs_run": len(trained.history), "used_feature_cache": trained.used_feature_cache,
             "model_cache": {"key": trained.key, "hit": trained.cache_hit},
@@ -344,7 +382,8 @@ def run_job(spec: JobSpec, run_dir: Path) -> results.JobMetrics:
     log.info("data: %d images, %s, classes %s", len(data.records), {s: int((data.split == s).sum()) for s in ("train", "val", "test")},
              data.records.class_names)
     trained = obtain_model(spec, data, clock)
-    io.write_csv(run_dir / "history.csv", trained.history)
+    if trained.trained_here:
+        io.write_csv(run_dir / "history.csv", trained.history)
     with clock("test_predict_s"):
         ev = evaluate(trained.model, data)
     with clock("save_s"):

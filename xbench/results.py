@@ -207,6 +207,8 @@ class ModelSummary:
     gradcam_layer: str | None
     params_total: int
     params_head: int
+    file: str | None = None  # the model file scored (model=file; nothing trained), else None
+    file_sha256: str | None = None
 
 
 @dataclass
@@ -251,7 +253,7 @@ class JobMetrics:
     seed: int
     data: DataSummary
     model: ModelSummary
-    training: TrainingSummary
+    training: TrainingSummary | None  # None: the model came from a file (model=file), xbench trained nothing
     test: TestReport
     timings: dict[str, float]
     config: dict[str, Any] | None = None  # the resolved config (None when run from Python)

@@ -34,7 +34,7 @@ class Job:
     """The objects one job is made of, built and checked from the config by :func:`build_job` (no Keras)."""
 
     source: Any
-    model: ClassifierSpec
+    model: Any  # a ClassifierSpec (xbench trains it) or a ModelFile (a trained model, scored as it is)
     settings: TrainSettings
     explainer: Any
     controls: tuple
@@ -52,12 +52,14 @@ def build_job(cfg: DictConfig) -> Job:
     imports Keras, so :func:`preflight` runs it for every job of a sweep
     before the first starts.
     """
+    from xbench.config import MODEL_FILE_TARGET
     from xbench.explain.explainers import CONTROLS
+    from xbench.models.model_file import ModelFile
 
     validate(cfg)
     makers = {
         "data": _from_target,
-        "model": lambda node: ClassifierSpec(**_fields(node)),
+        "model": lambda node: (ModelFile if node._target_ == MODEL_FILE_TARGET else ClassifierSpec)(**_fields(node)),
         "train": OmegaConf.to_object,  # a TrainSettings (the schema of the group)
         "explainer": _from_target,
         "perturbation": _from_target,
@@ -71,6 +73,10 @@ def build_job(cfg: DictConfig) -> Job:
         except ValueError as exc:  # "<field>: what is wrong" from the object itself
             raise ConfigError(_keyed(group, exc)) from exc
     explainer, score = built["explainer"], built["score"]
+    if isinstance(built["model"], ModelFile):
+        _fit_model_file(built["model"], built["data"])
+    elif getattr(built["data"], "image_size", 1) is None:
+        raise ConfigError(f"data.image_size: set the size xbench trains {built['model'].backbone} at (e.g. data.image_size=224); only model=file brings its own")
     controls = tuple(CONTROLS[c]() for c in score.controls if c != explainer.name)
     _check_ground_truth(built["data"], explainer, controls)
     return Job(
@@ -95,6 +101,36 @@ def _check_ground_truth(source, explainer, controls) -> None:
                               f"{_GROUND_TRUTH_HINTS[need]}, so drop it here (e.g. score.controls=[random])")
 
 
+def _fit_model_file(model, source) -> None:
+    """A model file's input size and class count against the data, read from the file without Keras: one line before any long work.
+
+    The data's image size defaults to the model's input size; a folder is scored
+    whole (nothing is trained); the class folders' count must equal the model's outputs.
+    """
+    try:
+        info = model.describe()
+    except ValueError as exc:
+        raise ConfigError(f"model.{exc}") from None
+    side = None
+    if info.input_shape is not None and info.input_shape[0] is not None:
+        if info.input_shape[0] != info.input_shape[1]:
+            raise ConfigError(f"model.path: the model takes {info.input_shape[0]}x{info.input_shape[1]} images; xbench scores square images")
+        side = int(info.input_shape[0])
+    if source.image_size is None:
+        if side is None:
+            raise ConfigError("data.image_size: the model file does not fix its input size; set data.image_size")
+        source.image_size = side
+    elif side is not None and source.image_size != side:
+        raise ConfigError(f"data.image_size={source.image_size}: the model takes {side} px images; drop data.image_size (it follows the model) or set it to {side}")
+    if hasattr(source, "score_only"):
+        source.score_only = True
+    classes = source.class_names() if hasattr(source, "class_names") else []
+    outputs = None if info.outputs is None else (2 if info.outputs == 1 else info.outputs)
+    if outputs is not None and classes and len(classes) != outputs:
+        raise ConfigError(f"data.classes: the model has {outputs} outputs but the data has {len(classes)} classes ({', '.join(classes)}); "
+                          "list the class folders in the model's output order with data.classes=[...]")
+
+
 def _fields(node: DictConfig) -> dict:
     return {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k != "_target_"}
 
@@ -116,9 +152,12 @@ def run(cfg: DictConfig, run_dir: Path):
     """Build the job's objects from ``cfg`` (checking every value) and run it into ``run_dir``."""
     from xbench.pipeline import JobSpec, run_job
 
+    from xbench.models.model_file import ModelFile
+
     job = build_job(cfg)
     spec = JobSpec(
-        source=job.source, build_model=job.model.build, train=job.settings, seed=int(cfg.seed), cache_dir=Path(os.path.expanduser(cfg.cache_dir)),
+        source=job.source, build_model=job.model.build if not isinstance(job.model, ModelFile) else None,
+        model_file=job.model if isinstance(job.model, ModelFile) else None, train=job.settings, seed=int(cfg.seed), cache_dir=Path(os.path.expanduser(cfg.cache_dir)),
         explainer=job.explainer, controls=job.controls, perturbation=job.perturbation, score=job.score, sanity=job.sanity,
         config=OmegaConf.to_container(cfg, resolve=True), plots=bool(cfg.plots),
         cache_identity={k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("data", "model", "train")} | {"seed": int(cfg.seed)},

@@ -19,9 +19,9 @@ from typing import ClassVar, List, Optional
 
 import numpy as np
 
-from xbench.data import pediatric, radiography
+from xbench.data import folder, pediatric, radiography
 from xbench.data.records import Records
-from xbench.data.split import balanced_subset, capped_subset, carve_validation, stratified_split
+from xbench.data.split import balanced_subset, capped_subset, carve_validation, stratified_sample, stratified_split
 from xbench.phantoms import RADIOGRAPHY_CLASSES
 from xbench.synth import SynthSpec
 
@@ -36,6 +36,18 @@ def _check_images(src) -> None:
         raise ValueError(f"on_corrupt: must be 'skip' or 'error', got {src.on_corrupt!r}")
     if src.max_per_class is not None and src.max_per_class < 1:
         raise ValueError(f"max_per_class: must be >= 1, got {src.max_per_class}")
+
+
+def _check_fractions(fractions) -> None:
+    fr = [float(f) for f in fractions]
+    if len(fr) != 3:
+        raise ValueError(f"fractions: give three fractions [train, val, test], got {fr}")
+    if not all(f >= 0 for f in fr):
+        raise ValueError(f"fractions: fractions must be non-negative, got {fr}")
+    if not math.isclose(sum(fr), 1.0, abs_tol=1e-6):
+        raise ValueError(f"fractions: fractions must sum to 1, got {fr} (sum {sum(fr):g})")
+    if not all(f > 0 for f in fr):
+        raise ValueError(f"fractions: train, val and test all need images, got {fr}")
 
 
 def _require_root(root, example: str, other: str) -> None:
@@ -65,20 +77,16 @@ class RadiographySource:
             _require_root(self.root, "/path/to/COVID-19_Radiography_Dataset", "data=synthetic")
         if self.classes and len(self.classes) < 2:
             raise ValueError(f"classes: need at least two classes, got {list(self.classes)}")
-        fr = [float(f) for f in self.fractions]
-        if len(fr) != 3:
-            raise ValueError(f"fractions: give three fractions [train, val, test], got {fr}")
-        if not all(f >= 0 for f in fr):
-            raise ValueError(f"fractions: fractions must be non-negative, got {fr}")
-        if not math.isclose(sum(fr), 1.0, abs_tol=1e-6):
-            raise ValueError(f"fractions: fractions must sum to 1, got {fr} (sum {sum(fr):g})")
-        if not all(f > 0 for f in fr):
-            raise ValueError(f"fractions: train, val and test all need images, got {fr}")
+        _check_fractions(self.fractions)
         _check_images(self)
 
     def check_layout(self) -> None:
         """Raise DataError if a folder of the layout is missing (no file is listed)."""
         radiography.check_layout(self.root, self.classes)
+
+    def class_names(self) -> list[str]:
+        """The class names in label order."""
+        return list(self.classes or RADIOGRAPHY_CLASSES)
 
     def prepare(self, cache_dir: Path) -> None:
         """Make the data exist (a no-op for real data)."""
@@ -212,3 +220,80 @@ class PediatricSource:
         tr = np.flatnonzero(out == "train")
         out[tr] = carve_validation(rec.labels[tr], rec.groups[tr], self.val_fraction, seed)
         return out.astype(str)
+
+
+@dataclass
+class FolderSource:
+    """Any class-per-subfolder image folder (:mod:`xbench.data.folder`): to score a model file on, or to train a backbone on.
+
+    Scoring a model file (``model=file``; the entry point sets
+    ``score_only``), the whole folder is the test split, or a stratified
+    seeded ``test_size`` of it, or what ``split_csv`` says; training a
+    backbone, ``fractions`` splits it.
+    """
+
+    root: Optional[str] = None
+    classes: Optional[List[str]] = None  # class folders in label order = the model's output order; null = the subfolders, sorted
+    mask_root: Optional[str] = None  # lung masks, same relative paths as the images
+    lesion_root: Optional[str] = None  # lesion (evidence) masks, same relative paths: localisation metrics and the oracle map
+    image_size: Optional[int] = None  # null: the model file's input size; set it to train a backbone on the folder
+    split_csv: Optional[str] = None  # CSV with columns path (relative to root),split; unlisted images are not used
+    test_size: Optional[int] = None  # scoring a model file: a stratified, seeded sample of this many images; null = all
+    fractions: List[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])  # train / val / test when xbench trains on the folder
+    normal_class: Optional[str] = None  # the healthy class, if any (checkpoint selection by disease recall)
+    max_per_class: Optional[int] = None
+    on_corrupt: str = "skip"
+
+    name = "folder"
+    #: Set by the entry point when the model comes from a file: nothing is trained, so no image goes to train/val.
+    score_only = False
+
+    def __post_init__(self):
+        _require_root(self.root, "/path/to/images", "data=synthetic")
+        if self.classes is not None and len(self.classes) < 2:
+            raise ValueError(f"classes: need at least two classes, got {list(self.classes)}")
+        if self.image_size is not None and self.image_size < 1:
+            raise ValueError(f"image_size: must be a positive number of pixels or null, got {self.image_size}")
+        if self.on_corrupt not in ("skip", "error"):
+            raise ValueError(f"on_corrupt: must be 'skip' or 'error', got {self.on_corrupt!r}")
+        if self.max_per_class is not None and self.max_per_class < 1:
+            raise ValueError(f"max_per_class: must be >= 1, got {self.max_per_class}")
+        if self.test_size is not None and self.test_size < 1:
+            raise ValueError(f"test_size: must be >= 1 or null, got {self.test_size}")
+        if self.test_size is not None and self.split_csv:
+            raise ValueError("test_size: give test_size or split_csv, not both")
+        _check_fractions(self.fractions)
+
+    @property
+    def ground_truth(self) -> frozenset:
+        return frozenset(({"lungs"} if self.mask_root else set()) | ({"lesions"} if self.lesion_root else set()))
+
+    def class_names(self) -> list[str]:
+        """The class names in label order (a directory listing; DataError on a bad layout)."""
+        return folder.check_layout(self.root, self.classes, (("mask_root", self.mask_root), ("lesion_root", self.lesion_root)))
+
+    def check_layout(self) -> None:
+        self.class_names()
+
+    def prepare(self, cache_dir: Path) -> None:
+        """Nothing to make."""
+
+    def records(self, seed: int) -> Records:
+        rec = folder.scan_folder(self.root, self.classes, self.mask_root, self.lesion_root, self.normal_class)
+        if self.max_per_class:
+            rec = rec.subset(capped_subset(rec.labels, seed, self.max_per_class))
+        return rec
+
+    def split(self, rec: Records, seed: int) -> np.ndarray:
+        if self.split_csv:
+            return folder.read_split_csv(self.split_csv, rec.root, rec.paths)
+        if not self.score_only:
+            if self.test_size is not None:
+                raise ValueError("test_size: applies when scoring a model file (model=file); to train on the folder use data.fractions")
+            return stratified_split(rec.labels, tuple(float(f) for f in self.fractions), seed)
+        out = np.full(len(rec), "test", dtype=object)
+        if self.test_size is not None and self.test_size < len(rec):
+            out[:] = "none"
+            out[stratified_sample(rec.labels, int(self.test_size), seed)] = "test"
+        return out.astype(str)
+

@@ -87,3 +87,22 @@ def carve_validation(labels: np.ndarray, groups: np.ndarray, val_fraction: float
     out = stratified_split(labels, (1.0 - val_fraction, val_fraction, 0.0), seed, groups)
     # Rounding leaves at most a group or so for "test"; it belongs to val here.
     return np.where(out == "test", "val", out)
+
+
+def stratified_sample(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Sorted int64 indices of ``n`` images drawn without replacement, class shares kept (largest remainder; every class keeps >= 1 where n allows)."""
+    labels = np.asarray(labels)
+    if not 1 <= n <= len(labels):
+        raise ValueError(f"sample size must lie in [1, {len(labels)}], got {n}")
+    classes, counts = np.unique(labels, return_counts=True)
+    exact = n * counts / counts.sum()
+    take = np.floor(exact).astype(np.int64)
+    if n >= len(classes):
+        take = np.maximum(take, 1)
+    while take.sum() > n:  # the minimum of 1 overshot: trim the largest shares
+        take[np.argmax(take - exact)] -= 1
+    for i in np.argsort(-(exact - take), kind="stable")[: n - take.sum()]:
+        take[i] += 1
+    rng = np.random.default_rng([seed, 0x7E57])
+    picked = [rng.choice(np.flatnonzero(labels == c), size=int(k), replace=False) for c, k in zip(classes, take)]
+    return np.sort(np.concatenate(picked)).astype(np.int64)

@@ -63,11 +63,16 @@ def gradcam(
     batch_size: int = 32,
     return_targets: bool = False,
     progress: bool = False,
+    logits_layer: str | None = None,
+    output: str = "probs",
+    preprocess=None,
 ):
     """Grad-CAM maps of a batch of images.
 
     Args:
-        model: xbench classifier (``logits`` layer before the softmax).
+        model: any Keras classifier :func:`xbench.models.as_classifier`
+            reads (an xbench classifier as it is; another model is read, not
+            modified, with ``logits_layer``, ``output`` and ``preprocess``).
         images: (N, H, W, 3) float in [0, 1] (uint8 is divided by 255).
         targets: (N,) class per image; default the predicted class.
         layer: a 4-D layer name; default the backbone's last conv feature map.
@@ -75,10 +80,14 @@ def gradcam(
         batch_size: images per forward/backward pass.
         return_targets: also return the (N,) targets used.
         progress: show a tqdm bar over batches.
+        logits_layer, output, preprocess: see :func:`xbench.models.as_classifier`.
 
     Returns:
         (N, H, W) (or (N, h, w)) float32, non-negative.
     """
+    from xbench.models.adapt import adapted
+
+    model = adapted(model, images, logits_layer=logits_layer, output=output, preprocess=preprocess)
     layer = layer or default_layer(model)
     maps, used = [], []
     images = np.asarray(images)

@@ -98,8 +98,14 @@ def tfkv_maps(
     batch_size: int = 16,
     seed: int = 0,
     image_ids: np.ndarray | None = None,
+    logits_layer: str | None = None,
+    output: str = "probs",
+    preprocess=None,
 ) -> np.ndarray:
     """(N, H, W) float32 maps from tf-keras-vis for ``targets`` (N,) classes.
+
+    ``model``: any Keras classifier :func:`xbench.models.as_classifier` reads
+    (with ``logits_layer``, ``output``, ``preprocess``), not modified.
 
     ``max_n``: Score-CAM's faster variant (only the max_n channels with the
     largest activations are scored); None scores all channels.
@@ -117,7 +123,9 @@ def tfkv_maps(
     from tf_keras_vis.utils.scores import CategoricalScore
 
     from xbench.explain.cam import default_layer, upsample
+    from xbench.models.adapt import adapted
 
+    model = adapted(model, images, logits_layer=logits_layer, output=output, preprocess=preprocess)
     layer = layer or default_layer(model)
     images = np.asarray(images, np.float32)
     ids = np.arange(len(images)) if image_ids is None else np.asarray(image_ids)

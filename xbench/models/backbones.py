@@ -13,6 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Sequence
 
+#: :class:`xbench.models.preprocess.Preprocess` modes: what maps xbench's [0, 1] images to a model's input range.
+PREPROCESS_MODES = ("caffe", "torch", "tf", "scale255", "none")
+
 #: Classifier heads :func:`xbench.models.build.build_classifier` implements.
 HEADS = ("paper", "pediatric")
 

@@ -14,7 +14,7 @@ from keras import ops
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 _TORCH_MEAN = (0.485, 0.456, 0.406)
 _TORCH_STD = (0.229, 0.224, 0.225)
-MODES = ("caffe", "torch", "tf", "none")
+from xbench.models.backbones import PREPROCESS_MODES as MODES
 
 
 @keras.saving.register_keras_serializable(package="xbench")
@@ -25,6 +25,9 @@ class Preprocess(keras.layers.Layer):
       - ``caffe``: x * 255, RGB -> BGR, minus the ImageNet BGR mean (VGG, ResNet);
       - ``torch``: (x - mean) / std with ImageNet RGB statistics (DenseNet);
       - ``tf``: x * 2 - 1, i.e. [-1, 1] (MobileNetV2, InceptionV3);
+      - ``scale255``: x * 255, 0-255 pixels (models that rescale inside
+        themselves: EfficientNet, ConvNeXt, or a user's model trained on
+        ``image_dataset_from_directory`` batches);
       - ``none``: identity.
     """
 
@@ -45,6 +48,8 @@ class Preprocess(keras.layers.Layer):
             return (x - mean) / std
         if self.mode == "tf":
             return x * 2.0 - 1.0
+        if self.mode == "scale255":
+            return x * 255.0
         return x
 
     def compute_output_shape(self, input_shape):

@@ -171,6 +171,18 @@ def _jax_step(step) -> tuple[Callable, int]:
     return jax.jit(step, in_shardings=(whole, whole, whole, split, split), out_shardings=split), len(devices)
 
 
+def _as_classifier(model, images, **how):
+    """The model read as an xbench classifier; without instructions, a model whose logits cannot be found is used as it is (its output taken as probabilities)."""
+    from xbench.models.adapt import AdaptError, adapted
+
+    try:
+        return adapted(model, images, **how)
+    except AdaptError:
+        if how["logits_layer"] is None and how["output"] == "probs" and how["preprocess"] is None:
+            return model
+        raise
+
+
 def _host(a) -> np.ndarray:
     """A backend tensor (or array) as a NumPy array."""
     return np.asarray(a.numpy() if hasattr(a, "numpy") else a)
@@ -205,14 +217,19 @@ def perturbation_curves(
     return_targets: bool = False,
     pixel_steps: int | None = None,
     insertion_blur: float = 5.0,
+    logits_layer: str | None = None,
+    output: str = "probs",
+    preprocess=None,
 ):
     """Region-perturbation curves f(x(k))[target], k = 0..K (and pixel deletion / insertion curves).
 
     Args:
-        model: a Keras classifier (images in [0, 1] -> softmax probabilities;
-            perturbed images are built on the device) or any ``predict_fn``
-            callable mapping a (B, H, W, 3) float32 batch to (B, C)
-            probabilities (built on the host).
+        model: a Keras classifier (perturbed images are built on the
+            device): any model :func:`xbench.models.as_classifier` reads
+            (softmax or one-unit sigmoid output, or logits with
+            ``output="logits"``), or any ``predict_fn`` callable mapping a
+            (B, H, W, 3) float32 batch in [0, 1] to (B, C) probabilities
+            (built on the host).
         images: (N, H, W, 3) float in [0, 1], or uint8 (divided by 255).
         heatmaps: (N, H, W) relevance; only the order of region sums matters.
         targets: (N,) class whose probability is tracked; default: the
@@ -241,6 +258,10 @@ def perturbation_curves(
             default ``arange(N)``.
         progress: show a tqdm bar.
         return_targets: also return the (N,) targets used.
+        logits_layer, output, preprocess: how to read a Keras model that
+            xbench did not build (:func:`xbench.models.as_classifier`);
+            ``preprocess`` runs inside the compiled step, so the perturbation
+            acts on [0, 1] image pixels.
 
     Returns:
         (N, K + 1) float32 curves (and the targets if ``return_targets``);
@@ -280,6 +301,8 @@ def perturbation_curves(
         ranks_of = lambda i: rank_maps(orders[i : i + 1], height, width, region_size)[0]
 
     keras_model = _is_keras_model(model)
+    if keras_model:
+        model = _as_classifier(model, images, logits_layer=logits_layer, output=output, preprocess=preprocess)
     step = device_step(model, perturbation) if keras_model else _host_step(model, perturbation)
     B = int(batch_size) if batch_size else auto_batch_size(model, memory_budget_mb)
     if B < 1:

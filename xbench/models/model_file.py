@@ -1,0 +1,222 @@
+"""A trained classifier from a file (``model=file``): what it is, read without Keras, and how it loads.
+
+:class:`ModelFile` is the ``model`` group's schema when the user brings a
+model: xbench trains nothing and reads the model with
+:func:`xbench.models.adapt.as_classifier`. :meth:`ModelFile.describe` reads
+the saved config (the JSON inside a ``.keras`` zip, or the ``model_config``
+attribute of a legacy ``.h5``) without importing Keras, so the entry point
+checks the input size and the number of classes against the data before
+TensorFlow starts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional
+
+from xbench.models.backbones import PREPROCESS_MODES
+
+SUFFIXES = (".keras", ".h5", ".hdf5")
+#: How a model's output is read: probabilities (softmax, or a one-unit sigmoid) or logits.
+OUTPUTS = ("probs", "logits")
+#: keras.applications preprocessing by module name -> Preprocess mode (what its ``preprocess_input`` does to 0-255 pixels).
+APPLICATION_PREPROCESSING = {
+    **dict.fromkeys(("vgg16", "vgg19", "resnet", "resnet50"), "caffe"),
+    **dict.fromkeys(("densenet",), "torch"),
+    **dict.fromkeys(("mobilenet", "mobilenet_v2", "inception_v3", "inception_resnet_v2", "xception", "nasnet", "resnet_v2"), "tf"),
+    # These models rescale inside themselves and take 0-255 pixels.
+    **dict.fromkeys(("efficientnet", "efficientnet_v2", "convnext", "regnet", "mobilenet_v3"), "scale255"),
+}
+PREPROCESS_NAMES = PREPROCESS_MODES + tuple(APPLICATION_PREPROCESSING)
+PREPROCESS_HINT = "none ([0, 1] pixels), scale255 (0-255 pixels), caffe, torch, tf, or a keras.applications module name (vgg16, densenet, mobilenet_v2, efficientnet, ...)"
+
+
+@dataclass
+class FileInfo:
+    """What a saved model's config says: input (H, W, C) (None where not fixed) and output units (None if unknown)."""
+
+    input_shape: tuple | None
+    outputs: int | None
+    name: str | None
+
+
+@dataclass
+class ModelFile:
+    """A trained Keras classifier loaded from ``path`` (the ``model`` group's ``file`` option).
+
+    Attributes:
+        path: a ``.keras`` file (loaded with ``safe_mode=True``) or a legacy ``.h5``.
+        preprocess: how the model's inputs were scaled, applied inside the
+            model on xbench's [0, 1] images (see
+            :func:`xbench.models.adapt.preprocess_layer`).
+        logits_layer: the layer that outputs the logits (default: found from
+            the softmax / sigmoid output layer).
+        output: "probs" (softmax or one-unit sigmoid output) or "logits".
+        gradcam_layer: the layer Grad-CAM explains (default: the last feature map).
+        imports: Python modules imported before loading, so custom layers
+            they register (``@keras.saving.register_keras_serializable``) are found.
+        weights: set by the ``setup`` group for backbones xbench trains; a
+            model file brings its own weights, so only "none"/"imagenet" (the
+            setups' values) are accepted here.
+    """
+
+    path: Optional[str] = None
+    preprocess: str = "none"
+    logits_layer: Optional[str] = None
+    output: str = "probs"
+    gradcam_layer: Optional[str] = None
+    imports: List[str] = field(default_factory=list)
+    weights: Optional[str] = None
+
+    backbone = None  # no keras.applications backbone is built (configs that read model.backbone see null)
+
+    def __post_init__(self):
+        if self.path in (None, ""):
+            raise ValueError("path: not set; point it at the trained classifier (model.path=/path/to/model.keras)")
+        if Path(str(self.path)).suffix.lower() not in SUFFIXES:
+            raise ValueError(f"path: '{self.path}' is not a Keras model file; give a .keras file (model.save('m.keras')) or a legacy .h5")
+        if self.preprocess not in PREPROCESS_NAMES:
+            raise ValueError(f"preprocess: unknown preprocessing {self.preprocess!r}; choose {PREPROCESS_HINT}")
+        if self.output not in OUTPUTS:
+            raise ValueError(f"output: must be 'probs' or 'logits', got {self.output!r}")
+        if self.weights not in (None, "", "none", "imagenet"):
+            raise ValueError(f"weights: a model file brings its own weights; drop model.weights={self.weights}")
+
+    @property
+    def file(self) -> Path:
+        return Path(str(self.path)).expanduser()
+
+    def check_file(self) -> None:
+        """Raise FileNotFoundError-like ValueError if the file is missing (a stat call)."""
+        if not self.file.is_file():
+            raise ValueError(f"path: model file '{self.file}' does not exist; check model.path")
+
+    def describe(self) -> FileInfo:
+        """Input shape and output units from the saved config, without Keras (ValueError: unreadable file)."""
+        self.check_file()
+        try:
+            config = _read_config(self.file)
+        except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
+            raise ValueError(f"path: '{self.file}' is not a readable Keras model file ({exc}); save it with model.save('model.keras')") from None
+        return FileInfo(_input_shape(config), _output_units(config), config.get("config", {}).get("name") if isinstance(config.get("config"), dict) else None)
+
+    def sha256(self) -> str:
+        h = hashlib.sha256()
+        with open(self.file, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        return h.hexdigest()
+
+    def load(self, *, class_names=None, image_size: int | None = None):
+        """The model read as an xbench classifier (:func:`xbench.models.adapt.as_classifier`); one-line errors as :class:`xbench.errors.ConfigError`."""
+        from xbench.errors import ConfigError
+
+        for module in self.imports:
+            try:
+                importlib.import_module(module)
+            except ImportError as exc:
+                raise ConfigError(f"model.imports: cannot import {module!r} ({exc}); install it or fix the name") from None
+        model = load_keras_file(self.file)
+        from xbench.models.adapt import AdaptError, as_classifier
+
+        try:
+            return as_classifier(model, logits_layer=self.logits_layer, output=self.output, preprocess=self.preprocess,
+                                 gradcam_layer=self.gradcam_layer, class_names=class_names, image_size=image_size)
+        except AdaptError as exc:
+            raise ConfigError(f"model.path: {exc}".replace("logits_layer=", "model.logits_layer=").replace("gradcam_layer=", "model.gradcam_layer=")
+                              .replace("output=", "model.output=").replace("image_size=", "data.image_size=")) from None
+
+
+def load_keras_file(path: Path):
+    """``keras.saving.load_model(path, safe_mode=True, compile=False)`` with one-line errors naming what is missing."""
+    import keras
+
+    from xbench.errors import ConfigError
+    import xbench.models.adapt  # noqa: F401  (registers xbench's layers, for a model xbench saved)
+    import xbench.models.card  # noqa: F401
+    import xbench.models.preprocess  # noqa: F401
+
+    try:
+        return keras.saving.load_model(path, safe_mode=True, compile=False)
+    except (TypeError, ValueError) as exc:
+        msg = " ".join(str(exc).split())
+        if "Could not locate" in msg or "Unknown layer" in msg or "custom_objects" in msg:
+            name = _quoted_after(msg, ("Could not locate class", "Could not locate function", "Unknown layer:"))
+            raise ConfigError(f"model.path: '{path}' uses a custom object {name or ''} Keras cannot find; put the module that registers it "
+                              "(@keras.saving.register_keras_serializable) in model.imports=[my_package.layers]".replace("  ", " ")) from None
+        if "Lambda" in msg and "safe_mode" in msg:
+            raise ConfigError(f"model.path: '{path}' contains a Lambda layer, which xbench does not load (safe_mode=True runs no pickled code); "
+                              "replace it with a registered layer and save again") from None
+        raise ConfigError(f"model.path: cannot load '{path}': {msg[:300]}") from None
+    except OSError as exc:
+        raise ConfigError(f"model.path: cannot read '{path}' ({exc}); check the file") from None
+
+
+def _quoted_after(msg: str, markers) -> str | None:
+    for m in markers:
+        i = msg.find(m)
+        if i >= 0:
+            rest = msg[i + len(m) :].strip()
+            for q in ("'", '"'):
+                if rest.startswith(q):
+                    return q + rest[1:].split(q)[0] + q
+            return rest.split()[0].strip(".,") if rest else None
+    return None
+
+
+def _read_config(path: Path) -> dict:
+    if path.suffix.lower() == ".keras":
+        with zipfile.ZipFile(path) as z:
+            return json.loads(z.read("config.json"))
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        raw = f.attrs["model_config"]
+    return json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+
+
+def _layers(config: dict) -> list[dict]:
+    inner = config.get("config", {})
+    return inner.get("layers", []) if isinstance(inner, dict) else []
+
+
+def _input_shape(config: dict) -> tuple | None:
+    build = config.get("build_config") or {}
+    shape = build.get("input_shape")
+    if shape is None:
+        for layer in _layers(config):
+            if layer.get("class_name") == "InputLayer":
+                c = layer.get("config", {})
+                shape = c.get("batch_shape") or c.get("batch_input_shape")
+                break
+    if isinstance(shape, dict):  # several inputs
+        return None
+    if not isinstance(shape, (list, tuple)) or len(shape) != 4 or isinstance(shape[0], (list, dict)):
+        return None
+    return tuple(shape[1:])
+
+
+def _output_units(config: dict) -> int | None:
+    layers = _layers(config)
+    if not layers:
+        return None
+    inner = config["config"]
+    outs = inner.get("output_layers")
+    last = layers[-1]
+    if outs:
+        if isinstance(outs[0], str):  # a single [name, node, tensor] triple
+            outs = [outs]
+        name = outs[-1][0] if isinstance(outs[-1], (list, tuple)) else None
+        last = next((l for l in layers if l.get("config", {}).get("name") == name or l.get("name") == name), last)
+    for cand in (last,):
+        c = cand.get("config", {})
+        if "units" in c:
+            return int(c["units"])
+        if cand.get("class_name") in ("Functional", "Sequential", "Model"):
+            return _output_units(cand)
+    return None
