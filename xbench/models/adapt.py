@@ -233,10 +233,12 @@ class _Rebuild:
 
 
 def _input_shape(model) -> tuple | None:
+    """(H, W, C) the model takes (None entries where not fixed), from its input or, for a subclassed model, the shape it was built with."""
     try:
         shape = tuple(model.inputs[0].shape[1:])
     except (AttributeError, IndexError, TypeError, ValueError):
-        return None
+        built = (model.get_build_config() or {}).get("input_shape") if model.built else None
+        shape = tuple(built[1:]) if isinstance(built, (list, tuple)) and len(built) == 4 and not isinstance(built[0], (list, tuple)) else ()
     return shape if len(shape) == 3 else None
 
 

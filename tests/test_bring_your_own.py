@@ -1,0 +1,394 @@
+"""Bring your own model and data: any Keras classifier through the Python API, and model=file / data=folder from the command line."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from tests.test_perturbation import slow_curves
+from xbench.explain import TfKerasVis, gradcam
+from xbench.models.adapt import AdaptError, adapted, as_classifier
+from xbench.models.card import model_card
+from xbench.perturbation import GaussianNoise, perturbation_curves
+
+S = 32
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _images(n=4, size=S, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0, 1, (n, size, size, 3)).astype(np.float32)
+    return x
+
+
+def functional_softmax(seed=0):
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((S, S, 3))
+    x = keras.layers.Conv2D(6, 3, activation="relu", name="c1")(inp)
+    x = keras.layers.MaxPooling2D(name="pool")(x)
+    x = keras.layers.Conv2D(8, 3, activation="relu", name="c2")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    return keras.Model(inp, keras.layers.Dense(3, activation="softmax", name="pred")(x), name="fsoft")
+
+
+def applications_model():
+    keras.utils.set_random_seed(1)
+    return keras.applications.MobileNetV2(input_shape=(S, S, 3), alpha=0.35, include_top=True, weights=None, classes=3)
+
+
+def sequential_nested():
+    keras.utils.set_random_seed(2)
+    base = keras.Sequential([keras.Input((S, S, 3)), keras.layers.Conv2D(6, 3, activation="relu", name="s1"),
+                             keras.layers.BatchNormalization(name="bn"), keras.layers.Conv2D(8, 3, name="s2")], name="base")
+    return keras.Sequential([base, keras.layers.Activation("relu", name="s2_relu"), keras.layers.GlobalMaxPooling2D(name="gmp"),
+                             keras.layers.Dense(4, name="dense"), keras.layers.Softmax(name="soft")], name="seq")
+
+
+def functional_sigmoid():
+    keras.utils.set_random_seed(3)
+    inp = keras.Input((S, S, 3))
+    x = keras.layers.Conv2D(6, 3, activation="relu", name="c1")(inp)
+    x = keras.layers.Conv2D(8, 3, strides=2, activation="relu", name="c2")(x)
+    x = keras.layers.Flatten(name="flat")(x)
+    return keras.Model(inp, keras.layers.Dense(1, activation="sigmoid", name="pneumonia")(x), name="fsig")
+
+
+class Subclassed(keras.Model):
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.conv = keras.layers.Conv2D(6, 3, activation="relu", name="sc1")
+        self.conv2 = keras.layers.Conv2D(8, 3, activation="relu", name="sc2")
+        self.pool = keras.layers.GlobalAveragePooling2D(name="sgap")
+        self.out = keras.layers.Dense(3, activation="softmax", name="sout")
+
+    def call(self, x):
+        return self.out(self.pool(self.conv2(self.conv(x))))
+
+
+def subclassed():
+    keras.utils.set_random_seed(4)
+    m = Subclassed(name="sub")
+    m(_images(1))
+    return m
+
+
+def _functional_twin(m):
+    """tf-keras-vis needs a functional graph: the subclassed model's own layers, chained."""
+    inp = keras.Input((S, S, 3))
+    return keras.Model(inp, m.out(m.pool(m.conv2(m.conv(inp)))))
+
+
+def _saved(make, suffix, tmp_path):
+    path = tmp_path / f"model{suffix}"
+    make().save(path)
+    return lambda: keras.saving.load_model(path, safe_mode=True)
+
+
+def _tfkv_gradcam(model, images, targets, layer, binary=False):
+    from tf_keras_vis.gradcam import Gradcam
+    from tf_keras_vis.utils.model_modifiers import ReplaceToLinear
+    from tf_keras_vis.utils.scores import BinaryScore, CategoricalScore
+
+    score = BinaryScore(targets.tolist()) if binary else CategoricalScore(targets.tolist())
+    return Gradcam(model, model_modifier=ReplaceToLinear(), clone=True)(score, images, penultimate_layer=layer, seek_penultimate_conv_layer=False,
+                                                                         expand_cam=False, normalize_cam=False)
+
+
+KINDS = {
+    "applications": (applications_model, "out_relu", False),
+    "sequential": (sequential_nested, "s2_relu", False),
+    "sigmoid": (functional_sigmoid, "c2", True),
+    "subclassed": (subclassed, "sc2", False),
+    "functional": (functional_softmax, "c2", False),
+}
+
+
+@pytest.mark.parametrize("kind", [*KINDS, "keras_file", "h5_file"])
+def test_any_classifier_gradcam_equals_tf_keras_vis_and_curves_equal_the_slow_loop(kind, tmp_path):
+    if kind in ("keras_file", "h5_file"):
+        make, layer, binary = functional_softmax, "c2", False
+        make = _saved(make, ".keras" if kind == "keras_file" else ".h5", tmp_path)
+    else:
+        make, layer, binary = KINDS[kind]
+    model = make()
+    images = _images(4)
+    before = [w.copy() for w in model.get_weights()]
+    probs_before = np.asarray(model(images))
+    ours = as_classifier(model)
+    assert model_card(ours)["gradcam_layer"] == layer  # the last feature map before the head
+    # the user's model: same weights, same outputs, no new node on any of its layers
+    assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+    np.testing.assert_array_equal(np.asarray(model(images)), probs_before)
+    # tf-keras-vis needs a functional graph (a twin on the same layers adds no weights); its ReplaceToLinear
+    # linearises the last layer's activation, which a Softmax layer has not: the twin ends at its input
+    ref_model = (_functional_twin(model) if kind == "subclassed" else keras.Model(model.inputs, model.get_layer("dense").output)
+                 if kind == "sequential" else model)
+    assert all(len(l._inbound_nodes) <= 1 for l in ref_model.layers if not isinstance(l, keras.Model))
+
+    probs = np.asarray(ours(images))
+    want = np.concatenate([1 - probs_before, probs_before], 1) if binary else probs_before
+    np.testing.assert_allclose(probs, want, atol=1e-6)
+    targets = np.array([0, 1, 1, 0]) if binary else np.array([0, 1, 2, 1])
+    maps = gradcam(model, images, targets=targets, upsample=False)
+    ref = np.asarray(_tfkv_gradcam(ref_model, images, targets, layer, binary), np.float32)
+    if binary:
+        ref = ref / 2  # logits [-z/2, z/2]: half of BinaryScore's z and -z
+    assert ref.max() > 0
+    np.testing.assert_allclose(maps, ref, atol=1e-4 * ref.max(), rtol=1e-4)
+
+    heat = gradcam(model, images, targets=targets)
+    for order in ("morf", "random"):
+        got = perturbation_curves(model, images, heat, targets=targets, region_size=8, order=order, perturbation=GaussianNoise(0.1), seed=3)
+        slow = slow_curves(ours, images, heat, 8, order, GaussianNoise(0.1), 3, np.arange(4), targets)
+        np.testing.assert_allclose(got, slow, atol=1e-5)
+
+
+def test_tf_keras_vis_explainers_take_any_classifier():
+    model = functional_softmax()
+    images = _images(2)
+    ours = as_classifier(model)
+    for method in ("gradcampp", "saliency"):
+        a = TfKerasVis(method=method)(adapted(model, images), images, np.array([0, 2]))
+        from xbench.explain.tfkv import tfkv_maps
+
+        b = tfkv_maps(model, images, np.array([0, 2]), method)
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+        assert a.shape == (2, S, S) and np.isfinite(a).all() and a.max() > 0
+    first = adapted(model, images)
+    assert adapted(model, images) is first and first is not ours  # cached per model: the compiled steps are reused
+
+
+def test_preprocess_runs_inside_the_step_on_0_255_pixels():
+    model = functional_softmax()
+    images = _images(3)
+    fn = lambda x: (x - 127.5) / 64.0
+    heat = gradcam(model, images, preprocess=fn)
+    # by hand: the model on preprocessed pixels, Grad-CAM at c2 of that input
+    ref = gradcam(model, fn(images * 255.0).astype(np.float32))
+    np.testing.assert_allclose(heat, ref, rtol=1e-4, atol=1e-6)
+    got = perturbation_curves(model, images, heat, region_size=8, order="morf", seed=1, preprocess=fn)
+    slow = slow_curves(lambda z: model(fn(np.asarray(z) * 255.0)), images, heat, 8, "morf", GaussianNoise(0.1), 1, np.arange(3))
+    np.testing.assert_allclose(got, slow, atol=1e-5)
+    named = as_classifier(model, preprocess="vgg16")  # keras.applications.vgg16.preprocess_input, inside the model
+    np.testing.assert_allclose(np.asarray(named(images)), np.asarray(model(keras.applications.vgg16.preprocess_input(images * 255.0))), atol=1e-5)
+
+
+def test_logits_output_and_named_logits_layer():
+    keras.utils.set_random_seed(5)
+    inp = keras.Input((S, S, 3))
+    x = keras.layers.Conv2D(6, 3, activation="relu", name="c1")(inp)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    z = keras.layers.Dense(3, name="scores")(x)
+    logit_model = keras.Model(inp, z)
+    scaled = keras.Model(inp, keras.layers.Activation("softmax")(keras.layers.Rescaling(2.0, name="temperature")(z)))
+    images = _images(3)
+    a = as_classifier(logit_model, output="logits")
+    e = np.exp(np.asarray(logit_model(images), np.float64))
+    np.testing.assert_allclose(np.asarray(a(images)), e / e.sum(1, keepdims=True), atol=1e-6)
+    # the input of the final softmax are the logits (temperature included)
+    b = as_classifier(scaled)
+    np.testing.assert_allclose(np.asarray(b(images)), np.asarray(scaled(images)), atol=1e-6)
+    # naming a layer whose softmax is not the output is refused, in one sentence
+    with pytest.raises(AdaptError, match=r"softmax of 'scores' is not the model's output.*logits_layer="):
+        as_classifier(scaled, logits_layer="scores")
+    with pytest.raises(AdaptError, match="no such layer"):
+        as_classifier(scaled, logits_layer="nope")
+
+
+def test_unreadable_models_say_what_to_pass():
+    inp = keras.Input((S, S, 3))
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(inp))
+    odd = keras.Model(inp, keras.layers.Dense(3, activation="relu", name="relu_out")(x))
+    with pytest.raises(AdaptError, match=r"cannot find the logits.*logits_layer=.*output='logits'"):
+        as_classifier(odd)
+
+    class Reordered(Subclassed):
+        def call(self, x):
+            return self.out(self.pool(self.conv2(self.conv(x * 3.0))))
+
+    m = Reordered()
+    with pytest.raises(AdaptError, match="its call is not its layers applied in order"):
+        as_classifier(m, image_size=S)
+    # without instructions, perturbation_curves still takes a model whose output it cannot read as logits (as probabilities)
+    curves = perturbation_curves(odd, _images(2), np.ones((2, S, S), np.float32), region_size=16, order="morf")
+    assert curves.shape == (2, 5)
+
+
+def test_adaptation_follows_weight_changes():
+    model = functional_softmax()
+    images = _images(2)
+    first = gradcam(model, images, targets=np.array([0, 1]))
+    w = model.get_layer("c2").get_weights()
+    model.get_layer("c2").set_weights([w[0] * -1.5, w[1]])
+    second = gradcam(model, images, targets=np.array([0, 1]))
+    fresh = gradcam(as_classifier(model), images, targets=np.array([0, 1]))
+    np.testing.assert_allclose(second, fresh, rtol=1e-5, atol=1e-7)
+    assert not np.allclose(first, second)
+
+
+# ------------------------------------------------------------------ command line
+
+
+def _phantom_folder(phantom_db: Path, dst: Path, per_class: int = 4, rename=lambda c: c.replace(" ", "_")) -> list[str]:
+    classes = []
+    for cdir in sorted(p for p in phantom_db.iterdir() if p.is_dir()):
+        name = rename(cdir.name)
+        classes.append(name)
+        for kind, root in (("images", dst / "images"), ("lesions", dst / "lesions")):
+            (root / name).mkdir(parents=True, exist_ok=True)
+            for f in sorted((cdir / kind).glob("*.png"))[:per_class]:
+                shutil.copy(f, root / name / f.name)
+    return sorted(classes)
+
+
+def _cli(args, cwd, cache):
+    env = {**os.environ, "XBENCH_CACHE": str(cache), "KERAS_BACKEND": "tensorflow"}
+    return subprocess.run([sys.executable, "-m", "xbench", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.slow
+def test_cli_scores_a_model_file_on_a_folder_as_the_python_api_does(tmp_path, phantom_db):
+    from xbench.data.decode import decode_image
+    from xbench.metrics.aopc import aopc_per_image
+    from xbench.results import curve_key, read_job
+
+    classes = _phantom_folder(phantom_db, tmp_path / "data")
+    keras.utils.set_random_seed(7)
+    inp = keras.Input((48, 48, 1))  # a grey-scale model, trained elsewhere on 0-255 pixels
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1)(inp)
+    x = keras.layers.Conv2D(8, 3, activation="relu", name="c1")(x)
+    x = keras.layers.MaxPooling2D()(x)
+    x = keras.layers.Conv2D(8, 3, activation="relu", name="c2")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inp, keras.layers.Dense(4, activation="softmax", name="pred")(x), name="greynet")
+    model.save(tmp_path / "greynet.keras")
+
+    run = tmp_path / "run"
+    r = _cli(["model=file", f"model.path={tmp_path / 'greynet.keras'}", "model.preprocess=scale255", "data=folder",
+              f"data.root={tmp_path / 'data' / 'images'}", f"data.lesion_root={tmp_path / 'data' / 'lesions'}", "score.subset=all",
+              "score.controls=[random,oracle]", f"hydra.run.dir={run}"], tmp_path, tmp_path / "cache")
+    assert r.returncode == 0, r.stderr[-3000:]
+    job = read_job(run)
+    m = job.metrics
+    assert m.training is None and m.model.file.endswith("greynet.keras") and len(m.model.file_sha256) == 64
+    assert m.data.class_names == classes and m.data.split_counts == {"train": 0, "val": 0, "test": 16} and m.data.image_size == 48
+    assert not (run / "history.csv").exists()
+
+    # the same model and images through the Python API
+    split = __import__("pandas").read_csv(run / "split.csv")
+    images = np.stack([decode_image(tmp_path / "data" / "images" / p, 48) for p in split["path"]]).astype(np.float32) / 255.0
+    c = job.curves
+    ids = c.image_ids
+    sub = images[ids]
+    user = keras.saving.load_model(tmp_path / "greynet.keras")
+    heat = gradcam(user, sub, targets=c.targets, preprocess="scale255")
+    sc = m.scoring
+    morf = perturbation_curves(user, sub, heat, targets=c.targets, region_size=sc.region_size, order="morf", perturbation=GaussianNoise(0.1),
+                               seed=m.seed, image_ids=ids, preprocess="scale255")
+    np.testing.assert_allclose(c.curves[curve_key("gradcam", "morf")], morf, atol=1e-5)
+    assert abs(sc.methods["gradcam"].orders["morf"].aopc.mean - float(aopc_per_image(morf).mean())) < 1e-6
+    probs = np.asarray(as_classifier(user, preprocess="scale255")(images))
+    assert m.test.accuracy == pytest.approx(float((probs.argmax(1) == split["label"].map({n: i for i, n in enumerate(classes)}).to_numpy()).mean()))
+    assert "oracle" in sc.methods  # lesion masks from data.lesion_root
+
+    # a second run reuses the cached heatmaps and curve chunks (same file, same reading)
+    r2 = _cli(["model=file", f"model.path={tmp_path / 'greynet.keras'}", "model.preprocess=scale255", "data=folder",
+               f"data.root={tmp_path / 'data' / 'images'}", "score.subset=all", "plots=false", f"hydra.run.dir={tmp_path / 'run2'}"], tmp_path, tmp_path / "cache")
+    assert r2.returncode == 0, r2.stderr[-3000:]
+    again = read_job(tmp_path / "run2")
+    np.testing.assert_array_equal(again.curves.curves[curve_key("gradcam", "morf")], c.curves[curve_key("gradcam", "morf")])
+    assert again.metrics.scoring.heatmap_cache_hit
+
+
+def test_cli_refuses_in_one_line_before_any_work(tmp_path, phantom_db):
+    _phantom_folder(phantom_db, tmp_path / "data", per_class=1)
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((40, 40, 3))
+    out = keras.layers.Dense(3, activation="softmax")(keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(2, 3)(inp)))
+    keras.Model(inp, out).save(tmp_path / "three.keras")
+    cases = [
+        (["model=file", f"model.path={tmp_path / 'three.keras'}", "data=folder", f"data.root={tmp_path / 'data' / 'images'}"],
+         "data.classes: the model has 3 outputs but the data has 4 classes"),
+        (["model=file", f"model.path={tmp_path / 'missing.keras'}", "data=folder", f"data.root={tmp_path / 'data' / 'images'}"],
+         "model.path: model file"),
+        (["model=file", f"model.path={tmp_path / 'three.keras'}", "data=folder", f"data.root={tmp_path / 'data' / 'images'}", "data.image_size=64"],
+         "data.image_size=64: the model takes 40 px images"),
+        (["model=file", f"model.path={tmp_path / 'three.keras'}", "model.preprocess=vgg17", "data=folder", f"data.root={tmp_path / 'data'}"],
+         "model.preprocess: unknown preprocessing 'vgg17'"),
+        (["model=file", f"model.path={tmp_path / 'three.keras'}", "data=folder", f"data.root={tmp_path / 'nowhere'}"],
+         "data.root"),
+    ]
+    for args, want in cases:
+        r = _cli(args, tmp_path, tmp_path / "cache")
+        err = [l for l in r.stderr.splitlines() if l.startswith("xbench: error")]
+        assert r.returncode == 2 and len(err) == 1 and want in err[0], (args, r.stderr[-2000:])
+        assert "Traceback" not in r.stderr
+    assert not (tmp_path / "cache").exists()  # refused before decoding anything
+
+
+def test_a_custom_layer_is_named_and_imports_load_it(tmp_path):
+    from xbench.errors import ConfigError
+    from xbench.models.model_file import ModelFile
+
+    pkg = tmp_path / "mylayers_pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text(
+        "import keras\n"
+        "@keras.saving.register_keras_serializable(package='mine')\n"
+        "class Doubler(keras.layers.Layer):\n"
+        "    def call(self, x):\n"
+        "        return 2.0 * x\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import mylayers_pkg
+
+        inp = keras.Input((S, S, 3))
+        x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(3, 3, name="c")(mylayers_pkg.Doubler()(inp)))
+        keras.Model(inp, keras.layers.Dense(2, activation="softmax")(x)).save(tmp_path / "custom.keras")
+        keras.saving.get_custom_objects().clear()
+        with pytest.raises(ConfigError, match=r"custom object .*Doubler.*model.imports="):
+            ModelFile(path=str(tmp_path / "custom.keras")).load()
+        sys.modules.pop("mylayers_pkg")
+        got = ModelFile(path=str(tmp_path / "custom.keras"), imports=["mylayers_pkg"]).load()
+        assert model_card(got)["gradcam_layer"] == "c"
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("mylayers_pkg", None)
+
+
+def _block(marker: str) -> str:
+    text = README.read_text()
+    m = re.search(rf"<!-- {marker}:[^>]*-->\s*```\w+\n(.*?)```", text, re.S)
+    assert m, f"README has no block marked {marker}"
+    return m.group(1)
+
+
+@pytest.mark.slow
+def test_readme_score_your_own_model_runs_verbatim(tmp_path, phantom_db):
+    _phantom_folder(phantom_db, tmp_path / "data", per_class=3)
+    shutil.move(tmp_path / "data" / "images", tmp_path / "my_xrays")
+    keras.utils.set_random_seed(11)
+    inp = keras.Input((224, 224, 3))
+    x = keras.layers.Conv2D(4, 5, strides=4, activation="relu", name="c1")(inp)
+    x = keras.layers.Conv2D(8, 3, strides=2, activation="relu", name="c2")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    keras.Model(inp, keras.layers.Dense(4, activation="softmax", name="predictions")(x)).save(tmp_path / "my_classifier.keras")
+    env = {**os.environ, "XBENCH_CACHE": str(tmp_path / "cache"), "KERAS_BACKEND": "tensorflow"}
+    bin_dir = str(Path(sys.executable).parent)
+    env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
+    for line in _block("byo-commands").strip().splitlines():
+        r = subprocess.run(["bash", "-c", line], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+        assert r.returncode == 0, (line, r.stderr[-3000:])
+    assert (tmp_path / "outputs" / "my_classifier" / "summary.md").is_file()
+    assert len(list((tmp_path / "outputs" / "my_classifier").glob("*/metrics.json"))) == 2
+    r = subprocess.run([sys.executable, "-c", _block("byo-python")], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    aopc = float(r.stdout.strip().splitlines()[-1])
+    assert np.isfinite(aopc) and -1 <= aopc <= 1
