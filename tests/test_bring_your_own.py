@@ -110,46 +110,60 @@ KINDS = {
 }
 
 
-@pytest.mark.parametrize("kind", [*KINDS, "keras_file", "h5_file"])
-def test_any_classifier_gradcam_equals_tf_keras_vis_and_curves_equal_the_slow_loop(kind, tmp_path):
+def _model(kind, tmp_path):
     if kind in ("keras_file", "h5_file"):
-        make, layer, binary = functional_softmax, "c2", False
-        make = _saved(make, ".keras" if kind == "keras_file" else ".h5", tmp_path)
-    else:
-        make, layer, binary = KINDS[kind]
-    model = make()
-    images = _images(4)
-    before = [w.copy() for w in model.get_weights()]
-    probs_before = np.asarray(model(images))
-    ours = as_classifier(model)
-    assert model_card(ours)["gradcam_layer"] == layer  # the last feature map before the head
-    # the user's model: same weights, same outputs, no new node on any of its layers
-    assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
-    np.testing.assert_array_equal(np.asarray(model(images)), probs_before)
+        return _saved(functional_softmax, ".keras" if kind == "keras_file" else ".h5", tmp_path)(), "c2", False
+    make, layer, binary = KINDS[kind]
+    return make(), layer, binary
+
+
+ALL_KINDS = [*KINDS, "keras_file", "h5_file"]
+TARGETS = {False: np.array([0, 1, 2, 1]), True: np.array([0, 1, 1, 0])}
+
+
+@pytest.mark.tensorflow
+@pytest.mark.parametrize("kind", ALL_KINDS)
+def test_any_classifier_gradcam_equals_tf_keras_vis(kind, tmp_path):
+    model, layer, binary = _model(kind, tmp_path)
+    images, targets = _images(4), TARGETS[binary]
+    assert model_card(as_classifier(model))["gradcam_layer"] == layer  # the last feature map before the head
+    maps = gradcam(model, images, targets=targets, upsample=False)
     # tf-keras-vis needs a functional graph (a twin on the same layers adds no weights); its ReplaceToLinear
     # linearises the last layer's activation, which a Softmax layer has not: the twin ends at its input
     ref_model = (_functional_twin(model) if kind == "subclassed" else keras.Model(model.inputs, model.get_layer("dense").output)
                  if kind == "sequential" else model)
-    assert all(len(l._inbound_nodes) <= 1 for l in ref_model.layers if not isinstance(l, keras.Model))
-
-    probs = np.asarray(ours(images))
-    want = np.concatenate([1 - probs_before, probs_before], 1) if binary else probs_before
-    np.testing.assert_allclose(probs, want, atol=1e-6)
-    targets = np.array([0, 1, 1, 0]) if binary else np.array([0, 1, 2, 1])
-    maps = gradcam(model, images, targets=targets, upsample=False)
     ref = np.asarray(_tfkv_gradcam(ref_model, images, targets, layer, binary), np.float32)
     if binary:
         ref = ref / 2  # logits [-z/2, z/2]: half of BinaryScore's z and -z
     assert ref.max() > 0
     np.testing.assert_allclose(maps, ref, atol=1e-4 * ref.max(), rtol=1e-4)
 
+
+@pytest.mark.parametrize("kind", ALL_KINDS)
+def test_any_classifier_read_untouched_and_curves_equal_the_slow_loop(kind, tmp_path):
+    model, layer, binary = _model(kind, tmp_path)
+    images, targets = _images(4), TARGETS[binary]
+    before = [w.copy() for w in model.get_weights()]
+    probs_before = np.asarray(model(images))
+    ours = as_classifier(model)
+    assert [ours.get_layer(n).name for n in ("logits", "probs", "features", layer)]
+    # the user's model: same weights, same outputs, no new node on any of its layers
+    assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+    np.testing.assert_array_equal(np.asarray(model(images)), probs_before)
+    leaves = [l for l in (model.layers if kind != "sequential" else model.layers + model.layers[0].layers) if not isinstance(l, keras.Model)]
+    assert leaves and all(len(l._inbound_nodes) <= 1 for l in leaves)
+    probs = np.asarray(ours(images))
+    want = np.concatenate([1 - probs_before, probs_before], 1) if binary else probs_before
+    np.testing.assert_allclose(probs, want, atol=1e-6)
     heat = gradcam(model, images, targets=targets)
+    assert heat.max() > 0
     for order in ("morf", "random"):
         got = perturbation_curves(model, images, heat, targets=targets, region_size=8, order=order, perturbation=GaussianNoise(0.1), seed=3)
         slow = slow_curves(ours, images, heat, 8, order, GaussianNoise(0.1), 3, np.arange(4), targets)
         np.testing.assert_allclose(got, slow, atol=1e-5)
 
 
+@pytest.mark.tensorflow
 def test_tf_keras_vis_explainers_take_any_classifier():
     model = functional_softmax()
     images = _images(2)
@@ -257,7 +271,7 @@ def _cli(args, cwd, cache):
 def test_cli_scores_a_model_file_on_a_folder_as_the_python_api_does(tmp_path, phantom_db):
     from xbench.data.decode import decode_image
     from xbench.metrics.aopc import aopc_per_image
-    from xbench.results import curve_key, read_job
+    from xbench.results import read_job
 
     classes = _phantom_folder(phantom_db, tmp_path / "data")
     keras.utils.set_random_seed(7)
@@ -292,7 +306,7 @@ def test_cli_scores_a_model_file_on_a_folder_as_the_python_api_does(tmp_path, ph
     sc = m.scoring
     morf = perturbation_curves(user, sub, heat, targets=c.targets, region_size=sc.region_size, order="morf", perturbation=GaussianNoise(0.1),
                                seed=m.seed, image_ids=ids, preprocess="scale255")
-    np.testing.assert_allclose(c.curves[curve_key("gradcam", "morf")], morf, atol=1e-5)
+    np.testing.assert_allclose(c.curves[("gradcam", "morf")], morf, atol=1e-5)
     assert abs(sc.methods["gradcam"].orders["morf"].aopc.mean - float(aopc_per_image(morf).mean())) < 1e-6
     probs = np.asarray(as_classifier(user, preprocess="scale255")(images))
     assert m.test.accuracy == pytest.approx(float((probs.argmax(1) == split["label"].map({n: i for i, n in enumerate(classes)}).to_numpy()).mean()))
@@ -303,7 +317,7 @@ def test_cli_scores_a_model_file_on_a_folder_as_the_python_api_does(tmp_path, ph
                f"data.root={tmp_path / 'data' / 'images'}", "score.subset=all", "plots=false", f"hydra.run.dir={tmp_path / 'run2'}"], tmp_path, tmp_path / "cache")
     assert r2.returncode == 0, r2.stderr[-3000:]
     again = read_job(tmp_path / "run2")
-    np.testing.assert_array_equal(again.curves.curves[curve_key("gradcam", "morf")], c.curves[curve_key("gradcam", "morf")])
+    np.testing.assert_array_equal(again.curves.curves[("gradcam", "morf")], c.curves[("gradcam", "morf")])
     assert again.metrics.scoring.heatmap_cache_hit
 
 
@@ -333,6 +347,7 @@ def test_cli_refuses_in_one_line_before_any_work(tmp_path, phantom_db):
     assert not (tmp_path / "cache").exists()  # refused before decoding anything
 
 
+@pytest.mark.tensorflow  # the registry is cleared: run it once
 def test_a_custom_layer_is_named_and_imports_load_it(tmp_path):
     from xbench.errors import ConfigError
     from xbench.models.model_file import ModelFile
@@ -386,7 +401,7 @@ def test_readme_score_your_own_model_runs_verbatim(tmp_path, phantom_db):
     for line in _block("byo-commands").strip().splitlines():
         r = subprocess.run(["bash", "-c", line], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
         assert r.returncode == 0, (line, r.stderr[-3000:])
-    assert (tmp_path / "outputs" / "my_classifier" / "summary.md").is_file()
+    assert (tmp_path / "outputs" / "my_classifier" / "report" / "summary.md").is_file()
     assert len(list((tmp_path / "outputs" / "my_classifier").glob("*/metrics.json"))) == 2
     r = subprocess.run([sys.executable, "-c", _block("byo-python")], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]

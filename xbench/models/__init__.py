@@ -5,11 +5,14 @@ from xbench.lazy import exports
 # Lazy (PEP 562): ``import xbench.models.<module>`` must not load Keras for
 # the Keras-free ones, so that configs are checked before TensorFlow starts.
 _WHERE = {
+    "AdaptError": "xbench.models.adapt",
     "BACKBONES": "xbench.models.backbones",
     "BackboneOutput": "xbench.models.card",
     "BackboneSpec": "xbench.models.backbones",
     "ClassifierSpec": "xbench.models.backbones",
     "HEADS": "xbench.models.backbones",
+    "ModelFile": "xbench.models.model_file",
+    "as_classifier": "xbench.models.adapt",
     "build_classifier": "xbench.models.build",
     "head_model": "xbench.models.build",
     "model_card": "xbench.models.card",
