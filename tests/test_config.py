@@ -55,9 +55,9 @@ def test_offline_is_an_overlay_the_experiments_swap_for_pretrained():
     for experiment in ("covid_radiography", "pediatric_3class"):
         text = (CONF / "experiment" / f"{experiment}.yaml").read_text()
         assert "override /setup: pretrained" in text and "weights:" not in text
-    for option in _group_options("model"):  # a model file names its backbone only
+    for option in _group_options("model"):  # a backbone's model file names its backbone only; model=file, the required path
         body = [l for l in (CONF / "model" / f"{option}.yaml").read_text().splitlines() if l and not l.startswith(("#", " ", "defaults"))]
-        assert body == [f"backbone: {option}"], body
+        assert body == ([f"backbone: {option}"] if option != "file" else ["path: null   # required: model.path=/path/to/model.keras"]), body
 
 
 def test_synthetic_defaults_are_declared_once_and_xbench_synth_uses_them():

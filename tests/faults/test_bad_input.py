@@ -23,7 +23,7 @@ from .conftest import xbench
 CONFIG_CASES = [
     (["model=resnet1000"], "model=resnet1000: no such model; choose one of: densenet121"),
     (["model=model_schema"], "model=model_schema: no such model; choose one of: densenet121"),  # schemas are not options
-    (["data=synthetic_schema"], "data=synthetic_schema: no such data; choose one of: covid_radiography, pediatric, synthetic"),
+    (["data=synthetic_schema"], "data=synthetic_schema: no such data; choose one of: covid_radiography, folder, pediatric, synthetic"),
     (["setup=online"], "setup=online: no such setup; choose one of: offline, pretrained"),
     (["data.n_per_class=3"], "data.n_per_class: need at least 10 phantoms per class to split 80/10/10, got 3"),
     (["train.fine_tune.lr=0"], "train.fine_tune.lr: must be > 0"),
