@@ -325,6 +325,7 @@ def help_text() -> str:
         "  xbench                                          # the default job: VGG16 on synthetic phantoms, offline",
         "  xbench -m model=vgg16,densenet201 seed=0,1,2    # a sweep: 2 models x 3 seeds",
         "  xbench -m +experiment=covid_radiography model=vgg16,densenet201 data.root=/path/to/COVID-19_Radiography_Dataset",
+        "  xbench model=file model.path=my_classifier.keras data=folder data.root=my_xrays   # score your own model, no training",
         "",
         "See every key and its value: xbench --cfg job. Hydra's own options: xbench --hydra-help.",
     ])
