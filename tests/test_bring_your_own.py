@@ -407,3 +407,53 @@ def test_readme_score_your_own_model_runs_verbatim(tmp_path, phantom_db):
     assert r.returncode == 0, r.stderr[-3000:]
     aopc = float(r.stdout.strip().splitlines()[-1])
     assert np.isfinite(aopc) and -1 <= aopc <= 1
+
+
+# ------------------------------------------------------------------ data=folder
+
+
+def test_folder_source_scans_any_depth_and_splits_as_asked(tmp_path):
+    from PIL import Image
+
+    from xbench.data.sources import FolderSource
+    from xbench.data.split import stratified_sample
+    from xbench.errors import DataError
+
+    root = tmp_path / "imgs"
+    for c, n in (("b_virus", 6), ("a_bacteria", 9), ("c_normal", 3)):
+        for i in range(n):
+            d = root / c / ("sub" if i % 2 else "")
+            d.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.full((10, 14), 25 * i, np.uint8)).save(d / f"{c}-{i}.png")
+    (root / "a_bacteria" / ".hidden.png").write_bytes(b"x")
+    (root / "a_bacteria" / "notes.txt").write_text("not an image")
+    src = FolderSource(root=str(root))
+    rec = src.records(0)
+    assert rec.class_names == ["a_bacteria", "b_virus", "c_normal"]  # sorted: image_dataset_from_directory's order
+    assert np.bincount(rec.labels).tolist() == [9, 6, 3] and all(p.suffix == ".png" and not p.name.startswith(".") for p in rec.paths)
+    assert FolderSource(root=str(root), classes=["c_normal", "a_bacteria"]).records(0).class_names == ["c_normal", "a_bacteria"]
+
+    src.score_only = True
+    assert (src.split(rec, 0) == "test").all()
+    sampled = FolderSource(root=str(root), test_size=6)
+    sampled.score_only = True
+    s = sampled.split(rec, 0)
+    assert (s == "test").sum() == 6 and set(s) == {"test", "none"}
+    assert np.bincount(rec.labels[s == "test"], minlength=3).tolist() == [3, 2, 1]  # shares 9:6:3 kept
+    assert np.array_equal(s, sampled.split(rec, 0)) and not np.array_equal(s, sampled.split(rec, 1))  # seeded
+    # by hand: 5 of (9, 6, 3) -> exact shares 2.5, 1.67, 0.83; floors with >= 1 each (2, 1, 1), the largest remainder (b) gets the last
+    assert np.bincount(rec.labels[stratified_sample(rec.labels, 5, 0)], minlength=3).tolist() == [2, 2, 1]
+    assert {"train", "test"} <= set(FolderSource(root=str(root)).split(rec, 0)) <= {"train", "val", "test"}  # training on the folder: fractions
+
+    table = tmp_path / "split.csv"
+    rel = [p.relative_to(root).as_posix() for p in rec.paths]
+    table.write_text("path,split\n" + "".join(f"{r},{'test' if i % 3 == 0 else 'train'}\n" for i, r in enumerate(rel[:-2])))
+    s = FolderSource(root=str(root), split_csv=str(table)).split(rec, 0)
+    assert s[:-2].tolist() == ["test" if i % 3 == 0 else "train" for i in range(len(rel) - 2)] and s[-2:].tolist() == ["none", "none"]
+    table.write_text("path,split\nnowhere.png,test\n")
+    with pytest.raises(DataError, match="puts none of the 18 images"):
+        FolderSource(root=str(root), split_csv=str(table)).split(rec, 0)
+    with pytest.raises(DataError, match="class folder .*missing"):
+        FolderSource(root=str(root), classes=["a_bacteria", "pneumonia"]).records(0)
+    with pytest.raises(ValueError, match="test_size: give test_size or split_csv, not both"):
+        FolderSource(root=str(root), test_size=3, split_csv=str(table))
