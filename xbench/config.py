@@ -27,13 +27,14 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from xbench.errors import ConfigError
 from xbench.settings import SanitySettings, ScoreSettings, TrainSettings
+from xbench.tracking import TrackingSettings
 
 #: Modules whose callables a config may name in ``_target_``.
 ALLOWED_TARGET_PREFIXES = ("xbench.",)
 #: What the ``model`` group's ``_target_`` names: the function :meth:`ClassifierSpec.build` calls.
 MODEL_TARGET = "xbench.models.build_classifier"
 #: Groups whose node has a schema (``score`` is a plain node of the root schema).
-SCHEMA_GROUPS = ("data", "model", "train", "explainer", "perturbation", "score")
+SCHEMA_GROUPS = ("data", "model", "train", "explainer", "perturbation", "score", "tracking")
 
 
 def schema_of(cls, target: str | None = None):
@@ -73,6 +74,7 @@ def schemas() -> dict[str, dict[str, Any]]:
                       "oracle": schema_of(E.Oracle, "xbench.explain.Oracle"),
                       "shortcut_marker": schema_of(E.ShortcutMarker, "xbench.explain.ShortcutMarker")},
         "perturbation": {c.name: schema_of(c, f"xbench.perturbation.{c.__name__}") for c in P.PERTURBATIONS.values()},
+        "tracking": {"tracking": TrackingSettings},
     }
 
 
@@ -85,6 +87,7 @@ class XbenchConfig:
     perturbation: Any = MISSING
     score: ScoreSettings = field(default_factory=ScoreSettings)
     sanity: SanitySettings = field(default_factory=SanitySettings)  # the model-randomisation check (off by default)
+    tracking: TrackingSettings = MISSING  # experiment tracking (conf/tracking/: none, mlflow)
     plots: bool = True  # per-job figures in <job>/plots/
     seed: int = 0
     cache_dir: str = '${oc.env:XBENCH_CACHE,"~/.cache/xbench"}'
