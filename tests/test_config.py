@@ -184,9 +184,9 @@ def test_schemas_are_out_of_sight():
 
     register()
     repo = ConfigStore.instance().repo
-    assert not any(name.endswith("_schema") or name.endswith("_schema.yaml") for group in ("data", "model", "train", "explainer", "perturbation")
+    assert not any(name.endswith("_schema") or name.endswith("_schema.yaml") for group in ("data", "model", "train", "explainer", "perturbation", "tracking")
                    for name in repo.get(group, {}))
-    assert sorted(repo["schema"]) == ["data", "explainer", "model", "perturbation", "train"]
+    assert sorted(repo["schema"]) == ["data", "explainer", "model", "perturbation", "tracking", "train"]
 
 
 def test_help_lists_the_real_options_and_no_schema():

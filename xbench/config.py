@@ -27,6 +27,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from xbench.errors import ConfigError
 from xbench.settings import SanitySettings, ScoreSettings, TrainSettings
+from xbench.tracking import TrackingSettings
 
 #: Modules whose callables a config may name in ``_target_``.
 ALLOWED_TARGET_PREFIXES = ("xbench.",)
@@ -35,7 +36,7 @@ MODEL_TARGET = "xbench.models.build_classifier"
 #: ...or, for a trained model the user brings (``model=file``), :class:`xbench.models.model_file.ModelFile`.
 MODEL_FILE_TARGET = "xbench.models.model_file.ModelFile"
 #: Groups whose node has a schema (``score`` is a plain node of the root schema).
-SCHEMA_GROUPS = ("data", "model", "train", "explainer", "perturbation", "score")
+SCHEMA_GROUPS = ("data", "model", "train", "explainer", "perturbation", "score", "tracking")
 
 
 def schema_of(cls, target: str | None = None):
@@ -77,6 +78,7 @@ def schemas() -> dict[str, dict[str, Any]]:
                       "oracle": schema_of(E.Oracle, "xbench.explain.Oracle"),
                       "shortcut_marker": schema_of(E.ShortcutMarker, "xbench.explain.ShortcutMarker")},
         "perturbation": {c.name: schema_of(c, f"xbench.perturbation.{c.__name__}") for c in P.PERTURBATIONS.values()},
+        "tracking": {"tracking": TrackingSettings},
     }
 
 
@@ -89,6 +91,7 @@ class XbenchConfig:
     perturbation: Any = MISSING
     score: ScoreSettings = field(default_factory=ScoreSettings)
     sanity: SanitySettings = field(default_factory=SanitySettings)  # the model-randomisation check (off by default)
+    tracking: TrackingSettings = MISSING  # experiment tracking (conf/tracking/: none, mlflow)
     plots: bool = True  # per-job figures in <job>/plots/
     seed: int = 0
     cache_dir: str = '${oc.env:XBENCH_CACHE,"~/.cache/xbench"}'

@@ -249,10 +249,14 @@ def process_pool(workers: int):
         # own and cannot outlive the process.
         return ThreadPoolExecutor(max_workers=workers)
     return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_die_with_parent, initargs=(os.getpid(),))
+                               initializer=die_with_parent, initargs=(os.getpid(),))
 
 
-def _die_with_parent(parent: int) -> None:
+def die_with_parent(parent: int) -> None:
+    """Ask the kernel to kill this process when ``parent`` dies (Linux); exit at once if it is gone already.
+
+    Called first thing in every child xbench starts (pool workers, the tracking child).
+    """
     import signal
     import sys
 

@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 #: Config keys that cannot change a figure of a job (or vary by seed alone): left out of the identity.
 NOT_IDENTITY = ("seed", "cache_dir", "plots", "score.bootstrap", "score.chunk_images", "score.batch_size", "score.memory_budget_mb",
-                "score.save_heatmaps", "score.controls", "score.enabled", "sanity")
+                "score.save_heatmaps", "score.controls", "score.enabled", "sanity", "tracking")
 #: Settings shown as their own columns (the rest of what differs goes into "Setting").
 SHOWN = ("model.backbone", "explainer.name", "perturbation")
 

@@ -24,6 +24,7 @@ from xbench.config import register, validate
 from xbench.errors import ConfigError, XbenchError
 from xbench.models.backbones import ClassifierSpec
 from xbench.settings import SanitySettings, ScoreSettings, TrainSettings
+from xbench.tracking import TrackingSettings
 
 log = logging.getLogger("xbench")
 register()
@@ -41,6 +42,7 @@ class Job:
     perturbation: Any
     score: ScoreSettings
     sanity: SanitySettings
+    tracking: TrackingSettings | None = None
 
 
 def build_job(cfg: DictConfig) -> Job:
@@ -65,6 +67,7 @@ def build_job(cfg: DictConfig) -> Job:
         "perturbation": _from_target,
         "score": OmegaConf.to_object,  # a ScoreSettings (the schema of the node)
         "sanity": OmegaConf.to_object,  # a SanitySettings
+        "tracking": OmegaConf.to_object,  # a TrackingSettings (xbench.tracking)
     }
     built = {}
     for group, make in makers.items():
@@ -81,7 +84,7 @@ def build_job(cfg: DictConfig) -> Job:
     _check_ground_truth(built["data"], explainer, controls)
     return Job(
         source=built["data"], model=built["model"], settings=built["train"], explainer=explainer,
-        controls=controls, perturbation=built["perturbation"], score=score, sanity=built["sanity"],
+        controls=controls, perturbation=built["perturbation"], score=score, sanity=built["sanity"], tracking=built["tracking"],
     )
 
 
@@ -150,9 +153,9 @@ def _keyed(group: str, exc: BaseException) -> str:
 
 def run(cfg: DictConfig, run_dir: Path):
     """Build the job's objects from ``cfg`` (checking every value) and run it into ``run_dir``."""
-    from xbench.pipeline import JobSpec, run_job
-
     from xbench.models.model_file import ModelFile
+    from xbench.pipeline import JobSpec, run_job
+    from xbench.tracking import tracked
 
     job = build_job(cfg)
     spec = JobSpec(
@@ -162,7 +165,19 @@ def run(cfg: DictConfig, run_dir: Path):
         config=OmegaConf.to_container(cfg, resolve=True), plots=bool(cfg.plots),
         cache_identity={k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("data", "model", "train")} | {"seed": int(cfg.seed)},
     )
-    return run_job(spec, run_dir)
+    with tracked(job.tracking, run_dir, spec.config, **_hydra_job()):  # logs the job to MLflow with tracking=mlflow; never fails it
+        return run_job(spec, run_dir)
+
+
+def _hydra_job() -> dict:
+    """The multirun folder and the job's overrides, as Hydra knows them (nothing outside a Hydra job)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return {}
+    hc = HydraConfig.get()
+    return {"sweep_dir": hc.sweep.dir if hc.mode == RunMode.MULTIRUN else None, "overrides": list(hc.overrides.task)}
 
 
 @hydra.main(version_base="1.3", config_path="pkg://xbench.conf", config_name="config")
@@ -188,7 +203,7 @@ def _log_traceback_to_file(exc: BaseException) -> None:
 
 
 #: Config groups whose options are files under ``xbench/conf/<group>/``.
-GROUPS = ("data", "model", "train", "explainer", "perturbation", "setup", "experiment")
+GROUPS = ("data", "model", "train", "explainer", "perturbation", "setup", "tracking", "experiment")
 #: Hydra flags after which there is no job to check (help, printing the config, completion).
 _NO_JOB_FLAGS = {"--hydra-help", "--info", "-i", "--cfg", "-c", "--shell-completion", "-sc", "--version",
                  "--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--experimental-rerun"}
