@@ -201,7 +201,7 @@ def test_help_lists_the_real_options_and_no_schema():
     for group in GROUPS:
         line = next(l for l in r.stdout.splitlines() if l.strip().startswith(f"{group}:"))
         assert [o.rstrip("*") for o in line.split(":", 1)[1].split("(")[0].replace(",", " ").split()] == _group_options(group), line
-    assert r.stdout.count("\n  xbench ") == 3  # three example commands
+    assert r.stdout.count("\n  xbench ") == 4  # four example commands
     assert "data:" in r.stdout and "synthetic*" in r.stdout and "offline*" in r.stdout
 
 
