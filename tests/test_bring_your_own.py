@@ -319,6 +319,21 @@ def test_cli_scores_a_model_file_on_a_folder_as_the_python_api_does(tmp_path, ph
     again = read_job(tmp_path / "run2")
     np.testing.assert_array_equal(again.curves.curves[("gradcam", "morf")], c.curves[("gradcam", "morf")])
     assert again.metrics.scoring.heatmap_cache_hit
+    # the same model on other images with the same names and labels: nothing cached may be reused
+    from PIL import Image
+
+    other = tmp_path / "other"
+    shutil.copytree(tmp_path / "data" / "images", other)
+    for f in other.rglob("*.png"):
+        a = np.asarray(Image.open(f)).copy()
+        a[: a.shape[0] // 2] = 0
+        Image.fromarray(a).save(f)
+    r3 = _cli(["model=file", f"model.path={tmp_path / 'greynet.keras'}", "model.preprocess=scale255", "data=folder",
+               f"data.root={other}", "score.subset=all", "plots=false", f"hydra.run.dir={tmp_path / 'run3'}"], tmp_path, tmp_path / "cache")
+    assert r3.returncode == 0, r3.stderr[-3000:]
+    third = read_job(tmp_path / "run3")
+    assert not third.metrics.scoring.heatmap_cache_hit
+    assert not np.allclose(third.curves.curves[("gradcam", "morf")], c.curves[("gradcam", "morf")])
 
 
 def test_cli_refuses_in_one_line_before_any_work(tmp_path, phantom_db):
@@ -327,6 +342,7 @@ def test_cli_refuses_in_one_line_before_any_work(tmp_path, phantom_db):
     inp = keras.Input((40, 40, 3))
     out = keras.layers.Dense(3, activation="softmax")(keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(2, 3)(inp)))
     keras.Model(inp, out).save(tmp_path / "three.keras")
+    keras.Model(inp, [out, keras.layers.Dense(1)(keras.layers.Flatten()(inp))]).save(tmp_path / "two.keras")
     cases = [
         (["model=file", f"model.path={tmp_path / 'three.keras'}", "data=folder", f"data.root={tmp_path / 'data' / 'images'}"],
          "data.classes: the model has 3 outputs but the data has 4 classes"),
@@ -338,6 +354,11 @@ def test_cli_refuses_in_one_line_before_any_work(tmp_path, phantom_db):
          "model.preprocess: unknown preprocessing 'vgg17'"),
         (["model=file", f"model.path={tmp_path / 'three.keras'}", "data=folder", f"data.root={tmp_path / 'nowhere'}"],
          "data.root"),
+        (["model=file", f"model.path={tmp_path / 'three.keras'}", "data=folder", f"data.root={tmp_path / 'data' / 'images'}",
+          "data.classes=[COVID,Normal,Lung_Opacity]", "score.region_size=50"],
+         "score.region_size: 50 px is larger than the 40 px image the model takes"),
+        (["model=file", f"model.path={tmp_path / 'two.keras'}", "data=folder", f"data.root={tmp_path / 'data' / 'images'}"],
+         "model.path: the model has 2 outputs"),
     ]
     for args, want in cases:
         r = _cli(args, tmp_path, tmp_path / "cache")
@@ -457,3 +478,106 @@ def test_folder_source_scans_any_depth_and_splits_as_asked(tmp_path):
         FolderSource(root=str(root), classes=["a_bacteria", "pneumonia"]).records(0)
     with pytest.raises(ValueError, match="test_size: give test_size or split_csv, not both"):
         FolderSource(root=str(root), test_size=3, split_csv=str(table))
+
+
+# ------------------------------------------------------------------ what an audit found (each case failed before its fix)
+
+
+def test_models_that_are_refused_say_why_and_odd_names_are_kept():
+    inp = keras.Input((S, S, 3))
+    feats = keras.layers.GlobalAveragePooling2D(name="features")(keras.layers.Conv2D(4, 3, activation="relu", name="conv")(inp))
+    soft = keras.Model(inp, keras.layers.Dense(3, activation="softmax", name="probs")(feats))
+    with pytest.raises(AdaptError, match="output='logits'.*applies a softmax.*leave output='probs'"):
+        as_classifier(soft, output="logits")
+    multi = keras.Model(inp, keras.layers.Dense(3, activation="sigmoid")(feats))
+    with pytest.raises(AdaptError, match="3 sigmoid units \\(multi-label\\)"):
+        as_classifier(multi)
+    two_in = keras.Model([inp, keras.Input((3,))], keras.layers.Dense(2, activation="softmax")(feats))
+    with pytest.raises(AdaptError, match="has 2 inputs"):
+        as_classifier(two_in)
+    two_out = keras.Model(inp, [keras.layers.Dense(2, activation="softmax")(feats), keras.layers.Dense(1)(feats)])
+    with pytest.raises(AdaptError, match="has 2 outputs"):
+        as_classifier(two_out)
+    # a user's layers named like xbench's own (probs, features) are copied under other names, the card names the copy
+    images = _images(2)
+    ours = as_classifier(soft)
+    np.testing.assert_allclose(np.asarray(ours(images)), np.asarray(soft(images)), atol=1e-6)
+    assert model_card(ours)["gradcam_layer"] == "conv" and "features_user" in [l.name for l in ours.layers]
+    # nested models reusing a layer name: the copies get distinct names
+    inner = keras.Sequential([keras.Input((S, S, 3)), keras.layers.Conv2D(4, 3, activation="relu", name="conv")], name="inner")
+    x = keras.layers.Conv2D(5, 3, activation="relu", name="conv")(inner(inp))
+    nested = keras.Model(inp, keras.layers.Dense(2, activation=keras.activations.softmax)(keras.layers.GlobalAveragePooling2D()(x)))
+    got = as_classifier(nested)
+    np.testing.assert_allclose(np.asarray(got(images)), np.asarray(nested(images)), atol=1e-6)
+    assert model_card(got)["gradcam_layer"] == "conv_user"  # the outer conv, the last feature map
+
+
+def test_a_half_precision_head_is_read_and_the_user_model_saves_unchanged(tmp_path):
+    import zipfile
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((S, S, 3))
+    x = keras.layers.Conv2D(4, 3, activation="relu", name="c", dtype="mixed_float16")(inp)
+    x = keras.layers.GlobalAveragePooling2D(dtype="mixed_float16")(x)
+    half = keras.Model(inp, keras.layers.Dense(3, activation="softmax", dtype="mixed_float16")(x))
+    images = _images(2)
+    np.testing.assert_allclose(np.asarray(as_classifier(half)(images)), np.asarray(half(images), np.float32), atol=1e-2)
+
+    model = functional_softmax()
+    model.save(tmp_path / "before.keras")
+    gradcam(model, images)
+    gradcam(model, images, preprocess="scale255")
+    model.save(tmp_path / "after.keras")
+    listing = lambda p: sorted((i.filename, i.file_size) for i in zipfile.ZipFile(p).infolist() if i.filename != "metadata.json")
+    assert listing(tmp_path / "after.keras") == listing(tmp_path / "before.keras")  # nothing of xbench's is stored on the model
+
+
+def test_a_weight_swap_rebuilds_the_cached_copy():
+    model = functional_softmax()
+    images = _images(2)
+    first = adapted(model, images)
+    dense = model.get_layer("pred")
+    k, b = dense.get_weights()
+    k[[0, 1]] = k[[1, 0]]  # same sum, same sum of squares: only the positions change
+    dense.set_weights([k, b])
+    second = adapted(model, images)
+    assert second is not first
+    np.testing.assert_allclose(np.asarray(second(images)), np.asarray(model(images)), atol=1e-6)
+
+
+def test_model_file_outputs_are_read_through_softmax_layers_without_keras(tmp_path):
+    from xbench.models.model_file import ModelFile
+
+    inp = keras.Input((16, 16, 3))
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(3, 3)(inp))
+    keras.Model(inp, keras.layers.Softmax()(keras.layers.Dense(5)(x))).save(tmp_path / "soft5.keras")
+    keras.Model(inp, keras.layers.Softmax()(keras.layers.Dense(5)(x))).save(tmp_path / "soft5.h5")
+    keras.Sequential([keras.Input((16, 16, 3)), keras.layers.Flatten(), keras.layers.Dense(3), keras.layers.Activation("softmax")]).save(tmp_path / "seq3.keras")
+    keras.Model(inp, [keras.layers.Dense(2)(x), keras.layers.Dense(1)(x)]).save(tmp_path / "two.keras")
+    got = {f: ModelFile(path=str(tmp_path / f)).describe() for f in ("soft5.keras", "soft5.h5", "seq3.keras", "two.keras")}
+    assert [(g.input_shape, g.outputs, g.n_outputs) for g in got.values()] == [((16, 16, 3), 5, 1), ((16, 16, 3), 5, 1), ((16, 16, 3), 3, 1), ((16, 16, 3), 1, 2)]
+
+
+def test_folder_refusals_found_by_the_audit(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from xbench.data.sources import FolderSource
+    from xbench.errors import DataError
+
+    root = tmp_path / "imgs"
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.full((8, 8), 30 * i, np.uint8)).save(root / c / f"{c}{i}.jpg")
+        (tmp_path / "masks" / c).mkdir(parents=True)
+        Image.fromarray(np.ones((8, 8), np.uint8)).save(tmp_path / "masks" / c / f"{c}0.png")  # .png beside .jpg images
+    with pytest.raises(DataError, match="lists 'a' twice"):
+        FolderSource(root=str(root), classes=["a", "a", "b"]).records(0)
+    with pytest.raises(DataError, match=r"data.lesion_root .* has no mask at any image's relative path \(e.g. a/a0.jpg\)"):
+        FolderSource(root=str(root), lesion_root=str(tmp_path / "masks")).records(0)
+    # a split.csv of absolute paths read against a relative root (the README's data.root=my_xrays style)
+    monkeypatch.chdir(tmp_path)
+    rec = FolderSource(root="imgs").records(0)
+    (tmp_path / "split.csv").write_text("path,split\n" + "".join(f"{(root / 'a' / f'a{i}.jpg').resolve()},test\n" for i in range(3)))
+    s = FolderSource(root="./imgs/../imgs", split_csv="split.csv").split(rec, 0)
+    assert s.tolist() == ["test"] * 3 + ["none"] * 3

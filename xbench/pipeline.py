@@ -239,7 +239,7 @@ def load_model_file(spec: JobSpec, data: PreparedData, clock: Stopwatch) -> Trai
     digest = mf.sha256()
     identity = {"model_file": digest, "read": {k: getattr(mf, k) for k in ("preprocess", "logits_layer", "output", "gradcam_layer")},
                 "image_size": data.image_size, "classes": rec.class_names, "backend": keras.backend.backend()}
-    key = model_key(identity, "")
+    key = model_key(identity, data.files_key)  # the images too: heatmap chunks are keyed by row ids
     log.info("model %s (sha256 %s) loaded from %s: %d classes, Grad-CAM layer %s; nothing trained", model.name, digest[:12], mf.file, n_out,
              model_card(model)["gradcam_layer"])
     return TrainedModel(model, pd.DataFrame(), -1, float("nan"), False, key, False, file=str(mf.file), file_sha256=digest)

@@ -77,7 +77,7 @@ def build_job(cfg: DictConfig) -> Job:
             raise ConfigError(_keyed(group, exc)) from exc
     explainer, score = built["explainer"], built["score"]
     if isinstance(built["model"], ModelFile):
-        _fit_model_file(built["model"], built["data"])
+        _fit_model_file(built["model"], built["data"], score.region_size)
     elif getattr(built["data"], "image_size", 1) is None:
         raise ConfigError(f"data.image_size: set the size xbench trains {built['model'].backbone} at (e.g. data.image_size=224); only model=file brings its own")
     controls = tuple(CONTROLS[c]() for c in score.controls if c != explainer.name)
@@ -104,7 +104,7 @@ def _check_ground_truth(source, explainer, controls) -> None:
                               f"{_GROUND_TRUTH_HINTS[need]}, so drop it here (e.g. score.controls=[random])")
 
 
-def _fit_model_file(model, source) -> None:
+def _fit_model_file(model, source, region_size=None) -> None:
     """A model file's input size and class count against the data, read from the file without Keras: one line before any long work.
 
     The data's image size defaults to the model's input size; a folder is scored
@@ -127,7 +127,11 @@ def _fit_model_file(model, source) -> None:
         raise ConfigError(f"data.image_size={source.image_size}: the model takes {side} px images; drop data.image_size (it follows the model) or set it to {side}")
     if hasattr(source, "score_only"):
         source.score_only = True
+    if region_size is not None and region_size > source.image_size:
+        raise ConfigError(f"score.region_size: {region_size} px is larger than the {source.image_size} px image the model takes")
     classes = source.class_names() if hasattr(source, "class_names") else []
+    if info.n_outputs > 1:
+        raise ConfigError(f"model.path: the model has {info.n_outputs} outputs; xbench scores single-output classifiers (save a model of the one output)")
     outputs = None if info.outputs is None else (2 if info.outputs == 1 else info.outputs)
     if outputs is not None and classes and len(classes) != outputs:
         raise ConfigError(f"data.classes: the model has {outputs} outputs but the data has {len(classes)} classes ({', '.join(classes)}); "

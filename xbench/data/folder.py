@@ -37,6 +37,9 @@ def check_layout(root: str | Path, classes: Sequence[str] | None = None, mask_ro
     """Check root, the class folders and the mask roots; return the class names in label order."""
     found = class_folders(root)
     names = list(classes) if classes else found
+    twice = sorted({c for c in names if names.count(c) > 1})
+    if twice:
+        raise DataError(f"data.classes lists {twice[0]!r} twice; give each class folder once, in the model's output order")
     if len(names) < 2:
         raise DataError(f"data.root '{Path(root).expanduser()}' has {len(names)} class folder(s) ({found}); a classifier needs 2 or more: expected {LAYOUT}")
     absent = [c for c in names if c not in found]
@@ -88,6 +91,10 @@ def scan_folder(root: str | Path, classes: Sequence[str] | None = None, mask_roo
         return [m if m.is_file() else None for m in found]
 
     masks, lesions = parallel(mask_root), parallel(lesion_root)
+    for key, mroot, got in (("mask_root", mask_root, masks), ("lesion_root", lesion_root, lesions)):
+        if got is not None and not any(m is not None for m in got):
+            raise DataError(f"data.{key} '{Path(mroot).expanduser()}' has no mask at any image's relative path (e.g. {paths[0].relative_to(root)}); "
+                            "masks need the images' file names, extensions included")
     notes = []
     for what, got in (("lung", masks), ("lesion", lesions)):
         if got is not None:
@@ -114,11 +121,12 @@ def read_split_csv(path: str | Path, root: Path, paths: Sequence[Path]) -> np.nd
     bad = sorted(set(table["split"]) - {"train", "val", "test", "none"})
     if bad:
         raise DataError(f"data.split_csv '{path}': split values must be train, val, test or none, found {bad[:3]}")
+    root = Path(root).expanduser().resolve()
     where = {}
     for p, s in zip(table["path"], table["split"]):
-        q = Path(p)
-        where[(q if q.is_absolute() else root / q).as_posix()] = s
-    out = np.array([where.get(p.as_posix(), "none") for p in paths], dtype=object)
+        q = Path(p).expanduser()
+        where[(q if q.is_absolute() else root / q).resolve().as_posix()] = s
+    out = np.array([where.get(Path(p).resolve().as_posix(), "none") for p in paths], dtype=object)
     if not (out == "test").any():
         raise DataError(f"data.split_csv '{path}' puts none of the {len(paths)} images under '{root}' in the test split; check its paths (relative to data.root)")
     return out.astype(str)

@@ -191,6 +191,9 @@ def gradcam_last_n(model: keras.Model, images: np.ndarray, n: int = 3, *, target
     Conv2D layers, which for DenseNet are 32-channel growth convolutions and
     for ResNet convolutions before their batch norm.
     """
+    from xbench.models.adapt import adapted
+
+    model = adapted(model, images)
     names = block_output_names(model)[-n:]
     x = np.asarray(images, np.float32)
     acts, grads, _, _ = activations_and_gradients(model, x, names, targets)

@@ -29,7 +29,9 @@ order is refused in one sentence, never scored.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -104,13 +106,17 @@ def preprocess_layer(preprocess: str | Callable | None) -> keras.layers.Layer | 
 
 
 def _activation_name(layer) -> str | None:
+    """"softmax", "sigmoid", "linear" or another name, for a string, a Keras activation or a TensorFlow function (``tf.nn.softmax`` is ``softmax_v2``)."""
     act = getattr(layer, "activation", None)
     if act is None:
         return None
-    try:
-        return keras.activations.serialize(act) if not isinstance(act, str) else act
-    except Exception:  # a custom callable
-        return getattr(act, "__name__", None)
+    name = (act if isinstance(act, str) else getattr(act, "__name__", None) or type(act).__name__).lower()
+    return next((k for k in ("softmax", "sigmoid", "linear") if name.startswith(k)), name)
+
+
+def _is_softmax_op(op) -> bool:
+    """A ``keras.ops.softmax`` call in a functional graph (an operation, not a layer)."""
+    return type(op).__name__ == "Softmax" and not isinstance(op, keras.layers.Layer)
 
 
 def _is_functional(model) -> bool:
@@ -152,30 +158,43 @@ class _Plan:
     how: str
     layer: str | None
     binary: bool
+    op: Any = None  # the final keras.ops.softmax operation, for how == "input" on one
 
 
 def _plan(model, logits_layer: str | None, output: str) -> _Plan:
     final = _final_layer(model)
+    act = "softmax" if isinstance(final, keras.layers.Softmax) or _is_softmax_op(final) else _activation_name(final)
+    dense_tail = isinstance(final, keras.layers.Dense) and act in ("softmax", "sigmoid")
+    squash_tail = act in ("softmax", "sigmoid") and (isinstance(final, (keras.layers.Softmax, keras.layers.Activation)) or _is_softmax_op(final))
+    if act == "sigmoid" and isinstance(final, keras.layers.Dense) and final.units > 1:
+        raise AdaptError(f"model {model.name!r} ends in {final.units} sigmoid units (multi-label); xbench scores single-label classifiers (softmax, or one sigmoid unit)")
     if output == "logits":
+        if dense_tail or squash_tail:
+            raise AdaptError(f"output='logits': the output layer {final.name!r} of {model.name!r} applies a {act}, so the model outputs probabilities; "
+                             "leave output='probs' (the logits are found before it)")
         return _Plan("output", None, False)
     names = _all_layer_names(model)
-    if logits_layer is None and LOGITS in names:
+    if logits_layer == final.name and dense_tail:
+        logits_layer = None  # the final softmax Dense: its pre-activation output
+    elif logits_layer is None and LOGITS in names and not dense_tail:
         logits_layer = LOGITS
-    act = _activation_name(final)
     if logits_layer is not None:
         if logits_layer not in names:
             raise AdaptError(f"logits_layer={logits_layer!r}: model {model.name!r} has no such layer; name the layer that outputs the logits (the one before the softmax)")
         return _Plan("layer", logits_layer, act == "sigmoid")
-    if isinstance(final, keras.layers.Dense) and act in ("softmax", "sigmoid"):
+    if dense_tail:
         if getattr(final, "quantization_mode", None) or getattr(final, "lora_enabled", False):
             raise AdaptError(f"the output layer {final.name!r} is quantised or has LoRA weights; pass logits_layer= (the layer before the softmax) or output='logits'")
         return _Plan("linear", final.name, act == "sigmoid")
-    if isinstance(final, keras.layers.Softmax) or (isinstance(final, keras.layers.Activation) and act in ("softmax", "sigmoid")):
-        return _Plan("input", final.name, act == "sigmoid")
-    raise AdaptError(f"cannot find the logits of model {model.name!r}: its output layer {final.name!r} ({type(final).__name__}, activation {act}) "
-                     "is not a Dense with softmax/sigmoid, a Softmax or an Activation; pass logits_layer='<the layer before the softmax>', "
+    if squash_tail:
+        return _Plan("input", final.name, act == "sigmoid", op=final)
+    raise AdaptError(f"cannot find the logits of model {model.name!r}: its output {final.name!r} ({type(final).__name__}, activation {act}) "
+                     "is not a Dense with a softmax/sigmoid, a Softmax layer or a softmax/sigmoid Activation; pass logits_layer='<the layer before the softmax>', "
                      "or output='logits' if the model outputs logits")
 
+
+#: Names of the layers xbench adds around the user's; a user's layer of that name is copied as ``<name>_user``.
+RESERVED = (IMAGE, "grey", "preprocess", FEATURES, LOGITS, PROBS)
 
 #: Layers whose output is not a feature map to explain: pooling, padding, dropout, reshaping.
 _NOT_A_MAP = (keras.layers.MaxPooling2D, keras.layers.AveragePooling2D, keras.layers.ZeroPadding2D, keras.layers.Cropping2D,
@@ -188,16 +207,32 @@ class _Rebuild:
     def __init__(self, plan: _Plan, copy_weights: bool, card: BackboneOutput | None, card_after: str | None):
         self.plan, self.copy_weights, self.card, self.card_after = plan, copy_weights, card, card_after
         self.copies: dict[int, keras.layers.Layer] = {}
-        self.seen: list[tuple[str, Any]] = []  # (layer name, output) in call order
+        self.renamed: dict[str, str] = {}  # a user's layer name -> its copy's, where they differ
+        self.used: set[str] = set()
+        self.seen: list[tuple[str, Any]] = []  # (the user's layer name, output) in call order
         self.logits = None
+
+    def _name(self, wanted: str, ours: bool = False) -> str:
+        """A free name: a user's layer keeps its own unless xbench needs it or a nested model already used it."""
+        name, i = wanted, 1
+        keep_logits = self.plan.how == "layer" and self.plan.layer == LOGITS and wanted == LOGITS and not self.plan.binary
+        while name in self.used or (not ours and not keep_logits and name in RESERVED):
+            name = f"{wanted}_user" if i == 1 else f"{wanted}_user{i}"
+            i += 1
+        self.used.add(name)
+        return name
 
     def copy(self, layer):
         if id(layer) not in self.copies:
             config = layer.get_config()
-            if self.plan.how == "linear" and layer.name == self.plan.layer:
-                config = {**config, "activation": "linear", "name": f"{layer.name}_linear" if self.plan.binary else LOGITS}
+            linear = self.plan.how == "linear" and layer.name == self.plan.layer
+            if linear:
+                config = {**config, "activation": "linear"}
+            name = self._name(LOGITS, ours=True) if linear and not self.plan.binary else self._name(f"{layer.name}_linear" if linear else layer.name)
+            if name != layer.name:
+                self.renamed[layer.name] = name
             try:
-                new = type(layer).from_config(config)
+                new = type(layer).from_config({**config, "name": name})
             except Exception as exc:
                 raise AdaptError(f"layer {layer.name!r} ({type(layer).__name__}) cannot be copied from its config ({str(exc).splitlines()[0]}); "
                                  "give it a get_config() that rebuilds it") from None
@@ -208,19 +243,25 @@ class _Rebuild:
         if isinstance(op, keras.Model):
             return self.model(op, args[0] if len(args) == 1 else list(args))
         if not isinstance(op, keras.layers.Layer):  # a keras.ops operation in a functional graph: stateless
+            if self.plan.how == "input" and op is self.plan.op:
+                self.logits = args[0]
             return op(*args, **kwargs)
         new = self.copy(op)
         kwargs.pop("training", None)
         out = new(*args, **kwargs)
         if self.copy_weights and not getattr(new, "_xbench_weights_set", False):
-            new.set_weights(op.get_weights())
+            try:
+                new.set_weights(op.get_weights())
+            except ValueError as exc:
+                raise AdaptError(f"layer {op.name!r} ({type(op).__name__}) rebuilt from its config does not take its own weights "
+                                 f"({str(exc).splitlines()[0]}); its get_config() leaves out a setting") from None
             new._xbench_weights_set = True
         if self.plan.how == "input" and op.name == self.plan.layer:
             self.logits = args[0]
         if self.plan.how in ("layer", "linear") and op.name == self.plan.layer:
             self.logits = out
-        if self.card is not None and op.name == self.card_after:
-            out = self.card(out)
+        if self.card is not None and op.name == self.card_after and not self.card.built:
+            out = self.card(out)  # once: a layer applied twice is explained at its first application
         self.seen.append((op.name, out))
         return out
 
@@ -268,19 +309,29 @@ def _build(model, plan: _Plan, shape: tuple, channels: int, preprocess, gradcam_
         x = pre(x)
     card = None if gradcam_layer is None else BackboneOutput(backbone=model.name, gradcam_layer=gradcam_layer, class_names=class_names, name=FEATURES)
     rb = _Rebuild(plan, copy_weights, card, gradcam_layer)
-    out = rb.model(model, x)
+    try:
+        out = rb.model(model, x)
+    except AdaptError:
+        raise
+    except (ValueError, TypeError, NotImplementedError) as exc:
+        raise AdaptError(f"model {model.name!r} could not be rebuilt layer by layer ({' '.join(str(exc).split())[:200]}); "
+                         "give xbench a functional model of it") from None
     logits = out if plan.how == "output" else rb.logits
     if logits is None:
         raise AdaptError(f"logits_layer={plan.layer!r} is not on the path from the input to the output of {model.name!r}; name the layer before the softmax")
     if len(logits.shape) != 2:
         raise AdaptError(f"the logits of {model.name!r} have shape {tuple(logits.shape)}; a classifier's are (N, classes)")
     binary = logits.shape[-1] == 1
+    if plan.binary and not binary:
+        raise AdaptError(f"model {model.name!r} ends in {logits.shape[-1]} sigmoid units (multi-label); xbench scores single-label classifiers (softmax, or one sigmoid unit)")
+    if card is not None:
+        card.gradcam_layer = rb.renamed.get(gradcam_layer, gradcam_layer)
     if binary:
         logits = BinaryLogits(name=LOGITS)(logits)
     elif plan.how in ("input", "output") or (plan.how == "layer" and plan.layer != LOGITS):
         logits = keras.layers.Identity(name=LOGITS)(logits)
     probs = keras.layers.Softmax(name=PROBS, dtype="float32")(logits)
-    seen = [(n, o, _layer_of(rb, n)) for n, o in rb.seen]
+    seen = [(n, o, _layer_of(rb, rb.renamed.get(n, n))) for n, o in rb.seen]
     return keras.Model(image, probs, name=f"xbench_{model.name}"), seen
 
 
@@ -291,13 +342,13 @@ def _layer_of(rb: _Rebuild, name: str):
     return None
 
 
-def _fingerprint(model) -> tuple:
-    """A cheap summary of the weights' values: a cached adaptation is rebuilt when the user's weights have changed."""
-    out = []
+def _fingerprint(model) -> str:
+    """A hash of every weight's bytes: a cached copy is rebuilt when any of the user's weights has changed (about 0.5 s per GB)."""
+    h = hashlib.blake2b(digest_size=16)
     for w in model.get_weights():
-        flat = np.ravel(w)
-        out.append((w.shape, float(np.sum(flat, dtype=np.float64)), float(np.dot(flat[::7], flat[::7]))))
-    return tuple(out)
+        h.update(str((w.shape, w.dtype)).encode())
+        h.update(np.ascontiguousarray(w).tobytes())
+    return h.hexdigest()
 
 
 def is_xbench_classifier(model) -> bool:
@@ -364,22 +415,26 @@ def as_classifier(
     if shape[0] != shape[1]:
         raise AdaptError(f"model {model.name!r} takes {shape[0]}x{shape[1]} images; xbench scores square images (S x S)")
     channels = int(shape[2])
+    if _is_functional(model) and len(model.inputs) != 1:
+        raise AdaptError(f"model {model.name!r} has {len(model.inputs)} inputs; xbench scores classifiers of one image (build a model of the image input)")
+    if channels == 1 and preprocess not in (None, "none", "scale255") and not callable(preprocess):
+        raise AdaptError(f"preprocess={preprocess!r} is for RGB models; {model.name!r} takes one channel: pass none, scale255 or a callable")
     probe = np.random.default_rng(0).uniform(0, 1, (2, shape[0], shape[1], 3)).astype(np.float32)
     pre = preprocess_layer(preprocess)
     user_in = probe.mean(-1, keepdims=True) if channels == 1 else probe
     user_in = user_in if pre is None else ops.convert_to_numpy(pre(user_in))
-    expected = np.asarray(ops.convert_to_numpy(model(user_in, training=False)), np.float64)  # also builds an unbuilt subclassed model
+    if not _is_functional(model):  # an unbuilt subclassed model is built by its first call, before its layers are read
+        _call(model, user_in)
     plan = _plan(model, logits_layer, output)
+    raw = _call(model, user_in)
+    tol = 1e-2 if keras.backend.standardize_dtype(raw.dtype) in ("float16", "bfloat16") else 1e-4
+    expected = np.asarray(ops.convert_to_numpy(ops.cast(raw, "float32")), np.float64)
     if gradcam_layer is None:
         _, seen = _build(model, plan, shape, channels, preprocess, None, None, copy_weights=False)
         stop = plan.layer if plan.how in ("linear", "input") else None
         gradcam_layer = default_gradcam_layer(seen, stop)
     elif gradcam_layer not in _all_layer_names(model):
         raise AdaptError(f"gradcam_layer={gradcam_layer!r}: model {model.name!r} has no such layer")
-    names = set(_all_layer_names(model))
-    for ours in (FEATURES, PROBS, IMAGE, "preprocess", "grey"):
-        if ours in names:
-            raise AdaptError(f"model {model.name!r} has a layer named {ours!r}, a name xbench gives its own layer; rename that layer")
     adapted, _ = _build(model, plan, shape, channels, preprocess, gradcam_layer, class_names, copy_weights=True)
     if check:
         got = np.asarray(ops.convert_to_numpy(adapted(probe, training=False)), np.float64)
@@ -389,15 +444,27 @@ def as_classifier(
         else:
             want = np.concatenate([1 - expected, expected], -1) if expected.shape[-1] == 1 else expected
         diff = float(np.abs(got - want).max()) if got.shape == want.shape else np.inf
-        if not diff <= 1e-4:
+        if not diff <= tol:
             hint = ("its call is not its layers applied in order (rebuild it as a functional model)" if not _is_functional(model) and not isinstance(model, keras.Sequential)
                     else f"softmax of {'the output' if output == 'logits' else repr(plan.layer)} is not the model's output; name the layer before the softmax with logits_layer=, or set output=")
             raise AdaptError(f"xbench's reading of model {model.name!r} differs from the model by {diff:.3g} on a probe batch: {hint}")
     return adapted
 
 
+def _call(model, x):
+    try:
+        return model(x, training=False)
+    except Exception as exc:
+        raise AdaptError(f"model {model.name!r} fails on a batch of shape {tuple(np.shape(x))} ({' '.join(str(exc).split())[:200]}); "
+                         "xbench scores classifiers of one square image batch") from None
+
+
+#: model -> {arguments: (weights hash, copy, preprocess callable)}; weak, so a model and its copies go away together, and nothing is stored on the user's model (Keras would save it).
+_ADAPTED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
 def adapted(model, images: np.ndarray | None = None, **kwargs) -> keras.Model:
-    """:func:`as_classifier`, cached on the model (rebuilt when its weights or the arguments change); what the API functions call.
+    """:func:`as_classifier`, cached per model (rebuilt when its weights or the arguments change); what the API functions call.
 
     ``images`` (N, H, W, 3) give the image size of a model that does not fix it.
     """
@@ -409,7 +476,7 @@ def adapted(model, images: np.ndarray | None = None, **kwargs) -> keras.Model:
                 and kwargs.get("output", "probs") == "probs")
     if as_built and is_xbench_classifier(model):
         return model
-    cache = model.__dict__.setdefault("_xbench_adapted", {})
+    cache = _ADAPTED.setdefault(model, {})
     fn = kwargs.get("preprocess")
     key = tuple(sorted((k, id(v) if callable(v) else (tuple(v) if isinstance(v, (list, tuple)) else v)) for k, v in kwargs.items()))
     weights = _fingerprint(model)

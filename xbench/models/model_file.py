@@ -43,6 +43,7 @@ class FileInfo:
     input_shape: tuple | None
     outputs: int | None
     name: str | None
+    n_outputs: int = 1  # output tensors of a functional model
 
 
 @dataclass
@@ -103,7 +104,8 @@ class ModelFile:
             config = _read_config(self.file)
         except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
             raise ValueError(f"path: '{self.file}' is not a readable Keras model file ({exc}); save it with model.save('model.keras')") from None
-        return FileInfo(_input_shape(config), _output_units(config), config.get("config", {}).get("name") if isinstance(config.get("config"), dict) else None)
+        name = config.get("config", {}).get("name") if isinstance(config.get("config"), dict) else None
+        return FileInfo(_input_shape(config), _output_units(config), name, max(1, len(_output_names(config))))
 
     def sha256(self) -> str:
         h = hashlib.sha256()
@@ -201,22 +203,66 @@ def _input_shape(config: dict) -> tuple | None:
     return tuple(shape[1:])
 
 
+def _output_names(config: dict) -> list:
+    outs = config.get("config", {}).get("output_layers") if isinstance(config.get("config"), dict) else None
+    if not outs:
+        return []
+    if isinstance(outs, dict):  # a dict of outputs
+        outs = list(outs.values())
+    if isinstance(outs[0], str):  # a single [name, node, tensor] triple
+        outs = [outs]
+    return [o[0] for o in outs if isinstance(o, (list, tuple)) and o]
+
+
+def _inbound_names(layer: dict) -> list[str]:
+    """The layers feeding ``layer`` in a saved functional config (Keras 3's ``keras_history`` and Keras 2's nested lists)."""
+    names = []
+
+    def walk(v):
+        if isinstance(v, dict):
+            hist = v.get("config", {}).get("keras_history") if isinstance(v.get("config"), dict) else None
+            if hist:
+                names.append(hist[0])
+            for w in v.values():
+                walk(w)
+        elif isinstance(v, (list, tuple)):
+            if len(v) >= 3 and isinstance(v[0], str) and isinstance(v[1], int):  # Keras 2: [name, node, tensor, kwargs]
+                names.append(v[0])
+            else:
+                for w in v:
+                    walk(w)
+
+    walk(layer.get("inbound_nodes", []))
+    return list(dict.fromkeys(names))
+
+
 def _output_units(config: dict) -> int | None:
+    """Units of the Dense nearest the output (through Softmax / Activation / Dropout layers that keep the width), or None if unknown."""
     layers = _layers(config)
     if not layers:
         return None
-    inner = config["config"]
-    outs = inner.get("output_layers")
-    last = layers[-1]
-    if outs:
-        if isinstance(outs[0], str):  # a single [name, node, tensor] triple
-            outs = [outs]
-        name = outs[-1][0] if isinstance(outs[-1], (list, tuple)) else None
-        last = next((l for l in layers if l.get("config", {}).get("name") == name or l.get("name") == name), last)
-    for cand in (last,):
-        c = cand.get("config", {})
+    by_name = {l.get("config", {}).get("name", l.get("name")): l for l in layers}
+    outs = _output_names(config)
+    sequential = config.get("class_name") == "Sequential"
+    layer, index = (by_name.get(outs[-1]) if outs else None), len(layers) - 1
+    if layer is None:
+        layer = layers[-1]
+    for _ in range(len(layers)):
+        c = layer.get("config", {})
         if "units" in c:
             return int(c["units"])
-        if cand.get("class_name") in ("Functional", "Sequential", "Model"):
-            return _output_units(cand)
+        if layer.get("class_name") in ("Functional", "Sequential", "Model"):
+            return _output_units(layer)
+        if layer.get("class_name") not in ("Softmax", "Activation", "Dropout", "Identity", "ReLU", "LeakyReLU", "Rescaling"):
+            return None
+        if sequential:
+            index -= 1
+            if index < 0:
+                return None
+            layer = layers[index]
+        else:
+            feeding = _inbound_names(layer)
+            if len(feeding) != 1 or feeding[0] not in by_name:
+                return None
+            layer = by_name[feeding[0]]
     return None

@@ -178,7 +178,7 @@ def _as_classifier(model, images, **how):
     try:
         return adapted(model, images, **how)
     except AdaptError:
-        if how["logits_layer"] is None and how["output"] == "probs" and how["preprocess"] is None:
+        if how["logits_layer"] is None and how["output"] == "probs" and how["preprocess"] in (None, "none"):
             return model
         raise
 
