@@ -268,8 +268,18 @@ def _in_child(doc: dict, timeout_s: float) -> dict:
     env.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     env.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     env.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(max(1, math.ceil(timeout_s / 3))))
+    db = sqlite_path(doc["uri"])
+    # One writer at a time on a local database (two jobs of a parallel sweep would race to create its tables). The job
+    # holds the lock around its child's lifetime: the child itself holds none (close_fds: it inherits no descriptor).
+    with io.file_lock(db.with_name(db.name + ".lock"), "the MLflow database") if db else contextlib.nullcontext():
+        if db:
+            io.ensure_dir(db.parent)
+        return _run_child(doc, timeout_s, env)
+
+
+def _run_child(doc: dict, timeout_s: float, env: dict) -> dict:
     proc = subprocess.Popen([sys.executable, "-m", "xbench.tracking", str(os.getpid())], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=env, text=True)
+                            stderr=subprocess.PIPE, env=env, text=True, close_fds=True)
     try:
         out, err = proc.communicate(json.dumps(doc), timeout=timeout_s)
     except subprocess.TimeoutExpired:
@@ -306,45 +316,41 @@ def write_run(doc: dict) -> dict:
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    db = sqlite_path(doc["uri"])
-    # One writer at a time on a local database: two jobs of a parallel sweep would race to create its tables.
-    with io.file_lock(db.with_name(db.name + ".lock"), "the MLflow database") if db else contextlib.nullcontext():
-        if db:
-            io.ensure_dir(db.parent)
-        client = MlflowClient(tracking_uri=doc["uri"])
-        name = doc["experiment"]
-        exp = client.get_experiment_by_name(name)
-        if exp is None:
-            try:
-                eid = client.create_experiment(name, artifact_location=doc["artifact_location"])
-            except MlflowException:  # another job of the sweep created it first
-                exp = client.get_experiment_by_name(name)
-                if exp is None:
-                    raise
-        if exp is not None:
-            eid = exp.experiment_id
-            if exp.lifecycle_stage == "deleted":
-                client.restore_experiment(eid)
-        run = client.create_run(eid, run_name=doc["run_name"], tags={k: v[:_MAX_TAG] for k, v in doc["tags"].items()})
-        rid, ts = run.info.run_id, doc["timestamp_ms"]
+    # The job holds the database lock around this child (see _in_child).
+    client = MlflowClient(tracking_uri=doc["uri"])
+    name = doc["experiment"]
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
         try:
-            params = [Param(k, v) for k, v in doc["params"].items()]
-            for i in range(0, len(params), _PARAMS_PER_BATCH):
-                client.log_batch(rid, params=params[i:i + _PARAMS_PER_BATCH])
-            metrics = [Metric(k, v, ts, 0) for k, v in doc["metrics"].items()]
-            metrics += [Metric(k, v, ts, int(step)) for k, points in doc["steps"].items() for step, v in points]
-            for i in range(0, len(metrics), _METRICS_PER_BATCH):
-                client.log_batch(rid, metrics=metrics[i:i + _METRICS_PER_BATCH])
-            for path, dest in doc["artifacts"]:
-                if Path(path).is_dir():
-                    client.log_artifacts(rid, path, dest or None)
-                else:
-                    client.log_artifact(rid, path, dest or None)
-        except BaseException:
-            with contextlib.suppress(Exception):
-                client.set_terminated(rid, "FAILED")
-            raise
-        client.set_terminated(rid, doc["status"])
+            eid = client.create_experiment(name, artifact_location=doc["artifact_location"])
+        except MlflowException:  # another job of the sweep created it first
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+    if exp is not None:
+        eid = exp.experiment_id
+        if exp.lifecycle_stage == "deleted":
+            client.restore_experiment(eid)
+    run = client.create_run(eid, run_name=doc["run_name"], tags={k: v[:_MAX_TAG] for k, v in doc["tags"].items()})
+    rid, ts = run.info.run_id, doc["timestamp_ms"]
+    try:
+        params = [Param(k, v) for k, v in doc["params"].items()]
+        for i in range(0, len(params), _PARAMS_PER_BATCH):
+            client.log_batch(rid, params=params[i:i + _PARAMS_PER_BATCH])
+        metrics = [Metric(k, v, ts, 0) for k, v in doc["metrics"].items()]
+        metrics += [Metric(k, v, ts, int(step)) for k, points in doc["steps"].items() for step, v in points]
+        for i in range(0, len(metrics), _METRICS_PER_BATCH):
+            client.log_batch(rid, metrics=metrics[i:i + _METRICS_PER_BATCH])
+        for path, dest in doc["artifacts"]:
+            if Path(path).is_dir():
+                client.log_artifacts(rid, path, dest or None)
+            else:
+                client.log_artifact(rid, path, dest or None)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            client.set_terminated(rid, "FAILED")
+        raise
+    client.set_terminated(rid, doc["status"])
     return {"run_id": rid, "experiment_id": eid}
 
 
