@@ -163,6 +163,13 @@ def job_picker(key: str, label: str = "Job", sidebar: bool = True) -> V.JobView 
     jobs = {str(d): job(d) for d in dirs}
     labels = {d: V.job_label(j, ws.roots) for d, j in jobs.items()}
     where = st.sidebar if sidebar else st
+    linked = st.query_params.get(key)  # a deep link ?job=<folder>: checked like every path from the page
+    if linked and st.session_state.get(f"_linked_{key}") != linked:
+        p = str(ws.check(linked))  # ViewerError (shown on the page) when it lies outside the given folders
+        if p not in jobs:
+            raise V.ViewerError(f"'{linked}' is not a job folder with a metrics.json")
+        st.session_state[key] = p
+        st.session_state[f"_linked_{key}"] = linked
     chosen = where.selectbox(label, list(jobs), format_func=labels.get, key=key)
     return jobs[chosen]
 
@@ -213,13 +220,13 @@ def page_summary() -> None:
                 "95% CIs are bootstrap over images, or mean ± sd over seeds where a measurement has several).")
     for key, (title, frame) in s["tables"].items():
         st.subheader(title)
-        st.dataframe(frame, hide_index=True, use_container_width=True)
+        st.dataframe(frame, hide_index=True, width="stretch")
         st.download_button(f"Download {key}.csv", frame.to_csv(index=False).encode(), file_name=f"{key}.csv", mime="text/csv", key=f"dl_{key}")
     if s["plots"]:
         st.subheader("Plots")
         cols = st.columns(len(s["plots"]))
         for col, (name, png) in zip(cols, s["plots"].items()):
-            col.image(png, caption=name.replace("_", " "), use_container_width=True)
+            col.image(png, caption=name.replace("_", " "), width="stretch")
 
 
 def page_gallery() -> None:
@@ -250,10 +257,10 @@ def page_gallery() -> None:
         cols = st.columns(GALLERY_COLUMNS)
         for col, (_, r) in zip(cols, shown.iloc[start : start + GALLERY_COLUMNS].iterrows()):
             iid = int(r["image_id"])
-            col.image(overlay(j, method, iid, alpha, cmap, outlines, width=160), caption=image_label(frame, iid), use_container_width=True)
-            col.button("Open", key=f"open_{iid}", on_click=_open_image, args=(iid,), use_container_width=True)
+            col.image(overlay(j, method, iid, alpha, cmap, outlines, width=160), caption=image_label(frame, iid), width="stretch")
+            col.button("Open", key=f"open_{iid}", on_click=_open_image, args=(iid,), width="stretch")
     with st.expander("Per-image figures (table)"):
-        st.dataframe(shown, hide_index=True, use_container_width=True)
+        st.dataframe(shown, hide_index=True, width="stretch")
         st.download_button("Download images.csv", shown.to_csv(index=False).encode(), file_name="images.csv", mime="text/csv", key="dl_images")
 
 
@@ -293,10 +300,10 @@ def page_image() -> None:
             col.metric(names[k], _fmt(v))
     has_random = "random" in j.heatmaps and j.curves.rows("random")[j.row(iid)]
     cols = st.columns(3)
-    cols[0].image(V.upscale(V.draw_outlines(image(j, iid), masks(j, iid), outlines)), caption="image", use_container_width=True)
-    cols[1].image(overlay(j, method, iid, alpha, cmap, outlines), caption=f"{method} map", use_container_width=True)
+    cols[0].image(V.upscale(V.draw_outlines(image(j, iid), masks(j, iid), outlines)), caption="image", width="stretch")
+    cols[1].image(overlay(j, method, iid, alpha, cmap, outlines), caption=f"{method} map", width="stretch")
     if has_random and method != "random":
-        cols[2].image(overlay(j, "random", iid, alpha, cmap, outlines), caption="random control's map", use_container_width=True)
+        cols[2].image(overlay(j, "random", iid, alpha, cmap, outlines), caption="random control's map", width="stretch")
     st.subheader("Perturbation curves and steps")
     orders = [o for o in V.REGION_ORDERS if j.curves.get(method, o) is not None and j.curves.rows(method)[j.row(iid)]]
     if not orders:
@@ -316,11 +323,11 @@ def page_image() -> None:
 
     value = float(curves[f"{method}/{order}"].iloc[k])
     left, right = st.columns([3, 2])
-    left.image(_png(plots.image_curves_figure(lines, step=k, dashed=("random map (control)",))), use_container_width=True)
+    left.image(_png(plots.image_curves_figure(lines, step=k, dashed=("random map (control)",))), width="stretch")
     try:
         x = _perturbed(str(j.path), _stamp(j.path), method, order, iid, int(k))
         right.image(V.upscale(V.to_uint8(x)), caption=f"x({k}): {k} of {steps} regions perturbed ({order}); scored f(x({k})) = {value:.4f}",
-                    use_container_width=True)
+                    width="stretch")
     except V.ViewerError as exc:
         right.warning(str(exc))
     st.caption(f"Perturbation: {j.scoring.perturbation}, {j.scoring.grid[0]}x{j.scoring.grid[1]} regions of {j.scoring.region_size} px; "
@@ -328,7 +335,7 @@ def page_image() -> None:
                + ("" if V.exact_order(j, method) else " This job predates stored region sums: the order is rebuilt from the float16 map, "
                   "and regions of nearly equal relevance may be swapped."))
     with st.expander("Curve values"):
-        st.dataframe(curves, hide_index=True, use_container_width=True)
+        st.dataframe(curves, hide_index=True, width="stretch")
 
 
 def page_compare() -> None:
@@ -357,7 +364,7 @@ def page_compare() -> None:
     lines = {}
     for side, col, (j, m), f in zip("AB", cols, picks, (fa, fb)):
         with col:
-            st.image(overlay(j, m, iid, alpha, cmap, outlines), caption=f"{side}: {m} · {V.job_label(j, workspace().roots)}", use_container_width=True)
+            st.image(overlay(j, m, iid, alpha, cmap, outlines), caption=f"{side}: {m} · {V.job_label(j, workspace().roots)}", width="stretch")
             figs = V.image_figures(j, iid, m)
             a, b, c = st.columns(3)
             a.metric(f"{side}: AOPC (MoRF)", _fmt(figs.get("aopc_morf")))
@@ -369,7 +376,7 @@ def page_compare() -> None:
     from xbench import plots
 
     if lines:
-        st.image(_png(plots.image_curves_figure(lines, title=f"Image #{iid}: MoRF curves")), use_container_width=True)
+        st.image(_png(plots.image_curves_figure(lines, title=f"Image #{iid}: MoRF curves")), width="stretch")
 
 
 def main() -> None:
