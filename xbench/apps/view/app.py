@@ -298,44 +298,47 @@ def page_image() -> None:
         cols = st.columns(6)
         for col, (k, v) in zip(cols, shown[start : start + 6]):
             col.metric(names[k], _fmt(v))
-    has_random = "random" in j.heatmaps and j.curves.rows("random")[j.row(iid)]
-    cols = st.columns(3)
-    cols[0].image(V.upscale(V.draw_outlines(image(j, iid), masks(j, iid), outlines)), caption="image", width="stretch")
-    cols[1].image(overlay(j, method, iid, alpha, cmap, outlines), caption=f"{method} map", width="stretch")
-    if has_random and method != "random":
-        cols[2].image(overlay(j, "random", iid, alpha, cmap, outlines), caption="random control's map", width="stretch")
-    st.subheader("Perturbation curves and steps")
+    has_random = "random" in j.heatmaps and j.curves.rows("random")[j.row(iid)] and method != "random"
     orders = [o for o in V.REGION_ORDERS if j.curves.get(method, o) is not None and j.curves.rows(method)[j.row(iid)]]
-    if not orders:
-        st.info(f"No region-order curves of {method} for this image.")
-        return
-    c1, c2 = st.columns([2, 3])
-    order = c1.radio("Order", orders, format_func=ORDER_NAMES.get, key="order", horizontal=False)
-    steps = V.steps_of(j, method, order)
+    st.subheader("Perturbation curves and steps")
+    c1, c2 = st.columns([1, 3])
+    order = c1.radio("Order", orders, format_func=ORDER_NAMES.get, key="order") if orders else None
+    steps = V.steps_of(j, method, order) if order else 0
     if st.session_state.get("step", 0) > steps:
         st.session_state["step"] = 0
-    k = c2.slider("Step k (regions perturbed)", 0, steps, key="step")
+    k = c2.slider("Step k (regions perturbed)", 0, max(steps, 1), key="step", disabled=not order)
     curves = V.curve_table(j, iid, [method, "random"])
+    cols = st.columns(4)
+    cols[0].image(V.upscale(V.draw_outlines(image(j, iid), masks(j, iid), outlines)), caption="image", width="stretch")
+    cols[1].image(overlay(j, method, iid, alpha, cmap, outlines), caption=f"{method} map", width="stretch")
+    if has_random:
+        cols[2].image(overlay(j, "random", iid, alpha, cmap, outlines), caption="random control's map", width="stretch")
+    if order:
+        value = float(curves[f"{method}/{order}"].iloc[k])
+        try:
+            x = _perturbed(str(j.path), _stamp(j.path), method, order, iid, int(k))
+            cols[3].image(V.upscale(V.to_uint8(x)), caption=f"x({k}): {k} of {steps} regions perturbed ({order}); scored f(x({k})) = {value:.4f}",
+                          width="stretch")
+        except V.ViewerError as exc:
+            cols[3].warning(str(exc))
+    else:
+        st.info(f"No region-order curves of {method} for this image.")
+        return
     lines = {f"{method} {o}": curves[f"{method}/{o}"].to_numpy() for o in orders}
     if "random/morf" in curves and method != "random":
         lines["random map (control)"] = curves["random/morf"].to_numpy()
     from xbench import plots
 
-    value = float(curves[f"{method}/{order}"].iloc[k])
     left, right = st.columns([3, 2])
-    left.image(_png(plots.image_curves_figure(lines, step=k, dashed=("random map (control)",))), width="stretch")
-    try:
-        x = _perturbed(str(j.path), _stamp(j.path), method, order, iid, int(k))
-        right.image(V.upscale(V.to_uint8(x)), caption=f"x({k}): {k} of {steps} regions perturbed ({order}); scored f(x({k})) = {value:.4f}",
-                    width="stretch")
-    except V.ViewerError as exc:
-        right.warning(str(exc))
-    st.caption(f"Perturbation: {j.scoring.perturbation}, {j.scoring.grid[0]}x{j.scoring.grid[1]} regions of {j.scoring.region_size} px; "
+    left.image(_png(plots.image_curves_figure(lines, step=k, dashed=("random map (control)",), title=f"Image #{iid}: perturbation curves")),
+               width="stretch")
+    with right:
+        st.caption(f"Perturbation: {j.scoring.perturbation}, {j.scoring.grid[0]}x{j.scoring.grid[1]} regions of {j.scoring.region_size} px; "
                "the step image is rebuilt with the engine's own ranking, perturbation and per-image random seed."
                + ("" if V.exact_order(j, method) else " This job predates stored region sums: the order is rebuilt from the float16 map, "
                   "and regions of nearly equal relevance may be swapped."))
-    with st.expander("Curve values"):
-        st.dataframe(curves, hide_index=True, width="stretch")
+        with st.expander("Curve values"):
+            st.dataframe(curves, hide_index=True, width="stretch")
 
 
 def page_compare() -> None:
