@@ -187,7 +187,7 @@ def test_gallery_lists_the_scored_images_worst_first_and_opens_one(app, sweep):
     ids = [int(job.curves.image_ids[i]) for i in np.lexsort((job.curves.image_ids, per))]  # ascending AOPC, ties by id
     caps = _captions(at)
     assert [int(c.split()[0][1:]) for c in caps] == ids
-    assert f"AOPC {per.min():.3f}" in caps[0]
+    assert f"AOPC {per.min():.4f}" in caps[0]
     at.radio(key="g_correct").set_value("incorrect").run()
     n_wrong = int((job.curves.labels != job.curves.predictions).sum())
     assert len(_captions(at)) == n_wrong or (n_wrong == 0 and "No scored image" in at.info[0].value)

@@ -85,14 +85,23 @@ def masks(j: V.JobView, image_id: int) -> dict:
 
 
 @st.cache_resource(show_spinner=False, max_entries=8192)
-def _overlay(folder: str, stamp: tuple, method: str, image_id: int, alpha: float, cmap: str, outlines: tuple, width: int) -> np.ndarray:
+def _overlay(folder: str, stamp: tuple, method: str, image_id: int, alpha: float, cmap: str, outlines: tuple, width: int) -> bytes:
     j = _job(folder, stamp)
     x = _image(folder, stamp, image_id)
     pic = V.overlay(x, j.heatmaps[method][j.row(image_id)], alpha, cmap) if method in j.heatmaps else x
-    return V.upscale(V.draw_outlines(pic, _masks(folder, stamp, image_id), outlines), width)
+    return _png_array(V.upscale(V.draw_outlines(pic, _masks(folder, stamp, image_id), outlines), width))
 
 
-def overlay(j: V.JobView, method: str, image_id: int, alpha: float, cmap: str, outlines=(), width: int = 256) -> np.ndarray:
+def _png_array(picture: np.ndarray) -> bytes:
+    """PNG bytes of a uint8 picture (encoded once, in the cache, instead of by st.image on every rerun)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(picture).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def overlay(j: V.JobView, method: str, image_id: int, alpha: float, cmap: str, outlines=(), width: int = 256) -> bytes:
     return _overlay(str(j.path), _stamp(j.path), method, int(image_id), float(alpha), cmap, tuple(outlines), width)
 
 
@@ -189,7 +198,7 @@ def image_label(frame: pd.DataFrame, image_id: int) -> str:
         return f"#{image_id}"
     r = r.iloc[0]
     mark = "" if r["correct"] else "  ✗ misclassified"
-    aopc = f" · AOPC {r['aopc']:.3f}" if "aopc" in r and np.isfinite(r["aopc"]) else ""
+    aopc = f" · AOPC {r['aopc']:.4f}" if "aopc" in r and np.isfinite(r["aopc"]) else ""
     return f"#{image_id} {r['label']} → {r['predicted']}{aopc}{mark}"
 
 
@@ -333,7 +342,9 @@ def page_image() -> None:
     left.image(_png(plots.image_curves_figure(lines, step=k, dashed=("random map (control)",), title=f"Image #{iid}: perturbation curves")),
                width="stretch")
     with right:
-        st.caption(f"Perturbation: {j.scoring.perturbation}, {j.scoring.grid[0]}x{j.scoring.grid[1]} regions of {j.scoring.region_size} px; "
+        pert = dict(j.scoring.perturbation)
+        pert_text = pert.pop("name", "?") + (" (" + ", ".join(f"{k} {v}" for k, v in pert.items()) + ")" if pert else "")
+        st.caption(f"Perturbation: {pert_text}, {j.scoring.grid[0]}x{j.scoring.grid[1]} regions of {j.scoring.region_size} px; "
                "the step image is rebuilt with the engine's own ranking, perturbation and per-image random seed."
                + ("" if V.exact_order(j, method) else " This job predates stored region sums: the order is rebuilt from the float16 map, "
                   "and regions of nearly equal relevance may be swapped."))
@@ -365,9 +376,9 @@ def page_compare() -> None:
         return
     iid = st.selectbox("Image (scored by both)", common, key="cmp_image", format_func=lambda i: image_label(fa, i))
     lines = {}
-    for side, col, (j, m), f in zip("AB", cols, picks, (fa, fb)):
+    for side, col, (j, m), f in zip("AB", st.columns(2), picks, (fa, fb)):  # below the image box, so it reads top-down
         with col:
-            st.image(overlay(j, m, iid, alpha, cmap, outlines), caption=f"{side}: {m} · {V.job_label(j, workspace().roots)}", width="stretch")
+            st.image(overlay(j, m, iid, alpha, cmap, outlines), caption=f"{side}: {m} · {V.job_label(j, workspace().roots)}", width=300)
             figs = V.image_figures(j, iid, m)
             a, b, c = st.columns(3)
             a.metric(f"{side}: AOPC (MoRF)", _fmt(figs.get("aopc_morf")))
@@ -379,7 +390,8 @@ def page_compare() -> None:
     from xbench import plots
 
     if lines:
-        st.image(_png(plots.image_curves_figure(lines, title=f"Image #{iid}: MoRF curves")), width="stretch")
+        _, mid, _ = st.columns([1, 4, 1])
+        mid.image(_png(plots.image_curves_figure(lines, title=f"Image #{iid}: MoRF curves")), width="stretch")
 
 
 def main() -> None:
