@@ -186,3 +186,22 @@ def randomisation_figure(checks: Sequence, measure: str = "spearman_abs", title:
     ax.legend(fontsize=8, loc="lower left")
     fig.tight_layout()
     return fig
+
+
+def image_curves_figure(lines: Mapping[str, np.ndarray], step: int | None = None, title: str = "", dashed: Sequence[str] = ()):
+    """One image's perturbation curves: {label: (K+1,) f(x(k))} against k, a vertical line at ``step`` (xbench-view)."""
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    for label, y in lines.items():
+        ax.plot(np.arange(len(y)), y, label=label, linestyle="--" if label in dashed else "-", linewidth=1.6)
+    if step is not None:
+        ax.axvline(step, color="0.35", linewidth=1, linestyle=":")
+        ax.text(step, 1.02, f"k = {step}", transform=ax.get_xaxis_transform(), ha="center", fontsize=8, color="0.3")
+    ax.set_xlabel("perturbation step k (regions perturbed)")
+    ax.set_ylabel("probability of the target class")
+    ax.set_ylim(-0.02, 1.02)
+    if title:
+        ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, loc="best")
+    ax.grid(alpha=0.25)
+    fig.tight_layout()
+    return fig

@@ -340,6 +340,18 @@ def decode(kind, value, path: str = ""):
 # ---------------------------------------------------------------- curves.npz
 
 
+def region_scores_key(method: str) -> str:
+    """Name of a method's (M, L) float64 region relevance in ``heatmaps.npz``.
+
+    ``heatmaps.npz`` holds, per scored method, ``<method>``: the (M, S, S)
+    float16 maps (to look at), and ``<method>/regions``: the region sums of
+    the float32 maps the engine ranked (``regions.region_scores``, regions in
+    row-major order), so MoRF / LeRF orders can be rebuilt exactly (float16
+    rounding can swap regions of nearly equal relevance). Row i = curves row i.
+    """
+    return f"{method}/regions"
+
+
 def curve_key(method: str, order: str) -> str:
     """Name of a (method, order) curve array in ``curves.npz``."""
     return f"{method}/{order}"

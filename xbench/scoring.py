@@ -31,7 +31,7 @@ from xbench.metrics.bootstrap import bootstrap_ci
 from xbench.metrics.insertion_deletion import auc_per_image
 from xbench.metrics.localisation import lesion_auroc, lesion_iou, lesion_mass, marker_mass, pointing_hit, positive_mass_share
 from xbench.perturbation.engine import perturbation_curves
-from xbench.perturbation.regions import PIXEL_ORDERS, grid_shape, pixel_steps, sanitise_heatmaps
+from xbench.perturbation.regions import PIXEL_ORDERS, grid_shape, pixel_steps, region_scores, sanitise_heatmaps
 from xbench.settings import ScoreSettings
 
 log = logging.getLogger(__name__)
@@ -320,6 +320,7 @@ def score_method(method, model, batch: _Batch, orders: Sequence[str], perturbati
         out.curves.per_image[(metric, name)] = per.astype(np.float32)
     if settings.save_heatmaps:
         out.heatmaps[name] = heat.astype(np.float16)
+        out.heatmaps[results.region_scores_key(name)] = region_scores(heat, batch.region)  # the exact order the engine ranked (xbench-view)
     out.metrics.methods[name] = scores
 
 

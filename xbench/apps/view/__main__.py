@@ -1,0 +1,5 @@
+import sys
+
+from xbench.apps.view import main
+
+sys.exit(main())
