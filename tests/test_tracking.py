@@ -231,3 +231,31 @@ def test_the_job_process_never_imports_mlflow(tmp_path):
             "assert rid and 'mlflow' not in sys.modules, (rid, [m for m in sys.modules if 'mlflow' in m]); print('ok')")
     r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
+def test_a_held_database_lock_counts_against_the_timeout(tmp_path, monkeypatch, caplog):
+    """A stalled job of the sweep holding the local store's lock must not hold this one past tracking.timeout_s."""
+    import subprocess
+    import sys
+    import time
+
+    from xbench import tracking
+
+    monkeypatch.chdir(tmp_path)
+    s = tracking.TrackingSettings(kind="mlflow", timeout_s=1.0)
+    db = tracking.sqlite_path(s.store_uri())
+    lock = db.with_name(db.name + ".lock")
+    db.parent.mkdir(parents=True, exist_ok=True)
+    holder = subprocess.Popen([sys.executable, "-c", f"import fcntl,os,time; fd=os.open({str(lock)!r}, os.O_RDWR|os.O_CREAT); "
+                               "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(20)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        (tmp_path / "job").mkdir()
+        t0 = time.monotonic()
+        with caplog.at_level("WARNING"):
+            assert tracking.log_job(s, tmp_path / "job", {"a": 1}) is None
+        assert time.monotonic() - t0 < 10  # bounded by timeout_s (1 s), not by the holder (20 s)
+        assert any("stayed locked" in r.getMessage() and "unaffected" in r.getMessage() for r in caplog.records)
+    finally:
+        holder.kill()
+        holder.wait()

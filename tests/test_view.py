@@ -240,6 +240,25 @@ def test_a_link_to_a_folder_outside_is_refused(sweep, tmp_path, monkeypatch):
     assert not at.get("image")  # nothing of the other folder shown
 
 
+def test_an_unreadable_job_is_listed_and_never_hides_the_others(sweep, tmp_path, monkeypatch):
+    import shutil
+
+    from streamlit.testing.v1 import AppTest
+
+    ws = tmp_path / "ws"
+    shutil.copytree(sweep, ws)
+    jobs = sorted(p.parent for p in ws.glob("*/metrics.json"))
+    (jobs[0] / "curves.npz").unlink()  # a scored job whose curves are gone
+    monkeypatch.setenv("XBENCH_VIEW_FOLDERS", json.dumps([str(ws)]))
+    for page in ("Summary", "Gallery"):
+        at = AppTest.from_file(APP, default_timeout=120)
+        at.session_state["page"] = page
+        at.run()
+        assert not at.exception and not at.error, [e.value for e in [*at.exception, *at.error]]
+        assert any("1 job folder(s) skipped, unreadable" in w.value and "curves.npz" in w.value for w in at.warning)
+    assert any("scored test image(s)" in c.value for c in at.caption)  # the Gallery of a job that reads
+
+
 # ---------------------------------------------------------------- a real browser
 
 

@@ -163,7 +163,7 @@ def ensure_dir(path: str | os.PathLike) -> Path:
 
 
 @contextlib.contextmanager
-def file_lock(path: str | os.PathLike, what: str | None = None, *, report_every: float = 30.0) -> Iterator[bool]:
+def file_lock(path: str | os.PathLike, what: str | None = None, *, report_every: float = 30.0, timeout: float | None = None) -> Iterator[bool]:
     """Hold an exclusive ``flock`` on ``path`` (created if missing) for the block.
 
     Yields True if the lock was free at once, False if the caller had to wait
@@ -178,6 +178,7 @@ def file_lock(path: str | os.PathLike, what: str | None = None, *, report_every:
     Args:
         path: the lock file.
         what: what the lock guards, for the wait message (default: the file name).
+        timeout: give up waiting after this many seconds with :class:`TimeoutError` (None: wait as long as it takes).
     """
     import fcntl
     import time
@@ -204,7 +205,9 @@ def file_lock(path: str | os.PathLike, what: str | None = None, *, report_every:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     break
                 except BlockingIOError:
-                    time.sleep(0.2)
+                    if timeout is not None and time.monotonic() - start >= timeout:
+                        raise TimeoutError(f"{what or path.name} stayed locked by {lock_holder(path) or 'another process'} for {timeout:g} s") from None
+                    time.sleep(0.05 if timeout is not None else 0.2)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()}: {_cmdline(os.getpid())}\n".encode(), 0)
         yield free

@@ -269,12 +269,18 @@ def _in_child(doc: dict, timeout_s: float) -> dict:
     env.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     env.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(max(1, math.ceil(timeout_s / 3))))
     db = sqlite_path(doc["uri"])
+    deadline = time.monotonic() + timeout_s
     # One writer at a time on a local database (two jobs of a parallel sweep would race to create its tables). The job
     # holds the lock around its child's lifetime: the child itself holds none (close_fds: it inherits no descriptor).
-    with io.file_lock(db.with_name(db.name + ".lock"), "the MLflow database") if db else contextlib.nullcontext():
-        if db:
-            io.ensure_dir(db.parent)
-        return _run_child(doc, timeout_s, env)
+    # The wait for the lock counts against timeout_s: tracking never holds the job longer than that.
+    try:
+        lock = io.file_lock(db.with_name(db.name + ".lock"), "the MLflow database", timeout=timeout_s) if db else contextlib.nullcontext()
+        with lock:
+            if db:
+                io.ensure_dir(db.parent)
+            return _run_child(doc, max(0.1, deadline - time.monotonic()), env)
+    except TimeoutError as exc:
+        raise TrackingFailed(f"{exc}; gave up after tracking.timeout_s={timeout_s:g} s") from None
 
 
 def _run_child(doc: dict, timeout_s: float, env: dict) -> dict:

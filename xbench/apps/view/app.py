@@ -66,6 +66,20 @@ def job(folder) -> V.JobView:
     return _job(str(p), _stamp(p))
 
 
+def readable(dirs) -> list[Path]:
+    """The job folders that read; the others (a half-written or damaged job, another format version) are listed in one warning, never hide the rest."""
+    ok, bad = [], []
+    for d in dirs:
+        try:
+            job(d)
+            ok.append(d)
+        except V.ViewerError as exc:
+            bad.append(f"{Path(d).name}: {exc}")
+    if bad:
+        st.warning(f"{len(bad)} job folder(s) skipped, unreadable: " + "; ".join(bad[:3]) + (" ..." if len(bad) > 3 else ""))
+    return ok
+
+
 @st.cache_resource(show_spinner=False, max_entries=4096)
 def _image(folder: str, stamp: tuple, image_id: int) -> np.ndarray:
     return V.load_image(_job(folder, stamp), image_id)
@@ -169,6 +183,9 @@ def job_picker(key: str, label: str = "Job", sidebar: bool = True) -> V.JobView 
     if not dirs:
         st.warning("No job folder with a metrics.json under the given folders.")
         return None
+    dirs = readable(dirs)
+    if not dirs:
+        return None
     jobs = {str(d): job(d) for d in dirs}
     labels = {d: V.job_label(j, ws.roots) for d, j in jobs.items()}
     where = st.sidebar if sidebar else st
@@ -222,6 +239,9 @@ def page_summary() -> None:
     st.caption("Read from: " + ", ".join(f"`{r}`" for r in ws.roots))
     if not dirs:
         st.warning("No job folder with a metrics.json under the given folders.")
+        return
+    dirs = readable(dirs)
+    if not dirs:
         return
     stamps = tuple(_stamp(d) for d in dirs)
     s = _summary(tuple(str(d) for d in dirs), stamps)
@@ -315,7 +335,8 @@ def page_image() -> None:
     steps = V.steps_of(j, method, order) if order else 0
     if st.session_state.get("step", 0) > steps:
         st.session_state["step"] = 0
-    k = c2.slider("Step k (regions perturbed)", 0, max(steps, 1), key="step", disabled=not order)
+    # A slider needs max > min: with no step to show (score.max_steps=0) it is disabled and k stays 0.
+    k = min(c2.slider("Step k (regions perturbed)", 0, max(steps, 1), key="step", disabled=not order or steps == 0), steps)
     curves = V.curve_table(j, iid, [method, "random"])
     cols = st.columns(4)
     cols[0].image(V.upscale(V.draw_outlines(image(j, iid), masks(j, iid), outlines)), caption="image", width="stretch")
