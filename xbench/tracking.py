@@ -278,16 +278,17 @@ def _in_child(doc: dict, timeout_s: float) -> dict:
         with lock:
             if db:
                 io.ensure_dir(db.parent)
-            return _run_child(doc, max(0.1, deadline - time.monotonic()), env)
+            return _run_child(doc, timeout_s, env, left=max(0.1, deadline - time.monotonic()))
     except TimeoutError as exc:
         raise TrackingFailed(f"{exc}; gave up after tracking.timeout_s={timeout_s:g} s") from None
 
 
-def _run_child(doc: dict, timeout_s: float, env: dict) -> dict:
+def _run_child(doc: dict, timeout_s: float, env: dict, left: float) -> dict:
+    """The child, given the ``left`` seconds of ``timeout_s`` that waiting for the lock did not use."""
     proc = subprocess.Popen([sys.executable, "-m", "xbench.tracking", str(os.getpid())], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env=env, text=True, close_fds=True)
     try:
-        out, err = proc.communicate(json.dumps(doc), timeout=timeout_s)
+        out, err = proc.communicate(json.dumps(doc), timeout=left)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
