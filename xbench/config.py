@@ -150,19 +150,15 @@ def validate(cfg: DictConfig) -> None:
         check_target(cfg[group]._target_, group)
     _check(m._target_ in (MODEL_TARGET, MODEL_FILE_TARGET), "model._target_",
            f"xbench builds classifiers with {MODEL_TARGET} or loads them with {MODEL_FILE_TARGET}, got {m._target_!r}")
-    if m._target_ == MODEL_FILE_TARGET:
-        _check(sc.region_size is None or d.image_size is None or sc.region_size <= d.image_size, "score.region_size",
-               f"{sc.region_size} px is larger than the {d.image_size} px image")
-        _check(cfg.seed >= 0, "seed", f"must be >= 0, got {cfg.seed}")
-        return
-    _check(d.image_size is not None, "data.image_size", f"set the image size xbench trains {m.backbone} at (e.g. data.image_size=224); "
-                                                        "only a model file (model=file) brings its own")
-    spec = BACKBONES.get(m.backbone)  # an unknown name is ClassifierSpec's to report
-    if spec is not None:
-        _check(d.image_size >= spec.min_size, "data.image_size", f"{d.image_size} px is below {m.backbone}'s minimum of {spec.min_size} px")
-    if sc.region_size is not None:
+    if m._target_ == MODEL_TARGET:  # a backbone xbench trains (a model file's size is checked against the file, in apps.run)
+        _check(d.image_size is not None, "data.image_size", f"set the image size xbench trains {m.backbone} at (e.g. data.image_size=224); "
+                                                            "only a model file (model=file) brings its own")
+        spec = BACKBONES.get(m.backbone)  # an unknown name is ClassifierSpec's to report
+        if spec is not None:
+            _check(d.image_size >= spec.min_size, "data.image_size", f"{d.image_size} px is below {m.backbone}'s minimum of {spec.min_size} px")
+        if m.weights not in ("imagenet", "none", "", None):
+            p = Path(str(m.weights)).expanduser()
+            _check(p.is_file(), "model.weights", f"weights file '{p}' does not exist; give the path of a {m.backbone} notop weights file, 'imagenet' or 'none'")
+    if sc.region_size is not None and d.image_size is not None:
         _check(sc.region_size <= d.image_size, "score.region_size", f"{sc.region_size} px is larger than the {d.image_size} px image")
-    if m.weights not in ("imagenet", "none", "", None):
-        p = Path(str(m.weights)).expanduser()
-        _check(p.is_file(), "model.weights", f"weights file '{p}' does not exist; give the path of a {m.backbone} notop weights file, 'imagenet' or 'none'")
     _check(cfg.seed >= 0, "seed", f"must be >= 0, got {cfg.seed}")

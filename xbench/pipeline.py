@@ -227,8 +227,6 @@ def load_model_file(spec: JobSpec, data: PreparedData, clock: Stopwatch) -> Trai
     file's SHA-256 with how it is read (preprocess, logits, Grad-CAM layer),
     the image size and the backend.
     """
-    from xbench.model_store import model_key
-
     mf, rec = spec.model_file, data.records
     with clock("model_load_s"):
         model = mf.load(class_names=rec.class_names, image_size=data.image_size)

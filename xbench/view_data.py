@@ -37,10 +37,8 @@ import pandas as pd
 from xbench import results
 from xbench.errors import XbenchError
 from xbench.perturbation.perturbations import PERTURBATIONS, Perturbation, image_rng
-from xbench.perturbation.regions import PIXEL_ORDERS, rank_maps, region_order, region_scores
-
-#: Orders whose step images can be rebuilt (pixel orders need a control's own pixel order).
-REGION_ORDERS = ("morf", "lerf", "random")
+# REGION_ORDERS: the orders whose step images can be rebuilt (pixel orders need a control's own pixel order).
+from xbench.perturbation.regions import PIXEL_ORDERS, REGION_ORDERS, rank_maps, region_order, region_scores
 #: Per-image figures a gallery can sort by: (column, label, worst first = ascending?).
 SORT_KEYS = {
     "aopc": ("AOPC (MoRF)", True),

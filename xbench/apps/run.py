@@ -76,10 +76,8 @@ def build_job(cfg: DictConfig) -> Job:
         except ValueError as exc:  # "<field>: what is wrong" from the object itself
             raise ConfigError(_keyed(group, exc)) from exc
     explainer, score = built["explainer"], built["score"]
-    if isinstance(built["model"], ModelFile):
+    if isinstance(built["model"], ModelFile):  # (a backbone's image size was checked by validate)
         _fit_model_file(built["model"], built["data"], score.region_size)
-    elif getattr(built["data"], "image_size", 1) is None:
-        raise ConfigError(f"data.image_size: set the size xbench trains {built['model'].backbone} at (e.g. data.image_size=224); only model=file brings its own")
     controls = tuple(CONTROLS[c]() for c in score.controls if c != explainer.name)
     _check_ground_truth(built["data"], explainer, controls)
     return Job(

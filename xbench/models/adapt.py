@@ -209,7 +209,7 @@ class _Rebuild:
         self.copies: dict[int, keras.layers.Layer] = {}
         self.renamed: dict[str, str] = {}  # a user's layer name -> its copy's, where they differ
         self.used: set[str] = set()
-        self.seen: list[tuple[str, Any]] = []  # (the user's layer name, output) in call order
+        self.seen: list[tuple[str, Any, keras.layers.Layer]] = []  # (the user's layer name, output, its copy) in call order
         self.logits = None
 
     def _name(self, wanted: str, ours: bool = False) -> str:
@@ -262,7 +262,7 @@ class _Rebuild:
             self.logits = out
         if self.card is not None and op.name == self.card_after and not self.card.built:
             out = self.card(out)  # once: a layer applied twice is explained at its first application
-        self.seen.append((op.name, out))
+        self.seen.append((op.name, out, new))
         return out
 
     def model(self, model, x):
@@ -283,8 +283,11 @@ def _input_shape(model) -> tuple | None:
     return shape if len(shape) == 3 else None
 
 
-def default_gradcam_layer(seen: Sequence[tuple[str, Any]], stop: str | None = None) -> str:
-    """The last layer, in call order, with a 4-D output that is a feature map (not pooling, padding, dropout), before ``stop``."""
+def default_gradcam_layer(seen: Sequence[tuple[str, Any, Any]], stop: str | None = None) -> str:
+    """The last layer, in call order, with a 4-D output that is a feature map (not pooling, padding, dropout), before ``stop``.
+
+    ``seen``: (the user's layer name, output, its copy) per layer call, as :class:`_Rebuild` records them.
+    """
     best = None
     for name, out, layer in seen:
         if name == stop:
@@ -331,15 +334,7 @@ def _build(model, plan: _Plan, shape: tuple, channels: int, preprocess, gradcam_
     elif plan.how in ("input", "output") or (plan.how == "layer" and plan.layer != LOGITS):
         logits = keras.layers.Identity(name=LOGITS)(logits)
     probs = keras.layers.Softmax(name=PROBS, dtype="float32")(logits)
-    seen = [(n, o, _layer_of(rb, rb.renamed.get(n, n))) for n, o in rb.seen]
-    return keras.Model(image, probs, name=f"xbench_{model.name}"), seen
-
-
-def _layer_of(rb: _Rebuild, name: str):
-    for layer in rb.copies.values():
-        if layer.name == name:
-            return layer
-    return None
+    return keras.Model(image, probs, name=f"xbench_{model.name}"), rb.seen
 
 
 def _fingerprint(model) -> str:

@@ -258,15 +258,22 @@ def page_summary() -> None:
             col.image(png, caption=name.replace("_", " "), width="stretch")
 
 
-def page_gallery() -> None:
+def picked():
+    """The sidebar's job, map and display options (shared by Gallery and Image), and the map's per-image table; None while nothing is picked."""
     j = job_picker("job")
     if j is None:
-        return
+        return None
     method = method_picker(j, "method")
     if method is None:
+        return None
+    return j, method, display_options("d"), table(j, method)
+
+
+def page_gallery() -> None:
+    chosen = picked()
+    if chosen is None:
         return
-    alpha, cmap, outlines = display_options("d")
-    frame = table(j, method)
+    j, method, (alpha, cmap, outlines), frame = chosen
     st.title("Gallery")
     st.caption(f"`{j.path}`: {len(frame)} scored test image(s), map **{method}** over each. Click “Open” for one image's curves and steps.")
     c1, c2, c3, c4 = st.columns([3, 2, 2, 1])
@@ -299,14 +306,10 @@ def _open_image(image_id: int) -> None:
 
 
 def page_image() -> None:
-    j = job_picker("job")
-    if j is None:
+    chosen = picked()
+    if chosen is None:
         return
-    method = method_picker(j, "method")
-    if method is None:
-        return
-    alpha, cmap, outlines = display_options("d")
-    frame = table(j, method)
+    j, method, (alpha, cmap, outlines), frame = chosen
     ids = [int(i) for i in frame["image_id"]]
     if not ids:
         st.info(f"{method} scored no image of this job.")
