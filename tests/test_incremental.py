@@ -1,0 +1,277 @@
+"""Incremental inference: the window arithmetic against brute force, and incremental curves against the full engine."""
+
+import logging
+
+import keras
+import numpy as np
+import pytest
+
+from xbench.perturbation import Blur, Constant, GaussianNoise, ImageMean, Road, UniformNoise, perturbation_curves
+from xbench.perturbation.engine import AUTO_MIN_RATIO, choose_method
+from xbench.perturbation.incremental import estimate, plan, runner
+from xbench.perturbation.windows import Axis, Node, propagate, region_boxes, window_tables
+
+L = keras.layers
+
+
+# --- window arithmetic ---------------------------------------------------------------------------
+
+def _geometries():
+    rng = np.random.default_rng(0)
+    out = []
+    for kind in ("conv", "depthwise", "avg", "max", "pad"):
+        for _ in range(6):
+            n = int(rng.integers(6, 17))
+            k = int(rng.integers(1, 5))
+            s = int(rng.integers(1, 4))
+            d = int(rng.integers(1, 3)) if kind in ("conv", "depthwise") and s == 1 else 1
+            pad = str(rng.choice(["valid", "same"])) if kind != "avg" else "valid"
+            if (k - 1) * d + 1 > n:
+                k = 1
+            out.append((kind, n, k, s, d, pad, (int(rng.integers(0, 3)), int(rng.integers(0, 3)))))
+    return out
+
+
+def _layer(kind, k, s, d, pad, zp):
+    if kind == "conv":
+        return L.Conv2D(2, (k, k), strides=s, dilation_rate=d, padding=pad, kernel_initializer="random_normal", bias_initializer="ones")
+    if kind == "depthwise":
+        return L.DepthwiseConv2D((k, k), strides=s, dilation_rate=d, padding=pad, depthwise_initializer="random_normal")
+    if kind == "avg":
+        return L.AveragePooling2D(k, strides=s, padding=pad)
+    if kind == "max":
+        return L.MaxPooling2D(k, strides=s, padding=pad)
+    return L.ZeroPadding2D((zp, zp))
+
+
+def _axis(kind, n, k, s, d, pad, zp, which):
+    return Axis.padding(zp[0], zp[1], n) if kind == "pad" else Axis.of(k, s, pad, n, d)
+
+
+@pytest.mark.parametrize("geo", _geometries(), ids=lambda g: "-".join(map(str, g[:6])))
+def test_affected_outputs_are_the_bounding_box_of_those_a_changed_pixel_moves(geo):
+    kind, n, k, s, d, pad, zp = geo
+    keras.utils.set_random_seed(1)
+    layer = _layer(kind, k, s, d, pad, zp)
+    x = np.random.default_rng(2).random((1, n, n + 1, 2)).astype(np.float32)
+    base = np.asarray(layer(x))
+    ay, ax = _axis(kind, n, k, s, d, pad, zp, 0), _axis(kind, n + 1, k, s, d, pad, zp, 1)
+    assert base.shape[1:3] == (ay.n_out, ax.n_out)
+    for a in range(n):
+        for b in range(a + 1, min(n, a + 3) + 1):
+            y = x.copy()
+            y[0, a:b, 3 % (n + 1)] += 100.0  # large and positive: a max pool sees it too
+            moved = np.flatnonzero(np.abs(np.asarray(layer(y)) - base)[0].max(axis=(1, 2)) > 0)
+            lo, hi = ay.affected(a, b)
+            assert set(moved.tolist()) <= set(range(lo, hi)), (a, b)  # never misses an output
+            if d == 1:  # and is tight: the bounding box of what moves (a stride past the kernel skips rows)
+                assert ((moved.min(), moved.max() + 1) if moved.size else (0, 0)) == (lo, hi), (a, b)
+            else:  # a dilated kernel's box may run d - 1 rows past the outermost tap on each side
+                assert moved.size and moved.min() - lo < d and hi - moved.max() - 1 < d, (a, b)
+
+
+@pytest.mark.parametrize("geo", [g for g in _geometries() if g[0] != "pad"][::3], ids=lambda g: "-".join(map(str, g[:6])))
+def test_an_output_window_computed_from_its_needed_input_equals_the_layer(geo):
+    from xbench.perturbation.incremental import _window_op
+
+    kind, n, k, s, d, pad, zp = geo
+    keras.utils.set_random_seed(1)
+    layer = _layer(kind, k, s, d, pad, zp)
+    x = np.random.default_rng(2).random((1, n, n, 2)).astype(np.float32)
+    full = np.asarray(layer(x))
+    a = Axis.of(k, s, pad, n, d)
+    fill = -np.inf if kind == "max" else 0.0
+    for lo in range(a.n_out):
+        for hi in range(lo + 1, a.n_out + 1):
+            i0, i1 = a.needed(lo, hi)
+            padded = np.full((1, i1 - i0, i1 - i0, 2), fill, np.float32)
+            src = x[:, max(i0, 0):min(i1, n), max(i0, 0):min(i1, n)]
+            o = max(0, -i0)
+            padded[:, o:o + src.shape[1], o:o + src.shape[2]] = src
+            np.testing.assert_allclose(np.asarray(_window_op(layer, padded)), full[:, lo:hi, lo:hi], rtol=1e-5, atol=1e-6)
+
+
+def test_region_boxes_cover_the_grid_with_smaller_last_row_and_column():
+    b = region_boxes(10, 7, 4)
+    assert b.tolist() == [[0, 4, 0, 4], [0, 4, 4, 7], [4, 8, 0, 4], [4, 8, 4, 7], [8, 10, 0, 4], [8, 10, 4, 7]]
+
+
+def _every_layer_model(h, w, seed=0):
+    """A small graph with every supported layer, two merges and a layer the windows stop at."""
+    keras.utils.set_random_seed(seed)
+    from xbench.models.preprocess import Preprocess
+
+    inp = keras.Input((h, w, 3), name="image")
+    x = Preprocess("torch", name="preprocess")(inp)
+    x = L.ZeroPadding2D(((1, 2), (2, 1)))(x)
+    x = L.Conv2D(6, 3, strides=2, padding="valid")(x)
+    x = L.BatchNormalization(epsilon=1e-3)(x)
+    x = L.ReLU()(x)
+    a = L.Conv2D(6, 3, padding="same", dilation_rate=2, activation="elu")(x)
+    b = L.DepthwiseConv2D(3, padding="same")(x)
+    b = L.LeakyReLU(0.1)(b)
+    x = L.Add()([a, b])
+    x = L.MaxPooling2D(3, strides=2, padding="same")(x)
+    c = L.Conv2D(4, 1, activation="tanh")(x)
+    x = L.Concatenate()([x, c])
+    x = L.Rescaling(0.5, offset=0.1)(x)
+    x = L.Dropout(0.5)(x)
+    x = L.AveragePooling2D(2)(x)
+    x = L.Conv2D(8, 3, strides=2, padding="same")(x)
+    x = L.Activation("swish")(x)
+    x = L.GlobalAveragePooling2D()(x)
+    x = L.Dense(3, name="logits")(x)
+    model = keras.Model(inp, L.Softmax(name="probs")(x))
+    bn = [l for l in model.layers if isinstance(l, L.BatchNormalization)][0]
+    rng = np.random.default_rng(seed)
+    bn.set_weights([rng.normal(1, 0.2, 6), rng.normal(0, 0.3, 6), rng.normal(0, 0.3, 6), rng.uniform(0.5, 2, 6)])
+    return model
+
+
+def _layer_outputs(model, x):
+    inner = [l for l in model.layers[1:]]
+    probe = keras.Model(model.inputs[0], [l.output for l in inner])
+    return {l.name: np.asarray(v) for l, v in zip(inner, probe(x))}
+
+
+def test_the_boxes_of_a_graph_hold_every_activation_a_region_moves():
+    model = _every_layer_model(29, 26)
+    p = plan(model)
+    assert p.ends_at == "global_average_pooling2d (GlobalAveragePooling2D)"
+    x = np.random.default_rng(0).random((1, 29, 26, 3)).astype(np.float32)
+    base = _layer_outputs(model, x)
+    win = window_tables(p.nodes, 29, 26, 7)
+    names = [None] + [l.name for l in p.layers[1:]]
+    for r, (r0, r1, c0, c1) in enumerate(region_boxes(29, 26, 7)):
+        y = x.copy()
+        y[0, r0:r1, c0:c1] = np.random.default_rng(r).random((r1 - r0, c1 - c0, 3))
+        moved = _layer_outputs(model, y)
+        for i in range(1, len(p.nodes)):
+            diff = np.abs(moved[names[i]] - base[names[i]])[0].max(-1) > 0
+            rows, cols = np.nonzero(diff)
+            b = win.boxes[r, i]
+            assert rows.size and rows.min() >= b[0] and rows.max() < b[1] and cols.min() >= b[2] and cols.max() < b[3], names[i]
+            s, size = win.starts[r, i], win.size[i]
+            assert s[0] <= b[0] and b[1] <= s[0] + size[0] and s[1] <= b[2] and b[3] <= s[1] + size[1], names[i]  # the window holds the box
+            assert 0 <= s[0] and s[0] + size[0] <= p.nodes[i].shape[0] and 0 <= s[1] and s[1] + size[1] <= p.nodes[i].shape[1]
+
+
+def test_a_conv_chain_box_grows_by_the_halo_by_hand():
+    # 3x3 'same' twice, then a 2x2 pool: a 4-px change at rows [8, 12) of 32 reaches
+    # [7, 13), then [6, 14), then pool outputs [3, 7).
+    nodes = [Node("input", shape=(32, 32))]
+    nodes.append(Node("window", [0], (Axis.of(3, 1, "same", 32),) * 2, (32, 32)))
+    nodes.append(Node("pixel", [1], None, (32, 32)))
+    nodes.append(Node("window", [2], (Axis.of(3, 1, "same", 32),) * 2, (32, 32)))
+    nodes.append(Node("window", [3], (Axis.of(2, 2, "valid", 32),) * 2, (16, 16)))
+    boxes = propagate(nodes, (8, 12, 0, 4))
+    assert boxes.tolist() == [[8, 12, 0, 4], [7, 13, 0, 5], [7, 13, 0, 5], [6, 14, 0, 6], [3, 7, 0, 3]]
+
+
+# --- curves --------------------------------------------------------------------------------------
+
+PERTURBATIONS = {"gaussian": GaussianNoise(0.1), "uniform": UniformNoise(), "constant": Constant(0.0), "mean": ImageMean(), "blur": Blur(2.0)}
+
+
+def _curves_both(model, x, h, **kw):
+    full = perturbation_curves(model, x, h, method="full", **kw)
+    inc = perturbation_curves(model, x, h, method="incremental", **kw)
+    return full, inc
+
+
+@pytest.mark.parametrize("size,region", [(28, 7), (29, 6)])  # a multiple of the region, and not
+@pytest.mark.parametrize("order", ["morf", "lerf", "random"])
+def test_incremental_curves_equal_full_ones_on_a_graph_of_every_layer(size, region, order):
+    model = _every_layer_model(size, size + 3)
+    run = runner(model, size, size + 3, region)
+    assert (~run.win.full[run.p.stored]).sum() >= 7  # windows, not whole tensors, for all but the last layer: the test exercises them
+    rng = np.random.default_rng(size)
+    x = rng.random((3, size, size + 3, 3)).astype(np.float32)
+    h = rng.random((3, size, size + 3)).astype(np.float32)
+    for name, pert in PERTURBATIONS.items():
+        full, inc = _curves_both(model, x, h, region_size=region, order=order, perturbation=pert, seed=4, batch_size=2)
+        assert full.std() > 1e-3, name  # the curves move, so equality means something
+        np.testing.assert_allclose(inc, full, atol=1e-5, rtol=0, err_msg=name)
+
+
+def test_incremental_curves_follow_max_steps_targets_and_chunks():
+    model = _every_layer_model(21, 21)
+    rng = np.random.default_rng(1)
+    x = rng.random((5, 21, 21, 3)).astype(np.float32)
+    h = rng.random((5, 21, 21)).astype(np.float32)
+    t = np.array([0, 1, 2, 0, 1])
+    full, inc = _curves_both(model, x, h, region_size=5, max_steps=7, targets=t, batch_size=2, image_ids=[9, 3, 5, 7, 11], order="random")
+    assert inc.shape == (5, 8)
+    np.testing.assert_allclose(inc, full, atol=1e-5, rtol=0)
+    one = perturbation_curves(model, x, h, region_size=5, max_steps=7, targets=t, image_ids=[9, 3, 5, 7, 11], order="random", method="incremental", batch_size=5)
+    np.testing.assert_allclose(one, inc, atol=1e-6, rtol=0)  # chunks of 2 (a short last one) or one chunk of 5: the same curves
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backbone,size,region", [("vgg16", 40, 6), ("densenet201", 36, 8)])
+def test_incremental_curves_equal_full_ones_on_the_paper_backbones(backbone, size, region):
+    from xbench.bench import _unsaturate
+    from xbench.models import build_classifier
+
+    model = build_classifier(backbone, 4, size, weights="none", seed=0)
+    rng = np.random.default_rng(0)
+    x = rng.random((2, size, size, 3)).astype(np.float32)
+    h = rng.random((2, size, size)).astype(np.float32)
+    _unsaturate(model, x)
+    for order in ("morf", "lerf"):
+        full, inc = _curves_both(model, x, h, region_size=region, order=order, seed=1)
+        assert full.std() > 1e-3
+        np.testing.assert_allclose(inc, full, atol=1e-5, rtol=0)
+    assert runner(model, size, size, region).p.ends_at == "head_flatten (Flatten)"
+
+
+# --- choice and refusals -------------------------------------------------------------------------
+
+def test_auto_takes_incremental_where_it_saves_flops_and_says_so(caplog):
+    from xbench.models import build_classifier
+
+    vgg = build_classifier("vgg16", 4, 72, weights="none")
+    dense = build_classifier("densenet201", 4, 72, weights="none")
+    with caplog.at_level(logging.INFO, logger="xbench.perturbation.engine"):
+        take = choose_method("auto", vgg, "morf", GaussianNoise(0.1), 72, 72, 8, 81)
+        leave = choose_method("auto", dense, "morf", GaussianNoise(0.1), 72, 72, 8, 81)
+    assert take is not None and leave is None
+    r_vgg = estimate(take.p, take.win, 81).ratio
+    r_dense = estimate(runner(dense, 72, 72, 8).p, runner(dense, 72, 72, 8).win, 81).ratio
+    assert r_vgg >= AUTO_MIN_RATIO > r_dense
+    said = [r.getMessage() for r in caplog.records]
+    assert any("72x72 images, 8-px regions, 81 steps: incremental (chosen)" in m for m in said), said
+    assert any("72x72 images, 8-px regions, 81 steps: full (chosen)" in m for m in said), said
+    assert choose_method("full", vgg, "morf", GaussianNoise(0.1), 72, 72, 8, 81) is None
+
+
+def test_the_flop_estimate_of_a_full_forward_matches_the_layer_count_by_hand():
+    inp = keras.Input((10, 10, 3))
+    x = L.Conv2D(4, 3, padding="same")(inp)  # 10*10*3*3*3*4*2 = 21,600
+    x = L.MaxPooling2D(2)(x)  # 5*5*4*4 = 400 comparisons
+    x = L.Flatten()(x)
+    x = L.Dense(2)(x)  # 100*2*2 = 400
+    model = keras.Model(inp, L.Softmax()(x))
+    p = plan(model)
+    est = estimate(p, window_tables(p.nodes, 10, 10, 5), 4)
+    assert est.forward_gflop * 1e9 == pytest.approx(21600 + 400 + 400)
+    assert est.full_gflop == pytest.approx(5 * est.forward_gflop)
+
+
+@pytest.mark.parametrize("case", ["deletion", "road", "function"])
+def test_incremental_is_refused_in_one_line_where_it_cannot_run(case):
+    model = _every_layer_model(16, 16)
+    x = np.random.default_rng(0).random((2, 16, 16, 3)).astype(np.float32)
+    h = np.random.default_rng(1).random((2, 16, 16)).astype(np.float32)
+    kw = dict(region_size=4, method="incremental")
+    if case == "deletion":
+        kw["order"] = "deletion"
+    elif case == "road":
+        kw["perturbation"] = Road()
+    else:
+        model = lambda z: np.full((len(z), 2), 0.5, np.float32)  # noqa: E731
+    with pytest.raises(ValueError, match="^method=incremental cannot run here: ") as e:
+        perturbation_curves(model, x, h, **kw)
+    assert "\n" not in str(e.value)
+    with pytest.raises(ValueError, match="method must be one of"):
+        perturbation_curves(model, x, h, region_size=4, method="fast")

@@ -1,0 +1,479 @@
+"""Exact incremental inference for region-perturbation curves.
+
+x(k) differs from x(k - 1) in one region only, so most activations of step k
+equal those of step k - 1. For each chunk of images this module keeps every
+convolution's, pooling's and padding's output of the previous step (the
+*state*) and recomputes, layer by layer, only the window that the changed
+region can reach (:mod:`xbench.perturbation.windows`), writing it into the
+state; the layers after the first one it cannot window (global pooling,
+flatten, dense) run in full on the state. Krypton (Nakandala et al., 2019,
+SIGMOD) did this for occlusion maps; here it serves MoRF / LeRF / random
+curves, and the curve values are those of the full forward pass (each
+window is computed from the same inputs by the same operations; only the
+floating-point summation order of a convolution may differ, ~1e-7).
+
+Supported layers (exact types, channels-last): Conv2D (groups 1),
+DepthwiseConv2D, MaxPooling2D, AveragePooling2D (``valid``), ZeroPadding2D,
+Add, Concatenate (channel axis), and position-wise layers: BatchNormalization
+(inference), Activation, ReLU, LeakyReLU, ELU, Softmax (channel axis),
+Rescaling, Dropout, Identity and xbench's Preprocess, Grey and feature card.
+Any other layer, and all that depends on it, runs in full.
+
+Position-wise layers and merges are not stored: their value on a window is
+computed from their inputs' windows, which keeps the state of a DenseNet to
+its convolutions' outputs.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from xbench.perturbation.windows import Axis, Node, Windows, window_tables
+
+log = logging.getLogger(__name__)
+
+
+def _pixel_types() -> tuple:
+    import keras
+
+    from xbench.models.adapt import Grey
+    from xbench.models.card import BackboneOutput
+    from xbench.models.preprocess import Preprocess
+
+    L = keras.layers
+    return (L.Activation, L.ReLU, L.LeakyReLU, L.ELU, L.Rescaling, L.Dropout, L.Identity, Preprocess, Grey, BackboneOutput)
+
+
+def _kind(layer, in_shape) -> tuple[str, tuple | None, float] | None:
+    """(kind, axes, padding fill) of a layer the windows can follow, else None."""
+    import keras
+
+    L = keras.layers
+    t = type(layer)
+    if getattr(layer, "data_format", "channels_last") != "channels_last":
+        return None
+    h, w = in_shape[1:3]
+    if t in (L.Conv2D, L.DepthwiseConv2D):
+        if layer.padding not in ("valid", "same") or getattr(layer, "groups", 1) != 1:
+            return None
+        k, s, d = layer.kernel_size, layer.strides, layer.dilation_rate
+        return "window", (Axis.of(k[0], s[0], layer.padding, h, d[0]), Axis.of(k[1], s[1], layer.padding, w, d[1])), 0.0
+    if t in (L.MaxPooling2D, L.AveragePooling2D):
+        if layer.padding != "valid" and t is L.AveragePooling2D:
+            return None  # 'same' average pooling divides by the in-image count, not a padded window
+        if layer.padding not in ("valid", "same"):
+            return None
+        k, s = layer.pool_size, layer.strides
+        return "window", (Axis.of(k[0], s[0], layer.padding, h), Axis.of(k[1], s[1], layer.padding, w)), -np.inf
+    if t is L.ZeroPadding2D:
+        (top, bottom), (left, right) = layer.padding
+        return "window", (Axis.padding(top, bottom, h), Axis.padding(left, right, w)), 0.0
+    if t is L.Add:
+        return "merge", None, 0.0
+    if t is L.Concatenate and layer.axis in (-1, 3):
+        return "merge", None, 0.0
+    if t is L.BatchNormalization and layer.axis in (-1, 3):
+        return "pixel", None, 0.0
+    if t is L.Softmax and tuple(np.atleast_1d(layer.axis)) in ((-1,), (3,)):
+        return "pixel", None, 0.0
+    if t in _pixel_types():
+        return "pixel", None, 0.0
+    return None
+
+
+def _call(layer, args_of, values: dict):
+    """The layer applied as the functional model applies it (inference mode)."""
+    args, kwargs = args_of.arguments.fill_in(values)
+    if getattr(layer, "_call_has_training_arg", False):
+        kwargs["training"] = False
+    return layer(*args, **kwargs)
+
+
+@dataclass
+class Plan:
+    """The model split into the windowed part (``nodes``, node 0 the image) and the rest (``tail``).
+
+    layers / calls: the Keras layer and graph node of each windowed node
+    (None for the image); stored: which nodes the state holds (the image and
+    every ``window`` node); tail: the graph nodes run in full after it;
+    ends_at: the first layer the windows stop at (None: the whole model).
+    """
+
+    nodes: list[Node]
+    layers: list
+    calls: list
+    tensor_ids: list[int]
+    fill: list[float]
+    channels: list[int]
+    stored: np.ndarray
+    boundary: list[int]  # windowed nodes whose full value the tail (or the output) reads
+    tail: list
+    ends_at: str | None
+    output_id: int
+    flops: np.ndarray  # per node, one image's full output
+    tail_flops: float
+    dtype: str
+
+    @property
+    def windowed(self) -> int:
+        return int(sum(n.kind == "window" for n in self.nodes))
+
+    def state_bytes(self) -> int:
+        """Bytes of one image's state."""
+        item = np.dtype(self.dtype).itemsize if self.dtype != "bfloat16" else 2
+        return int(sum(self.nodes[i].shape[0] * self.nodes[i].shape[1] * self.channels[i] * (4 if i == 0 else item)
+                       for i in np.flatnonzero(self.stored)))
+
+
+def _graph_nodes(model) -> list:
+    by_depth = model._nodes_by_depth
+    return [n for d in sorted(by_depth, reverse=True) for n in by_depth[d] if n.operation is not None and not n.is_input]
+
+
+def _layer_flops(layer, out_shape) -> float:
+    """Multiply-adds x 2 (comparisons for pooling) of one image's full output of this layer."""
+    import keras
+
+    L = keras.layers
+    pos = float(np.prod([d for d in out_shape[1:-1]])) if len(out_shape) > 2 else 1.0
+    if isinstance(layer, L.DepthwiseConv2D):
+        kh, kw, cin, mult = layer.kernel.shape
+        return 2.0 * pos * kh * kw * cin * mult
+    if isinstance(layer, L.Conv2D):
+        kh, kw, cin, cout = layer.kernel.shape
+        return 2.0 * pos * kh * kw * cin * cout
+    if isinstance(layer, L.Dense):
+        return 2.0 * float(np.prod(layer.kernel.shape)) * (pos if len(out_shape) > 2 else 1.0)
+    if isinstance(layer, (L.MaxPooling2D, L.AveragePooling2D)):
+        return pos * out_shape[-1] * float(np.prod(layer.pool_size))
+    return 0.0
+
+
+def plan(model) -> Plan:
+    """Split a one-input functional Keras model into its windowed part and the rest.
+
+    Raises:
+        ValueError: the model is not a one-input, one-output functional
+            graph on (N, H, W, C) images, or a layer is called twice in it.
+    """
+    import keras
+
+    if not hasattr(model, "_nodes_by_depth") or len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise ValueError("incremental inference needs a one-input, one-output functional Keras model")
+    x = model.inputs[0]
+    if len(x.shape) != 4 or None in x.shape[1:]:
+        raise ValueError(f"incremental inference needs a fixed (H, W, C) image input, got {tuple(x.shape)}")
+    owner = {id(x): 0}
+    nodes = [Node("input", [], None, tuple(x.shape[1:3]))]
+    layers, calls, tensor_ids, fill, channels = [None], [None], [id(x)], [0.0], [int(x.shape[-1])]
+    flops = [0.0]
+    tail, ends_at, tail_flops = [], None, 0.0
+    seen = set()
+    for gn in _graph_nodes(model):
+        layer = gn.operation
+        if id(layer) in seen:
+            raise ValueError(f"layer {layer.name!r} is called more than once in the model; incremental inference needs each layer once")
+        seen.add(id(layer))
+        ins = [owner.get(id(t)) for t in gn.input_tensors]
+        outs = gn.outputs
+        kind = None
+        if ins and None not in ins and len(outs) == 1 and len(outs[0].shape) == 4:
+            kind = _kind(layer, gn.input_tensors[0].shape)
+            if kind and kind[0] != "merge" and len(ins) != 1:
+                kind = None
+        if kind is None:
+            if ends_at is None and None not in ins:
+                ends_at = f"{layer.name} ({type(layer).__name__})"
+            tail.append(gn)
+            tail_flops += sum(_layer_flops(layer, o.shape) for o in outs[:1])
+            continue
+        out = outs[0]
+        owner[id(out)] = len(nodes)
+        nodes.append(Node(kind[0], ins, kind[1], tuple(out.shape[1:3])))
+        layers.append(layer)
+        calls.append(gn)
+        tensor_ids.append(id(out))
+        fill.append(kind[2])
+        channels.append(int(out.shape[-1]))
+        flops.append(_layer_flops(layer, out.shape))
+    stored = np.array([n.kind in ("input", "window") for n in nodes])
+    read = {id(t) for gn in tail for t in gn.input_tensors} | {id(model.outputs[0])}
+    boundary = [i for i, t in enumerate(tensor_ids) if t in read]
+    dtype = keras.backend.standardize_dtype(getattr(model, "compute_dtype", "float32") or "float32")
+    inner = [l.compute_dtype for l in layers[1:] if l is not None and getattr(l, "compute_dtype", None)]
+    if inner:
+        dtype = keras.backend.standardize_dtype(inner[-1])
+    return Plan(nodes, layers, calls, tensor_ids, fill, channels, stored, boundary, tail, ends_at, id(model.outputs[0]), np.array(flops), tail_flops, dtype)
+
+
+@dataclass
+class Estimate:
+    """FLOPs of one image's curve (K steps after x(0)) by each method, from the layer shapes (no timing)."""
+
+    full_gflop: float  # (K + 1) full forwards
+    incremental_gflop: float  # one full forward + K windowed steps
+    step_gflop: float  # one windowed step, averaged over the regions
+    forward_gflop: float  # one full forward
+    state_mb: float  # the stored activations of one image
+    per_layer: list = field(default_factory=list)  # (name, full GFLOP, mean windowed GFLOP) per windowed layer
+
+    @property
+    def ratio(self) -> float:
+        return self.full_gflop / self.incremental_gflop if self.incremental_gflop else float("inf")
+
+
+def estimate(p: Plan, win: Windows, steps: int) -> Estimate:
+    """The FLOP count of both methods for a grid (the exact boxes, averaged over regions; the fixed windows cost a little more)."""
+    shape = np.array([n.shape for n in p.nodes], np.float64)
+    size = win.size.astype(np.float64)
+    # What the step really computes: the fixed window (full for 'full' nodes).
+    frac = np.where(win.full, 1.0, size.prod(1) / shape.prod(1))
+    per_layer = [(p.layers[i].name, p.flops[i] / 1e9, p.flops[i] * frac[i] / 1e9) for i in range(1, len(p.nodes)) if p.flops[i] > 0]
+    forward = float(p.flops.sum() + p.tail_flops)
+    step = float((p.flops * frac).sum() + p.tail_flops)
+    return Estimate(full_gflop=forward * (steps + 1) / 1e9, incremental_gflop=(forward + steps * step) / 1e9, step_gflop=step / 1e9,
+                    forward_gflop=forward / 1e9, state_mb=p.state_bytes() / 2**20, per_layer=per_layer)
+
+
+def _gather(x, starts, size):
+    """(G, h, w, C) values of x (G, H, W, C) at rows starts[:, 0] + [0, h), cols starts[:, 1] + [0, w), clamped into the tensor.
+
+    Positions outside x hold a clamped neighbour's value; the caller masks them.
+    """
+    from keras import ops
+
+    G, H, W, C = x.shape
+    h, w = int(size[0]), int(size[1])
+    r = ops.expand_dims(starts[:, 0], 1) + ops.arange(h, dtype="int32")[None]
+    c = ops.expand_dims(starts[:, 1], 1) + ops.arange(w, dtype="int32")[None]
+    rc, cc = ops.clip(r, 0, H - 1), ops.clip(c, 0, W - 1)
+    lin = (ops.arange(G, dtype="int32")[:, None, None] * H + rc[:, :, None]) * W + cc[:, None, :]
+    return ops.reshape(ops.take(ops.reshape(x, (G * H * W, C)), ops.reshape(lin, (-1,)), axis=0), (G, h, w, C))
+
+
+def _put(x, starts, window):
+    """x (G, H, W, C) with window (G, h, w, C) written at each image's starts (G, 2) (inside x)."""
+    from keras import ops
+
+    G, H, W, C = x.shape
+    h, w = window.shape[1:3]
+    r = ops.expand_dims(starts[:, 0], 1) + ops.arange(h, dtype="int32")[None]
+    c = ops.expand_dims(starts[:, 1], 1) + ops.arange(w, dtype="int32")[None]
+    lin = (ops.arange(G, dtype="int32")[:, None, None] * H + r[:, :, None]) * W + c[:, None, :]
+    flat = ops.scatter_update(ops.reshape(x, (G * H * W, C)), ops.reshape(lin, (-1, 1)), ops.reshape(window, (-1, C)))
+    return ops.reshape(flat, (G, H, W, C))
+
+
+def _window_op(layer, x):
+    """The layer on an already padded window (padding 'valid'): the same operations as its ``call``."""
+    import keras
+    from keras import ops
+
+    L = keras.layers
+    t = type(layer)
+    if t is L.ZeroPadding2D:
+        return x
+    if t is L.MaxPooling2D:
+        return ops.max_pool(x, layer.pool_size, layer.strides, padding="valid")
+    if t is L.AveragePooling2D:
+        return ops.average_pool(x, layer.pool_size, layer.strides, padding="valid")
+    kernel = ops.cast(layer.kernel, x.dtype)
+    if t is L.DepthwiseConv2D:
+        y = ops.depthwise_conv(x, kernel, strides=layer.strides, padding="valid", dilation_rate=layer.dilation_rate)
+    else:
+        y = ops.conv(x, kernel, strides=list(layer.strides), padding="valid", dilation_rate=layer.dilation_rate)
+    if layer.use_bias:
+        y = ops.add(y, ops.reshape(ops.cast(layer.bias, y.dtype), (1, 1, 1, -1)))
+    return layer.activation(y) if layer.activation is not None else y
+
+
+class Runner:
+    """The compiled steps of one model on one grid, for chunks of ``G`` images.
+
+    ``first(X)`` -> (state, probs) runs x(0) in full and keeps the state;
+    ``step(state, X, R, RK, region, k)`` -> (state, probs) applies region
+    ``region`` (G,) of step k (so x(k) = where(RK < k, R, X) there) and
+    recomputes the windows.
+    """
+
+    def __init__(self, model, p: Plan, win: Windows):
+        self.model, self.p, self.win = model, p, win
+        self._pads = np.zeros(len(p.nodes), bool)
+        for i, node in enumerate(p.nodes):
+            if node.kind == "window" and not win.full[i]:
+                ay, ax = node.axes
+                s = win.starts[:, i].astype(np.int64)
+                a = np.stack([s[:, 0] * ay.stride - ay.pad, s[:, 1] * ax.stride - ax.pad], 1)
+                b = a + [(win.size[i, 0] - 1) * ay.stride + ay.kernel, (win.size[i, 1] - 1) * ax.stride + ax.kernel]
+                self._pads[i] = bool((a < 0).any() or (b > np.array(p.nodes[node.inputs[0]].shape)).any())
+        self._first = self._compile(self._run_first, donate=False)
+        self._step = self._compile(self._run_step, donate=True)
+
+    # --- the two programs -------------------------------------------------
+    def _full_value(self, i, st, memo):
+        if i not in memo:
+            p = self.p
+            if p.stored[i]:
+                memo[i] = st[i]
+            else:
+                vals = {p.tensor_ids[j]: self._full_value(j, st, memo) for j in p.nodes[i].inputs}
+                memo[i] = _call(p.layers[i], p.calls[i], vals)
+        return memo[i]
+
+    def _tail(self, st, memo):
+        p = self.p
+        values = {p.tensor_ids[i]: self._full_value(i, st, memo) for i in p.boundary}
+        for gn in p.tail:
+            outs = _call(gn.operation, gn, values)
+            for t, v in zip(gn.outputs, outs if isinstance(outs, (list, tuple)) else [outs]):
+                values[id(t)] = v
+        return values[p.output_id]
+
+    def _run_first(self, X):
+        from keras import ops
+
+        p = self.p
+        st = [None] * len(p.nodes)
+        st[0] = ops.convert_to_tensor(X)
+        memo = {}
+        for i in range(1, len(p.nodes)):
+            if p.stored[i]:
+                vals = {p.tensor_ids[j]: self._full_value(j, st, memo) for j in p.nodes[i].inputs}
+                st[i] = _call(p.layers[i], p.calls[i], vals)
+        return tuple(st[i] for i in range(len(st)) if p.stored[i]), self._tail(st, memo)
+
+    def _window_value(self, i, st, starts, size):
+        """Node i's values at a window (clamped gather; positions outside are garbage the caller masks)."""
+        from keras import ops
+
+        p = self.p
+        if p.stored[i]:
+            return _gather(st[i], starts, size)
+        vals = [self._window_value(j, st, starts, size) for j in p.nodes[i].inputs]
+        return _call(p.layers[i], p.calls[i], dict(zip([p.tensor_ids[j] for j in p.nodes[i].inputs], vals)))
+
+    def _run_step(self, state, X, R, RK, region, k):
+        from keras import ops
+
+        p, win = self.p, self.win
+        st = [None] * len(p.nodes)
+        it = iter(state)
+        for i in np.flatnonzero(p.stored):
+            st[i] = next(it)
+        starts = lambda i: ops.take(ops.convert_to_tensor(win.starts[:, i]), region, axis=0)
+        s0, size0 = starts(0), win.size[0]
+        x = _gather(X, s0, size0)
+        r = _gather(R, s0, size0)
+        rk = _gather(ops.expand_dims(RK, -1), s0, size0)
+        st[0] = _put(st[0], s0, ops.where(ops.less(rk, k), r, x))
+        memo = {}
+        for i in range(1, len(p.nodes)):
+            if not p.stored[i]:
+                continue
+            node = p.nodes[i]
+            src = node.inputs[0]
+            if win.full[i]:
+                st[i] = _call(p.layers[i], p.calls[i], {p.tensor_ids[src]: self._full_value(src, st, memo)})
+                continue
+            s = starts(i)
+            ay, ax = node.axes
+            h, w = (int(v) for v in win.size[i])
+            in_start = ops.stack([s[:, 0] * ay.stride - ay.pad, s[:, 1] * ax.stride - ax.pad], 1)
+            in_size = ((h - 1) * ay.stride + ay.kernel, (w - 1) * ax.stride + ax.kernel)
+            xw = self._window_value(src, st, in_start, in_size)
+            if self._pads[i]:  # some region's window reaches past the edge: padding there
+                inside = self._inside(src, in_start, in_size)
+                xw = ops.where(ops.expand_dims(inside, -1), xw, ops.cast(p.fill[i], xw.dtype))
+            st[i] = _put(st[i], s, _window_op(p.layers[i], xw))
+        return tuple(st[i] for i in np.flatnonzero(p.stored)), self._tail(st, memo)
+
+    def _inside(self, src, start, size):
+        from keras import ops
+
+        H, W = self.p.nodes[src].shape
+        h, w = size
+        r = ops.expand_dims(start[:, 0], 1) + ops.arange(h, dtype="int32")[None]
+        c = ops.expand_dims(start[:, 1], 1) + ops.arange(w, dtype="int32")[None]
+        return ops.logical_and(ops.logical_and(r >= 0, r < H)[:, :, None], ops.logical_and(c >= 0, c < W)[:, None, :])
+
+    # --- compilation ------------------------------------------------------
+    def _compile(self, fn: Callable, donate: bool) -> Callable:
+        import keras
+
+        backend = keras.backend.backend()
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            return tf.function(fn, autograph=False, reduce_retracing=True)
+        if backend == "jax":
+            import jax
+
+            return jax.jit(fn, donate_argnums=(0,) if donate else ())
+        return fn
+
+    def first(self, X):
+        return self._first(X)
+
+    def step(self, state, X, R, RK, region, k):
+        return self._step(state, X, R, RK, region, k)
+
+
+def runner(model, height: int, width: int, region_size: int) -> Runner:
+    """The model's incremental runner for one grid, built once per (model, grid)."""
+    cache = getattr(model, "_xbench_incremental", None)
+    if cache is None:
+        cache = model._xbench_incremental = {}
+    key = (int(height), int(width), int(region_size))
+    if key not in cache:
+        p = plan(model)
+        if p.nodes[0].shape != (height, width):
+            raise ValueError(f"the model takes {p.nodes[0].shape} images, got {height}x{width}")
+        cache[key] = Runner(model, p, window_tables(p.nodes, height, width, region_size))
+    return cache[key]
+
+
+def chunk_size(run: Runner, n: int, memory_budget_mb: float) -> int:
+    """Images per chunk: the state of G images, their inputs and x(0)'s full forward within the budget."""
+    p = run.p
+    h, w = p.nodes[0].shape
+    sizes = sorted((p.nodes[i].shape[0] * p.nodes[i].shape[1] * p.channels[i] * 4 for i in range(len(p.nodes))), reverse=True)
+    per = p.state_bytes() + 4 * h * w * 7 + sum(sizes[:2])  # state; X, R, RK; the two largest activations in flight
+    return int(max(1, min(n, (memory_budget_mb * 2**20) // per)))
+
+
+def incremental_probs(run: Runner, prepared: Callable[[int], tuple], orders: np.ndarray, steps: int, chunk: int, progress: Callable | None = None) -> np.ndarray:
+    """(N, steps + 1, C) float32 probabilities of x(0..steps) for every image, computed incrementally.
+
+    prepared(i) -> (x, g, rank map): image i's original, its perturbed copy
+    and the step at which each pixel's region is perturbed, all (H, W[, 3]);
+    orders: (N, L) region indices in perturbation order.
+    """
+    from keras import ops
+
+    n = len(orders)
+    out = None
+    for c0 in range(0, n, chunk):
+        idx = list(range(c0, min(c0 + chunk, n)))
+        rows = idx + [idx[-1]] * (chunk - len(idx))  # a short last chunk repeats its last image: one compiled shape
+        parts = [prepared(i) for i in rows]
+        X = ops.convert_to_tensor(np.stack([q[0] for q in parts]).astype(np.float32))
+        R = ops.convert_to_tensor(np.stack([q[1] for q in parts]).astype(np.float32))
+        RK = ops.convert_to_tensor(np.stack([q[2] for q in parts]).astype(np.int32))
+        state, probs = run.first(X)
+        got = [probs]
+        for k in range(1, steps + 1):
+            region = ops.convert_to_tensor(np.asarray(orders[rows, k - 1], np.int32))
+            state, probs = run.step(state, X, R, RK, region, ops.convert_to_tensor(np.int32(k)))
+            got.append(probs)
+            if progress is not None:
+                progress(len(idx))
+        block = np.stack([np.asarray(ops.convert_to_numpy(g), np.float32) for g in got], 1)[: len(idx)]
+        if out is None:
+            out = np.zeros((n, steps + 1, block.shape[-1]), np.float32)
+        out[idx] = block
+    return out if out is not None else np.zeros((0, steps + 1, 0), np.float32)
