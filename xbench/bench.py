@@ -174,6 +174,7 @@ class BenchSettings:
     repeats: int = 1  # raw and engine alternate this many times; the best time of each counts
     pixel_steps: int | None = None  # deletion / insertion: steps requested (None: as many as regions)
     insertion_blur: float = 5.0  # insertion: sigma (px) of the blurred start
+    method: str = "full"  # the engine's method (score.method): full | incremental | auto
 
 
 def run_bench(s: BenchSettings, model=None) -> dict:
@@ -205,22 +206,30 @@ def run_bench(s: BenchSettings, model=None) -> dict:
     pert = PERTURBATIONS[s.perturbation]()
     flops = model_flops(model)
     kw = dict(region_size=s.region_size, order=s.order, perturbation=pert, seed=s.seed, batch_size=B, max_steps=s.max_steps,
-              pixel_steps=s.pixel_steps, insertion_blur=s.insertion_blur)
+              pixel_steps=s.pixel_steps, insertion_blur=s.insertion_blur, method="full")
+    ikw = {**kw, "method": s.method, "batch_size": None}  # incremental chunks by the memory budget, as scoring does
+    inc = _incremental_facts(model, s, pert, L) if s.method != "full" else {}
 
     # Warm up (compile) every path on a small input so that timings are steady state.
     perturbation_curves(model, images[:2], heat[:2], **kw)
+    if s.method != "full":  # the incremental step compiles per chunk size: warm it on a full chunk
+        perturbation_curves(model, images[: inc["chunk_images"]], heat[: inc["chunk_images"]], **ikw)
     if s.toolkit:
         model.predict(images[:2], batch_size=B, verbose=0)
 
-    raw_times, engine_times, mem_deltas = [], [], []
-    for _ in range(max(1, s.repeats)):  # interleaved, so drift on a shared machine hits both
+    raw_times, engine_times, mem_deltas, full_times = [], [], [], []
+    for _ in range(max(1, s.repeats)):  # interleaved, so drift on a shared machine hits all
         raw_s, nb = raw_forward(model, pairs, B, s.image_size)
         raw_times.append(raw_s)
         with PeakRSS() as mem:
             t0 = time.perf_counter()
-            curves = perturbation_curves(model, images, heat, **kw)
+            curves = perturbation_curves(model, images, heat, **(ikw if s.method != "full" else kw))
             engine_times.append(time.perf_counter() - t0)
         mem_deltas.append(mem.delta)
+        if s.method != "full":
+            t0 = time.perf_counter()
+            full_curves = perturbation_curves(model, images, heat, **kw)
+            full_times.append(time.perf_counter() - t0)
     raw_s, engine_s = min(raw_times), min(engine_times)
     out = {
         "backbone": s.backbone, "image_size": s.image_size, "n": s.n, "region_size": s.region_size, "regions": rows * cols, "steps": L,
@@ -232,8 +241,13 @@ def run_bench(s: BenchSettings, model=None) -> dict:
         "engine_tflops": pairs * flops / engine_s / 1e12, "raw_tflops": nb * B * flops / raw_s / 1e12,
         "engine_peak_rss_delta_mb": max(mem_deltas) / 2**20,
         "repeats": len(raw_times), "raw_times_s": raw_times, "engine_times_s": engine_times,
-        "inputs_mb": (images.nbytes + heat.nbytes) / 2**20,
+        "inputs_mb": (images.nbytes + heat.nbytes) / 2**20, "method": s.method,
     }
+    if s.method != "full":
+        full_s = min(full_times)
+        out.update(inc)
+        out.update({"full_engine_s": full_s, "full_engine_times_s": full_times, "engine_over_full": full_s / engine_s,
+                    "max_abs_diff_vs_full": float(np.abs(curves - full_curves).max())})
     if pert.mask_dependent and s.order != "insertion":  # what in-distribution removal costs over the paper's noise (insertion ignores it: a blur)
         from xbench.perturbation.perturbations import GaussianNoise
 
@@ -264,6 +278,20 @@ def run_bench(s: BenchSettings, model=None) -> dict:
     out["curves_mean"] = float(curves.mean())
     out["curves_std"] = float(curves.std())
     return out, curves
+
+
+def _incremental_facts(model, s: BenchSettings, pert, steps: int) -> dict:
+    """What the incremental method would do here: the method auto picks, the FLOP estimate, chunk and state sizes."""
+    from xbench.perturbation.engine import choose_method
+    from xbench.perturbation.incremental import chunk_size, estimate, predicted_speedup, runner
+
+    run = runner(model, s.image_size, s.image_size, s.region_size)
+    est = estimate(run.p, run.win, steps)
+    used = "incremental" if choose_method(s.method, model, s.order, pert, s.image_size, s.image_size, s.region_size, steps, s.n) else "full"
+    chunk = chunk_size(run, s.n, 1024)
+    return {"method_used": used, "gflop_full": est.full_gflop, "gflop_incremental": est.incremental_gflop, "flop_ratio": est.ratio,
+            "predicted_speedup": predicted_speedup(est, chunk), "chunk_images": chunk, "state_mb_per_image": est.state_mb, "windows_end_at": run.p.ends_at,
+            "per_layer_gflop": [list(r) for r in est.per_layer]}
 
 
 def matmul_peak(n: int = 2048, repeats: int = 5) -> float:

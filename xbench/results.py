@@ -126,6 +126,8 @@ class Scoring:
     # the method is scored on (reference maps: those with the lesion / marker).
     gains_over_random: dict[str, Estimate] = field(default_factory=dict)
     dtype: str = "float32"  # precision of the engine's forward passes (score.dtype); maps always float32
+    # {order: "full" | "incremental"}: how each order's forward passes ran (score.method; the curves are the same).
+    engine: dict[str, str] = field(default_factory=dict)
     # The pixel orders (deletion / insertion), when scored: their real number of steps K_eff,
     # pixels changed per step, and insertion's blur sigma in px (None when not scored).
     pixel_steps: int | None = None

@@ -118,8 +118,16 @@ class ScoreSettings:
     # Precision of the engine's forward passes (float32 | bfloat16 | float16);
     # maps always come from the float32 model (xbench.models.precision).
     dtype: str = "float32"
+    # How the region curves' forward passes run: full (every layer of every perturbed image),
+    # incremental (only the windows each step's region reaches; exact, region orders and mask-free
+    # perturbations), or auto: the cheaper by a FLOP estimate (xbench.perturbation.engine.choose_method).
+    method: str = "auto"
 
     def __post_init__(self):
+        from xbench.perturbation.engine import METHODS
+
+        if self.method not in METHODS:
+            raise ValueError(f"method: choose from {list(METHODS)}, got {self.method!r}")
         if not self.orders or not all(o in ORDERS for o in self.orders):
             raise ValueError(f"orders: choose from {list(ORDERS)}, got {list(self.orders)}")
         if self.region_size is not None and self.region_size < 1:

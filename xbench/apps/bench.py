@@ -15,7 +15,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 def _table(rows) -> str:
     cols = ["backbone", "image_size", "n", "order", "regions", "steps", "batch_size", "dtype", "forward_passes", "raw_images_per_s", "engine_images_per_s",
             "engine_over_raw", "toolkit_images_per_s", "engine_over_toolkit", "engine_tflops", "engine_peak_rss_delta_mb", "max_abs_diff_engine_toolkit",
-            "max_abs_diff_vs_float32", "max_abs_aopc_diff_vs_float32", "engine_over_gaussian"]
+            "max_abs_diff_vs_float32", "max_abs_aopc_diff_vs_float32", "engine_over_gaussian", "method", "method_used", "flop_ratio", "predicted_speedup",
+            "chunk_images", "state_mb_per_image", "engine_over_full", "max_abs_diff_vs_full"]
     cols = [c for c in cols if any(c in r for r in rows)]
     fmt = lambda v: f"{v:.3g}" if isinstance(v, float) else str(v)
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -53,6 +54,10 @@ def main(argv=None) -> int:
     p.add_argument("--max-steps", type=int, default=None, help="stop region curves after this many steps (default: all regions; pixel orders run to 100%%)")
     p.add_argument("--pixel-steps", type=int, default=None, help="deletion / insertion: steps requested (default: as many as regions)")
     p.add_argument("--insertion-blur", type=float, default=5.0, help="insertion: sigma in px of the blurred start (RISE: 5)")
+    p.add_argument("--method", default="full", choices=("full", "incremental", "auto"),
+                   help="the engine's method (score.method): incremental keeps each image's activations and recomputes only the windows a "
+                        "step's region reaches; auto takes it where it needs enough fewer FLOPs. Not full: the full engine is timed too "
+                        "(engine_over_full), with the chunk of images the 1 GiB budget holds and each image's stored activations")
     p.add_argument("--sweep-n", default="", help="comma-separated N values, e.g. 64,128,256,512 (engine only)")
     p.add_argument("--training", action="store_true", help="also time frozen-backbone training: cached features vs plain fit")
     p.add_argument("--no-toolkit", action="store_true", help="skip the toolkit_loop path")
@@ -83,7 +88,7 @@ def main(argv=None) -> int:
     from xbench.bench import BenchSettings, matmul_peak, memory_bandwidth, run_bench
 
     s = BenchSettings(a.backbone, a.image_size, a.n, a.region_size, a.order, a.perturbation, a.batch_size, a.dtype, not a.no_toolkit, seed=a.seed,
-                      max_steps=a.max_steps, repeats=a.repeats, pixel_steps=a.pixel_steps, insertion_blur=a.insertion_blur)
+                      max_steps=a.max_steps, repeats=a.repeats, pixel_steps=a.pixel_steps, insertion_blur=a.insertion_blur, method=a.method)
     try:
         result, _ = run_bench(s)
     except ValueError as exc:
@@ -110,6 +115,14 @@ def main(argv=None) -> int:
         print(json.dumps(out))
     else:
         print(_table([out["main"]] + out.get("sweep", [])))
+        m = out["main"]
+        if "per_layer_gflop" in m:
+            print(f"\nincremental: {m['method_used']} ran; windows end at {m['windows_end_at']}; {m['chunk_images']} images per chunk "
+                  f"({m['state_mb_per_image']:.1f} MB of stored activations each, 1 GiB budget); GFLOP per image-step, full vs windowed "
+                  f"(the windows' fixed size, averaged over regions):")
+            print("| layer | full | windowed |\n|---|---|---|")
+            for name, full, win in m["per_layer_gflop"]:
+                print(f"| {name} | {full:.4g} | {win:.4g} |")
         if a.training:
             t = out["training"]
             print(f"\ntraining, frozen backbone: {t['features_epoch_s']:.3f} s/epoch on cached features vs {t['plain_epoch_s']:.3f} s/epoch plain fit "

@@ -49,10 +49,10 @@ MAX_AUTO_BATCH = 256
 #: How perturbed images are run: every layer of every image (``full``), only the windows a step's
 #: region reaches (``incremental``, :mod:`xbench.perturbation.incremental`), or the cheaper of the two.
 METHODS = ("auto", "full", "incremental")
-#: ``auto`` runs incremental when it needs this many times fewer FLOPs than full recompute: windows
-#: run at 68-91% of a full layer's FLOP rate on the 2-core CPU (docs/performance.md), so a smaller
-#: FLOP saving can lose (DenseNet201 at 72 px: 1.18x fewer FLOPs, 0.94x the speed).
-AUTO_MIN_RATIO = 1.3
+#: ``auto`` runs incremental when it predicts it this many times faster than full recompute
+#: (:func:`xbench.perturbation.incremental.predicted_speedup`: the FLOP ratio discounted for small
+#: steps): a margin, so that auto is never much slower where the prediction errs.
+AUTO_MIN_SPEEDUP = 1.05
 
 
 def _is_keras_model(model) -> bool:
@@ -206,8 +206,13 @@ def _host_step(predict_fn: Callable, perturbation: Perturbation) -> Callable:
     return step
 
 
-def choose_method(method: str, model, order: str, perturbation: Perturbation, height: int, width: int, region_size: int, steps: int):
+def choose_method(method: str, model, order: str, perturbation: Perturbation, height: int, width: int, region_size: int, steps: int,
+                  n_images: int = 16, memory_budget_mb: float = 1024):
     """The incremental runner when ``method`` (auto | full | incremental) says to use it here, else None.
+
+    ``auto`` predicts the speed-up from the FLOPs of both methods and the work
+    of one step of a chunk of images (``n_images`` at most, as many as
+    ``memory_budget_mb`` holds) and takes incremental from ``AUTO_MIN_SPEEDUP``.
 
     Raises:
         ValueError: ``incremental`` was asked for where it cannot run (a
@@ -237,18 +242,20 @@ def choose_method(method: str, model, order: str, perturbation: Perturbation, he
         if method == "incremental":
             raise ValueError(f"method=incremental cannot run here: {why}")
         return None
-    from xbench.perturbation.incremental import estimate
+    from xbench.perturbation.incremental import chunk_size, estimate, predicted_speedup
 
     est = estimate(run.p, run.win, steps)
-    take = method == "incremental" or est.ratio >= AUTO_MIN_RATIO
+    chunk = chunk_size(run, max(1, int(n_images)), memory_budget_mb)
+    speedup = predicted_speedup(est, chunk)
+    take = method == "incremental" or speedup >= AUTO_MIN_SPEEDUP
     said = run.__dict__.setdefault("said", set())
-    if (method, steps) not in said:
-        said.add((method, steps))
+    if (method, steps, chunk) not in said:
+        said.add((method, steps, chunk))
         ends = f"windows end at {run.p.ends_at}" if run.p.ends_at else "windows run to the output"
-        log.info("perturbation curves on %dx%d images, %d-px regions, %d steps: %s (%s): %.1f GFLOP per image incremental vs %.1f full (%.2fx; "
-                 "auto takes incremental from %.1fx); %s; state %.1f MB per image",
+        log.info("perturbation curves on %dx%d images, %d-px regions, %d steps: %s (%s): %.1f GFLOP per image incremental vs %.1f full "
+                 "(%.2fx fewer; predicted %.2fx faster in chunks of %d images, auto takes incremental from %.2fx); %s; %.1f MB stored per image",
                  height, width, region_size, steps, "incremental" if take else "full", "chosen" if method == "auto" else "asked for",
-                 est.incremental_gflop, est.full_gflop, est.ratio, AUTO_MIN_RATIO, ends, est.state_mb)
+                 est.incremental_gflop, est.full_gflop, est.ratio, speedup, chunk, AUTO_MIN_SPEEDUP, ends, est.state_mb)
     return run if take else None
 
 
@@ -348,7 +355,7 @@ def perturbation_curves(
             (exact: :mod:`xbench.perturbation.incremental`; region orders,
             perturbations that do not depend on the mask, Keras models);
             ``auto`` (default) takes incremental where it supports the case
-            and needs at least ``AUTO_MIN_RATIO`` times fewer FLOPs, and logs
+            and predicts it ``AUTO_MIN_SPEEDUP`` times faster, and logs
             its choice once per model and grid.
 
     Returns:
@@ -394,7 +401,8 @@ def perturbation_curves(
     keras_model = _is_keras_model(model)
     if keras_model:
         model = _as_classifier(model, images, logits_layer=logits_layer, output=output, preprocess=preprocess)
-    run = choose_method(method, model, order, perturbation, height, width, region_size, K) if keras_model or method == "incremental" else None
+    run = (choose_method(method, model, order, perturbation, height, width, region_size, K, n, memory_budget_mb)
+           if keras_model or method == "incremental" else None)
     if run is not None:
         return _incremental(run, images, ids, orders, perturbation, seed, K, targets, return_targets, batch_size, memory_budget_mb, progress)
     step = device_step(model, perturbation) if keras_model else _host_step(model, perturbation)

@@ -240,6 +240,18 @@ def estimate(p: Plan, win: Windows, steps: int) -> Estimate:
                     forward_gflop=forward / 1e9, state_mb=p.state_bytes() / 2**20, per_layer=per_layer)
 
 
+#: Share of the FLOP saving that survives on a step of ``work`` GFLOP (a chunk's windows): small
+#: steps lose to per-operation overhead and small-batch convolutions. Fitted to six measurements on
+#: the 2-core CPU (VGG16 and DenseNet201 at 40-299 px, chunks of 4-16 images; docs/performance.md).
+EFFICIENCY_FLOOR, EFFICIENCY_PER_GFLOP, EFFICIENCY_CAP = 0.5, 0.03, 0.9
+
+
+def predicted_speedup(est: Estimate, chunk: int) -> float:
+    """Full time / incremental time predicted from the FLOP ratio and the work of one step of ``chunk`` images."""
+    work = est.step_gflop * chunk
+    return est.ratio * min(EFFICIENCY_CAP, EFFICIENCY_FLOOR + EFFICIENCY_PER_GFLOP * work)
+
+
 def _gather(x, starts, size):
     """(G, h, w, C) values of x (G, H, W, C) at rows starts[:, 0] + [0, h), cols starts[:, 1] + [0, w), clamped into the tensor.
 
