@@ -208,21 +208,24 @@ def test_incremental_curves_follow_max_steps_targets_and_chunks():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backbone,size,region", [("vgg16", 40, 6), ("densenet201", 36, 8)])
+@pytest.mark.parametrize("backbone,size,region", [("vgg16", 40, 6), ("densenet201", 36, 8), ("resnet50", 36, 8), ("mobilenetv2", 40, 8)])
 def test_incremental_curves_equal_full_ones_on_the_paper_backbones(backbone, size, region):
     from xbench.bench import _unsaturate
     from xbench.models import build_classifier
 
     model = build_classifier(backbone, 4, size, weights="none", seed=0)
     rng = np.random.default_rng(0)
-    x = rng.random((2, size, size, 3)).astype(np.float32)
+    x = rng.random((8, size, size, 3)).astype(np.float32)
     h = rng.random((2, size, size)).astype(np.float32)
-    _unsaturate(model, x)
+    _unsaturate(model, x)  # logits of unit spread over 8 images, so that the curves move
+    x = x[:2]
     for order in ("morf", "lerf"):
-        full, inc = _curves_both(model, x, h, region_size=region, order=order, seed=1)
+        full, inc = _curves_both(model, x, h, region_size=region, order=order, seed=1, perturbation=Constant(0.0))
         assert full.std() > 1e-3
         np.testing.assert_allclose(inc, full, atol=1e-5, rtol=0)
-    assert runner(model, size, size, region).p.ends_at == "head_flatten (Flatten)"
+    run = runner(model, size, size, region)
+    assert run.p.ends_at in ("head_flatten (Flatten)", "head_gap (GlobalAveragePooling2D)")
+    assert (~run.win.full[run.p.stored]).sum() >= 3  # some layers really ran on windows
 
 
 # --- choice and refusals -------------------------------------------------------------------------
@@ -279,3 +282,69 @@ def test_incremental_is_refused_in_one_line_where_it_cannot_run(case):
     assert "\n" not in str(e.value)
     with pytest.raises(ValueError, match="method must be one of"):
         perturbation_curves(model, x, h, region_size=4, method="fast")
+
+
+def test_one_model_serves_chunks_of_any_size_in_turn():
+    # Scoring calls with chunks of 16 and a short last one, then the sanity check with all images:
+    # every chunk size is its own compiled step.
+    model = _every_layer_model(16, 16)
+    rng = np.random.default_rng(3)
+    x = rng.random((6, 16, 16, 3)).astype(np.float32)
+    h = rng.random((6, 16, 16)).astype(np.float32)
+    for n in (4, 2, 5, 3):
+        full, inc = _curves_both(model, x[:n], h[:n], region_size=4, max_steps=5, batch_size=n)
+        np.testing.assert_allclose(inc, full, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_a_low_precision_model_whose_first_layer_is_a_convolution_runs_incrementally(dtype):
+    from xbench.models.precision import with_compute_dtype
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((16, 16, 3))
+    x = L.Conv2D(4, 3, padding="same", activation="relu")(inp)  # reads the float32 image directly
+    x = L.MaxPooling2D(2)(x)
+    x = L.Flatten()(x)
+    x = L.Dense(3, name="logits")(x)
+    model = with_compute_dtype(keras.Model(inp, L.Softmax()(x)), dtype)
+    rng = np.random.default_rng(0)
+    imgs, h = rng.random((2, 16, 16, 3)).astype(np.float32), rng.random((2, 16, 16)).astype(np.float32)
+    full, inc = _curves_both(model, imgs, h, region_size=4)
+    np.testing.assert_allclose(inc, full, atol=1e-2, rtol=0)  # both in low precision: close, not bitwise
+
+
+def _heavy_tail_model():
+    inp = keras.Input((24, 24, 3))
+    x = L.Conv2D(4, 3, padding="same")(inp)
+    x = L.SeparableConv2D(64, 3, padding="same", name="sep")(x)  # not windowed: the rest runs in full
+    x = L.GlobalAveragePooling2D()(x)
+    return keras.Model(inp, L.Softmax()(L.Dense(3, name="logits")(x)))
+
+
+def test_the_chunk_counts_the_activations_after_the_windows_and_the_estimate_their_flops():
+    from xbench.perturbation.incremental import chunk_size
+
+    model = _heavy_tail_model()
+    run = runner(model, 24, 24, 6)
+    assert run.p.ends_at == "sep (SeparableConv2D)"
+    sep_bytes = 24 * 24 * 64 * 4
+    g = chunk_size(run, 10_000, memory_budget_mb=8)
+    assert g * sep_bytes <= 8 * 2**20 and g >= 1
+    est = estimate(run.p, run.win, 16)
+    by_hand = 2 * 24 * 24 * (3 * 3 * 3 * 4) + 2 * 24 * 24 * (3 * 3 * 4 + 4 * 64) + 2 * 64 * 3
+    assert est.forward_gflop * 1e9 == pytest.approx(by_hand, rel=1e-6)
+
+
+def test_a_layer_called_twice_runs_incrementally():
+    keras.utils.set_random_seed(0)
+    relu = L.ReLU()
+    inp = keras.Input((16, 16, 3))
+    x = relu(L.Conv2D(4, 3, padding="same")(inp))
+    x = relu(L.Conv2D(4, 3, padding="same")(x))
+    x = L.Flatten()(x)
+    model = keras.Model(inp, L.Softmax()(L.Dense(3, name="logits")(x)))
+    rng = np.random.default_rng(0)
+    imgs, h = rng.random((2, 16, 16, 3)).astype(np.float32), rng.random((2, 16, 16)).astype(np.float32)
+    full, inc = _curves_both(model, imgs, h, region_size=4)
+    assert full.std() > 1e-3
+    np.testing.assert_allclose(inc, full, atol=1e-5, rtol=0)

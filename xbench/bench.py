@@ -213,7 +213,8 @@ def run_bench(s: BenchSettings, model=None) -> dict:
     # Warm up (compile) every path on a small input so that timings are steady state.
     perturbation_curves(model, images[:2], heat[:2], **kw)
     if s.method != "full":  # the incremental step compiles per chunk size: warm it on a full chunk
-        perturbation_curves(model, images[: inc["chunk_images"]], heat[: inc["chunk_images"]], **ikw)
+        warm = inc.get("chunk_images", 2)
+        perturbation_curves(model, images[:warm], heat[:warm], **ikw)
     if s.toolkit:
         model.predict(images[:2], batch_size=B, verbose=0)
 
@@ -285,9 +286,12 @@ def _incremental_facts(model, s: BenchSettings, pert, steps: int) -> dict:
     from xbench.perturbation.engine import choose_method
     from xbench.perturbation.incremental import chunk_size, estimate, predicted_speedup, runner
 
-    run = runner(model, s.image_size, s.image_size, s.region_size)
-    est = estimate(run.p, run.win, steps)
     used = "incremental" if choose_method(s.method, model, s.order, pert, s.image_size, s.image_size, s.region_size, steps, s.n) else "full"
+    try:
+        run = runner(model, s.image_size, s.image_size, s.region_size)
+    except ValueError as exc:  # auto on a model incremental cannot read: nothing more to say
+        return {"method_used": used, "incremental_refused": str(exc)}
+    est = estimate(run.p, run.win, steps)
     chunk = chunk_size(run, s.n, 1024)
     return {"method_used": used, "gflop_full": est.full_gflop, "gflop_incremental": est.incremental_gflop, "flop_ratio": est.ratio,
             "predicted_speedup": predicted_speedup(est, chunk), "chunk_images": chunk, "state_mb_per_image": est.state_mb, "windows_end_at": run.p.ends_at,

@@ -133,6 +133,7 @@ class _Batch:
     seed: int
     class_names: list[str]
     counts: dict[str, int]  # curve chunks computed / reused (from the store)
+    engine: dict[str, str] = field(default_factory=dict)  # {order: "full" | "incremental"}, decided once per job
 
     @property
     def context(self) -> ExplainContext:
@@ -189,7 +190,8 @@ def method_curves(model, batch: _Batch, name: str, heat: np.ndarray, order: str,
                 return perturbation_curves(engine_model, batch.x[ch], heat[ch], targets=batch.targets[ch], region_size=batch.region, order=order,
                                            perturbation=perturbation, max_steps=settings.max_steps, seed=batch.seed, batch_size=settings.batch_size,
                                            image_ids=batch.rows[ch], memory_budget_mb=settings.memory_budget_mb, progress=len(batch.chunks) < 2,
-                                           pixel_steps=settings.pixel_steps, insertion_blur=settings.insertion_blur, method=settings.method)
+                                           pixel_steps=settings.pixel_steps, insertion_blur=settings.insertion_blur,
+                                           method=batch.engine.get(order, settings.method))
 
         if store is None:
             part, hit = compute(), False
@@ -212,13 +214,24 @@ def method_curves(model, batch: _Batch, name: str, heat: np.ndarray, order: str,
 
 
 def engine_methods(model, settings: ScoreSettings, perturbation, size: int, region: int, steps: int, n_images: int) -> dict[str, str]:
-    """{order: "full" | "incremental"}: what ``score.method`` runs for each order (logged once per model and grid)."""
+    """{order: "full" | "incremental"}: what ``score.method`` runs for each order, decided once per job (and logged).
+
+    ``incremental`` where an order cannot run so (pixel orders, ROAD) runs
+    that order in full, with a warning; the curves are the same either way.
+    """
     from xbench.models.precision import with_compute_dtype
     from xbench.perturbation.engine import choose_method
 
     engine_model = with_compute_dtype(model, settings.dtype)
-    return {o: "incremental" if choose_method(settings.method, engine_model, o, perturbation, size, size, region, steps, n_images,
-                                              settings.memory_budget_mb) else "full" for o in settings.orders}
+    out = {}
+    for o in settings.orders:
+        try:
+            run = choose_method(settings.method, engine_model, o, perturbation, size, size, region, steps, n_images, settings.memory_budget_mb)
+        except ValueError as exc:
+            log.warning("score.method=incremental: order %s runs in full (%s)", o, exc)
+            run = None
+        out[o] = "incremental" if run is not None else "full"
+    return out
 
 
 def _steps(batch: _Batch, settings: ScoreSettings) -> int:
@@ -393,7 +406,7 @@ def score_model(model, images, test_rows: np.ndarray, labels: np.ndarray, preds:
         target=settings.target, region_size=int(region), grid=[n_rows, n_cols], n_regions=int(n_rows * n_cols), steps=_steps(batch, settings),
         perturbation=perturbation.describe(), orders=list(settings.orders), methods={}, masks=batch.truth.lungs is not None,
         chunks=counts, seconds=0.0, dtype=settings.dtype)
-    metrics.engine = engine_methods(model, settings, perturbation, size, region, metrics.steps, min(settings.chunk_images, len(sel)))
+    metrics.engine = batch.engine = engine_methods(model, settings, perturbation, size, region, metrics.steps, min(settings.chunk_images, len(sel)))
     pixel_orders = [o for o in settings.orders if o in PIXEL_ORDERS]
     if pixel_orders:
         per_step, k_eff, _ = pixel_plan(batch, settings)

@@ -206,6 +206,9 @@ def _host_step(predict_fn: Callable, perturbation: Perturbation) -> Callable:
     return step
 
 
+_SAID_FULL: set = set()
+
+
 def choose_method(method: str, model, order: str, perturbation: Perturbation, height: int, width: int, region_size: int, steps: int,
                   n_images: int = 16, memory_budget_mb: float = 1024):
     """The incremental runner when ``method`` (auto | full | incremental) says to use it here, else None.
@@ -241,6 +244,10 @@ def choose_method(method: str, model, order: str, perturbation: Perturbation, he
     if why is not None:
         if method == "incremental":
             raise ValueError(f"method=incremental cannot run here: {why}")
+        key = (id(model), why)
+        if key not in _SAID_FULL:  # once per model and reason
+            _SAID_FULL.add(key)
+            log.info("perturbation curves (%s): full; incremental cannot run here: %s", order, why)
         return None
     from xbench.perturbation.incremental import chunk_size, estimate, predicted_speedup
 

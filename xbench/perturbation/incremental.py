@@ -118,6 +118,7 @@ class Plan:
     flops: np.ndarray  # per node, one image's full output
     tail_flops: float
     dtype: str
+    peak_bytes: int = 0  # the two largest activations of the whole model, one image, float32
 
     @property
     def windowed(self) -> int:
@@ -136,11 +137,27 @@ def _graph_nodes(model) -> list:
 
 
 def _layer_flops(layer, out_shape) -> float:
-    """Multiply-adds x 2 (comparisons for pooling) of one image's full output of this layer."""
+    """Multiply-adds x 2 (comparisons for pooling) of one image's full output of this layer.
+
+    A nested model counts its layers; any other layer with weights counts two
+    FLOPs per weight per output position (a convolution's count; an upper
+    bound for most), so the estimate never takes a heavy unknown layer as free.
+    """
     import keras
 
     L = keras.layers
     pos = float(np.prod([d for d in out_shape[1:-1]])) if len(out_shape) > 2 else 1.0
+    if isinstance(layer, keras.Model):
+        total = 0.0
+        for inner in layer.layers:
+            try:
+                total += _layer_flops(inner, inner.output.shape)
+            except (AttributeError, ValueError):
+                total += 2.0 * sum(int(np.prod(w.shape)) for w in inner.weights)
+        return total
+    if isinstance(layer, L.SeparableConv2D):
+        kh, kw, cin, mult = layer.depthwise_kernel.shape
+        return 2.0 * pos * (kh * kw * cin * mult + cin * mult * layer.pointwise_kernel.shape[-1])
     if isinstance(layer, L.DepthwiseConv2D):
         kh, kw, cin, mult = layer.kernel.shape
         return 2.0 * pos * kh * kw * cin * mult
@@ -151,7 +168,10 @@ def _layer_flops(layer, out_shape) -> float:
         return 2.0 * float(np.prod(layer.kernel.shape)) * (pos if len(out_shape) > 2 else 1.0)
     if isinstance(layer, (L.MaxPooling2D, L.AveragePooling2D)):
         return pos * out_shape[-1] * float(np.prod(layer.pool_size))
-    return 0.0
+    if isinstance(layer, (L.BatchNormalization, L.LayerNormalization)):
+        return 0.0  # a few operations per value: noise next to the convolutions
+    weights = sum(int(np.prod(w.shape)) for w in layer.weights)
+    return 2.0 * weights * pos
 
 
 def plan(model) -> Plan:
@@ -159,7 +179,7 @@ def plan(model) -> Plan:
 
     Raises:
         ValueError: the model is not a one-input, one-output functional
-            graph on (N, H, W, C) images, or a layer is called twice in it.
+            graph on (N, H, W, C) images.
     """
     import keras
 
@@ -173,12 +193,8 @@ def plan(model) -> Plan:
     layers, calls, tensor_ids, fill, channels = [None], [None], [id(x)], [0.0], [int(x.shape[-1])]
     flops = [0.0]
     tail, ends_at, tail_flops = [], None, 0.0
-    seen = set()
-    for gn in _graph_nodes(model):
+    for gn in _graph_nodes(model):  # per call, not per layer: a layer called twice is two nodes
         layer = gn.operation
-        if id(layer) in seen:
-            raise ValueError(f"layer {layer.name!r} is called more than once in the model; incremental inference needs each layer once")
-        seen.add(id(layer))
         ins = [owner.get(id(t)) for t in gn.input_tensors]
         outs = gn.outputs
         kind = None
@@ -208,7 +224,9 @@ def plan(model) -> Plan:
     inner = [l.compute_dtype for l in layers[1:] if l is not None and getattr(l, "compute_dtype", None)]
     if inner:
         dtype = keras.backend.standardize_dtype(inner[-1])
-    return Plan(nodes, layers, calls, tensor_ids, fill, channels, stored, boundary, tail, ends_at, id(model.outputs[0]), np.array(flops), tail_flops, dtype)
+    sizes = sorted((int(np.prod(o.shape[1:])) for gn in _graph_nodes(model) for o in gn.outputs if None not in o.shape[1:]), reverse=True)
+    return Plan(nodes, layers, calls, tensor_ids, fill, channels, stored, boundary, tail, ends_at, id(model.outputs[0]), np.array(flops), tail_flops, dtype,
+                peak_bytes=4 * sum(sizes[:2]))
 
 
 @dataclass
@@ -288,6 +306,7 @@ def _window_op(layer, x):
 
     L = keras.layers
     t = type(layer)
+    x = ops.cast(x, layer.compute_dtype)  # as the layer's own call does: a first layer may read the float32 image
     if t is L.ZeroPadding2D:
         return x
     if t is L.MaxPooling2D:
@@ -421,7 +440,7 @@ class Runner:
         if backend == "tensorflow":
             import tensorflow as tf
 
-            return tf.function(fn, autograph=False, reduce_retracing=True)
+            return tf.function(fn, autograph=False)  # one trace per chunk size: the windows need static shapes
         if backend == "jax":
             import jax
 
@@ -450,11 +469,10 @@ def runner(model, height: int, width: int, region_size: int) -> Runner:
 
 
 def chunk_size(run: Runner, n: int, memory_budget_mb: float) -> int:
-    """Images per chunk: the state of G images, their inputs and x(0)'s full forward within the budget."""
+    """Images per chunk: the state of G images, their inputs and the whole model's two largest activations within the budget."""
     p = run.p
     h, w = p.nodes[0].shape
-    sizes = sorted((p.nodes[i].shape[0] * p.nodes[i].shape[1] * p.channels[i] * 4 for i in range(len(p.nodes))), reverse=True)
-    per = p.state_bytes() + 4 * h * w * 7 + sum(sizes[:2])  # state; X, R, RK; the two largest activations in flight
+    per = p.state_bytes() + 4 * h * w * 7 + p.peak_bytes  # state; X, R, RK; the largest activations in flight (x(0), the tail)
     return int(max(1, min(n, (memory_budget_mb * 2**20) // per)))
 
 
