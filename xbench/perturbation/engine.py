@@ -259,7 +259,7 @@ def choose_method(method: str, model, order: str, perturbation: Perturbation, he
     if (method, steps, chunk) not in said:
         said.add((method, steps, chunk))
         ends = f"windows end at {run.p.ends_at}" if run.p.ends_at else "windows run to the output"
-        log.info("perturbation curves on %dx%d images, %d-px regions, %d steps: %s (%s): %.1f GFLOP per image incremental vs %.1f full "
+        log.info("perturbation curves on %dx%d images, %d-px regions, %d steps: %s (%s): %.3g GFLOP per image incremental vs %.3g full "
                  "(%.2fx fewer; predicted %.2fx faster in chunks of %d images, auto takes incremental from %.2fx); %s; %.1f MB stored per image",
                  height, width, region_size, steps, "incremental" if take else "full", "chosen" if method == "auto" else "asked for",
                  est.incremental_gflop, est.full_gflop, est.ratio, speedup, chunk, AUTO_MIN_SPEEDUP, ends, est.state_mb)
