@@ -256,8 +256,8 @@ def choose_method(method: str, model, order: str, perturbation: Perturbation, he
     speedup = predicted_speedup(est, chunk)
     take = method == "incremental" or speedup >= AUTO_MIN_SPEEDUP
     said = run.__dict__.setdefault("said", set())
-    if (method, steps, chunk) not in said:
-        said.add((method, steps, chunk))
+    if (steps, chunk) not in said:  # once per grid and chunk: scoring decides, then passes its decision down
+        said.add((steps, chunk))
         ends = f"windows end at {run.p.ends_at}" if run.p.ends_at else "windows run to the output"
         log.info("perturbation curves on %dx%d images, %d-px regions, %d steps: %s (%s): %.3g GFLOP per image incremental vs %.3g full "
                  "(%.2fx fewer; predicted %.2fx faster in chunks of %d images, auto takes incremental from %.2fx); %s; %.1f MB stored per image",
