@@ -266,8 +266,8 @@ def choose_method(method: str, model, order: str, perturbation: Perturbation, he
     return run if take else None
 
 
-def _incremental(run, images, ids, orders, perturbation, seed, K, targets, return_targets, batch_size, memory_budget_mb, progress):
-    """The curves by incremental inference (:func:`xbench.perturbation.incremental.incremental_probs`)."""
+def _incremental_probs(run, images, ids, orders, perturbation, seed, K, batch_size, memory_budget_mb, progress) -> np.ndarray:
+    """(N, K + 1, C) probabilities by incremental inference (:func:`xbench.perturbation.incremental.incremental_probs`)."""
     from xbench.perturbation.incremental import chunk_size, incremental_probs
 
     n, height, width = images.shape[:3]
@@ -282,14 +282,7 @@ def _incremental(run, images, ids, orders, perturbation, seed, K, targets, retur
     bar = tqdm(total=n * K, desc="curves (incremental)", unit="step", mininterval=1.0, leave=False, disable=not progress)
     probs = incremental_probs(run, prepared, orders, K, G, bar.update)
     bar.close()
-    if n == 0:
-        curves = np.zeros((0, K + 1), np.float32)
-        return (curves, np.zeros(0, np.int64)) if return_targets else curves
-    t = probs[:, 0].argmax(1) if targets is None else np.asarray(targets, dtype=np.int64)
-    if len(t) != n:
-        raise ValueError(f"targets has {len(t)} entries for {n} images")
-    curves = probs[np.arange(n), :, t]
-    return (curves, t) if return_targets else curves
+    return probs
 
 
 def perturbation_curves(
@@ -411,7 +404,8 @@ def perturbation_curves(
     run = (choose_method(method, model, order, perturbation, height, width, region_size, K, n, memory_budget_mb)
            if keras_model or method == "incremental" else None)
     if run is not None:
-        return _incremental(run, images, ids, orders, perturbation, seed, K, targets, return_targets, batch_size, memory_budget_mb, progress)
+        probs = _incremental_probs(run, images, ids, orders, perturbation, seed, K, batch_size, memory_budget_mb, progress)
+        return _read_curves(probs, n, K + 1, order, targets, return_targets)
     step = device_step(model, perturbation) if keras_model else _host_step(model, perturbation)
     B = int(batch_size) if batch_size else auto_batch_size(model, memory_budget_mb)
     if B < 1:
@@ -468,11 +462,16 @@ def perturbation_curves(
     if unsolved:
         log.warning("%s: the imputation stopped at max_iter before tol %.1e on %d of %d (image, step) pairs (worst relative residual %.2g); "
                     "raise perturbation.max_iter", perturbation.name, perturbation.tol, unsolved, total, worst)
-    if probs_out is None:
+    return _read_curves(probs_out, n, S, order, targets, return_targets)
+
+
+def _read_curves(probs, n: int, S: int, order: str, targets, return_targets: bool):
+    """(N, S) curves of the target class from (N, S, C) probabilities (None: no images); targets default to the predicted class."""
+    if probs is None or n == 0:
         curves = np.zeros((0, S), np.float32)
         return (curves, np.zeros(0, np.int64)) if return_targets else curves
-    t = probs_out[:, -1 if order == "insertion" else 0].argmax(1) if targets is None else np.asarray(targets, dtype=np.int64)
+    t = probs[:, -1 if order == "insertion" else 0].argmax(1) if targets is None else np.asarray(targets, dtype=np.int64)
     if len(t) != n:
         raise ValueError(f"targets has {len(t)} entries for {n} images")
-    curves = probs_out[np.arange(n), :, t]
+    curves = probs[np.arange(n), :, t]
     return (curves, t) if return_targets else curves

@@ -27,7 +27,6 @@ its convolutions' outputs.
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -119,10 +118,6 @@ class Plan:
     tail_flops: float
     dtype: str
     peak_bytes: int = 0  # the two largest activations of the whole model, one image, float32
-
-    @property
-    def windowed(self) -> int:
-        return int(sum(n.kind == "window" for n in self.nodes))
 
     def state_bytes(self) -> int:
         """Bytes of one image's state."""
@@ -270,6 +265,15 @@ def predicted_speedup(est: Estimate, chunk: int) -> float:
     return est.ratio * min(EFFICIENCY_CAP, EFFICIENCY_FLOOR + EFFICIENCY_PER_GFLOP * work)
 
 
+def _rows_cols(starts, h: int, w: int):
+    """(G, h) rows and (G, w) columns of each image's window starting at starts (G, 2)."""
+    from keras import ops
+
+    r = ops.expand_dims(starts[:, 0], 1) + ops.arange(h, dtype="int32")[None]
+    c = ops.expand_dims(starts[:, 1], 1) + ops.arange(w, dtype="int32")[None]
+    return r, c
+
+
 def _gather(x, starts, size):
     """(G, h, w, C) values of x (G, H, W, C) at rows starts[:, 0] + [0, h), cols starts[:, 1] + [0, w), clamped into the tensor.
 
@@ -279,8 +283,7 @@ def _gather(x, starts, size):
 
     G, H, W, C = x.shape
     h, w = int(size[0]), int(size[1])
-    r = ops.expand_dims(starts[:, 0], 1) + ops.arange(h, dtype="int32")[None]
-    c = ops.expand_dims(starts[:, 1], 1) + ops.arange(w, dtype="int32")[None]
+    r, c = _rows_cols(starts, h, w)
     rc, cc = ops.clip(r, 0, H - 1), ops.clip(c, 0, W - 1)
     lin = (ops.arange(G, dtype="int32")[:, None, None] * H + rc[:, :, None]) * W + cc[:, None, :]
     return ops.reshape(ops.take(ops.reshape(x, (G * H * W, C)), ops.reshape(lin, (-1,)), axis=0), (G, h, w, C))
@@ -292,8 +295,7 @@ def _put(x, starts, window):
 
     G, H, W, C = x.shape
     h, w = window.shape[1:3]
-    r = ops.expand_dims(starts[:, 0], 1) + ops.arange(h, dtype="int32")[None]
-    c = ops.expand_dims(starts[:, 1], 1) + ops.arange(w, dtype="int32")[None]
+    r, c = _rows_cols(starts, h, w)
     lin = (ops.arange(G, dtype="int32")[:, None, None] * H + r[:, :, None]) * W + c[:, None, :]
     flat = ops.scatter_update(ops.reshape(x, (G * H * W, C)), ops.reshape(lin, (-1, 1)), ops.reshape(window, (-1, C)))
     return ops.reshape(flat, (G, H, W, C))
@@ -427,9 +429,7 @@ class Runner:
         from keras import ops
 
         H, W = self.p.nodes[src].shape
-        h, w = size
-        r = ops.expand_dims(start[:, 0], 1) + ops.arange(h, dtype="int32")[None]
-        c = ops.expand_dims(start[:, 1], 1) + ops.arange(w, dtype="int32")[None]
+        r, c = _rows_cols(start, *size)
         return ops.logical_and(ops.logical_and(r >= 0, r < H)[:, :, None], ops.logical_and(c >= 0, c < W)[:, None, :])
 
     # --- compilation ------------------------------------------------------
