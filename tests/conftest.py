@@ -18,7 +18,7 @@ def cache_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def phantom_db(tmp_path_factory) -> Path:
     """A small phantom database (12 per class) in the radiography layout."""
-    from xbench.synth import SynthSpec, write_database
+    from xbench.pipeline.sources.synthetic import SynthSpec, write_database
 
     root = tmp_path_factory.mktemp("phantoms") / "COVID-19_Radiography_Dataset"
     write_database(root, SynthSpec(n_per_class=12, seed=3, difficulty=0.3, shortcut_class="Normal", shortcut_fraction=0.5), workers=1)
@@ -30,7 +30,7 @@ def compose(overrides=()):
     from hydra import compose as _compose
     from hydra import initialize_config_module
 
-    from xbench.config import register
+    from xbench.apps.config import register
 
     register()
     with initialize_config_module(config_module="xbench.conf", version_base="1.3"):

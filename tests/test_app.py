@@ -95,7 +95,7 @@ def test_cli_smoke_run_in_a_subprocess(tmp_path):
 def test_smoke_job_scores_heatmaps(smoke_run):
     from xbench.metrics.aopc import aopc
 
-    from xbench.results import read_job
+    from xbench.pipeline.results import read_job
 
     out, metrics = smoke_run
     job = read_job(out)
@@ -119,7 +119,7 @@ def test_smoke_job_scores_heatmaps(smoke_run):
 def test_reference_maps_are_scored_on_the_images_with_ground_truth(tmp_path, cache_dir):
     from xbench.apps.run import run
     from xbench.metrics.aopc import aopc_per_image
-    from xbench.results import read_job
+    from xbench.pipeline.results import read_job
 
     m = run(compose(SCORED + ["score.controls=[random,oracle]", "plots=false"]), tmp_path)
     job = read_job(tmp_path)

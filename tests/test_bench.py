@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from xbench.bench import BenchSettings, model_flops, run_bench, training_speed
+from xbench.pipeline.speed import BenchSettings, model_flops, run_bench, training_speed
 
 
 def test_three_paths_agree_on_tiny_sizes():

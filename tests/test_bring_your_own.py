@@ -271,7 +271,7 @@ def _cli(args, cwd, cache):
 def test_cli_scores_a_model_file_on_a_folder_as_the_python_api_does(tmp_path, phantom_db):
     from xbench.data.decode import decode_image
     from xbench.metrics.aopc import aopc_per_image
-    from xbench.results import read_job
+    from xbench.pipeline.results import read_job
 
     classes = _phantom_folder(phantom_db, tmp_path / "data")
     keras.utils.set_random_seed(7)
@@ -370,7 +370,7 @@ def test_cli_refuses_in_one_line_before_any_work(tmp_path, phantom_db):
 
 @pytest.mark.tensorflow
 def test_a_custom_layer_is_named_and_imports_load_it(tmp_path):
-    from xbench.errors import ConfigError
+    from xbench.core.errors import ConfigError
     from xbench.models.model_file import ModelFile
 
     pkg = tmp_path / "mylayers_pkg"
@@ -436,9 +436,9 @@ def test_readme_score_your_own_model_runs_verbatim(tmp_path, phantom_db):
 def test_folder_source_scans_any_depth_and_splits_as_asked(tmp_path):
     from PIL import Image
 
-    from xbench.data.sources import FolderSource
+    from xbench.pipeline.sources import FolderSource
     from xbench.data.split import stratified_sample
-    from xbench.errors import DataError
+    from xbench.core.errors import DataError
 
     root = tmp_path / "imgs"
     for c, n in (("b_virus", 6), ("a_bacteria", 9), ("c_normal", 3)):
@@ -561,8 +561,8 @@ def test_model_file_outputs_are_read_through_softmax_layers_without_keras(tmp_pa
 def test_folder_refusals_found_by_the_audit(tmp_path, monkeypatch):
     from PIL import Image
 
-    from xbench.data.sources import FolderSource
-    from xbench.errors import DataError
+    from xbench.pipeline.sources import FolderSource
+    from xbench.core.errors import DataError
 
     root = tmp_path / "imgs"
     for c in ("a", "b"):

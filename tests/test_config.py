@@ -5,8 +5,8 @@ from omegaconf import OmegaConf
 
 from tests.conftest import compose
 from xbench.apps.run import build_job
-from xbench.config import validate
-from xbench.errors import ConfigError
+from xbench.apps.config import validate
+from xbench.core.errors import ConfigError
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -62,8 +62,8 @@ def test_offline_is_an_overlay_the_experiments_swap_for_pretrained():
 
 def test_synthetic_defaults_are_declared_once_and_xbench_synth_uses_them():
     from xbench.apps.synth import parser
-    from xbench.data.sources import SyntheticSource
-    from xbench.synth import SynthSpec
+    from xbench.pipeline.sources import SyntheticSource
+    from xbench.pipeline.sources.synthetic import SynthSpec
 
     src, spec, cli = SyntheticSource(), SynthSpec(), parser().parse_args(["--out", "x"])
     assert (src.n_per_class, src.difficulty, src.shortcut_class, src.shortcut_fraction, src.synth_seed) == (400, 0.0, "", 0.0, 0)
@@ -164,9 +164,9 @@ def test_an_objects_own_rule_surfaces_as_group_dot_field(overrides, message):
 
 
 def test_objects_raise_plain_value_errors_naming_their_field():
-    from xbench.data.sources import SyntheticSource
+    from xbench.pipeline.sources import SyntheticSource
     from xbench.models.backbones import ClassifierSpec
-    from xbench.settings import ScoreSettings
+    from xbench.pipeline.settings import ScoreSettings
 
     for make, message in [(lambda: SyntheticSource(n_per_class=3), "n_per_class: "),
                           (lambda: SyntheticSource(image_size=0), "image_size: must be a positive number of pixels"),
@@ -180,7 +180,7 @@ def test_objects_raise_plain_value_errors_naming_their_field():
 def test_schemas_are_out_of_sight():
     from hydra.core.config_store import ConfigStore
 
-    from xbench.config import register
+    from xbench.apps.config import register
 
     register()
     repo = ConfigStore.instance().repo

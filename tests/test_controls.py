@@ -122,7 +122,7 @@ def test_the_heatmap_cache_keys_the_scoring_grid(tmp_path):
     # The random control's map is an order of the grid's regions: a map made for
     # one region size must never be reused for another.
     from xbench.explain import ExplainContext, RandomControl
-    from xbench.model_store import CachedExplainer
+    from xbench.pipeline.store import CachedExplainer
 
     cached = CachedExplainer(RandomControl(), tmp_path, "model")
     images = np.zeros((3, 16, 16, 3), np.float32)
@@ -139,7 +139,7 @@ def test_scoring_with_no_image_to_score_writes_empty_results():
 
     from xbench.explain import GradCAM, RandomControl
     from xbench.perturbation import GaussianNoise
-    from xbench.scoring import ScoreSettings, score_model
+    from xbench.pipeline.scoring import ScoreSettings, score_model
 
     inp = keras.Input((16, 16, 3))
     x = keras.layers.Conv2D(2, 3, name="conv")(inp)
@@ -159,7 +159,7 @@ def test_the_random_controls_localisation_floor_is_chance_even_on_a_partial_grid
 
     from xbench.explain import GradCAM, RandomControl
     from xbench.perturbation import GaussianNoise
-    from xbench.scoring import GroundTruth, ScoreSettings, score_model
+    from xbench.pipeline.scoring import GroundTruth, ScoreSettings, score_model
 
     inp = keras.Input((18, 18, 3))
     x = keras.layers.Conv2D(2, 3, name="conv")(inp)

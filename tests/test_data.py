@@ -5,15 +5,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from xbench.data.cache import load_decoded
+from xbench.pipeline.store.decoded import load_decoded
 from xbench.data.decode import CorruptImage, decode_image
-from xbench.data.pediatric import patient_id, scan_pediatric
-from xbench.data.radiography import scan_radiography
-from xbench.data.sources import PediatricSource, RadiographySource
+from xbench.pipeline.sources.pediatric import patient_id, scan_pediatric
+from xbench.pipeline.sources.radiography import scan_radiography
+from xbench.pipeline.sources import PediatricSource, RadiographySource
 from xbench.data.split import balanced_subset, stratified_split
-from xbench.errors import DataError
-from xbench.phantoms import RADIOGRAPHY_CLASSES
-from xbench.synth import MARKER_FILE
+from xbench.core.errors import DataError
+from xbench.data.phantoms import RADIOGRAPHY_CLASSES
+from xbench.pipeline.sources.synthetic import MARKER_FILE
 
 
 def test_phantom_database_has_the_radiography_layout(phantom_db):
@@ -153,7 +153,7 @@ def test_corrupt_truncated_zero_byte_are_skipped_and_listed(tmp_path):
 def test_cache_hit_decodes_nothing(tmp_path, monkeypatch):
     paths = [_write(tmp_path / f"{i}.png", np.full((10, 10), i * 20, np.uint8)) for i in range(5)]
     first = load_decoded(paths, 8, tmp_path / "c")
-    import xbench.data.cache as cache
+    import xbench.pipeline.store.decoded as cache
 
     monkeypatch.setattr(cache, "decode_image", lambda *a: (_ for _ in ()).throw(AssertionError("decoded again")))
     second = load_decoded(paths, 8, tmp_path / "c")
@@ -209,7 +209,7 @@ def test_pediatric_missing_split(tmp_path):
 def test_atomic_writes_leave_no_temp_files_and_normal_permissions(tmp_path):
     import os
 
-    from xbench import io
+    from xbench.core import io
 
     io.write_json(tmp_path / "a.json", {"x": 1})
     with pytest.raises(RuntimeError):
@@ -223,7 +223,7 @@ def test_atomic_writes_leave_no_temp_files_and_normal_permissions(tmp_path):
 
 
 def test_shortcut_phantoms_carry_marker_masks_and_the_test_split_can_differ(tmp_path):
-    from xbench.data.sources import SyntheticSource
+    from xbench.pipeline.sources import SyntheticSource
 
     clean = SyntheticSource(n_per_class=10, shortcut_class="Normal", shortcut_fraction=0.0, test_shortcut_fraction=1.0)
     clean.prepare(tmp_path)

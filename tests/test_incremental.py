@@ -210,7 +210,7 @@ def test_incremental_curves_follow_max_steps_targets_and_chunks():
 @pytest.mark.slow
 @pytest.mark.parametrize("backbone,size,region", [("vgg16", 40, 6), ("densenet201", 36, 8), ("resnet50", 36, 8), ("mobilenetv2", 40, 8)])
 def test_incremental_curves_equal_full_ones_on_the_paper_backbones(backbone, size, region):
-    from xbench.bench import _unsaturate
+    from xbench.pipeline.speed import _unsaturate
     from xbench.models import build_classifier
 
     model = build_classifier(backbone, 4, size, weights="none", seed=0)

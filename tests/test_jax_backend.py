@@ -66,7 +66,7 @@ def test_tf_and_jax_give_the_same_curves_and_grad_cam_on_the_same_weights(tmp_pa
 
     import keras
 
-    from xbench.bench import _unsaturate
+    from xbench.pipeline.speed import _unsaturate
 
     assert keras.backend.backend() == "tensorflow"  # this process is the TensorFlow side
     model = build_classifier("vgg16", 4, 32, weights="none", seed=3)
@@ -139,7 +139,7 @@ def test_the_engine_splits_its_batches_over_two_jax_devices_with_identical_curve
     # between them (jax.sharding), and the curves must not change by a bit.
     script = """
 import sys, numpy as np, jax
-from xbench.bench import _unsaturate
+from xbench.pipeline.speed import _unsaturate
 from xbench.models import build_classifier
 from xbench.perturbation.engine import perturbation_curves, step_devices
 m = build_classifier("vgg16", 4, 32, weights="none", seed=0)
@@ -166,7 +166,7 @@ def test_on_jax_tensorflows_start_up_lines_stay_off_the_console_when_keras_impor
     # start_backend imports it under the capture, so nothing of it reaches stderr mid-job.
     script = textwrap.dedent("""
         import sys
-        from xbench.native_logs import start_backend
+        from xbench.backend.native_logs import start_backend
         start_backend()
         import keras
         keras.utils.set_random_seed(0)
@@ -185,7 +185,7 @@ def test_a_saturated_softmax_still_trains_on_jax(tmp_path):
     script = textwrap.dedent("""
         import numpy as np
         from xbench.models import build_classifier
-        from xbench.training import TrainSettings, train_classifier
+        from xbench.pipeline.training import TrainSettings, train_classifier
         rng = np.random.default_rng(0)
         labels = np.arange(64) % 2
         images = (rng.random((64, 32, 32, 3)) * 60 + labels[:, None, None, None] * 120).astype(np.uint8)

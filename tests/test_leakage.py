@@ -5,9 +5,9 @@ import sys
 import numpy as np
 import pytest
 
-from xbench.bench import phantom_images
+from xbench.pipeline.speed import phantom_images
 from xbench.data.pixels import to_unit_float
-from xbench.leakage import mask_leakage, paired_auc_ci, perturb_with_masks, removal_masks, roc_auc
+from xbench.pipeline.leakage import mask_leakage, paired_auc_ci, perturb_with_masks, removal_masks, roc_auc
 from xbench.perturbation import Constant, GaussianNoise, Road
 from xbench.perturbation.perturbations import image_rng
 from xbench.perturbation.regions import region_index_map
@@ -84,7 +84,7 @@ def test_mask_leakage_on_phantoms_constant_leaks_road_less_identity_is_chance():
     road, const, null = (r[k].mask_auc for k in ("road", "constant", "identity"))
     assert const > 0.9 and r["constant"].image_auc > 0.9
     assert const - road > 0.15
-    assert road - null > 0.15  # ROAD's fill is detectable on phantoms (see xbench.leakage's docstring)
+    assert road - null > 0.15  # ROAD's fill is detectable on phantoms (see xbench.pipeline.leakage's docstring)
     assert abs(null - 0.5) < 0.08 and r["identity"].image_auc == 0.5  # the floor: identical images tie
     for v in r.values():
         assert v.n_train == v.n_test == 32 and v.mask_auc_ci[0] <= v.mask_auc_per_image <= v.mask_auc_ci[1]

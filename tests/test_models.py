@@ -2,7 +2,7 @@ import keras
 import numpy as np
 import pytest
 
-from xbench.errors import ConfigError
+from xbench.core.errors import ConfigError
 from xbench.models import BACKBONES, Preprocess, build_classifier
 from xbench.models.build import backbone_layers, feature_extractor, head_model, set_trainable
 
@@ -38,7 +38,7 @@ def test_paper_head_parameter_counts_at_299():
 
 
 def test_saved_model_loads_in_safe_mode(tmp_path):
-    from xbench import io
+    from xbench.core import io
 
     m = build_classifier("mobilenetv2", 4, 32, weights="none")
     x = np.random.default_rng(2).random((3, 32, 32, 3), dtype=np.float32)

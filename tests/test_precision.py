@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from xbench.settings import ScoreSettings
+from xbench.pipeline.settings import ScoreSettings
 
 
 def test_a_bad_dtype_is_refused_naming_the_choices():
@@ -32,14 +32,14 @@ def test_a_low_precision_copy_computes_in_its_type_on_the_same_weights_and_leave
 
 def test_scoring_in_bfloat16_keeps_the_maps_changes_the_curves_by_little_and_keys_its_own_cache(tmp_path):
     from xbench.explain import GradCAM
-    from xbench.model_store import CurveStore
+    from xbench.pipeline.store import CurveStore
     from xbench.models import build_classifier
     from xbench.perturbation import GaussianNoise
-    from xbench.scoring import score_model
+    from xbench.pipeline.scoring import score_model
 
     rng = np.random.default_rng(1)
     images = (rng.random((6, 32, 32, 3)) * 255).astype(np.uint8)
-    from xbench.bench import _unsaturate
+    from xbench.pipeline.speed import _unsaturate
 
     model = build_classifier("vgg16", 2, 32, weights="none", seed=0, head="pediatric", dense_units=[])
     _unsaturate(model, images / 255.0)  # He-init logits saturate the softmax: every curve would be 1.0 in any precision

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from xbench import report
-from xbench import results as R
+from xbench.pipeline import report
+from xbench.pipeline import results as R
 from xbench.metrics import reliability as rel
 
 # ---------------------------------------------------------------- kernels

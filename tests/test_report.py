@@ -5,8 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from xbench import report
-from xbench import results as R
+from xbench.pipeline import report
+from xbench.pipeline import results as R
 from xbench.metrics.aopc import aopc_per_image
 
 

@@ -18,8 +18,8 @@ from xbench.explain.randomisation import layer_groups, layer_seed, randomisation
 from xbench.metrics.similarity import (MEASURES, constant_maps, map_similarities, normalise_abs, pair_similarities, random_pairs, spearman,
                                        ssim)
 from xbench.models import build_classifier
-from xbench.results import Estimate
-from xbench.sanity import randomisation_check, verdict
+from xbench.pipeline.results import Estimate
+from xbench.pipeline.sanity import randomisation_check, verdict
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -173,7 +173,7 @@ def test_the_baseline_ci_covers_the_truth_about_95_percent_when_images_vary():
 
 
 def test_verdict_rule():
-    from xbench.sanity import SanityStep
+    from xbench.pipeline.sanity import SanityStep
 
     def step(p, lo):
         e = Estimate(mean=lo + 0.05, ci95=[lo, lo + 0.1], n=8)
@@ -475,7 +475,7 @@ def test_randomisation_gradcam_and_guided_backprop_under_jax(tmp_path):
         from tests.test_sanity import _guided_errors, _tiny_bn_model
         from xbench.explain import CenterControl, GradCAM
         from xbench.explain.randomisation import randomised_copy
-        from xbench.sanity import randomisation_check
+        from xbench.pipeline.sanity import randomisation_check
 
         model = _tiny_bn_model()
         x = np.random.default_rng(0).random((4, 12, 12, 3)).astype(np.float32)
@@ -506,8 +506,8 @@ def test_the_job_check_scores_the_randomised_maps_on_both_models_as_a_direct_com
     from xbench.explain.randomisation import randomisation_steps, randomised_copy
     from xbench.metrics.aopc import aopc_per_image
     from xbench.perturbation import GaussianNoise, perturbation_curves
-    from xbench.sanity import check_job_model
-    from xbench.settings import SanitySettings
+    from xbench.pipeline.sanity import check_job_model
+    from xbench.pipeline.settings import SanitySettings
 
     x, y = _bars(6, seed=3)
     ids = np.arange(100, 106)
@@ -534,7 +534,7 @@ def test_the_job_check_scores_the_randomised_maps_on_both_models_as_a_direct_com
 @pytest.mark.slow
 def test_a_job_with_the_check_records_it_in_metrics_summary_plots_and_report(tmp_path, cache_dir):
     from tests.conftest import compose
-    from xbench import results
+    from xbench.pipeline import results
     from xbench.apps.report import main as report_main
     from xbench.apps.run import run
 
@@ -558,7 +558,7 @@ def test_a_job_with_the_check_records_it_in_metrics_summary_plots_and_report(tmp
 def test_a_bad_sanity_value_is_one_line_naming_the_key():
     from tests.conftest import compose
     from xbench.apps.run import build_job
-    from xbench.errors import ConfigError
+    from xbench.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"^sanity\.modes: choose from \['cascading', 'independent'\], got \['sideways'\]$"):
         build_job(compose(["+experiment=smoke", "sanity.modes=[sideways]"]))

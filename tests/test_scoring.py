@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from xbench.perturbation import GaussianNoise
-from xbench.scoring import ScoreSettings, auto_region_size, score_model, select_images
+from xbench.pipeline.scoring import ScoreSettings, auto_region_size, score_model, select_images
 
 
 def test_auto_region_size_gives_the_paper_grid():
@@ -44,10 +44,10 @@ def test_select_images_correct_only_stratified_and_seeded():
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """DenseNet201 (He-init, frozen) with the paper head trained on 64-px phantoms."""
-    from xbench.data.sources import SyntheticSource
+    from xbench.pipeline.sources import SyntheticSource
     from xbench.models import build_classifier
-    from xbench.pipeline import prepare_data
-    from xbench.training import TrainSettings, predict_images, train_classifier
+    from xbench.pipeline.job import prepare_data
+    from xbench.pipeline.training import TrainSettings, predict_images, train_classifier
 
     cache = tmp_path_factory.mktemp("scorecache")
     src = SyntheticSource(n_per_class=100, difficulty=0.0, image_size=64, root=None)
@@ -134,10 +134,10 @@ def test_deletion_and_insertion_are_scored_for_the_explainer_and_random_and_repo
     import pandas as pd
 
     from tests.test_report import _job
-    from xbench import results as R
+    from xbench.pipeline import results as R
     from xbench.apps.report import build_report
     from xbench.explain import CenterControl, RandomControl
-    from xbench.job_plots import scoring_plots
+    from xbench.pipeline.job_plots import scoring_plots
     from xbench.metrics.insertion_deletion import auc_per_image
     from xbench.perturbation import Constant
 
@@ -190,7 +190,7 @@ def test_deletion_and_insertion_are_scored_for_the_explainer_and_random_and_repo
 
 def test_curve_store_keys_pixel_orders_by_their_settings(tmp_path):
     from xbench.explain import CenterControl
-    from xbench.model_store import CurveStore
+    from xbench.pipeline.store import CurveStore
     from xbench.perturbation import Constant
 
     model, images, preds = _pixel_job_inputs(n=4)

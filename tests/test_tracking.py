@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 
 from tests.conftest import compose
-from xbench import results, tracking
-from xbench.tracking import TrackingSettings
+from xbench.pipeline import results, tracking
+from xbench.pipeline.tracking import TrackingSettings
 
 SWEEP = ["+experiment=smoke", "score.subset=all", "train.epochs=2", "tracking=mlflow"]
 
@@ -122,7 +122,7 @@ def test_a_sweep_is_one_experiment_and_each_job_a_run_with_its_figures(sweep):
 
 @pytest.mark.slow
 def test_tracking_settings_do_not_split_a_measurement(sweep):
-    from xbench.report import identity
+    from xbench.pipeline.report import identity
 
     job = results.read_job(sweep[3][0])
     untracked = results.read_job(sweep[3][0])
@@ -135,7 +135,7 @@ def _log_times(run_log: Path) -> dict[str, datetime]:
     out = {}
     for line in run_log.read_text().splitlines():
         stamp = re.match(r"\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]", line)
-        if stamp and "xbench.pipeline" in line and "] - wrote " in line:
+        if stamp and "xbench.pipeline.job" in line and "] - wrote " in line:
             out["wrote"] = datetime.strptime(stamp.group(1), "%Y-%m-%d %H:%M:%S,%f")
         if stamp and "[WARNING]" in line and "tracking:" in line:
             out["warning"] = datetime.strptime(stamp.group(1), "%Y-%m-%d %H:%M:%S,%f")
@@ -174,13 +174,13 @@ def test_a_server_that_never_answers_costs_the_job_at_most_the_timeout(tmp_path,
         server.listen(16)
         settings = TrackingSettings(kind="mlflow", uri=f"http://127.0.0.1:{server.getsockname()[1]}", timeout_s=3)
         t0 = time.perf_counter()
-        with caplog.at_level(logging.WARNING, logger="xbench.tracking"):
+        with caplog.at_level(logging.WARNING, logger="xbench.pipeline.tracking"):
             with tracking.tracked(settings, job, {"seed": 0}):
                 pass
         elapsed = time.perf_counter() - t0
     assert elapsed < 15, elapsed  # 3 s, plus starting the child
     assert len(caplog.records) == 1 and "did not finish within tracking.timeout_s=3 s" in caplog.text
-    assert not [c for c in _children() if "xbench.tracking" in c]  # the child was killed and reaped
+    assert not [c for c in _children() if "xbench.pipeline.tracking" in c]  # the child was killed and reaped
 
 
 def test_a_failed_job_is_logged_as_failed_and_its_error_propagates(tmp_path, monkeypatch):
@@ -212,7 +212,7 @@ def test_defaults_store_under_outputs_and_name_the_experiment_after_the_sweep(tm
 
 def test_tracking_needs_mlflow_and_preflight_says_how_to_get_it(monkeypatch):
     from xbench.apps.run import preflight
-    from xbench.errors import ConfigError
+    from xbench.core.errors import ConfigError
 
     preflight(["+experiment=smoke", "tracking=mlflow"])  # installed: fine
     monkeypatch.setattr(tracking, "mlflow_installed", lambda: False)
@@ -226,7 +226,7 @@ def test_tracking_needs_mlflow_and_preflight_says_how_to_get_it(monkeypatch):
 
 
 def test_the_job_process_never_imports_mlflow(tmp_path):
-    code = ("import sys; from xbench import tracking; "
+    code = ("import sys; from xbench.pipeline import tracking; "
             f"rid = tracking.log_job(tracking.TrackingSettings(kind='mlflow', uri='sqlite:///{tmp_path / 'mlflow.db'}'), '{tmp_path / 'job'}', {{'seed': 1}}); "
             "assert rid and 'mlflow' not in sys.modules, (rid, [m for m in sys.modules if 'mlflow' in m]); print('ok')")
     r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
@@ -239,7 +239,7 @@ def test_a_held_database_lock_counts_against_the_timeout(tmp_path, monkeypatch, 
     import sys
     import time
 
-    from xbench import tracking
+    from xbench.pipeline import tracking
 
     monkeypatch.chdir(tmp_path)
     s = tracking.TrackingSettings(kind="mlflow", timeout_s=1.0)

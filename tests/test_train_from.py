@@ -6,7 +6,7 @@ import pytest
 
 def _train(feature_cache: bool, train_from: str = "block5_conv1"):
     from xbench.models import build_classifier
-    from xbench.training import TrainSettings, train_classifier
+    from xbench.pipeline.training import TrainSettings, train_classifier
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (24, 32, 32, 3), dtype=np.uint8)
@@ -32,9 +32,9 @@ def test_tail_on_cached_activations_matches_full_model():
 
 
 def test_train_from_needs_frozen_base_and_a_backbone_layer():
-    from xbench.errors import ConfigError
+    from xbench.core.errors import ConfigError
     from xbench.models import build_classifier
-    from xbench.training import TrainSettings, train_classifier
+    from xbench.pipeline.training import TrainSettings, train_classifier
 
     model = build_classifier("vgg16", 2, 32, weights=None, seed=0)
     args = (model, np.zeros((4, 32, 32, 3), np.uint8), np.array([0, 1, 0, 1]), np.array(["train", "train", "val", "val"]), ["a", "b"], ["b"])

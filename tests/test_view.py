@@ -18,8 +18,8 @@ import pytest
 
 pytest.importorskip("streamlit")
 
-from xbench import results  # noqa: E402
-from xbench import view_data as V  # noqa: E402
+from xbench.pipeline import results  # noqa: E402
+from xbench.pipeline import view_data as V  # noqa: E402
 from xbench.metrics.aopc import aopc_per_image  # noqa: E402
 
 APP = str(Path(__file__).resolve().parents[1] / "xbench" / "apps" / "view" / "app.py")
@@ -163,7 +163,7 @@ def _captions(at):
 
 
 def test_summary_page_shows_the_reports_tables(app, sweep):
-    from xbench import report as R
+    from xbench.pipeline import report as R
 
     col = R.collect([sweep])
     groups = R.measurements(col.jobs)

@@ -3,7 +3,7 @@
 import os; os.environ['TF_CPP_MIN_LOG_LEVEL']='3'
 import numpy as np
 from xbench.models import build_classifier
-from xbench.bench import _unsaturate
+from xbench.pipeline.speed import _unsaturate
 from xbench.perturbation.engine import perturbation_curves
 from xbench.perturbation.incremental import runner
 from xbench.perturbation.windows import window_tables

@@ -1,4 +1,4 @@
-"""Fault injection: real subprocesses, real SIGKILLs (``XBENCH_FAULT``, see :mod:`xbench.faults`)."""
+"""Fault injection: real subprocesses, real SIGKILLs (``XBENCH_FAULT``, see :mod:`xbench.core.faults`)."""
 
 import json
 import os

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from xbench.apps.run import preflight, run
-from xbench.errors import ConfigError, DataError, XbenchError
+from xbench.core.errors import ConfigError, DataError, XbenchError
 
 from ..conftest import compose
 from .conftest import xbench
@@ -199,4 +199,4 @@ def test_layout_errors_stop_the_job_in_seconds(damage, message, phantom_db, tmp_
 
 def test_xbench_errors_are_the_only_ones_shown_as_one_line():
     assert issubclass(ConfigError, XbenchError) and issubclass(DataError, XbenchError)
-    assert subprocess.run([sys.executable, "-c", "import xbench.errors"], timeout=60).returncode == 0
+    assert subprocess.run([sys.executable, "-c", "import xbench.core.errors"], timeout=60).returncode == 0

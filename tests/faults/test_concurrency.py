@@ -35,7 +35,7 @@ def test_two_workers_sharing_a_cache_entry_train_once_and_agree(tmp_path):
     entries = [d for d in (cache / "models").iterdir() if d.is_dir()]
     assert len(entries) == 1 and (entries[0] / "train.json").is_file()
     assert not list(cache.rglob(".*.tmp")) and not list(cache.rglob("*.partial"))
-    from xbench.model_store import ModelStore
+    from xbench.pipeline.store import ModelStore
 
     model, history, record = ModelStore(cache).load(entries[0].name)  # safe mode
     assert model.output_shape == (None, 4) and len(history) == 5 and record["best_epoch"] >= 1

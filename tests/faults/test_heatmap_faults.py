@@ -6,8 +6,8 @@ import numpy as np
 from xbench.perturbation.engine import perturbation_curves
 from xbench.perturbation.perturbations import GaussianNoise
 from xbench.perturbation.regions import sanitise_heatmaps
-from xbench.scoring import score_model
-from xbench.settings import ScoreSettings
+from xbench.pipeline.scoring import score_model
+from xbench.pipeline.settings import ScoreSettings
 
 
 def _model():

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from xbench import io
+from xbench.core import io
 
 from .conftest import JOB, figures, load_metrics
 
@@ -77,7 +77,7 @@ def _env(cache: Path) -> dict:
 def test_killed_while_writing_phantoms_leaves_no_orphan_and_no_held_lock(tmp_path):
     """The reported hang: workers forked under the database lock kept it, and outlived their killed parent."""
     script = textwrap.dedent(f"""
-        from xbench.synth import SynthSpec, write_database
+        from xbench.pipeline.sources.synthetic import SynthSpec, write_database
         write_database({str(tmp_path / 'db')!r}, SynthSpec(n_per_class=300, size=128), workers=2)
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], env=_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -96,7 +96,7 @@ def test_killed_while_writing_phantoms_leaves_no_orphan_and_no_held_lock(tmp_pat
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "waiting for" not in r.stderr
-    from xbench.synth import SynthSpec, is_complete
+    from xbench.pipeline.sources.synthetic import SynthSpec, is_complete
 
     assert is_complete(tmp_path / "db", SynthSpec(n_per_class=300, size=128)) and time.monotonic() - t0 < 300
 
@@ -115,7 +115,7 @@ def test_a_lock_wait_says_what_it_waits_for_and_on_whom(tmp_path, caplog):
     held.wait(10)
     assert io.lock_holder(path).startswith(f"pid {os.getpid()}: ")
     threading.Timer(0.6, release.set).start()
-    with caplog.at_level(logging.WARNING, logger="xbench.io"):
+    with caplog.at_level(logging.WARNING, logger="xbench.core.io"):
         with io.file_lock(path, "the thing", report_every=0.2) as free:
             assert free is False
     t.join()

@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from xbench import io
+from xbench.core import io
 from xbench.apps.run import preflight
-from xbench.errors import ConfigError
+from xbench.core.errors import ConfigError
 from xbench.explain.context import ExplainContext
-from xbench.model_store import CachedExplainer, CurveStore, ModelStore
+from xbench.pipeline.store import CachedExplainer, CurveStore, ModelStore
 
 SOURCE = Path(__file__).resolve().parents[2] / "xbench"
 

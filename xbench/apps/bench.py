@@ -71,11 +71,11 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     if a.pixel_steps is not None and a.pixel_steps < 1:
         p.error("--pixel-steps must be >= 1")
-    from xbench.native_logs import start_backend
+    from xbench.backend.native_logs import start_backend
 
     start_backend()  # the backend's machine-dependent start-up lines stay off the console
     if a.leakage:
-        from xbench.bench import leakage_bench
+        from xbench.pipeline.speed import leakage_bench
 
         try:
             out = leakage_bench(a.image_size, a.n or 128, a.region_size, a.seed, a.epochs)
@@ -85,7 +85,7 @@ def main(argv=None) -> int:
         print(json.dumps({"leakage": out}) if a.json else _leakage_table(out))
         return 0
     a.n = 64 if a.n is None else a.n
-    from xbench.bench import BenchSettings, matmul_peak, memory_bandwidth, run_bench
+    from xbench.pipeline.speed import BenchSettings, matmul_peak, memory_bandwidth, run_bench
 
     s = BenchSettings(a.backbone, a.image_size, a.n, a.region_size, a.order, a.perturbation, a.batch_size, a.dtype, not a.no_toolkit, seed=a.seed,
                       max_steps=a.max_steps, repeats=a.repeats, pixel_steps=a.pixel_steps, insertion_blur=a.insertion_blur, method=a.method)
@@ -105,7 +105,7 @@ def main(argv=None) -> int:
                                            pixel_steps=a.pixel_steps, insertion_blur=a.insertion_blur), model=model)
             out["sweep"].append(r)
     if a.training:
-        from xbench.bench import training_speed
+        from xbench.pipeline.speed import training_speed
 
         out["training"] = training_speed(a.backbone, a.image_size)
     if a.peaks:

@@ -13,15 +13,17 @@ import logging
 import sys
 from pathlib import Path
 
-log = logging.getLogger("xbench.report")
+log = logging.getLogger("xbench.pipeline.report")
 
 
 def build_report(folders, out: Path, fmt: str = "png", latex: bool = False, n_resamples: int = 2000) -> dict:
     """Read the jobs under ``folders`` and write the report into ``out``; returns what was written."""
     import matplotlib.pyplot as plt
 
-    from xbench import io, plots
-    from xbench import report as R
+    from xbench.core import io
+
+    from xbench.pipeline import plots
+    from xbench.pipeline import report as R
 
     col = R.collect(folders)
     io.ensure_dir(out)
@@ -58,9 +60,9 @@ def build_report(folders, out: Path, fmt: str = "png", latex: bool = False, n_re
 def summary_markdown(col, folders, frame, groups, table, pw, reliab=None) -> str:
     """The text of ``summary.md``: each table with a sentence on what it pools and resamples.
 
-    ``reliab``: :func:`xbench.report.metric_reliability` of the jobs (computed here when None).
+    ``reliab``: :func:`xbench.pipeline.report.metric_reliability` of the jobs (computed here when None).
     """
-    from xbench import report as R
+    from xbench.pipeline import report as R
 
     if reliab is None:
         reliab = R.metric_reliability(col.jobs)

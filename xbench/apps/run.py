@@ -1,7 +1,7 @@
 """``xbench``: the Hydra app that runs one benchmark job (or a sweep with ``-m``).
 
 Thin: compose and validate the config, build the objects, call
-:func:`xbench.pipeline.run_job`. A user error prints one line (no traceback;
+:func:`xbench.pipeline.job.run_job`. A user error prints one line (no traceback;
 the traceback goes to the job's log) and exits with status 2.
 """
 
@@ -20,11 +20,11 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from xbench.config import register, validate
-from xbench.errors import ConfigError, XbenchError
+from xbench.apps.config import register, validate
+from xbench.core.errors import ConfigError, XbenchError
 from xbench.models.backbones import ClassifierSpec
-from xbench.settings import SanitySettings, ScoreSettings, TrainSettings
-from xbench.tracking import TrackingSettings
+from xbench.pipeline.settings import SanitySettings, ScoreSettings, TrainSettings
+from xbench.pipeline.tracking import TrackingSettings
 
 log = logging.getLogger("xbench")
 register()
@@ -50,11 +50,11 @@ def build_job(cfg: DictConfig) -> Job:
 
     Each object checks its own fields (its ``ValueError`` starts with the
     field's name, and becomes ``<group>.<field>: ...`` here);
-    :func:`xbench.config.validate` checks what spans groups. Nothing here
+    :func:`xbench.apps.config.validate` checks what spans groups. Nothing here
     imports Keras, so :func:`preflight` runs it for every job of a sweep
     before the first starts.
     """
-    from xbench.config import MODEL_FILE_TARGET
+    from xbench.apps.config import MODEL_FILE_TARGET
     from xbench.explain.explainers import CONTROLS
     from xbench.models.model_file import ModelFile
 
@@ -67,7 +67,7 @@ def build_job(cfg: DictConfig) -> Job:
         "perturbation": _from_target,
         "score": OmegaConf.to_object,  # a ScoreSettings (the schema of the node)
         "sanity": OmegaConf.to_object,  # a SanitySettings
-        "tracking": OmegaConf.to_object,  # a TrackingSettings (xbench.tracking)
+        "tracking": OmegaConf.to_object,  # a TrackingSettings (xbench.pipeline.tracking)
     }
     built = {}
     for group, make in makers.items():
@@ -156,8 +156,8 @@ def _keyed(group: str, exc: BaseException) -> str:
 def run(cfg: DictConfig, run_dir: Path):
     """Build the job's objects from ``cfg`` (checking every value) and run it into ``run_dir``."""
     from xbench.models.model_file import ModelFile
-    from xbench.pipeline import JobSpec, run_job
-    from xbench.tracking import tracked
+    from xbench.pipeline.job import JobSpec, run_job
+    from xbench.pipeline.tracking import tracked
 
     job = build_job(cfg)
     spec = JobSpec(
@@ -188,7 +188,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
-        from xbench.native_logs import start_backend
+        from xbench.backend.native_logs import start_backend
 
         start_backend()  # TensorFlow's machine-dependent start-up lines go to run.log, not the console
         run(cfg, run_dir)
@@ -199,7 +199,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 def _log_traceback_to_file(exc: BaseException) -> None:
     """Write ``exc`` and its traceback to the job's log file only (the console gets one line, from :func:`_fail`)."""
-    from xbench.native_logs import to_log_files
+    from xbench.backend.native_logs import to_log_files
 
     to_log_files(log.makeRecord(log.name, logging.ERROR, __file__, 0, "%s", (exc,), (type(exc), exc, exc.__traceback__)))
 

@@ -1,6 +1,6 @@
 """``xbench-synth``: write a synthetic phantom database in the radiography layout.
 
-Its defaults and rules are :class:`xbench.synth.SynthSpec`'s (the default
+Its defaults and rules are :class:`xbench.pipeline.sources.synthetic.SynthSpec`'s (the default
 benchmark's phantoms), so a database written with no options is the one
 ``data=synthetic`` uses.
 """
@@ -11,8 +11,8 @@ import argparse
 import logging
 import sys
 
-from xbench.phantoms import RADIOGRAPHY_CLASSES
-from xbench.synth import SynthSpec
+from xbench.data.phantoms import RADIOGRAPHY_CLASSES
+from xbench.pipeline.sources.synthetic import SynthSpec
 
 #: Command-line flag -> SynthSpec field.
 _FLAGS = {"--n-per-class": "n_per_class", "--seed": "seed", "--difficulty": "difficulty",
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         flag = next((f for f, name in _FLAGS.items() if name == field), field)
         p.error(f"{flag} {msg}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from xbench.synth import write_database
+    from xbench.pipeline.sources.synthetic import write_database
 
     root = write_database(a.out, spec, workers=a.workers)
     print(root)

@@ -5,7 +5,7 @@ config can be checked before TensorFlow starts; the Grad-CAM kernels
 (``xbench.explain.cam``) load Keras when first used.
 """
 
-from xbench.lazy import exports
+from xbench.core.lazy import exports
 
 _WHERE = {
     "CONTROLS": "xbench.explain.explainers",

@@ -3,7 +3,7 @@
 ``context`` is an :class:`xbench.explain.context.ExplainContext` (image ids,
 seed, scoring grid, ground-truth masks where the data has them).
 
-Built from ``conf/explainer/*.yaml`` (whose schemas :mod:`xbench.config`
+Built from ``conf/explainer/*.yaml`` (whose schemas :mod:`xbench.apps.config`
 derives from these classes) or directly. Each checks its own fields when made
 and names the field in its message. Keras-free: the kernels load on first call.
 """
@@ -18,7 +18,7 @@ import numpy as np
 from xbench.data.pixels import to_unit_float
 from xbench.explain.context import ExplainContext
 from xbench.explain.controls import center_maps, edge_maps, mask_maps, random_maps
-from xbench.keras_backend import configured_backend
+from xbench.backend import configured_backend
 
 #: The tf-keras-vis methods :func:`xbench.explain.tfkv.tfkv_maps` implements.
 TFKV_METHODS = ("gradcampp", "scorecam", "layercam", "saliency", "smoothgrad")
@@ -184,7 +184,7 @@ class CenterControl:
 class EdgeMap:
     """A known-bad "explainer" that ignores the model: the Sobel edge magnitude of the image (:func:`xbench.explain.controls.edge_maps`).
 
-    It must fail the model-randomisation check (:mod:`xbench.sanity`).
+    It must fail the model-randomisation check (:mod:`xbench.pipeline.sanity`).
     """
 
     name: str = "edge"

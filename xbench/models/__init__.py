@@ -1,6 +1,6 @@
 """Classifiers: keras.applications backbones with in-model preprocessing and the studies' heads."""
 
-from xbench.lazy import exports
+from xbench.core.lazy import exports
 
 # Lazy (PEP 562): ``import xbench.models.<module>`` must not load Keras for
 # the Keras-free ones, so that configs are checked before TensorFlow starts.

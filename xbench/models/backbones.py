@@ -52,7 +52,7 @@ BACKBONES: dict[str, BackboneSpec] = {
 class ClassifierSpec:
     """A classifier by value: backbone, initial weights and head (the config's ``model`` group).
 
-    Its fields are the group's schema (:mod:`xbench.config` derives it), so each
+    Its fields are the group's schema (:mod:`xbench.apps.config` derives it), so each
     default is declared here once. :meth:`build` makes the Keras model.
     """
 
@@ -91,7 +91,7 @@ class ClassifierSpec:
 
 
 def get_backbone(name: str) -> BackboneSpec:
-    from xbench.errors import ConfigError
+    from xbench.core.errors import ConfigError
 
     try:
         return BACKBONES[name]

@@ -19,7 +19,7 @@ from typing import Sequence
 
 import keras
 
-from xbench.errors import ConfigError
+from xbench.core.errors import ConfigError
 from xbench.models.backbones import HEADS, get_backbone
 from xbench.models.card import BackboneOutput
 from xbench.models.preprocess import Preprocess

@@ -115,8 +115,8 @@ class ModelFile:
         return h.hexdigest()
 
     def load(self, *, class_names=None, image_size: int | None = None):
-        """The model read as an xbench classifier (:func:`xbench.models.adapt.as_classifier`); one-line errors as :class:`xbench.errors.ConfigError`."""
-        from xbench.errors import ConfigError
+        """The model read as an xbench classifier (:func:`xbench.models.adapt.as_classifier`); one-line errors as :class:`xbench.core.errors.ConfigError`."""
+        from xbench.core.errors import ConfigError
 
         for module in self.imports:
             try:
@@ -138,7 +138,7 @@ def load_keras_file(path: Path):
     """``keras.saving.load_model(path, safe_mode=True, compile=False)`` with one-line errors naming what is missing."""
     import keras
 
-    from xbench.errors import ConfigError
+    from xbench.core.errors import ConfigError
     import xbench.models.adapt  # noqa: F401  (registers xbench's layers, for a model xbench saved)
     import xbench.models.card  # noqa: F401
     import xbench.models.preprocess  # noqa: F401

@@ -3,7 +3,7 @@
 Thin: checks the folders, then starts ``streamlit run`` on :mod:`xbench.apps.view.app`
 bound to 127.0.0.1 (``--host`` to change it), with the folders passed in the
 environment (``XBENCH_VIEW_FOLDERS``, a JSON list) so the page can never widen
-them. The pages read through :mod:`xbench.view_data`.
+them. The pages read through :mod:`xbench.pipeline.view_data`.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def main(argv=None) -> int:
     p.add_argument("--port", type=int, default=8501, help="port (default 8501)")
     p.add_argument("--browser", action="store_true", help="open a browser tab")
     a = p.parse_args(argv)
-    from xbench.view_data import ViewerError, Workspace
+    from xbench.pipeline.view_data import ViewerError, Workspace
 
     try:
         ws = Workspace(a.folders)

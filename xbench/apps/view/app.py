@@ -5,7 +5,7 @@ job's scored images with their maps, filtered and sorted), Image (one image:
 maps, curves, figures and the perturbed image at any step) and Compare (one
 image under two jobs or methods). Everything read is cached per file
 (keyed by the file's modification time), so a page opens from memory after
-its first load. Reading goes through :mod:`xbench.view_data` only.
+its first load. Reading goes through :mod:`xbench.pipeline.view_data` only.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from xbench import view_data as V
+from xbench.pipeline import view_data as V
 from xbench.apps.view import FOLDERS_ENV
 
 PAGES = ("Summary", "Gallery", "Image", "Compare")
@@ -145,9 +145,9 @@ def _png(fig) -> bytes:
 
 @st.cache_resource(show_spinner=False, max_entries=16)
 def _summary(dirs: tuple, stamps: tuple) -> dict:
-    """The report's tables and plots (xbench.report's functions) for these jobs."""
-    from xbench import plots
-    from xbench import report as R
+    """The report's tables and plots (xbench.pipeline.report's functions) for these jobs."""
+    from xbench.pipeline import plots
+    from xbench.pipeline import report as R
 
     jobs = [_job(d, s).result for d, s in zip(dirs, stamps)]
     groups = R.measurements(jobs)
@@ -360,7 +360,7 @@ def page_image() -> None:
     lines = {f"{method} {o}": curves[f"{method}/{o}"].to_numpy() for o in orders}
     if "random/morf" in curves and method != "random":
         lines["random map (control)"] = curves["random/morf"].to_numpy()
-    from xbench import plots
+    from xbench.pipeline import plots
 
     left, right = st.columns([3, 2])
     left.image(_png(plots.image_curves_figure(lines, step=k, dashed=("random map (control)",), title=f"Image #{iid}: perturbation curves")),
@@ -411,7 +411,7 @@ def page_compare() -> None:
             c_ = j.curves.get(m, "morf")
             if c_ is not None:
                 lines[f"{side}: {m} morf ({j.path.name})"] = np.asarray(c_)[j.row(iid)]
-    from xbench import plots
+    from xbench.pipeline import plots
 
     if lines:
         _, mid, _ = st.columns([1, 4, 1])

@@ -7,7 +7,7 @@ kernels turn curves into AOPC, AOPC(K), ABPC and per-class AOPC (region
 orders) or the deletion / insertion AUC (pixel orders, Petsiuk et al. 2018),
 and maps plus ground-truth masks into localisation figures, each with a
 bootstrap CI over images. Nothing here reads a config or writes a file; the results are
-:mod:`xbench.results` objects.
+:mod:`xbench.pipeline.results` objects.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from xbench import results
+from xbench.pipeline import results
 from xbench.data.pixels import to_unit_float
 from xbench.explain.context import ExplainContext
 from xbench.metrics.aopc import abpc_per_image, aopc_by_step, aopc_per_image, per_class_mean
@@ -32,7 +32,7 @@ from xbench.metrics.insertion_deletion import auc_per_image
 from xbench.metrics.localisation import lesion_auroc, lesion_iou, lesion_mass, marker_mass, pointing_hit, positive_mass_share
 from xbench.perturbation.engine import perturbation_curves
 from xbench.perturbation.regions import PIXEL_ORDERS, grid_shape, pixel_steps, region_scores, sanitise_heatmaps
-from xbench.settings import ScoreSettings
+from xbench.pipeline.settings import ScoreSettings
 
 log = logging.getLogger(__name__)
 
@@ -381,7 +381,7 @@ def score_model(model, images, test_rows: np.ndarray, labels: np.ndarray, preds:
         perturbation: g for the engine.
         truth: masks of the test images (:class:`GroundTruth`), or None.
         store: where finished chunks of curves are kept
-            (:class:`xbench.model_store.CurveStore`), or None. With one, a run
+            (:class:`xbench.pipeline.store.CurveStore`), or None. With one, a run
             killed while scoring recomputes only the chunks it had not finished.
     """
     t0 = time.perf_counter()

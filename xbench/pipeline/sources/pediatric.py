@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from xbench.data.radiography import list_images
+from xbench.pipeline.sources.radiography import list_images
 from xbench.data.records import Records
-from xbench.errors import DataError
+from xbench.core.errors import DataError
 
 LAYOUT = "<root>/{train,test}/{NORMAL,PNEUMONIA}/*.jpeg (val/ optional)"
 _PERSON = re.compile(r"^(person\d+)_", re.IGNORECASE)

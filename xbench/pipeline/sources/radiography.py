@@ -17,8 +17,8 @@ import numpy as np
 
 from xbench.data.decode import IMAGE_SUFFIXES
 from xbench.data.records import Records
-from xbench.errors import DataError
-from xbench.phantoms import RADIOGRAPHY_CLASSES
+from xbench.core.errors import DataError
+from xbench.data.phantoms import RADIOGRAPHY_CLASSES
 
 LAYOUT = "<root>/{COVID,Lung_Opacity,Normal,Viral Pneumonia}/images/<Class>-<n>.png (lung masks in .../masks/)"
 

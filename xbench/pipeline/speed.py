@@ -334,9 +334,9 @@ def training_speed(backbone: str = "vgg16", image_size: int = 64, n: int = 256, 
     for ``features_checkpointed``, the mean checkpoint write that lets a
     killed job resume.
     """
-    from xbench.checkpoints import TrainCheckpoint
+    from xbench.pipeline.store.checkpoints import TrainCheckpoint
     from xbench.models import build_classifier
-    from xbench.training import TrainSettings, train_classifier
+    from xbench.pipeline.training import TrainSettings, train_classifier
 
     rng = np.random.default_rng(seed)
     images = (rng.random((n, image_size, image_size, 3)) * 255).astype(np.uint8)
@@ -363,7 +363,7 @@ def training_speed(backbone: str = "vgg16", image_size: int = 64, n: int = 256, 
 
 def phantom_images(n: int, size: int, seed: int = 0, difficulty: float = 0.3) -> tuple[np.ndarray, np.ndarray]:
     """(N, S, S, 3) uint8 phantoms (the four classes in turn, gray repeated to 3 channels, as the loader gives them) and their (N,) labels."""
-    from xbench.phantoms import RADIOGRAPHY_CLASSES, make_phantom
+    from xbench.data.phantoms import RADIOGRAPHY_CLASSES, make_phantom
 
     labels = np.arange(n) % len(RADIOGRAPHY_CLASSES)
     gray = np.stack([make_phantom(RADIOGRAPHY_CLASSES[c], i // len(RADIOGRAPHY_CLASSES), seed=seed, size=size, difficulty=difficulty).image
@@ -379,8 +379,8 @@ def leakage_perturbations() -> dict:
 
 
 def leakage_bench(image_size: int = 64, n: int = 128, region_size: int = 8, seed: int = 0, epochs: int = 50, perturbations: dict | None = None) -> dict:
-    """ROAD's mask-leakage check (:func:`xbench.leakage.mask_leakage`) on ``n`` phantoms; a JSON-ready dict."""
-    from xbench.leakage import mask_leakage
+    """ROAD's mask-leakage check (:func:`xbench.pipeline.leakage.mask_leakage`) on ``n`` phantoms; a JSON-ready dict."""
+    from xbench.pipeline.leakage import mask_leakage
 
     t0 = time.perf_counter()
     images, _ = phantom_images(n, image_size, seed=seed)

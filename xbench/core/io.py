@@ -20,7 +20,7 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
-from xbench import faults
+from xbench.core import faults
 
 
 def _umask() -> int:

@@ -20,7 +20,7 @@ import numpy as np
 
 from xbench.data.decode import IMAGE_SUFFIXES
 from xbench.data.records import Records
-from xbench.errors import DataError
+from xbench.core.errors import DataError
 
 LAYOUT = "<root>/<class>/<images> (one subfolder per class, in the model's output order; masks in the same relative paths under data.mask_root)"
 

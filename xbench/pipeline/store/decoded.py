@@ -4,7 +4,7 @@ Images are decoded to (N, S, S, 3) uint8 and stored as one ``.npy`` file per
 (file list, file sizes and modification times, S), so a second run on the same
 data decodes nothing and reads pages on demand: the 5,380-image database at
 299 px is a 1.4 GB file that is mapped, not loaded. Entries are published
-atomically (see :mod:`xbench.io`), so concurrent jobs cannot see half an entry.
+atomically (see :mod:`xbench.core.io`), so concurrent jobs cannot see half an entry.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from typing import Callable, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from xbench import io
+from xbench.core import io
 from xbench.data.decode import CorruptImage, decode_image, decode_mask
-from xbench.errors import DataError
+from xbench.core.errors import DataError
 
 log = logging.getLogger(__name__)
 _VERSION = 1

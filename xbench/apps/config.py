@@ -2,7 +2,7 @@
 
 Every group's schema is derived from the class the group builds (a data
 source, :class:`xbench.models.ClassifierSpec`, an explainer, a perturbation,
-:class:`xbench.settings.TrainSettings`), so a setting and its default are
+:class:`xbench.pipeline.settings.TrainSettings`), so a setting and its default are
 declared once, on that class. The schemas are stored in Hydra's ConfigStore
 under ``schema/<group>`` (a group nobody picks from; each ``conf/<group>/*.yaml``
 names its schema in its defaults list), so a misspelled key
@@ -25,9 +25,9 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from xbench.errors import ConfigError
-from xbench.settings import SanitySettings, ScoreSettings, TrainSettings
-from xbench.tracking import TrackingSettings
+from xbench.core.errors import ConfigError
+from xbench.pipeline.settings import SanitySettings, ScoreSettings, TrainSettings
+from xbench.pipeline.tracking import TrackingSettings
 
 #: Modules whose callables a config may name in ``_target_``.
 ALLOWED_TARGET_PREFIXES = ("xbench.",)
@@ -55,17 +55,17 @@ def schema_of(cls, target: str | None = None):
 
 def schemas() -> dict[str, dict[str, Any]]:
     """``{group: {name: schema}}``: stored as ``schema/<group>/<name>`` and named by the YAML files' defaults."""
-    from xbench.data import sources as S
+    from xbench.pipeline import sources as S
     from xbench.explain import explainers as E
     from xbench.models.backbones import ClassifierSpec
     from xbench.models.model_file import ModelFile
     from xbench.perturbation import perturbations as P
 
     return {
-        "data": {"radiography": schema_of(S.RadiographySource, "xbench.data.sources.RadiographySource"),
-                 "synthetic": schema_of(S.SyntheticSource, "xbench.data.sources.SyntheticSource"),
-                 "pediatric": schema_of(S.PediatricSource, "xbench.data.sources.PediatricSource"),
-                 "folder": schema_of(S.FolderSource, "xbench.data.sources.FolderSource")},
+        "data": {"radiography": schema_of(S.RadiographySource, "xbench.pipeline.sources.RadiographySource"),
+                 "synthetic": schema_of(S.SyntheticSource, "xbench.pipeline.sources.SyntheticSource"),
+                 "pediatric": schema_of(S.PediatricSource, "xbench.pipeline.sources.PediatricSource"),
+                 "folder": schema_of(S.FolderSource, "xbench.pipeline.sources.FolderSource")},
         "model": {"classifier": schema_of(ClassifierSpec, MODEL_TARGET), "file": schema_of(ModelFile, MODEL_FILE_TARGET)},
         "train": {"train": TrainSettings},
         "explainer": {"gradcam": schema_of(E.GradCAM, "xbench.explain.GradCAM"),

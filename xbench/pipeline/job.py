@@ -4,7 +4,7 @@
 config by the entry point) and a run folder, and reads as the sequence it is:
 prepare the data, obtain the model (cached or trained), evaluate it, write
 the classification results, score the heatmaps, draw the plots. The results
-format is :mod:`xbench.results`; every file goes through :mod:`xbench.io`.
+format is :mod:`xbench.pipeline.results`; every file goes through :mod:`xbench.core.io`.
 """
 
 from __future__ import annotations
@@ -22,18 +22,19 @@ import numpy as np
 import pandas as pd
 
 import xbench
-from xbench import io, results
-from xbench.data.cache import load_decoded
+from xbench.core import io
+from xbench.pipeline import results
+from xbench.pipeline.store.decoded import load_decoded
 from xbench.data.records import Records
-from xbench.errors import ConfigError, DataError, XbenchError
-from xbench.job_plots import write_job_plots
+from xbench.core.errors import ConfigError, DataError, XbenchError
+from xbench.pipeline.job_plots import write_job_plots
 from xbench.metrics.classification import classification_report
-from xbench.model_store import CachedExplainer, CurveStore, ModelStore, model_key
+from xbench.pipeline.store import CachedExplainer, CurveStore, ModelStore, model_key
 from xbench.models.build import head_layers
 from xbench.models.card import model_card
-from xbench.scoring import GroundTruth, ScoreSettings, score_model
-from xbench.settings import SanitySettings
-from xbench.training import TrainSettings, predict_images, train_classifier
+from xbench.pipeline.scoring import GroundTruth, ScoreSettings, score_model
+from xbench.pipeline.settings import SanitySettings
+from xbench.pipeline.training import TrainSettings, predict_images, train_classifier
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ class JobSpec:
     """Everything one job needs, built.
 
     Attributes:
-        source: a data source (:mod:`xbench.data.sources`).
+        source: a data source (:mod:`xbench.pipeline.sources`).
         build_model: ``build_model(num_classes=, image_size=, seed=, class_names=)`` -> classifier
             that xbench trains; or None, with ``model_file``.
         model_file: a trained model the user brings
@@ -52,14 +53,14 @@ class JobSpec:
         seed: seeds the split, the initialisation, training and scoring.
         cache_dir: phantoms, decoded images, models, heatmaps, curve chunks.
         explainer, controls, perturbation, score: what to explain and how to
-            score it (:mod:`xbench.scoring`); no scoring when ``explainer`` is
+            score it (:mod:`xbench.pipeline.scoring`); no scoring when ``explainer`` is
             None or ``score.enabled`` is false.
         config: the resolved config, recorded in metrics.json.
         cache_identity: what determines the trained model (data, model and
             training configs, seed); with it the model, heatmaps and curve
-            chunks are cached (:mod:`xbench.model_store`).
+            chunks are cached (:mod:`xbench.pipeline.store`).
         plots: write the per-job figures.
-        sanity: the model-randomisation check (:mod:`xbench.sanity`); runs
+        sanity: the model-randomisation check (:mod:`xbench.pipeline.sanity`); runs
             when given and ``enabled``, after scoring.
     """
 
@@ -340,7 +341,7 @@ def _masks(paths, size: int, cache_dir: Path, missing_is_empty: bool) -> tuple[n
     return masks, ok
 
 
-def score_job(spec: JobSpec, data: PreparedData, trained: TrainedModel, ev: Evaluation) -> "xbench.scoring.ScoreResult":
+def score_job(spec: JobSpec, data: PreparedData, trained: TrainedModel, ev: Evaluation) -> "xbench.pipeline.scoring.ScoreResult":
     truth = ground_truth(data.records, ev.rows, data.image_size, spec.cache_dir)
     explainer = CachedExplainer(spec.explainer, spec.cache_dir, trained.key) if trained.key else spec.explainer
     store = CurveStore(spec.cache_dir, trained.key) if trained.key else None
@@ -353,8 +354,8 @@ def score_job(spec: JobSpec, data: PreparedData, trained: TrainedModel, ev: Eval
 def sanity_job(spec: JobSpec, data: PreparedData, trained: TrainedModel, ev: Evaluation) -> results.Sanity:
     """The randomisation check on up to ``sanity.max_images`` test images (``score.subset``'s: correctly classified by default; class-stratified, seeded)."""
     from xbench.explain.explainers import SANITY_EXPLAINERS
-    from xbench.sanity import check_job_model
-    from xbench.scoring import auto_region_size, select_images
+    from xbench.pipeline.sanity import check_job_model
+    from xbench.pipeline.scoring import auto_region_size, select_images
 
     s, score = spec.sanity, spec.score or ScoreSettings()
     sel = select_images(ev.labels, ev.preds, score.subset, s.max_images, spec.seed)

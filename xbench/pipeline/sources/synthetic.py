@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from xbench import io
-from xbench.phantoms import RADIOGRAPHY_CLASSES, make_phantom, resize_mask
+from xbench.core import io
+from xbench.data.phantoms import RADIOGRAPHY_CLASSES, make_phantom, resize_mask
 
 log = logging.getLogger(__name__)
 MARKER_FILE = "xbench-synth.json"

@@ -1,7 +1,7 @@
 """Settings of the training and scoring pipelines.
 
 Plain dataclasses with no heavy imports: the pipeline takes them as
-arguments, and :mod:`xbench.config` registers them as the schema of the
+arguments, and :mod:`xbench.apps.config` registers them as the schema of the
 ``train`` group and the ``score`` node, so each field and its default is
 declared once (hence ``Optional[...]``, which OmegaConf understands). Each
 checks its own fields in ``__post_init__`` (``OmegaConf.to_object`` calls it)
@@ -156,7 +156,7 @@ class ScoreSettings:
 
 @dataclass
 class SanitySettings:
-    """The model-parameter randomisation check (:mod:`xbench.sanity`); also the schema of the config's ``sanity`` node.
+    """The model-parameter randomisation check (:mod:`xbench.pipeline.sanity`); also the schema of the config's ``sanity`` node.
 
     Off by default (it explains the images once per randomised model);
     ``+experiment=sanity`` turns it on for the default benchmark. Every map

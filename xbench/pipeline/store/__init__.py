@@ -25,7 +25,7 @@ import keras
 import numpy as np
 import pandas as pd
 
-from xbench import faults, io
+from xbench.core import faults, io
 from xbench.models import card, preprocess  # noqa: F401  (register the layers that saved models contain)
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ class ModelStore:
 
     def checkpoint(self, key: str):
         """Per-epoch checkpoints of the training that will produce entry ``key``."""
-        from xbench.checkpoints import TrainCheckpoint
+        from xbench.pipeline.store.checkpoints import TrainCheckpoint
 
         return TrainCheckpoint(self.root / f"{key}.partial")
 

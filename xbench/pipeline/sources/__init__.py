@@ -1,12 +1,12 @@
 """Data sources: built from the config's ``data`` group, they scan, subsample and split.
 
 Each source is a dataclass whose fields are the ``data`` group's schema
-(:mod:`xbench.config` derives it), so a setting and its default are declared
+(:mod:`xbench.apps.config` derives it), so a setting and its default are declared
 once, here; each checks its own fields when made and names the field in its
 message. :meth:`check_layout` looks at the folders only (a few ``stat``
 calls, run before any job starts); :meth:`records` checks the layout on disk
 and lists the images; :meth:`split` assigns train/val/test deterministically
-from the seed. Decoding is the pipeline's job (:mod:`xbench.data.cache`).
+from the seed. Decoding is the pipeline's job (:mod:`xbench.pipeline.store.decoded`).
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ from typing import ClassVar, List, Optional
 
 import numpy as np
 
-from xbench.data import folder, pediatric, radiography
+from xbench.pipeline.sources import folder, pediatric, radiography
 from xbench.data.records import Records
 from xbench.data.split import balanced_subset, capped_subset, carve_validation, stratified_sample, stratified_split
-from xbench.phantoms import RADIOGRAPHY_CLASSES
-from xbench.synth import SynthSpec
+from xbench.data.phantoms import RADIOGRAPHY_CLASSES
+from xbench.pipeline.sources.synthetic import SynthSpec
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def _require_root(root, example: str, other: str) -> None:
 
 @dataclass
 class RadiographySource:
-    """The COVID-19 Radiography Database layout (or anything in it); see :mod:`xbench.data.radiography`."""
+    """The COVID-19 Radiography Database layout (or anything in it); see :mod:`xbench.pipeline.sources.radiography`."""
 
     root: Optional[str] = None
     classes: Optional[List[str]] = None  # class folders in label order; null = all four
@@ -107,7 +107,7 @@ class RadiographySource:
 class SyntheticSource(RadiographySource):
     """Phantoms in the database layout, written on first use under the cache folder.
 
-    The phantom defaults are :class:`xbench.synth.SynthSpec`'s; ``image_size``
+    The phantom defaults are :class:`xbench.pipeline.sources.synthetic.SynthSpec`'s; ``image_size``
     72 keeps the default benchmark on a laptop CPU (8-px regions give the
     paper's 9x9 grid).
     """
@@ -152,7 +152,7 @@ class SyntheticSource(RadiographySource):
         """Nothing to check before the job: the database is written on first use."""
 
     def prepare(self, cache_dir: Path) -> None:
-        from xbench.synth import write_database
+        from xbench.pipeline.sources.synthetic import write_database
 
         if self.root in (None, ""):
             self.root = str(Path(cache_dir).expanduser() / "synthetic" / self.spec.key())
@@ -224,7 +224,7 @@ class PediatricSource:
 
 @dataclass
 class FolderSource:
-    """Any class-per-subfolder image folder (:mod:`xbench.data.folder`): to score a model file on, or to train a backbone on.
+    """Any class-per-subfolder image folder (:mod:`xbench.pipeline.sources.folder`): to score a model file on, or to train a backbone on.
 
     Scoring a model file (``model=file``; the entry point sets
     ``score_only``), the whole folder is the test split, or a stratified

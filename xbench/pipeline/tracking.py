@@ -1,10 +1,10 @@
 """Experiment tracking: log each finished job to MLflow (``tracking=mlflow``).
 
-After :func:`xbench.pipeline.run_job` (or its failure), :func:`tracked` reads
+After :func:`xbench.pipeline.job.run_job` (or its failure), :func:`tracked` reads
 the job folder and logs one MLflow run: the resolved config flattened as
 params (``train.epochs``), every figure of ``metrics.json`` as a metric (the
 ``summary.csv`` columns under their own names, then every number of the
-:class:`~xbench.results.JobMetrics` under its JSON path, an estimate as
+:class:`~xbench.pipeline.results.JobMetrics` under its JSON path, an estimate as
 ``<path>``, ``<path>.ci_low``, ``<path>.ci_high``, ``<path>.n``), the lists of
 numbers (mean MoRF/LeRF curves, AOPC(K)) and ``history.csv``'s per-epoch
 columns as step metrics, and the job's files (``metrics.json``, curves,
@@ -12,7 +12,7 @@ history, plots, Hydra's config) as artifacts. A multirun is one MLflow
 experiment (named after its folder), each job a run.
 
 Tracking never fails or slows a job beyond a bound: MLflow runs in a child
-process (``python -m xbench.tracking``) that the job waits for at most
+process (``python -m xbench.pipeline.tracking``) that the job waits for at most
 ``tracking.timeout_s`` seconds, then kills; the child dies with the job
 (``PR_SET_PDEATHSIG``). Any failure (no server, a full or read-only disk, no
 answer in time) is one warning in ``run.log``; the job's results and exit
@@ -36,7 +36,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional, Sequence
 
-from xbench import io, results
+from xbench.core import io
+
+from xbench.pipeline import results
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +139,7 @@ def log_job(settings: TrackingSettings, run_dir: str | os.PathLike, config: Mapp
 
 def run_record(settings: TrackingSettings, run_dir: Path, config: Mapping | None, *, status: str,
                sweep_dir: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> dict:
-    """Everything one MLflow run gets, as JSON: read from the job folder (figures through :mod:`xbench.results`)."""
+    """Everything one MLflow run gets, as JSON: read from the job folder (figures through :mod:`xbench.pipeline.results`)."""
     run_dir = Path(run_dir).resolve()
     uri = settings.store_uri()
     db = sqlite_path(uri)
@@ -260,7 +262,7 @@ class TrackingFailed(Exception):
 
 
 def _in_child(doc: dict, timeout_s: float) -> dict:
-    """Run :func:`write_run` on ``doc`` in ``python -m xbench.tracking``; kill it after ``timeout_s``."""
+    """Run :func:`write_run` on ``doc`` in ``python -m xbench.pipeline.tracking``; kill it after ``timeout_s``."""
     root = str(Path(__file__).resolve().parents[1])  # the child imports this very xbench
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p),
            "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
@@ -285,7 +287,7 @@ def _in_child(doc: dict, timeout_s: float) -> dict:
 
 def _run_child(doc: dict, timeout_s: float, env: dict, left: float) -> dict:
     """The child, given the ``left`` seconds of ``timeout_s`` that waiting for the lock did not use."""
-    proc = subprocess.Popen([sys.executable, "-m", "xbench.tracking", str(os.getpid())], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", "xbench.pipeline.tracking", str(os.getpid())], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env=env, text=True, close_fds=True)
     try:
         out, err = proc.communicate(json.dumps(doc), timeout=left)
@@ -362,7 +364,7 @@ def write_run(doc: dict) -> dict:
 
 
 def _child_main(argv: list[str]) -> int:
-    """``python -m xbench.tracking PARENT_PID``: the run record on stdin, one JSON line (the run id, or the error) on stdout."""
+    """``python -m xbench.pipeline.tracking PARENT_PID``: the run record on stdin, one JSON line (the run id, or the error) on stdout."""
     if argv:
         io.die_with_parent(int(argv[0]))
     try:

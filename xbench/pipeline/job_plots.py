@@ -1,4 +1,4 @@
-"""The per-job figures (pipeline layer): built from the job's arrays, saved through :mod:`xbench.io`."""
+"""The per-job figures (pipeline layer): built from the job's arrays, saved through :mod:`xbench.core.io`."""
 
 from __future__ import annotations
 
@@ -7,11 +7,13 @@ from pathlib import Path
 
 import numpy as np
 
-from xbench import io, plots
+from xbench.core import io
+
+from xbench.pipeline import plots
 from xbench.data.pixels import to_unit_float
 from xbench.metrics.aopc import aopc_by_step
 from xbench.perturbation.regions import PIXEL_ORDERS
-from xbench.results import curve_key
+from xbench.pipeline.results import curve_key
 
 log = logging.getLogger(__name__)
 
@@ -27,9 +29,9 @@ def write_job_plots(run_dir: Path, model, images, ev, class_names, history, scor
                     sanity=None) -> list[str]:
     """Write ``plots/*.png`` for one job; returns the file names written.
 
-    ``ev``: the test evaluation (:class:`xbench.pipeline.Evaluation`);
-    ``scoring``: the :class:`xbench.scoring.ScoreResult`, or None;
-    ``sanity``: the :class:`xbench.results.Sanity` of the randomisation check, or None.
+    ``ev``: the test evaluation (:class:`xbench.pipeline.job.Evaluation`);
+    ``scoring``: the :class:`xbench.pipeline.scoring.ScoreResult`, or None;
+    ``sanity``: the :class:`xbench.pipeline.results.Sanity` of the randomisation check, or None.
     """
     from xbench.explain.cam import gradcam, gradcam_last_n
 
@@ -78,7 +80,7 @@ def write_job_plots(run_dir: Path, model, images, ev, class_names, history, scor
 
 
 def scoring_plots(out: Path, scoring) -> list[str]:
-    """The scoring figures of a :class:`xbench.scoring.ScoreResult` into ``out``; returns the file names written.
+    """The scoring figures of a :class:`xbench.pipeline.scoring.ScoreResult` into ``out``; returns the file names written.
 
     ``mean_curves.png`` (region orders, against the step), ``aopc_by_step.png``
     (MoRF) and ``deletion_insertion.png`` (the pixel orders, against the

@@ -3,7 +3,7 @@
 The viewer reads job folders that the pipeline wrote, and nothing else but
 the scored images themselves:
 
-- every job file through :mod:`xbench.results` (``metrics.json``,
+- every job file through :mod:`xbench.pipeline.results` (``metrics.json``,
   ``curves.npz``), ``heatmaps.npz`` (float16 maps of the scored images) and
   ``split.csv`` (``path, label, split``), all with ``allow_pickle=False``;
 - the scored images, re-read from the data the job recorded
@@ -34,8 +34,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from xbench import results
-from xbench.errors import XbenchError
+from xbench.pipeline import results
+from xbench.core.errors import XbenchError
 from xbench.perturbation.perturbations import PERTURBATIONS, Perturbation, image_rng
 # REGION_ORDERS: the orders whose step images can be rebuilt (pixel orders need a control's own pixel order).
 from xbench.perturbation.regions import PIXEL_ORDERS, REGION_ORDERS, rank_maps, region_order, region_scores
@@ -80,7 +80,7 @@ class Workspace:
 
     def jobs(self) -> list[Path]:
         """The job folders with a readable ``metrics.json`` under the roots (as the report finds them)."""
-        from xbench.report import find_job_dirs
+        from xbench.pipeline.report import find_job_dirs
 
         return [d for d in find_job_dirs(self.roots) if (d / results.METRICS_FILE).is_file() and self._inside(d)]
 

@@ -1,4 +1,4 @@
-"""Figures from arrays. Each function returns a matplotlib Figure; :mod:`xbench.io` saves it."""
+"""Figures from arrays. Each function returns a matplotlib Figure; :mod:`xbench.core.io` saves it."""
 
 from __future__ import annotations
 
@@ -162,7 +162,7 @@ def aopc_vs_recall_figure(frame, title: str = "AOPC against test recall (one poi
 def randomisation_figure(checks: Sequence, measure: str = "spearman_abs", title: str = ""):
     """The cascading-randomisation figure (Adebayo et al. 2018, Fig. 2): similarity to the original map against randomised depth.
 
-    ``checks``: :class:`xbench.results.SanityScores` of one mode. One line per
+    ``checks``: :class:`xbench.pipeline.results.SanityScores` of one mode. One line per
     map with its 95% CI over images as a band; its random-pair baseline as a
     dashed line of the same colour. x: the groups randomised, logits first.
     """

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xbench import io
+from xbench.core import io
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 1

@@ -25,7 +25,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from xbench.errors import XbenchError
+from xbench.core.errors import XbenchError
 
 #: 2: typed sections, estimates carry their resampling unit, localisation per method.
 FORMAT_VERSION = 3  # 3: reference maps' rows marked (Curves.rows); a map that shows nothing scores as a miss
@@ -161,7 +161,7 @@ class SanityStepScores:
 
 @dataclass
 class SanityScores:
-    """The model-parameter randomisation check of one map (:func:`xbench.sanity.randomisation_check`)."""
+    """The model-parameter randomisation check of one map (:func:`xbench.pipeline.sanity.randomisation_check`)."""
 
     explainer: str
     mode: str  # "cascading" | "independent"
@@ -170,7 +170,7 @@ class SanityScores:
     n_pairs: int  # distinct image pairs of the baseline
     baseline: dict[str, Estimate]  # the same measures between the trained model's maps of random image pairs (CI: images bootstrapped)
     steps: list[SanityStepScores]
-    verdicts: dict[str, str]  # measure -> passes | fails | inconclusive (xbench.sanity.verdict)
+    verdicts: dict[str, str]  # measure -> passes | fails | inconclusive (xbench.pipeline.sanity.verdict)
     verdict: str  # the verdict on spearman_abs, the explainer's
     first_below_baseline: dict[str, int | None]  # measure -> depth of the first step below the baseline (Holm p < 0.05)
 
@@ -435,13 +435,13 @@ class Curves:
 
 
 def write_metrics(run_dir: str | Path, metrics: JobMetrics) -> Path:
-    from xbench import io
+    from xbench.core import io
 
     return io.write_json(Path(run_dir) / METRICS_FILE, metrics.to_dict())
 
 
 def write_curves(run_dir: str | Path, curves: Curves) -> Path:
-    from xbench import io
+    from xbench.core import io
 
     return io.write_npz(Path(run_dir) / CURVES_FILE, curves.to_arrays())
 

@@ -32,13 +32,13 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from xbench import faults
+from xbench.core import faults
 from xbench.data.pixels import to_unit_float
-from xbench.errors import ConfigError
+from xbench.core.errors import ConfigError
 from xbench.metrics.classification import confusion_matrix, per_class_scores, selection_score
 from xbench.metrics.classification import SELECTION_RULES
 from xbench.models.build import activations_before, feature_extractor, head_model, set_trainable, tail_model
-from xbench.settings import FineTuneSettings, TrainSettings  # noqa: F401  (FineTuneSettings re-exported)
+from xbench.pipeline.settings import FineTuneSettings, TrainSettings  # noqa: F401  (FineTuneSettings re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +216,7 @@ class Selection:
 
     @classmethod
     def from_checkpoint(cls, saved: dict) -> Selection:
-        """The selection saved in ``saved``, a :meth:`TrainCheckpoint.load <xbench.checkpoints.TrainCheckpoint.load>` result."""
+        """The selection saved in ``saved``, a :meth:`TrainCheckpoint.load <xbench.pipeline.store.checkpoints.TrainCheckpoint.load>` result."""
         meta = saved["meta"]
         return cls(score=meta["best_score"], epoch=meta["best_epoch"], best=saved["best"], rows=meta["rows"])
 
@@ -524,7 +524,7 @@ def train_classifier(
             mean validation recall over the disease classes is highest.
         settings: see :class:`TrainSettings`.
         seed: seeds Keras (weights, dropout, augmentation) and the batch order.
-        checkpoint: a :class:`xbench.checkpoints.TrainCheckpoint`, or None. With
+        checkpoint: a :class:`xbench.pipeline.store.checkpoints.TrainCheckpoint`, or None. With
             one, every epoch is checkpointed and a run killed part-way resumes
             after its last finished epoch, ending with the same weights.
     """

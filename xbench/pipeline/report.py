@@ -1,6 +1,6 @@
 """Read job folders and build the comparison tables and plots (pipeline layer).
 
-Reads only what jobs wrote, through :mod:`xbench.results`; never the live
+Reads only what jobs wrote, through :mod:`xbench.pipeline.results`; never the live
 config. A folder with ``.hydra/`` but no readable ``metrics.json`` is an
 incomplete or failed job: listed, skipped.
 
@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from xbench import results
+from xbench.pipeline import results
 from xbench.metrics import comparison
 from xbench.metrics.aopc import abpc_per_image, aopc_by_step, aopc_per_image
 from xbench.metrics.bootstrap import bootstrap_band, bootstrap_ci
@@ -143,7 +143,7 @@ def measurements(jobs: Sequence[results.JobResult]) -> list[Measurement]:
 
 
 def summary_frame(jobs: Sequence[results.JobResult]) -> pd.DataFrame:
-    """One row per job (:data:`xbench.results.SUMMARY_COLUMNS`)."""
+    """One row per job (:data:`xbench.pipeline.results.SUMMARY_COLUMNS`)."""
     return pd.DataFrame([results.summary_row(j) for j in jobs])
 
 
@@ -246,7 +246,7 @@ def self_validation(jobs: Sequence[results.JobResult]) -> pd.DataFrame:
 
 
 def pixel_auc_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """Deletion and insertion AUC per job from ``summary.csv``'s columns (:data:`xbench.results.PIXEL_AUC_COLUMNS`): empty when no job scored them.
+    """Deletion and insertion AUC per job from ``summary.csv``'s columns (:data:`xbench.pipeline.results.PIXEL_AUC_COLUMNS`): empty when no job scored them.
 
     Cells: mean [95% bootstrap CI over images]. Gains over random are paired
     by image and signed so that positive = better than random (deletion:
