@@ -94,7 +94,6 @@ def test_cli_smoke_run_in_a_subprocess(tmp_path):
 
 def test_smoke_job_scores_heatmaps(smoke_run):
     from xbench.metrics.aopc import aopc
-
     from xbench.pipeline.results import read_job
 
     out, metrics = smoke_run

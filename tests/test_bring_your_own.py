@@ -1,6 +1,5 @@
 """Bring your own model and data: any Keras classifier through the Python API, and model=file / data=folder from the command line."""
 
-import json
 import os
 import re
 import shutil
@@ -436,9 +435,9 @@ def test_readme_score_your_own_model_runs_verbatim(tmp_path, phantom_db):
 def test_folder_source_scans_any_depth_and_splits_as_asked(tmp_path):
     from PIL import Image
 
-    from xbench.pipeline.sources import FolderSource
-    from xbench.data.split import stratified_sample
     from xbench.core.errors import DataError
+    from xbench.data.split import stratified_sample
+    from xbench.pipeline.sources import FolderSource
 
     root = tmp_path / "imgs"
     for c, n in (("b_virus", 6), ("a_bacteria", 9), ("c_normal", 3)):
@@ -561,8 +560,8 @@ def test_model_file_outputs_are_read_through_softmax_layers_without_keras(tmp_pa
 def test_folder_refusals_found_by_the_audit(tmp_path, monkeypatch):
     from PIL import Image
 
-    from xbench.pipeline.sources import FolderSource
     from xbench.core.errors import DataError
+    from xbench.pipeline.sources import FolderSource
 
     root = tmp_path / "imgs"
     for c in ("a", "b"):

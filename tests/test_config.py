@@ -4,8 +4,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from tests.conftest import compose
-from xbench.apps.run import build_job
 from xbench.apps.config import validate
+from xbench.apps.run import build_job
 from xbench.core.errors import ConfigError
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -164,9 +164,9 @@ def test_an_objects_own_rule_surfaces_as_group_dot_field(overrides, message):
 
 
 def test_objects_raise_plain_value_errors_naming_their_field():
-    from xbench.pipeline.sources import SyntheticSource
-    from xbench.models.backbones import ClassifierSpec
+    from xbench.models.spec import ClassifierSpec
     from xbench.pipeline.settings import ScoreSettings
+    from xbench.pipeline.sources import SyntheticSource
 
     for make, message in [(lambda: SyntheticSource(n_per_class=3), "n_per_class: "),
                           (lambda: SyntheticSource(image_size=0), "image_size: must be a positive number of pixels"),

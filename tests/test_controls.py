@@ -4,7 +4,15 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from xbench.explain import CONTROLS, ExplainContext, Oracle, RandomControl, ShortcutMarker, mask_maps, random_maps
+from xbench.explain import (
+    CONTROLS,
+    ExplainContext,
+    Oracle,
+    RandomControl,
+    ShortcutMarker,
+    mask_maps,
+    random_maps,
+)
 from xbench.perturbation.regions import grid_shape, region_order, region_scores
 
 

@@ -5,15 +5,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from xbench.pipeline.store.decoded import load_decoded
+from xbench.core.errors import DataError
 from xbench.data.decode import CorruptImage, decode_image
+from xbench.data.phantoms import RADIOGRAPHY_CLASSES
+from xbench.data.split import balanced_subset, stratified_split
+from xbench.pipeline.sources import PediatricSource, RadiographySource
 from xbench.pipeline.sources.pediatric import patient_id, scan_pediatric
 from xbench.pipeline.sources.radiography import scan_radiography
-from xbench.pipeline.sources import PediatricSource, RadiographySource
-from xbench.data.split import balanced_subset, stratified_split
-from xbench.core.errors import DataError
-from xbench.data.phantoms import RADIOGRAPHY_CLASSES
 from xbench.pipeline.sources.synthetic import MARKER_FILE
+from xbench.pipeline.store.decoded import load_decoded
 
 
 def test_phantom_database_has_the_radiography_layout(phantom_db):

@@ -2,9 +2,18 @@ import keras
 import numpy as np
 import pytest
 
-from xbench.models.card import model_card
-from xbench.explain import ExplainContext, CenterControl, RandomControl, TfKerasVis, gradcam, gradcam_from_gradients, gradcam_last_n, upsample
+from xbench.explain import (
+    CenterControl,
+    ExplainContext,
+    RandomControl,
+    TfKerasVis,
+    gradcam,
+    gradcam_from_gradients,
+    gradcam_last_n,
+    upsample,
+)
 from xbench.models import build_classifier
+from xbench.models.card import model_card
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,12 @@
 import numpy as np
 import pytest
 
-from xbench.perturbation.imputation import NEIGHBOURS, impute_batched, impute_exact, road_fill
+from xbench.perturbation.imputation import (
+    NEIGHBOURS,
+    impute_batched,
+    impute_exact,
+    road_fill,
+)
 
 
 def _batched(x, removed, **kw):

@@ -6,10 +6,24 @@ import keras
 import numpy as np
 import pytest
 
-from xbench.perturbation import Blur, Constant, GaussianNoise, ImageMean, Road, UniformNoise, perturbation_curves
+from xbench.perturbation import (
+    Blur,
+    Constant,
+    GaussianNoise,
+    ImageMean,
+    Road,
+    UniformNoise,
+    perturbation_curves,
+)
 from xbench.perturbation.engine import AUTO_MIN_SPEEDUP, choose_method
 from xbench.perturbation.incremental import estimate, plan, predicted_speedup, runner
-from xbench.perturbation.windows import Axis, Node, propagate, region_boxes, window_tables
+from xbench.perturbation.windows import (
+    Axis,
+    Node,
+    propagate,
+    region_boxes,
+    window_tables,
+)
 
 L = keras.layers
 
@@ -210,8 +224,8 @@ def test_incremental_curves_follow_max_steps_targets_and_chunks():
 @pytest.mark.slow
 @pytest.mark.parametrize("backbone,size,region", [("vgg16", 40, 6), ("densenet201", 36, 8), ("resnet50", 36, 8), ("mobilenetv2", 40, 8)])
 def test_incremental_curves_equal_full_ones_on_the_paper_backbones(backbone, size, region):
-    from xbench.pipeline.speed import _unsaturate
     from xbench.models import build_classifier
+    from xbench.pipeline.speed import _unsaturate
 
     model = build_classifier(backbone, 4, size, weights="none", seed=0)
     rng = np.random.default_rng(0)

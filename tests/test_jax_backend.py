@@ -60,12 +60,11 @@ def test_a_smoke_job_and_its_report_run_on_jax_without_tensorflow(tmp_path):
 
 def test_tf_and_jax_give_the_same_curves_and_grad_cam_on_the_same_weights(tmp_path):
     """One trained-looking model saved under TensorFlow, explained and scored by both backends."""
-    from xbench.models import build_classifier
-    from xbench.explain.cam import gradcam
-    from xbench.perturbation import GaussianNoise, perturbation_curves
-
     import keras
 
+    from xbench.explain.cam import gradcam
+    from xbench.models import build_classifier
+    from xbench.perturbation import GaussianNoise, perturbation_curves
     from xbench.pipeline.speed import _unsaturate
 
     assert keras.backend.backend() == "tensorflow"  # this process is the TensorFlow side

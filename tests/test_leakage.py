@@ -5,12 +5,18 @@ import sys
 import numpy as np
 import pytest
 
-from xbench.pipeline.speed import phantom_images
 from xbench.data.pixels import to_unit_float
-from xbench.pipeline.leakage import mask_leakage, paired_auc_ci, perturb_with_masks, removal_masks, roc_auc
 from xbench.perturbation import Constant, GaussianNoise, Road
 from xbench.perturbation.perturbations import image_rng
 from xbench.perturbation.regions import region_index_map
+from xbench.pipeline.leakage import (
+    mask_leakage,
+    paired_auc_ci,
+    perturb_with_masks,
+    removal_masks,
+    roc_auc,
+)
+from xbench.pipeline.speed import phantom_images
 
 
 def _auc_pairs(scores, labels) -> float:

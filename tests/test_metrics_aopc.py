@@ -1,7 +1,14 @@
 import numpy as np
 import pytest
 
-from xbench.metrics.aopc import abpc, abpc_per_image, aopc, aopc_by_step, aopc_per_image, per_class_mean
+from xbench.metrics.aopc import (
+    abpc,
+    abpc_per_image,
+    aopc,
+    aopc_by_step,
+    aopc_per_image,
+    per_class_mean,
+)
 from xbench.metrics.bootstrap import bootstrap_ci, bootstrap_diff
 from xbench.metrics.localisation import positive_mass_share
 

@@ -1,7 +1,11 @@
 import numpy as np
 import pytest
 
-from xbench.metrics.classification import classification_report, confusion_matrix, selection_score
+from xbench.metrics.classification import (
+    classification_report,
+    confusion_matrix,
+    selection_score,
+)
 
 
 def test_report_by_hand():

@@ -1,8 +1,17 @@
 import numpy as np
 import pytest
 
-from xbench.metrics.localisation import (default_tolerance, lesion_auroc, lesion_iou, lesion_mass, marker_mass, otsu_segment, otsu_threshold,
-                                         pointing_hit, positive_mass_share)
+from xbench.metrics.localisation import (
+    default_tolerance,
+    lesion_auroc,
+    lesion_iou,
+    lesion_mass,
+    marker_mass,
+    otsu_segment,
+    otsu_threshold,
+    pointing_hit,
+    positive_mass_share,
+)
 
 
 def _auroc_slow(h: np.ndarray, m: np.ndarray) -> float:

@@ -4,7 +4,12 @@ import pytest
 
 from xbench.core.errors import ConfigError
 from xbench.models import BACKBONES, Preprocess, build_classifier
-from xbench.models.build import backbone_layers, feature_extractor, head_model, set_trainable
+from xbench.models.build import (
+    backbone_layers,
+    feature_extractor,
+    head_model,
+    set_trainable,
+)
 
 
 @pytest.mark.parametrize("name", sorted(BACKBONES))

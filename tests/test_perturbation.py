@@ -5,7 +5,15 @@ import numpy as np
 import pytest
 
 from xbench.perturbation import (
-    Blur, Constant, GaussianNoise, ImageMean, Road, UniformNoise, perturbation_curves, region_order, region_scores,
+    Blur,
+    Constant,
+    GaussianNoise,
+    ImageMean,
+    Road,
+    UniformNoise,
+    perturbation_curves,
+    region_order,
+    region_scores,
 )
 from xbench.perturbation.perturbations import image_rng
 

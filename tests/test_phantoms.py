@@ -1,7 +1,12 @@
 import numpy as np
 import pytest
 
-from xbench.data.phantoms import RADIOGRAPHY_CLASSES, lesion_amplitude, make_phantom, resize_mask
+from xbench.data.phantoms import (
+    RADIOGRAPHY_CLASSES,
+    lesion_amplitude,
+    make_phantom,
+    resize_mask,
+)
 
 
 def test_deterministic_per_seed_and_index():

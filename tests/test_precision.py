@@ -32,10 +32,10 @@ def test_a_low_precision_copy_computes_in_its_type_on_the_same_weights_and_leave
 
 def test_scoring_in_bfloat16_keeps_the_maps_changes_the_curves_by_little_and_keys_its_own_cache(tmp_path):
     from xbench.explain import GradCAM
-    from xbench.pipeline.store import CurveStore
     from xbench.models import build_classifier
     from xbench.perturbation import GaussianNoise
     from xbench.pipeline.scoring import score_model
+    from xbench.pipeline.store import CurveStore
 
     rng = np.random.default_rng(1)
     images = (rng.random((6, 32, 32, 3)) * 255).astype(np.uint8)
@@ -57,10 +57,9 @@ def test_scoring_in_bfloat16_keeps_the_maps_changes_the_curves_by_little_and_key
     assert not np.array_equal(c32, c16)  # really computed in bfloat16
     # ... by the engine on the bfloat16 copy, on the same images, maps and noise (how far bfloat16 moves
     # curves depends on the model: xbench-bench measures it)
+    from xbench.data.pixels import to_unit_float
     from xbench.models import with_compute_dtype
     from xbench.perturbation import perturbation_curves
-
-    from xbench.data.pixels import to_unit_float
 
     maps = GradCAM()(model, to_unit_float(images), labels)
     direct = perturbation_curves(with_compute_dtype(model, "bfloat16"), images, maps, targets=labels, region_size=8,

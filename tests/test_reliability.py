@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from xbench.metrics import reliability as rel
 from xbench.pipeline import report
 from xbench.pipeline import results as R
-from xbench.metrics import reliability as rel
 
 # ---------------------------------------------------------------- kernels
 

@@ -5,9 +5,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from xbench.metrics.aopc import aopc_per_image
 from xbench.pipeline import report
 from xbench.pipeline import results as R
-from xbench.metrics.aopc import aopc_per_image
 
 
 def _job(path, seed, backbone="vgg16", ids=(0, 1, 2, 3), drop=0.5):

@@ -12,11 +12,31 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-from xbench.explain import CenterControl, EdgeMap, GradCAM, GuidedBackprop, edge_maps, gradcam
+from xbench.explain import (
+    CenterControl,
+    EdgeMap,
+    GradCAM,
+    GuidedBackprop,
+    edge_maps,
+    gradcam,
+)
 from xbench.explain.guided import guided_backprop, guided_gradcam, guided_gradients
-from xbench.explain.randomisation import layer_groups, layer_seed, randomisation_steps, randomised_copy
-from xbench.metrics.similarity import (MEASURES, constant_maps, map_similarities, normalise_abs, pair_similarities, random_pairs, spearman,
-                                       ssim)
+from xbench.explain.randomisation import (
+    layer_groups,
+    layer_seed,
+    randomisation_steps,
+    randomised_copy,
+)
+from xbench.metrics.similarity import (
+    MEASURES,
+    constant_maps,
+    map_similarities,
+    normalise_abs,
+    pair_similarities,
+    random_pairs,
+    spearman,
+    ssim,
+)
 from xbench.models import build_classifier
 from xbench.pipeline.results import Estimate
 from xbench.pipeline.sanity import randomisation_check, verdict
@@ -534,9 +554,9 @@ def test_the_job_check_scores_the_randomised_maps_on_both_models_as_a_direct_com
 @pytest.mark.slow
 def test_a_job_with_the_check_records_it_in_metrics_summary_plots_and_report(tmp_path, cache_dir):
     from tests.conftest import compose
-    from xbench.pipeline import results
     from xbench.apps.report import main as report_main
     from xbench.apps.run import run
+    from xbench.pipeline import results
 
     run(compose(["+experiment=smoke", "score.subset=all", "sanity.enabled=true", "sanity.max_images=4", "sanity.n_pairs=10"]), tmp_path / "job")
     job = results.read_job(tmp_path / "job")  # decoded field by field from metrics.json

@@ -4,7 +4,12 @@ import numpy as np
 import pytest
 
 from xbench.perturbation import GaussianNoise
-from xbench.pipeline.scoring import ScoreSettings, auto_region_size, score_model, select_images
+from xbench.pipeline.scoring import (
+    ScoreSettings,
+    auto_region_size,
+    score_model,
+    select_images,
+)
 
 
 def test_auto_region_size_gives_the_paper_grid():
@@ -44,9 +49,9 @@ def test_select_images_correct_only_stratified_and_seeded():
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """DenseNet201 (He-init, frozen) with the paper head trained on 64-px phantoms."""
-    from xbench.pipeline.sources import SyntheticSource
     from xbench.models import build_classifier
     from xbench.pipeline.job import prepare_data
+    from xbench.pipeline.sources import SyntheticSource
     from xbench.pipeline.training import TrainSettings, predict_images, train_classifier
 
     cache = tmp_path_factory.mktemp("scorecache")
@@ -134,12 +139,12 @@ def test_deletion_and_insertion_are_scored_for_the_explainer_and_random_and_repo
     import pandas as pd
 
     from tests.test_report import _job
-    from xbench.pipeline import results as R
     from xbench.apps.report import build_report
     from xbench.explain import CenterControl, RandomControl
-    from xbench.pipeline.job_plots import scoring_plots
     from xbench.metrics.insertion_deletion import auc_per_image
     from xbench.perturbation import Constant
+    from xbench.pipeline import results as R
+    from xbench.pipeline.job_plots import scoring_plots
 
     model, images, preds = _pixel_job_inputs()
     settings = ScoreSettings(orders=["morf", "deletion", "insertion"], region_size=4, bootstrap=1000, pixel_steps=10)
@@ -190,8 +195,8 @@ def test_deletion_and_insertion_are_scored_for_the_explainer_and_random_and_repo
 
 def test_curve_store_keys_pixel_orders_by_their_settings(tmp_path):
     from xbench.explain import CenterControl
-    from xbench.pipeline.store import CurveStore
     from xbench.perturbation import Constant
+    from xbench.pipeline.store import CurveStore
 
     model, images, preds = _pixel_job_inputs(n=4)
     predict = lambda x: np.asarray(model(x))

@@ -18,9 +18,9 @@ import pytest
 
 pytest.importorskip("streamlit")
 
+from xbench.metrics.aopc import aopc_per_image  # noqa: E402
 from xbench.pipeline import results  # noqa: E402
 from xbench.pipeline import view_data as V  # noqa: E402
-from xbench.metrics.aopc import aopc_per_image  # noqa: E402
 
 APP = str(Path(__file__).resolve().parents[1] / "xbench" / "apps" / "view" / "app.py")
 

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from xbench.core import io
 from xbench.apps.run import preflight
+from xbench.core import io
 from xbench.core.errors import ConfigError
 from xbench.explain.context import ExplainContext
 from xbench.pipeline.store import CachedExplainer, CurveStore, ModelStore

@@ -85,7 +85,12 @@ def main(argv=None) -> int:
         print(json.dumps({"leakage": out}) if a.json else _leakage_table(out))
         return 0
     a.n = 64 if a.n is None else a.n
-    from xbench.pipeline.speed import BenchSettings, matmul_peak, memory_bandwidth, run_bench
+    from xbench.pipeline.speed import (
+        BenchSettings,
+        matmul_peak,
+        memory_bandwidth,
+        run_bench,
+    )
 
     s = BenchSettings(a.backbone, a.image_size, a.n, a.region_size, a.order, a.perturbation, a.batch_size, a.dtype, not a.no_toolkit, seed=a.seed,
                       max_steps=a.max_steps, repeats=a.repeats, pixel_steps=a.pixel_steps, insertion_blur=a.insertion_blur, method=a.method)

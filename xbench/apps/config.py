@@ -55,11 +55,11 @@ def schema_of(cls, target: str | None = None):
 
 def schemas() -> dict[str, dict[str, Any]]:
     """``{group: {name: schema}}``: stored as ``schema/<group>/<name>`` and named by the YAML files' defaults."""
-    from xbench.pipeline import sources as S
     from xbench.explain import explainers as E
-    from xbench.models.backbones import ClassifierSpec
     from xbench.models.model_file import ModelFile
+    from xbench.models.spec import ClassifierSpec
     from xbench.perturbation import perturbations as P
+    from xbench.pipeline import sources as S
 
     return {
         "data": {"radiography": schema_of(S.RadiographySource, "xbench.pipeline.sources.RadiographySource"),

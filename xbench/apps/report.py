@@ -21,7 +21,6 @@ def build_report(folders, out: Path, fmt: str = "png", latex: bool = False, n_re
     import matplotlib.pyplot as plt
 
     from xbench.core import io
-
     from xbench.pipeline import plots
     from xbench.pipeline import report as R
 

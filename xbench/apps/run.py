@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from xbench.apps.config import register, validate
 from xbench.core.errors import ConfigError, XbenchError
-from xbench.models.backbones import ClassifierSpec
+from xbench.models.spec import ClassifierSpec
 from xbench.pipeline.settings import SanitySettings, ScoreSettings, TrainSettings
 from xbench.pipeline.tracking import TrackingSettings
 

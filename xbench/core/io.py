@@ -10,9 +10,9 @@ which is harmless because cache entries are keyed by their content.
 from __future__ import annotations
 
 import contextlib
-import logging
 import io
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path

@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-SPLITS = ("train", "val", "test")
+from xbench.core.names import SPLITS  # noqa: F401  (re-exported)
 
 
 def balanced_subset(labels: np.ndarray, seed: int, per_class: int | None = None) -> np.ndarray:

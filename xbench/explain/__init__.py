@@ -10,7 +10,7 @@ from xbench.core.lazy import exports
 _WHERE = {
     "CONTROLS": "xbench.explain.explainers",
     "CONTROL_NAMES": "xbench.explain.explainers",
-    "TFKV_METHODS": "xbench.explain.explainers",
+    "TFKV_METHODS": "xbench.core.names",
     "CenterControl": "xbench.explain.explainers",
     "EdgeMap": "xbench.explain.explainers",
     "ExplainContext": "xbench.explain.context",

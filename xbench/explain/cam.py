@@ -10,8 +10,6 @@ y_c (before the softmax) with respect to them:
 
 from __future__ import annotations
 
-
-
 import keras
 import numpy as np
 from keras import ops

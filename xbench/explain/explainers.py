@@ -15,13 +15,13 @@ from typing import ClassVar
 
 import numpy as np
 
+from xbench.backend import configured_backend
+from xbench.core.names import TFKV_METHODS
 from xbench.data.pixels import to_unit_float
 from xbench.explain.context import ExplainContext
 from xbench.explain.controls import center_maps, edge_maps, mask_maps, random_maps
-from xbench.backend import configured_backend
 
 #: The tf-keras-vis methods :func:`xbench.explain.tfkv.tfkv_maps` implements.
-TFKV_METHODS = ("gradcampp", "scorecam", "layercam", "saliency", "smoothgrad")
 
 
 def _shape(images) -> tuple[int, ...]:

@@ -11,7 +11,7 @@ from typing import Sequence
 import keras
 import numpy as np
 
-LOGITS = "logits"
+from xbench.core.names import LOGITS
 
 
 def _probe(model: keras.Model, layers: tuple[str, ...]) -> keras.Model:

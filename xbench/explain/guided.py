@@ -28,9 +28,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from xbench.core.names import LOGITS
 from xbench.data.pixels import to_unit_float
-
-LOGITS = "logits"
 
 
 def _relu_tf(max_value):

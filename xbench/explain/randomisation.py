@@ -31,8 +31,8 @@ from typing import Sequence
 
 import numpy as np
 
-FEATURES = "features"
-LOGITS = "logits"
+from xbench.core.names import FEATURES, LOGITS
+
 MODES = ("cascading", "independent")
 
 #: keras.applications block names: the first group of the first pattern that matches names the layer's block.

@@ -14,13 +14,14 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from xbench.explain.explainers import TFKV_METHODS as METHODS
+from xbench.core.names import LOGITS
+from xbench.core.names import TFKV_METHODS as METHODS
 
 
 def logits_model(model: keras.Model) -> keras.Model:
     cache = model.__dict__.setdefault("_xbench_logits_model", [])
     if not cache:
-        cache.append(keras.Model(model.input, model.get_layer("logits").output, name=f"{model.name}_logits"))
+        cache.append(keras.Model(model.input, model.get_layer(LOGITS).output, name=f"{model.name}_logits"))
     return cache[0]
 
 

@@ -29,7 +29,6 @@ import numpy as np
 
 from xbench.metrics.similarity import pearson_rows
 
-
 # ---------------------------------------------------------------- kernels
 
 

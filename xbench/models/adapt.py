@@ -39,13 +39,24 @@ import keras
 import numpy as np
 from keras import ops
 
-from xbench.models.card import BackboneOutput, model_card
-from xbench.models.model_file import APPLICATION_PREPROCESSING, OUTPUTS, PREPROCESS_NAMES
-from xbench.models.preprocess import MODES, Preprocess
+from xbench.core.names import (
+    APPLICATION_PREPROCESSING,
+    FEATURES,
+    GREY,
+    IMAGE,
+    LOGITS,
+    OUTPUTS,
+    PREPROCESS,
+    PREPROCESS_MODES,
+    PREPROCESS_NAMES,
+    PROBS,
+    RESERVED,
+)
+from xbench.models.card import BackboneOutput
+from xbench.models.preprocess import Preprocess
 
 log = logging.getLogger(__name__)
 
-LOGITS, PROBS, FEATURES, IMAGE = "logits", "probs", "features", "image"
 
 
 class AdaptError(ValueError):
@@ -98,11 +109,11 @@ def preprocess_layer(preprocess: str | Callable | None) -> keras.layers.Layer | 
         return None
     if callable(preprocess):
         fn = preprocess
-        return keras.layers.Lambda(lambda x: fn(x * 255.0), name="preprocess")
+        return keras.layers.Lambda(lambda x: fn(x * 255.0), name=PREPROCESS)
     mode = APPLICATION_PREPROCESSING.get(str(preprocess), str(preprocess))
-    if mode not in MODES:
+    if mode not in PREPROCESS_MODES:
         raise AdaptError(f"preprocess={preprocess!r} is not known; give one of {list(PREPROCESS_NAMES)} or a callable on 0-255 pixels")
-    return Preprocess(mode, name="preprocess")
+    return Preprocess(mode, name=PREPROCESS)
 
 
 def _activation_name(layer) -> str | None:
@@ -168,7 +179,7 @@ def _plan(model, logits_layer: str | None, output: str) -> _Plan:
     squash_tail = act in ("softmax", "sigmoid") and (isinstance(final, (keras.layers.Softmax, keras.layers.Activation)) or _is_softmax_op(final))
     if act == "sigmoid" and isinstance(final, keras.layers.Dense) and final.units > 1:
         raise AdaptError(f"model {model.name!r} ends in {final.units} sigmoid units (multi-label); xbench scores single-label classifiers (softmax, or one sigmoid unit)")
-    if output == "logits":
+    if output == LOGITS:
         if dense_tail or squash_tail:
             raise AdaptError(f"output='logits': the output layer {final.name!r} of {model.name!r} applies a {act}, so the model outputs probabilities; "
                              "leave output='probs' (the logits are found before it)")
@@ -194,7 +205,6 @@ def _plan(model, logits_layer: str | None, output: str) -> _Plan:
 
 
 #: Names of the layers xbench adds around the user's; a user's layer of that name is copied as ``<name>_user``.
-RESERVED = (IMAGE, "grey", "preprocess", FEATURES, LOGITS, PROBS)
 
 #: Layers whose output is not a feature map to explain: pooling, padding, dropout, reshaping.
 _NOT_A_MAP = (keras.layers.MaxPooling2D, keras.layers.AveragePooling2D, keras.layers.ZeroPadding2D, keras.layers.Cropping2D,
@@ -304,7 +314,7 @@ def _build(model, plan: _Plan, shape: tuple, channels: int, preprocess, gradcam_
     image = keras.Input(shape[:2] + (3,), name=IMAGE)
     x = image
     if channels == 1:
-        x = Grey(name="grey")(x)
+        x = Grey(name=GREY)(x)
     elif channels != 3:
         raise AdaptError(f"model {model.name!r} takes {channels}-channel images; xbench feeds RGB (3) or grey (1)")
     pre = preprocess_layer(preprocess)
@@ -433,7 +443,7 @@ def as_classifier(
     adapted, _ = _build(model, plan, shape, channels, preprocess, gradcam_layer, class_names, copy_weights=True)
     if check:
         got = np.asarray(ops.convert_to_numpy(adapted(probe, training=False)), np.float64)
-        if output == "logits":
+        if output == LOGITS:
             z = expected - expected.max(-1, keepdims=True) if expected.shape[-1] > 1 else np.concatenate([-expected / 2, expected / 2], -1)
             want = np.exp(z) / np.exp(z).sum(-1, keepdims=True)
         else:

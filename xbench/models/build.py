@@ -20,15 +20,13 @@ from typing import Sequence
 import keras
 
 from xbench.core.errors import ConfigError
-from xbench.models.backbones import HEADS, get_backbone
+from xbench.core.names import FEATURES, HEADS, IMAGE, LOGITS, PREPROCESS, PROBS
+from xbench.models.backbones import get_backbone
 from xbench.models.card import BackboneOutput
 from xbench.models.preprocess import Preprocess
 
 log = logging.getLogger(__name__)
 
-FEATURES = "features"
-LOGITS = "logits"
-PROBS = "probs"
 
 
 def _he_reinitialise(layers: Sequence[keras.layers.Layer], seed: int) -> None:
@@ -101,8 +99,8 @@ def build_classifier(
         wname = str(wpath)
     keras.utils.set_random_seed(seed)
 
-    inputs = keras.Input((image_size, image_size, 3), name="image")
-    x = Preprocess(spec.preprocess, name="preprocess")(inputs)
+    inputs = keras.Input((image_size, image_size, 3), name=IMAGE)
+    x = Preprocess(spec.preprocess, name=PREPROCESS)(inputs)
     try:
         base = spec.build_fn()(include_top=False, weights=wname, input_tensor=x)
     except ValueError as exc:

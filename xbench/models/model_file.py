@@ -19,20 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional
 
-from xbench.models.backbones import PREPROCESS_MODES
+from xbench.core.names import OUTPUTS, PREPROCESS_NAMES
 
 SUFFIXES = (".keras", ".h5", ".hdf5")
-#: How a model's output is read: probabilities (softmax, or a one-unit sigmoid) or logits.
-OUTPUTS = ("probs", "logits")
-#: keras.applications preprocessing by module name -> Preprocess mode (what its ``preprocess_input`` does to 0-255 pixels).
-APPLICATION_PREPROCESSING = {
-    **dict.fromkeys(("vgg16", "vgg19", "resnet", "resnet50"), "caffe"),
-    **dict.fromkeys(("densenet",), "torch"),
-    **dict.fromkeys(("mobilenet", "mobilenet_v2", "inception_v3", "inception_resnet_v2", "xception", "nasnet", "resnet_v2"), "tf"),
-    # These models rescale inside themselves and take 0-255 pixels.
-    **dict.fromkeys(("efficientnet", "efficientnet_v2", "convnext", "regnet", "mobilenet_v3"), "scale255"),
-}
-PREPROCESS_NAMES = PREPROCESS_MODES + tuple(APPLICATION_PREPROCESSING)
 PREPROCESS_HINT = "none ([0, 1] pixels), scale255 (0-255 pixels), caffe, torch, tf, or a keras.applications module name (vgg16, densenet, mobilenet_v2, efficientnet, ...)"
 
 
@@ -138,10 +127,10 @@ def load_keras_file(path: Path):
     """``keras.saving.load_model(path, safe_mode=True, compile=False)`` with one-line errors naming what is missing."""
     import keras
 
-    from xbench.core.errors import ConfigError
     import xbench.models.adapt  # noqa: F401  (registers xbench's layers, for a model xbench saved)
     import xbench.models.card  # noqa: F401
     import xbench.models.preprocess  # noqa: F401
+    from xbench.core.errors import ConfigError
 
     try:
         return keras.saving.load_model(path, safe_mode=True, compile=False)

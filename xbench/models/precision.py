@@ -11,6 +11,8 @@ the curve.
 
 from __future__ import annotations
 
+from xbench.core.names import LOGITS
+
 #: ``score.dtype`` values: the precision of the engine's forward passes.
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 
@@ -42,7 +44,7 @@ def with_compute_dtype(model, dtype: str):
         return model
     cache = model.__dict__.setdefault("_xbench_precision", {})
     if dtype not in cache:
-        policy, keep = f"mixed_{dtype}", {model.layers[-1].name, "logits"}
+        policy, keep = f"mixed_{dtype}", {model.layers[-1].name, LOGITS}
 
         def clone(layer):
             config = layer.get_config()

@@ -14,7 +14,7 @@ from keras import ops
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 _TORCH_MEAN = (0.485, 0.456, 0.406)
 _TORCH_STD = (0.229, 0.224, 0.225)
-from xbench.models.backbones import PREPROCESS_MODES as MODES
+from xbench.core.names import PREPROCESS_MODES as MODES
 
 
 @keras.saving.register_keras_serializable(package="xbench")

@@ -40,8 +40,21 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from xbench.data.pixels import to_unit_float
-from xbench.perturbation.perturbations import Blur, GaussianNoise, Perturbation, image_rng
-from xbench.perturbation.regions import PIXEL_ORDERS, check_heatmaps, grid_shape, pixel_rank_maps, rank_maps, region_order, region_scores
+from xbench.perturbation.perturbations import (
+    Blur,
+    GaussianNoise,
+    Perturbation,
+    image_rng,
+)
+from xbench.perturbation.regions import (
+    PIXEL_ORDERS,
+    check_heatmaps,
+    grid_shape,
+    pixel_rank_maps,
+    rank_maps,
+    region_order,
+    region_scores,
+)
 from xbench.perturbation.regions import pixel_steps as plan_pixel_steps
 
 log = logging.getLogger(__name__)

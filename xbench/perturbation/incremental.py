@@ -382,7 +382,6 @@ class Runner:
 
     def _window_value(self, i, st, starts, size):
         """Node i's values at a window (clamped gather; positions outside are garbage the caller masks)."""
-        from keras import ops
 
         p = self.p
         if p.stored[i]:

@@ -23,17 +23,18 @@ import pandas as pd
 
 import xbench
 from xbench.core import io
-from xbench.pipeline import results
-from xbench.pipeline.store.decoded import load_decoded
-from xbench.data.records import Records
 from xbench.core.errors import ConfigError, DataError, XbenchError
-from xbench.pipeline.job_plots import write_job_plots
+from xbench.core.names import SPLITS
+from xbench.data.records import Records
 from xbench.metrics.classification import classification_report
-from xbench.pipeline.store import CachedExplainer, CurveStore, ModelStore, model_key
 from xbench.models.build import head_layers
 from xbench.models.card import model_card
+from xbench.pipeline import results
+from xbench.pipeline.job_plots import write_job_plots
 from xbench.pipeline.scoring import GroundTruth, ScoreSettings, score_model
 from xbench.pipeline.settings import SanitySettings
+from xbench.pipeline.store import CachedExplainer, CurveStore, ModelStore, model_key
+from xbench.pipeline.store.decoded import load_decoded
 from xbench.pipeline.training import TrainSettings, predict_images, train_classifier
 
 log = logging.getLogger(__name__)
@@ -275,7 +276,7 @@ def job_metrics(spec: JobSpec, data: PreparedData, trained: TrainedModel, ev: Ev
     """The classification part of metrics.json (scoring is added when it finishes)."""
     rec, model = data.records, trained.model
     card = model_card(model)
-    split_counts = {s: int((data.split == s).sum()) for s in ("train", "val", "test")}
+    split_counts = {s: int((data.split == s).sum()) for s in SPLITS}
     return results.decode(results.JobMetrics, {
         "xbench_version": xbench.__version__,
         "keras_backend": keras.backend.backend(),
@@ -378,7 +379,7 @@ def run_job(spec: JobSpec, run_dir: Path) -> results.JobMetrics:
     with clock("data_s"):
         data = prepare_data(spec.source, spec.seed, spec.cache_dir)
     io.write_csv(run_dir / "split.csv", data.split_table())
-    log.info("data: %d images, %s, classes %s", len(data.records), {s: int((data.split == s).sum()) for s in ("train", "val", "test")},
+    log.info("data: %d images, %s, classes %s", len(data.records), {s: int((data.split == s).sum()) for s in SPLITS},
              data.records.class_names)
     trained = obtain_model(spec, data, clock)
     if trained.trained_here:

@@ -8,11 +8,10 @@ from pathlib import Path
 import numpy as np
 
 from xbench.core import io
-
-from xbench.pipeline import plots
 from xbench.data.pixels import to_unit_float
 from xbench.metrics.aopc import aopc_by_step
 from xbench.perturbation.regions import PIXEL_ORDERS
+from xbench.pipeline import plots
 from xbench.pipeline.results import curve_key
 
 log = logging.getLogger(__name__)

@@ -24,11 +24,11 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from xbench.pipeline import results
 from xbench.metrics import comparison
 from xbench.metrics.aopc import abpc_per_image, aopc_by_step, aopc_per_image
 from xbench.metrics.bootstrap import bootstrap_band, bootstrap_ci
 from xbench.perturbation.regions import PIXEL_ORDERS
+from xbench.pipeline import results
 
 log = logging.getLogger(__name__)
 

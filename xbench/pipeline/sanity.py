@@ -23,13 +23,26 @@ from typing import Callable, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from xbench.pipeline import results
 from xbench.data.pixels import to_unit_float
 from xbench.explain.context import ExplainContext
-from xbench.explain.randomisation import MODES, RandomisationStep, randomisation_steps, randomised_copy
+from xbench.explain.randomisation import (
+    MODES,
+    RandomisationStep,
+    randomisation_steps,
+    randomised_copy,
+)
 from xbench.metrics.bootstrap import bootstrap_ci
 from xbench.metrics.comparison import holm
-from xbench.metrics.similarity import MEASURES, constant_maps, is_constant, map_similarities, pair_similarities, random_pairs, versus_pairs
+from xbench.metrics.similarity import (
+    MEASURES,
+    constant_maps,
+    is_constant,
+    map_similarities,
+    pair_similarities,
+    random_pairs,
+    versus_pairs,
+)
+from xbench.pipeline import results
 from xbench.pipeline.results import Estimate
 from xbench.pipeline.settings import SanitySettings
 

@@ -23,15 +23,33 @@ from typing import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from xbench.pipeline import results
 from xbench.data.pixels import to_unit_float
 from xbench.explain.context import ExplainContext
-from xbench.metrics.aopc import abpc_per_image, aopc_by_step, aopc_per_image, per_class_mean
+from xbench.metrics.aopc import (
+    abpc_per_image,
+    aopc_by_step,
+    aopc_per_image,
+    per_class_mean,
+)
 from xbench.metrics.bootstrap import bootstrap_ci
 from xbench.metrics.insertion_deletion import auc_per_image
-from xbench.metrics.localisation import lesion_auroc, lesion_iou, lesion_mass, marker_mass, pointing_hit, positive_mass_share
+from xbench.metrics.localisation import (
+    lesion_auroc,
+    lesion_iou,
+    lesion_mass,
+    marker_mass,
+    pointing_hit,
+    positive_mass_share,
+)
 from xbench.perturbation.engine import perturbation_curves
-from xbench.perturbation.regions import PIXEL_ORDERS, grid_shape, pixel_steps, region_scores, sanitise_heatmaps
+from xbench.perturbation.regions import (
+    PIXEL_ORDERS,
+    grid_shape,
+    pixel_steps,
+    region_scores,
+    sanitise_heatmaps,
+)
+from xbench.pipeline import results
 from xbench.pipeline.settings import ScoreSettings
 
 log = logging.getLogger(__name__)

@@ -26,9 +26,24 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from xbench.perturbation.engine import auto_batch_size, balanced_batch, device_step, perturbation_curves, step_devices
+from xbench.core.names import LOGITS
+from xbench.perturbation.engine import (
+    auto_batch_size,
+    balanced_batch,
+    device_step,
+    perturbation_curves,
+    step_devices,
+)
 from xbench.perturbation.perturbations import PERTURBATIONS, Blur, image_rng
-from xbench.perturbation.regions import PIXEL_ORDERS, grid_shape, pixel_rank_maps, pixel_steps, rank_maps, region_order, region_scores
+from xbench.perturbation.regions import (
+    PIXEL_ORDERS,
+    grid_shape,
+    pixel_rank_maps,
+    pixel_steps,
+    rank_maps,
+    region_order,
+    region_scores,
+)
 
 
 def model_flops(model: keras.Model) -> float:
@@ -145,7 +160,7 @@ def _unsaturate(model, images) -> None:
     softmax is saturated, every curve is 1.0 and "equal curves" would prove
     nothing. Scaling the last layer keeps the cost and makes the curves move.
     """
-    layer = model.get_layer("logits")
+    layer = model.get_layer(LOGITS)
     probe = keras.Model(model.input, layer.output)
     for _ in range(3):  # repeated: vanishing logits (1e-9) need more than one step in float32
         z = np.asarray(probe(images), dtype=np.float64)
@@ -284,7 +299,12 @@ def run_bench(s: BenchSettings, model=None) -> dict:
 def _incremental_facts(model, s: BenchSettings, pert, steps: int) -> dict:
     """What the incremental method would do here: the method auto picks, the FLOP estimate, chunk and state sizes."""
     from xbench.perturbation.engine import choose_method
-    from xbench.perturbation.incremental import chunk_size, estimate, predicted_speedup, runner
+    from xbench.perturbation.incremental import (
+        chunk_size,
+        estimate,
+        predicted_speedup,
+        runner,
+    )
 
     used = "incremental" if choose_method(s.method, model, s.order, pert, s.image_size, s.image_size, s.region_size, steps, s.n) else "full"
     try:
@@ -334,8 +354,8 @@ def training_speed(backbone: str = "vgg16", image_size: int = 64, n: int = 256, 
     for ``features_checkpointed``, the mean checkpoint write that lets a
     killed job resume.
     """
-    from xbench.pipeline.store.checkpoints import TrainCheckpoint
     from xbench.models import build_classifier
+    from xbench.pipeline.store.checkpoints import TrainCheckpoint
     from xbench.pipeline.training import TrainSettings, train_classifier
 
     rng = np.random.default_rng(seed)

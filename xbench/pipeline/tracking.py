@@ -37,7 +37,6 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional, Sequence
 
 from xbench.core import io
-
 from xbench.pipeline import results
 
 log = logging.getLogger(__name__)

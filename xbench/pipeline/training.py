@@ -33,11 +33,21 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from xbench.core import faults
-from xbench.data.pixels import to_unit_float
 from xbench.core.errors import ConfigError
-from xbench.metrics.classification import confusion_matrix, per_class_scores, selection_score
-from xbench.metrics.classification import SELECTION_RULES
-from xbench.models.build import activations_before, feature_extractor, head_model, set_trainable, tail_model
+from xbench.data.pixels import to_unit_float
+from xbench.metrics.classification import (
+    SELECTION_RULES,
+    confusion_matrix,
+    per_class_scores,
+    selection_score,
+)
+from xbench.models.build import (
+    activations_before,
+    feature_extractor,
+    head_model,
+    set_trainable,
+    tail_model,
+)
 from xbench.pipeline.settings import FineTuneSettings, TrainSettings  # noqa: F401  (FineTuneSettings re-exported)
 
 log = logging.getLogger(__name__)

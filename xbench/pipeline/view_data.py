@@ -34,11 +34,19 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from xbench.pipeline import results
 from xbench.core.errors import XbenchError
 from xbench.perturbation.perturbations import PERTURBATIONS, Perturbation, image_rng
+
 # REGION_ORDERS: the orders whose step images can be rebuilt (pixel orders need a control's own pixel order).
-from xbench.perturbation.regions import PIXEL_ORDERS, REGION_ORDERS, rank_maps, region_order, region_scores
+from xbench.perturbation.regions import (
+    PIXEL_ORDERS,
+    REGION_ORDERS,
+    rank_maps,
+    region_order,
+    region_scores,
+)
+from xbench.pipeline import results
+
 #: Per-image figures a gallery can sort by: (column, label, worst first = ascending?).
 SORT_KEYS = {
     "aopc": ("AOPC (MoRF)", True),

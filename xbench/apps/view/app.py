@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from xbench.pipeline import view_data as V
 from xbench.apps.view import FOLDERS_ENV
+from xbench.pipeline import view_data as V
 
 PAGES = ("Summary", "Gallery", "Image", "Compare")
 CMAPS = ("jet", "viridis", "inferno", "magma", "coolwarm", "gray")

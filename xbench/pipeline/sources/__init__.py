@@ -19,10 +19,16 @@ from typing import ClassVar, List, Optional
 
 import numpy as np
 
-from xbench.pipeline.sources import folder, pediatric, radiography
-from xbench.data.records import Records
-from xbench.data.split import balanced_subset, capped_subset, carve_validation, stratified_sample, stratified_split
 from xbench.data.phantoms import RADIOGRAPHY_CLASSES
+from xbench.data.records import Records
+from xbench.data.split import (
+    balanced_subset,
+    capped_subset,
+    carve_validation,
+    stratified_sample,
+    stratified_split,
+)
+from xbench.pipeline.sources import folder, pediatric, radiography
 from xbench.pipeline.sources.synthetic import SynthSpec
 
 log = logging.getLogger(__name__)

@@ -18,9 +18,9 @@ from typing import Sequence
 
 import numpy as np
 
+from xbench.core.errors import DataError
 from xbench.data.decode import IMAGE_SUFFIXES
 from xbench.data.records import Records
-from xbench.core.errors import DataError
 
 LAYOUT = "<root>/<class>/<images> (one subfolder per class, in the model's output order; masks in the same relative paths under data.mask_root)"
 

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from xbench.pipeline.sources.radiography import list_images
-from xbench.data.records import Records
 from xbench.core.errors import DataError
+from xbench.core.names import SPLITS
+from xbench.data.records import Records
+from xbench.pipeline.sources.radiography import list_images
 
 LAYOUT = "<root>/{train,test}/{NORMAL,PNEUMONIA}/*.jpeg (val/ optional)"
 _PERSON = re.compile(r"^(person\d+)_", re.IGNORECASE)
@@ -47,7 +48,7 @@ def check_layout(root: str | Path) -> list[tuple[str, str, Path]]:
     if not root.is_dir():
         raise DataError(f"data.root '{root}' does not exist or is not a folder; expected {LAYOUT}")
     folders = []
-    for split in ("train", "val", "test"):
+    for split in SPLITS:
         sdir = root / split
         if not sdir.is_dir():
             if split == "val":  # optional: its 16 images join train anyway

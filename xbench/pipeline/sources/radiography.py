@@ -15,10 +15,10 @@ from typing import Sequence
 
 import numpy as np
 
-from xbench.data.decode import IMAGE_SUFFIXES
-from xbench.data.records import Records
 from xbench.core.errors import DataError
+from xbench.data.decode import IMAGE_SUFFIXES
 from xbench.data.phantoms import RADIOGRAPHY_CLASSES
+from xbench.data.records import Records
 
 LAYOUT = "<root>/{COVID,Lung_Opacity,Normal,Viral Pneumonia}/images/<Class>-<n>.png (lung masks in .../masks/)"
 

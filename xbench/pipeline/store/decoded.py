@@ -22,8 +22,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from xbench.core import io
-from xbench.data.decode import CorruptImage, decode_image, decode_mask
 from xbench.core.errors import DataError
+from xbench.data.decode import CorruptImage, decode_image, decode_mask
 
 log = logging.getLogger(__name__)
 _VERSION = 1
