@@ -59,28 +59,9 @@ def start_backend() -> list[str]:
     lines: list[str] = []
     try:
         with native_stderr_captured() as lines:
-            import keras
+            from xbench import backend
 
-            if keras.backend.backend() == "tensorflow":
-                import tensorflow as tf
-
-                tf.config.list_physical_devices()  # the device probe (cuInit) prints here, not in the middle of a job
-                logging.getLogger("tensorflow").addFilter(_retracing_to_log_files)
-            elif keras.backend.backend() == "jax":
-                # JAX reports through Python logging, at INFO, that it found no TPU/GPU plugin.
-                logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
-                import jax
-
-                jax.devices()
-                # Keras imports TensorFlow opportunistically when it is installed
-                # (keras.utils.set_random_seed, serialisation), whatever the
-                # backend; then its C++ start-up lines would reach the console in
-                # the middle of a job. Import it here, under the capture. On a
-                # JAX-only machine there is nothing to import.
-                try:
-                    import tensorflow  # noqa: F401
-                except ImportError:
-                    pass
+            backend.active().start(_retracing_to_log_files)  # imports Keras and the backend, probes the devices
     except BaseException:
         sys.stderr.write("".join(f"{line}\n" for line in lines))
         raise

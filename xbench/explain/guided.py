@@ -14,9 +14,9 @@ The user's model is never modified: the rule lives in a CLONE whose ReLUs
 (``activation="relu"`` of any layer, ``Activation("relu")``, ``ReLU`` layers
 with no negative slope or threshold) are replaced by a guided ReLU, with the
 trained weights copied in. The guided ReLU is the one backend-specific piece
-(``tf.custom_gradient``, ``jax.custom_vjp``, ``torch.autograd.Function``),
-and so is the gradient with respect to the input; everything else is Keras
-or NumPy.
+(``tf.custom_gradient``, ``jax.custom_vjp``, ``torch.autograd.Function``:
+``guided_relu`` in :mod:`xbench.backend`'s modules), and so is the gradient
+with respect to the input (``input_gradients``); everything else is Keras or NumPy.
 
 Guided Grad-CAM = guided backpropagation x the Grad-CAM map upsampled to the
 input (Selvaraju et al., 2017, Sec. 3.1), pixel by pixel.
@@ -28,113 +28,9 @@ import keras
 import numpy as np
 from keras import ops
 
+from xbench import backend
 from xbench.core.names import LOGITS
 from xbench.data.pixels import to_unit_float
-
-
-def _relu_tf(max_value):
-    import tensorflow as tf
-
-    @tf.custom_gradient
-    def guided_relu(x):
-        y = tf.nn.relu(x) if max_value is None else tf.minimum(tf.nn.relu(x), max_value)
-
-        def grad(dy):
-            gate = (x > 0) & (dy > 0)
-            if max_value is not None:
-                gate &= x < max_value
-            return dy * tf.cast(gate, dy.dtype)
-
-        return y, grad
-
-    return guided_relu
-
-
-def _relu_jax(max_value):
-    import jax
-    import jax.numpy as jnp
-
-    @jax.custom_vjp
-    def guided_relu(x):
-        y = jnp.maximum(x, 0)
-        return y if max_value is None else jnp.minimum(y, max_value)
-
-    def fwd(x):
-        return guided_relu(x), x
-
-    def bwd(x, dy):
-        gate = (x > 0) & (dy > 0)
-        if max_value is not None:
-            gate &= x < max_value
-        return (dy * gate.astype(dy.dtype),)
-
-    guided_relu.defvjp(fwd, bwd)
-    return guided_relu
-
-
-def _relu_torch(max_value):
-    import torch
-
-    class GuidedReLU(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, x):
-            ctx.save_for_backward(x)
-            return x.clamp(min=0) if max_value is None else x.clamp(0, max_value)
-
-        @staticmethod
-        def backward(ctx, dy):
-            (x,) = ctx.saved_tensors
-            gate = (x > 0) & (dy > 0)
-            if max_value is not None:
-                gate &= x < max_value
-            return dy * gate.to(dy.dtype)
-
-    return GuidedReLU.apply
-
-
-def _grad_tf(logits_model, x, t):
-    import tensorflow as tf
-
-    fn = logits_model.__dict__.get("_xbench_input_grad")
-    if fn is None:
-
-        @tf.function(reduce_retracing=True)
-        def fn(x, t):
-            with tf.GradientTape() as tape:
-                tape.watch(x)
-                score = tf.reduce_sum(tf.gather(logits_model(x, training=False), t, axis=1, batch_dims=1))
-            return tape.gradient(score, x)
-
-        logits_model.__dict__["_xbench_input_grad"] = fn  # the guided model is ours and transient
-    return fn(tf.convert_to_tensor(x, tf.float32), tf.convert_to_tensor(t, tf.int32)).numpy()
-
-
-def _grad_jax(logits_model, x, t):
-    import jax
-    import jax.numpy as jnp
-
-    tt = jnp.asarray(t)[:, None]
-    score = lambda v: jnp.sum(jnp.take_along_axis(logits_model(v, training=False), tt, axis=1))
-    return np.asarray(jax.grad(score)(jnp.asarray(x, jnp.float32)))
-
-
-def _grad_torch(logits_model, x, t):
-    import torch
-
-    v = torch.as_tensor(np.asarray(x, np.float32)).requires_grad_(True)
-    logits = logits_model(v, training=False)
-    logits.gather(1, torch.as_tensor(np.asarray(t), dtype=torch.long)[:, None]).sum().backward()
-    return v.grad.detach().cpu().numpy()
-
-
-_BACKENDS = {"tensorflow": (_relu_tf, _grad_tf), "jax": (_relu_jax, _grad_jax), "torch": (_relu_torch, _grad_torch)}
-
-
-def _backend():
-    backend = keras.backend.backend()
-    if backend not in _BACKENDS:
-        raise RuntimeError(f"Guided Backprop has no function for the {backend!r} backend")
-    return _BACKENDS[backend]
 
 
 def _is_relu(fn) -> bool:
@@ -149,7 +45,7 @@ def guided_model(model: keras.Model) -> keras.Model:
     Returns:
         A Keras model mapping (N, H, W, 3) images to (N, C) logits.
     """
-    relu, _ = _backend()
+    relu = backend.active().guided_relu
 
     def clone(layer):
         if isinstance(layer, keras.layers.ReLU) and not layer.negative_slope and not layer.threshold:
@@ -176,7 +72,7 @@ def guided_gradients(model: keras.Model, images: np.ndarray, *, targets: np.ndar
     Returns:
         (N, H, W, 3) float32, signed.
     """
-    _, grad = _backend()
+    grad = backend.active().input_gradients
     images = np.asarray(images)
     out = np.zeros(images.shape, np.float32) if images.ndim == 4 else None
     if not len(images):

@@ -11,6 +11,8 @@ inputs with the softmax probabilities, as its authors do.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import keras
 import numpy as np
 
@@ -86,6 +88,63 @@ def smoothgrad(model: keras.Model, images: np.ndarray, targets: np.ndarray, imag
     return (total / samples).max(axis=-1)
 
 
+@dataclass(frozen=True)
+class _Batch:
+    """One batch's inputs and the method's settings, as :func:`tfkv_maps` received them."""
+
+    model: keras.Model
+    x: np.ndarray
+    targets: np.ndarray
+    ids: np.ndarray
+    layer: str
+    max_n: int | None
+    smooth_samples: int
+    smooth_noise: float
+    seed: int
+
+    def score(self):
+        from tf_keras_vis.utils.scores import CategoricalScore
+
+        return CategoricalScore([int(t) for t in self.targets])
+
+
+def _gradcampp(b: _Batch):
+    from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
+
+    return GradcamPlusPlus(logits_model(b.model), clone=False)(_unit_exp_score(b.targets), b.x, penultimate_layer=b.layer,
+                                                               seek_penultimate_conv_layer=False, expand_cam=False, normalize_cam=False)
+
+
+def _layercam(b: _Batch):
+    from tf_keras_vis.layercam import Layercam
+
+    return Layercam(logits_model(b.model), clone=False)(b.score(), b.x, penultimate_layer=b.layer, seek_penultimate_conv_layer=False,
+                                                         expand_cam=False, normalize_cam=False)
+
+
+def _scorecam(b: _Batch):
+    from tf_keras_vis.scorecam import Scorecam
+
+    # Score-CAM scores masked inputs with the softmax probabilities (the model, not its logits), as its authors do.
+    return Scorecam(b.model, clone=False)(b.score(), b.x, penultimate_layer=b.layer, seek_penultimate_conv_layer=False,
+                                          max_N=-1 if b.max_n is None else int(b.max_n), expand_cam=True, normalize_cam=False)
+
+
+def _saliency(b: _Batch):
+    from tf_keras_vis.saliency import Saliency
+
+    return Saliency(logits_model(b.model), clone=False)(b.score(), b.x, smooth_samples=0, normalize_map=False)
+
+
+def _smoothgrad(b: _Batch):
+    return smoothgrad(b.model, b.x, b.targets, b.ids, samples=b.smooth_samples, noise=b.smooth_noise, seed=b.seed)
+
+
+#: method name -> its call of tf-keras-vis on one batch (SmoothGrad with 0 samples is saliency).
+_METHODS = {"gradcampp": _gradcampp, "layercam": _layercam, "scorecam": _scorecam, "saliency": _saliency, "smoothgrad": _smoothgrad}
+assert set(_METHODS) == set(METHODS)
+
+
 def tfkv_maps(
     model: keras.Model,
     images: np.ndarray,
@@ -117,12 +176,6 @@ def tfkv_maps(
         raise RuntimeError(f"the tf-keras-vis explainers need the TensorFlow backend, not {keras.backend.backend()!r}")
     if method not in METHODS:
         raise ValueError(f"unknown tf-keras-vis method {method!r}; choose one of {METHODS}")
-    from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
-    from tf_keras_vis.layercam import Layercam
-    from tf_keras_vis.saliency import Saliency
-    from tf_keras_vis.scorecam import Scorecam
-    from tf_keras_vis.utils.scores import CategoricalScore
-
     from xbench.explain.cam import default_layer, upsample
     from xbench.models.adapt import adapted
 
@@ -135,17 +188,8 @@ def tfkv_maps(
     out = []
     for s in range(0, len(images), batch_size):
         x = images[s : s + batch_size]
-        score = CategoricalScore([int(t) for t in targets[s : s + batch_size]])
-        if method == "gradcampp":
-            m = GradcamPlusPlus(logits_model(model), clone=False)(_unit_exp_score(targets[s : s + batch_size]), x, penultimate_layer=layer, seek_penultimate_conv_layer=False, expand_cam=False, normalize_cam=False)
-        elif method == "layercam":
-            m = Layercam(logits_model(model), clone=False)(score, x, penultimate_layer=layer, seek_penultimate_conv_layer=False, expand_cam=False, normalize_cam=False)
-        elif method == "scorecam":
-            m = Scorecam(model, clone=False)(score, x, penultimate_layer=layer, seek_penultimate_conv_layer=False, max_N=-1 if max_n is None else int(max_n), expand_cam=True, normalize_cam=False)
-        elif method == "smoothgrad" and smooth_samples > 0:
-            m = smoothgrad(model, x, targets[s : s + batch_size], ids[s : s + batch_size], samples=smooth_samples, noise=smooth_noise, seed=seed)
-        else:
-            m = Saliency(logits_model(model), clone=False)(score, x, smooth_samples=0, normalize_map=False)
+        part = _Batch(model, x, targets[s : s + batch_size], ids[s : s + batch_size], layer, max_n, smooth_samples, smooth_noise, seed)
+        m = _METHODS[method if method != "smoothgrad" or smooth_samples > 0 else "saliency"](part)
         m = np.asarray(m, np.float32)
         if m.shape[1:] != images.shape[1:3]:  # coarse CAM: the same bilinear upsampling as Grad-CAM
             m = upsample(m.reshape(len(x), *m.shape[-2:]), images.shape[1:3])

@@ -13,7 +13,7 @@ region is perturbed). The device then builds the batch by broadcasting,
 and runs one compiled forward pass. Host memory therefore holds the inputs
 plus a few images, whatever N is; device memory holds one batch. On the JAX
 backend with several local devices, each device runs an equal share of every
-batch's pairs (:func:`_jax_step`).
+batch's pairs (``compile_step`` in :mod:`xbench.backend.jax`).
 
 Curve: f(x(k))[c] for k = 0..K, the softmax probability of the target class c
 (the predicted class at k = 0 unless targets are given), as in
@@ -39,6 +39,7 @@ from typing import Callable, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from xbench import backend
 from xbench.data.pixels import to_unit_float
 from xbench.perturbation.perturbations import (
     Blur,
@@ -127,7 +128,6 @@ def device_step(model, perturbation: Perturbation | None = None) -> Callable:
         steps = model._xbench_steps = {}
     if key in steps:
         return steps[key]
-    import keras
     from keras import ops
 
     def step(X, R, RK, idx, k):
@@ -142,22 +142,8 @@ def device_step(model, perturbation: Perturbation | None = None) -> Callable:
         xb, rel = fill(x, mask, r, return_residual=True)
         return model(xb, training=False), rel
 
-    backend = keras.backend.backend()
-    devices = 1
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        # One trace for every batch and slot count: re-tracing a 700-layer
-        # DenseNet costs seconds, which a size-specialised trace would pay
-        # again whenever N, B or the number of steps changes.
-        h, w = model.input_shape[1:3]
-        sig = [tf.TensorSpec((None, h, w, 3), tf.float32), tf.TensorSpec((None, h, w, 3), tf.float32),
-               tf.TensorSpec((None, h, w), tf.int32), tf.TensorSpec((None,), tf.int32), tf.TensorSpec((None,), tf.int32)]
-        fn = tf.function(step, input_signature=sig, autograph=False)  # no Python control flow to convert
-    elif backend == "jax":
-        fn, devices = _jax_step(step)
-    else:
-        fn = step
+    h, w = model.input_shape[1:3]
+    fn, devices = backend.active().compile_step(step, h, w)
     steps[key] = fn
     model._xbench_step_devices = devices
     return fn
@@ -169,26 +155,6 @@ def step_devices(model) -> int:
         return 1
     device_step(model)
     return model._xbench_step_devices
-
-
-def _jax_step(step) -> tuple[Callable, int]:
-    """``jax.jit`` of the step; with several local devices, each takes an equal share of a batch's (image, step) pairs.
-
-    The few originals, perturbed originals and rank maps a batch reads are
-    replicated (they are small: G images); the pairs' slot and step vectors,
-    and so the forward passes, are split along the batch axis over
-    ``jax.local_devices()``. The weights, closed over by the traced model, are
-    replicated by XLA.
-    """
-    import jax
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec
-
-    devices = jax.local_devices()
-    if len(devices) == 1:
-        return jax.jit(step), 1
-    mesh = Mesh(np.asarray(devices), ("pairs",))
-    whole, split = NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("pairs"))
-    return jax.jit(step, in_shardings=(whole, whole, whole, split, split), out_shardings=split), len(devices)
 
 
 def _as_classifier(model, images, **how):

@@ -433,18 +433,9 @@ class Runner:
 
     # --- compilation ------------------------------------------------------
     def _compile(self, fn: Callable, donate: bool) -> Callable:
-        import keras
+        from xbench import backend
 
-        backend = keras.backend.backend()
-        if backend == "tensorflow":
-            import tensorflow as tf
-
-            return tf.function(fn, autograph=False)  # one trace per chunk size: the windows need static shapes
-        if backend == "jax":
-            import jax
-
-            return jax.jit(fn, donate_argnums=(0,) if donate else ())
-        return fn
+        return backend.active().compile_window_step(fn, donate)
 
     def first(self, X):
         return self._first(X)

@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from xbench import backend
 from xbench.core import faults
 from xbench.core.errors import ConfigError
 from xbench.data.pixels import to_unit_float
@@ -138,16 +139,8 @@ def predict_images(model: keras.Model, images: np.ndarray, index: np.ndarray | N
 
 
 def _compiled(model: keras.Model):
-    """An inference-mode forward function; compiled once per model on the TF backend."""
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        cache = getattr(model, "_xbench_forward", None)
-        if cache is None:
-            cache = tf.function(lambda x: model(x, training=False), reduce_retracing=True, autograph=False)
-            model._xbench_forward = cache
-        return cache
-    return lambda x: model(x, training=False)
+    """An inference-mode forward function, compiled once per model where the backend compiles (:mod:`xbench.backend`)."""
+    return backend.active().compile_forward(model)
 
 
 def _augmenter(s: TrainSettings, seed: int, image_shape: tuple):
