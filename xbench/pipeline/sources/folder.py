@@ -13,14 +13,17 @@ before a job starts (a few ``stat`` calls and one directory listing).
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 
 from xbench.core.errors import DataError
 from xbench.data.decode import IMAGE_SUFFIXES
 from xbench.data.records import Records
+from xbench.data.split import capped_subset, stratified_sample, stratified_split
+from xbench.pipeline.sources.common import check_fractions, require_root
 
 LAYOUT = "<root>/<class>/<images> (one subfolder per class, in the model's output order; masks in the same relative paths under data.mask_root)"
 
@@ -130,3 +133,79 @@ def read_split_csv(path: str | Path, root: Path, paths: Sequence[Path]) -> np.nd
     if not (out == "test").any():
         raise DataError(f"data.split_csv '{path}' puts none of the {len(paths)} images under '{root}' in the test split; check its paths (relative to data.root)")
     return out.astype(str)
+
+
+@dataclass
+class FolderSource:
+    """Any class-per-subfolder image folder (:mod:`xbench.pipeline.sources.folder`): to score a model file on, or to train a backbone on.
+
+    Scoring a model file (``model=file``; the entry point sets
+    ``score_only``), the whole folder is the test split, or a stratified
+    seeded ``test_size`` of it, or what ``split_csv`` says; training a
+    backbone, ``fractions`` splits it.
+    """
+
+    root: Optional[str] = None
+    classes: Optional[List[str]] = None  # class folders in label order = the model's output order; null = the subfolders, sorted
+    mask_root: Optional[str] = None  # lung masks, same relative paths as the images
+    lesion_root: Optional[str] = None  # lesion (evidence) masks, same relative paths: localisation metrics and the oracle map
+    image_size: Optional[int] = None  # null: the model file's input size; set it to train a backbone on the folder
+    split_csv: Optional[str] = None  # CSV with columns path (relative to root),split; unlisted images are not used
+    test_size: Optional[int] = None  # scoring a model file: a stratified, seeded sample of this many images; null = all
+    fractions: List[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])  # train / val / test when xbench trains on the folder
+    normal_class: Optional[str] = None  # the healthy class, if any (checkpoint selection by disease recall)
+    max_per_class: Optional[int] = None
+    on_corrupt: str = "skip"
+
+    name = "folder"
+    #: Set by the entry point when the model comes from a file: nothing is trained, so no image goes to train/val.
+    score_only = False
+
+    def __post_init__(self):
+        require_root(self.root, "/path/to/images", "data=synthetic")
+        if self.classes is not None and len(self.classes) < 2:
+            raise ValueError(f"classes: need at least two classes, got {list(self.classes)}")
+        if self.image_size is not None and self.image_size < 1:
+            raise ValueError(f"image_size: must be a positive number of pixels or null, got {self.image_size}")
+        if self.on_corrupt not in ("skip", "error"):
+            raise ValueError(f"on_corrupt: must be 'skip' or 'error', got {self.on_corrupt!r}")
+        if self.max_per_class is not None and self.max_per_class < 1:
+            raise ValueError(f"max_per_class: must be >= 1, got {self.max_per_class}")
+        if self.test_size is not None and self.test_size < 1:
+            raise ValueError(f"test_size: must be >= 1 or null, got {self.test_size}")
+        if self.test_size is not None and self.split_csv:
+            raise ValueError("test_size: give test_size or split_csv, not both")
+        check_fractions(self.fractions)
+
+    @property
+    def ground_truth(self) -> frozenset:
+        return frozenset(({"lungs"} if self.mask_root else set()) | ({"lesions"} if self.lesion_root else set()))
+
+    def class_names(self) -> list[str]:
+        """The class names in label order (a directory listing; DataError on a bad layout)."""
+        return check_layout(self.root, self.classes, (("mask_root", self.mask_root), ("lesion_root", self.lesion_root)))
+
+    def check_layout(self) -> None:
+        self.class_names()
+
+    def prepare(self, cache_dir: Path) -> None:
+        """Nothing to make."""
+
+    def records(self, seed: int) -> Records:
+        rec = scan_folder(self.root, self.classes, self.mask_root, self.lesion_root, self.normal_class)
+        if self.max_per_class:
+            rec = rec.subset(capped_subset(rec.labels, seed, self.max_per_class))
+        return rec
+
+    def split(self, rec: Records, seed: int) -> np.ndarray:
+        if self.split_csv:
+            return read_split_csv(self.split_csv, rec.root, rec.paths)
+        if not self.score_only:
+            if self.test_size is not None:
+                raise ValueError("test_size: applies when scoring a model file (model=file); to train on the folder use data.fractions")
+            return stratified_split(rec.labels, tuple(float(f) for f in self.fractions), seed)
+        out = np.full(len(rec), "test", dtype=object)
+        if self.test_size is not None and self.test_size < len(rec):
+            out[:] = "none"
+            out[stratified_sample(rec.labels, int(self.test_size), seed)] = "test"
+        return out.astype(str)

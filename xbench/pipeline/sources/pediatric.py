@@ -12,13 +12,17 @@ and never from test.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar, Optional
 
 import numpy as np
 
 from xbench.core.errors import DataError
 from xbench.core.names import SPLITS
 from xbench.data.records import Records
+from xbench.data.split import capped_subset, carve_validation
+from xbench.pipeline.sources.common import check_images, require_root
 from xbench.pipeline.sources.radiography import list_images
 
 LAYOUT = "<root>/{train,test}/{NORMAL,PNEUMONIA}/*.jpeg (val/ optional)"
@@ -100,3 +104,43 @@ def scan_pediatric(root: str | Path, three_class: bool = True) -> Records:
         disease_classes=[c for c in class_names if c.lower() != "normal"],
         notes=["the pediatric set has no lung masks: mask-based metrics (lung share) are off"],
     )
+
+
+@dataclass
+class PediatricSource:
+    """The pediatric pneumonia set; validation carved from train by patient."""
+
+    root: Optional[str] = None
+    three_class: bool = True  # bacteria / normal / virus from the file names; false = NORMAL / PNEUMONIA
+    val_fraction: float = 0.1  # carved from train by patient; the test folder stays the test split
+    max_per_class: Optional[int] = None
+    image_size: int = 224
+    on_corrupt: str = "skip"
+
+    name = "pediatric"
+    ground_truth: ClassVar[frozenset] = frozenset()  # no masks
+
+    def __post_init__(self):
+        require_root(self.root, "/path/to/chest_xray", "data=synthetic")
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"val_fraction: must lie in (0, 1), got {self.val_fraction}")
+        check_images(self)
+
+    def check_layout(self) -> None:
+        """Raise DataError if a folder of the layout is missing (no file is listed)."""
+        check_layout(self.root)
+
+    def prepare(self, cache_dir: Path) -> None:
+        """Nothing to make."""
+
+    def records(self, seed: int) -> Records:
+        rec = scan_pediatric(self.root, self.three_class)
+        if self.max_per_class:
+            rec = rec.subset(capped_subset(rec.labels, seed, self.max_per_class))
+        return rec
+
+    def split(self, rec: Records, seed: int) -> np.ndarray:
+        out = np.asarray(rec.fixed_split, dtype=object).copy()
+        tr = np.flatnonzero(out == "train")
+        out[tr] = carve_validation(rec.labels[tr], rec.groups[tr], self.val_fraction, seed)
+        return out.astype(str)

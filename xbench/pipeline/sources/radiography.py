@@ -10,8 +10,9 @@ in milliseconds, before any long work.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import ClassVar, List, Optional, Sequence
 
 import numpy as np
 
@@ -19,6 +20,8 @@ from xbench.core.errors import DataError
 from xbench.data.decode import IMAGE_SUFFIXES
 from xbench.data.phantoms import RADIOGRAPHY_CLASSES
 from xbench.data.records import Records
+from xbench.data.split import balanced_subset, capped_subset, stratified_split
+from xbench.pipeline.sources.common import check_fractions, check_images, require_root
 
 LAYOUT = "<root>/{COVID,Lung_Opacity,Normal,Viral Pneumonia}/images/<Class>-<n>.png (lung masks in .../masks/)"
 
@@ -120,3 +123,51 @@ def scan_radiography(
         # A markers/ folder means "no file = no marker on this image" (a clean database of a shortcut setup).
         marker_paths=truth["markers"] if any((root / name / "markers").is_dir() for name in classes) else None,
     )
+
+
+@dataclass
+class RadiographySource:
+    """The COVID-19 Radiography Database layout (or anything in it); see :mod:`xbench.pipeline.sources.radiography`."""
+
+    root: Optional[str] = None
+    classes: Optional[List[str]] = None  # class folders in label order; null = all four
+    balance: bool = False  # downsample every class to the smallest (the paper: 1,345 each)
+    max_per_class: Optional[int] = None
+    fractions: List[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])  # train / val / test
+    image_size: int = 299
+    on_corrupt: str = "skip"  # skip (and list) undecodable files, or stop with an error
+
+    name = "covid_radiography"
+    root_required = True
+    #: Masks the data provides for every image ("lungs", "lesions", "markers"): what reference maps may be scored against.
+    ground_truth: ClassVar[frozenset] = frozenset({"lungs"})
+
+    def __post_init__(self):
+        if self.root_required:
+            require_root(self.root, "/path/to/COVID-19_Radiography_Dataset", "data=synthetic")
+        if self.classes and len(self.classes) < 2:
+            raise ValueError(f"classes: need at least two classes, got {list(self.classes)}")
+        check_fractions(self.fractions)
+        check_images(self)
+
+    def check_layout(self) -> None:
+        """Raise DataError if a folder of the layout is missing (no file is listed)."""
+        check_layout(self.root, self.classes)
+
+    def class_names(self) -> list[str]:
+        """The class names in label order."""
+        return list(self.classes or RADIOGRAPHY_CLASSES)
+
+    def prepare(self, cache_dir: Path) -> None:
+        """Make the data exist (a no-op for real data)."""
+
+    def records(self, seed: int) -> Records:
+        rec = scan_radiography(self.root, self.classes)
+        if self.balance:
+            rec = rec.subset(balanced_subset(rec.labels, seed, self.max_per_class))
+        elif self.max_per_class:
+            rec = rec.subset(capped_subset(rec.labels, seed, self.max_per_class))
+        return rec
+
+    def split(self, rec: Records, seed: int) -> np.ndarray:
+        return stratified_split(rec.labels, tuple(float(f) for f in self.fractions), seed)

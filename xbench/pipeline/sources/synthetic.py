@@ -16,14 +16,17 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from xbench.core import io
 from xbench.data.phantoms import RADIOGRAPHY_CLASSES, make_phantom, resize_mask
+from xbench.data.records import Records
+from xbench.pipeline.sources.radiography import RadiographySource, scan_radiography
 
 log = logging.getLogger(__name__)
 MARKER_FILE = "xbench-synth.json"
@@ -136,3 +139,82 @@ def _write_all(root: Path, spec: SynthSpec, workers: int | None) -> None:
         for job in tqdm(jobs, desc=desc, unit="img", mininterval=1.0):
             _write_one(job)
     io.write_json(root / MARKER_FILE, {"spec": asdict(spec), "generator": GENERATOR_VERSION, "classes": list(RADIOGRAPHY_CLASSES)})
+
+
+@dataclass
+class SyntheticSource(RadiographySource):
+    """Phantoms in the database layout, written on first use under the cache folder.
+
+    The phantom defaults are :class:`xbench.pipeline.sources.synthetic.SynthSpec`'s; ``image_size``
+    72 keeps the default benchmark on a laptop CPU (8-px regions give the
+    paper's 9x9 grid).
+    """
+
+    image_size: int = 72
+    n_per_class: int = SynthSpec.n_per_class
+    difficulty: float = SynthSpec.difficulty  # lesion contrast knob in [0, 1]; 0 = clearly visible lesions
+    shortcut_class: str = SynthSpec.shortcut_class  # e.g. "Normal": burn a marker outside the lungs into that class...
+    shortcut_fraction: float = SynthSpec.shortcut_fraction  # ...on this fraction of its images (to test the benchmark itself)
+    synth_seed: int = SynthSpec.seed
+    # The shortcut class's TEST images that carry the marker (null: as in training); 0 tests a model
+    # trained with the marker on images without it, 1 tests a clean model on images with it.
+    test_shortcut_fraction: Optional[float] = None
+
+    name = "synthetic"
+    root_required = False  # the database is written under the cache folder unless root names a folder
+
+    @property
+    def ground_truth(self) -> frozenset:
+        """Lungs and lesions always; the shortcut marker where a class carries it."""
+        return frozenset({"lungs", "lesions"} | ({"markers"} if self.shortcut_class else set()))
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.classes:  # phantoms exist only for the database's classes
+            unknown = [c for c in self.classes if c not in RADIOGRAPHY_CLASSES]
+            if unknown:
+                raise ValueError(f"classes: unknown classes {unknown}; choose from {list(RADIOGRAPHY_CLASSES)}")
+        if self.n_per_class < 10:
+            raise ValueError(f"n_per_class: need at least 10 phantoms per class to split 80/10/10, got {self.n_per_class}")
+        if self.test_shortcut_fraction is not None and not 0.0 <= self.test_shortcut_fraction <= 1.0:
+            raise ValueError(f"test_shortcut_fraction: must lie in [0, 1] or be null, got {self.test_shortcut_fraction}")
+        self.spec = SynthSpec(
+            n_per_class=int(self.n_per_class), seed=int(self.synth_seed), difficulty=float(self.difficulty),
+            shortcut_class=self.shortcut_class or "", shortcut_fraction=float(self.shortcut_fraction),
+        )
+        test = self.spec.shortcut_fraction if self.test_shortcut_fraction is None else float(self.test_shortcut_fraction)
+        # The same phantoms, markers burnt in as the test split asks (a second database when that differs).
+        self.test_spec = self.spec if test == self.spec.shortcut_fraction else replace(self.spec, shortcut_fraction=test)
+
+    def check_layout(self) -> None:
+        """Nothing to check before the job: the database is written on first use."""
+
+    def prepare(self, cache_dir: Path) -> None:
+        from xbench.pipeline.sources.synthetic import write_database
+
+        if self.root in (None, ""):
+            self.root = str(Path(cache_dir).expanduser() / "synthetic" / self.spec.key())
+        write_database(Path(self.root).expanduser(), self.spec)
+        self.test_root = Path(self.root).expanduser()
+        if self.test_spec is not self.spec:
+            self.test_root = Path(cache_dir).expanduser() / "synthetic" / self.test_spec.key()
+            write_database(self.test_root, self.test_spec)
+
+    def records(self, seed: int) -> Records:
+        """The phantoms; with a test-split marker setting of its own, test rows point into the matching database."""
+        rec = super().records(seed)
+        if self.test_spec is self.spec:
+            return rec
+        test = np.flatnonzero(self.split(rec, seed) == "test")
+        other = scan_radiography(self.test_root, self.classes)
+        where = {p.relative_to(other.root): j for j, p in enumerate(other.paths)}
+        for kind in ("lesion_paths", "marker_paths"):
+            if getattr(rec, kind) is None and getattr(other, kind) is not None:
+                setattr(rec, kind, [None] * len(rec.paths))
+        for i in test:
+            j = where[rec.paths[i].relative_to(rec.root)]
+            rec.paths[i], rec.mask_paths[i] = other.paths[j], other.mask_paths[j]
+            for kind in ("lesion_paths", "marker_paths"):
+                if getattr(rec, kind) is not None:
+                    getattr(rec, kind)[i] = None if getattr(other, kind) is None else getattr(other, kind)[j]
+        return rec
