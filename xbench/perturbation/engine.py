@@ -41,14 +41,9 @@ from tqdm.auto import tqdm
 
 from xbench import backend
 from xbench.data.pixels import to_unit_float
-from xbench.perturbation.perturbations import (
-    Blur,
-    GaussianNoise,
-    Perturbation,
-    image_rng,
-)
+from xbench.perturbation.orders import Order, order_of
+from xbench.perturbation.perturbations import Perturbation, image_rng
 from xbench.perturbation.regions import (
-    PIXEL_ORDERS,
     check_heatmaps,
     grid_shape,
     pixel_rank_maps,
@@ -57,6 +52,7 @@ from xbench.perturbation.regions import (
     region_scores,
 )
 from xbench.perturbation.regions import pixel_steps as plan_pixel_steps
+from xbench.perturbation.spec import CurveSpec
 
 log = logging.getLogger(__name__)
 MAX_AUTO_BATCH = 256
@@ -204,7 +200,7 @@ def choose_method(method: str, model, order: str, perturbation: Perturbation, he
     if method == "full":
         return None
     why = None
-    if order in PIXEL_ORDERS:
+    if order_of(order).pixel:
         why = f"the pixel order {order!r} changes pixels all over the image at each step; use a region order (morf, lerf, random)"
     elif perturbation.mask_dependent:
         why = f"{perturbation.name} re-imputes the whole image at each step; use a perturbation that does not depend on the mask"
@@ -264,66 +260,64 @@ def _incremental_probs(run, images, ids, orders, perturbation, seed, K, batch_si
     return probs
 
 
-def perturbation_curves(
-    model,
-    images: np.ndarray,
-    heatmaps: np.ndarray,
-    *,
-    targets: np.ndarray | None = None,
-    region_size: int = 34,
-    order: str = "morf",
-    perturbation: Perturbation | None = None,
-    max_steps: int | None = None,
-    seed: int = 0,
-    batch_size: int | None = None,
-    image_ids: Sequence[int] | None = None,
-    memory_budget_mb: float = 1024,
-    progress: bool = False,
-    return_targets: bool = False,
-    pixel_steps: int | None = None,
-    insertion_blur: float = 5.0,
-    logits_layer: str | None = None,
-    output: str = "probs",
-    preprocess=None,
-    method: str = "auto",
-):
+def perturbation_curves(model, images: np.ndarray, heatmaps: np.ndarray, *, targets: np.ndarray | None = None, region_size: int = 34,
+                        order: str = "morf", perturbation: Perturbation | None = None, max_steps: int | None = None, seed: int = 0,
+                        batch_size: int | None = None, image_ids: Sequence[int] | None = None, memory_budget_mb: float = 1024,
+                        progress: bool = False, return_targets: bool = False, pixel_steps: int | None = None, insertion_blur: float = 5.0,
+                        logits_layer: str | None = None, output: str = "probs", preprocess=None, method: str = "auto"):
     """Region-perturbation curves f(x(k))[target], k = 0..K (and pixel deletion / insertion curves).
 
+    ``order``, ``perturbation``, ``region_size``, ``max_steps``, ``seed``,
+    ``pixel_steps`` and ``insertion_blur`` make the :class:`CurveSpec` the
+    curves are (read its attributes, and :data:`xbench.perturbation.orders.ORDERS`
+    for what each order does); the rest says how to run it (:func:`run_curves`).
+
+    Pixel orders "deletion" and "insertion" (Petsiuk et al. 2018): pixels
+    ranked by relevance, descending, ties by lower row-major index; n =
+    ceil(H*W / K) pixels per step, K_eff = ceil(H*W / n) steps, always to 100%
+    (``max_steps`` does not apply); ``pixel_steps`` default L, the number of
+    regions (MoRF's forward-pass budget). Deletion changes pixels to g
+    (``Constant(0.0)`` is Petsiuk's black deletion); insertion ignores g and
+    starts from ``Blur(insertion_blur)`` of the original (sigma in pixels, cut
+    at 4 sigma; RISE's sigma-5 filter is cut at 11 x 11 px, close to a box of
+    std ~3.1 px, so this default blurs more).
+
+    Returns:
+        (N, K + 1) float32 curves (and the targets if ``return_targets``);
+        K = K_eff for the pixel orders, whose point k lies at fraction
+        min(k * n, H*W) / (H*W) of the pixels (:func:`xbench.perturbation.regions.pixel_steps`).
+
+    Raises:
+        ValueError: an unknown order, shapes disagree, region_size is out of
+            range, heatmaps hold NaN or inf.
+    """
+    spec = CurveSpec(order=order, perturbation=perturbation, region_size=region_size, max_steps=max_steps, seed=seed,
+                     pixel_steps=pixel_steps, insertion_blur=insertion_blur)
+    return run_curves(model, images, heatmaps, spec, targets=targets, image_ids=image_ids, batch_size=batch_size,
+                      memory_budget_mb=memory_budget_mb, progress=progress, return_targets=return_targets, logits_layer=logits_layer,
+                      output=output, preprocess=preprocess, method=method)
+
+
+def run_curves(model, images: np.ndarray, heatmaps: np.ndarray, spec: CurveSpec, *, targets: np.ndarray | None = None,
+               image_ids: Sequence[int] | None = None, batch_size: int | None = None, memory_budget_mb: float = 1024, progress: bool = False,
+               return_targets: bool = False, logits_layer: str | None = None, output: str = "probs", preprocess=None, method: str = "auto"):
+    """The (N, K + 1) curves of ``spec`` (and the (N,) targets if ``return_targets``): :func:`perturbation_curves`, given its spec.
+
     Args:
-        model: a Keras classifier (perturbed images are built on the
-            device): any model :func:`xbench.models.as_classifier` reads
-            (softmax or one-unit sigmoid output, or logits with
-            ``output="logits"``), or any ``predict_fn`` callable mapping a
-            (B, H, W, 3) float32 batch in [0, 1] to (B, C) probabilities
-            (built on the host).
+        model: a Keras classifier (perturbed images are built on the device):
+            any model :func:`xbench.models.as_classifier` reads (softmax or
+            one-unit sigmoid output, or logits with ``output="logits"``), or
+            any ``predict_fn`` callable mapping a (B, H, W, 3) float32 batch
+            in [0, 1] to (B, C) probabilities (built on the host).
         images: (N, H, W, 3) float in [0, 1], or uint8 (divided by 255).
-        heatmaps: (N, H, W) relevance; only the order of region sums matters.
-        targets: (N,) class whose probability is tracked; default: the
-            predicted class of the unperturbed image (for ``insertion``, of
-            x(K) = the original image, not of the blurred start).
-        region_size: p, the side of the square regions in pixels.
-        order: "morf", "lerf" or "random" (regions), or the pixel orders
-            "deletion" and "insertion" (Petsiuk et al. 2018): pixels ranked by
-            relevance, descending, ties by lower row-major index; n =
-            ceil(H*W / K) pixels per step, K_eff = ceil(H*W / n) steps.
-        perturbation: g (default ``GaussianNoise(0.1)``, the paper's); for
-            ``deletion`` too (``Constant(0.0)`` is Petsiuk's black deletion).
-            ``insertion`` ignores it: its start image is
-            ``Blur(insertion_blur)`` of the original.
-        max_steps: K for the region orders; default L (all regions). Ignored
-            by the pixel orders, whose curves always run to 100% of pixels.
-        pixel_steps: K requested for the pixel orders; default L, the number
-            of regions of the ``region_size`` grid (MoRF's forward-pass budget).
-        insertion_blur: sigma in pixels of insertion's Gaussian blur (cut at
-            4 sigma; RISE's sigma-5 filter is cut at 11 x 11 px, close to a
-            box of std ~3.1 px, so this default blurs more).
-        seed: with ``image_ids``, fixes each image's noise and random order.
+        heatmaps: (N, H, W) relevance; only the order of region (or pixel) sums matters.
+        targets: (N,) class whose probability is tracked; default: the class
+            predicted at the order's ``target_step`` (the unperturbed image:
+            for insertion x(K), not the blurred start).
+        image_ids: (N,) stable ids (the pipeline passes split row ids); default ``arange(N)``.
         batch_size: (image, step) pairs per forward pass; default from
             ``memory_budget_mb``. Curves do not depend on it.
-        image_ids: (N,) stable ids (the pipeline passes split row ids);
-            default ``arange(N)``.
         progress: show a tqdm bar.
-        return_targets: also return the (N,) targets used.
         logits_layer, output, preprocess: how to read a Keras model that
             xbench did not build (:func:`xbench.models.as_classifier`);
             ``preprocess`` runs inside the compiled step, so the perturbation
@@ -333,20 +327,29 @@ def perturbation_curves(
             k - 1 and recomputes only the windows step k's region reaches
             (exact: :mod:`xbench.perturbation.incremental`; region orders,
             perturbations that do not depend on the mask, Keras models);
-            ``auto`` (default) takes incremental where it supports the case
-            and predicts it ``AUTO_MIN_SPEEDUP`` times faster, and logs
-            its choice once per model and grid.
-
-    Returns:
-        (N, K + 1) float32 curves (and the targets if ``return_targets``);
-        K = K_eff for the pixel orders, whose point k lies at fraction
-        min(k * n, H*W) / (H*W) of the pixels (:func:`xbench.perturbation.regions.pixel_steps`).
-
-    Raises:
-        ValueError: shapes disagree, region_size is out of range, heatmaps
-            hold NaN or inf.
+            ``auto`` takes incremental where :func:`choose_method` predicts it
+            ``AUTO_MIN_SPEEDUP`` times faster (logged once per model and grid).
     """
-    perturbation = GaussianNoise(0.1) if perturbation is None else perturbation
+    images, heatmaps, ids, K = _checked(images, heatmaps, spec, image_ids, method)
+    n, height, width = images.shape[:3]
+    spec = spec.resolved(height, width)
+    K, ranks_of, orders = _ranking(spec, heatmaps, ids, K)
+    change = spec.change  # insertion: Blur(insertion_blur), whatever the perturbation
+    keras_model = _is_keras_model(model)
+    if keras_model:
+        model = _as_classifier(model, images, logits_layer=logits_layer, output=output, preprocess=preprocess)
+    run = (choose_method(method, model, spec.order, change, height, width, spec.region_size, K, n, memory_budget_mb)
+           if keras_model or method == "incremental" else None)
+    if run is not None:
+        probs = _incremental_probs(run, images, ids, orders, change, spec.seed, K, batch_size, memory_budget_mb, progress)
+    else:
+        step = device_step(model, change) if keras_model else _host_step(model, change)
+        probs = _batched_probs(step, model, _Originals(images, ids, ranks_of, spec), K, batch_size, memory_budget_mb, progress)
+    return _read_curves(probs, n, K + 1, spec.kind, targets, return_targets)
+
+
+def _checked(images, heatmaps, spec: CurveSpec, image_ids, method: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """(images, (N, H, W) heatmaps, (N,) image ids, K of a region order: L or max_steps), each checked (one-line ValueErrors)."""
     images = np.asarray(images) if not hasattr(images, "shape") else images
     heatmaps = np.asarray(heatmaps)
     if images.ndim != 4 or images.shape[-1] != 3:
@@ -354,102 +357,136 @@ def perturbation_curves(
     n, height, width = images.shape[:3]
     if heatmaps.shape != (n, height, width):
         raise ValueError(f"heatmaps must have shape {(n, height, width)} to match the images, got {heatmaps.shape}")
-    rows, cols = grid_shape(height, width, region_size)
+    rows, cols = grid_shape(height, width, spec.region_size)
     L = rows * cols
-    pixel = order in PIXEL_ORDERS
-    K = L if max_steps is None or pixel else int(max_steps)  # pixel orders: max_steps ignored, curves run to 100%
+    K = L if spec.max_steps is None or not spec.kind.max_steps_applies else int(spec.max_steps)  # pixel orders: curves run to 100%
     if not 0 <= K <= L:
-        raise ValueError(f"max_steps must lie in [0, {L}], got {max_steps}")
+        raise ValueError(f"max_steps must lie in [0, {L}], got {spec.max_steps}")
     ids = np.arange(n) if image_ids is None else np.asarray(image_ids)
     if len(ids) != n:
         raise ValueError(f"image_ids has {len(ids)} entries for {n} images")
     check_heatmaps(heatmaps)
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    orders = None
-    if pixel:
-        wanted = L if pixel_steps is None else int(pixel_steps)
-        _, K, _ = plan_pixel_steps(height, width, wanted)  # K_eff <= wanted (checks wanted >= 1)
-        ranks_of = lambda i: pixel_rank_maps(heatmaps[i : i + 1], wanted)[0][0]
-        if order == "insertion":
-            perturbation = Blur(float(insertion_blur))  # the blurred start; the slots are swapped below
-    else:
-        orders = region_order(region_scores(heatmaps, region_size), order, seed=seed, image_ids=ids)
-        ranks_of = lambda i: rank_maps(orders[i : i + 1], height, width, region_size)[0]
+    return images, heatmaps, ids, K
 
-    keras_model = _is_keras_model(model)
-    if keras_model:
-        model = _as_classifier(model, images, logits_layer=logits_layer, output=output, preprocess=preprocess)
-    run = (choose_method(method, model, order, perturbation, height, width, region_size, K, n, memory_budget_mb)
-           if keras_model or method == "incremental" else None)
-    if run is not None:
-        probs = _incremental_probs(run, images, ids, orders, perturbation, seed, K, batch_size, memory_budget_mb, progress)
-        return _read_curves(probs, n, K + 1, order, targets, return_targets)
-    step = device_step(model, perturbation) if keras_model else _host_step(model, perturbation)
+
+def _ranking(spec: CurveSpec, heatmaps: np.ndarray, ids: np.ndarray, K: int) -> tuple[int, Callable[[int], np.ndarray], np.ndarray | None]:
+    """(K, rank_of(i) -> (H, W) int32 step of each pixel of image i, (N, L) region orders or None for a pixel order).
+
+    A pixel order's K is K_eff <= the resolved ``pixel_steps`` (:func:`xbench.perturbation.regions.pixel_steps`).
+    """
+    height, width = heatmaps.shape[1:]
+    if spec.kind.pixel:
+        wanted = int(spec.pixel_steps)
+        _, K, _ = plan_pixel_steps(height, width, wanted)  # K_eff <= wanted (checks wanted >= 1)
+        return K, lambda i: pixel_rank_maps(heatmaps[i : i + 1], wanted)[0][0], None
+    orders = region_order(region_scores(heatmaps, spec.region_size), spec.order, seed=spec.seed, image_ids=ids)
+    return K, lambda i: rank_maps(orders[i : i + 1], height, width, spec.region_size)[0], orders
+
+
+class _Originals:
+    """Each image's engine inputs (X, R, rank map), made once and dropped when its last pair is done.
+
+    The device computes where(rank < k, R, X): X = x and R = g(x), or, for an
+    order that swaps the slots (insertion), X = blur(x) and R = x, so that
+    steps put the original pixels back. For a mask-dependent perturbation
+    (ROAD), g(x) is its per-image draws (the noise), imputed on the device.
+    """
+
+    def __init__(self, images, ids: np.ndarray, ranks_of: Callable[[int], np.ndarray], spec: CurveSpec):
+        self.images, self.ids, self.ranks_of = images, ids, ranks_of
+        self.change, self.seed, self.swap, self.order = spec.change, spec.seed, spec.kind.swaps_slots, spec.order
+        self.cache: dict[int, tuple] = {}
+
+    def __call__(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if i not in self.cache:
+            x = to_unit_float(self.images[i])
+            rng = image_rng(self.seed, self.ids[i])
+            g = self.change.draws(x, rng) if self.change.mask_dependent else self.change(x, rng)
+            rk = self.ranks_of(i)
+            self.cache[i] = (g, x, rk) if self.swap else (x, g, rk)
+        return self.cache[i]
+
+    def drop_before(self, i: int) -> None:
+        """Forget the images before ``i`` (pairs are image-major: they are done)."""
+        for j in [j for j in self.cache if j < i]:
+            del self.cache[j]
+
+
+class _Unsolved:
+    """ROAD bookkeeping: the (image, step) pairs whose imputation solve max_iter cut short, warned about once."""
+
+    def __init__(self, perturbation: Perturbation):
+        self.perturbation, self.count, self.worst = perturbation, 0, 0.0
+
+    def add(self, rel: np.ndarray) -> None:
+        """Count a batch's (B,) relative residuals."""
+        self.count += int((rel > self.perturbation.tol * 1.001).sum())  # the slack: float32 rounding of a solve that just met tol
+        self.worst = max(self.worst, float(rel.max()))
+
+    def warn(self, total: int) -> None:
+        if self.count:
+            log.warning("%s: the imputation stopped at max_iter before tol %.1e on %d of %d (image, step) pairs (worst relative residual %.2g); "
+                        "raise perturbation.max_iter", self.perturbation.name, self.perturbation.tol, self.count, total, self.worst)
+
+
+def _batch_shape(model, total: int, S: int, batch_size: int | None, memory_budget_mb: float) -> tuple[int, int]:
+    """(B pairs per batch, G image slots one batch can span): balanced, a multiple of the devices, fixed so shapes never change."""
     B = int(batch_size) if batch_size else auto_batch_size(model, memory_budget_mb)
     if B < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    S = K + 1
-    B = balanced_batch(n * S, B)
-    d = step_devices(model) if keras_model else 1
+    B = balanced_batch(total, B)
+    d = step_devices(model)
     B = math.ceil(B / d) * d  # an equal share per device
-    G = math.ceil(B / S) + 1  # image slots one batch can span (fixed, so shapes never change)
+    return B, math.ceil(B / S) + 1
 
-    cache: dict[int, tuple] = {}
 
-    def prepared(i):
-        if i not in cache:
-            x = to_unit_float(images[i])
-            rng = image_rng(seed, ids[i])
-            g = perturbation.draws(x, rng) if perturbation.mask_dependent else perturbation(x, rng)
-            rk = ranks_of(i)
-            cache[i] = (g, x, rk) if order == "insertion" else (x, g, rk)  # insertion: X = blur(x), R = x
-        return cache[i]
-
+def _batched_probs(step: Callable, model, originals: _Originals, K: int, batch_size, memory_budget_mb: float, progress: bool) -> np.ndarray | None:
+    """(N, K + 1, C) probabilities, one compiled step per batch of B (image, step) pairs in image-major order (None: no images)."""
+    n, height, width = originals.images.shape[:3]
+    S = K + 1
+    total = n * S
+    B, G = _batch_shape(model, total, S, batch_size, memory_budget_mb)
+    mask_dependent = originals.change.mask_dependent
+    unsolved = _Unsolved(originals.change)
     X = np.zeros((G, height, width, 3), np.float32)
     R = np.zeros_like(X)
     RK = np.zeros((G, height, width), np.int32)
-    total = n * S
-    probs_out = None
-    unsolved, worst = 0, 0.0  # ROAD pairs whose solve max_iter cut short
+    probs = None
     nb = math.ceil(total / B) if total else 0
-    bar = tqdm(total=nb, desc=f"{order} curves", unit="batch", mininterval=1.0, leave=False, disable=not progress)
+    bar = tqdm(total=nb, desc=f"{originals.order} curves", unit="batch", mininterval=1.0, leave=False, disable=not progress)
     for b in range(nb):
         p = np.arange(b * B, min((b + 1) * B, total))
         img, k = p // S, (p % S).astype(np.int32)
         i0, i1 = int(img[0]), int(img[-1])
         for slot, i in enumerate(range(i0, i1 + 1)):  # slots past i1 keep stale data no pair reads
-            X[slot], R[slot], RK[slot] = prepared(i)
-        for i in [j for j in cache if j < i1]:
-            del cache[i]  # pairs are image-major: images before i1 are done
+            X[slot], R[slot], RK[slot] = originals(i)
+        originals.drop_before(i1)
         idx = np.zeros(B, np.int32)
         kk = np.zeros(B, np.int32)
         idx[: len(p)] = img - i0
         kk[: len(p)] = k
         out = step(X, R, RK, idx, kk)  # padded to B pairs: one compiled shape
-        if perturbation.mask_dependent:
+        if mask_dependent:
             out, rel = out
-            rel = _host(rel)[: len(p)]
-            unsolved += int((rel > perturbation.tol * 1.001).sum())  # the slack: float32 rounding of a solve that just met tol
-            worst = max(worst, float(rel.max()))
+            unsolved.add(_host(rel)[: len(p)])
         out = _host(out)[: len(p)]
-        if probs_out is None:
-            probs_out = np.zeros((n, S, out.shape[1]), np.float32)
-        probs_out[img, k] = out
+        if probs is None:
+            probs = np.zeros((n, S, out.shape[1]), np.float32)
+        probs[img, k] = out
         bar.update(1)
     bar.close()
-    if unsolved:
-        log.warning("%s: the imputation stopped at max_iter before tol %.1e on %d of %d (image, step) pairs (worst relative residual %.2g); "
-                    "raise perturbation.max_iter", perturbation.name, perturbation.tol, unsolved, total, worst)
-    return _read_curves(probs_out, n, S, order, targets, return_targets)
+    unsolved.warn(total)
+    return probs
 
 
-def _read_curves(probs, n: int, S: int, order: str, targets, return_targets: bool):
-    """(N, S) curves of the target class from (N, S, C) probabilities (None: no images); targets default to the predicted class."""
+def _read_curves(probs, n: int, S: int, kind: Order, targets, return_targets: bool):
+    """(N, S) curves of the target class from (N, S, C) probabilities (None: no images); targets default to the class predicted at the order's ``target_step``."""
     if probs is None or n == 0:
         curves = np.zeros((0, S), np.float32)
         return (curves, np.zeros(0, np.int64)) if return_targets else curves
-    t = probs[:, -1 if order == "insertion" else 0].argmax(1) if targets is None else np.asarray(targets, dtype=np.int64)
+    t = probs[:, kind.target_step].argmax(1) if targets is None else np.asarray(targets, dtype=np.int64)
     if len(t) != n:
         raise ValueError(f"targets has {len(t)} entries for {n} images")
     curves = probs[np.arange(n), :, t]

@@ -20,12 +20,9 @@ import warnings
 
 import numpy as np
 
-#: Orders over the region grid (one region per step; ``max_steps`` may truncate them).
-REGION_ORDERS = ("morf", "lerf", "random")
-#: Orders over single pixels, most relevant first, ``pixels_per_step`` pixels per step, always to 100%
-#: (:func:`pixel_rank_maps`; deletion and insertion curves, Petsiuk et al. 2018).
-PIXEL_ORDERS = ("deletion", "insertion")
-ORDERS = REGION_ORDERS + PIXEL_ORDERS
+# The orders' names (their records: xbench.perturbation.orders.ORDERS), kept here for the code that imports them from here.
+from xbench.perturbation.orders import ORDER_NAMES as ORDERS
+from xbench.perturbation.orders import PIXEL_ORDERS, REGION_ORDERS
 
 
 def grid_shape(height: int, width: int, region_size: int) -> tuple[int, int]:

@@ -10,7 +10,7 @@ import numpy as np
 from xbench.core import io
 from xbench.data.pixels import to_unit_float
 from xbench.metrics.aopc import aopc_by_step
-from xbench.perturbation.regions import PIXEL_ORDERS
+from xbench.perturbation.orders import ORDERS
 from xbench.pipeline import plots
 from xbench.pipeline.results import curve_key
 
@@ -87,7 +87,7 @@ def scoring_plots(out: Path, scoring) -> list[str]:
     """
     written = []
     scored = {(m, o): scoring.curves.scored(m, o)[1] for (m, o) in scoring.curves.curves}  # a reference map: its own images
-    curves = {curve_key(m, o): c for (m, o), c in scored.items() if o not in PIXEL_ORDERS}  # region steps on the x axis
+    curves = {curve_key(m, o): c for (m, o), c in scored.items() if ORDERS[o].region}  # region steps on the x axis
     if curves:
         _save(plots.mean_curves_figure(curves), out / "mean_curves.png")
         written.append("mean_curves.png")
@@ -99,7 +99,7 @@ def scoring_plots(out: Path, scoring) -> list[str]:
     for (m, o), c in scored.items():
         sc = scoring.metrics.methods.get(m)
         os_ = None if sc is None else sc.orders.get(o)
-        if o in PIXEL_ORDERS and os_ is not None and os_.fractions is not None:
+        if ORDERS[o].pixel and os_ is not None and os_.fractions is not None:
             panels.setdefault(o, {})[f"{m} (AUC {os_.auc.mean:.3f})"] = (np.asarray(os_.fractions), c)
     if panels:
         _save(plots.pixel_curves_figure(panels), out / "deletion_insertion.png")

@@ -10,6 +10,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from xbench.perturbation.orders import ORDERS
+
 
 def confusion_matrix_figure(cm: Sequence[Sequence[int]], class_names: Sequence[str], title: str = "Confusion matrix (test)"):
     cm = np.asarray(cm)
@@ -138,9 +140,10 @@ def pixel_curves_figure(panels: Mapping[str, Mapping[str, tuple[np.ndarray, np.n
             if len(c):
                 ax.plot(np.asarray(fr), np.asarray(c).mean(0), label=label)
         ax.set_xlim(0, 1)
-        ax.set_xlabel("fraction of pixels " + ("inserted into the blurred image" if order == "insertion" else "deleted"))
+        kind = ORDERS[order]
+        ax.set_xlabel(f"fraction of pixels {kind.changes}")
         ax.set_ylabel("probability of the target class")
-        ax.set_title(f"{order} ({'higher' if order == 'insertion' else 'lower'} AUC is better)")
+        ax.set_title(f"{order} ({'higher' if kind.higher_is_better else 'lower'} AUC is better)")
         ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()

@@ -27,7 +27,7 @@ import pandas as pd
 from xbench.metrics import comparison
 from xbench.metrics.aopc import abpc_per_image, aopc_by_step, aopc_per_image
 from xbench.metrics.bootstrap import bootstrap_band, bootstrap_ci
-from xbench.perturbation.regions import PIXEL_ORDERS
+from xbench.perturbation.orders import ORDERS, PIXEL_ORDERS
 from xbench.pipeline import results
 
 log = logging.getLogger(__name__)
@@ -211,8 +211,8 @@ def _fmt_paired(r: dict | None) -> str:
 
 
 #: self_validation's deletion / insertion columns: the AUC, and in a "<method> - random" row the gain, signed so that positive = better than random.
-PIXEL_AUC_HEADERS = {"deletion": "Deletion AUC (lower is better; '- random' rows: random - method)",
-                     "insertion": "Insertion AUC (higher is better; '- random' rows: method - random)"}
+PIXEL_AUC_HEADERS = {o: f"{o.capitalize()} AUC ({results._better(o)} is better; '- random' rows: "
+                        f"{'method - random' if ORDERS[o].gain_sign > 0 else 'random - method'})" for o in PIXEL_ORDERS}
 
 
 def self_validation(jobs: Sequence[results.JobResult]) -> pd.DataFrame:

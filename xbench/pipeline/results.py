@@ -26,6 +26,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from xbench.core.errors import XbenchError
+from xbench.perturbation.orders import ORDERS, PIXEL_ORDERS
 
 #: 2: typed sections, estimates carry their resampling unit, localisation per method.
 FORMAT_VERSION = 3  # 3: reference maps' rows marked (Curves.rows); a map that shows nothing scores as a miss
@@ -616,10 +617,15 @@ def _estimate_columns(name: str, description: str, pick: Callable[[JobResult], E
             Column(f"{name}_ci_high", "... high", lambda j: _high(pick(j))))
 
 
+def _better(order: str) -> str:
+    """Which area of ``order``'s curve is better: "higher" or "lower" (:data:`xbench.perturbation.orders.ORDERS`)."""
+    return "higher" if ORDERS[order].higher_is_better else "lower"
+
+
 #: Pixel deletion / insertion (Petsiuk et al. 2018): AUC over the fraction of pixels changed, NaN when the order was not scored.
 PIXEL_AUC_COLUMNS: tuple[Column, ...] = tuple(
     c
-    for order, better, sign in (("deletion", "lower", "random - explainer"), ("insertion", "higher", "explainer - random"))
+    for order, better, sign in ((o, _better(o), "explainer - random" if ORDERS[o].gain_sign > 0 else "random - explainer") for o in PIXEL_ORDERS)
     for c in (
         _estimate_columns(f"{order}_auc", f"explainer {order} AUC over the fraction of pixels changed ({better} is better), mean over scored images",
                           _order_auc(order))

@@ -41,14 +41,15 @@ from xbench.metrics.localisation import (
     pointing_hit,
     positive_mass_share,
 )
-from xbench.perturbation.engine import perturbation_curves
+from xbench.perturbation.engine import run_curves
+from xbench.perturbation.orders import ORDERS
 from xbench.perturbation.regions import (
-    PIXEL_ORDERS,
     grid_shape,
     pixel_steps,
     region_scores,
     sanitise_heatmaps,
 )
+from xbench.perturbation.spec import CurveSpec
 from xbench.pipeline import results
 from xbench.pipeline.settings import ScoreSettings
 
@@ -188,6 +189,13 @@ def explain(method, model, batch: _Batch) -> tuple[np.ndarray, int, np.ndarray]:
     return heat, constant, nonfinite
 
 
+def curve_spec(batch: _Batch, order: str, perturbation, settings: ScoreSettings) -> CurveSpec:
+    """What decides this job's curves of ``order`` (``pixel_steps`` resolved: the spec is the curve cache's key)."""
+    return CurveSpec(order=order, perturbation=perturbation, region_size=batch.region, max_steps=settings.max_steps, seed=batch.seed,
+                     pixel_steps=settings.pixel_steps, insertion_blur=settings.insertion_blur,
+                     dtype=settings.dtype).resolved(batch.x.shape[1], batch.x.shape[2])
+
+
 def method_curves(model, batch: _Batch, name: str, heat: np.ndarray, order: str, perturbation, settings: ScoreSettings, store) -> np.ndarray:
     """(M, steps + 1) curves of one method and order, chunk by chunk (each chunk cached as soon as it exists).
 
@@ -200,34 +208,23 @@ def method_curves(model, batch: _Batch, name: str, heat: np.ndarray, order: str,
         from xbench.models.precision import with_compute_dtype
 
         engine_model = with_compute_dtype(model, settings.dtype)
+    spec = curve_spec(batch, order, perturbation, settings)
     done = []
     for ch in tqdm(batch.chunks, desc=f"{name} {order} curves", unit="chunk", leave=False, mininterval=1.0, disable=len(batch.chunks) < 2):
         def compute(ch=ch):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)  # constant maps: counted by explain()
-                return perturbation_curves(engine_model, batch.x[ch], heat[ch], targets=batch.targets[ch], region_size=batch.region, order=order,
-                                           perturbation=perturbation, max_steps=settings.max_steps, seed=batch.seed, batch_size=settings.batch_size,
-                                           image_ids=batch.rows[ch], memory_budget_mb=settings.memory_budget_mb, progress=len(batch.chunks) < 2,
-                                           pixel_steps=settings.pixel_steps, insertion_blur=settings.insertion_blur,
-                                           method=batch.engine.get(order, settings.method))
+                return run_curves(engine_model, batch.x[ch], heat[ch], spec, targets=batch.targets[ch], batch_size=settings.batch_size,
+                                  image_ids=batch.rows[ch], memory_budget_mb=settings.memory_budget_mb, progress=len(batch.chunks) < 2,
+                                  method=batch.engine.get(order, settings.method))
 
         if store is None:
             part, hit = compute(), False
         else:
-            pixel = {}  # what else decides a pixel order's curves (absent for region orders: their keys stay as they were)
-            if order in PIXEL_ORDERS:
-                pixel["pixel_steps"] = _requested_pixel_steps(batch, settings)
-            if order == "insertion":
-                pixel["insertion_blur"] = float(settings.insertion_blur)
-            # Insertion never uses the perturbation (it starts from a blur) and pixel orders ignore max_steps:
-            # neither may split their cache entries.
-            part, hit = store.curves(method=name, order=order, maps=heat[ch], image_ids=batch.rows[ch], targets=batch.targets[ch],
-                                     perturbation={"name": "insertion"} if order == "insertion" else perturbation.describe(),
-                                     region_size=batch.region, max_steps=None if order in PIXEL_ORDERS else settings.max_steps,
-                                     seed=batch.seed, dtype=settings.dtype, compute=compute, **pixel)
+            part, hit = store.curves(method=name, maps=heat[ch], image_ids=batch.rows[ch], targets=batch.targets[ch], spec=spec, compute=compute)
         batch.counts["reused" if hit else "computed"] += 1
         done.append(part)
-    steps = pixel_plan(batch, settings)[1] if order in PIXEL_ORDERS else _steps(batch, settings)
+    steps = pixel_plan(batch, settings)[1] if spec.kind.pixel else _steps(batch, settings)
     return np.concatenate(done) if done else np.zeros((0, steps + 1), np.float32)
 
 
@@ -323,11 +320,11 @@ def score_method(method, model, batch: _Batch, orders: Sequence[str], perturbati
     # The pixel orders rank single pixels: a control whose region-order map is not a fair pixel order
     # (the random control: a uniformly random pixel order instead) says so with pixel_order_maps.
     heat_px = heat
-    if any(o in PIXEL_ORDERS for o in orders) and hasattr(inner, "pixel_order_maps"):
+    if any(ORDERS[o].pixel for o in orders) and hasattr(inner, "pixel_order_maps"):
         heat_px = np.asarray(inner.pixel_order_maps(batch.x, batch.context), np.float32)
     for order in orders:
         tc = time.perf_counter()
-        pixel = order in PIXEL_ORDERS
+        pixel = ORDERS[order].pixel
         c = method_curves(model, batch, name, heat_px if pixel else heat, order, perturbation, settings, store)
         seconds[f"curves_{order}_s"] = time.perf_counter() - tc
         out.curves.curves[(name, order)] = c
@@ -384,6 +381,40 @@ def paired_gains(curves: results.Curves, methods: Sequence, order: str, score, b
     return gains
 
 
+def _record_pixel_plan(metrics: results.Scoring, batch: _Batch, settings: ScoreSettings) -> None:
+    """The pixel orders' steps, pixels per step and (for an order that uses it) insertion blur into ``metrics``, and logged."""
+    pixel_orders = [o for o in settings.orders if ORDERS[o].pixel]
+    if not pixel_orders:
+        return
+    per_step, k_eff, _ = pixel_plan(batch, settings)
+    metrics.pixel_steps, metrics.pixels_per_step = int(k_eff), int(per_step)
+    blurred = any("insertion_blur" in ORDERS[o].settings for o in pixel_orders)
+    metrics.insertion_blur = float(settings.insertion_blur) if blurred else None
+    log.info("pixel orders %s: %d steps of %d px (%d requested)", ", ".join(pixel_orders), k_eff, per_step, _requested_pixel_steps(batch, settings))
+
+
+def _gains_over_random(out: ScoreResult, methods: Sequence, batch: _Batch, settings: ScoreSettings) -> None:
+    """Each method's MoRF AOPC and pixel-order AUC gains over the random control, paired by image, into ``out.metrics``.
+
+    Signed by the order (``Order.gain_sign``) so that positive = better than
+    random: a deletion curve falls faster the better the map (lower AUC), so
+    its gain is random - method.
+    """
+    metrics = out.metrics
+    if out.curves.get("random", "morf") is not None:
+        metrics.gains_over_random = paired_gains(out.curves, methods, "morf", aopc_per_image, batch, settings)
+        metrics.aopc_gain_over_random = metrics.gains_over_random.get(methods[0].name)
+    pixel_orders = [o for o in settings.orders if ORDERS[o].pixel]
+    if not pixel_orders:
+        return
+    fractions = pixel_plan(batch, settings)[2]
+    for order in pixel_orders:
+        if out.curves.get("random", order) is not None:
+            sign = ORDERS[order].gain_sign
+            score = lambda c, sign=sign: sign * auc_per_image(c, fractions)
+            metrics.auc_gains_over_random[order] = paired_gains(out.curves, methods, order, score, batch, settings)
+
+
 def score_model(model, images, test_rows: np.ndarray, labels: np.ndarray, preds: np.ndarray, class_names: Sequence[str], explainer,
                 controls: Sequence, perturbation, settings: ScoreSettings, *, seed: int = 0, truth: GroundTruth | None = None,
                 store=None) -> ScoreResult:
@@ -425,30 +456,15 @@ def score_model(model, images, test_rows: np.ndarray, labels: np.ndarray, preds:
         perturbation=perturbation.describe(), orders=list(settings.orders), methods={}, masks=batch.truth.lungs is not None,
         chunks=counts, seconds=0.0, dtype=settings.dtype)
     metrics.engine = batch.engine = engine_methods(model, settings, perturbation, size, region, metrics.steps, min(settings.chunk_images, len(sel)))
-    pixel_orders = [o for o in settings.orders if o in PIXEL_ORDERS]
-    if pixel_orders:
-        per_step, k_eff, _ = pixel_plan(batch, settings)
-        metrics.pixel_steps, metrics.pixels_per_step = int(k_eff), int(per_step)
-        metrics.insertion_blur = float(settings.insertion_blur) if "insertion" in pixel_orders else None
-        log.info("pixel orders %s: %d steps of %d px (%d requested)", ", ".join(pixel_orders), k_eff, per_step, _requested_pixel_steps(batch, settings))
+    _record_pixel_plan(metrics, batch, settings)
     out = ScoreResult(metrics, results.Curves(rows.astype(np.int64), labels[sel].astype(np.int64), preds[sel].astype(np.int64), targets.astype(np.int64)))
     for method in [explainer, *controls]:
         # A control's map carries no information about the model, so its region orders
         # are equivalent: MoRF alone gives the floor the explainer's MoRF must beat. Deletion and
         # insertion are other measurements (pixel level, insertion from a blurred start): each gets its own floor.
-        orders = settings.orders if method is explainer else [o for o in settings.orders if o == "morf" or o in PIXEL_ORDERS] or list(settings.orders[:1])
+        orders = settings.orders if method is explainer else [o for o in settings.orders if ORDERS[o].has_gain] or list(settings.orders[:1])
         score_method(method, model, batch, orders, perturbation, settings, store, out)
-    methods = [explainer, *controls]
-    if out.curves.get("random", "morf") is not None:
-        metrics.gains_over_random = paired_gains(out.curves, methods, "morf", aopc_per_image, batch, settings)
-        metrics.aopc_gain_over_random = metrics.gains_over_random.get(explainer.name)
-    if pixel_orders:
-        fractions = pixel_plan(batch, settings)[2]
-        for order in pixel_orders:
-            if out.curves.get("random", order) is not None:
-                # A deletion curve falls faster the better the map (lower AUC): its gain is random - method.
-                score = (lambda c: -auc_per_image(c, fractions)) if order == "deletion" else (lambda c: auc_per_image(c, fractions))
-                metrics.auc_gains_over_random[order] = paired_gains(out.curves, methods, order, score, batch, settings)
+    _gains_over_random(out, [explainer, *controls], batch, settings)
     if metrics.chunks["reused"]:
         log.info("scoring: %d curve chunk(s) reused from an earlier run, %d computed", metrics.chunks["reused"], metrics.chunks["computed"])
     metrics.seconds = time.perf_counter() - t0

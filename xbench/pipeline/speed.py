@@ -34,9 +34,9 @@ from xbench.perturbation.engine import (
     perturbation_curves,
     step_devices,
 )
-from xbench.perturbation.perturbations import PERTURBATIONS, Blur, image_rng
+from xbench.perturbation.orders import order_of
+from xbench.perturbation.perturbations import PERTURBATIONS, image_rng
 from xbench.perturbation.regions import (
-    PIXEL_ORDERS,
     grid_shape,
     pixel_rank_maps,
     pixel_steps,
@@ -44,6 +44,7 @@ from xbench.perturbation.regions import (
     region_order,
     region_scores,
 )
+from xbench.perturbation.spec import CurveSpec
 
 
 def model_flops(model: keras.Model) -> float:
@@ -110,12 +111,14 @@ def toolkit_loop(model, images, heatmaps, *, region_size, order, perturbation, s
     n, h, w = images.shape[:3]
     rows, cols = grid_shape(h, w, region_size)
     x = images.astype(np.float32).copy()
-    road = perturbation.mask_dependent and order != "insertion"
-    if order == "insertion":  # from the blur, back to x
-        x, g = np.stack([Blur(insertion_blur)(images[i], None) for i in range(n)]), x
+    kind = order_of(order)
+    change = CurveSpec(order=order, perturbation=perturbation, insertion_blur=insertion_blur).change  # insertion: the blur
+    road = change.mask_dependent
+    if kind.swaps_slots:  # insertion: from the blur, back to x
+        x, g = np.stack([change(images[i], None) for i in range(n)]), x
     else:
-        g = np.stack([(perturbation.draws if road else perturbation)(images[i], image_rng(seed, i)) for i in range(n)])
-    if order in PIXEL_ORDERS:
+        g = np.stack([(change.draws if road else change)(images[i], image_rng(seed, i)) for i in range(n)])
+    if kind.pixel:
         ranks, steps, _ = pixel_rank_maps(heatmaps, rows * cols if pixel_steps is None else pixel_steps)
     else:
         ranks = rank_maps(region_order(region_scores(heatmaps, region_size), order, seed=seed, image_ids=np.arange(n)), h, w, region_size)
@@ -129,7 +132,7 @@ def toolkit_loop(model, images, heatmaps, *, region_size, order, perturbation, s
             x[m] = g[m]
         probs.append(model.predict(x, batch_size=batch_size, verbose=0))
     p = np.stack(probs, 1)  # (N, steps + 1, C)
-    t = p[:, -1 if order == "insertion" else 0].argmax(1) if targets is None else targets
+    t = p[:, kind.target_step].argmax(1) if targets is None else targets
     return p[np.arange(n), :, t]
 
 
@@ -211,7 +214,7 @@ def run_bench(s: BenchSettings, model=None) -> dict:
     heat = rng.random((s.n, s.image_size, s.image_size), dtype=np.float32)
     rows, cols = grid_shape(s.image_size, s.image_size, s.region_size)
     L = rows * cols if s.max_steps is None else min(s.max_steps, rows * cols)
-    if s.order in PIXEL_ORDERS:  # steps of n pixels, always to 100% (max_steps does not apply)
+    if order_of(s.order).pixel:  # steps of n pixels, always to 100% (max_steps does not apply)
         L = pixel_steps(s.image_size, s.image_size, rows * cols if s.pixel_steps is None else s.pixel_steps)[1]
     pairs = s.n * (L + 1)
     _unsaturate(model32, images[:16])
@@ -264,7 +267,7 @@ def run_bench(s: BenchSettings, model=None) -> dict:
         out.update(inc)
         out.update({"full_engine_s": full_s, "full_engine_times_s": full_times, "engine_over_full": full_s / engine_s,
                     "max_abs_diff_vs_full": float(np.abs(curves - full_curves).max())})
-    if pert.mask_dependent and s.order != "insertion":  # what in-distribution removal costs over the paper's noise (insertion ignores it: a blur)
+    if pert.mask_dependent and order_of(s.order).uses_perturbation:  # what in-distribution removal costs over the paper's noise (insertion ignores it: a blur)
         from xbench.perturbation.perturbations import GaussianNoise
 
         gkw = {**kw, "perturbation": GaussianNoise(0.1)}

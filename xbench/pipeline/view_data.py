@@ -35,12 +35,11 @@ import numpy as np
 import pandas as pd
 
 from xbench.core.errors import XbenchError
-from xbench.perturbation.perturbations import PERTURBATIONS, Perturbation, image_rng
 
 # REGION_ORDERS: the orders whose step images can be rebuilt (pixel orders need a control's own pixel order).
+from xbench.perturbation.orders import ORDERS, REGION_ORDERS
+from xbench.perturbation.perturbations import PERTURBATIONS, Perturbation, image_rng
 from xbench.perturbation.regions import (
-    PIXEL_ORDERS,
-    REGION_ORDERS,
     rank_maps,
     region_order,
     region_scores,
@@ -425,7 +424,7 @@ def curve_table(job: JobView, image_id: int, methods: Sequence[str] | None = Non
     r = job.row(image_id)
     cols = {}
     for (m, o), c in job.curves.curves.items():
-        if o in PIXEL_ORDERS or (methods is not None and m not in methods):
+        if ORDERS[o].pixel or (methods is not None and m not in methods):
             continue
         if not job.curves.rows(m)[r]:
             continue

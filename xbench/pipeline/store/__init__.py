@@ -27,6 +27,7 @@ import pandas as pd
 
 from xbench.core import faults, io
 from xbench.models import card, preprocess  # noqa: F401  (register the layers that saved models contain)
+from xbench.perturbation.spec import CurveSpec
 
 log = logging.getLogger(__name__)
 # 2: batch order a function of (seed, epoch), so that training can resume exactly.
@@ -160,28 +161,18 @@ class CurveStore(NpyCache):
     def __init__(self, cache_dir: str | Path, model_key: str):
         super().__init__(Path(cache_dir) / "curves" / model_key, "curve")
 
-    def curves(self, *, method: str, order: str, maps: np.ndarray, image_ids, targets, perturbation: dict, region_size: int,
-               max_steps: int | None, seed: int, compute, dtype: str = "float32", pixel_steps: int | None = None,
-               insertion_blur: float | None = None) -> tuple[np.ndarray, bool]:
+    def curves(self, *, method: str, maps: np.ndarray, image_ids, targets, spec: CurveSpec, compute) -> tuple[np.ndarray, bool]:
         """One chunk's (M, K+1) curves and whether they came from the cache.
 
         The key is everything that determines them: the method's name and the
-        SHA-256 of its maps, the order, the image ids and targets, the
-        perturbation, the grid, the steps and the seed (and, through the
-        folder, the model); for the pixel orders also the requested
-        ``pixel_steps`` and, for insertion, ``insertion_blur`` (given only
-        then, so the region orders' keys are what they were).
-        ``compute()`` makes them when absent.
+        SHA-256 of its maps, the image ids and targets, the curves' settings
+        (:meth:`xbench.perturbation.spec.CurveSpec.identity`: order,
+        perturbation, grid, steps, seed, precision and the order's own
+        settings) and, through the folder, the model. ``compute()`` makes
+        them when absent.
         """
-        identity = {"method": method, "order": order, "maps": hashlib.sha256(np.ascontiguousarray(maps).tobytes()).hexdigest(),
-                    "ids": np.asarray(image_ids).tolist(), "targets": np.asarray(targets).tolist(), "perturbation": perturbation,
-                    "region": int(region_size), "max_steps": max_steps, "seed": seed}
-        if dtype != "float32":
-            identity["dtype"] = dtype
-        if pixel_steps is not None:
-            identity["pixel_steps"] = int(pixel_steps)
-        if insertion_blur is not None:
-            identity["insertion_blur"] = float(insertion_blur)
+        identity = {"method": method, "maps": hashlib.sha256(np.ascontiguousarray(maps).tobytes()).hexdigest(),
+                    "ids": np.asarray(image_ids).tolist(), "targets": np.asarray(targets).tolist(), **spec.identity()}
         curves, hit = self.fetch(digest(identity), compute, len(image_ids))
         if not hit:
             faults.point("score_chunk")
