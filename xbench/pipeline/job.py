@@ -378,17 +378,17 @@ def run_job(spec: JobSpec, run_dir: Path) -> results.JobMetrics:
     clock = Stopwatch()
     with clock("data_s"):
         data = prepare_data(spec.source, spec.seed, spec.cache_dir)
-    io.write_csv(run_dir / "split.csv", data.split_table())
+    io.write_csv(run_dir / results.SPLIT_FILE, data.split_table())
     log.info("data: %d images, %s, classes %s", len(data.records), {s: int((data.split == s).sum()) for s in SPLITS},
              data.records.class_names)
     trained = obtain_model(spec, data, clock)
     if trained.trained_here:
-        io.write_csv(run_dir / "history.csv", trained.history)
+        io.write_csv(run_dir / results.HISTORY_FILE, trained.history)
     with clock("test_predict_s"):
         ev = evaluate(trained.model, data)
     with clock("save_s"):
-        io.save_keras_model(run_dir / "model.keras", trained.model)
-        io.write_npz(run_dir / "test_predictions.npz", {"index": ev.rows, "labels": ev.labels, "probs": ev.probs})
+        io.save_keras_model(run_dir / results.MODEL_FILE, trained.model)
+        io.write_npz(run_dir / results.PREDICTIONS_FILE, {"index": ev.rows, "labels": ev.labels, "probs": ev.probs})
     metrics = job_metrics(spec, data, trained, ev, clock.total())
     results.write_metrics(run_dir, metrics)  # now, so the classification results survive a failure in scoring
     scored = None

@@ -52,7 +52,7 @@ def find_job_dirs(folders: Sequence[str | Path]) -> list[Path]:
         f = Path(f)
         if not f.exists():
             raise FileNotFoundError(f"'{f}' does not exist; give job folders (outputs/runs/..., outputs/multirun/...)")
-        for marker in list(f.rglob(results.METRICS_FILE)) + list(f.rglob(".hydra")):
+        for marker in list(f.rglob(results.METRICS_FILE)) + list(f.rglob(results.HYDRA_DIR)):
             d = marker.parent
             if d.name != "models" and "decoded" not in d.parts:
                 found.add(d)
