@@ -26,7 +26,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from xbench.core.errors import ConfigError
-from xbench.pipeline.settings import SanitySettings, ScoreSettings, TrainSettings
+from xbench.pipeline.settings import JobConfig, TrainSettings
 from xbench.pipeline.tracking import TrackingSettings
 
 #: Modules whose callables a config may name in ``_target_``.
@@ -83,17 +83,16 @@ def schemas() -> dict[str, dict[str, Any]]:
 
 
 @dataclass
-class XbenchConfig:
+class XbenchConfig(JobConfig):
+    """The root schema: :class:`xbench.pipeline.settings.JobConfig` (its fields, their order and what each means
+    for a measurement) with the groups Hydra must fill and the cache folder from ``XBENCH_CACHE``."""
+
     data: Any = MISSING
     model: Any = MISSING
     train: TrainSettings = MISSING
     explainer: Any = MISSING
     perturbation: Any = MISSING
-    score: ScoreSettings = field(default_factory=ScoreSettings)
-    sanity: SanitySettings = field(default_factory=SanitySettings)  # the model-randomisation check (off by default)
-    tracking: TrackingSettings = MISSING  # experiment tracking (conf/tracking/: none, mlflow)
-    plots: bool = True  # per-job figures in <job>/plots/
-    seed: int = 0
+    tracking: TrackingSettings = MISSING
     cache_dir: str = '${oc.env:XBENCH_CACHE,"~/.cache/xbench"}'
 
 
