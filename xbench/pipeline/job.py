@@ -23,13 +23,14 @@ import pandas as pd
 
 import xbench
 from xbench.core import io
-from xbench.core.errors import ConfigError, DataError, XbenchError
+from xbench.core.errors import DataError, XbenchError
 from xbench.core.names import SPLITS
 from xbench.data.records import Records
 from xbench.metrics.classification import classification_report
 from xbench.models.build import head_layers
 from xbench.models.card import model_card
 from xbench.pipeline import results
+from xbench.pipeline.checks import check_model_outputs
 from xbench.pipeline.job_plots import write_job_plots
 from xbench.pipeline.scoring import GroundTruth, ScoreSettings, score_model
 from xbench.pipeline.settings import SanitySettings
@@ -233,9 +234,7 @@ def load_model_file(spec: JobSpec, data: PreparedData, clock: Stopwatch) -> Trai
     with clock("model_load_s"):
         model = mf.load(class_names=rec.class_names, image_size=data.image_size)
     n_out = int(model.output.shape[-1])
-    if n_out != len(rec.class_names):
-        raise ConfigError(f"data.classes: the model has {n_out} outputs but the data has {len(rec.class_names)} classes ({', '.join(rec.class_names)}); "
-                          "list the class folders in the model's output order with data.classes=[...]")
+    check_model_outputs(n_out, rec.class_names)  # the file's config may not have said (apps.run checks what it says)
     digest = mf.sha256()
     identity = {"model_file": digest, "read": {k: getattr(mf, k) for k in ("preprocess", "logits_layer", "output", "gradcam_layer")},
                 "image_size": data.image_size, "classes": rec.class_names, "backend": keras.backend.backend()}

@@ -169,6 +169,16 @@ class ScoreSettings:
         check_compute_dtype(self.dtype)
 
 
+def check_region_size(region_size: int | None, image_size: int | None, image: str = "image") -> None:
+    """ValueError ``region_size: ...`` when a region (px) is larger than the ``image_size`` px image (the grid needs one region).
+
+    ``image`` names the image in the message ("image the model takes"). None
+    for either size: nothing to compare yet (the region size follows the image).
+    """
+    if region_size is not None and image_size is not None and region_size > image_size:
+        raise ValueError(f"region_size: {region_size} px is larger than the {image_size} px {image}")
+
+
 @dataclass
 class SanitySettings:
     """The model-parameter randomisation check (:mod:`xbench.pipeline.sanity`); also the schema of the config's ``sanity`` node.
