@@ -83,13 +83,31 @@ def test_set_trainable_from_layer_index_and_name():
         set_trainable(m, "nope")
 
 
-def test_bad_model_arguments(tmp_path):
-    with pytest.raises(ConfigError, match="unknown backbone 'vgg61'"):
+def test_bad_model_arguments_name_the_argument_not_a_config_key(tmp_path):
+    # A Python caller typed no config key: the message names the argument (the entry point maps it to data.image_size, ...).
+    with pytest.raises(ValueError, match=r"^backbone: unknown backbone 'vgg61'"):
         build_classifier("vgg61", 4, 64)
-    with pytest.raises(ConfigError, match="below inceptionv3's minimum of 75"):
+    with pytest.raises(ValueError, match=r"^image_size: 64 px is below inceptionv3's minimum of 75 px$"):
         build_classifier("inceptionv3", 4, 64, weights="none")
-    with pytest.raises(ConfigError, match="weights file .* does not exist"):
+    with pytest.raises(ValueError, match=r"^image_size: 20 px is below vgg16's minimum of 32 px$"):
+        build_classifier("vgg16", 4, 20, weights=None)
+    with pytest.raises(ValueError, match=r"^weights: weights file '.*missing.h5' does not exist; give the path of a vgg16 notop weights file, 'imagenet' or 'none'$"):
         build_classifier("vgg16", 4, 64, weights=str(tmp_path / "missing.h5"))
+    with pytest.raises(ValueError, match=r"^head: unknown head 'big'"):
+        build_classifier("vgg16", 4, 64, weights="none", head="big")
+
+
+def test_the_config_keys_of_the_model_rules():
+    from xbench.apps.config import config_keyed
+    from xbench.models.backbones import check_image_size, weights_source
+
+    with pytest.raises(ConfigError, match=r"^data.image_size: 20 px is below vgg16's minimum of 32 px$"):
+        config_keyed(check_image_size, "vgg16", 20)
+    with pytest.raises(ConfigError, match=r"^model.weights: weights file '/nowhere/w.h5' does not exist"):
+        config_keyed(weights_source, "/nowhere/w.h5", "vgg16")
+    assert config_keyed(weights_source, "", "vgg16") is None and config_keyed(weights_source, "imagenet", "vgg16") == "imagenet"
+    with pytest.raises(ValueError, match="^not a setting"):  # a ValueError that names no argument passes unchanged
+        config_keyed(lambda: (_ for _ in ()).throw(ValueError("not a setting")))
 
 
 def test_local_weights_file_is_loaded_and_a_wrong_one_rejected(tmp_path):
@@ -99,5 +117,5 @@ def test_local_weights_file_is_loaded_and_a_wrong_one_rejected(tmp_path):
     src.save_weights(path)
     m = build_classifier("vgg16", 4, 32, weights=str(path))
     np.testing.assert_array_equal(np.asarray(m.get_layer("block1_conv1").kernel), np.asarray(src.get_layer("block1_conv1").kernel))
-    with pytest.raises(ConfigError, match="does not fit mobilenetv2"):
+    with pytest.raises(ValueError, match="^weights: .* does not fit mobilenetv2"):
         build_classifier("mobilenetv2", 4, 32, weights=str(path))

@@ -130,3 +130,66 @@ def test_metrics_written_before_the_pixel_orders_still_load(tmp_path):
     row = R.summary_row(R.JobResult(tmp_path, back, job.curves))
     assert R.is_nan(row["deletion_auc"]) and R.is_nan(row["insertion_auc_gain_over_random"])
     assert report.pixel_auc_table(report.summary_frame([R.JobResult(tmp_path, back, job.curves)])).empty
+
+
+# ---------------------------------------------------------------- what a setting means for a measurement (field metadata)
+
+#: The path lists the field metadata replaced (report.NOT_IDENTITY, METRIC_KEYS, NOT_VARIANT before issue 24): the groupings must stay these.
+_OLD_NOT_IDENTITY = ("seed", "cache_dir", "plots", "score.bootstrap", "score.chunk_images", "score.batch_size", "score.memory_budget_mb",
+                     "score.save_heatmaps", "score.controls", "score.enabled", "sanity", "tracking")
+_OLD_METRIC = ("perturbation", "score.region_size", "score.steps", "score.max_steps", "score.orders", "score.pixel_steps", "score.insertion_blur")
+_OLD_NOT_VARIANT = ("score.orders", "score.pixel_steps", "score.insertion_blur")
+
+
+def _under(key, paths):
+    return any(key == p or key.startswith(p + ".") for p in paths)
+
+
+def _composed(overrides):
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    import xbench.apps.run  # noqa: F401  (registers the schemas)
+
+    with initialize_config_module(config_module="xbench.conf", version_base="1.3"):
+        return OmegaConf.to_container(compose(config_name="config", overrides=list(overrides)), resolve=True)
+
+
+@pytest.mark.parametrize("overrides", [[], ["+experiment=sanity", "tracking=mlflow", "score.orders=[morf,lerf,deletion,insertion]"],
+                                       ["perturbation=gaussian", "score.region_size=8", "score.max_steps=3"],
+                                       ["model=file", "model.path=m.keras", "data=folder", "data.root=/tmp/x"]])
+def test_identity_and_metric_keys_of_a_composed_config_are_declared_by_field_metadata(overrides):
+    config = _composed(overrides)
+    job = _job("j", 0)
+    job.metrics.config = config
+    ident = report.identity(job)
+    keys = set(report._flatten(config)) | set(ident)
+    assert {k for k in keys if k not in ident} == {k for k in keys if _under(k, _OLD_NOT_IDENTITY)}
+    assert {k for k in ident if report._is_metric_key(k)} == {k for k in ident if _under(k, _OLD_METRIC)} != set()
+    assert {k for k in ident if report._is_variant_key(k)} == {k for k in ident if _under(k, _OLD_METRIC) and not _under(k, _OLD_NOT_VARIANT)}
+    assert {"score.chunk_images", "seed", "cache_dir", "sanity.enabled"} & set(ident) == set() and "score.subset" in ident
+
+
+def test_a_setting_without_metadata_is_part_of_the_identity_and_metadata_moves_with_a_renamed_field():
+    import dataclasses
+
+    from xbench.apps.config import XbenchConfig
+    from xbench.pipeline import settings
+
+    # The entry point's schema only redeclares defaults: its fields (and their order, which metrics.json keeps) are JobConfig's.
+    assert [f.name for f in dataclasses.fields(XbenchConfig)] == [f.name for f in dataclasses.fields(settings.JobConfig)]
+    job = _job("j", 0)
+    job.metrics.config = {"score": {"chunk_images": 4, "planted_knob": 3}, "seed": 1, "perturbation": {"name": "constant"}}
+    ident = report.identity(job)
+    assert ident["score.planted_knob"] == 3 and "score.chunk_images" not in ident and "seed" not in ident
+
+    @dataclasses.dataclass
+    class Renamed:  # score.chunk_images renamed to images_per_chunk, its field metadata with it
+        images_per_chunk: int = dataclasses.field(default=16, metadata=settings.NOT_IDENTITY)
+        knob: int = 0
+
+    @dataclasses.dataclass
+    class Root:
+        score: Renamed = dataclasses.field(default_factory=Renamed)
+
+    assert settings.setting_flags("score.images_per_chunk", Root) == {"identity": False} and settings.setting_flags("score.knob", Root) == {}

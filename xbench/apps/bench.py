@@ -102,8 +102,9 @@ def main(argv=None) -> int:
     out = {"main": result}
     if a.sweep_n:
         from xbench.models import build_classifier
+        from xbench.models.backbones import NO_WEIGHTS
 
-        model = build_classifier(a.backbone, 4, a.image_size, weights="none")
+        model = build_classifier(a.backbone, 4, a.image_size, weights=NO_WEIGHTS)
         out["sweep"] = []
         for n in [int(v) for v in a.sweep_n.split(",") if v]:
             r, _ = run_bench(BenchSettings(a.backbone, a.image_size, n, a.region_size, a.order, a.perturbation, a.batch_size, a.dtype, False, max_steps=a.max_steps,

@@ -19,14 +19,13 @@ from __future__ import annotations
 import dataclasses
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from xbench.core.errors import ConfigError
-from xbench.pipeline.settings import SanitySettings, ScoreSettings, TrainSettings
+from xbench.pipeline.settings import JobConfig, TrainSettings
 from xbench.pipeline.tracking import TrackingSettings
 
 #: Modules whose callables a config may name in ``_target_``.
@@ -83,17 +82,16 @@ def schemas() -> dict[str, dict[str, Any]]:
 
 
 @dataclass
-class XbenchConfig:
+class XbenchConfig(JobConfig):
+    """The root schema: :class:`xbench.pipeline.settings.JobConfig` (its fields, their order and what each means
+    for a measurement) with the groups Hydra must fill and the cache folder from ``XBENCH_CACHE``."""
+
     data: Any = MISSING
     model: Any = MISSING
     train: TrainSettings = MISSING
     explainer: Any = MISSING
     perturbation: Any = MISSING
-    score: ScoreSettings = field(default_factory=ScoreSettings)
-    sanity: SanitySettings = field(default_factory=SanitySettings)  # the model-randomisation check (off by default)
-    tracking: TrackingSettings = MISSING  # experiment tracking (conf/tracking/: none, mlflow)
-    plots: bool = True  # per-job figures in <job>/plots/
-    seed: int = 0
+    tracking: TrackingSettings = MISSING
     cache_dir: str = '${oc.env:XBENCH_CACHE,"~/.cache/xbench"}'
 
 
@@ -142,7 +140,8 @@ def validate(cfg: DictConfig) -> None:
     Every other value is checked by the object it configures, when
     :func:`xbench.apps.run.build_job` makes it.
     """
-    from xbench.models.backbones import BACKBONES
+    from xbench.models.backbones import BACKBONES, check_image_size, weights_source
+    from xbench.pipeline.settings import check_region_size
 
     d, m, sc = cfg.data, cfg.model, cfg.score
     _check_no_extra_keys(cfg)
@@ -153,12 +152,29 @@ def validate(cfg: DictConfig) -> None:
     if m._target_ == MODEL_TARGET:  # a backbone xbench trains (a model file's size is checked against the file, in apps.run)
         _check(d.image_size is not None, "data.image_size", f"set the image size xbench trains {m.backbone} at (e.g. data.image_size=224); "
                                                             "only a model file (model=file) brings its own")
-        spec = BACKBONES.get(m.backbone)  # an unknown name is ClassifierSpec's to report
-        if spec is not None:
-            _check(d.image_size >= spec.min_size, "data.image_size", f"{d.image_size} px is below {m.backbone}'s minimum of {spec.min_size} px")
-        if m.weights not in ("imagenet", "none", "", None):
-            p = Path(str(m.weights)).expanduser()
-            _check(p.is_file(), "model.weights", f"weights file '{p}' does not exist; give the path of a {m.backbone} notop weights file, 'imagenet' or 'none'")
-    if sc.region_size is not None and d.image_size is not None:
-        _check(sc.region_size <= d.image_size, "score.region_size", f"{sc.region_size} px is larger than the {d.image_size} px image")
+        if m.backbone in BACKBONES:  # an unknown name is ClassifierSpec's to report
+            config_keyed(check_image_size, m.backbone, d.image_size)
+            config_keyed(weights_source, m.weights, m.backbone)
+    config_keyed(check_region_size, sc.region_size, d.image_size)
     _check(cfg.seed >= 0, "seed", f"must be >= 0, got {cfg.seed}")
+
+
+#: The config key of each argument the Python-level rules name in their ValueError (``"image_size: ..."``):
+#: the model-building rules (:mod:`xbench.models.backbones`, :meth:`xbench.models.spec.ClassifierSpec.build`)
+#: and the region against the image (:func:`xbench.pipeline.settings.check_region_size`).
+ARGUMENT_KEYS = {"image_size": "data.image_size", "backbone": "model.backbone", "weights": "model.weights", "head": "model.head",
+                 "region_size": "score.region_size"}
+
+
+def config_keyed(call, *args, **kwargs):
+    """``call(*args, **kwargs)``, its ValueError ``"<argument>: ..."`` raised as :class:`ConfigError` ``"<config key>: ..."`` (:data:`ARGUMENT_KEYS`).
+
+    A ValueError that names no argument there is not a user's setting and passes unchanged.
+    """
+    try:
+        return call(*args, **kwargs)
+    except ValueError as exc:
+        arg, _, rest = str(exc).partition(": ")
+        if arg not in ARGUMENT_KEYS:
+            raise
+        raise ConfigError(f"{ARGUMENT_KEYS[arg]}: {rest}") from exc

@@ -21,34 +21,34 @@ def build_report(folders, out: Path, fmt: str = "png", latex: bool = False, n_re
     import matplotlib.pyplot as plt
 
     from xbench.core import io
-    from xbench.pipeline import plots
+    from xbench.pipeline import plots, results
     from xbench.pipeline import report as R
 
     col = R.collect(folders)
     io.ensure_dir(out)
     frame = R.summary_frame(col.jobs)
-    io.write_csv(out / "summary.csv", frame)
+    io.write_csv(out / results.SUMMARY_CSV, frame)
     groups = R.measurements(col.jobs)
     table = R.paper_table(groups)
     pw = R.pairwise(groups, n_resamples=n_resamples)
-    io.write_csv(out / "pairwise.csv", pw)
+    io.write_csv(out / results.PAIRWISE_CSV, pw)
     reliab = R.metric_reliability(col.jobs, n_resamples=n_resamples)
-    io.write_text(out / "summary.md", summary_markdown(col, folders, frame, groups, table, pw, reliab))
-    written = ["summary.csv", "summary.md", "pairwise.csv"]
+    io.write_text(out / results.SUMMARY_MD, summary_markdown(col, folders, frame, groups, table, pw, reliab))
+    written = [results.SUMMARY_CSV, results.SUMMARY_MD, results.PAIRWISE_CSV]
     if len(reliab):
-        io.write_csv(out / "reliability.csv", reliab)
-        written.append("reliability.csv")
+        io.write_csv(out / results.RELIABILITY_CSV, reliab)
+        written.append(results.RELIABILITY_CSV)
     if latex:
-        io.write_text(out / "summary.tex", R.to_latex(table))
-        written.append("summary.tex")
+        io.write_text(out / results.SUMMARY_TEX, R.to_latex(table))
+        written.append(results.SUMMARY_TEX)
     figs = {}
     bands = R.aopc_by_step_bands(groups)
     if bands:
-        figs["aopc_by_step"] = plots.aopc_by_step_figure(bands)
-        figs["mean_curves"] = plots.mean_curves_figure(R.mean_curves(groups))
+        figs[results.AOPC_BY_STEP] = plots.aopc_by_step_figure(bands)
+        figs[results.MEAN_CURVES] = plots.mean_curves_figure(R.mean_curves(groups))
     scored = frame[frame["aopc"].notna()] if len(frame) else frame
     if len(scored):
-        figs["aopc_vs_recall"] = plots.aopc_vs_recall_figure(scored)
+        figs[results.AOPC_VS_RECALL] = plots.aopc_vs_recall_figure(scored)
     for name, fig in figs.items():
         io.save_figure(out / f"{name}.{fmt}", fig, dpi=120)
         plt.close(fig)

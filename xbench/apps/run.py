@@ -7,6 +7,7 @@ the traceback goes to the job's log) and exits with status 2.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -20,7 +21,15 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from xbench.apps.config import register, validate
+from xbench.apps.config import config_keyed, register, validate
+from xbench.apps.overrides import (
+    GROUPS,
+    compose_error,
+    group_options,
+    has_job,
+    is_multirun,
+    job_choices,
+)
 from xbench.core.errors import ConfigError, XbenchError
 from xbench.models.spec import ClassifierSpec
 from xbench.pipeline.settings import SanitySettings, ScoreSettings, TrainSettings
@@ -57,6 +66,7 @@ def build_job(cfg: DictConfig) -> Job:
     from xbench.apps.config import MODEL_FILE_TARGET
     from xbench.explain.explainers import CONTROLS
     from xbench.models.model_file import ModelFile
+    from xbench.pipeline.checks import check_ground_truth, fit_model_file
 
     validate(cfg)
     makers = {
@@ -77,63 +87,13 @@ def build_job(cfg: DictConfig) -> Job:
             raise ConfigError(_keyed(group, exc)) from exc
     explainer, score = built["explainer"], built["score"]
     if isinstance(built["model"], ModelFile):  # (a backbone's image size was checked by validate)
-        _fit_model_file(built["model"], built["data"], score.region_size)
+        fit_model_file(built["model"], built["data"], score.region_size)
     controls = tuple(CONTROLS[c]() for c in score.controls if c != explainer.name)
-    _check_ground_truth(built["data"], explainer, controls)
+    check_ground_truth(built["data"], explainer, controls)
     return Job(
         source=built["data"], model=built["model"], settings=built["train"], explainer=explainer,
         controls=controls, perturbation=built["perturbation"], score=score, sanity=built["sanity"], tracking=built["tracking"],
     )
-
-
-#: What to do when a reference map lacks its masks, by the masks it needs.
-_GROUND_TRUTH_HINTS = {
-    "lesions": "lesion masks exist only on phantoms (data=synthetic)",
-    "markers": "marker masks exist only on phantoms with data.shortcut_class set (see +experiment=shortcut)",
-}
-
-
-def _check_ground_truth(source, explainer, controls) -> None:
-    """A reference map (oracle, shortcut_marker) needs its masks in the data: refuse before training, not after."""
-    for method, key in [(explainer, "explainer"), *((c, "score.controls") for c in controls)]:
-        need = getattr(type(method), "evidence", None)
-        if need is not None and need not in getattr(source, "ground_truth", frozenset()):
-            raise ConfigError(f"{key}: {method.name} is scored against {need} masks, which data={source.name} does not have; "
-                              f"{_GROUND_TRUTH_HINTS[need]}, so drop it here (e.g. score.controls=[random])")
-
-
-def _fit_model_file(model, source, region_size=None) -> None:
-    """A model file's input size and class count against the data, read from the file without Keras: one line before any long work.
-
-    The data's image size defaults to the model's input size; a folder is scored
-    whole (nothing is trained); the class folders' count must equal the model's outputs.
-    """
-    try:
-        info = model.describe()
-    except ValueError as exc:
-        raise ConfigError(f"model.{exc}") from None
-    side = None
-    if info.input_shape is not None and info.input_shape[0] is not None:
-        if info.input_shape[0] != info.input_shape[1]:
-            raise ConfigError(f"model.path: the model takes {info.input_shape[0]}x{info.input_shape[1]} images; xbench scores square images")
-        side = int(info.input_shape[0])
-    if source.image_size is None:
-        if side is None:
-            raise ConfigError("data.image_size: the model file does not fix its input size; set data.image_size")
-        source.image_size = side
-    elif side is not None and source.image_size != side:
-        raise ConfigError(f"data.image_size={source.image_size}: the model takes {side} px images; drop data.image_size (it follows the model) or set it to {side}")
-    if hasattr(source, "score_only"):
-        source.score_only = True
-    if region_size is not None and region_size > source.image_size:
-        raise ConfigError(f"score.region_size: {region_size} px is larger than the {source.image_size} px image the model takes")
-    classes = source.class_names() if hasattr(source, "class_names") else []
-    if info.n_outputs > 1:
-        raise ConfigError(f"model.path: the model has {info.n_outputs} outputs; xbench scores single-output classifiers (save a model of the one output)")
-    outputs = None if info.outputs is None else (2 if info.outputs == 1 else info.outputs)
-    if outputs is not None and classes and len(classes) != outputs:
-        raise ConfigError(f"data.classes: the model has {outputs} outputs but the data has {len(classes)} classes ({', '.join(classes)}); "
-                          "list the class folders in the model's output order with data.classes=[...]")
 
 
 def _fields(node: DictConfig) -> dict:
@@ -154,14 +114,18 @@ def _keyed(group: str, exc: BaseException) -> str:
 
 
 def run(cfg: DictConfig, run_dir: Path):
-    """Build the job's objects from ``cfg`` (checking every value) and run it into ``run_dir``."""
+    """Build the job's objects from ``cfg`` (checking every value) and run it into ``run_dir``.
+
+    The model is built inside the job; its ``"weights: ..."`` errors (a file
+    that does not fit the backbone, known only to Keras) name the config key.
+    """
     from xbench.models.model_file import ModelFile
     from xbench.pipeline.job import JobSpec, run_job
     from xbench.pipeline.tracking import tracked
 
     job = build_job(cfg)
     spec = JobSpec(
-        source=job.source, build_model=job.model.build if not isinstance(job.model, ModelFile) else None,
+        source=job.source, build_model=None if isinstance(job.model, ModelFile) else functools.partial(config_keyed, job.model.build),
         model_file=job.model if isinstance(job.model, ModelFile) else None, train=job.settings, seed=int(cfg.seed), cache_dir=Path(os.path.expanduser(cfg.cache_dir)),
         explainer=job.explainer, controls=job.controls, perturbation=job.perturbation, score=job.score, sanity=job.sanity,
         config=OmegaConf.to_container(cfg, resolve=True), plots=bool(cfg.plots),
@@ -204,21 +168,8 @@ def _log_traceback_to_file(exc: BaseException) -> None:
     to_log_files(log.makeRecord(log.name, logging.ERROR, __file__, 0, "%s", (exc,), (type(exc), exc, exc.__traceback__)))
 
 
-#: Config groups whose options are files under ``xbench/conf/<group>/``.
-GROUPS = ("data", "model", "train", "explainer", "perturbation", "setup", "tracking", "experiment")
-#: Hydra flags after which there is no job to check (help, printing the config, completion).
-_NO_JOB_FLAGS = {"--hydra-help", "--info", "-i", "--cfg", "-c", "--shell-completion", "-sc", "--version",
-                 "--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--experimental-rerun"}
 #: Sweeps larger than this are checked on their first combinations only.
 MAX_PREFLIGHT_JOBS = 64
-
-
-def group_options(group: str) -> list[str]:
-    """The options of a config group: ``model`` -> ["densenet121", ..., "vgg19"]."""
-    from importlib.resources import files
-
-    folder = files("xbench.conf") / group
-    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
 def preflight(args: list[str]) -> None:
@@ -237,17 +188,17 @@ def preflight(args: list[str]) -> None:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    if any(a.split("=")[0] in _NO_JOB_FLAGS for a in args):
+    if not has_job(args):
         return
-    multirun = "-m" in args or "--multirun" in args
-    choices = _override_choices([a for a in args if not a.startswith("-")], multirun)
+    multirun = is_multirun(args)
+    choices = job_choices(args)
     checked_layouts: set[str] = set()
     with initialize_config_module(config_module="xbench.conf", version_base="1.3"):
         for combo in itertools.islice(itertools.product(*choices), MAX_PREFLIGHT_JOBS):
             try:
                 cfg = compose(config_name="config", overrides=list(combo))
             except (HydraException, OmegaConfBaseException, ValueError) as exc:
-                raise _compose_error(exc, combo) from None
+                raise compose_error(exc, combo) from None
             try:
                 job = build_job(cfg)
                 layout = OmegaConf.to_yaml(cfg.data)
@@ -256,53 +207,6 @@ def preflight(args: list[str]) -> None:
                     checked_layouts.add(layout)
             except XbenchError as exc:
                 raise type(exc)(f"{exc} (in the job {' '.join(combo)})" if multirun and combo else str(exc)) from None
-
-
-def _override_choices(lines: list[str], multirun: bool) -> list[list[str]]:
-    """Per override, the overrides of each job it stands for (a sweep's values); group options checked against conf/."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-
-    parser = OverridesParser.create()
-    parsed = []
-    for line in lines:
-        try:
-            parsed += parser.parse_overrides([line])
-        except HydraException:
-            key, _, value = line.partition("=")
-            hint = (f"; quote a value with spaces or non-ASCII characters: \"{key}='{value}'\""
-                    if value and (not value.isascii() or " " in value) else "; see https://hydra.cc/docs/advanced/override_grammar/basic")
-            raise ConfigError(f"cannot parse the override {line!r}{hint}") from None
-    choices = []
-    for o in parsed:
-        key = o.key_or_group
-        if key.split("/")[0].split(".")[0] == "hydra":
-            continue  # Hydra's own settings (launcher, run dir) are Hydra's to check
-        sweep = o.is_sweep_override()
-        if sweep and not multirun:
-            raise ConfigError(f"{o.input_line}: a sweep needs -m (xbench -m {o.input_line})")
-        values = list(o.sweep_string_iterator()) if sweep else []
-        if key in GROUPS and not o.is_delete():
-            options = group_options(key)
-            for v in values or [o.get_value_element_as_str()]:
-                if v not in options:
-                    raise ConfigError(f"{o.get_key_element()}={v}: no such {key}; choose one of: {', '.join(options)}")
-        choices.append([f"{o.get_key_element()}={v}" for v in values] if sweep else [o.input_line])
-    return choices
-
-
-def _compose_error(exc: BaseException, combo) -> ConfigError:
-    """Hydra's multi-line composition error as one line naming the override."""
-    chain, e = [], exc
-    while e is not None:
-        chain.append(str(e))
-        e = e.__cause__ or e.__context__
-    msg = " ".join(" ".join(chain).split())
-    bad = next((c for c in combo if c.split("=")[0].lstrip("+~") in msg), None)
-    if "not in" in msg and bad:
-        return ConfigError(f"{bad}: no such key in the config; check the spelling ('xbench --cfg job' prints every key)")
-    detail = next((line for m in chain[1:] for line in m.splitlines()[:1] if "$VALUE" not in line), "")
-    return ConfigError(f"{bad + ': ' if bad else ''}{str(exc).splitlines()[0]}{' (' + detail + ')' if detail else ''}")
 
 
 def _fail(exc: BaseException) -> None:

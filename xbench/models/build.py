@@ -14,14 +14,19 @@ fixed by the output contract:
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Sequence
 
 import keras
 
 from xbench.core.errors import ConfigError
-from xbench.core.names import FEATURES, HEADS, IMAGE, LOGITS, PREPROCESS, PROBS
-from xbench.models.backbones import get_backbone
+from xbench.core.names import FEATURES, IMAGE, LOGITS, PREPROCESS, PROBS
+from xbench.models.backbones import (
+    IMAGENET,
+    check_head,
+    check_image_size,
+    get_backbone,
+    weights_source,
+)
 from xbench.models.card import BackboneOutput
 from xbench.models.preprocess import Preprocess
 
@@ -52,7 +57,7 @@ def build_classifier(
     num_classes: int,
     image_size: int,
     *,
-    weights: str | None = "imagenet",
+    weights: str | None = IMAGENET,
     head: str = "paper",
     dense_units: Sequence[int] = (64,),
     dropout: float = 0.0,
@@ -67,9 +72,10 @@ def build_classifier(
         backbone: a key of :data:`xbench.models.BACKBONES`.
         num_classes: number of output classes C.
         image_size: input side length (>= the backbone's minimum).
-        weights: "imagenet" (downloaded by Keras), "none"/None (He-normal
-            initialisation, see :func:`_he_reinitialise`), or a path to a local
-            weights file for the notop backbone (offline clusters).
+        weights: "imagenet" (downloaded by Keras), "none" (:data:`NO_WEIGHTS`;
+            None too: He-normal initialisation, see :func:`_he_reinitialise`),
+            or a path to a local weights file for the notop backbone (offline
+            clusters); see :func:`xbench.models.backbones.weights_source`.
         head: "paper" (MaxPooling 4x4, Flatten, Dense 64 ReLU, Dense logits,
             softmax: Lamprou's VGG16/DenseNet201 head) or "pediatric" (global
             max pooling, dropout, Dense ReLU layers, Dense logits, softmax).
@@ -85,18 +91,16 @@ def build_classifier(
     Returns:
         A functional model mapping (N, S, S, 3) float32 to (N, C) probabilities,
         with layers named ``features``, ``logits`` and ``probs``.
+
+    Raises:
+        ValueError: naming the argument (``image_size: 20 px is below vgg16's
+            minimum of 32 px``): an unknown backbone or head, an image below the
+            backbone's minimum, a weights file that is missing or does not fit.
     """
     spec = get_backbone(backbone)
-    if image_size < spec.min_size:
-        raise ConfigError(f"data.image_size={image_size} is below {backbone}'s minimum of {spec.min_size} px; raise it")
-    if head not in HEADS:
-        raise ConfigError(f"model.head: unknown head {head!r}; choose one of {list(HEADS)}")
-    wname = None if weights in (None, "none", "None", "") else str(weights)
-    if wname not in (None, "imagenet"):
-        wpath = Path(wname).expanduser()
-        if not wpath.is_file():
-            raise ConfigError(f"model.weights: weights file '{wpath}' does not exist; give the path of the {backbone} notop .h5/.weights.h5 file, 'imagenet' or 'none'")
-        wname = str(wpath)
+    check_image_size(backbone, image_size)
+    check_head(head)
+    wname = weights_source(weights, backbone)
     keras.utils.set_random_seed(seed)
 
     inputs = keras.Input((image_size, image_size, 3), name=IMAGE)
@@ -104,8 +108,8 @@ def build_classifier(
     try:
         base = spec.build_fn()(include_top=False, weights=wname, input_tensor=x)
     except ValueError as exc:
-        if wname not in (None, "imagenet"):
-            raise ConfigError(f"model.weights: '{wname}' does not fit {backbone} without top ({str(exc).splitlines()[0]}); use that backbone's notop weights file") from None
+        if wname not in (None, IMAGENET):
+            raise ValueError(f"weights: '{wname}' does not fit {backbone} without top ({str(exc).splitlines()[0]}); use that backbone's notop weights file") from None
         raise
     if wname is None:
         _he_reinitialise(base.layers, seed)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from xbench.core.names import OUTPUTS, PREPROCESS_NAMES
+from xbench.models.backbones import IMAGENET, is_no_weights
 
 SUFFIXES = (".keras", ".h5", ".hdf5")
 PREPROCESS_HINT = "none ([0, 1] pixels), scale255 (0-255 pixels), caffe, torch, tf, or a keras.applications module name (vgg16, densenet, mobilenet_v2, efficientnet, ...)"
@@ -74,7 +75,7 @@ class ModelFile:
             raise ValueError(f"preprocess: unknown preprocessing {self.preprocess!r}; choose {PREPROCESS_HINT}")
         if self.output not in OUTPUTS:
             raise ValueError(f"output: must be 'probs' or 'logits', got {self.output!r}")
-        if self.weights not in (None, "", "none", "imagenet"):
+        if not (is_no_weights(self.weights) or self.weights == IMAGENET):
             raise ValueError(f"weights: a model file brings its own weights; drop model.weights={self.weights}")
 
     @property

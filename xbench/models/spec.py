@@ -10,8 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence
 
-from xbench.core.names import HEADS
-from xbench.models.backbones import BACKBONES
+from xbench.models.backbones import BACKBONES, IMAGENET, check_head, get_backbone
 
 
 @dataclass
@@ -23,7 +22,7 @@ class ClassifierSpec:
     """
 
     backbone: str = "vgg16"
-    weights: str = "imagenet"  # imagenet | none | /path/to/<backbone>_notop.weights.h5 (offline clusters)
+    weights: str = IMAGENET  # imagenet | none | /path/to/<backbone>_notop.weights.h5 (offline clusters)
     head: str = "paper"  # paper: MaxPool 4x4, Flatten, Dense 64 ReLU, logits, softmax; pediatric: global max pool, dropout, Dense
     dense_units: List[int] = field(default_factory=lambda: [64])
     dropout: float = 0.0
@@ -31,10 +30,8 @@ class ClassifierSpec:
     gradcam_layer: Optional[str] = None  # default: the backbone's last conv feature map
 
     def __post_init__(self):
-        if self.backbone not in BACKBONES:
-            raise ValueError(f"backbone: unknown backbone {self.backbone!r}; choose one of {sorted(BACKBONES)}")
-        if self.head not in HEADS:
-            raise ValueError(f"head: unknown head {self.head!r}; choose one of {list(HEADS)}")
+        get_backbone(self.backbone)
+        check_head(self.head)
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout: must lie in [0, 1), got {self.dropout}")
         if self.pool_size < 1:

@@ -23,13 +23,14 @@ import pandas as pd
 
 import xbench
 from xbench.core import io
-from xbench.core.errors import ConfigError, DataError, XbenchError
+from xbench.core.errors import DataError, XbenchError
 from xbench.core.names import SPLITS
 from xbench.data.records import Records
 from xbench.metrics.classification import classification_report
 from xbench.models.build import head_layers
 from xbench.models.card import model_card
 from xbench.pipeline import results
+from xbench.pipeline.checks import check_model_outputs
 from xbench.pipeline.job_plots import write_job_plots
 from xbench.pipeline.scoring import GroundTruth, ScoreSettings, score_model
 from xbench.pipeline.settings import SanitySettings
@@ -233,9 +234,7 @@ def load_model_file(spec: JobSpec, data: PreparedData, clock: Stopwatch) -> Trai
     with clock("model_load_s"):
         model = mf.load(class_names=rec.class_names, image_size=data.image_size)
     n_out = int(model.output.shape[-1])
-    if n_out != len(rec.class_names):
-        raise ConfigError(f"data.classes: the model has {n_out} outputs but the data has {len(rec.class_names)} classes ({', '.join(rec.class_names)}); "
-                          "list the class folders in the model's output order with data.classes=[...]")
+    check_model_outputs(n_out, rec.class_names)  # the file's config may not have said (apps.run checks what it says)
     digest = mf.sha256()
     identity = {"model_file": digest, "read": {k: getattr(mf, k) for k in ("preprocess", "logits_layer", "output", "gradcam_layer")},
                 "image_size": data.image_size, "classes": rec.class_names, "backend": keras.backend.backend()}
@@ -378,17 +377,17 @@ def run_job(spec: JobSpec, run_dir: Path) -> results.JobMetrics:
     clock = Stopwatch()
     with clock("data_s"):
         data = prepare_data(spec.source, spec.seed, spec.cache_dir)
-    io.write_csv(run_dir / "split.csv", data.split_table())
+    io.write_csv(run_dir / results.SPLIT_FILE, data.split_table())
     log.info("data: %d images, %s, classes %s", len(data.records), {s: int((data.split == s).sum()) for s in SPLITS},
              data.records.class_names)
     trained = obtain_model(spec, data, clock)
     if trained.trained_here:
-        io.write_csv(run_dir / "history.csv", trained.history)
+        io.write_csv(run_dir / results.HISTORY_FILE, trained.history)
     with clock("test_predict_s"):
         ev = evaluate(trained.model, data)
     with clock("save_s"):
-        io.save_keras_model(run_dir / "model.keras", trained.model)
-        io.write_npz(run_dir / "test_predictions.npz", {"index": ev.rows, "labels": ev.labels, "probs": ev.probs})
+        io.save_keras_model(run_dir / results.MODEL_FILE, trained.model)
+        io.write_npz(run_dir / results.PREDICTIONS_FILE, {"index": ev.rows, "labels": ev.labels, "probs": ev.probs})
     metrics = job_metrics(spec, data, trained, ev, clock.total())
     results.write_metrics(run_dir, metrics)  # now, so the classification results survive a failure in scoring
     scored = None

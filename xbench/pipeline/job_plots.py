@@ -11,7 +11,7 @@ from xbench.core import io
 from xbench.data.pixels import to_unit_float
 from xbench.metrics.aopc import aopc_by_step
 from xbench.perturbation.orders import ORDERS
-from xbench.pipeline import plots
+from xbench.pipeline import plots, results
 from xbench.pipeline.results import curve_key
 
 log = logging.getLogger(__name__)
@@ -36,13 +36,13 @@ def write_job_plots(run_dir: Path, model, images, ev, class_names, history, scor
 
     te, labels, probs, report = ev.rows, ev.labels, ev.probs, ev.report
 
-    out = io.ensure_dir(Path(run_dir) / "plots")
+    out = io.ensure_dir(Path(run_dir) / results.PLOTS_DIR)
     written = []
-    _save(plots.confusion_matrix_figure(report["confusion_matrix"], class_names), out / "confusion_matrix.png")
-    written.append("confusion_matrix.png")
+    _save(plots.confusion_matrix_figure(report["confusion_matrix"], class_names), out / results.CONFUSION_PLOT)
+    written.append(results.CONFUSION_PLOT)
     if len(history):
-        _save(plots.training_curves_figure(history, class_names), out / "training_curves.png")
-        written.append("training_curves.png")
+        _save(plots.training_curves_figure(history, class_names), out / results.TRAINING_PLOT)
+        written.append(results.TRAINING_PLOT)
 
     preds = probs.argmax(1)
     pick = []  # (row label, test positions)
@@ -62,19 +62,19 @@ def write_job_plots(run_dir: Path, model, images, ev, class_names, history, scor
                 cells.append((x[k], maps[k], f"{class_names[labels[j]]} -> {class_names[preds[j]]} ({probs[j, preds[j]]:.2f})"))
                 k += 1
             rows[label] = cells
-        _save(plots.gallery_figure(rows, "Grad-CAM of the predicted class: true positives and false negatives"), out / "gradcam_gallery.png")
-        written.append("gradcam_gallery.png")
-        _save(plots.overlay_figure(x[0], maps[0], title=f"Grad-CAM overlay, {class_names[labels[pos[0]]]}"), out / "overlay.png")
-        written.append("overlay.png")
+        _save(plots.gallery_figure(rows, "Grad-CAM of the predicted class: true positives and false negatives"), out / results.GALLERY_PLOT)
+        written.append(results.GALLERY_PLOT)
+        _save(plots.overlay_figure(x[0], maps[0], title=f"Grad-CAM overlay, {class_names[labels[pos[0]]]}"), out / results.OVERLAY_PLOT)
+        written.append(results.OVERLAY_PLOT)
         layers = gradcam_last_n(model, x[:1], n=last_n)
-        _save(plots.layers_figure(x[0], {k: v[0] for k, v in layers.items()}, title=f"Grad-CAM of the last {len(layers)} conv layers"), out / "last_layers.png")
-        written.append("last_layers.png")
+        _save(plots.layers_figure(x[0], {k: v[0] for k, v in layers.items()}, title=f"Grad-CAM of the last {len(layers)} conv layers"), out / results.LAST_LAYERS_PLOT)
+        written.append(results.LAST_LAYERS_PLOT)
     if scoring is not None:
         written += scoring_plots(out, scoring)
     if sanity is not None:
         for mode in dict.fromkeys(c.mode for c in sanity.checks):
-            _save(plots.randomisation_figure([c for c in sanity.checks if c.mode == mode]), out / f"randomisation_{mode}.png")
-            written.append(f"randomisation_{mode}.png")
+            _save(plots.randomisation_figure([c for c in sanity.checks if c.mode == mode]), out / results.randomisation_plot(mode))
+            written.append(results.randomisation_plot(mode))
     return written
 
 
@@ -89,12 +89,12 @@ def scoring_plots(out: Path, scoring) -> list[str]:
     scored = {(m, o): scoring.curves.scored(m, o)[1] for (m, o) in scoring.curves.curves}  # a reference map: its own images
     curves = {curve_key(m, o): c for (m, o), c in scored.items() if ORDERS[o].region}  # region steps on the x axis
     if curves:
-        _save(plots.mean_curves_figure(curves), out / "mean_curves.png")
-        written.append("mean_curves.png")
+        _save(plots.mean_curves_figure(curves), out / results.MEAN_CURVES_PLOT)
+        written.append(results.MEAN_CURVES_PLOT)
     series = {curve_key(m, o): (aopc_by_step(c), None, None) for (m, o), c in scored.items() if o == "morf" and len(c)}
     if series:
-        _save(plots.aopc_by_step_figure(series), out / "aopc_by_step.png")
-        written.append("aopc_by_step.png")
+        _save(plots.aopc_by_step_figure(series), out / results.AOPC_BY_STEP_PLOT)
+        written.append(results.AOPC_BY_STEP_PLOT)
     panels = {}  # deletion / insertion: against the fraction of pixels changed, the AUC in the label
     for (m, o), c in scored.items():
         sc = scoring.metrics.methods.get(m)
@@ -102,6 +102,6 @@ def scoring_plots(out: Path, scoring) -> list[str]:
         if ORDERS[o].pixel and os_ is not None and os_.fractions is not None:
             panels.setdefault(o, {})[f"{m} (AUC {os_.auc.mean:.3f})"] = (np.asarray(os_.fractions), c)
     if panels:
-        _save(plots.pixel_curves_figure(panels), out / "deletion_insertion.png")
-        written.append("deletion_insertion.png")
+        _save(plots.pixel_curves_figure(panels), out / results.PIXEL_CURVES_PLOT)
+        written.append(results.PIXEL_CURVES_PLOT)
     return written

@@ -29,12 +29,13 @@ from xbench.metrics.aopc import abpc_per_image, aopc_by_step, aopc_per_image
 from xbench.metrics.bootstrap import bootstrap_band, bootstrap_ci
 from xbench.perturbation.orders import ORDERS, PIXEL_ORDERS
 from xbench.pipeline import results
+from xbench.pipeline.settings import METRIC, setting_flags
 
 log = logging.getLogger(__name__)
 
-#: Config keys that cannot change a figure of a job (or vary by seed alone): left out of the identity.
-NOT_IDENTITY = ("seed", "cache_dir", "plots", "score.bootstrap", "score.chunk_images", "score.batch_size", "score.memory_budget_mb",
-                "score.save_heatmaps", "score.controls", "score.enabled", "sanity", "tracking")
+#: Keys :func:`identity` takes from the scoring record that no config field sets, with what they mean
+#: (as field metadata would say it): the number of steps L follows from the region and image sizes.
+_RECORDED_FLAGS = {"score.steps": METRIC}
 #: Settings shown as their own columns (the rest of what differs goes into "Setting").
 SHOWN = ("model.backbone", "explainer.name", "perturbation")
 
@@ -52,7 +53,7 @@ def find_job_dirs(folders: Sequence[str | Path]) -> list[Path]:
         f = Path(f)
         if not f.exists():
             raise FileNotFoundError(f"'{f}' does not exist; give job folders (outputs/runs/..., outputs/multirun/...)")
-        for marker in list(f.rglob(results.METRICS_FILE)) + list(f.rglob(".hydra")):
+        for marker in list(f.rglob(results.METRICS_FILE)) + list(f.rglob(results.HYDRA_DIR)):
             d = marker.parent
             if d.name != "models" and "decoded" not in d.parts:
                 found.add(d)
@@ -90,10 +91,15 @@ def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def identity(job: results.JobResult) -> dict[str, Any]:
-    """Everything that defines the job's measurement, flattened (``"data.image_size": 72``), seed excluded."""
+    """Everything that defines the job's measurement, flattened (``"data.image_size": 72``).
+
+    Left out: the settings whose field is marked ``NOT_IDENTITY``
+    (:mod:`xbench.pipeline.settings`: the seed, chunk and batch sizes,
+    resamples, the cache, plots, the sanity check, tracking) and Hydra's own.
+    """
     m, sc = job.metrics, job.scoring
     base = _flatten(m.config or {"data": {"source": m.data.source, "image_size": m.data.image_size}, "model": {"backbone": m.model.backbone}})
-    base = {k: v for k, v in base.items() if not k.startswith("hydra") and not any(k == n or k.startswith(n + ".") for n in NOT_IDENTITY)}
+    base = {k: v for k, v in base.items() if not k.startswith("hydra") and _flags(k).get("identity", True)}
     base["model.backbone"] = m.model.backbone
     if sc is not None:
         base.update({"explainer.name": sc.explainer, "perturbation": results._perturbation_label(sc.perturbation), "score.region_size": sc.region_size,
@@ -408,14 +414,19 @@ def _context(g: Measurement, what: str) -> str:
 
 # ---------------------------------------------------------------- metric reliability
 
-#: Config keys that say how the metric is computed (not what is measured): jobs that differ only in these are variants of one metric.
-METRIC_KEYS = ("perturbation", "score.region_size", "score.steps", "score.max_steps", "score.orders", "score.pixel_steps", "score.insertion_blur")
-#: Metric keys that leave the MoRF curves (what reliability compares) unchanged: never a variant of their own.
-NOT_VARIANT = ("score.orders", "score.pixel_steps", "score.insertion_blur")
+def _flags(key: str) -> dict:
+    """What an identity key means for a measurement: its field's metadata (:func:`xbench.pipeline.settings.setting_flags`)."""
+    return _RECORDED_FLAGS.get(key) or setting_flags(key)
 
 
 def _is_metric_key(k: str) -> bool:
-    return any(k == p or k.startswith(p + ".") for p in METRIC_KEYS)
+    """Says how the metric is computed (``METRIC``: the perturbation and its parameters, region size, steps, orders)."""
+    return _flags(k).get("metric", False)
+
+
+def _is_variant_key(k: str) -> bool:
+    """A metric key whose values make variants of their own (not ``METRIC_NOT_VARIANT``: those leave the MoRF curves unchanged)."""
+    return _is_metric_key(k) and _flags(k).get("variant", True)
 
 
 def _aligned(job: results.JobResult, method: str, order: str, ids: np.ndarray) -> np.ndarray | None:
@@ -451,7 +462,7 @@ def metric_reliability(jobs: Sequence[results.JobResult], n_resamples: int = 200
     """Reliability of the metric itself (Tomsett et al. 2020) over jobs that differ only in how the metric is computed.
 
     A *reliability group* is two or more scored jobs with the same identity
-    once the metric's settings (:data:`METRIC_KEYS`: perturbation and its
+    once the metric's settings (fields marked ``METRIC``: perturbation and its
     parameters, region size, steps, orders) are left out, and the same seed
     (so the same model, split and scored images). Each job gives the
     variants MoRF and, where scored, LeRF and ABPC (area between LeRF and
@@ -489,7 +500,7 @@ def metric_reliability(jobs: Sequence[results.JobResult], n_resamples: int = 200
         ident = identity(j)
         rest = tuple(sorted((k, json.dumps(v, sort_keys=True, default=str)) for k, v in ident.items() if not _is_metric_key(k)))
         # score.orders is left out of the variant: two jobs that differ only in it have the same MoRF curves (the later job is kept)
-        variant = tuple(sorted((k, json.dumps(v, sort_keys=True, default=str)) for k, v in ident.items() if _is_metric_key(k) and k not in NOT_VARIANT))
+        variant = tuple(sorted((k, json.dumps(v, sort_keys=True, default=str)) for k, v in ident.items() if _is_variant_key(k)))
         by_key.setdefault((rest, j.metrics.seed), {})[variant] = (j, ident)  # a rerun of the same variant: the later job
     rows: list[dict] = []
     found = {k: v for k, v in by_key.items() if len(v) >= 2}
@@ -504,7 +515,7 @@ def metric_reliability(jobs: Sequence[results.JobResult], n_resamples: int = 200
     for (rest, s), variants in found.items():
         vjobs = [j for j, _ in variants.values()]
         idents = [ident for _, ident in variants.values()]
-        varying = sorted({k for i in idents for k in i if _is_metric_key(k) and k not in NOT_VARIANT
+        varying = sorted({k for i in idents for k in i if _is_variant_key(k)
                           and len({json.dumps(x.get(k), default=str) for x in idents}) > 1})
         if "perturbation" in varying:  # the label already holds the perturbation's name and parameters
             varying = [k for k in varying if not k.startswith("perturbation.")]

@@ -33,9 +33,50 @@ FORMAT_VERSION = 3  # 3: reference maps' rows marked (Curves.rows); a map that s
 # Fields added since without a version bump, all optional with a default, so files written before
 # them still load: the deletion / insertion figures (OrderScores.auc, .auc_per_class, .fractions;
 # Scoring.pixel_steps, .pixels_per_step, .insertion_blur, .auc_gains_over_random).
+
+# ---------------------------------------------------------------- file names
+# Every file a job or a report writes, named once: writers, readers, the viewer and tracking use these names.
+
+#: A job folder's results: the figures and settings (the job's record), the perturbation curves, the
+#: scored images' heatmaps (``score.save_heatmaps``), the split of every image, the test predictions
+#: and the training history (absent for a model file, which trains nothing).
 METRICS_FILE = "metrics.json"
 CURVES_FILE = "curves.npz"
 HEATMAPS_FILE = "heatmaps.npz"
+SPLIT_FILE = "split.csv"
+PREDICTIONS_FILE = "test_predictions.npz"
+HISTORY_FILE = "history.csv"
+MODEL_FILE = "model.keras"
+#: The job's log: Hydra names it after the task's module (``xbench/apps/run.py``), so it is named here, not written.
+RUN_LOG = "run.log"
+#: The composed config Hydra saves in each job folder (config.yaml, overrides.yaml).
+HYDRA_DIR = ".hydra"
+#: The job's figures (``plots=true``), under ``<job>/plots/``.
+PLOTS_DIR = "plots"
+CONFUSION_PLOT = "confusion_matrix.png"
+TRAINING_PLOT = "training_curves.png"
+GALLERY_PLOT = "gradcam_gallery.png"
+OVERLAY_PLOT = "overlay.png"
+LAST_LAYERS_PLOT = "last_layers.png"
+#: Figures a job (``<name>.png``) and a report (``<name>.<format>``) both draw.
+MEAN_CURVES, AOPC_BY_STEP = "mean_curves", "aopc_by_step"
+MEAN_CURVES_PLOT = f"{MEAN_CURVES}.png"
+AOPC_BY_STEP_PLOT = f"{AOPC_BY_STEP}.png"
+PIXEL_CURVES_PLOT = "deletion_insertion.png"
+
+
+def randomisation_plot(mode: str) -> str:
+    """The model-randomisation check's figure for ``mode`` (cascading, independent)."""
+    return f"randomisation_{mode}.png"
+
+
+#: What ``xbench-report`` writes into its output folder; its figures are ``<name>.<format>``.
+SUMMARY_CSV = "summary.csv"
+SUMMARY_MD = "summary.md"
+SUMMARY_TEX = "summary.tex"
+PAIRWISE_CSV = "pairwise.csv"
+RELIABILITY_CSV = "reliability.csv"
+AOPC_VS_RECALL = "aopc_vs_recall"
 
 
 class ResultsFormatError(XbenchError):

@@ -11,13 +11,28 @@ modules that implement them.
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Any, List, Optional
 
 from xbench.explain.explainers import CONTROL_NAMES, SANITY_EXPLAINERS
 from xbench.metrics.classification import SELECTION_RULES
 from xbench.models.precision import check_compute_dtype
 from xbench.perturbation.regions import ORDERS
+
+# What a setting means for a measurement, as field metadata (``field(metadata=...)``), so that it moves
+# with the field when the field is renamed. :func:`setting_flags` reads it; :mod:`xbench.pipeline.report`
+# groups jobs by it. A field without metadata is part of what a job measures.
+
+#: Cannot change a figure of a job (chunk and batch sizes, resamples, where the cache is, plots), or
+#: varies by seed alone: left out of a measurement's identity.
+NOT_IDENTITY = {"identity": False}
+#: Says how the metric is computed, not what is measured (the perturbation, region size, steps, orders):
+#: jobs that differ only in these are variants of one metric (report.metric_reliability).
+METRIC = {"metric": True}
+#: A metric setting that leaves the MoRF curves (what reliability compares) unchanged: never a variant of its own.
+METRIC_NOT_VARIANT = {"metric": True, "variant": False}
 
 
 @dataclass
@@ -90,31 +105,31 @@ class TrainSettings:
 class ScoreSettings:
     """What to score and how; also the schema of the config's ``score`` node."""
 
-    enabled: bool = True
+    enabled: bool = field(default=True, metadata=NOT_IDENTITY)
     # Region orders morf | lerf | random, and the pixel orders deletion | insertion
     # (Petsiuk et al. 2018, RISE: single pixels, most relevant first; figure: AUC).
-    orders: List[str] = field(default_factory=lambda: ["morf", "lerf"])
-    region_size: Optional[int] = None  # None: the paper's 9x9 grid (34 px at 299 px)
+    orders: List[str] = field(default_factory=lambda: ["morf", "lerf"], metadata=METRIC_NOT_VARIANT)
+    region_size: Optional[int] = field(default=None, metadata=METRIC)  # None: the paper's 9x9 grid (34 px at 299 px)
     # None: all L regions. Region orders only: deletion and insertion always run to 100% of the pixels.
-    max_steps: Optional[int] = None
+    max_steps: Optional[int] = field(default=None, metadata=METRIC)
     # Steps K of deletion / insertion: ceil(H*W / K) pixels per step, so ceil(H*W / that)
     # real steps (can be fewer than K). None: L, the number of regions (MoRF's forward-pass budget).
-    pixel_steps: Optional[int] = None
+    pixel_steps: Optional[int] = field(default=None, metadata=METRIC_NOT_VARIANT)
     # sigma (px) of the Gaussian blur insertion starts from, whatever the perturbation; deletion
     # uses the perturbation. Not RISE's blur: RISE filters with sigma 5 but cuts the kernel at
     # 11 x 11 px, close to a box of std ~3.1 px; here sigma 5 px, cut at 4 sigma (scipy).
-    insertion_blur: float = 5.0
+    insertion_blur: float = field(default=5.0, metadata=METRIC_NOT_VARIANT)
     subset: str = "correct"  # correct (the paper) | all
     target: str = "predicted"  # predicted | true
     max_images: Optional[int] = None
-    controls: List[str] = field(default_factory=lambda: ["random"])
-    batch_size: Optional[int] = None  # (image, step) pairs per forward pass; None: from memory_budget_mb
-    memory_budget_mb: float = 1024.0
-    bootstrap: int = 2000
-    save_heatmaps: bool = True
+    controls: List[str] = field(default_factory=lambda: ["random"], metadata=NOT_IDENTITY)
+    batch_size: Optional[int] = field(default=None, metadata=NOT_IDENTITY)  # (image, step) pairs per forward pass; None: from memory_budget_mb
+    memory_budget_mb: float = field(default=1024.0, metadata=NOT_IDENTITY)
+    bootstrap: int = field(default=2000, metadata=NOT_IDENTITY)
+    save_heatmaps: bool = field(default=True, metadata=NOT_IDENTITY)
     # Images per scoring chunk: each chunk's heatmaps and curves are cached as
     # soon as they exist, so a killed job resumes from its last finished chunk.
-    chunk_images: int = 16
+    chunk_images: int = field(default=16, metadata=NOT_IDENTITY)
     # Precision of the engine's forward passes (float32 | bfloat16 | float16);
     # maps always come from the float32 model (xbench.models.precision).
     dtype: str = "float32"
@@ -154,6 +169,16 @@ class ScoreSettings:
         check_compute_dtype(self.dtype)
 
 
+def check_region_size(region_size: int | None, image_size: int | None, image: str = "image") -> None:
+    """ValueError ``region_size: ...`` when a region (px) is larger than the ``image_size`` px image (the grid needs one region).
+
+    ``image`` names the image in the message ("image the model takes"). None
+    for either size: nothing to compare yet (the region size follows the image).
+    """
+    if region_size is not None and image_size is not None and region_size > image_size:
+        raise ValueError(f"region_size: {region_size} px is larger than the {image_size} px {image}")
+
+
 @dataclass
 class SanitySettings:
     """The model-parameter randomisation check (:mod:`xbench.pipeline.sanity`); also the schema of the config's ``sanity`` node.
@@ -183,6 +208,51 @@ class SanitySettings:
             raise ValueError(f"explainers: choose from {list(SANITY_EXPLAINERS)}, got {list(self.explainers)}")
         _at_least(self.max_images, 2, "max_images")
         _at_least(self.n_pairs, 1, "n_pairs")
+
+
+@dataclass
+class JobConfig:
+    """The root of a job's configuration as the pipeline reads it (``metrics.json``'s ``config``): each group's node and the job-wide settings.
+
+    It declares, in its fields' metadata, what each group and job-wide
+    setting means for a measurement (:func:`setting_flags`). The entry point's
+    schema, :class:`xbench.apps.config.XbenchConfig`, is this class with
+    Hydra's required groups and the cache's environment variable; it
+    redeclares only defaults, so the fields, their order and their metadata
+    are declared here once.
+    """
+
+    data: Any = None
+    model: Any = None
+    train: Optional[TrainSettings] = None
+    explainer: Any = None
+    perturbation: Any = field(default=None, metadata=METRIC)  # the perturbation and all its parameters
+    score: ScoreSettings = field(default_factory=ScoreSettings)
+    sanity: SanitySettings = field(default_factory=SanitySettings, metadata=NOT_IDENTITY)  # the model-randomisation check (off by default)
+    tracking: Any = field(default=None, metadata=NOT_IDENTITY)  # experiment tracking (conf/tracking/: none, mlflow)
+    plots: bool = field(default=True, metadata=NOT_IDENTITY)  # per-job figures in <job>/plots/
+    seed: int = field(default=0, metadata=NOT_IDENTITY)  # a measurement pools its seeds
+    cache_dir: str = field(default="~/.cache/xbench", metadata=NOT_IDENTITY)
+
+
+def setting_flags(path: str, root: type = JobConfig) -> dict[str, Any]:
+    """What the config key ``path`` ("score.chunk_images") means for a measurement: the metadata of the fields on its way from ``root``.
+
+    A group's metadata holds for every key under it (``perturbation.sigma``
+    is a metric setting because ``perturbation`` is); a nearer field's
+    metadata overrides. A key no field declares (a source's or a model's
+    settings, a key of an older config) returns {}: it is part of the identity.
+    """
+    flags: dict[str, Any] = {}
+    cls = root
+    for name in path.split("."):
+        fields = {f.name: f for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else {}
+        if name not in fields:
+            break
+        flags.update(fields[name].metadata)
+        hint = typing.get_type_hints(cls).get(name)
+        cls = next((a for a in (hint, *typing.get_args(hint)) if dataclasses.is_dataclass(a)), None)
+    return flags
 
 
 def _at_least(value, low, name: str) -> None:

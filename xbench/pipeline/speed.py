@@ -207,8 +207,9 @@ def run_bench(s: BenchSettings, model=None) -> dict:
 
     check_compute_dtype(s.dtype)
     from xbench.models import build_classifier
+    from xbench.models.backbones import NO_WEIGHTS
 
-    model32 = model or build_classifier(s.backbone, 4, s.image_size, weights="none", seed=s.seed)
+    model32 = model or build_classifier(s.backbone, 4, s.image_size, weights=NO_WEIGHTS, seed=s.seed)
     rng = np.random.default_rng(s.seed)
     images = rng.random((s.n, s.image_size, s.image_size, 3), dtype=np.float32)
     heat = rng.random((s.n, s.image_size, s.image_size), dtype=np.float32)
@@ -358,6 +359,7 @@ def training_speed(backbone: str = "vgg16", image_size: int = 64, n: int = 256, 
     killed job resume.
     """
     from xbench.models import build_classifier
+    from xbench.models.backbones import NO_WEIGHTS
     from xbench.pipeline.store.checkpoints import TrainCheckpoint
     from xbench.pipeline.training import TrainSettings, train_classifier
 
@@ -370,7 +372,7 @@ def training_speed(backbone: str = "vgg16", image_size: int = 64, n: int = 256, 
     with tempfile.TemporaryDirectory() as tmp:
         for key, cached, checkpoint in (("features", True, None), ("plain", False, None),
                                         ("features_checkpointed", True, TrainCheckpoint(Path(tmp) / "ckpt"))):
-            model = build_classifier(backbone, 4, image_size, weights="none", seed=seed)
+            model = build_classifier(backbone, 4, image_size, weights=NO_WEIGHTS, seed=seed)
             r = train_classifier(model, images, labels, split, names, names[1:], TrainSettings(epochs=epochs, feature_cache=cached), seed,
                                  checkpoint=checkpoint)
             out[f"{key}_epoch_s"] = float(r.history["seconds"].iloc[1:].median())  # inside fit, epochs after the first

@@ -47,8 +47,8 @@ DEFAULT_DB = Path("outputs") / "mlflow.db"
 #: The experiment of jobs run outside a multirun.
 SINGLE_RUN_EXPERIMENT = "xbench"
 #: Job files logged as artifacts (those that exist), and folders with the artifact folder they go to.
-ARTIFACT_FILES = (results.METRICS_FILE, results.CURVES_FILE, "history.csv", "split.csv", "test_predictions.npz")
-ARTIFACT_DIRS = (("plots", "plots"), (".hydra", "hydra"))
+ARTIFACT_FILES = (results.METRICS_FILE, results.CURVES_FILE, results.HISTORY_FILE, results.SPLIT_FILE, results.PREDICTIONS_FILE)
+ARTIFACT_DIRS = ((results.PLOTS_DIR, "plots"), (results.HYDRA_DIR, "hydra"))
 #: Sections of metrics.json that are settings (logged as params from the config), not figures.
 NOT_FIGURES = ("config", "training.settings", "format_version")
 #: MLflow's limits (``mlflow.utils.validation``): entries per log_batch call, value lengths.
@@ -147,7 +147,7 @@ def run_record(settings: TrackingSettings, run_dir: Path, config: Mapping | None
         job = results.read_metrics(run_dir)
         metrics, steps, tags = job_figures(results.JobResult(run_dir, job))
         config = config if config is not None else job.config
-    steps.update(epoch_curves(run_dir / "history.csv"))
+    steps.update(epoch_curves(run_dir / results.HISTORY_FILE))
     return {
         "uri": uri,
         "experiment": settings.experiment_name(sweep_dir),

@@ -186,7 +186,7 @@ def load_job(folder: str | Path) -> JobView:
         res = results.read_job(folder)
     except results.ResultsFormatError as exc:
         raise ViewerError(str(exc)) from None
-    split_path = folder / "split.csv"
+    split_path = folder / results.SPLIT_FILE
     split = pd.read_csv(split_path, keep_default_na=False) if split_path.is_file() else pd.DataFrame(columns=["path", "label", "split"])
     return JobView(folder, res, read_heatmaps(folder), split)
 
@@ -263,7 +263,7 @@ def filter_sort(frame: pd.DataFrame, classes: Sequence[str] | None = None, corre
 def image_path(job: JobView, image_id: int) -> Path:
     """The file the job decoded as ``image_id`` (split.csv row, under the recorded data root)."""
     if not 0 <= int(image_id) < len(job.split):
-        raise ViewerError(f"image {image_id} is not in {job.path / 'split.csv'}")
+        raise ViewerError(f"image {image_id} is not in {job.path / results.SPLIT_FILE}")
     p = Path(str(job.split["path"].iloc[int(image_id)]))
     return p if p.is_absolute() else Path(job.metrics.data.root).expanduser() / p
 

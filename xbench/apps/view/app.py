@@ -20,6 +20,7 @@ import pandas as pd
 import streamlit as st
 
 from xbench.apps.view import FOLDERS_ENV
+from xbench.pipeline import results
 from xbench.pipeline import view_data as V
 
 PAGES = ("Summary", "Gallery", "Image", "Compare")
@@ -34,7 +35,7 @@ GALLERY_COLUMNS = 6
 def _stamp(folder: Path) -> tuple:
     """What a cached job depends on: the modification times of its files."""
     out = []
-    for name in ("metrics.json", "curves.npz", "heatmaps.npz", "split.csv"):
+    for name in (results.METRICS_FILE, results.CURVES_FILE, results.HEATMAPS_FILE, results.SPLIT_FILE):
         p = folder / name
         out.append(p.stat().st_mtime_ns if p.exists() else 0)
     return tuple(out)
