@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from tests.conftest import compose
+from tests.helpers import compose
 from xbench.apps.config import validate
 from xbench.apps.run import build_job
 from xbench.core.errors import ConfigError
