@@ -18,6 +18,10 @@ from xbench.perturbation import (
 )
 from xbench.perturbation.perturbations import image_rng
 
+#: Backend-sensitive kernel tests: tests/test_jax_backend.py reruns them under JAX.
+pytestmark = pytest.mark.jax_rerun
+
+
 PERTURBATIONS = [GaussianNoise(0.1), UniformNoise(0.0, 1.0), Constant(0.5), ImageMean(), Blur(1.5), GaussianNoise(0.3, clip=False)]
 
 
@@ -209,7 +213,7 @@ def slow_pixel_curves(model, images, heatmaps, steps, order, perturbation, seed,
     return np.asarray(out, np.float32)
 
 
-@pytest.mark.parametrize("size, steps, k_eff", [(20, 8, 8), (20, 7, 7), (20, 150, 134), (17, 17, 17), (17, 10, 10)])
+@pytest.mark.parametrize("size, steps, k_eff", [(20, 8, 8), pytest.param(20, 7, 7, marks=pytest.mark.not_on_jax), pytest.param(20, 150, 134, marks=pytest.mark.not_on_jax), (17, 17, 17), pytest.param(17, 10, 10, marks=pytest.mark.not_on_jax)])
 @pytest.mark.parametrize("order", ["deletion", "insertion"])
 def test_pixel_orders_equal_the_slow_loop_on_device_and_host(size, steps, k_eff, order):
     rng = np.random.default_rng(size * 7 + steps)
