@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from tests.references import report_job
-from xbench.metrics.aopc import aopc_per_image
 from xbench.pipeline import report
 from xbench.pipeline import results as R
 

@@ -21,7 +21,7 @@ from xbench.explain import (
     edge_maps,
     gradcam,
 )
-from xbench.explain.guided import guided_backprop, guided_gradcam, guided_gradients
+from xbench.explain.guided import guided_backprop, guided_gradcam
 from xbench.explain.randomisation import (
     layer_groups,
     layer_seed,
