@@ -23,15 +23,3 @@ def phantom_db(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("phantoms") / "COVID-19_Radiography_Dataset"
     write_database(root, SynthSpec(n_per_class=12, seed=3, difficulty=0.3, shortcut_class="Normal", shortcut_fraction=0.5), workers=1)
     return root
-
-
-def compose(overrides=()):
-    """Compose the real config (conf/ as shipped) with overrides."""
-    from hydra import compose as _compose
-    from hydra import initialize_config_module
-
-    from xbench.apps.config import register
-
-    register()
-    with initialize_config_module(config_module="xbench.conf", version_base="1.3"):
-        return _compose(config_name="config", overrides=list(overrides))

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import compose
+from tests.helpers import compose
 
 SMOKE = ["+experiment=smoke"]
 #: Every test image scored, so scoring assertions never depend on how many a 1-epoch model got right.

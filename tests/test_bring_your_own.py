@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import pytest
 
-from tests.test_perturbation import slow_curves
+from tests.references import slow_curves
 from xbench.explain import TfKerasVis, gradcam
 from xbench.models.adapt import AdaptError, adapted, as_classifier
 from xbench.models.card import model_card

@@ -118,7 +118,7 @@ def test_oracle_and_shortcut_marker_read_the_context_and_say_when_it_has_no_mask
 def test_reference_maps_compose_from_their_config_and_reject_a_bad_value(name, cls):
     from hydra.utils import instantiate
 
-    from tests.conftest import compose
+    from tests.helpers import compose
 
     ex = instantiate(compose([f"explainer={name}", "explainer.sigma=0.05"]).explainer)
     assert isinstance(ex, cls) and ex.sigma == 0.05 and ex.name == name

@@ -10,6 +10,9 @@ from xbench.perturbation.imputation import (
     road_fill,
 )
 
+#: Backend-sensitive kernel tests: tests/test_jax_backend.py reruns them under JAX.
+pytestmark = pytest.mark.jax_rerun
+
 
 def _batched(x, removed, **kw):
     return np.asarray(impute_batched(x, removed[..., None].astype(np.float32), **kw))

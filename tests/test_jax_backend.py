@@ -8,6 +8,7 @@ opportunistically when it is installed (its serialisation checks for
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -18,6 +19,10 @@ import pytest
 
 pytest.importorskip("jax")
 pytestmark = pytest.mark.slow
+
+#: What test_the_engine_explainer_and_aopc_tests_pass_on_jax reruns, and how many tests that is.
+JAX_RERUN_MARKS = "jax_rerun and not not_on_jax and not tensorflow and not slow"
+JAX_RERUN_COUNT = 128
 
 #: Runs before xbench in the child: TensorFlow does not exist there.
 BLOCK_TF = textwrap.dedent("""
@@ -120,17 +125,17 @@ def test_the_engine_explainer_and_aopc_tests_pass_on_jax():
     env = _jax_env(Path(os.environ.get("XBENCH_CACHE", "/tmp")) / "jax-kernels")
     probe = subprocess.run([sys.executable, "-c", "import keras; print(keras.backend.backend())"], env=env, capture_output=True, text=True, timeout=300)
     assert probe.stdout.strip() == "jax"  # tests/conftest.py only sets the backend where none is given
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_perturbation.py", "tests/test_imputation.py", "tests/test_metrics_aopc.py",
-                        "tests/test_explain.py", "tests/test_bring_your_own.py", "tests/test_incremental.py", "-m", "not tensorflow and not slow",
-                        # Block names are backend-free; DenseNet's and ResNet's JAX traces cost a minute each.
-                        # The pixel-order grid's larger cases repeat the small ones' code path.
-                        # A user's model is read the same way on any backend: the keras.applications kind and the
-                        # model files repeat the functional one's code path.
-                        "-k", "not densenet201 and not resnet50 and not 20-150-134 and not 20-7-7 and not 17-10-10"
-                              " and not applications and not h5_file and not keras_file and not refuses"],
+    # The set is the modules that carry the jax_rerun marker, less not_on_jax (DenseNet's and ResNet's traces cost a
+    # minute each; other cases repeat a smaller one's code path), and it is counted, so it cannot shrink unseen.
+    here = Path(__file__).resolve().parent
+    modules = sorted(str(f.relative_to(here.parent)) for f in here.rglob("test_*.py") if "\npytestmark = pytest.mark.jax_rerun\n" in f.read_text())
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *modules, "-m", JAX_RERUN_MARKS],
                        cwd=Path(__file__).resolve().parent.parent, env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:]
-    assert " passed" in r.stdout and "skipped" not in r.stdout and " failed" not in r.stdout
+    summary = r.stdout.strip().splitlines()[-1]  # "128 passed, 373 deselected in 95.20s"
+    passed = re.search(r"\b(\d+) passed\b", summary)
+    assert passed and "skipped" not in summary and "failed" not in summary and "error" not in summary, r.stdout[-3000:]
+    assert int(passed.group(1)) == JAX_RERUN_COUNT, f"{passed.group(1)} tests ran under JAX, {JAX_RERUN_COUNT} expected: update JAX_RERUN_COUNT only for tests added or removed on purpose"
 
 
 def test_the_engine_splits_its_batches_over_two_jax_devices_with_identical_curves(tmp_path):

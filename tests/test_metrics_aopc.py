@@ -12,6 +12,9 @@ from xbench.metrics.aopc import (
 from xbench.metrics.bootstrap import bootstrap_ci, bootstrap_diff
 from xbench.metrics.localisation import positive_mass_share
 
+#: Backend-sensitive kernel tests: tests/test_jax_backend.py reruns them under JAX.
+pytestmark = pytest.mark.jax_rerun
+
 
 def test_aopc_by_hand():
     # L = 3 steps: drops 0.5, 0.7, 0.9 -> sum 2.1 / (L + 1) = 0.525

@@ -4,6 +4,7 @@ import keras
 import numpy as np
 import pytest
 
+from tests.references import slow_curves, tiny_model
 from xbench.perturbation import (
     Blur,
     Constant,
@@ -17,53 +18,8 @@ from xbench.perturbation import (
 )
 from xbench.perturbation.perturbations import image_rng
 
-
-def tiny_model(h, w, c=3, seed=0):
-    keras.utils.set_random_seed(seed)
-    inp = keras.Input((h, w, 3))
-    x = keras.layers.Conv2D(4, 3, activation="relu")(inp)
-    x = keras.layers.MaxPooling2D(2)(x)
-    x = keras.layers.Flatten()(x)
-    x = keras.layers.Dense(c, name="logits")(x)
-    return keras.Model(inp, keras.layers.Softmax()(x))
-
-
-def slow_curves(model, images, heatmaps, region_size, order, perturbation, seed, ids, targets=None):
-    """Per image, per step: perturb one region in NumPy, call the model on one image."""
-    n, H, W, _ = images.shape
-    rows, cols = math.ceil(H / region_size), math.ceil(W / region_size)
-    out = []
-    for i in range(n):
-        boxes = [(r * region_size, min(H, (r + 1) * region_size), c * region_size, min(W, (c + 1) * region_size)) for r in range(rows) for c in range(cols)]
-        score = [float(np.sum(heatmaps[i, a:b, c:d], dtype=np.float64)) for a, b, c, d in boxes]
-        L = len(boxes)
-        if order == "morf":
-            seq = sorted(range(L), key=lambda r: (-score[r], r))
-        elif order == "lerf":
-            seq = sorted(range(L), key=lambda r: (score[r], r))
-        else:
-            seq = list(np.random.default_rng([seed, int(ids[i]), 0x0D]).permutation(L))
-        x = images[i].astype(np.float32).copy()
-        f = lambda z: np.asarray(model(z[None]))[0]
-        p0 = f(x)
-        t = int(np.argmax(p0)) if targets is None else int(targets[i])
-        curve = [p0[t]]
-        if perturbation.mask_dependent:  # ROAD: re-impute the whole removed set by a direct solve at every step
-            original, draws = x.copy(), perturbation.draws(x, image_rng(seed, ids[i]))
-            removed = np.zeros((H, W), bool)
-            for r in seq:
-                a, b, c, d = boxes[r]
-                removed[a:b, c:d] = True
-                curve.append(f(perturbation.exact(original, removed, draws))[t])
-            out.append(curve)
-            continue
-        g = perturbation(x, image_rng(seed, ids[i]))
-        for r in seq:
-            a, b, c, d = boxes[r]
-            x[a:b, c:d] = g[a:b, c:d]
-            curve.append(f(x)[t])
-        out.append(curve)
-    return np.asarray(out, np.float32)
+#: Backend-sensitive kernel tests: tests/test_jax_backend.py reruns them under JAX.
+pytestmark = pytest.mark.jax_rerun
 
 
 PERTURBATIONS = [GaussianNoise(0.1), UniformNoise(0.0, 1.0), Constant(0.5), ImageMean(), Blur(1.5), GaussianNoise(0.3, clip=False)]
@@ -257,7 +213,7 @@ def slow_pixel_curves(model, images, heatmaps, steps, order, perturbation, seed,
     return np.asarray(out, np.float32)
 
 
-@pytest.mark.parametrize("size, steps, k_eff", [(20, 8, 8), (20, 7, 7), (20, 150, 134), (17, 17, 17), (17, 10, 10)])
+@pytest.mark.parametrize("size, steps, k_eff", [(20, 8, 8), pytest.param(20, 7, 7, marks=pytest.mark.not_on_jax), pytest.param(20, 150, 134, marks=pytest.mark.not_on_jax), (17, 17, 17), pytest.param(17, 10, 10, marks=pytest.mark.not_on_jax)])
 @pytest.mark.parametrize("order", ["deletion", "insertion"])
 def test_pixel_orders_equal_the_slow_loop_on_device_and_host(size, steps, k_eff, order):
     rng = np.random.default_rng(size * 7 + steps)

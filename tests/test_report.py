@@ -5,42 +5,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from xbench.metrics.aopc import aopc_per_image
+from tests.references import report_job
 from xbench.pipeline import report
 from xbench.pipeline import results as R
 
 
-def _job(path, seed, backbone="vgg16", ids=(0, 1, 2, 3), drop=0.5):
-    ids = np.asarray(ids)
-    labels = np.zeros(len(ids), int)
-    curve = np.tile(np.linspace(1, drop, 5), (len(ids), 1)).astype(np.float32) + 0.01 * np.arange(len(ids))[:, None]
-    est = lambda v, n: R.Estimate(float(v), [float(v), float(v)], n)
-    cs = R.ClassScores(1.0, 1.0, 1.0, 1)
-    test = R.TestReport(["a", "b"], len(ids), {"a": cs, "b": cs}, 1.0, cs, cs, [[1, 0], [0, 1]])
-    curves = R.Curves(ids, labels, labels, labels, {("gradcam", "morf"): curve})
-    scores = {"gradcam": R.MethodScores({"morf": R.OrderScores(est(aopc_per_image(curve).mean(), len(ids)), [], {}, [])}, 0, 0, {})}
-    scoring = R.Scoring("gradcam", len(ids), len(ids), len(ids), "correct", "predicted", 4, [2, 2], 4, 4, {"name": "constant", "value": 0.0},
-                        ["morf"], scores, False, {}, 0.0)
-    data = R.DataSummary("synthetic", "/r", 8, ["a", "b"], ["b"], len(ids), {}, {}, 0, [], False, 0, [])
-    metrics = R.JobMetrics("0", "tensorflow", "3", "x", seed, data, R.ModelSummary(backbone, None, 1, 1), R.TrainingSummary({}, 0, 0.0, 0, False, {}),
-                           test, {}, {"model": {"backbone": backbone}, "seed": seed}, scoring)
-    return R.JobResult(Path(path), metrics, curves)
-
-
 def test_a_rerun_of_a_seed_is_not_a_second_seed():
-    groups = report.measurements([_job("a", 0, drop=0.5), _job("b", 0, drop=0.2)])
+    groups = report.measurements([report_job("a", 0, drop=0.5), report_job("b", 0, drop=0.2)])
     assert len(groups) == 1 and len(groups[0].jobs) == 1 and groups[0].jobs[0].path == Path("b")
     row = report.paper_table(groups).iloc[0]
     assert row["Seeds"] == 1 and "±" not in row["AOPC"]
 
 
 def test_models_are_paired_by_image_only_within_one_seed():
-    same = report.measurements([_job("v", 0, "vgg16"), _job("d", 0, "densenet201", ids=(2, 3, 4, 5), drop=0.2)])
+    same = report.measurements([report_job("v", 0, "vgg16"), report_job("d", 0, "densenet201", ids=(2, 3, 4, 5), drop=0.2)])
     r = report.compare(same[0], same[1], "gradcam", "gradcam", n_resamples=1000, seed=0)
     assert r["n_images"] == 2 and r["unit"] == "image" and r["diff"] < 0  # images 2 and 3, paired
-    other = report.measurements([_job("v", 0, "vgg16"), _job("d", 1, "densenet201")])
+    other = report.measurements([report_job("v", 0, "vgg16"), report_job("d", 1, "densenet201")])
     assert report.compare(other[0], other[1], "gradcam", "gradcam", n_resamples=1000, seed=0) is None
-    seeds = report.measurements([_job(f"v{s}", s, "vgg16") for s in (0, 1, 2)] + [_job(f"d{s}", s, "densenet201", drop=0.2 + 0.01 * s) for s in (0, 1, 2)])
+    seeds = report.measurements([report_job(f"v{s}", s, "vgg16") for s in (0, 1, 2)] + [report_job(f"d{s}", s, "densenet201", drop=0.2 + 0.01 * s) for s in (0, 1, 2)])
     r = report.compare(seeds[0], seeds[1], "gradcam", "gradcam", n_resamples=1000, seed=0)
     assert r["unit"] == "seed" and r["test"] == "paired t" and r["n_seeds"] == 3
 
@@ -50,7 +33,7 @@ def test_results_files_are_read_strictly(tmp_path):
 
     import pytest
 
-    job = _job(tmp_path, 0)
+    job = report_job(tmp_path, 0)
     R.write_metrics(tmp_path, job.metrics)
     assert R.read_metrics(tmp_path) == job.metrics  # round trip
     raw = json.loads((tmp_path / R.METRICS_FILE).read_text())
@@ -69,7 +52,7 @@ def test_results_files_are_read_strictly(tmp_path):
 
 def test_a_reference_map_is_read_only_on_the_images_with_its_ground_truth(tmp_path):
     """oracle as the configured explainer: images without a lesion (Normal) are in curves.npz but in none of its figures."""
-    job = _job("o", 0, ids=(0, 1, 2, 3))
+    job = report_job("o", 0, ids=(0, 1, 2, 3))
     curves = job.curves
     oracle = curves.get("gradcam", "morf").copy()
     oracle[2:] = np.linspace(50.0, 0.0, oracle.shape[1])  # rows 2, 3 (no lesion): a steep fall that would move every figure if read
@@ -89,7 +72,7 @@ def test_a_reference_map_is_read_only_on_the_images_with_its_ground_truth(tmp_pa
     # Several seeds: each seed's explainer and control means are over the images both count.
     seeds = []
     for s in (0, 1, 2):
-        j = _job(f"o{s}", s)
+        j = report_job(f"o{s}", s)
         c = j.curves.get("gradcam", "morf")
         j.curves.curves = {("oracle", "morf"): np.vstack([c[:2], np.tile(np.linspace(50.0, 0.0, c.shape[1]), (2, 1))]).astype(np.float32),
                            ("gradcam", "morf"): c}
@@ -101,7 +84,7 @@ def test_a_reference_map_is_read_only_on_the_images_with_its_ground_truth(tmp_pa
 
 
 def test_self_validation_pairs_localisation_with_random_by_image():
-    job = _job("v", 0, ids=(0, 1, 2, 3))
+    job = report_job("v", 0, ids=(0, 1, 2, 3))
     job.curves.curves[("random", "morf")] = job.curves.get("gradcam", "morf")
     job.metrics.scoring.gains_over_random = {"gradcam": R.Estimate(0.0, [0.0, 0.0], 4)}
     job.metrics.scoring.methods["gradcam"].localisation = {"lesion_mass": R.Estimate(0.3, [0.2, 0.4], 3)}
@@ -116,7 +99,7 @@ def test_self_validation_pairs_localisation_with_random_by_image():
 def test_metrics_written_before_the_pixel_orders_still_load(tmp_path):
     import json
 
-    job = _job(tmp_path, 0)
+    job = report_job(tmp_path, 0)
     R.write_metrics(tmp_path, job.metrics)
     raw = json.loads((tmp_path / R.METRICS_FILE).read_text())
     for key in ("pixel_steps", "pixels_per_step", "insertion_blur", "auc_gains_over_random"):

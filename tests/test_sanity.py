@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
+from tests.references import guided_case, guided_errors, tiny_bn_model
 from xbench.explain import (
     CenterControl,
     EdgeMap,
@@ -20,7 +21,7 @@ from xbench.explain import (
     edge_maps,
     gradcam,
 )
-from xbench.explain.guided import guided_backprop, guided_gradcam, guided_gradients
+from xbench.explain.guided import guided_backprop, guided_gradcam
 from xbench.explain.randomisation import (
     layer_groups,
     layer_seed,
@@ -213,18 +214,6 @@ def vgg():
     return build_classifier("vgg16", 2, 32, weights="none", seed=0)
 
 
-def _tiny_bn_model(seed=0):
-    keras.utils.set_random_seed(seed)
-    inp = keras.Input((12, 12, 3), name="image")
-    h = keras.layers.Conv2D(4, 3, padding="same", name="conv_a")(inp)
-    h = keras.layers.BatchNormalization(name="bn_a")(h)
-    h = keras.layers.Activation("relu", name="relu_a")(h)
-    h = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="conv_b")(h)
-    h = keras.layers.GlobalAveragePooling2D(name="gap")(h)
-    z = keras.layers.Dense(3, name="logits")(h)
-    return keras.Model(inp, keras.layers.Softmax(name="probs")(z))
-
-
 def test_vgg16_groups_top_down_and_cascading_steps(vgg):
     groups = layer_groups(vgg)
     assert [g.name for g in groups] == ["logits", "head", "block5", "block4", "block3", "block2", "block1"]
@@ -261,7 +250,7 @@ def test_densenet_groups_are_dense_blocks_and_transitions_and_bn_reinit_has_no_n
 
 
 def test_generic_model_groups_one_per_kernel_layer_with_its_batch_norm():
-    groups = layer_groups(_tiny_bn_model())
+    groups = layer_groups(tiny_bn_model())
     assert [(g.name, g.layers) for g in groups] == [("logits", ("logits",)), ("conv_b", ("conv_b",)), ("conv_a", ("conv_a", "bn_a"))]
 
 
@@ -295,7 +284,7 @@ def test_randomised_weights_are_seeded_per_layer(vgg):
 
 
 def test_reinitialisation_uses_the_layers_own_initialisers_and_resets_batch_norm():
-    model = _tiny_bn_model()
+    model = tiny_bn_model()
     bn = model.get_layer("bn_a")
     rng = np.random.default_rng(0)
     for v in bn.weights:  # a trained BN: nothing at its initial value
@@ -318,68 +307,15 @@ def test_reinitialisation_uses_the_layers_own_initialisers_and_resets_batch_norm
 # ------------------------------------------------------------------ guided backprop
 
 
-def _guided_case(guided_relu_cap=1.0):
-    """A Conv-ReLU-Conv(ReLU)-Dense-ReLU(cap)-Dense model and its guided backprop computed by hand in NumPy.
-
-    Returns (model, images, targets, guided reference, plain-gradient reference), references (N, 6, 6, 3) float64.
-    """
-    keras.utils.set_random_seed(0)
-    inp = keras.Input((6, 6, 3), name="image")
-    h = keras.layers.Conv2D(4, 3, name="conv1")(inp)  # valid: 4 x 4
-    h = keras.layers.Activation("relu", name="act1")(h)
-    h = keras.layers.Conv2D(4, 1, activation="relu", name="conv2")(h)
-    h = keras.layers.Flatten(name="flat")(h)
-    h = keras.layers.Dense(6, name="dense")(h)
-    h = keras.layers.ReLU(max_value=guided_relu_cap, name="relu_cap")(h)
-    z = keras.layers.Dense(3, name="logits")(h)
-    model = keras.Model(inp, keras.layers.Softmax(name="probs")(z))
-    rng = np.random.default_rng(0)
-    params = [rng.normal(scale=0.6, size=w.shape) for w in model.get_weights()]
-    model.set_weights([p.astype(np.float32) for p in params])
-    W1, b1, W2, b2, W3, b3, W4, b4 = params
-    x = rng.random((4, 6, 6, 3))
-    t = np.array([0, 1, 2, 1])
-
-    z1 = np.zeros((4, 4, 4, 4))
-    for i in range(4):
-        for j in range(4):
-            z1[:, i, j] = np.einsum("nabc,abck->nk", x[:, i : i + 3, j : j + 3], W1) + b1
-    z2 = np.einsum("nijc,ck->nijk", np.maximum(z1, 0), W2[0, 0]) + b2
-    z3 = np.maximum(z2, 0).reshape(4, -1) @ W3 + b3
-
-    def backward(guided):
-        gate = lambda z, R, cap=None: R * (z > 0) * ((z < cap) if cap else 1) * ((R > 0) if guided else 1)
-        R = gate(z3, W4[:, t].T, guided_relu_cap)
-        R = gate(z2, (R @ W3.T).reshape(4, 4, 4, 4))
-        R = gate(z1, np.einsum("nijk,ck->nijc", R, W2[0, 0]))
-        Rx = np.zeros_like(x)
-        for i in range(4):
-            for j in range(4):
-                Rx[:, i : i + 3, j : j + 3] += np.einsum("nk,abck->nabc", R[:, i, j], W1)
-        return Rx
-
-    assert ((z3 > 0) & (z3 < guided_relu_cap)).any() and (z3 > guided_relu_cap).any()  # the cap gates something
-    return model, x.astype(np.float32), t, backward(True), backward(False)
-
-
-def _guided_errors() -> dict:
-    """Max errors of guided_gradients against the guided and the plain NumPy references (also run under JAX)."""
-    model, x, t, ref, plain = _guided_case()
-    ours = guided_gradients(model, x, targets=t, batch_size=3)
-    scale = np.abs(ref).max()
-    return {"guided": float(np.abs(ours - ref).max() / scale), "plain": float(np.abs(ours - plain).max() / scale),
-            "relu_kept": model.get_layer("conv2").activation is keras.activations.relu}
-
-
 def test_guided_backprop_equals_a_numpy_reference():
-    err = _guided_errors()
+    err = guided_errors()
     assert err["guided"] < 1e-5
     assert err["plain"] > 1e-2  # the case tells guided from plain gradients
     assert err["relu_kept"]
 
 
 def test_guided_backprop_does_not_modify_the_model_and_guided_gradcam_is_its_product_with_gradcam():
-    model, x, t, ref, _ = _guided_case()
+    model, x, t, ref, _ = guided_case()
     before = [w.copy() for w in model.get_weights()]
     out_before = np.asarray(model(x))
     maps = guided_backprop(model, x, targets=t)
@@ -478,7 +414,7 @@ def test_guided_backprop_of_the_trained_model_fails_and_independent_steps_random
 def test_the_new_explainers_compose_from_their_config_files():
     from hydra.utils import instantiate
 
-    from tests.conftest import compose
+    from tests.helpers import compose
     from xbench.explain import GuidedGradCAM
 
     for name, cls in {"guided_backprop": GuidedBackprop, "guided_gradcam": GuidedGradCAM, "edge": EdgeMap}.items():
@@ -492,18 +428,18 @@ def test_randomisation_gradcam_and_guided_backprop_under_jax(tmp_path):
         import json
         import keras
         import numpy as np
-        from tests.test_sanity import _guided_errors, _tiny_bn_model
+        from tests.references import guided_errors, tiny_bn_model
         from xbench.explain import CenterControl, GradCAM
         from xbench.explain.randomisation import randomised_copy
         from xbench.pipeline.sanity import randomisation_check
 
-        model = _tiny_bn_model()
+        model = tiny_bn_model()
         x = np.random.default_rng(0).random((4, 12, 12, 3)).astype(np.float32)
         k = lambda m: np.asarray(m.get_layer("conv_a").kernel)
         a, b = randomised_copy(model, ("conv_a",), 3), randomised_copy(model, ("conv_a",), 3)
         cam = randomisation_check(model, x, None, GradCAM(), n_pairs=10, bootstrap=1000)
         center = randomisation_check(model, x, None, CenterControl(), n_pairs=10, bootstrap=1000)
-        print(json.dumps({"backend": keras.backend.backend(), "guided": _guided_errors(),
+        print(json.dumps({"backend": keras.backend.backend(), "guided": guided_errors(),
                           "same_seed_same_weights": bool(np.array_equal(k(a), k(b))), "changed": bool(not np.array_equal(k(a), k(model))),
                           "cam_finite": bool(all(np.isfinite(s.per_image[m]).all() for s in cam.steps for m in s.per_image)),
                           "cam_steps": [s.name for s in cam.steps],
@@ -553,7 +489,7 @@ def test_the_job_check_scores_the_randomised_maps_on_both_models_as_a_direct_com
 
 @pytest.mark.slow
 def test_a_job_with_the_check_records_it_in_metrics_summary_plots_and_report(tmp_path, cache_dir):
-    from tests.conftest import compose
+    from tests.helpers import compose
     from xbench.apps.report import main as report_main
     from xbench.apps.run import run
     from xbench.pipeline import results
@@ -576,7 +512,7 @@ def test_a_job_with_the_check_records_it_in_metrics_summary_plots_and_report(tmp
 
 
 def test_a_bad_sanity_value_is_one_line_naming_the_key():
-    from tests.conftest import compose
+    from tests.helpers import compose
     from xbench.apps.run import build_job
     from xbench.core.errors import ConfigError
 

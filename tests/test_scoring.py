@@ -126,7 +126,7 @@ def test_scoring_streams_the_images_host_memory_grows_by_less_than_one_float_ima
 
 
 def _pixel_job_inputs(n=8, size=16):
-    from tests.test_perturbation import tiny_model
+    from tests.references import tiny_model
 
     rng = np.random.default_rng(7)
     images = (rng.random((n, size, size, 3)) * 255).astype(np.uint8)
@@ -138,7 +138,7 @@ def _pixel_job_inputs(n=8, size=16):
 def test_deletion_and_insertion_are_scored_for_the_explainer_and_random_and_reported(tmp_path):
     import pandas as pd
 
-    from tests.test_report import _job
+    from tests.references import report_job as _job
     from xbench.apps.report import build_report
     from xbench.explain import CenterControl, RandomControl
     from xbench.metrics.insertion_deletion import auc_per_image

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import compose
+from tests.helpers import compose
 from xbench.pipeline import results, tracking
 from xbench.pipeline.tracking import TrackingSettings
 

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.helpers import compose
 from xbench.apps.run import preflight, run
 from xbench.core.errors import ConfigError, DataError, XbenchError
 
-from ..conftest import compose
-from .conftest import xbench
+from .helpers import xbench
 
 # ---------------------------------------------------------------- config ----
 CONFIG_CASES = [

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from .conftest import JOB, load_metrics, xbench
+from .helpers import JOB, load_metrics, xbench
 
 pytestmark = pytest.mark.slow
 

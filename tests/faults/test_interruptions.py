@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from .conftest import JOB, figures, killed, load_metrics, xbench
+from .helpers import JOB, figures, killed, load_metrics, xbench
 
 pytestmark = pytest.mark.slow
 

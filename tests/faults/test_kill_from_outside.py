@@ -19,7 +19,7 @@ import pytest
 
 from xbench.core import io
 
-from .conftest import JOB, figures, load_metrics
+from .helpers import JOB, figures, load_metrics
 
 pytestmark = pytest.mark.slow
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from .conftest import JOB, figures, load_metrics, xbench
+from .helpers import JOB, figures, load_metrics, xbench
 
 pytestmark = pytest.mark.slow
 

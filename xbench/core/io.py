@@ -13,8 +13,13 @@ import contextlib
 import io
 import json
 import logging
+import multiprocessing
+import multiprocessing.context
 import os
+import sys
 import tempfile
+import threading
+import types
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -233,17 +238,22 @@ def _cmdline(pid: int) -> str:
 
 
 def process_pool(workers: int):
-    """A ``ProcessPoolExecutor`` whose workers neither hold the parent's locks nor outlive it (threads under a launcher with its own start method).
+    """A ``ProcessPoolExecutor`` whose workers neither hold the parent's locks, nor re-run its script, nor outlive it (threads under a launcher with its own start method).
 
     Workers are spawned (a fresh interpreter, not a fork): a forked worker
     shares every open file of its parent, so a lock held by the parent at
     fork time would stay held for as long as the worker lives, and forked
     workers hold each other's pipe ends, so none notices its parent die.
+    A spawned worker would also re-run the parent's ``__main__`` (a user's
+    script without ``if __name__ == "__main__":`` re-entered the job in every
+    worker, which then waited for the lock its parent held, for ever; a
+    script fed on standard input broke the pool): xbench's workers start
+    without it (:class:`_NoMainProcess`), so what they run must live in an
+    importable module, never in ``__main__``.
     On Linux each worker also asks the kernel to kill it when its parent
     dies (``PR_SET_PDEATHSIG``), so a parent killed by SIGKILL (the OOM
     killer) leaves no orphan.
     """
-    import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
     if multiprocessing.get_start_method(allow_none=True) not in (None, "fork", "spawn", "forkserver"):
@@ -251,8 +261,54 @@ def process_pool(workers: int):
         # would try to restore that method and fail: use threads, which hold no lock of their
         # own and cannot outlive the process.
         return ThreadPoolExecutor(max_workers=workers)
-    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+    return ProcessPoolExecutor(max_workers=workers, mp_context=_NoMainContext(),
                                initializer=die_with_parent, initargs=(os.getpid(),))
+
+
+class _MainStandIn(types.ModuleType):
+    """``__main__`` while a worker starts: no file and no spec, so the worker does not run it; any other name is the real one's."""
+
+    def __init__(self, real: types.ModuleType):
+        super().__init__("__main__")
+        self._xbench_real = real
+
+    def __getattr__(self, name: str):
+        if name in ("__file__", "__spec__"):
+            raise AttributeError(name)
+        return getattr(self._xbench_real, name)
+
+
+_hiding_main = threading.Lock()
+
+
+class _NoMainProcess(multiprocessing.context.SpawnProcess):
+    """A spawned process that does not re-run the parent's ``__main__``.
+
+    Spawn decides from ``sys.modules["__main__"]`` at start time
+    (``multiprocessing.spawn.get_preparation_data``): with a module name in
+    its ``__spec__`` the child re-imports that module
+    (``_fixup_main_from_name``), with a ``__file__`` it runs that file
+    (``_fixup_main_from_path``; ``<stdin>`` is no file, so the child dies),
+    with neither it leaves ``__main__`` alone. For the few milliseconds of
+    ``start`` the parent's ``__main__`` is a stand-in with neither, which
+    hands every other name to the real one (a thread pickling a ``__main__``
+    object meanwhile still finds it).
+    """
+
+    def start(self):
+        with _hiding_main:
+            real = sys.modules["__main__"]
+            sys.modules["__main__"] = _MainStandIn(real)
+            try:
+                super().start()
+            finally:
+                sys.modules["__main__"] = real
+
+
+class _NoMainContext(multiprocessing.context.SpawnContext):
+    """The spawn start method with :class:`_NoMainProcess`."""
+
+    Process = _NoMainProcess
 
 
 def die_with_parent(parent: int) -> None:

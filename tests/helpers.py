@@ -1,0 +1,59 @@
+"""Helpers shared by test modules (a plain module: no test imports another test module).
+
+- :func:`python` / :func:`xbench`: run Python or ``python -m xbench`` in a subprocess,
+  with a private cache and no fault injected (the one way tests start xbench from outside).
+- :func:`compose`: the shipped config, composed with overrides by Hydra's compose API.
+
+Reference implementations and small models are in :mod:`tests.references`.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def env(cache: str | os.PathLike | None = None, **extra: str) -> dict:
+    """This process's environment, with ``XBENCH_CACHE=cache`` (when given), quiet TensorFlow, no fault, plus ``extra``."""
+    e = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    e.pop("XBENCH_FAULT", None)
+    if cache is not None:
+        e["XBENCH_CACHE"] = str(cache)
+    e.update(extra)
+    return e
+
+
+def python(args, *, cwd=None, cache=None, extra_env=None, input: str | None = None, timeout: float = 900,
+           check: bool = False) -> subprocess.CompletedProcess:
+    """``python *args`` in a subprocess (text output captured); with ``check`` a non-zero exit fails the test with the end of stderr."""
+    r = subprocess.run([sys.executable, *map(str, args)], cwd=cwd, env=env(cache, **(extra_env or {})), input=input,
+                       capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
+def xbench(args, *, cwd=None, cache=None, extra_env=None, timeout: float = 900, check: bool = False) -> subprocess.CompletedProcess:
+    """``python -m xbench *args`` in a subprocess (see :func:`python`)."""
+    return python(["-m", "xbench", *args], cwd=cwd, cache=cache, extra_env=extra_env, timeout=timeout, check=check)
+
+
+def main_file(_=None) -> str | None:
+    """The ``__file__`` of this process's ``__main__`` (run in a pool worker: ``None`` unless it re-ran its parent's script)."""
+    return getattr(sys.modules["__main__"], "__file__", None)
+
+
+def compose(overrides=()):
+    """Compose the real config (conf/ as shipped) with overrides."""
+    from hydra import compose as _compose
+    from hydra import initialize_config_module
+
+    from xbench.apps.config import register
+
+    register()
+    with initialize_config_module(config_module="xbench.conf", version_base="1.3"):
+        return _compose(config_name="config", overrides=list(overrides))
