@@ -143,7 +143,7 @@ def _composed(overrides):
                                        ["model=file", "model.path=m.keras", "data=folder", "data.root=/tmp/x"]])
 def test_identity_and_metric_keys_of_a_composed_config_are_declared_by_field_metadata(overrides):
     config = _composed(overrides)
-    job = _job("j", 0)
+    job = report_job("j", 0)
     job.metrics.config = config
     ident = report.identity(job)
     keys = set(report._flatten(config)) | set(ident)
@@ -161,7 +161,7 @@ def test_a_setting_without_metadata_is_part_of_the_identity_and_metadata_moves_w
 
     # The entry point's schema only redeclares defaults: its fields (and their order, which metrics.json keeps) are JobConfig's.
     assert [f.name for f in dataclasses.fields(XbenchConfig)] == [f.name for f in dataclasses.fields(settings.JobConfig)]
-    job = _job("j", 0)
+    job = report_job("j", 0)
     job.metrics.config = {"score": {"chunk_images": 4, "planted_knob": 3}, "seed": 1, "perturbation": {"name": "constant"}}
     ident = report.identity(job)
     assert ident["score.planted_knob"] == 3 and "score.chunk_images" not in ident and "seed" not in ident
