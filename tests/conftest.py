@@ -23,3 +23,26 @@ def phantom_db(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("phantoms") / "COVID-19_Radiography_Dataset"
     write_database(root, SynthSpec(n_per_class=12, seed=3, difficulty=0.3, shortcut_class="Normal", shortcut_fraction=0.5), workers=1)
     return root
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory, cache_dir):
+    """One smoke job, every test image scored, in the session cache: (run folder, its JobMetrics)."""
+    from tests.helpers import compose
+    from xbench.apps.run import run
+
+    out = tmp_path_factory.mktemp("run")
+    return out, run(compose(["+experiment=smoke", "score.subset=all"]), out)
+
+
+@pytest.fixture(scope="session")
+def warm_cache(smoke_run, cache_dir) -> Path:
+    """The session cache once the smoke job has run in it: the smoke phantoms, their decoded images, the smoke VGG16 model.
+
+    Tests that do not test a cold cache share it (``XBENCH_CACHE`` for their
+    subprocesses) rather than each writing its own: every entry is keyed by
+    what it holds and written atomically under a lock, and decoded images are
+    keyed by their files' absolute paths, so a copy would miss them. A test
+    that damages cache entries uses a cache of its own.
+    """
+    return cache_dir

@@ -57,3 +57,32 @@ def compose(overrides=()):
     register()
     with initialize_config_module(config_module="xbench.conf", version_base="1.3"):
         return _compose(config_name="config", overrides=list(overrides))
+
+
+def refusal(args, cache: str | os.PathLike) -> tuple[int, str]:
+    """xbench's command-line entry (:func:`xbench.apps.run.main`) in this process on ``args``, expected to refuse.
+
+    Returns (exit code, stderr). The refusals come from the preflight, before any
+    job starts, so running them here costs no interpreter start; ``cache`` is the
+    job cache the command line would use (to see nothing was written there).
+    One real subprocess (tests/test_app.py) checks the same entry from outside.
+    """
+    import contextlib
+    import io
+
+    import pytest
+
+    from xbench.apps.run import main
+
+    err, argv, before = io.StringIO(), sys.argv, os.environ.get("XBENCH_CACHE")
+    sys.argv, os.environ["XBENCH_CACHE"] = ["xbench", *map(str, args)], str(cache)
+    try:
+        with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as stop:
+            main()
+    finally:
+        sys.argv = argv
+        if before is None:
+            os.environ.pop("XBENCH_CACHE", None)
+        else:
+            os.environ["XBENCH_CACHE"] = before
+    return stop.value.code, err.getvalue()

@@ -11,11 +11,16 @@ import keras
 import numpy as np
 import pytest
 
+from tests.helpers import refusal, xbench
 from tests.references import slow_curves
 from xbench.explain import TfKerasVis, gradcam
 from xbench.models.adapt import AdaptError, adapted, as_classifier
 from xbench.models.card import model_card
 from xbench.perturbation import GaussianNoise, perturbation_curves
+
+#: Backend-sensitive kernel tests: tests/test_jax_backend.py reruns them under JAX.
+pytestmark = pytest.mark.jax_rerun
+
 
 S = 32
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -116,7 +121,10 @@ def _model(kind, tmp_path):
     return make(), layer, binary
 
 
-ALL_KINDS = [*KINDS, "keras_file", "h5_file"]
+#: Under JAX (tests/test_jax_backend.py) the keras.applications kind and the model files are left out: they repeat the functional one's code path.
+_SAME_PATH = pytest.mark.not_on_jax
+ALL_KINDS = [*(pytest.param(k, marks=_SAME_PATH) if k == "applications" else k for k in KINDS),
+             pytest.param("keras_file", marks=_SAME_PATH), pytest.param("h5_file", marks=_SAME_PATH)]
 TARGETS = {False: np.array([0, 1, 2, 1]), True: np.array([0, 1, 1, 0])}
 
 
@@ -262,8 +270,7 @@ def _phantom_folder(phantom_db: Path, dst: Path, per_class: int = 4, rename=lamb
 
 
 def _cli(args, cwd, cache):
-    env = {**os.environ, "XBENCH_CACHE": str(cache), "KERAS_BACKEND": "tensorflow"}
-    return subprocess.run([sys.executable, "-m", "xbench", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    return xbench(args, cwd=cwd, cache=cache, extra_env={"KERAS_BACKEND": "tensorflow"})
 
 
 @pytest.mark.slow
@@ -335,6 +342,7 @@ def test_cli_scores_a_model_file_on_a_folder_as_the_python_api_does(tmp_path, ph
     assert not np.allclose(third.curves.curves[("gradcam", "morf")], c.curves[("gradcam", "morf")])
 
 
+@pytest.mark.not_on_jax  # the command line's refusals are backend-free
 def test_cli_refuses_in_one_line_before_any_work(tmp_path, phantom_db):
     _phantom_folder(phantom_db, tmp_path / "data", per_class=1)
     keras.utils.set_random_seed(0)
@@ -359,11 +367,11 @@ def test_cli_refuses_in_one_line_before_any_work(tmp_path, phantom_db):
         (["model=file", f"model.path={tmp_path / 'two.keras'}", "data=folder", f"data.root={tmp_path / 'data' / 'images'}"],
          "model.path: the model has 2 outputs"),
     ]
-    for args, want in cases:
-        r = _cli(args, tmp_path, tmp_path / "cache")
-        err = [l for l in r.stderr.splitlines() if l.startswith("xbench: error")]
-        assert r.returncode == 2 and len(err) == 1 and want in err[0], (args, r.stderr[-2000:])
-        assert "Traceback" not in r.stderr
+    for args, want in cases:  # in this process (one real subprocess: tests/test_app.py)
+        code, stderr = refusal(args, tmp_path / "cache")
+        err = [l for l in stderr.splitlines() if l.startswith("xbench: error")]
+        assert code == 2 and len(err) == 1 and want in err[0], (args, stderr[-2000:])
+        assert "Traceback" not in stderr
     assert not (tmp_path / "cache").exists()  # refused before decoding anything
 
 

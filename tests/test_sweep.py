@@ -1,22 +1,18 @@
 """A real multirun in a subprocess, the report on it, and a second sweep that reuses the cached models."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from tests.helpers import python
+
 pytestmark = pytest.mark.slow
 
 
 def _run(args, cwd, cache, timeout=900):
-    env = {**os.environ, "XBENCH_CACHE": str(cache), "PYTHONWARNINGS": "ignore"}
-    r = subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return r
+    return python(args, cwd=cwd, cache=cache, extra_env={"PYTHONWARNINGS": "ignore"}, timeout=timeout, check=True)
 
 
 def _jobs(folder: Path):
@@ -24,9 +20,10 @@ def _jobs(folder: Path):
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory):
+def sweep(tmp_path_factory, warm_cache):
+    """The smoke sweep over two backbones, sharing the session's warm cache (its VGG16 model is the smoke job's)."""
     tmp = tmp_path_factory.mktemp("sweep")
-    cache = tmp / "cache"
+    cache = warm_cache
     _run(["-m", "xbench", "-m", "+experiment=smoke", "score.subset=all", "model=vgg16,mobilenetv2", "hydra.sweep.dir=sweep1"], tmp, cache)
     return tmp, cache
 

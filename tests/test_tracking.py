@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.helpers import compose
+from tests.helpers import compose, xbench
 from xbench.pipeline import results, tracking
 from xbench.pipeline.tracking import TrackingSettings
 
@@ -21,10 +21,7 @@ SWEEP = ["+experiment=smoke", "score.subset=all", "train.epochs=2", "tracking=ml
 
 
 def _xbench(args, cwd, cache, timeout=900):
-    env = {**os.environ, "XBENCH_CACHE": str(cache), "PYTHONWARNINGS": "ignore"}
-    r = subprocess.run([sys.executable, "-m", "xbench", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return r
+    return xbench(args, cwd=cwd, cache=cache, extra_env={"PYTHONWARNINGS": "ignore"}, timeout=timeout, check=True)
 
 
 def _jobs(folder: Path) -> list[Path]:
@@ -58,12 +55,12 @@ def _children() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory):
-    """Two smoke jobs (one model, two perturbations) logged to a SQLite store: (tmp, cache, uri, job folders)."""
+def sweep(tmp_path_factory, warm_cache):
+    """Two smoke jobs (one model, two perturbations) logged to a SQLite store: (tmp, cache, uri, job folders); the phantoms and images from the warm cache."""
     tmp = tmp_path_factory.mktemp("tracking")
     uri = f"sqlite:///{tmp / 'store' / 'mlflow.db'}"
-    _xbench(["-m", *SWEEP, "perturbation.sigma=0.05,0.2", f"tracking.uri={uri}", "hydra.sweep.dir=sweep"], tmp, tmp / "cache")
-    return tmp, tmp / "cache", uri, _jobs(tmp / "sweep")
+    _xbench(["-m", *SWEEP, "perturbation.sigma=0.05,0.2", f"tracking.uri={uri}", "hydra.sweep.dir=sweep"], tmp, warm_cache)
+    return tmp, warm_cache, uri, _jobs(tmp / "sweep")
 
 
 @pytest.mark.slow

@@ -4,7 +4,6 @@ One small multirun (a tiny random CNN read through model=file, two explainers, 8
 """
 
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -18,6 +17,7 @@ import pytest
 
 pytest.importorskip("streamlit")
 
+from tests.helpers import xbench  # noqa: E402
 from xbench.metrics.aopc import aopc_per_image  # noqa: E402
 from xbench.pipeline import results  # noqa: E402
 from xbench.pipeline import view_data as V  # noqa: E402
@@ -26,7 +26,7 @@ APP = str(Path(__file__).resolve().parents[1] / "xbench" / "apps" / "view" / "ap
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory):
+def sweep(tmp_path_factory, warm_cache):
     import keras
 
     tmp = tmp_path_factory.mktemp("view")
@@ -37,10 +37,8 @@ def sweep(tmp_path_factory):
     x = keras.layers.Conv2D(16, 3, activation="relu", padding="same", name="c2")(x)
     x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
     keras.Model(inp, keras.layers.Dense(4, activation="softmax", name="pred")(x)).save(tmp / "tiny.keras")
-    env = {**os.environ, "XBENCH_CACHE": str(tmp / "cache"), "PYTHONWARNINGS": "ignore"}
-    r = subprocess.run([sys.executable, "-m", "xbench", "-m", "+experiment=smoke", "score.subset=all", "model=file", f"model.path={tmp / 'tiny.keras'}",
-                        "explainer=gradcam,saliency", "hydra.sweep.dir=sweep"], cwd=tmp, env=env, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
+    xbench(["-m", "+experiment=smoke", "score.subset=all", "model=file", f"model.path={tmp / 'tiny.keras'}", "explainer=gradcam,saliency",
+            "hydra.sweep.dir=sweep"], cwd=tmp, cache=warm_cache, extra_env={"PYTHONWARNINGS": "ignore"}, timeout=600, check=True)
     return tmp / "sweep"
 
 
@@ -114,7 +112,7 @@ def test_workspace_reads_only_inside_its_folders(sweep, tmp_path):
     ws = V.Workspace([sweep])
     assert [p.name for p in ws.jobs()] == ["0", "1"]
     assert ws.check(sweep / "0") == (sweep / "0").resolve()
-    for outside in (tmp_path, sweep / ".." / "cache", "/etc"):
+    for outside in (tmp_path, sweep / ".." / "tiny.keras", "/etc"):
         with pytest.raises(V.ViewerError, match="outside the folders"):
             ws.check(outside)
     (sweep / "link").symlink_to(tmp_path)  # a link inside that points outside is refused too
