@@ -144,7 +144,7 @@ def test_deletion_and_insertion_are_scored_for_the_explainer_and_random_and_repo
     from xbench.metrics.insertion_deletion import auc_per_image
     from xbench.perturbation import Constant
     from xbench.pipeline import results as R
-    from xbench.pipeline.job_plots import scoring_plots
+    from xbench.pipeline.plots.job import scoring_plots
 
     model, images, preds = _pixel_job_inputs()
     settings = ScoreSettings(orders=["morf", "deletion", "insertion"], region_size=4, bootstrap=1000, pixel_steps=10)

@@ -31,7 +31,7 @@ from xbench.models.build import head_layers
 from xbench.models.card import model_card
 from xbench.pipeline import results
 from xbench.pipeline.checks import check_model_outputs
-from xbench.pipeline.job_plots import write_job_plots
+from xbench.pipeline.plots.job import write_job_plots
 from xbench.pipeline.scoring import GroundTruth, ScoreSettings, score_model
 from xbench.pipeline.settings import SanitySettings
 from xbench.pipeline.store import CachedExplainer, CurveStore, ModelStore, model_key
