@@ -491,8 +491,17 @@ def metric_reliability(jobs: Sequence[results.JobResult], n_resamples: int = 200
         DataFrame with columns group, computed, methods, value, ci_low,
         ci_high, n_images, n_variants, note (empty when no group exists).
     """
-    from xbench.metrics import reliability as rel
+    found, apart = _reliability_groups(jobs)
+    rows: list[dict] = []
+    for (rest, s), variants in found.items():
+        rows += _group_rows(dict(rest), s, variants, apart, n_resamples, seed)
+    cols = ["group", "computed", "methods", "value", "ci_low", "ci_high", "n_images", "n_variants", "note"]
+    return pd.DataFrame(rows, columns=cols)
 
+
+def _reliability_groups(jobs: Sequence[results.JobResult]) -> tuple[dict, list[str]]:
+    """The reliability groups {(identity less the metric's settings, seed): {variant: (job, identity)}} of two or more
+    variants, and the keys that tell apart groups sharing a label (explainer, model, seed)."""
     by_key: dict[tuple, dict[tuple, tuple[results.JobResult, dict]]] = {}
     for j in jobs:
         if j.scoring is None or j.curves is None:
@@ -502,7 +511,6 @@ def metric_reliability(jobs: Sequence[results.JobResult], n_resamples: int = 200
         # score.orders is left out of the variant: two jobs that differ only in it have the same MoRF curves (the later job is kept)
         variant = tuple(sorted((k, json.dumps(v, sort_keys=True, default=str)) for k, v in ident.items() if _is_variant_key(k)))
         by_key.setdefault((rest, j.metrics.seed), {})[variant] = (j, ident)  # a rerun of the same variant: the later job
-    rows: list[dict] = []
     found = {k: v for k, v in by_key.items() if len(v) >= 2}
     # What else tells apart groups that share a label (explainer, model, seed): a key that varies only
     # between labels (an explainer's own parameters, a model's Grad-CAM layer) says nothing new.
@@ -512,61 +520,78 @@ def metric_reliability(jobs: Sequence[results.JobResult], n_resamples: int = 200
         by_label.setdefault((r.get("explainer.name"), r.get("model.backbone"), s), []).append(r)
     apart = sorted({k for rs in by_label.values() if len(rs) > 1 for k in {k for r in rs for k in r}
                     if k not in ("model.backbone", "explainer.name") and len({r.get(k) for r in rs}) > 1})
-    for (rest, s), variants in found.items():
-        vjobs = [j for j, _ in variants.values()]
-        idents = [ident for _, ident in variants.values()]
-        varying = sorted({k for i in idents for k in i if _is_variant_key(k)
-                          and len({json.dumps(x.get(k), default=str) for x in idents}) > 1})
-        if "perturbation" in varying:  # the label already holds the perturbation's name and parameters
-            varying = [k for k in varying if not k.startswith("perturbation.")]
-        names = [", ".join(f"{k}={i.get(k)}" for k in varying) or j.path.name for i, j in zip(idents, vjobs)]
-        sc0 = vjobs[0].scoring
-        label = f"{sc0.explainer} on {vjobs[0].metrics.model.backbone}, seed {s}" + "".join(f", {k}={json.loads(dict(rest)[k])}" for k in apart if k in dict(rest))
-        ids = vjobs[0].curves.image_ids
-        for j in vjobs[1:]:
-            ids = np.intersect1d(ids, j.curves.image_ids)
-        ids = np.sort(np.asarray(ids))
-        methods = [m for m in sc0.methods if all(m in j.scoring.methods and j.curves.get(m, "morf") is not None for j in vjobs)]
-        methods = [sc0.explainer] + [m for m in methods if m != sc0.explainer] if sc0.explainer in methods else methods
-        if not methods or len(ids) < 2:
-            continue
-        morf = np.stack([np.stack([_aligned(j, m, "morf", ids) for m in methods]) for j in vjobs])  # (V, M, N)
-        res = rel.reliability(morf, names, methods, n_resamples=n_resamples, seed=seed)
-        common = {"group": label, "n_variants": len(vjobs)}
-        for m in methods:
-            pm = res["per_method"][m]
-            for what, key in (("mean pairwise Spearman of per-image AOPC", "spearman"), ("Krippendorff's alpha (interval) of per-image AOPC", "alpha")):
-                rows.append({**common, "computed": f"internal consistency over the MoRF variants: {what}", "methods": m,
-                             "value": pm[key]["value"], "ci_low": pm[key]["ci95"][0], "ci_high": pm[key]["ci95"][1], "n_images": pm["n_images"],
-                             "note": "the explainer" if m == sc0.explainer else "control or reference map"})
-        tau = res["kendall_tau"]
-        rows.append({**common, "computed": "inter-method reliability: mean Kendall tau-b of the method ranking (mean AOPC) between MoRF variants",
-                     "methods": ", ".join(methods), "value": tau["value"], "ci_low": tau["ci95"][0], "ci_high": tau["ci95"][1], "n_images": int(len(ids)),
-                     "note": "MoRF variants only: controls are scored MoRF only" + ("" if len(methods) >= 2 else "; fewer than 2 methods, no ranking")})
-        ex = sc0.explainer
-        if ex in methods:
-            per, vn = [], []
-            for j, nm in zip(vjobs, names):
-                for order in ("morf", "lerf", "abpc"):
-                    v = _aligned(j, ex, order, ids)
-                    if v is not None:
-                        per.append(v)
-                        vn.append(f"{nm} {order.upper() if order != 'abpc' else 'ABPC'}")
-            if len(per) > len(vjobs):  # LeRF (and ABPC) exist: the orders are variants too
-                allv = rel.reliability(np.stack(per)[:, None, :], vn, [ex], n_resamples=n_resamples, seed=seed)["per_method"][ex]
-                for what, key in (("mean pairwise Spearman of per-image values", "spearman"), ("Krippendorff's alpha (interval) of per-image values", "alpha")):
-                    rows.append({**common, "n_variants": len(per), "computed": f"internal consistency over MoRF, LeRF and ABPC variants: {what}",
-                                 "methods": ex, "value": allv[key]["value"], "ci_low": allv[key]["ci95"][0], "ci_high": allv[key]["ci95"][1],
-                                 "n_images": allv["n_images"], "note": "orders as computed (LeRF AOPC not sign-flipped)"})
-        with_lerf = [j for j in vjobs if j.curves.get("random", "morf") is not None and j.curves.get("random", "lerf") is not None]
-        for j in with_lerf:
-            rows += _random_abpc_rows(j, label, n_resamples)
-        if not with_lerf and any("random" in j.scoring.methods for j in vjobs):
-            rows.append({"group": label, "computed": "random control ABPC (LeRF - MoRF area)", "methods": "random", "value": np.nan, "ci_low": np.nan,
-                         "ci_high": np.nan, "n_images": 0, "n_variants": len(vjobs),
-                         "note": "not available: the random control is scored MoRF only (controls are); explainer=random scores both orders"})
-    cols = ["group", "computed", "methods", "value", "ci_low", "ci_high", "n_images", "n_variants", "note"]
-    return pd.DataFrame(rows, columns=cols)
+    return found, apart
+
+
+def _group_rows(rest: dict, s: int, variants: dict, apart: list[str], n_resamples: int, seed: int) -> list[dict]:
+    """One reliability group's rows (see :func:`metric_reliability`); none when fewer than 2 common images or no common method."""
+    from xbench.metrics import reliability as rel
+
+    vjobs = [j for j, _ in variants.values()]
+    idents = [ident for _, ident in variants.values()]
+    varying = sorted({k for i in idents for k in i if _is_variant_key(k)
+                      and len({json.dumps(x.get(k), default=str) for x in idents}) > 1})
+    if "perturbation" in varying:  # the label already holds the perturbation's name and parameters
+        varying = [k for k in varying if not k.startswith("perturbation.")]
+    names = [", ".join(f"{k}={i.get(k)}" for k in varying) or j.path.name for i, j in zip(idents, vjobs)]
+    sc0 = vjobs[0].scoring
+    label = f"{sc0.explainer} on {vjobs[0].metrics.model.backbone}, seed {s}" + "".join(f", {k}={json.loads(rest[k])}" for k in apart if k in rest)
+    ids = vjobs[0].curves.image_ids
+    for j in vjobs[1:]:
+        ids = np.intersect1d(ids, j.curves.image_ids)
+    ids = np.sort(np.asarray(ids))
+    methods = [m for m in sc0.methods if all(m in j.scoring.methods and j.curves.get(m, "morf") is not None for j in vjobs)]
+    methods = [sc0.explainer] + [m for m in methods if m != sc0.explainer] if sc0.explainer in methods else methods
+    if not methods or len(ids) < 2:
+        return []
+    morf = np.stack([np.stack([_aligned(j, m, "morf", ids) for m in methods]) for j in vjobs])  # (V, M, N)
+    res = rel.reliability(morf, names, methods, n_resamples=n_resamples, seed=seed)
+    common = {"group": label, "n_variants": len(vjobs)}
+    rows = []
+    for m in methods:
+        pm = res["per_method"][m]
+        for what, key in (("mean pairwise Spearman of per-image AOPC", "spearman"), ("Krippendorff's alpha (interval) of per-image AOPC", "alpha")):
+            rows.append({**common, "computed": f"internal consistency over the MoRF variants: {what}", "methods": m,
+                         "value": pm[key]["value"], "ci_low": pm[key]["ci95"][0], "ci_high": pm[key]["ci95"][1], "n_images": pm["n_images"],
+                         "note": "the explainer" if m == sc0.explainer else "control or reference map"})
+    tau = res["kendall_tau"]
+    rows.append({**common, "computed": "inter-method reliability: mean Kendall tau-b of the method ranking (mean AOPC) between MoRF variants",
+                 "methods": ", ".join(methods), "value": tau["value"], "ci_low": tau["ci95"][0], "ci_high": tau["ci95"][1], "n_images": int(len(ids)),
+                 "note": "MoRF variants only: controls are scored MoRF only" + ("" if len(methods) >= 2 else "; fewer than 2 methods, no ranking")})
+    if sc0.explainer in methods:
+        rows += _explainer_order_rows(vjobs, names, sc0.explainer, ids, common, n_resamples, seed)
+    return rows + _random_control_rows(vjobs, label, n_resamples)
+
+
+def _explainer_order_rows(vjobs, names, ex: str, ids, common: dict, n_resamples: int, seed: int) -> list[dict]:
+    """The explainer's consistency over all its variants (MoRF, LeRF, ABPC of every job), when LeRF exists."""
+    from xbench.metrics import reliability as rel
+
+    per, vn = [], []
+    for j, nm in zip(vjobs, names):
+        for order in ("morf", "lerf", "abpc"):
+            v = _aligned(j, ex, order, ids)
+            if v is not None:
+                per.append(v)
+                vn.append(f"{nm} {order.upper() if order != 'abpc' else 'ABPC'}")
+    if len(per) <= len(vjobs):  # MoRF only: the orders are no variants
+        return []
+    allv = rel.reliability(np.stack(per)[:, None, :], vn, [ex], n_resamples=n_resamples, seed=seed)["per_method"][ex]
+    return [{**common, "n_variants": len(per), "computed": f"internal consistency over MoRF, LeRF and ABPC variants: {what}",
+             "methods": ex, "value": allv[key]["value"], "ci_low": allv[key]["ci95"][0], "ci_high": allv[key]["ci95"][1],
+             "n_images": allv["n_images"], "note": "orders as computed (LeRF AOPC not sign-flipped)"}
+            for what, key in (("mean pairwise Spearman of per-image values", "spearman"), ("Krippendorff's alpha (interval) of per-image values", "alpha"))]
+
+
+def _random_control_rows(vjobs, label: str, n_resamples: int) -> list[dict]:
+    """The random control's ABPC per job (its CI must contain 0), or a note that it is scored MoRF only."""
+    with_lerf = [j for j in vjobs if j.curves.get("random", "morf") is not None and j.curves.get("random", "lerf") is not None]
+    rows = [r for j in with_lerf for r in _random_abpc_rows(j, label, n_resamples)]
+    if not with_lerf and any("random" in j.scoring.methods for j in vjobs):
+        rows.append({"group": label, "computed": "random control ABPC (LeRF - MoRF area)", "methods": "random", "value": np.nan, "ci_low": np.nan,
+                     "ci_high": np.nan, "n_images": 0, "n_variants": len(vjobs),
+                     "note": "not available: the random control is scored MoRF only (controls are); explainer=random scores both orders"})
+    return rows
 
 
 # ---------------------------------------------------------------- plots
