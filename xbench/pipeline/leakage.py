@@ -279,7 +279,6 @@ def mask_leakage(
     Returns:
         name -> :class:`LeakageResult`, in the order of ``perturbations``.
     """
-    import keras
 
     images = np.asarray(images) if not hasattr(images, "shape") else images
     if images.ndim != 4 or images.shape[-1] != 3:
@@ -301,36 +300,47 @@ def mask_leakage(
         t0 = time.perf_counter()
         xp = perturb_with_masks(images, removed, pert, seed=seed, image_ids=ids)
         fill_s = time.perf_counter() - t0
-
-        net = mask_net(h, w, seed=seed, width_channels=width, depth=depth)
-        net.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="binary_crossentropy")
-        order_rng = np.random.default_rng([int(seed), 0x7A1])  # the same batch order for every perturbation
         t0 = time.perf_counter()
-        losses = []
-        for _ in range(epochs):
-            order = train[order_rng.permutation(len(train))]
-            losses = [float(np.asarray(net.train_on_batch(xp[order[s : s + batch_size]], y[order[s : s + batch_size]])))
-                      for s in range(0, len(order), batch_size)]
+        net, losses = _train_mask_net(xp, y, train, seed=seed, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
+                                      width=width, depth=depth)
         train_s = time.perf_counter() - t0
-
-        pm = _predict(net, xp[test])  # (n_test, H, W)
-        po = _predict(net, originals)
-        truth = removed[test]
-        per_image = lesion_auroc(pm, truth)
-        eps = 1e-7
-        pc = np.clip(pm, eps, 1 - eps)
-        test_loss = float(-np.mean(np.where(truth, np.log(pc), np.log(1 - pc))))
-        pos, neg = pm.mean(axis=(1, 2)), po.mean(axis=(1, 2))
-        image_auc = roc_auc(np.r_[pos, neg], np.r_[np.ones(len(pos), bool), np.zeros(len(neg), bool)])
-        results[name] = LeakageResult(
-            perturbation=pert.describe(),
-            mask_auc=roc_auc(pm, truth),
-            mask_auc_per_image=float(np.mean(per_image)),
-            mask_auc_ci=bootstrap_ci(per_image, n_resamples=n_resamples, seed=seed),
-            image_auc=image_auc,
-            image_auc_ci=paired_auc_ci(pos, neg, n_resamples=n_resamples, seed=seed),
-            n_train=len(train), n_test=n_test, removed_fraction=float(truth.mean()),
-            train_loss=float(np.mean(losses)) if losses else float("nan"), test_loss=test_loss,
-            train_seconds=train_s, fill_seconds=fill_s, settings=settings,
-        )
+        results[name] = _scored(net, xp[test], originals, removed[test], n_resamples, seed, perturbation=pert.describe(), n_train=len(train),
+                                n_test=n_test, train_loss=float(np.mean(losses)) if losses else float("nan"), train_seconds=train_s,
+                                fill_seconds=fill_s, settings=settings)
     return results
+
+
+def _train_mask_net(xp, y, train, *, seed: int, epochs: int, batch_size: int, learning_rate: float, width: int, depth: int):
+    """The mask network trained on the ``train`` rows of (perturbed images, removal masks); returns it and the last epoch's batch losses."""
+    import keras
+
+    h, w = xp.shape[1:3]
+    net = mask_net(h, w, seed=seed, width_channels=width, depth=depth)
+    net.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="binary_crossentropy")
+    order_rng = np.random.default_rng([int(seed), 0x7A1])  # the same batch order for every perturbation
+    losses = []
+    for _ in range(epochs):
+        order = train[order_rng.permutation(len(train))]
+        losses = [float(np.asarray(net.train_on_batch(xp[order[s : s + batch_size]], y[order[s : s + batch_size]])))
+                  for s in range(0, len(order), batch_size)]
+    return net, losses
+
+
+def _scored(net, perturbed, originals, truth, n_resamples: int, seed: int, **facts) -> LeakageResult:
+    """How well ``net`` reads the removal masks ``truth`` off the held-out ``perturbed`` images (pixel AUC), and tells them from ``originals`` (image AUC)."""
+    pm = _predict(net, perturbed)  # (n_test, H, W)
+    po = _predict(net, originals)
+    per_image = lesion_auroc(pm, truth)
+    eps = 1e-7
+    pc = np.clip(pm, eps, 1 - eps)
+    test_loss = float(-np.mean(np.where(truth, np.log(pc), np.log(1 - pc))))
+    pos, neg = pm.mean(axis=(1, 2)), po.mean(axis=(1, 2))
+    image_auc = roc_auc(np.r_[pos, neg], np.r_[np.ones(len(pos), bool), np.zeros(len(neg), bool)])
+    return LeakageResult(
+        mask_auc=roc_auc(pm, truth),
+        mask_auc_per_image=float(np.mean(per_image)),
+        mask_auc_ci=bootstrap_ci(per_image, n_resamples=n_resamples, seed=seed),
+        image_auc=image_auc,
+        image_auc_ci=paired_auc_ci(pos, neg, n_resamples=n_resamples, seed=seed),
+        removed_fraction=float(truth.mean()), test_loss=test_loss, **facts,
+    )

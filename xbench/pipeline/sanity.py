@@ -258,22 +258,32 @@ def randomisation_check(
         sims = {m: np.where(usable & ~bad, v, np.nan) for m, v in map_similarities(original, maps).items()}
         raw.append((step, sims, constant_maps(maps), int(bad.sum())))
 
-    baseline, steps = {}, [SanityStep(st.name, st.depth, st.layers, sims, {}, nc, nb, {}, {}) for st, sims, nc, nb in raw]
+    steps = [SanityStep(st.name, st.depth, st.layers, sims, {}, nc, nb, {}, {}) for st, sims, nc, nb in raw]
+    baseline = _compare_with_pairs(steps, pairs, per_pair, len(idx), n, bootstrap, seed)
+
+    verdicts = {m: verdict(steps, m, len(idx)) for m in MEASURES}
+    first = {m: next((s.depth for s in steps if s.p_below[m] < 0.05), None) if len(idx) >= 2 else None for m in MEASURES}
+    return RandomisationCheck(name, mode, int(seed), targets, steps, pairs, per_pair, baseline, verdicts, first, int((~usable).sum()))
+
+
+def _compare_with_pairs(steps: list, pairs: np.ndarray, per_pair: dict, n_usable: int, n: int, bootstrap: int, seed: int) -> dict[str, Estimate]:
+    """Fill each step's similarity, distance below the random-pair baseline and Holm-corrected p (per measure); return the baselines.
+
+    Each CI is a bootstrap over images (the baseline's over pairs), ``bootstrap`` resamples, seeded by ``seed``.
+    """
+    baseline = {}
     for m in MEASURES:
         test = versus_pairs(np.stack([s.per_image[m] for s in steps]) if steps else np.zeros((0, n)), pairs, per_pair[m],
                             n_resamples=bootstrap, seed=seed)
         baseline[m] = Estimate(mean=float(per_pair[m].mean()) if len(pairs) else float("nan"), ci95=[float(x) for x in test["baseline_ci"]],
-                               n=int(len(idx)), unit="images")
+                               n=int(n_usable), unit="images")
         p_holm = holm(test["p_below"])
         for k, st in enumerate(steps):
             st.similarity[m] = _estimate(st.per_image[m], unit="images", n_resamples=bootstrap, seed=seed)
             st.below_baseline[m] = Estimate(mean=float(test["diff"][k]), ci95=[float(x) for x in test["diff_ci"][k]],
                                             n=int(np.isfinite(st.per_image[m]).sum()), unit="images")
             st.p_below[m] = float(p_holm[k])
-
-    verdicts = {m: verdict(steps, m, len(idx)) for m in MEASURES}
-    first = {m: next((s.depth for s in steps if s.p_below[m] < 0.05), None) if len(idx) >= 2 else None for m in MEASURES}
-    return RandomisationCheck(name, mode, int(seed), targets, steps, pairs, per_pair, baseline, verdicts, first, int((~usable).sum()))
+    return baseline
 
 
 def _as_scores(check: RandomisationCheck, aopc: dict[int, tuple[Estimate, Estimate, Estimate]]) -> results.SanityScores:
