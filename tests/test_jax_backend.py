@@ -115,13 +115,14 @@ def test_tf_and_jax_give_the_same_curves_and_grad_cam_on_the_same_weights(tmp_pa
 
 def test_the_engine_explainer_and_aopc_tests_pass_on_jax():
     """The backend-sensitive kernel tests again, under JAX: engine vs the slow per-step loop, incremental vs full curves, regions, perturbations, AOPC,
-    Grad-CAM by hand, targets and block outputs, a user's model read as a classifier (the tf-keras-vis comparisons need
+    Grad-CAM by hand, targets and block outputs, the native CAM and gradient families, a user's model read as a classifier (the tf-keras-vis comparisons need
     TensorFlow: marked and left out)."""
     env = _jax_env(Path(os.environ.get("XBENCH_CACHE", "/tmp")) / "jax-kernels")
     probe = subprocess.run([sys.executable, "-c", "import keras; print(keras.backend.backend())"], env=env, capture_output=True, text=True, timeout=300)
     assert probe.stdout.strip() == "jax"  # tests/conftest.py only sets the backend where none is given
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_perturbation.py", "tests/test_imputation.py", "tests/test_metrics_aopc.py",
-                        "tests/test_explain.py", "tests/test_bring_your_own.py", "tests/test_incremental.py", "-m", "not tensorflow and not slow",
+                        "tests/test_explain.py", "tests/test_bring_your_own.py", "tests/test_incremental.py",
+                        "tests/test_explainers_native.py", "-m", "not tensorflow and not slow",
                         # Block names are backend-free; DenseNet's and ResNet's JAX traces cost a minute each.
                         # The pixel-order grid's larger cases repeat the small ones' code path.
                         # A user's model is read the same way on any backend: the keras.applications kind and the
