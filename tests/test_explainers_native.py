@@ -247,6 +247,22 @@ def test_maps_do_not_depend_on_batching_and_the_model_is_unchanged(name, images)
     np.testing.assert_array_equal(np.asarray(model(images)), out)
 
 
+def test_a_model_whose_weights_change_is_explained_as_it_is_now(images):
+    # The backend's gradient function is compiled once per model (tf.function, jax.jit) and cached on it: it must read
+    # the weights at each call, not freeze those of its first one.
+    from xbench import backend
+    from xbench.explain.attribution import logits_net
+
+    model, fresh = small_vgg(8), small_vgg(9)
+    t = np.array([0, 1, 2, 0], np.int32)
+    grad = backend.active().input_gradients
+    before = grad(logits_net(model), images, t)
+    model.set_weights(fresh.get_weights())
+    after = grad(logits_net(model), images, t)
+    assert not np.allclose(after, before, rtol=1e-2)
+    _close(after, grad(logits_net(fresh), images, t), 1e-5)
+
+
 def test_reductions_and_defaults(images):
     model = small_vgg(3)
     t = np.array([0, 1, 2, 0])
