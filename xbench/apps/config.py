@@ -69,6 +69,9 @@ def schemas() -> dict[str, dict[str, Any]]:
         "train": {"train": TrainSettings},
         "explainer": {"gradcam": schema_of(E.GradCAM, "xbench.explain.GradCAM"),
                       "tfkv": schema_of(E.TfKerasVis, "xbench.explain.TfKerasVis"),
+                      **{n: schema_of(E.EXPLAINERS[n], f"xbench.explain.{E.EXPLAINERS[n].__name__}")
+                         for n in ("gradcampp", "layercam", "hirescam", "xgradcam", "eigencam", "saliency", "smoothgrad", "vargrad",
+                                   "input_x_gradient", "integrated_gradients")},
                       "guided_backprop": schema_of(E.GuidedBackprop, "xbench.explain.GuidedBackprop"),
                       "guided_gradcam": schema_of(E.GuidedGradCAM, "xbench.explain.GuidedGradCAM"),
                       "edge": schema_of(E.EdgeMap, "xbench.explain.EdgeMap"),

@@ -59,10 +59,27 @@ def guided_relu(max_value):
 
 
 def input_gradients(logits_model, x: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """(N, H, W, C) d logit_t / d x."""
-    tt = jnp.asarray(t)[:, None]
-    score = lambda v: jnp.sum(jnp.take_along_axis(logits_model(v, training=False), tt, axis=1))
-    return np.asarray(jax.grad(score)(jnp.asarray(x, jnp.float32)))
+    """(N, H, W, C) d logit_t / d x, ``jax.jit``-compiled once per model and batch shape (cached on the model).
+
+    Eager, every layer of a batch's forward and backward pass is a separate
+    dispatch; compiled, a batch of (image, step) rows is one XLA call. The
+    weights are arguments (``stateless_call``), not constants of the trace:
+    a model whose weights change between calls is differentiated as it is now.
+    """
+    fn = logits_model.__dict__.get("_xbench_input_grad")
+    if fn is None:
+
+        def grad(trainable, fixed, v, tt):
+            def score(u):
+                out, _ = logits_model.stateless_call(trainable, fixed, u, training=False)
+                return jnp.sum(jnp.take_along_axis(out, tt[:, None], axis=1))
+
+            return jax.grad(score)(v)
+
+        fn = logits_model.__dict__["_xbench_input_grad"] = jax.jit(grad)
+    trainable = [w.value for w in logits_model.trainable_variables]
+    fixed = [w.value for w in logits_model.non_trainable_variables]
+    return np.asarray(fn(trainable, fixed, jnp.asarray(x, jnp.float32), jnp.asarray(t, jnp.int32)))
 
 
 def compile_step(step, height: int, width: int):

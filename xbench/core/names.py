@@ -34,3 +34,5 @@ HEADS = ("paper", "pediatric")
 
 #: The tf-keras-vis methods :class:`xbench.explain.TfKerasVis` runs (TensorFlow only).
 TFKV_METHODS = ("gradcampp", "scorecam", "layercam", "saliency", "smoothgrad")
+#: How an attribution per colour channel becomes one map (``reduce=``; :func:`xbench.explain.attribution.reduce_channels`).
+REDUCTIONS = ("sum", "max_abs", "sum_abs", "mean")

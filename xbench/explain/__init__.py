@@ -1,4 +1,6 @@
-"""Explainers: batched Grad-CAM, guided backprop, the tf-keras-vis family, reference maps and controls; model randomisation.
+"""Explainers: the CAM family (Grad-CAM, Grad-CAM++, Layer-CAM, HiResCAM, XGrad-CAM, Eigen-CAM), the gradient family (saliency, SmoothGrad, VarGrad, Input x Gradient, Integrated Gradients), guided backprop, the tf-keras-vis family, reference maps and controls; model randomisation.
+
+``build(name, **params)`` makes the explainer ``explainer=<name>`` makes.
 
 Lazy (PEP 562): the explainer classes and name lists import no Keras, so a
 config can be checked before TensorFlow starts; the Grad-CAM kernels
@@ -8,6 +10,25 @@ config can be checked before TensorFlow starts; the Grad-CAM kernels
 from xbench.core.lazy import exports
 
 _WHERE = {
+    "EXPLAINERS": "xbench.explain.explainers",
+    "EigenCAM": "xbench.explain.explainers",
+    "GradCAMPlusPlus": "xbench.explain.explainers",
+    "HiResCAM": "xbench.explain.explainers",
+    "InputXGradient": "xbench.explain.explainers",
+    "IntegratedGradients": "xbench.explain.explainers",
+    "LayerCAM": "xbench.explain.explainers",
+    "Saliency": "xbench.explain.explainers",
+    "SmoothGrad": "xbench.explain.explainers",
+    "VarGrad": "xbench.explain.explainers",
+    "XGradCAM": "xbench.explain.explainers",
+    "build": "xbench.explain.explainers",
+    "cam_maps": "xbench.explain.cam",
+    "input_x_gradient": "xbench.explain.attribution",
+    "integrated_gradients": "xbench.explain.attribution",
+    "reduce_channels": "xbench.explain.attribution",
+    "saliency": "xbench.explain.attribution",
+    "smoothgrad": "xbench.explain.attribution",
+    "vargrad": "xbench.explain.attribution",
     "CONTROLS": "xbench.explain.explainers",
     "CONTROL_NAMES": "xbench.explain.explainers",
     "TFKV_METHODS": "xbench.core.names",

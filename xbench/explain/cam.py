@@ -1,4 +1,12 @@
-"""Grad-CAM (Selvaraju et al., 2017), batched.
+"""The CAM family, batched: Grad-CAM and the methods that differ from it only in how A and its gradients make a map.
+
+:func:`cam_maps` is the shared base (activations A and gradients at one
+layer per batch, the backend's one gradient step, bilinear upsampling); each
+method is a kernel (A, gradients) -> (N, h, w) in ``CAM_KERNELS``: Grad-CAM,
+Grad-CAM++, Layer-CAM, HiResCAM, XGrad-CAM, Eigen-CAM (papers and formulas in
+their docstrings).
+
+Grad-CAM (Selvaraju et al., 2017):
 
 For layer activations A (N, h, w, K) and the gradients of the target logit
 y_c (before the softmax) with respect to them:
@@ -23,6 +31,106 @@ def gradcam_from_gradients(acts: np.ndarray, grads: np.ndarray) -> np.ndarray:
     alpha = ops.mean(ops.convert_to_tensor(grads, "float32"), axis=(1, 2), keepdims=True)
     cam = ops.relu(ops.sum(alpha * ops.convert_to_tensor(acts, "float32"), axis=-1))
     return np.asarray(ops.convert_to_numpy(cam), dtype=np.float32)
+
+
+# The rest of the CAM family: each a kernel (N, h, w, K) activations A and gradients G = d y_c / d A -> (N, h, w) float32,
+# in NumPy (float64 inside, float32 out), run by :func:`cam_maps` exactly as Grad-CAM is (same layer, batching, upsampling).
+
+
+def _out(cam: np.ndarray) -> np.ndarray:
+    return np.maximum(cam, 0).astype(np.float32)
+
+
+def gradcampp_from_gradients(acts: np.ndarray, grads: np.ndarray) -> np.ndarray:
+    """Grad-CAM++ (Chattopadhay et al., WACV 2018, Eq. 19), as tf-keras-vis computes it, without the exp(S_c) factor.
+
+    With the score exp(S_c), dY/dA = exp(S_c) G, and the paper's higher
+    derivatives are exp(S_c) G^2 and exp(S_c) G^3 (Eq. 19). Then
+
+        alpha_ijk = G_ijk^2 / (2 G_ijk^2 + sum_ab A_abk G_ijk^3)   (1 added to a zero denominator, where G = 0)
+        alpha_ijk /= sum_ij alpha_ijk                               (tf-keras-vis's normalisation; 1 added to a zero sum)
+        w_k = sum_ij alpha_ijk ReLU(exp(S_c) G_ijk),  map = ReLU(sum_k w_k A_k).
+
+    exp(S_c) cancels in alpha and leaves one positive factor per image in
+    w: it is dropped (set to 1), because exp of a raw logit of tens or
+    hundreds overflows float32 and turns the map into NaN; the region order
+    is unchanged. This is what ``explainer=gradcampp impl=tfkv`` computes
+    (tf-keras-vis with the score S_c - stop_gradient(S_c), docs/architecture.md
+    "tf-keras-vis CAMs"), and the test compares the two.
+    """
+    a, g = np.asarray(acts, np.float64), np.asarray(grads, np.float64)
+    g2, g3 = g * g, g * g * g
+    denom = 2.0 * g2 + g3 * a.sum(axis=(1, 2), keepdims=True)
+    alpha = g2 / (denom + (g2 == 0))
+    norm = alpha.sum(axis=(1, 2), keepdims=True)
+    alpha = alpha / (norm + (norm == 0))
+    w = (alpha * np.maximum(g, 0)).sum(axis=(1, 2), keepdims=True)
+    return _out((w * a).sum(axis=-1))
+
+
+def layercam_from_gradients(acts: np.ndarray, grads: np.ndarray) -> np.ndarray:
+    """Layer-CAM (Jiang et al., IEEE TIP 2021, Eq. 6-7): map_ij = ReLU(sum_k ReLU(G_ijk) A_ijk), a weight per position."""
+    a, g = np.asarray(acts, np.float64), np.asarray(grads, np.float64)
+    return _out((np.maximum(g, 0) * a).sum(axis=-1))
+
+
+def hirescam_from_gradients(acts: np.ndarray, grads: np.ndarray) -> np.ndarray:
+    """HiResCAM (Draelos and Carin, 2020): map_ij = ReLU(sum_k G_ijk A_ijk), the gradients not averaged over positions.
+
+    With global average pooling and one dense layer after ``A`` the gradient
+    is the same at every position, and HiResCAM equals Grad-CAM (their
+    Sec. 3). The ReLU is applied as for the rest of the family (and as
+    pytorch-grad-cam does).
+    """
+    a, g = np.asarray(acts, np.float64), np.asarray(grads, np.float64)
+    return _out((g * a).sum(axis=-1))
+
+
+#: XGrad-CAM's guard against a channel whose activations sum to zero (pytorch-grad-cam's value).
+XGRADCAM_EPS = 1e-7
+
+
+def xgradcam_from_gradients(acts: np.ndarray, grads: np.ndarray) -> np.ndarray:
+    """XGrad-CAM (Fu et al., BMVC 2020, Eq. 9): w_k = sum_ij (A_ijk / (sum_ab A_abk + eps)) G_ijk, map = ReLU(sum_k w_k A_k).
+
+    ``eps`` = :data:`XGRADCAM_EPS` keeps an all-zero channel's weight at 0.
+    """
+    a, g = np.asarray(acts, np.float64), np.asarray(grads, np.float64)
+    w = (a / (a.sum(axis=(1, 2), keepdims=True) + XGRADCAM_EPS) * g).sum(axis=(1, 2), keepdims=True)
+    return _out((w * a).sum(axis=-1))
+
+
+def eigencam_from_activations(acts: np.ndarray, grads: np.ndarray | None = None) -> np.ndarray:
+    """Eigen-CAM (Muhammad and Yeasin, IJCNN 2020), as pytorch-grad-cam computes it; class-agnostic (``grads`` unused).
+
+    Per image, the (h*w, K) activations are centred over positions
+    (M = A - mean_positions A), v_1 is the first right-singular vector of M,
+    and map = ReLU(M v_1) (h, w). A singular vector's sign is arbitrary (it
+    flips between LAPACK builds and backends): it is fixed so that the
+    projection M v_1 correlates positively with the mean activation over
+    channels, mean_k A_ijk (the sign pytorch-grad-cam's images mostly show);
+    where that correlation is exactly 0 the sign is LAPACK's.
+    """
+    a = np.asarray(acts, np.float64)
+    n, h, w, k = a.shape
+    out = np.zeros((n, h, w), np.float64)
+    for i in range(n):
+        m = a[i].reshape(h * w, k)
+        m = m - m.mean(axis=0)
+        if not np.any(m):
+            continue  # a constant feature map: no direction, the map is 0
+        v = np.linalg.svd(m, full_matrices=False)[2][0]
+        p = m @ v
+        mean = a[i].reshape(h * w, k).mean(axis=1)
+        if np.dot(p, mean - mean.mean()) < 0:
+            p = -p
+        out[i] = p.reshape(h, w)
+    return _out(out)
+
+
+#: CAM name -> its kernel (activations, gradients) -> (N, h, w) maps.
+CAM_KERNELS = {"gradcam": gradcam_from_gradients, "gradcampp": gradcampp_from_gradients, "layercam": layercam_from_gradients,
+               "hirescam": hirescam_from_gradients, "xgradcam": xgradcam_from_gradients, "eigencam": eigencam_from_activations}
 
 
 def upsample(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -83,6 +191,35 @@ def gradcam(
     Returns:
         (N, H, W) (or (N, h, w)) float32, non-negative.
     """
+    return cam_maps(model, images, gradcam_from_gradients, targets=targets, layer=layer, upsample=upsample, batch_size=batch_size,
+                    return_targets=return_targets, progress=progress, logits_layer=logits_layer, output=output, preprocess=preprocess,
+                    desc="grad-cam")
+
+
+def cam_maps(
+    model: keras.Model,
+    images: np.ndarray,
+    kernel,
+    *,
+    targets: np.ndarray | None = None,
+    layer: str | None = None,
+    upsample: bool = True,
+    batch_size: int = 32,
+    return_targets: bool = False,
+    progress: bool = False,
+    logits_layer: str | None = None,
+    output: str = "probs",
+    preprocess=None,
+    desc: str = "cam",
+):
+    """The CAM family's shared loop: per batch, activations A and gradients dy_c/dA at ``layer``, then ``kernel(A, grads)`` -> (n, h, w).
+
+    Every CAM method (Grad-CAM, Grad-CAM++, Layer-CAM, HiResCAM, XGrad-CAM,
+    Eigen-CAM) differs only in ``kernel``; reading the model, the default layer
+    and target, batching and the bilinear upsampling are this function's.
+    Arguments as :func:`gradcam`; returns (N, H, W) float32 (or (N, h, w)
+    with ``upsample=False``), and the (N,) targets with ``return_targets``.
+    """
     from xbench.models.adapt import adapted
 
     model = adapted(model, images, logits_layer=logits_layer, output=output, preprocess=preprocess)
@@ -91,12 +228,12 @@ def gradcam(
     images = np.asarray(images)
     from tqdm.auto import tqdm
 
-    for s in tqdm(range(0, len(images), batch_size), desc="grad-cam", unit="batch", leave=False, mininterval=1.0, disable=not progress):
+    for s in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch", leave=False, mininterval=1.0, disable=not progress):
         x = images[s : s + batch_size]
         x = to_unit_float(x)
         t = None if targets is None else np.asarray(targets)[s : s + batch_size]
         (a,), (g,), _, tt = activations_and_gradients(model, x, [layer], t)
-        maps.append(gradcam_from_gradients(a, g))
+        maps.append(kernel(a, g))
         used.append(tt)
     out = np.concatenate(maps) if maps else np.zeros((0,) + tuple(model.get_layer(layer).output.shape[1:3]), np.float32)
     if upsample and len(out):

@@ -16,7 +16,7 @@ from typing import ClassVar
 import numpy as np
 
 from xbench.backend import configured_backend
-from xbench.core.names import TFKV_METHODS
+from xbench.core.names import REDUCTIONS, TFKV_METHODS
 from xbench.data.pixels import to_unit_float
 from xbench.explain.context import ExplainContext
 from xbench.explain.controls import center_maps, edge_maps, mask_maps, random_maps
@@ -124,6 +124,232 @@ class TfKerasVis:
         return tfkv_maps(model, x, np.asarray(targets), self.method, layer=self.layer, max_n=self.max_n,
                          smooth_samples=self.smooth_samples, smooth_noise=self.smooth_noise, batch_size=self.batch_size,
                          seed=context.seed, image_ids=context.image_ids)
+
+
+#: impl= of the methods tf-keras-vis also has: ours (every backend) or tf-keras-vis's (TensorFlow; the reference ours is tested against).
+IMPLS = ("native", "tfkv")
+
+
+def _check_impl(impl: str, method: str, **tfkv) -> TfKerasVis | None:
+    """The tf-keras-vis explainer for ``impl=tfkv`` (checked now: it needs TensorFlow), None for ``native``."""
+    if impl not in IMPLS:
+        raise ValueError(f"impl: must be one of {list(IMPLS)} (native: every backend; tfkv: tf-keras-vis, TensorFlow only), got {impl!r}")
+    return TfKerasVis(method=method, **tfkv) if impl == "tfkv" else None
+
+
+@dataclass
+class _CAMBase:
+    """A CAM method: activations A and gradients d y_c / d A at ``layer``, a per-method kernel, upsampled as Grad-CAM.
+
+    The kernels and their papers: :mod:`xbench.explain.cam` (``CAM_KERNELS``).
+    """
+
+    layer: str | None = None  # default: the backbone's last conv feature map
+    batch_size: int = 32
+    name: str = ""
+    #: Key of the kernel in ``xbench.explain.cam.CAM_KERNELS``.
+    method: ClassVar[str] = ""
+
+    def __post_init__(self):
+        _check_batch_size(self.batch_size)
+        self.name = self.name or self.method
+
+    def __call__(self, model, images, targets, context: ExplainContext | None = None):
+        from xbench.explain.cam import CAM_KERNELS, cam_maps
+
+        return cam_maps(model, images, CAM_KERNELS[self.method], targets=targets, layer=self.layer, batch_size=self.batch_size,
+                        progress=True, desc=self.method)
+
+
+@dataclass
+class _CAMWithTfkv(_CAMBase):
+    """A CAM method tf-keras-vis also has; ``impl=tfkv`` runs tf-keras-vis's (TensorFlow only)."""
+
+    impl: str = "native"
+
+    def __post_init__(self):
+        super().__post_init__()
+        self._tfkv = _check_impl(self.impl, self.method, layer=self.layer, batch_size=self.batch_size, name=self.name)
+
+    def __call__(self, model, images, targets, context: ExplainContext | None = None):
+        if self._tfkv is not None:
+            return self._tfkv(model, images, targets, context)
+        return super().__call__(model, images, targets, context)
+
+
+@dataclass
+class GradCAMPlusPlus(_CAMWithTfkv):
+    """Grad-CAM++ (Chattopadhay et al., 2018), exp(S_c) dropped as tf-keras-vis's adapter does: :func:`xbench.explain.cam.gradcampp_from_gradients`."""
+
+    name: str = "gradcampp"
+    method: ClassVar[str] = "gradcampp"
+
+
+@dataclass
+class LayerCAM(_CAMWithTfkv):
+    """Layer-CAM (Jiang et al., 2021): :func:`xbench.explain.cam.layercam_from_gradients`."""
+
+    name: str = "layercam"
+    method: ClassVar[str] = "layercam"
+
+
+@dataclass
+class HiResCAM(_CAMBase):
+    """HiResCAM (Draelos and Carin, 2020): :func:`xbench.explain.cam.hirescam_from_gradients`."""
+
+    name: str = "hirescam"
+    method: ClassVar[str] = "hirescam"
+
+
+@dataclass
+class XGradCAM(_CAMBase):
+    """XGrad-CAM (Fu et al., 2020): :func:`xbench.explain.cam.xgradcam_from_gradients`."""
+
+    name: str = "xgradcam"
+    method: ClassVar[str] = "xgradcam"
+
+
+@dataclass
+class EigenCAM(_CAMBase):
+    """Eigen-CAM (Muhammad and Yeasin, 2020), class-agnostic: :func:`xbench.explain.cam.eigencam_from_activations`."""
+
+    name: str = "eigencam"
+    method: ClassVar[str] = "eigencam"
+
+
+def _check_reduce(reduce: str) -> None:
+    if reduce not in REDUCTIONS:
+        raise ValueError(f"reduce: must be one of {list(REDUCTIONS)}, got {reduce!r}")
+
+
+@dataclass
+class Saliency:
+    """Saliency (Simonyan et al., 2014): d y_c / d x, max over channels of |.| by default: :func:`xbench.explain.attribution.saliency`."""
+
+    reduce: str = "max_abs"
+    batch_size: int = 32
+    impl: str = "native"
+    name: str = "saliency"
+
+    def __post_init__(self):
+        _check_batch_size(self.batch_size)
+        _check_reduce(self.reduce)
+        if self.impl == "tfkv" and self.reduce != "max_abs":
+            raise ValueError(f"reduce: tf-keras-vis's saliency takes max_abs over channels; {self.reduce!r} needs impl=native")
+        self._tfkv = _check_impl(self.impl, "saliency", batch_size=self.batch_size, name=self.name)
+
+    def __call__(self, model, images, targets, context: ExplainContext | None = None):
+        if self._tfkv is not None:
+            return self._tfkv(model, images, targets, context)
+        from xbench.explain.attribution import saliency
+
+        return saliency(model, images, targets, reduce=self.reduce, batch_size=self.batch_size)
+
+
+@dataclass
+class SmoothGrad:
+    """SmoothGrad (Smilkov et al., 2017), noise per (seed, image id): :func:`xbench.explain.attribution.smoothgrad`.
+
+    ``samples`` noisy copies at noise level ``noise`` (tf-keras-vis's
+    defaults); ``batch_size`` counts (image, sample) rows per pass.
+    """
+
+    samples: int = 20
+    noise: float = 0.2
+    reduce: str = "max_abs"
+    batch_size: int = 32
+    impl: str = "native"
+    name: str = "smoothgrad"
+    #: The function this class runs natively (VarGrad overrides it).
+    method: ClassVar[str] = "smoothgrad"
+
+    def __post_init__(self):
+        _check_batch_size(self.batch_size)
+        _check_reduce(self.reduce)
+        if self.samples < 1:
+            raise ValueError(f"samples: must be >= 1, got {self.samples}")
+        if self.noise < 0:
+            raise ValueError(f"noise: must be >= 0 (a fraction of each image's value range), got {self.noise}")
+        if self.impl == "tfkv" and self.reduce != "max_abs":
+            raise ValueError(f"reduce: tf-keras-vis's {self.method} takes max_abs over channels; {self.reduce!r} needs impl=native")
+        tfkv = {"smooth_samples": self.samples, "smooth_noise": self.noise, "batch_size": self.batch_size, "name": self.name}
+        self._tfkv = _check_impl(self.impl, self.method, **tfkv) if self.method == "smoothgrad" else None
+
+    def __call__(self, model, images, targets, context: ExplainContext | None = None):
+        if self._tfkv is not None:
+            return self._tfkv(model, images, targets, context)
+        from xbench.explain import attribution
+
+        context = _ctx(context, images)
+        return getattr(attribution, self.method)(model, images, targets, image_ids=context.image_ids, seed=context.seed,
+                                                 samples=self.samples, noise=self.noise, reduce=self.reduce, batch_size=self.batch_size)
+
+
+@dataclass
+class VarGrad(SmoothGrad):
+    """VarGrad (Adebayo et al., 2018): the variance of the gradient over SmoothGrad's noisy copies: :func:`xbench.explain.attribution.vargrad`.
+
+    Native only (``impl`` must stay ``native``; tf-keras-vis has no VarGrad).
+    """
+
+    name: str = "vargrad"
+    method: ClassVar[str] = "vargrad"
+
+    def __post_init__(self):
+        if self.impl != "native":
+            raise ValueError(f"impl: tf-keras-vis has no VarGrad; use impl=native, got {self.impl!r}")
+        super().__post_init__()
+
+
+@dataclass
+class InputXGradient:
+    """Input x Gradient (Shrikumar et al., 2016), summed over channels (signed) by default: :func:`xbench.explain.attribution.input_x_gradient`."""
+
+    reduce: str = "sum"
+    batch_size: int = 32
+    name: str = "input_x_gradient"
+
+    def __post_init__(self):
+        _check_batch_size(self.batch_size)
+        _check_reduce(self.reduce)
+
+    def __call__(self, model, images, targets, context: ExplainContext | None = None):
+        from xbench.explain.attribution import input_x_gradient
+
+        return input_x_gradient(model, images, targets, reduce=self.reduce, batch_size=self.batch_size)
+
+
+@dataclass
+class IntegratedGradients:
+    """Integrated Gradients (Sundararajan et al., 2017): :func:`xbench.explain.attribution.integrated_gradients`.
+
+    ``steps`` path points from a constant ``baseline`` grey level (0 =
+    black); ``batch_size`` counts (image, step) rows per pass. After each
+    call ``completeness_error`` holds the (N,) per-image error
+    sum(attributions) - (y_c(x) - y_c(baseline)), logit space.
+    """
+
+    steps: int = 50
+    baseline: float = 0.0
+    reduce: str = "sum"
+    batch_size: int = 64
+    name: str = "integrated_gradients"
+
+    def __post_init__(self):
+        _check_batch_size(self.batch_size)
+        _check_reduce(self.reduce)
+        if self.steps < 1:
+            raise ValueError(f"steps: must be >= 1, got {self.steps}")
+        if not 0.0 <= self.baseline <= 1.0:
+            raise ValueError(f"baseline: must be a grey level in [0, 1] (0 = black), got {self.baseline}")
+        self.completeness_error: np.ndarray | None = None
+
+    def __call__(self, model, images, targets, context: ExplainContext | None = None):
+        from xbench.explain.attribution import integrated_gradients
+
+        maps, self.completeness_error = integrated_gradients(model, images, targets, steps=self.steps, baseline=self.baseline,
+                                                             reduce=self.reduce, batch_size=self.batch_size, return_error=True)
+        return maps
 
 
 @dataclass
@@ -250,3 +476,23 @@ CONTROL_NAMES = tuple(CONTROLS)
 #: edge) and Guided Backprop / Guided Grad-CAM, the published near-failures.
 SANITY_EXPLAINERS = {"center": CenterControl, "edge": EdgeMap, "guided_backprop": GuidedBackprop, "guided_gradcam": GuidedGradCAM,
                      "gradcam": GradCAM}
+
+
+#: ``explainer=<name>`` and :func:`build`: the explainers a job can score (controls and references: :data:`CONTROLS`).
+EXPLAINERS = {"gradcam": GradCAM, "gradcampp": GradCAMPlusPlus, "layercam": LayerCAM, "hirescam": HiResCAM, "xgradcam": XGradCAM,
+              "eigencam": EigenCAM, "saliency": Saliency, "smoothgrad": SmoothGrad, "vargrad": VarGrad, "input_x_gradient": InputXGradient,
+              "integrated_gradients": IntegratedGradients, "guided_backprop": GuidedBackprop, "guided_gradcam": GuidedGradCAM}
+
+
+def build(name: str, **params):
+    """The explainer ``name`` configured with ``params`` (its dataclass fields), as ``explainer=<name>`` makes it.
+
+    Called as ``explainer(model, images, targets, context) -> (N, H, W)``.
+    E.g. ``build("integrated_gradients", steps=32)``, ``build("gradcampp", impl="tfkv")``.
+    Score-CAM (tf-keras-vis only): ``build("scorecam", max_n=...)``.
+    """
+    if name == "scorecam":
+        return TfKerasVis(method="scorecam", **params)
+    if name not in EXPLAINERS:
+        raise ValueError(f"unknown explainer {name!r}; choose one of {sorted([*EXPLAINERS, 'scorecam'])}")
+    return EXPLAINERS[name](**params)

@@ -16,15 +16,11 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 
-from xbench.core.names import LOGITS
 from xbench.core.names import TFKV_METHODS as METHODS
 
-
-def logits_model(model: keras.Model) -> keras.Model:
-    cache = model.__dict__.setdefault("_xbench_logits_model", [])
-    if not cache:
-        cache.append(keras.Model(model.input, model.get_layer(LOGITS).output, name=f"{model.name}_logits"))
-    return cache[0]
+# SMOOTHGRAD_TAG: the noise stream this SmoothGrad shares with the native one (attribution.py owns it).
+from xbench.explain.attribution import SMOOTHGRAD_TAG
+from xbench.explain.attribution import logits_net as logits_model
 
 
 def _unit_exp_score(targets):
@@ -45,9 +41,6 @@ def _unit_exp_score(targets):
 
     return score
 
-
-#: Tag of SmoothGrad's noise stream: image i's noise comes from default_rng([seed, image_ids[i], SMOOTHGRAD_TAG]).
-SMOOTHGRAD_TAG = 0x5D
 
 
 def smoothgrad(model: keras.Model, images: np.ndarray, targets: np.ndarray, image_ids: np.ndarray, *, samples: int = 20, noise: float = 0.2, seed: int = 0) -> np.ndarray:
