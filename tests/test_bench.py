@@ -65,3 +65,10 @@ def test_pixel_orders_on_all_three_paths(order, capsys):
     assert main(["--image-size", "32", "--n", "2", "--region-size", "16", "--order", order, "--no-toolkit", "--json"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["main"]
     assert out["order"] == order and out["steps"] == 4 and out["forward_passes"] == 2 * 5  # default: as many steps as the 2 x 2 regions
+
+
+def test_matrix_peak_in_bfloat16_and_no_device_memory_figures_on_a_cpu():
+    from xbench.bench import device_memory, matmul_peak
+
+    assert matmul_peak(256, 2, "bfloat16") > 0 and matmul_peak(256, 2) > 0
+    assert device_memory() is None  # TensorFlow here; JAX on a CPU keeps no allocator statistics either
