@@ -238,8 +238,9 @@ def run_bench(s: BenchSettings, model=None) -> dict:
     flops = model_flops(model)
     kw = dict(region_size=s.region_size, order=s.order, perturbation=pert, seed=s.seed, batch_size=B, max_steps=s.max_steps,
               pixel_steps=s.pixel_steps, insertion_blur=s.insertion_blur, method="full")
-    ikw = {**kw, "method": s.method, "batch_size": None}  # incremental chunks by the memory budget, as scoring does
     inc = _incremental_facts(model, s, pert, L) if s.method != "full" else {}
+    # incremental chunks by the memory budget, as scoring does; auto that runs full, by the same batches as full
+    ikw = {**kw, "method": s.method, "batch_size": None if inc.get("method_used") == "incremental" else B}
 
     # Warm up (compile) every path so that timings are steady state. On JAX every new shape compiles:
     # the full engine (and raw) are warmed at the (slots, batch) shapes of the timed call, predict on all images.
@@ -247,7 +248,7 @@ def run_bench(s: BenchSettings, model=None) -> dict:
         perturbation_curves(model, images[:2], heat[:2], **kw)
     else:
         warm_step(model, B, L + 1, s.image_size)
-    if s.method != "full":  # the incremental step compiles per chunk size: warm it on a full chunk
+    if inc.get("method_used") == "incremental":  # the incremental step compiles per chunk size: warm it on a full chunk
         warm = inc.get("chunk_images", 2)
         perturbation_curves(model, images[:warm], heat[:warm], **ikw)
     if s.toolkit:
@@ -303,6 +304,8 @@ def run_bench(s: BenchSettings, model=None) -> dict:
             "engine_over_toolkit": toolkit_s / engine_s,
             "max_abs_diff_engine_toolkit": float(np.abs(tk - curves).max()),
         })
+        if s.method != "full":  # the full engine's too: the incremental one may differ from both by float32 rounding
+            out["max_abs_diff_full_engine_toolkit"] = float(np.abs(tk - full_curves).max())
     if s.dtype != "float32":
         ref = perturbation_curves(model32, images, heat, **kw)
         from xbench.metrics.aopc import aopc_per_image
