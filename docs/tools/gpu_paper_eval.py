@@ -55,7 +55,7 @@ PAPER_IMAGES, PAPER_ORDERS = 540, ("morf", "lerf", "random")
 
 #: batch_size None: the engine's default (a 1 GiB budget), what a user's scoring gets. --tiny's 13 pairs divide its 65-point
 #: curves, so that every part runs one compiled step shape (each new shape compiles on JAX).
-FULL = dict(image_size=299, region_size=34, bench_n=32, paper_images=PAPER_IMAGES, rss_n=(16, 64, 256), matmul_n=8192, budget=450.0,
+FULL = dict(image_size=299, region_size=34, bench_n=32, paper_images=PAPER_IMAGES, rss_n=(16, 64, 256), matmul_n=8192, budget=430.0,
             default_reserve=150.0, peaks_budget=40.0, batch_size=None, default_overrides=())
 TINY = dict(image_size=64, region_size=8, bench_n=2, paper_images=3, rss_n=(1, 2, 4), matmul_n=256, budget=600.0,
             default_reserve=120.0, peaks_budget=60.0, batch_size=13, default_overrides=("+experiment=smoke",))
@@ -99,10 +99,11 @@ def _start_backend() -> dict:
     return env
 
 
-def part_peaks(args, cfg, out: dict) -> None:
+def part_peaks(args, cfg, out: dict, result: Path) -> None:
     from xbench.bench import device_memory, matmul_peak, memory_bandwidth
 
     out["environment"] = _start_backend()
+    save(result, out)
     say(f"backend: {out['environment']}")
     # float32 at JAX's default precision is TensorFloat-32 on the GPU's tensor cores; "highest" is float32 proper.
     for dtype, prec in (("float32", "default"), ("float32", "highest"), ("bfloat16", "default"), ("bfloat16", "highest")):
@@ -110,6 +111,7 @@ def part_peaks(args, cfg, out: dict) -> None:
             key = f"matmul_{dtype}_tflops" + ("" if prec == "default" else f"_{prec}")
             out[key] = matmul_peak(cfg["matmul_n"], 10, dtype)
         say(f"{cfg['matmul_n']}-square matrix product in {dtype}, precision {prec}: {out[key]:.1f} TFLOP/s")
+        save(result, out)
     out["matmul_n"] = cfg["matmul_n"]
     out["host_memory_gbps"] = memory_bandwidth(256, 3)
     out["device_memory"] = device_memory()
@@ -388,7 +390,8 @@ def parent(args, cfg) -> int:
     final = out_dir / "gpu_paper_eval.json"
     end = T_START + cfg["budget"]
     report = {"issue": 30, "mode": "tiny" if args.tiny else "paper", "started_unix": T_START, "budget_s": cfg["budget"],
-              "command": " ".join([Path(sys.executable).name, *sys.argv]), "settings": {**cfg, "models": args.models, "dtypes": args.dtypes},
+              "commands": {"script": os.environ.get("XBENCH_GPU_EVAL_CMD"), "driver": " ".join([Path(sys.executable).name, *sys.argv]),
+                           "device_run": "the device tool's run, carry ['.whl']: bash docs/tools/gpu_paper_eval.sh $OUT"}, "settings": {**cfg, "models": args.models, "dtypes": args.dtypes},
               "python": platform.python_version(), "platform": platform.platform(), "git_commit": _git_commit(), "notes": [], "models": {},
               "cpu_paper_eval_s": CPU_PAPER_EVAL_S, "cpu_paper_eval_source": "docs/performance.md, Paper scale on this CPU (the bench's rates)"}
     save(final, report)
@@ -401,9 +404,12 @@ def parent(args, cfg) -> int:
     save(final, report)
     env = report["environment"]
     if not args.tiny and env.get("jax_backend") != "gpu":
-        report["notes"].append(f"stopped: the backend is {env.get('keras_backend')}/{env.get('jax_backend')}, not a GPU ({ended})")
+        why = peaks.get("error") or f"the backend is {env.get('keras_backend')}/{env.get('jax_backend')}, not a GPU"
+        report["notes"].append(f"stopped after the first part ({ended}): {why}")
         say(report["notes"][-1])
         save(final, report)
+        if not args.work:
+            shutil.rmtree(work, ignore_errors=True)
         return 2
 
     for i, bb in enumerate(args.models):
@@ -424,6 +430,7 @@ def parent(args, cfg) -> int:
 
     if args.default_benchmark:
         report["default_benchmark"] = default_benchmark(args, cfg, end, work)
+        report["commands"]["default_benchmark"] = report["default_benchmark"]["command"]
     report["targets"] = targets(report)
     report["wall_s"] = time.time() - T0
     save(final, report)
@@ -455,7 +462,7 @@ def main(argv=None) -> int:
     p.add_argument("--tiny", action="store_true", help="64 px, 8-px regions, a few images, the smoke overlay: minutes on a CPU")
     p.add_argument("--models", default="vgg16,densenet201")
     p.add_argument("--dtypes", default="bfloat16,float32", help="in this order: each dtype's bench, then its paper evaluation")
-    p.add_argument("--budget", type=float, default=None, help="seconds for the whole run (default 450; --tiny 600)")
+    p.add_argument("--budget", type=float, default=None, help="seconds for the whole run (default 430; --tiny 600)")
     p.add_argument("--batch-size", type=int, default=None, help="(image, step) pairs per forward pass (default: the engine's 1 GiB budget)")
     p.add_argument("--float32-precision", default="highest", choices=("highest", "default"),
                    help="JAX precision of float32 matrix products and convolutions (default: highest, i.e. float32; "
@@ -492,7 +499,7 @@ def main(argv=None) -> int:
     out: dict = {"part": args.part, "started_s": time.time() - T0}
     try:
         if args.part == "peaks":
-            part_peaks(args, cfg, out)
+            part_peaks(args, cfg, out, result)
         else:
             part_model(args, cfg, out, result)
     except Exception as exc:  # noqa: BLE001 - the parent records what failed and goes on
