@@ -460,7 +460,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out", nargs="?", help="output folder: gpu_paper_eval.json")
     p.add_argument("--tiny", action="store_true", help="64 px, 8-px regions, a few images, the smoke overlay: minutes on a CPU")
-    p.add_argument("--models", default="vgg16,densenet201")
+    p.add_argument("--models", default=None, help="default vgg16,densenet201; --tiny: vgg16 (DenseNet201's smoke job alone takes minutes on "
+                                                   "XLA:CPU: --tiny --models vgg16,densenet201 checks it too)")
     p.add_argument("--dtypes", default="bfloat16,float32", help="in this order: each dtype's bench, then its paper evaluation")
     p.add_argument("--budget", type=float, default=None, help="seconds for the whole run (default 430; --tiny 600)")
     p.add_argument("--batch-size", type=int, default=None, help="(image, step) pairs per forward pass (default: the engine's 1 GiB budget)")
@@ -479,7 +480,7 @@ def main(argv=None) -> int:
     p.add_argument("--deadline", type=float, help=argparse.SUPPRESS)
     p.add_argument("--rss", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    args.models = [m for m in args.models.split(",") if m]
+    args.models = [m for m in (args.models or ("vgg16" if args.tiny else "vgg16,densenet201")).split(",") if m]
     args.dtypes = [d for d in args.dtypes.split(",") if d]
     cfg = dict(TINY if args.tiny else FULL)
     if args.budget:

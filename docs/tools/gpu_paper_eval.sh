@@ -8,7 +8,8 @@
 # into /tmp/site, then runs docs/tools/gpu_paper_eval.py on Keras's JAX backend. Writes
 # OUT/gpu_paper_eval.json and OUT/gpu_paper_eval.log, nothing else (its scratch, the default benchmark's
 # runs and cache, goes to a temporary folder, removed at the end; --work DIR keeps it).
-#   --tiny              64 px, 8-px regions, a few images, the smoke overlay: minutes on a CPU
+#   --tiny              64 px, 8-px regions, 3 images, VGG16, the smoke overlay: minutes on a CPU
+#                       (--tiny --models vgg16,densenet201 checks DenseNet201 too: 25 min on a busy 2-core CPU)
 #   --no-install        use the Python packages already importable (a CPU machine with xbench's environment)
 #   --block-tensorflow  make tensorflow, tf_keras_vis and tensorboard unimportable, as on the GPU machine
 # Other options go to the driver (--models, --dtypes, --budget, --batch-size, --no-default-benchmark).
