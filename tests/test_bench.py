@@ -64,3 +64,18 @@ def test_pixel_orders_on_all_three_paths(order, capsys):
     assert main(["--image-size", "32", "--n", "2", "--region-size", "16", "--order", order, "--no-toolkit", "--json"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["main"]
     assert out["order"] == order and out["steps"] == 4 and out["forward_passes"] == 2 * 5  # default: as many steps as the 2 x 2 regions
+
+
+def test_matrix_peak_in_bfloat16_and_no_device_memory_figures_on_a_cpu():
+    from xbench.bench import device_memory, matmul_peak
+
+    assert matmul_peak(256, 2, "bfloat16") > 0 and matmul_peak(256, 2) > 0
+    assert device_memory() is None  # TensorFlow here; JAX on a CPU keeps no allocator statistics either
+
+
+@pytest.mark.parametrize("method", ["incremental", "auto"])
+def test_a_bench_of_the_incremental_engine_compares_both_engines_with_the_toolkit(method):
+    r, curves = run_bench(BenchSettings(backbone="vgg16", image_size=32, n=3, region_size=8, batch_size=7, method=method))
+    assert r["method_used"] in ("incremental", "full") and (method == "auto" or r["method_used"] == "incremental")
+    assert r["max_abs_diff_vs_full"] < 1e-5 and r["max_abs_diff_engine_toolkit"] < 1e-5 and r["max_abs_diff_full_engine_toolkit"] < 1e-5
+    assert r["full_engine_s"] > 0 and r["engine_over_full"] > 0 and curves.std() > 1e-3

@@ -136,14 +136,17 @@ def toolkit_loop(model, images, heatmaps, *, region_size, order, perturbation, s
     return p[np.arange(n), :, t]
 
 
-def raw_forward(model, n_pairs: int, batch_size: int, image_size: int):
-    """The compiled step over pre-built device batches: no perturbation, no transfers beyond a few indices."""
+def raw_forward(model, n_pairs: int, batch_size: int, image_size: int, slots: int = 2):
+    """The compiled step over pre-built device batches: no perturbation, no transfers beyond a few indices.
+
+    ``slots``: image slots per batch; the engine's own (:func:`warm_step`) runs the same compiled step.
+    """
     step = device_step(model)
     import keras.ops as ops
 
-    X = ops.convert_to_tensor(np.random.default_rng(0).random((2, image_size, image_size, 3), dtype=np.float32))
-    R = ops.convert_to_tensor(np.random.default_rng(1).random((2, image_size, image_size, 3), dtype=np.float32))
-    RK = ops.convert_to_tensor(np.zeros((2, image_size, image_size), np.int32))
+    X = ops.convert_to_tensor(np.random.default_rng(0).random((slots, image_size, image_size, 3), dtype=np.float32))
+    R = ops.convert_to_tensor(np.random.default_rng(1).random((slots, image_size, image_size, 3), dtype=np.float32))
+    RK = ops.convert_to_tensor(np.zeros((slots, image_size, image_size), np.int32))
     idx = ops.convert_to_tensor(np.zeros(batch_size, np.int32))
     k = ops.convert_to_tensor(np.zeros(batch_size, np.int32))
     nb = math.ceil(n_pairs / batch_size)
@@ -154,6 +157,34 @@ def raw_forward(model, n_pairs: int, batch_size: int, image_size: int):
         out = step(X, R, RK, idx, k)
     np.asarray(out)
     return time.perf_counter() - t0, nb
+
+
+def warm_step(model, batch_size: int, curve_points: int, image_size: int) -> None:
+    """Run the engine's step once at the shapes ``perturbation_curves`` uses for this (balanced) batch size and curve length.
+
+    Its image slots are ``ceil(B / (K + 1)) + 1`` (:func:`xbench.perturbation.engine.perturbation_curves`);
+    on JAX each new shape compiles, which a timed call should not include.
+    """
+    import keras.ops as ops
+
+    slots = math.ceil(batch_size / curve_points) + 1
+    X = ops.convert_to_tensor(np.zeros((slots, image_size, image_size, 3), np.float32))
+    RK = ops.convert_to_tensor(np.zeros((slots, image_size, image_size), np.int32))
+    ids = ops.convert_to_tensor(np.zeros(batch_size, np.int32))
+    np.asarray(device_step(model)(X, X, RK, ids, ids))
+
+
+def device_memory() -> dict | None:
+    """The first JAX device's allocator figures in MiB (``peak_bytes_in_use`` is the process's high-water mark), or None.
+
+    None on other backends and on devices that keep no statistics (JAX on a CPU).
+    """
+    if keras.backend.backend() != "jax":
+        return None
+    import jax
+
+    stats = jax.local_devices()[0].memory_stats() or {}
+    return {f"{k}_mib": stats[k] / 2**20 for k in ("bytes_in_use", "peak_bytes_in_use", "bytes_limit") if k in stats} or None
 
 
 def _unsaturate(model, images) -> None:
@@ -226,20 +257,25 @@ def run_bench(s: BenchSettings, model=None) -> dict:
     flops = model_flops(model)
     kw = dict(region_size=s.region_size, order=s.order, perturbation=pert, seed=s.seed, batch_size=B, max_steps=s.max_steps,
               pixel_steps=s.pixel_steps, insertion_blur=s.insertion_blur, method="full")
-    ikw = {**kw, "method": s.method, "batch_size": None}  # incremental chunks by the memory budget, as scoring does
     inc = _incremental_facts(model, s, pert, L) if s.method != "full" else {}
+    # incremental chunks by the memory budget, as scoring does; auto that runs full, by the same batches as full
+    ikw = {**kw, "method": s.method, "batch_size": None if inc.get("method_used") == "incremental" else B}
 
-    # Warm up (compile) every path on a small input so that timings are steady state.
-    perturbation_curves(model, images[:2], heat[:2], **kw)
-    if s.method != "full":  # the incremental step compiles per chunk size: warm it on a full chunk
+    # Warm up (compile) every path so that timings are steady state. On JAX every new shape compiles:
+    # the full engine (and raw) are warmed at the (slots, batch) shapes of the timed call, predict on all images.
+    if pert.mask_dependent:
+        perturbation_curves(model, images[:2], heat[:2], **kw)
+    else:
+        warm_step(model, B, L + 1, s.image_size)
+    if inc.get("method_used") == "incremental":  # the incremental step compiles per chunk size: warm it on a full chunk
         warm = inc.get("chunk_images", 2)
         perturbation_curves(model, images[:warm], heat[:warm], **ikw)
     if s.toolkit:
-        model.predict(images[:2], batch_size=B, verbose=0)
+        model.predict(images, batch_size=B, verbose=0)
 
     raw_times, engine_times, mem_deltas, full_times = [], [], [], []
     for _ in range(max(1, s.repeats)):  # interleaved, so drift on a shared machine hits all
-        raw_s, nb = raw_forward(model, pairs, B, s.image_size)
+        raw_s, nb = raw_forward(model, pairs, B, s.image_size, slots=math.ceil(B / (L + 1)) + 1)
         raw_times.append(raw_s)
         with PeakRSS() as mem:
             t0 = time.perf_counter()
@@ -287,6 +323,8 @@ def run_bench(s: BenchSettings, model=None) -> dict:
             "engine_over_toolkit": toolkit_s / engine_s,
             "max_abs_diff_engine_toolkit": float(np.abs(tk - curves).max()),
         })
+        if s.method != "full":  # the full engine's too: the incremental one may differ from both by float32 rounding
+            out["max_abs_diff_full_engine_toolkit"] = float(np.abs(tk - full_curves).max())
     if s.dtype != "float32":
         ref = perturbation_curves(model32, images, heat, **kw)
         from xbench.metrics.aopc import aopc_per_image
@@ -322,17 +360,20 @@ def _incremental_facts(model, s: BenchSettings, pert, steps: int) -> dict:
             "per_layer_gflop": [list(r) for r in est.per_layer]}
 
 
-def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
-    """Achieved float32 matrix-product TFLOP/s with the active Keras backend on this machine."""
+def matmul_peak(n: int = 2048, repeats: int = 5, dtype: str = "float32") -> float:
+    """Achieved matrix-product TFLOP/s in ``dtype`` (float32, bfloat16) with the active Keras backend on this machine.
+
+    Each product is read back as its sum (one number), so an accelerator's timing is not a copy of the matrix to the host.
+    """
     import keras.ops as ops
 
-    a = ops.convert_to_tensor(np.random.default_rng(0).random((n, n), dtype=np.float32))
-    b = ops.convert_to_tensor(np.random.default_rng(1).random((n, n), dtype=np.float32))
-    np.asarray(ops.matmul(a, b))
+    a = ops.cast(ops.convert_to_tensor(np.random.default_rng(0).random((n, n), dtype=np.float32)), dtype)
+    b = ops.cast(ops.convert_to_tensor(np.random.default_rng(1).random((n, n), dtype=np.float32)), dtype)
+    float(ops.sum(ops.matmul(a, b)))
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
-        np.asarray(ops.matmul(a, b))
+        float(ops.sum(ops.matmul(a, b)))
         best = min(best, time.perf_counter() - t0)
     return 2 * n**3 / best / 1e12
 
