@@ -67,7 +67,7 @@ def test_pixel_orders_on_all_three_paths(order, capsys):
 
 
 def test_matrix_peak_in_bfloat16_and_no_device_memory_figures_on_a_cpu():
-    from xbench.bench import device_memory, matmul_peak
+    from xbench.pipeline.speed import device_memory, matmul_peak
 
     assert matmul_peak(256, 2, "bfloat16") > 0 and matmul_peak(256, 2) > 0
     assert device_memory() is None  # TensorFlow here; JAX on a CPU keeps no allocator statistics either

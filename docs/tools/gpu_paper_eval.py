@@ -2,12 +2,12 @@
 
     python docs/tools/gpu_paper_eval.py OUT [--tiny] [--models vgg16,densenet201] [--budget SECONDS]
 
-Measures with xbench's own code (:mod:`xbench.bench`), on the active Keras
+Measures with xbench's own code (:mod:`xbench.pipeline.speed`), on the active Keras
 backend (JAX on the GPU machine), for each model at the paper's 299 px with
 34-px regions (``--tiny``: 64 px, 8-px regions, a few images), in float32 and
 bfloat16:
 
-- ``bench``: :func:`xbench.bench.run_bench` with ``method="auto"`` on a
+- ``bench``: :func:`xbench.pipeline.speed.run_bench` with ``method="auto"`` on a
   subset of random images: raw img/s (the compiled step alone), engine img/s
   for ``auto`` and ``full``, the per-step ``model.predict`` toolkit loop on the
   same subset, their curves' largest difference, TFLOP/s, host RSS;
@@ -83,7 +83,7 @@ def save(path: Path, obj) -> None:
 
 
 def _start_backend() -> dict:
-    from xbench.native_logs import start_backend
+    from xbench.backend.native_logs import start_backend
 
     start_backend()
     import keras
@@ -100,7 +100,7 @@ def _start_backend() -> dict:
 
 
 def part_peaks(args, cfg, out: dict, result: Path) -> None:
-    from xbench.bench import device_memory, matmul_peak, memory_bandwidth
+    from xbench.pipeline.speed import device_memory, matmul_peak, memory_bandwidth
 
     out["environment"] = _start_backend()
     save(result, out)
@@ -150,13 +150,19 @@ def part_model(args, cfg, out: dict, result: Path) -> None:
     import numpy as np
 
     out["environment"] = _start_backend()
-    from xbench.bench import BenchSettings, PeakRSS, device_memory, run_bench, warm_step
     from xbench.models import build_classifier
     from xbench.models.precision import with_compute_dtype
     from xbench.perturbation import perturbation_curves
     from xbench.perturbation.engine import auto_batch_size, balanced_batch, step_devices
     from xbench.perturbation.incremental import chunk_size, runner
     from xbench.perturbation.regions import grid_shape
+    from xbench.pipeline.speed import (
+        BenchSettings,
+        PeakRSS,
+        device_memory,
+        run_bench,
+        warm_step,
+    )
 
     deadline, backbone, S, P = args.deadline, args.backbone, cfg["image_size"], cfg["region_size"]
     # float32 runs at --float32-precision; bfloat16 at JAX's default (its float32 reference inside run_bench too).

@@ -11,6 +11,7 @@ small functions:
 - ``compile_step(step, height, width)`` -> (compiled, devices): the perturbation engine's step;
 - ``compile_window_step(fn, donate)``: the incremental runner's steps;
 - ``compile_forward(model)``: an inference-mode forward function (training, prediction);
+- ``device_memory()``: the device allocator's figures, or None;
 - ``start()``: initialise the devices (called with the native start-up lines captured).
 
 Only this package imports TensorFlow, JAX or torch (``tests/test_architecture.py``;

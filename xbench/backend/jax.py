@@ -111,6 +111,12 @@ def compile_forward(model):
     return lambda x: model(x, training=False)
 
 
+def device_memory() -> dict | None:
+    """The first local device's allocator figures in MiB (``peak_bytes_in_use``: the high-water mark), or None (a CPU keeps none)."""
+    stats = jax.local_devices()[0].memory_stats() or {}
+    return {f"{k}_mib": stats[k] / 2**20 for k in ("bytes_in_use", "peak_bytes_in_use", "bytes_limit") if k in stats} or None
+
+
 def start(retracing_filter) -> None:
     """Initialise the devices; JAX's INFO line about absent TPU/GPU plugins stays out of the logs.
 

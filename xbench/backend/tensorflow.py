@@ -97,6 +97,11 @@ def compile_forward(model):
     return cache
 
 
+def device_memory() -> None:
+    """Not measured on this backend (the GPU figures are JAX's)."""
+    return None
+
+
 def start(retracing_filter) -> None:
     """Probe the devices now (cuInit prints here, not in the middle of a job); send retracing warnings through ``retracing_filter``."""
     tf.config.list_physical_devices()

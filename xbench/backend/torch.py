@@ -67,5 +67,10 @@ def compile_forward(model):
     return lambda x: model(x, training=False)
 
 
+def device_memory() -> None:
+    """Not measured on this backend (the GPU figures are JAX's)."""
+    return None
+
+
 def start(retracing_filter) -> None:
     pass

@@ -175,16 +175,13 @@ def warm_step(model, batch_size: int, curve_points: int, image_size: int) -> Non
 
 
 def device_memory() -> dict | None:
-    """The first JAX device's allocator figures in MiB (``peak_bytes_in_use`` is the process's high-water mark), or None.
+    """The first device's allocator figures in MiB (``peak_bytes_in_use`` is the process's high-water mark), or None.
 
-    None on other backends and on devices that keep no statistics (JAX on a CPU).
+    None where the backend keeps no such statistics (TensorFlow and torch here; JAX on a CPU).
     """
-    if keras.backend.backend() != "jax":
-        return None
-    import jax
+    from xbench import backend
 
-    stats = jax.local_devices()[0].memory_stats() or {}
-    return {f"{k}_mib": stats[k] / 2**20 for k in ("bytes_in_use", "peak_bytes_in_use", "bytes_limit") if k in stats} or None
+    return backend.active().device_memory()
 
 
 def _unsaturate(model, images) -> None:
