@@ -223,20 +223,32 @@ class BenchSettings:
     method: str = "full"  # the engine's method (score.method): full | incremental | auto
 
 
-def run_bench(s: BenchSettings, model=None) -> dict:
-    """Time raw / engine / toolkit_loop on one model; returns a JSON-ready dict.
+@dataclass
+class _Case:
+    """One bench run's inputs, built once: the models, images, maps, steps, batch and the engine's keyword arguments."""
 
-    With ``s.dtype`` other than float32, every path runs a copy of the float32
-    model computing in that type (:func:`xbench.models.precision.with_compute_dtype`,
-    what ``score.dtype`` does), and the curves are compared with the float32
-    model's on the same images and maps.
-    """
+    s: BenchSettings
+    model32: object
+    model: object  # model32 computing in s.dtype
+    images: np.ndarray
+    heat: np.ndarray
+    regions: int
+    steps: int  # L: region steps, or pixel steps K_eff
+    pairs: int  # N (L + 1) forward passes
+    batch: int  # B, what the engine uses
+    devices: int
+    perturbation: object
+    kw: dict  # the full engine's keyword arguments
+    ikw: dict  # the chosen method's
+    inc: dict  # what the incremental method would do (empty for method=full)
+
+
+def _case(s: BenchSettings, model=None) -> _Case:
+    from xbench.models import build_classifier
+    from xbench.models.backbones import NO_WEIGHTS
     from xbench.models.precision import check_compute_dtype, with_compute_dtype
 
     check_compute_dtype(s.dtype)
-    from xbench.models import build_classifier
-    from xbench.models.backbones import NO_WEIGHTS
-
     model32 = model or build_classifier(s.backbone, 4, s.image_size, weights=NO_WEIGHTS, seed=s.seed)
     rng = np.random.default_rng(s.seed)
     images = rng.random((s.n, s.image_size, s.image_size, 3), dtype=np.float32)
@@ -247,92 +259,127 @@ def run_bench(s: BenchSettings, model=None) -> dict:
         L = pixel_steps(s.image_size, s.image_size, rows * cols if s.pixel_steps is None else s.pixel_steps)[1]
     pairs = s.n * (L + 1)
     _unsaturate(model32, images[:16])
-    model = with_compute_dtype(model32, s.dtype)
-    d = step_devices(model)
-    B = math.ceil(balanced_batch(pairs, s.batch_size or auto_batch_size(model, 1024)) / d) * d  # what the engine will use
+    model_ = with_compute_dtype(model32, s.dtype)
+    d = step_devices(model_)
+    B = math.ceil(balanced_batch(pairs, s.batch_size or auto_batch_size(model_, 1024)) / d) * d  # what the engine will use
     pert = PERTURBATIONS[s.perturbation]()
-    flops = model_flops(model)
     kw = dict(region_size=s.region_size, order=s.order, perturbation=pert, seed=s.seed, batch_size=B, max_steps=s.max_steps,
               pixel_steps=s.pixel_steps, insertion_blur=s.insertion_blur, method="full")
-    inc = _incremental_facts(model, s, pert, L) if s.method != "full" else {}
+    inc = _incremental_facts(model_, s, pert, L) if s.method != "full" else {}
     # incremental chunks by the memory budget, as scoring does; auto that runs full, by the same batches as full
     ikw = {**kw, "method": s.method, "batch_size": None if inc.get("method_used") == "incremental" else B}
+    return _Case(s, model32, model_, images, heat, rows * cols, L, pairs, B, d, pert, kw, ikw, inc)
 
-    # Warm up (compile) every path so that timings are steady state. On JAX every new shape compiles:
-    # the full engine (and raw) are warmed at the (slots, batch) shapes of the timed call, predict on all images.
-    if pert.mask_dependent:
-        perturbation_curves(model, images[:2], heat[:2], **kw)
+
+def _warm(c: _Case) -> None:
+    """Compile every path so that timings are steady state. On JAX every new shape compiles: the full engine (and raw)
+    are warmed at the (slots, batch) shapes of the timed call, predict on all images."""
+    if c.perturbation.mask_dependent:
+        perturbation_curves(c.model, c.images[:2], c.heat[:2], **c.kw)
     else:
-        warm_step(model, B, L + 1, s.image_size)
-    if inc.get("method_used") == "incremental":  # the incremental step compiles per chunk size: warm it on a full chunk
-        warm = inc.get("chunk_images", 2)
-        perturbation_curves(model, images[:warm], heat[:warm], **ikw)
-    if s.toolkit:
-        model.predict(images, batch_size=B, verbose=0)
+        warm_step(c.model, c.batch, c.steps + 1, c.s.image_size)
+    if c.inc.get("method_used") == "incremental":  # the incremental step compiles per chunk size: warm it on a full chunk
+        warm = c.inc.get("chunk_images", 2)
+        perturbation_curves(c.model, c.images[:warm], c.heat[:warm], **c.ikw)
+    if c.s.toolkit:
+        c.model.predict(c.images, batch_size=c.batch, verbose=0)
 
-    raw_times, engine_times, mem_deltas, full_times = [], [], [], []
-    for _ in range(max(1, s.repeats)):  # interleaved, so drift on a shared machine hits all
-        raw_s, nb = raw_forward(model, pairs, B, s.image_size, slots=math.ceil(B / (L + 1)) + 1)
-        raw_times.append(raw_s)
+
+def _timed(c: _Case) -> dict:
+    """raw, the engine (the chosen method) and, unless full, the full engine, interleaved ``repeats`` times (drift on a
+    shared machine hits all); the best time of each counts."""
+    t = {"raw": [], "engine": [], "full": [], "rss": [], "nb": 0, "curves": None, "full_curves": None}
+    for _ in range(max(1, c.s.repeats)):
+        raw_s, t["nb"] = raw_forward(c.model, c.pairs, c.batch, c.s.image_size, slots=math.ceil(c.batch / (c.steps + 1)) + 1)
+        t["raw"].append(raw_s)
         with PeakRSS() as mem:
             t0 = time.perf_counter()
-            curves = perturbation_curves(model, images, heat, **(ikw if s.method != "full" else kw))
-            engine_times.append(time.perf_counter() - t0)
-        mem_deltas.append(mem.delta)
-        if s.method != "full":
+            t["curves"] = perturbation_curves(c.model, c.images, c.heat, **(c.ikw if c.s.method != "full" else c.kw))
+            t["engine"].append(time.perf_counter() - t0)
+        t["rss"].append(mem.delta)
+        if c.s.method != "full":
             t0 = time.perf_counter()
-            full_curves = perturbation_curves(model, images, heat, **kw)
-            full_times.append(time.perf_counter() - t0)
-    raw_s, engine_s = min(raw_times), min(engine_times)
+            t["full_curves"] = perturbation_curves(c.model, c.images, c.heat, **c.kw)
+            t["full"].append(time.perf_counter() - t0)
+    return t
+
+
+def run_bench(s: BenchSettings, model=None) -> dict:
+    """Time raw / engine / toolkit_loop on one model; returns a JSON-ready dict and the engine's curves.
+
+    With ``s.dtype`` other than float32, every path runs a copy of the float32
+    model computing in that type (:func:`xbench.models.precision.with_compute_dtype`,
+    what ``score.dtype`` does), and the curves are compared with the float32
+    model's on the same images and maps.
+    """
+    c = _case(s, model)
+    _warm(c)
+    t = _timed(c)
+    raw_s, engine_s, nb, B, pairs, flops = min(t["raw"]), min(t["engine"]), t["nb"], c.batch, c.pairs, model_flops(c.model)
+    curves = t["curves"]
     out = {
-        "backbone": s.backbone, "image_size": s.image_size, "n": s.n, "region_size": s.region_size, "regions": rows * cols, "steps": L,
+        "backbone": s.backbone, "image_size": s.image_size, "n": s.n, "region_size": s.region_size, "regions": c.regions, "steps": c.steps,
         "order": s.order, "perturbation": s.perturbation, "dtype": s.dtype, "batch_size": B, "forward_passes": pairs,
-        "keras_backend": keras.backend.backend(), "devices": d, "gflop_per_image": flops / 1e9,
+        "keras_backend": keras.backend.backend(), "devices": c.devices, "gflop_per_image": flops / 1e9,
         "raw_s": raw_s, "engine_s": engine_s,
         "raw_images_per_s": nb * B / raw_s, "engine_images_per_s": pairs / engine_s,
         "engine_over_raw": (nb * B / raw_s and (pairs / engine_s) / (nb * B / raw_s)),
         "engine_tflops": pairs * flops / engine_s / 1e12, "raw_tflops": nb * B * flops / raw_s / 1e12,
-        "engine_peak_rss_delta_mb": max(mem_deltas) / 2**20,
-        "repeats": len(raw_times), "raw_times_s": raw_times, "engine_times_s": engine_times,
-        "inputs_mb": (images.nbytes + heat.nbytes) / 2**20, "method": s.method,
+        "engine_peak_rss_delta_mb": max(t["rss"]) / 2**20,
+        "repeats": len(t["raw"]), "raw_times_s": t["raw"], "engine_times_s": t["engine"],
+        "inputs_mb": (c.images.nbytes + c.heat.nbytes) / 2**20, "method": s.method,
     }
     if s.method != "full":
-        full_s = min(full_times)
-        out.update(inc)
-        out.update({"full_engine_s": full_s, "full_engine_times_s": full_times, "engine_over_full": full_s / engine_s,
-                    "max_abs_diff_vs_full": float(np.abs(curves - full_curves).max())})
-    if pert.mask_dependent and order_of(s.order).uses_perturbation:  # what in-distribution removal costs over the paper's noise (insertion ignores it: a blur)
-        from xbench.perturbation.perturbations import GaussianNoise
-
-        gkw = {**kw, "perturbation": GaussianNoise(0.1)}
-        perturbation_curves(model, images[:2], heat[:2], **gkw)
-        t0 = time.perf_counter()
-        perturbation_curves(model, images, heat, **gkw)
-        out["gaussian_engine_s"] = time.perf_counter() - t0
-        out["engine_over_gaussian"] = out["gaussian_engine_s"] / engine_s
+        full_s = min(t["full"])
+        out.update(c.inc)
+        out.update({"full_engine_s": full_s, "full_engine_times_s": t["full"], "engine_over_full": full_s / engine_s,
+                    "max_abs_diff_vs_full": float(np.abs(curves - t["full_curves"]).max())})
+    if c.perturbation.mask_dependent and order_of(s.order).uses_perturbation:  # insertion ignores it: a blur
+        out.update(_versus_gaussian(c, engine_s))
     if s.toolkit:
-        t0 = time.perf_counter()
-        tk = toolkit_loop(model, images, heat, region_size=s.region_size, order=s.order, perturbation=pert, seed=s.seed, batch_size=B, max_steps=s.max_steps,
-                          pixel_steps=s.pixel_steps, insertion_blur=s.insertion_blur)
-        toolkit_s = time.perf_counter() - t0
-        out.update({
-            "toolkit_s": toolkit_s, "toolkit_images_per_s": pairs / toolkit_s,
-            "engine_over_toolkit": toolkit_s / engine_s,
-            "max_abs_diff_engine_toolkit": float(np.abs(tk - curves).max()),
-        })
-        if s.method != "full":  # the full engine's too: the incremental one may differ from both by float32 rounding
-            out["max_abs_diff_full_engine_toolkit"] = float(np.abs(tk - full_curves).max())
+        out.update(_versus_toolkit(c, engine_s, curves, t["full_curves"]))
     if s.dtype != "float32":
-        ref = perturbation_curves(model32, images, heat, **kw)
-        from xbench.metrics.aopc import aopc_per_image
-
-        out.update({"max_abs_diff_vs_float32": float(np.abs(curves - ref).max()),
-                    "mean_abs_diff_vs_float32": float(np.abs(curves - ref).mean()),
-                    "max_abs_aopc_diff_vs_float32": float(np.abs(aopc_per_image(curves) - aopc_per_image(ref)).max()),
-                    "mean_aopc_diff_vs_float32": float((aopc_per_image(curves) - aopc_per_image(ref)).mean())})
+        out.update(_versus_float32(c, curves))
     out["curves_mean"] = float(curves.mean())
     out["curves_std"] = float(curves.std())
     return out, curves
+
+
+def _versus_gaussian(c: _Case, engine_s: float) -> dict:
+    """What in-distribution removal (ROAD) costs over the paper's noise: the same run with Gaussian noise."""
+    from xbench.perturbation.perturbations import GaussianNoise
+
+    gkw = {**c.kw, "perturbation": GaussianNoise(0.1)}
+    perturbation_curves(c.model, c.images[:2], c.heat[:2], **gkw)
+    t0 = time.perf_counter()
+    perturbation_curves(c.model, c.images, c.heat, **gkw)
+    g = time.perf_counter() - t0
+    return {"gaussian_engine_s": g, "engine_over_gaussian": g / engine_s}
+
+
+def _versus_toolkit(c: _Case, engine_s: float, curves: np.ndarray, full_curves: np.ndarray | None) -> dict:
+    """The toolkit loop's time and its largest curve difference from the engine (and from the full engine, unless full ran)."""
+    s = c.s
+    t0 = time.perf_counter()
+    tk = toolkit_loop(c.model, c.images, c.heat, region_size=s.region_size, order=s.order, perturbation=c.perturbation, seed=s.seed,
+                      batch_size=c.batch, max_steps=s.max_steps, pixel_steps=s.pixel_steps, insertion_blur=s.insertion_blur)
+    toolkit_s = time.perf_counter() - t0
+    out = {"toolkit_s": toolkit_s, "toolkit_images_per_s": c.pairs / toolkit_s, "engine_over_toolkit": toolkit_s / engine_s,
+           "max_abs_diff_engine_toolkit": float(np.abs(tk - curves).max())}
+    if s.method != "full":  # the full engine's too: the incremental one may differ from both by float32 rounding
+        out["max_abs_diff_full_engine_toolkit"] = float(np.abs(tk - full_curves).max())
+    return out
+
+
+def _versus_float32(c: _Case, curves: np.ndarray) -> dict:
+    """How far the low-precision curves and AOPCs lie from the float32 model's on the same images and maps."""
+    from xbench.metrics.aopc import aopc_per_image
+
+    ref = perturbation_curves(c.model32, c.images, c.heat, **c.kw)
+    return {"max_abs_diff_vs_float32": float(np.abs(curves - ref).max()),
+            "mean_abs_diff_vs_float32": float(np.abs(curves - ref).mean()),
+            "max_abs_aopc_diff_vs_float32": float(np.abs(aopc_per_image(curves) - aopc_per_image(ref)).max()),
+            "mean_aopc_diff_vs_float32": float((aopc_per_image(curves) - aopc_per_image(ref)).mean())}
 
 
 def _incremental_facts(model, s: BenchSettings, pert, steps: int) -> dict:
