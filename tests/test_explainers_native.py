@@ -100,7 +100,7 @@ def test_native_smoothgrad_equals_tf_keras_vis_given_the_same_noise(vgg, images,
 
 @pytest.mark.tensorflow
 def test_impl_tfkv_keeps_the_tf_keras_vis_path_and_config_names_both():
-    from tests.conftest import compose
+    from tests.helpers import compose
     from xbench.explain import TfKerasVis
 
     for name in ("gradcampp", "layercam", "saliency", "smoothgrad"):
@@ -295,7 +295,7 @@ def test_bad_settings_fail_in_one_line_naming_the_field(bad, message):
 
 
 def test_every_name_is_an_explainer_config():
-    from tests.conftest import compose
+    from tests.helpers import compose
 
     for name in NATIVE:
         cfg = compose([f"explainer={name}"])
