@@ -134,6 +134,14 @@ def rank_maps(order: np.ndarray, height: int, width: int, region_size: int) -> n
     return rank_of_region[:, idx].astype(np.int32)
 
 
+def requested_pixel_steps(height: int, width: int, region_size: int, pixel_steps: int | None = None) -> int:
+    """K asked of the pixel orders: ``pixel_steps``, or by default L, the number of regions of the grid (MoRF's forward-pass budget)."""
+    if pixel_steps is not None:
+        return int(pixel_steps)
+    rows, cols = grid_shape(height, width, region_size)
+    return rows * cols
+
+
 def pixel_steps(height: int, width: int, steps: int) -> tuple[int, int, np.ndarray]:
     """(pixels_per_step n, real number of steps K_eff, (K_eff + 1,) float64 fractions) for ``steps`` requested steps.
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 
 from xbench.perturbation.orders import Order, order_of
 from xbench.perturbation.perturbations import Blur, GaussianNoise, Perturbation
-from xbench.perturbation.regions import grid_shape
+from xbench.perturbation.regions import requested_pixel_steps
 
 #: The compute precision whose curves' keys carry no ``dtype`` (the keys from before there was a choice).
 DEFAULT_DTYPE = "float32"
@@ -71,8 +71,7 @@ class CurveSpec:
         """This spec on (H, W) images with a pixel order's default ``pixel_steps`` (L, the number of regions) filled in."""
         if not self.kind.pixel or self.pixel_steps is not None:
             return self
-        rows, cols = grid_shape(height, width, self.region_size)
-        return replace(self, pixel_steps=rows * cols)
+        return replace(self, pixel_steps=requested_pixel_steps(height, width, self.region_size))
 
     def identity(self) -> dict:
         """The JSON-able settings that decide these curves: the curve cache's key, besides the model, method, maps, ids and targets.

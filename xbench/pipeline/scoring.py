@@ -47,6 +47,7 @@ from xbench.perturbation.regions import (
     grid_shape,
     pixel_steps,
     region_scores,
+    requested_pixel_steps,
     sanitise_heatmaps,
 )
 from xbench.perturbation.spec import CurveSpec
@@ -256,11 +257,8 @@ def _steps(batch: _Batch, settings: ScoreSettings) -> int:
 
 
 def _requested_pixel_steps(batch: _Batch, settings: ScoreSettings) -> int:
-    """K asked of the pixel orders: ``pixel_steps``, or L, the number of regions (MoRF's forward-pass budget)."""
-    if settings.pixel_steps is not None:
-        return int(settings.pixel_steps)
-    rows, cols = grid_shape(batch.x.shape[1], batch.x.shape[2], batch.region)
-    return rows * cols
+    """K asked of the pixel orders (:func:`xbench.perturbation.regions.requested_pixel_steps`)."""
+    return requested_pixel_steps(batch.x.shape[1], batch.x.shape[2], batch.region, settings.pixel_steps)
 
 
 def pixel_plan(batch: _Batch, settings: ScoreSettings) -> tuple[int, int, np.ndarray]:

@@ -43,6 +43,7 @@ from xbench.perturbation.regions import (
     rank_maps,
     region_order,
     region_scores,
+    requested_pixel_steps,
 )
 from xbench.perturbation.spec import CurveSpec
 
@@ -119,7 +120,7 @@ def toolkit_loop(model, images, heatmaps, *, region_size, order, perturbation, s
     else:
         g = np.stack([(change.draws if road else change)(images[i], image_rng(seed, i)) for i in range(n)])
     if kind.pixel:
-        ranks, steps, _ = pixel_rank_maps(heatmaps, rows * cols if pixel_steps is None else pixel_steps)
+        ranks, steps, _ = pixel_rank_maps(heatmaps, requested_pixel_steps(h, w, region_size, pixel_steps))
     else:
         ranks = rank_maps(region_order(region_scores(heatmaps, region_size), order, seed=seed, image_ids=np.arange(n)), h, w, region_size)
         steps = rows * cols if max_steps is None else max_steps
@@ -256,7 +257,7 @@ def _case(s: BenchSettings, model=None) -> _Case:
     rows, cols = grid_shape(s.image_size, s.image_size, s.region_size)
     L = rows * cols if s.max_steps is None else min(s.max_steps, rows * cols)
     if order_of(s.order).pixel:  # steps of n pixels, always to 100% (max_steps does not apply)
-        L = pixel_steps(s.image_size, s.image_size, rows * cols if s.pixel_steps is None else s.pixel_steps)[1]
+        L = pixel_steps(s.image_size, s.image_size, requested_pixel_steps(s.image_size, s.image_size, s.region_size, s.pixel_steps))[1]
     pairs = s.n * (L + 1)
     _unsaturate(model32, images[:16])
     model_ = with_compute_dtype(model32, s.dtype)
