@@ -193,3 +193,10 @@ def test_smoothgrad_noise_is_a_function_of_seed_and_image_id_not_of_chunking(ima
     monkeypatch.setattr(np.random, "normal", lambda loc, scale, size: (np.asarray(scale) * z).astype(np.float32))
     ref = Saliency(logits_model(model), clone=False)(CategoricalScore(t.tolist()), images, smooth_samples=3, smooth_noise=0.2, normalize_map=False)
     np.testing.assert_allclose(whole, ref, rtol=1e-4, atol=1e-5 * scale)
+
+
+def test_the_tf_keras_vis_table_has_every_method_the_config_accepts():
+    from xbench.core.names import TFKV_METHODS
+    from xbench.explain.tfkv import _METHODS
+
+    assert set(_METHODS) == set(TFKV_METHODS)
