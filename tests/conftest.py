@@ -8,6 +8,17 @@ from pathlib import Path
 import pytest
 
 
+def pytest_collection_modifyitems(config, items):
+    """Modules with a test marked ``slow`` first, each module kept whole (its fixtures are made once per worker).
+
+    The xdist workers take tests in this order: a long end-to-end test that
+    started last would leave the other worker idle while it runs.
+    """
+    slow = {item.module.__name__ for item in items if item.get_closest_marker("slow")}
+    order = {id(item): i for i, item in enumerate(items)}
+    items.sort(key=lambda item: (item.module.__name__ not in slow, order[id(item)]))
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("xbench_cache")

@@ -29,7 +29,8 @@ from xbench.models import build_classifier
 pytestmark = pytest.mark.jax_rerun
 
 NATIVE = ["gradcam", "gradcampp", "layercam", "hirescam", "xgradcam", "eigencam", "saliency", "smoothgrad", "vargrad", "input_x_gradient",
-          "integrated_gradients"]
+          "integrated_gradients", "deeplift", "lrp"]
+CAMS = ("gradcam", "gradcampp", "layercam", "hirescam", "xgradcam", "eigencam")
 #: Small settings so the noisy and path methods stay quick.
 QUICK = {"smoothgrad": {"samples": 3}, "vargrad": {"samples": 3}, "integrated_gradients": {"steps": 8}}
 
@@ -231,7 +232,7 @@ def test_maps_do_not_depend_on_batching_and_the_model_is_unchanged(name, images)
     ids = np.array([40, 41, 42, 43])
     t = np.array([0, 1, 2, 1])
     kw = dict(QUICK.get(name, {}))
-    if name not in ("saliency", "smoothgrad", "vargrad", "input_x_gradient", "integrated_gradients"):
+    if name in CAMS:
         kw["layer"] = "b1_conv2"
     whole = build(name, batch_size=16, **kw)(model, images, t, ExplainContext(ids, seed=3))
     ones = build(name, batch_size=1, **kw)(model, images, t, ExplainContext(ids, seed=3))
@@ -325,7 +326,7 @@ def test_tensorflow_and_jax_give_the_same_maps_on_the_same_weights(tmp_path, ima
     np.save(tmp_path / "x.npy", images)
     t, ids = np.array([0, 1, 2, 1]), np.array([5, 6, 7, 8])
     layer = {"layer": "b1_conv2"}
-    params = {n: {**QUICK.get(n, {}), **(layer if n in ("gradcam", "gradcampp", "layercam", "hirescam", "xgradcam", "eigencam") else {})} for n in NATIVE}
+    params = {n: {**QUICK.get(n, {}), **(layer if n in CAMS else {})} for n in NATIVE}
     ours = {n: build(n, **p)(model, images, t, ExplainContext(ids, seed=2)) for n, p in params.items()}
     script = textwrap.dedent(f"""
         import json, numpy as np, keras

@@ -248,6 +248,7 @@ def test_incremental_curves_equal_full_ones_on_the_paper_backbones(backbone, siz
 
 # --- choice and refusals -------------------------------------------------------------------------
 
+@pytest.mark.not_on_jax  # a FLOP plan, backend-free; building DenseNet201 under JAX costs 45 s of the rerun
 def test_auto_takes_incremental_where_it_saves_flops_and_says_so(caplog):
     from xbench.models import build_classifier
 

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 
 #: What test_the_engine_explainer_and_aopc_tests_pass_on_jax reruns, and how many tests that is.
 JAX_RERUN_MARKS = "jax_rerun and not not_on_jax and not tensorflow and not slow"
-JAX_RERUN_COUNT = 156
+JAX_RERUN_COUNT = 172
 
 #: Runs before xbench in the child: TensorFlow does not exist there.
 BLOCK_TF = textwrap.dedent("""
@@ -129,7 +129,7 @@ def test_the_engine_explainer_and_aopc_tests_pass_on_jax():
     # minute each; other cases repeat a smaller one's code path), and it is counted, so it cannot shrink unseen.
     here = Path(__file__).resolve().parent
     modules = sorted(str(f.relative_to(here.parent)) for f in here.rglob("test_*.py") if "\npytestmark = pytest.mark.jax_rerun\n" in f.read_text())
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *modules, "-m", JAX_RERUN_MARKS],
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0", *modules, "-m", JAX_RERUN_MARKS],
                        cwd=Path(__file__).resolve().parent.parent, env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:]
     summary = r.stdout.strip().splitlines()[-1]  # "128 passed, 373 deselected in 95.20s"

@@ -8,6 +8,8 @@ small functions:
   d logit_c / d activation (Grad-CAM and friends);
 - ``guided_relu(max_value)`` and ``input_gradients(logits_model, x, targets)``: the ReLU with
   Springenberg et al.'s backward rule, and d logit_c / d input (Guided Backprop);
+- ``vjp(fn, x, cotangent)``: cotangent^T d fn / d x at x (LRP and DeepLIFT, layer by layer);
+- ``compile_function(fn, variables)``: a function of tensors that reads Keras ``variables``, compiled (jit / tf.function);
 - ``compile_step(step, height, width)`` -> (compiled, devices): the perturbation engine's step;
 - ``compile_window_step(fn, donate)``: the incremental runner's steps;
 - ``compile_forward(model)``: an inference-mode forward function (training, prediction);

@@ -82,6 +82,29 @@ def input_gradients(logits_model, x: np.ndarray, t: np.ndarray) -> np.ndarray:
     return np.asarray(fn(trainable, fixed, jnp.asarray(x, jnp.float32), jnp.asarray(t, jnp.int32)))
 
 
+def vjp(fn, x, cotangent):
+    """The vector-Jacobian product cotangent^T (d fn / d x) at ``x`` (``jax.vjp``)."""
+    y, pull = jax.vjp(fn, jnp.asarray(x))
+    return pull(jnp.asarray(cotangent, y.dtype))[0]
+
+
+def compile_function(fn, variables=()):
+    """``jax.jit(fn)``, traced once per input shape, the Keras ``variables`` it reads passed as arguments.
+
+    Closed over, the weights would be constants of the trace, and XLA's
+    constant folding of a DenseNet201's takes minutes; read through a
+    ``keras.StatelessScope`` they are arguments, as in :func:`input_gradients`.
+    """
+    variables = list(variables)
+
+    def pure(values, *args):
+        with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+            return fn(*args)
+
+    jitted = jax.jit(pure)
+    return lambda *args: jitted([v.value for v in variables], *args)
+
+
 def compile_step(step, height: int, width: int):
     """``jax.jit`` of the engine's step; with several local devices, each takes an equal share of a batch's (image, step) pairs.
 

@@ -71,6 +71,21 @@ def input_gradients(logits_model, x: np.ndarray, t: np.ndarray) -> np.ndarray:
     return fn(tf.convert_to_tensor(x, tf.float32), tf.convert_to_tensor(t, tf.int32)).numpy()
 
 
+def vjp(fn, x, cotangent):
+    """The vector-Jacobian product cotangent^T (d fn / d x) at ``x`` (same shape as ``x``; zeros where fn does not read x)."""
+    x = tf.convert_to_tensor(x)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = fn(x)
+    g = tape.gradient(y, x, output_gradients=tf.cast(cotangent, y.dtype))
+    return tf.zeros_like(x) if g is None else g
+
+
+def compile_function(fn, variables=()):
+    """``fn`` as a ``tf.function`` (traced once per input shape, no autograph: no data-dependent Python control flow; variables captured by reference)."""
+    return tf.function(fn, reduce_retracing=True, autograph=False)
+
+
 def compile_step(step, height: int, width: int):
     """The engine's step(X, R, RK, idx, k) traced once for every batch and slot count; one device.
 

@@ -55,6 +55,19 @@ def input_gradients(logits_model, x: np.ndarray, t: np.ndarray) -> np.ndarray:
     return _numpy(v.grad)
 
 
+def vjp(fn, x, cotangent):
+    """The vector-Jacobian product cotangent^T (d fn / d x) at ``x`` (``torch.autograd.grad``)."""
+    v = torch.as_tensor(x).detach().requires_grad_(True)
+    with torch.enable_grad():
+        y = fn(v)
+        (g,) = torch.autograd.grad(y, v, torch.as_tensor(cotangent, dtype=y.dtype), allow_unused=True)
+    return torch.zeros_like(v) if g is None else g
+
+
+def compile_function(fn, variables=()):
+    return fn
+
+
 def compile_step(step, height: int, width: int):
     return step, 1
 

@@ -36,3 +36,5 @@ HEADS = ("paper", "pediatric")
 TFKV_METHODS = ("gradcampp", "scorecam", "layercam", "saliency", "smoothgrad")
 #: How an attribution per colour channel becomes one map (``reduce=``; :func:`xbench.explain.attribution.reduce_channels`).
 REDUCTIONS = ("sum", "max_abs", "sum_abs", "mean")
+#: LRP's composites (the rules: xbench.explain.lrp.COMPOSITES); named here so a config is checked without Keras.
+LRP_COMPOSITES = ("epsilon_gamma_box", "epsilon_alpha2_beta1", "epsilon", "zero")

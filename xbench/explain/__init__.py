@@ -1,4 +1,4 @@
-"""Explainers: the CAM family (Grad-CAM, Grad-CAM++, Layer-CAM, HiResCAM, XGrad-CAM, Eigen-CAM), the gradient family (saliency, SmoothGrad, VarGrad, Input x Gradient, Integrated Gradients), guided backprop, the tf-keras-vis family, reference maps and controls; model randomisation.
+"""Explainers: the CAM family (Grad-CAM, Grad-CAM++, Layer-CAM, HiResCAM, XGrad-CAM, Eigen-CAM), the gradient family (saliency, SmoothGrad, VarGrad, Input x Gradient, Integrated Gradients), the propagation family (DeepLIFT, LRP), guided backprop, the tf-keras-vis family, reference maps and controls; model randomisation.
 
 ``build(name, **params)`` makes the explainer ``explainer=<name>`` makes.
 
@@ -12,6 +12,10 @@ from xbench.core.lazy import exports
 _WHERE = {
     "EXPLAINERS": "xbench.explain.explainers",
     "EigenCAM": "xbench.explain.explainers",
+    "DeepLIFT": "xbench.explain.explainers",
+    "LRP": "xbench.explain.explainers",
+    "deeplift": "xbench.explain.deeplift",
+    "lrp": "xbench.explain.lrp",
     "GradCAMPlusPlus": "xbench.explain.explainers",
     "HiResCAM": "xbench.explain.explainers",
     "InputXGradient": "xbench.explain.explainers",

@@ -353,6 +353,76 @@ class IntegratedGradients:
 
 
 @dataclass
+class DeepLIFT:
+    """DeepLIFT with the Rescale rule (Shrikumar et al., 2017) from a constant grey ``baseline``: :func:`xbench.explain.deeplift.deeplift`.
+
+    After each call ``completeness_error`` holds the (N,) summation-to-delta
+    errors sum(contributions) - (y_c(x) - y_c(baseline)), logit space.
+    """
+
+    baseline: float = 0.0
+    reduce: str = "sum"
+    batch_size: int = 16
+    name: str = "deeplift"
+
+    def __post_init__(self):
+        _check_batch_size(self.batch_size)
+        _check_reduce(self.reduce)
+        if not 0.0 <= self.baseline <= 1.0:
+            raise ValueError(f"baseline: must be a grey level in [0, 1] (0 = black), got {self.baseline}")
+        self.completeness_error: np.ndarray | None = None
+
+    def __call__(self, model, images, targets, context: ExplainContext | None = None):
+        from xbench.explain.deeplift import deeplift
+
+        maps, self.completeness_error = deeplift(model, images, targets, baseline=self.baseline, reduce=self.reduce,
+                                                 batch_size=self.batch_size, return_error=True)
+        return maps
+
+
+@dataclass
+class LRP:
+    """Layer-wise Relevance Propagation (Bach et al., 2015; Montavon et al., 2019) with a composite of rules: :func:`xbench.explain.lrp.lrp`.
+
+    ``composite``: epsilon_gamma_box (default: epsilon for Dense layers,
+    gamma for convolutions, z^B for the first layer), epsilon_alpha2_beta1,
+    epsilon, or zero (LRP-0 everywhere). After each call
+    ``completeness_error`` holds the (N,) conservation errors
+    sum(relevance) - y_c(x), logit space.
+    """
+
+    composite: str = "epsilon_gamma_box"
+    epsilon: float = 1e-6
+    gamma: float = 0.25
+    alpha: float = 2.0
+    beta: float = 1.0
+    reduce: str = "sum"
+    batch_size: int = 16
+    name: str = "lrp"
+
+    def __post_init__(self):
+        from xbench.core.names import LRP_COMPOSITES
+
+        _check_batch_size(self.batch_size)
+        _check_reduce(self.reduce)
+        if self.composite not in LRP_COMPOSITES:
+            raise ValueError(f"composite: must be one of {list(LRP_COMPOSITES)}, got {self.composite!r}")
+        if self.epsilon < 0 or self.gamma < 0:
+            raise ValueError(f"epsilon, gamma: must be >= 0, got {self.epsilon}, {self.gamma}")
+        if abs(self.alpha - self.beta - 1.0) > 1e-9 or self.beta < 0:
+            raise ValueError(f"alpha, beta: need alpha - beta = 1 and beta >= 0 (relevance is conserved), got {self.alpha}, {self.beta}")
+        self.completeness_error: np.ndarray | None = None
+
+    def __call__(self, model, images, targets, context: ExplainContext | None = None):
+        from xbench.explain.lrp import lrp
+
+        maps, self.completeness_error = lrp(model, images, targets, composite=self.composite, epsilon=self.epsilon, gamma=self.gamma,
+                                            alpha=self.alpha, beta=self.beta, reduce=self.reduce, batch_size=self.batch_size,
+                                            return_error=True)
+        return maps
+
+
+@dataclass
 class RandomControl:
     """A uniformly random region order at the scoring grid, fixed per (seed, image id): the floor every explainer must beat.
 
@@ -481,7 +551,7 @@ SANITY_EXPLAINERS = {"center": CenterControl, "edge": EdgeMap, "guided_backprop"
 #: ``explainer=<name>`` and :func:`build`: the explainers a job can score (controls and references: :data:`CONTROLS`).
 EXPLAINERS = {"gradcam": GradCAM, "gradcampp": GradCAMPlusPlus, "layercam": LayerCAM, "hirescam": HiResCAM, "xgradcam": XGradCAM,
               "eigencam": EigenCAM, "saliency": Saliency, "smoothgrad": SmoothGrad, "vargrad": VarGrad, "input_x_gradient": InputXGradient,
-              "integrated_gradients": IntegratedGradients, "guided_backprop": GuidedBackprop, "guided_gradcam": GuidedGradCAM}
+              "integrated_gradients": IntegratedGradients, "deeplift": DeepLIFT, "lrp": LRP, "guided_backprop": GuidedBackprop, "guided_gradcam": GuidedGradCAM}
 
 
 def build(name: str, **params):

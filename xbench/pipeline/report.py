@@ -221,6 +221,10 @@ PIXEL_AUC_HEADERS = {o: f"{o.capitalize()} AUC ({results._better(o)} is better; 
                         f"{'method - random' if ORDERS[o].gain_sign > 0 else 'random - method'})" for o in PIXEL_ORDERS}
 
 
+#: The column of an attribution method's axiom error (results.MethodScores.completeness_error).
+COMPLETENESS_HEADER = "completeness error (|sum of attributions - logit change|, logit units; IG, DeepLIFT: vs the baseline; LRP: conservation)"
+
+
 def self_validation(jobs: Sequence[results.JobResult]) -> pd.DataFrame:
     """Each job's explainer beside its controls: MoRF AOPC, deletion / insertion AUC and localisation with CIs over images, and each method against random, paired by image.
 
@@ -241,6 +245,9 @@ def self_validation(jobs: Sequence[results.JobResult]) -> pd.DataFrame:
             row = {"job": j.path.name, "model": j.metrics.model.backbone, "seed": j.metrics.seed, "method": name + (" (explainer)" if name == sc.explainer else ""),
                    "AOPC (MoRF)": _fmt_est(morf.aopc if morf else None)}
             row.update({PIXEL_AUC_HEADERS[o]: _fmt_est(m.orders[o].auc if o in m.orders else None) for o in pix})
+            if any(mm.completeness_error is not None for mm in sc.methods.values()):
+                e = m.completeness_error
+                row[COMPLETENESS_HEADER] = "n/a" if e is None else f"{e.mean:.3g} [{e.ci95[0]:.3g}, {e.ci95[1]:.3g}]"  # errors span 1e-7 to 1
             rows.append({**row, **{k: _fmt_est(m.localisation.get(k)) for k in cols}})
         against = list(dict.fromkeys([*sc.gains_over_random, *(n for o in pix for n in sc.auc_gains_over_random.get(o, {}))]))
         for name in against:

@@ -140,6 +140,11 @@ class MethodScores:
     # without the needed mask left out; ``n`` says how many remain):
     # lung_share, lesion_mass, pointing_hit, lesion_auroc, lesion_iou, marker_mass.
     localisation: dict[str, Estimate] = field(default_factory=dict)
+    # An attribution method's axiom checked per image, logit space: |sum of the
+    # attributions - what they must add up to| (Integrated Gradients and
+    # DeepLIFT: y_c(x) - y_c(baseline), completeness / summation-to-delta;
+    # LRP: y_c(x), conservation). None for methods without such an axiom.
+    completeness_error: Estimate | None = None
 
 
 @dataclass

@@ -169,17 +169,23 @@ def _estimate(per_image: np.ndarray, settings: ScoreSettings, seed: int) -> resu
     return results.Estimate(mean=float(np.mean(v)) if len(v) else float("nan"), ci95=[lo, hi], n=int(len(v)), unit="images")
 
 
-def explain(method, model, batch: _Batch) -> tuple[np.ndarray, int, np.ndarray]:
-    """(M, S, S) float32 scorable maps, the number of constant maps, (M,) bool "was non-finite".
+def explain(method, model, batch: _Batch) -> tuple[np.ndarray, int, np.ndarray, np.ndarray | None]:
+    """(M, S, S) float32 scorable maps, the number of constant maps, (M,) bool "was non-finite", (M,) completeness errors or None.
 
     Chunk by chunk, so a cached explainer stores each chunk's maps as soon as
-    they exist; NaN/inf are made scorable (:func:`sanitise_heatmaps`).
+    they exist; NaN/inf are made scorable (:func:`sanitise_heatmaps`). The
+    errors are what an attribution method leaves in ``completeness_error``
+    after each call (Integrated Gradients, DeepLIFT, LRP).
     """
     ctx = batch.context
     heat = np.zeros(batch.x.shape[:3], np.float32)  # filled in place: one set of maps on the host, not two
     nonfinite = np.zeros(len(heat), bool)
+    errors = np.full(len(heat), np.nan)
     for c in batch.chunks:
         heat[c], nonfinite[c] = sanitise_heatmaps(np.asarray(method(model, batch.x[c], batch.targets[c], ctx.rows(c)), dtype=np.float32))
+        err = getattr(method, "completeness_error", None)
+        if err is not None:
+            errors[c] = np.asarray(err, np.float64)
     flat = heat.reshape(len(heat), heat[0].size if len(heat) else 0)
     constant = int((flat.max(1) == flat.min(1)).sum()) if len(heat) else 0
     if nonfinite.any():
@@ -187,7 +193,7 @@ def explain(method, model, batch: _Batch) -> tuple[np.ndarray, int, np.ndarray]:
                     method.name, int(nonfinite.sum()), int(batch.rows[np.flatnonzero(nonfinite)[0]]))
     if constant:
         log.warning("%s: %d constant heatmap(s) (e.g. Grad-CAM with all-negative gradients); scored in row-major order", method.name, constant)
-    return heat, constant, nonfinite
+    return heat, constant, nonfinite, (errors if np.isfinite(errors).any() else None)
 
 
 def curve_spec(batch: _Batch, order: str, perturbation, settings: ScoreSettings) -> CurveSpec:
@@ -307,9 +313,13 @@ def score_method(method, model, batch: _Batch, orders: Sequence[str], perturbati
     """Explain, curve and summarise one method into ``out`` (metrics, curves, per-image figures, heatmaps)."""
     name = method.name
     te = time.perf_counter()
-    heat, constant, nonfinite = explain(method, model, batch)
+    heat, constant, nonfinite, errors = explain(method, model, batch)
     seconds = {"explain_s": time.perf_counter() - te}
     scores = results.MethodScores(orders={}, n_constant_maps=constant, n_nonfinite_maps=int(nonfinite.sum()), seconds=seconds)
+    if errors is not None:
+        scores.completeness_error = _estimate(np.abs(errors), settings, batch.seed)
+        log.info("%s: completeness error |sum(attributions) - target logit change| %.3g [%.3g, %.3g] (logit units, mean over images)",
+                 name, scores.completeness_error.mean, *scores.completeness_error.ci95)
     keep = evidence_rows(method, batch.truth, len(heat))
     if keep is not None:
         scores.n_images = int(keep.sum())

@@ -148,6 +148,13 @@ class CachedExplainer:
         maps, hit = self.cache.fetch(f"{self.name}-{key}", lambda: self.explainer(model, images, targets, context),
                                      rows=len(images))
         self.hits += hit
+        # An attribution method's per-image axiom error (completeness, conservation) is kept beside its maps,
+        # so a job that reads the maps from the cache reports it too.
+        error_name = f"{self.name}-{key}-completeness"
+        error = getattr(self.explainer, "completeness_error", None) if not hit else self.cache.get(error_name, rows=len(images))
+        if error is not None and not hit:
+            self.cache.put(error_name, np.asarray(error))
+        self.completeness_error = error
         return maps
 
 
