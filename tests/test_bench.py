@@ -79,3 +79,17 @@ def test_a_bench_of_the_incremental_engine_compares_both_engines_with_the_toolki
     assert r["method_used"] in ("incremental", "full") and (method == "auto" or r["method_used"] == "incremental")
     assert r["max_abs_diff_vs_full"] < 1e-5 and r["max_abs_diff_engine_toolkit"] < 1e-5 and r["max_abs_diff_full_engine_toolkit"] < 1e-5
     assert r["full_engine_s"] > 0 and r["engine_over_full"] > 0 and curves.std() > 1e-3
+
+
+def test_explainer_speed_times_each_explainer_and_tf_keras_vis_beside_it(capsys):
+    from xbench.apps.bench import main
+
+    assert main(["--explainers", "saliency,deeplift", "--backbone", "vgg16", "--image-size", "32", "--n", "2", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["explainers"]
+    assert [r["explainer"] for r in rows] == ["saliency", "deeplift"]
+    assert all(r["maps_per_s"] > 0 and r["first_s"] > 0 and r["n"] == 2 and r["image_size"] == 32 for r in rows)
+    assert rows[0]["tfkv_maps_per_s"] > 0 and rows[0]["native_over_tfkv"] > 0  # tf-keras-vis has saliency
+    assert "tfkv_maps_per_s" not in rows[1]  # and no DeepLIFT
+    with pytest.raises(SystemExit):
+        main(["--explainers", "occlusion"])
+    assert "--explainers: no explainer 'occlusion'" in capsys.readouterr().err

@@ -63,6 +63,8 @@ def test_the_gpu_evaluation_script_runs_tiny_on_a_cpu_without_tensorflow(tmp_pat
     job = d["jobs"][0]
     assert job["model"] == "vgg16" and job["keras_backend"] == "jax" and job["timings"]["total_s"] > 0 and job["n_scored"] >= 1
     assert job["grid"] == [4, 4] and math.isfinite(job["aopc_gradcam_morf"]["mean"]) and math.isfinite(job["aopc_random_morf"]["mean"])
+    assert set(job["methods"]) >= {"gradcam", "random", "oracle"}
+    assert d["report"]["ended"] == "ok" and d["report"]["summary_rows"] == 1  # xbench-report on the JAX-only machine too
     assert d["cpu"]["wall_s"] == 776 and job["cpu_seed0"] is None  # the smoke overlay has no CPU counterpart
     t = rep["targets"]
     assert t["vgg16/float32/engine_full_over_raw>=0.9"] > 0 and t["paper_eval_all_models_s/float32<60"] == pytest.approx(m["paper_eval"]["float32"]["paper_seconds"])

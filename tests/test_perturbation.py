@@ -25,7 +25,9 @@ pytestmark = pytest.mark.jax_rerun
 PERTURBATIONS = [GaussianNoise(0.1), UniformNoise(0.0, 1.0), Constant(0.5), ImageMean(), Blur(1.5), GaussianNoise(0.3, clip=False)]
 
 
-@pytest.mark.parametrize("size, region", [(20, 5), (23, 5), (17, 6)])
+_ONE_ON_JAX = pytest.mark.not_on_jax  # the JAX rerun keeps the odd size with a narrow last row and column (23, 5): the same code path
+
+@pytest.mark.parametrize("size, region", [pytest.param(20, 5, marks=_ONE_ON_JAX), (23, 5), pytest.param(17, 6, marks=_ONE_ON_JAX)])
 @pytest.mark.parametrize("order", ["morf", "lerf", "random"])
 def test_engine_equals_slow_loop(size, region, order):
     rng = np.random.default_rng(size * 31 + region)
@@ -39,7 +41,7 @@ def test_engine_equals_slow_loop(size, region, order):
         np.testing.assert_allclose(fast, slow, atol=1e-5, err_msg=f"{pert}")
 
 
-@pytest.mark.parametrize("size, region", [(20, 5), (23, 5)])
+@pytest.mark.parametrize("size, region", [pytest.param(20, 5, marks=_ONE_ON_JAX), (23, 5)])
 @pytest.mark.parametrize("order", ["morf", "random"])
 def test_road_engine_equals_a_direct_sparse_solve_per_step(size, region, order):
     # The engine imputes each step's removed set by batched CG on the device;

@@ -326,7 +326,7 @@ def _job_figures(metrics: dict) -> dict:
             "test_macro_recall": ((metrics.get("test") or {}).get("macro_avg") or {}).get("recall"), "n_scored": sc.get("n_scored"),
             "grid": sc.get("grid"), "steps": sc.get("steps"), "engine": sc.get("engine"), "dtype": sc.get("dtype"), "scoring_s": sc.get("seconds"),
             "aopc_gradcam_morf": aopc("gradcam", "morf"), "aopc_gradcam_lerf": aopc("gradcam", "lerf"), "aopc_random_morf": aopc("random", "morf"),
-            "aopc_oracle_morf": aopc("oracle", "morf"), "gains_over_random": sc.get("gains_over_random")}
+            "aopc_oracle_morf": aopc("oracle", "morf"), "gains_over_random": sc.get("gains_over_random"), "methods": sorted(methods)}
 
 
 def default_benchmark(args, cfg, deadline: float, work: Path) -> dict:
@@ -358,6 +358,13 @@ def default_benchmark(args, cfg, deadline: float, work: Path) -> dict:
         jobs.append(j)
     out["jobs"] = jobs
     out["jobs_expected"] = len(args.models)
+    if jobs:  # the report reads what the jobs wrote, on this machine's Python (JAX, no TensorFlow)
+        t = time.perf_counter()
+        rep = subprocess.run([sys.executable, "-m", "xbench.apps.report", str(sweep), "--out", str(work / "report")], cwd=work, env=env,
+                             capture_output=True, text=True, timeout=max(1.0, deadline - time.time()))
+        csv_path = work / "report" / "summary.csv"
+        out["report"] = {"ended": "ok" if rep.returncode == 0 else f"exit status {rep.returncode}: {rep.stderr[-500:]}", "wall_s": time.perf_counter() - t,
+                         "summary_rows": sum(1 for _ in open(csv_path)) - 1 if csv_path.exists() else 0}
     say(f"default benchmark: {out['ended']} in {out['wall_s']:.1f} s; {sum(j['scored'] for j in jobs)} of {len(args.models)} jobs scored "
         f"({len(jobs)} wrote metrics.json)")
     for j in jobs:

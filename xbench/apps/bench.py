@@ -1,4 +1,4 @@
-"""``xbench-bench``: the perturbation engine against its ceiling (raw) and the toolkit loop; ``--leakage``: ROAD's mask-leakage check on phantoms."""
+"""``xbench-bench``: the perturbation engine against its ceiling (raw) and the toolkit loop; ``--leakage``: ROAD's mask-leakage check on phantoms; ``--explainers``: maps per second."""
 
 from __future__ import annotations
 
@@ -36,6 +36,15 @@ def _leakage_table(out) -> str:
     return "\n".join(lines)
 
 
+def _explainer_table(rows) -> str:
+    lines = ["| explainer | backbone | px | n | backend | maps/s | first call s | tf-keras-vis maps/s | native / tf-keras-vis |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        tk = (f"{r['tfkv_maps_per_s']:.3g}", f"{r['native_over_tfkv']:.2f}x") if "tfkv_maps_per_s" in r else ("", "")
+        lines.append(f"| {r['explainer']} | {r['backbone']} | {r['image_size']} | {r['n']} | {r['keras_backend']} | {r['maps_per_s']:.3g} | "
+                     f"{r['first_s']:.1f} | {tk[0]} | {tk[1]} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="xbench-bench", description=__doc__)
     p.add_argument("--backbone", default="vgg16")
@@ -67,6 +76,8 @@ def main(argv=None) -> int:
                    help="instead: ROAD's mask-leakage check (Rong et al., 2022) on phantoms: can a small net recover the removal mask from the perturbed image?")
     p.add_argument("--epochs", type=int, default=50, help="--leakage: training epochs of the mask net")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--explainers", default="", help="time these explainers instead (comma-separated, or 'all'): maps per second on --backbone "
+                   "at --image-size, --n images (default 16), beside tf-keras-vis where it has the method")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     a = p.parse_args(argv)
     if a.pixel_steps is not None and a.pixel_steps < 1:
@@ -74,6 +85,21 @@ def main(argv=None) -> int:
     from xbench.backend.native_logs import start_backend
 
     start_backend()  # the backend's machine-dependent start-up lines stay off the console
+    if a.explainers:
+        from xbench.explain import EXPLAINERS
+        from xbench.pipeline.speed import SPEED_EXPLAINERS, explainer_speed
+
+        names = SPEED_EXPLAINERS if a.explainers == "all" else tuple(v for v in a.explainers.split(",") if v)
+        unknown = [v for v in names if v not in EXPLAINERS]
+        if unknown:
+            p.error(f"--explainers: no explainer {unknown[0]!r}; choose from {', '.join(EXPLAINERS)} or 'all'")
+        try:
+            rows = explainer_speed(a.backbone, a.image_size, a.n or 16, names, seed=a.seed)
+        except ValueError as exc:
+            print(f"xbench-bench: error: {exc}", file=sys.stderr)
+            return 2
+        print(json.dumps({"explainers": rows}) if a.json else _explainer_table(rows))
+        return 0
     if a.leakage:
         from xbench.pipeline.speed import leakage_bench
 

@@ -498,3 +498,50 @@ def leakage_bench(image_size: int = 64, n: int = 128, region_size: int = 8, seed
     res = mask_leakage(images, perturbations or leakage_perturbations(), region_size=region_size, seed=seed, epochs=epochs)
     return {"keras_backend": keras.backend.backend(), "image_size": image_size, "n": n, "region_size": region_size, "seed": seed, "epochs": epochs,
             "results": {k: v.as_dict() for k, v in res.items()}, "total_s": time.perf_counter() - t0}
+
+
+#: The explainers ``xbench-bench --explainers all`` times (controls and references cost nothing).
+SPEED_EXPLAINERS = ("gradcam", "gradcampp", "layercam", "hirescam", "xgradcam", "eigencam", "saliency", "smoothgrad", "vargrad",
+                    "input_x_gradient", "integrated_gradients", "deeplift", "lrp", "guided_backprop")
+
+
+def explainer_speed(backbone: str, image_size: int, n: int, names, seed: int = 0, tfkv: bool = True) -> list[dict]:
+    """Maps per second of each explainer on an untrained ``backbone`` at ``image_size`` px, ``n`` random images (3 classes).
+
+    Each explainer is called twice on the same images: ``first_s`` includes
+    its traces and compilation, ``maps_per_s`` = n / the second call's wall
+    time (steady state). With ``tfkv`` on TensorFlow the tf-keras-vis
+    implementation of the methods it has is timed the same way
+    (``impl=tfkv``) and ``native_over_tfkv`` is the ratio of maps per second.
+    Default settings of every explainer (SmoothGrad, VarGrad: 20 samples;
+    Integrated Gradients: 50 steps).
+    """
+    from xbench.core.names import TFKV_METHODS
+    from xbench.explain import ExplainContext, build
+    from xbench.models import build_classifier
+    from xbench.models.backbones import NO_WEIGHTS
+
+    model = build_classifier(backbone, 3, image_size, weights=NO_WEIGHTS, seed=seed)
+    x = np.random.default_rng(seed).random((n, image_size, image_size, 3)).astype(np.float32)
+    t = np.arange(n) % 3
+    ctx = ExplainContext.default(n, seed=seed)
+    rows = []
+
+    def timed(name, impl=None):
+        explainer = build(name, **({"impl": impl} if impl else {}))
+        t0 = time.perf_counter()
+        explainer(model, x, t, ctx)
+        t1 = time.perf_counter()
+        explainer(model, x, t, ctx)
+        t2 = time.perf_counter()
+        return t1 - t0, t2 - t1
+
+    for name in names:
+        first, steady = timed(name)
+        row = {"explainer": name, "backbone": backbone, "image_size": image_size, "n": n, "keras_backend": keras.backend.backend(),
+               "first_s": first, "maps_per_s": n / steady}
+        if tfkv and keras.backend.backend() == "tensorflow" and name in TFKV_METHODS and name != "scorecam":
+            tf_first, tf_steady = timed(name, "tfkv")
+            row.update(tfkv_first_s=tf_first, tfkv_maps_per_s=n / tf_steady, native_over_tfkv=tf_steady / steady)
+        rows.append(row)
+    return rows
