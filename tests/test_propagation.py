@@ -96,7 +96,7 @@ def test_lrp_composites_equal_their_rules_worked_by_hand(images, composite):
     x = images.astype(np.float64)
     if composite in ("epsilon_gamma_box", "epsilon_alpha2_beta1"):  # the first layer (the 1x1 conv): z^B on [0, 1] pixels
         lo, hi = np.zeros_like(x), np.ones_like(x)
-        z = x @ k + kb - lo @ pos(k) - hi @ neg(k)
+        z = x @ k - lo @ pos(k) - hi @ neg(k)  # the bias cancels: (x w + b) - (l w+ + b+) - (h w- + b-)
         s = r0 / stab(z, eps)
         rx = x * (s @ k.T) - lo * (s @ pos(k).T) - hi * (s @ neg(k).T)
     else:
@@ -149,8 +149,14 @@ def test_lrp_gamma_and_alpha_beta_on_a_convolution_equal_their_rules_by_hand(ima
     pos, neg = np.maximum(k, 0), np.minimum(k, 0)
     stab = lambda v: v + 1e-6 * np.where(v >= 0, 1.0, -1.0)  # noqa: E731
     g = 0.25
-    s = r_c / stab(conv(act, k + g * pos) + b + g * np.maximum(b, 0))
-    want = {"epsilon_gamma_box": act * conv_t(s, k + g * pos)}
+    # gamma (zennit's): where z >= 0 the positive contributions amplified, where z < 0 the negative ones (act >= 0 here)
+    up = z_pos = conv(act, k + g * pos) + b + g * np.maximum(b, 0)
+    z_neg = conv(act, k + g * neg) + b + g * np.minimum(b, 0)
+    plain = conv(act, k) + b
+    assert (plain < 0).any() and (plain > 0).any()
+    s_pos, s_neg = np.where(plain >= 0, r_c / stab(z_pos), 0.0), np.where(plain < 0, r_c / stab(z_neg), 0.0)
+    want = {"epsilon_gamma_box": act * (conv_t(s_pos, k + g * pos) + conv_t(s_neg, k + g * neg))}
+    del up
     sp, sq = r_c / stab(conv(act, pos) + np.maximum(b, 0)), r_c / stab(conv(act, neg) + np.minimum(b, 0))
     want["epsilon_alpha2_beta1"] = 2 * act * conv_t(sp, pos) - act * conv_t(sq, neg)
     conv_node = next(n for n in LRP(net).nodes if n.layer.name == "conv")
@@ -397,3 +403,53 @@ def test_jobs_score_deeplift_and_lrp_and_the_report_compares_them_with_their_axi
     assert COMPLETENESS_HEADER in md
     paper = md.split("## The paper's table")[1].split("##")[0]
     assert "deeplift" in paper and "lrp" in paper
+
+
+def test_gamma_keeps_relevance_where_a_convolution_outputs_negative_values(images):
+    # ResNet-like: conv -> conv without a ReLU (z < 0 reaches the logits). Amplifying the positive contributions of a
+    # negative z drives its denominator through zero (the audit's case: relevance 3e5 for a logit of 0.25).
+    keras.utils.set_random_seed(11)
+    inp = keras.Input((S, S, 3))
+    a = L.Conv2D(2, 1, activation="relu", name="first")(inp)
+    c = L.Conv2D(1, 1, use_bias=False, name="mixing")(a)
+    model = keras.Model(inp, L.Softmax()(L.Dense(2, name="logits")(L.Flatten()(c))))
+    model.get_layer("mixing").set_weights([np.array([1.0, -1.25], np.float32).reshape(1, 1, 2, 1)])
+    t = np.array([0, 1, 0, 1])
+    maps, err = lrp(model, images, t, return_error=True)
+    logits = np.asarray(keras.Model(model.input, model.get_layer("logits").output)(images))[np.arange(4), t]
+    assert np.abs(maps).sum((1, 2)).max() < 20 * np.abs(logits).max()
+    np.testing.assert_allclose(maps.sum((1, 2)), logits, atol=0.05 * np.abs(logits).max())
+
+
+def test_lrp_with_epsilon_zero_is_finite_where_a_unit_is_dead(images):
+    keras.utils.set_random_seed(12)
+    inp = keras.Input((S, S, 3))
+    x = L.Conv2D(3, 3, activation="relu", name="feat")(inp)
+    model = keras.Model(inp, L.Softmax()(L.Dense(2, name="logits")(L.GlobalAveragePooling2D()(x))))
+    w, b = model.get_layer("feat").get_weights()
+    w[..., 0], b[0] = -1.0, -1.0  # channel 0 never fires
+    model.get_layer("feat").set_weights([w, b])
+    for composite in ("epsilon", "epsilon_gamma_box"):
+        maps, err = lrp(model, images, composite=composite, epsilon=0.0, return_error=True)
+        assert np.isfinite(maps).all() and np.isfinite(err).all() and np.abs(maps).max() > 0
+
+
+def test_a_users_gradcam_layer_between_a_conv_and_its_batchnorm_does_not_stop_the_fold(images):
+    from xbench.explain.attribution import _prepare
+    from xbench.explain.lrp import LRP
+
+    keras.utils.set_random_seed(13)
+    inp = keras.Input((S, S, 3))
+    x = L.Conv2D(4, 3, activation="relu", name="c1")(inp)
+    x = L.Conv2D(4, 3, name="c2")(x)
+    x = L.BatchNormalization(name="bn2")(x)
+    model = keras.Model(inp, L.Softmax()(L.Dense(2, name="logits")(L.Flatten()(L.ReLU()(x)))))
+    t = np.array([0, 1, 0, 1])
+    from xbench.models import as_classifier
+
+    default = lrp(model, images, t)
+    clf = as_classifier(model, gradcam_layer="c2")  # xbench's features card now sits between c2 and bn2
+    card_at_c2 = lrp(clf, images, t)
+    net, _, _ = _prepare(clf, images, t)
+    assert [n.layer.name for n in LRP(net).nodes if n.output in LRP(net).folded_bn] == ["bn2"]
+    _close(card_at_c2, default, 1e-5)

@@ -7,17 +7,22 @@ weighted layer z_j = sum_i a_i w_ij + b_j the rules are (Montavon et al.
 
 - ``zero`` (LRP-0): R_i = a_i sum_j w_ij R_j / z_j;
 - ``epsilon``: R_i = a_i sum_j w_ij R_j / (z_j + eps sign(z_j));
-- ``gamma``: the positive contributions amplified: w -> w + gamma w+ (and
-  b -> b + gamma b+) for inputs a_i >= 0 (w + gamma w- for a_i < 0, so that
-  positive contributions a_i w_ij are the ones amplified), then the epsilon
-  rule's denominator with the modified z;
+- ``gamma``: the contributions of the output's own sign amplified (zennit's
+  ``Gamma``): where z_j >= 0, w -> w + gamma w+ for inputs a_i >= 0 and
+  w + gamma w- for a_i < 0 (b -> b + gamma b+), so the positive contributions
+  a_i w_ij grow; where z_j < 0 (no ReLU after the layer: ResNet's conv -> BN
+  -> Add), the negative ones (w + gamma w- for a_i >= 0, w + gamma w+ for
+  a_i < 0, b + gamma b-); then the epsilon rule's denominator with the
+  modified z. Amplifying the positive contributions of a negative z would
+  drive its denominator through zero;
 - ``alpha_beta`` (Bach et al. 2015, alpha - beta = 1): R_i = alpha R+_i -
   beta R-_i, the positive and the negative contributions each normalised by
   their own sum (biases counted with their sign);
 - ``box`` (z^B, Montavon et al. 2017, for the first layer, whose inputs are
   bounded pixels l <= x <= h): R_i = sum_j (a_i w_ij - l_i w+_ij - h_i w-_ij)
-  R_j / z_j with z_j = sum_i (a_i w_ij - l_i w+_ij - h_i w-_ij) + b_j (the
-  bias counted once, as zennit's ZBox); l and h are the preprocessed images
+  R_j / z_j with z_j = sum_i (a_i w_ij - l_i w+_ij - h_i w-_ij) (the bias
+  cancels: b - b+ - b-, as zennit's ZBox, which clamps it with the
+  weights; the first layer conserves); l and h are the preprocessed images
   of all-black and all-white pixels (for a [0, 1] image, preprocessing is a
   per-channel increasing affine map).
 
@@ -34,7 +39,8 @@ and shift) and the pair takes the convolution's rule. A BatchNormalization
 that follows a concatenation (DenseNet's ``concat -> bn -> relu -> conv``,
 where a ReLU separates it from the next convolution) is a per-channel affine
 layer under the epsilon rule (LRP-0 under ``zero``). Average pooling, ``Add``
-and xbench's linear adapters are epsilon layers too; max pooling gives each
+and xbench's ``BinaryLogits`` are epsilon layers too; xbench's ``Grey`` (the
+channel mean, for one-channel models) gives each colour a third; max pooling gives each
 window's relevance to its maximum (split equally among tied maxima); activations pass it unchanged.
 
 Conservation: without biases (and with eps -> 0) sum_i R_i = y_c(x);
@@ -53,6 +59,8 @@ from xbench.explain.propagation import (
     kind,
     linear_part,
     one_hot_rows,
+    is_grey,
+    is_identity,
     producer,
     route_to_max,
     run_batches,
@@ -93,7 +101,12 @@ class LRP(Propagator):
         #: BatchNormalization node output id -> the weighted node folded with it (and back).
         self.folded_bn, self.fold_of = set(), {}
         for n in self.nodes:
-            src = made_by.get(n.inputs[0]) if kind(n.layer) == "batchnorm" else None
+            if kind(n.layer) != "batchnorm":
+                continue
+            src = made_by.get(n.inputs[0])
+            # look through identities between them (xbench's features card sits after a user's Grad-CAM layer)
+            while src is not None and is_identity(src.layer) and len(self.consumers[src.output]) == 1:
+                src = made_by.get(src.inputs[0])
             if src is not None and kind(src.layer) == "weighted" and src.layer.activation is keras.activations.linear \
                     and len(self.consumers[src.output]) == 1:
                 self.folded_bn.add(n.output)
@@ -111,7 +124,8 @@ class LRP(Propagator):
         return ops.minimum(lo, hi), ops.maximum(lo, hi)
 
     def _divide(self, r, z):
-        return safe_divide(r, z) if self.zero else r / stabilise(z, self.epsilon)
+        """r / (z + eps sign z); r / z, 0 where z = 0, under ``zero`` or eps = 0 (a dead unit passes nothing on, not NaN)."""
+        return safe_divide(r, z) if self.zero or self.epsilon == 0 else r / stabilise(z, self.epsilon)
 
     def weights(self, n):
         """(kernel, bias) of a weighted node, with its BatchNorm folded in when there is one."""
@@ -135,18 +149,21 @@ class LRP(Propagator):
         if rule in ("epsilon", "zero"):
             return a * back(w, self._divide(r, lin(a, w) + b))
         ap, an = _relu(a), _neg(a)
-        if rule == "gamma":
-            wp, wn = w + self.gamma * _relu(w), w + self.gamma * _neg(w)
-            s = r / stabilise(lin(ap, wp) + lin(an, wn) + b + self.gamma * _relu(b), self.epsilon)
-            return ap * back(wp, s) + an * back(wn, s)
+        if rule == "gamma":  # zennit's Gamma: the contributions of z's own sign amplified, each branch where z has that sign
+            up, down = w + self.gamma * _relu(w), w + self.gamma * _neg(w)
+            z = lin(a, w) + b
+            keep_pos = ops.cast(ops.greater_equal(z, 0), r.dtype)
+            sp = keep_pos * self._divide(r, lin(ap, up) + lin(an, down) + b + self.gamma * _relu(b))
+            sn = (1.0 - keep_pos) * self._divide(r, lin(ap, down) + lin(an, up) + b + self.gamma * _neg(b))
+            return ap * (back(up, sp) + back(down, sn)) + an * (back(down, sp) + back(up, sn))
         if rule == "alpha_beta":
             pos, neg = _relu(w), _neg(w)
-            sp = r / stabilise(lin(ap, pos) + lin(an, neg) + _relu(b), self.epsilon)
-            sq = r / stabilise(lin(ap, neg) + lin(an, pos) + _neg(b), self.epsilon)
+            sp = self._divide(r, lin(ap, pos) + lin(an, neg) + _relu(b))
+            sq = self._divide(r, lin(ap, neg) + lin(an, pos) + _neg(b))
             return self.alpha * (ap * back(pos, sp) + an * back(neg, sp)) - self.beta * (ap * back(neg, sq) + an * back(pos, sq))
-        lo, hi = self.bounds  # box
+        lo, hi = self.bounds  # box: the bias cancels, b - b+ - b- = 0 (zennit's ZBox clamps it with the weights)
         pos, neg = _relu(w), _neg(w)
-        s = r / stabilise(lin(a, w) + b - lin(lo, pos) - lin(hi, neg), self.epsilon)
+        s = self._divide(r, lin(a, w) - lin(lo, pos) - lin(hi, neg))
         return a * back(w, s) - lo * back(pos, s) - hi * back(neg, s)
 
     def rule(self, n, r, vals):
@@ -165,6 +182,8 @@ class LRP(Propagator):
         if k == "maxpool":
             return [route_to_max(self.vjp, n.layer, a, r)]
         if k == "structural":
+            return [self.through(n.layer, a, r)]
+        if is_grey(n.layer):  # the channel mean: each colour a third (X-rays are one grey level; a black pixel keeps its share)
             return [self.through(n.layer, a, r)]
         if k == "pixels":  # elementwise affine (+ permutation): the relevance goes back to the value it came from
             return [self.through(n.layer, a, r) / self.through(n.layer, a, ops.ones_like(r))]
@@ -198,8 +217,8 @@ def lrp(model, images, targets=None, *, composite: str = "epsilon_gamma_box", ep
     """
     from xbench.explain.attribution import _prepare
 
-    if abs(alpha - beta - 1.0) > 1e-9:
-        raise ValueError(f"alpha, beta: alpha - beta must be 1 (relevance is conserved), got {alpha} - {beta}")
+    if abs(alpha - beta - 1.0) > 1e-9 or beta < 0:
+        raise ValueError(f"alpha, beta: need alpha - beta = 1 and beta >= 0 (relevance is conserved), got {alpha}, {beta}")
     if epsilon < 0 or gamma < 0:
         raise ValueError(f"epsilon and gamma must be >= 0, got {epsilon}, {gamma}")
     net, x, t = _prepare(model, images, targets, **adapt)

@@ -83,11 +83,33 @@ def _is_xbench(layer, name: str) -> bool:
     return type(layer).__name__ == name and type(layer).__module__.startswith("xbench.")
 
 
+def is_identity(layer) -> bool:
+    """A layer whose output is its input at inference (xbench's features card, ``Identity``, ``Dropout``)."""
+    return _is_xbench(layer, "BackboneOutput") or isinstance(layer, (L.Identity, L.Dropout, L.SpatialDropout2D, L.GaussianNoise,
+                                                                     L.GaussianDropout, L.ActivityRegularization))
+
+
+def is_grey(layer) -> bool:
+    return _is_xbench(layer, "Grey")
+
+
+#: Activations that are not elementwise: refused inside the graph (the walk explains the logits before the softmax).
+NOT_ELEMENTWISE = ("softmax", "log_softmax")
+
+
+def _check_activation(layer) -> None:
+    fn = getattr(layer, "activation", None)
+    name = getattr(fn, "__name__", "")
+    if name in NOT_ELEMENTWISE:
+        raise ValueError(f"layer {layer.name!r}: a {name} inside the graph is not elementwise; LRP and DeepLIFT explain the logits before it")
+
+
 def kind(layer) -> str:
     """The rule family of ``layer``: weighted, batchnorm, average, add, concat, maxpool, activation, pixels, structural, linear; or ValueError."""
     if isinstance(layer, WEIGHTED):
         if getattr(layer, "data_format", "channels_last") != "channels_last":
             raise ValueError(f"layer {layer.name!r}: only channels_last convolutions are supported")
+        _check_activation(layer)
         return "weighted"
     if isinstance(layer, L.BatchNormalization):
         if layer.axis not in (-1, len(layer.input.shape) - 1):
@@ -100,10 +122,11 @@ def kind(layer) -> str:
     if isinstance(layer, L.Concatenate):
         return "concat"
     if isinstance(layer, MAXPOOLS):
+        if layer.data_format != "channels_last":
+            raise ValueError(f"layer {layer.name!r}: only channels_last pooling is supported")
         return "maxpool"
     if isinstance(layer, ACTIVATIONS):
-        if isinstance(layer, L.Activation) and layer.activation is keras.activations.softmax:
-            raise ValueError(f"layer {layer.name!r}: a softmax inside the graph is not elementwise; explain the logits")
+        _check_activation(layer)
         return "activation"
     if isinstance(layer, PIXEL_MAPS) or _is_xbench(layer, "Preprocess"):
         return "pixels"
@@ -247,8 +270,6 @@ def route_to_max(vjp, layer, v, r):
         top = ops.max(v, axis=(1, 2), keepdims=True)
         tie = ops.cast(ops.equal(v, top), v.dtype)
         return ops.reshape(r, (-1, 1, 1, v.shape[-1])) * tie / ops.sum(tie, axis=(1, 2), keepdims=True)
-    if layer.data_format != "channels_last":
-        raise ValueError(f"layer {layer.name!r}: only channels_last pooling is supported")
     patches = _windows(layer, v)
     tie = ops.cast(ops.equal(patches, ops.max(patches, axis=3, keepdims=True)), v.dtype)
     share = ops.expand_dims(r, 3) * tie / ops.sum(tie, axis=3, keepdims=True)
@@ -285,10 +306,15 @@ def run_batches(prop: Propagator, x: np.ndarray, t: np.ndarray, reduce: str, bat
     fn = prop.compiled()
     rel = np.zeros(x.shape, np.float32)
     start = np.zeros(len(x), np.float64)
-    for s in range(0, len(x), batch_size):
-        r, total = fn(ops.convert_to_tensor(x[s : s + batch_size]), ops.convert_to_tensor(t[s : s + batch_size]))
-        rel[s : s + batch_size] = ops.convert_to_numpy(r)
-        start[s : s + batch_size] = ops.convert_to_numpy(total)
+    size = min(batch_size, len(x))
+    for s in range(0, len(x), size):
+        xs, ts = x[s : s + size], t[s : s + size]
+        k = len(xs)
+        if k < size:  # padded with copies of its last row: one trace per run, not one more for the last batch (JAX retraces per shape)
+            xs, ts = np.concatenate([xs, np.repeat(xs[-1:], size - k, 0)]), np.concatenate([ts, np.repeat(ts[-1:], size - k)])
+        r, total = fn(ops.convert_to_tensor(xs), ops.convert_to_tensor(ts))
+        rel[s : s + k] = ops.convert_to_numpy(r)[:k]
+        start[s : s + k] = ops.convert_to_numpy(total)[:k]
     maps = reduce_channels(rel, reduce)
     if not return_error:
         return maps

@@ -145,16 +145,22 @@ class CachedExplainer:
         key = digest({"model": self.model_key, "explainer": type(self.explainer).__name__, "params": params, "seed": context.seed,
                       "ids": np.asarray(context.image_ids).tolist(), "targets": np.asarray(targets).tolist(),
                       "region": context.region_size, "version": HEATMAP_VERSION})
-        maps, hit = self.cache.fetch(f"{self.name}-{key}", lambda: self.explainer(model, images, targets, context),
-                                     rows=len(images))
-        self.hits += hit
-        # An attribution method's per-image axiom error (completeness, conservation) is kept beside its maps,
-        # so a job that reads the maps from the cache reports it too.
+        # An attribution method's per-image axiom error (completeness, conservation) is kept beside its maps, so a
+        # job that reads the maps from the cache reports it too; maps without it (an older entry, a run killed
+        # between the two writes) are computed again.
         error_name = f"{self.name}-{key}-completeness"
-        error = getattr(self.explainer, "completeness_error", None) if not hit else self.cache.get(error_name, rows=len(images))
-        if error is not None and not hit:
-            self.cache.put(error_name, np.asarray(error))
-        self.completeness_error = error
+        has_error = hasattr(self.explainer, "completeness_error")
+        if has_error and self.cache.get(error_name, rows=len(images)) is None:
+            maps, hit = np.asarray(self.explainer(model, images, targets, context), np.float32), False
+            self.cache.put(f"{self.name}-{key}", maps)
+        else:
+            maps, hit = self.cache.fetch(f"{self.name}-{key}", lambda: self.explainer(model, images, targets, context), rows=len(images))
+        self.hits += hit
+        if has_error:
+            error = self.cache.get(error_name, rows=len(images)) if hit else self.explainer.completeness_error
+            if not hit and error is not None:
+                self.cache.put(error_name, np.asarray(error))
+            self.completeness_error = error
         return maps
 
 
