@@ -9,14 +9,16 @@ import pytest
 
 
 def pytest_collection_modifyitems(config, items):
-    """Modules with a test marked ``slow`` first, each module kept whole (its fixtures are made once per worker).
+    """Modules marked ``heavy`` first, then those with a test marked ``slow``, each module kept whole.
 
-    The xdist workers take tests in this order: a long end-to-end test that
-    started last would leave the other worker idle while it runs.
+    The xdist workers take whole modules (``--dist loadfile``) in this order:
+    a module of minutes that started last would leave the other worker idle
+    while it runs.
     """
+    heavy = {item.module.__name__ for item in items if item.get_closest_marker("heavy")}
     slow = {item.module.__name__ for item in items if item.get_closest_marker("slow")}
     order = {id(item): i for i, item in enumerate(items)}
-    items.sort(key=lambda item: (item.module.__name__ not in slow, order[id(item)]))
+    items.sort(key=lambda item: (item.module.__name__ not in heavy, item.module.__name__ not in slow, order[id(item)]))
 
 
 @pytest.fixture(scope="session")

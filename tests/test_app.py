@@ -19,7 +19,9 @@ def test_smoke_job_writes_the_run_folder(smoke_run):
     assert on_disk["test"]["confusion_matrix"] == metrics.test.confusion_matrix
     assert on_disk["data"]["n_images"] == 48 and on_disk["data"]["masks"] is True
     assert on_disk["training"]["used_feature_cache"] is True
-    assert set(on_disk["timings"]) >= {"train_features_s", "train_stage1_fit_s", "total_s"}
+    # the session's first smoke job trains; a module on this worker may have trained the same model first (xdist order)
+    trained = not on_disk["training"]["model_cache"]["hit"]
+    assert set(on_disk["timings"]) >= ({"train_features_s", "train_stage1_fit_s"} if trained else set()) | {"total_s"}
     split = pd.read_csv(out / "split.csv")
     assert list(split.columns) == ["path", "label", "split"] and len(split) == 48
     assert split["path"].str.contains("/images/").all()

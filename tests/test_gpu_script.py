@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("jax")
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 pytest.importorskip("jax")
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]
 
 #: What test_the_engine_explainer_and_aopc_tests_pass_on_jax reruns, and how many tests that is.
 JAX_RERUN_MARKS = "jax_rerun and not not_on_jax and not tensorflow and not slow"
