@@ -139,7 +139,15 @@ def measurements(jobs: Sequence[results.JobResult]) -> list[Measurement]:
         groups.setdefault(key, Measurement(key, ident)).jobs.append(j)
     out = list(groups.values())
     keys = sorted({k for g in out for k in g.identity})
-    varying = [k for k in keys if len({json.dumps(g.identity.get(k), default=str) for g in out}) > 1 and k not in SHOWN]
+    def varies(k: str) -> bool:
+        if k.startswith("explainer."):  # an explainer's own parameter: does it differ between jobs of the same explainer?
+            by_name: dict[str, set] = {}
+            for g in out:
+                by_name.setdefault(json.dumps(g.identity.get("explainer.name"), default=str), set()).add(json.dumps(g.identity.get(k), default=str))
+            return any(len(v) > 1 for v in by_name.values())
+        return len({json.dumps(g.identity.get(k), default=str) for g in out}) > 1
+
+    varying = [k for k in keys if k not in SHOWN and varies(k)]
     for g in out:
         g.label = ", ".join(f"{k}={g.identity.get(k)}" for k in varying)
     return out
@@ -222,7 +230,7 @@ PIXEL_AUC_HEADERS = {o: f"{o.capitalize()} AUC ({results._better(o)} is better; 
 
 
 #: The column of an attribution method's axiom error (results.MethodScores.completeness_error).
-COMPLETENESS_HEADER = "completeness error (|sum of attributions - logit change|, logit units; IG, DeepLIFT: vs the baseline; LRP: conservation)"
+COMPLETENESS_HEADER = "completeness error (mean abs(sum of attributions - logit change), logit units; IG, DeepLIFT: vs the baseline; LRP: conservation)"
 
 
 def self_validation(jobs: Sequence[results.JobResult]) -> pd.DataFrame:
