@@ -32,18 +32,20 @@ Layer kinds (anything else is refused by name before any work):
   is treated as a separate elementwise layer after the linear part;
 - affine without weights to learn here: ``BatchNormalization`` (inference
   statistics), ``AveragePooling2D``, ``GlobalAveragePooling2D``, xbench's
-  ``Grey`` and ``BinaryLogits``, ``Add``;
+  ``BinaryLogits``, ``Add``;
 - elementwise: activations (``Activation`` other than softmax, ``ReLU``,
   ``LeakyReLU``, ``ELU``), relevance unchanged; the pixel preprocessing
   (xbench's ``Preprocess``, ``Rescaling``, ``Normalization``: a per-channel
   affine map, for ``caffe`` with the RGB->BGR permutation), relevance moved
   to the channel it came from;
 - max pooling (``MaxPooling2D``, ``GlobalMaxPooling2D``): LRP gives each
-  window's relevance to the element where x peaks (winner takes all, the
-  gradient); DeepLIFT see :meth:`DeepLift.maxpool`;
+  window's relevance to the element where x peaks (winner takes all, ties
+  split equally: :func:`route_to_max`); DeepLIFT see
+  :mod:`xbench.explain.deeplift`;
 - structural (``Flatten``, ``Reshape``, ``ZeroPadding2D``, ``Cropping2D``,
   ``Dropout`` at inference, xbench's ``features`` card): the relevance
-  follows the values (the transpose of a selection);
+  follows the values (the transpose of a selection); xbench's ``Grey``
+  (channel mean) is linear: LRP gives each colour a third;
 - ``Concatenate``: each input gets its slice.
 """
 
