@@ -135,10 +135,10 @@ def test_lrp_gamma_and_alpha_beta_on_a_convolution_equal_their_rules_by_hand(ima
                 out[:, i : i + 3, j : j + 3] += np.einsum("no,hwco->nhwc", s[:, i, j], w)
         return out
 
-    from xbench.explain.attribution import _prepare
+    from xbench.explain.attribution import prepare_inputs
     from xbench.explain.lrp import LRP
 
-    net, x, tt = _prepare(model, images, t)
+    net, x, tt = prepare_inputs(model, images, t)
     c_out = conv(act, k) + b
     wl = np.asarray(model.get_layer("logits").kernel, np.float64)
     y = c_out.reshape(4, -1) @ wl + np.asarray(model.get_layer("logits").bias, np.float64)
@@ -338,13 +338,13 @@ def test_the_axioms_hold_on_the_paper_backbones(backbone):
     shifts, under the epsilon rule, take a little relevance). Integrated Gradients' mean |error| (logit units) for m = 4,
     16, 64 steps: VGG16 25.2, 3.34, 0.35; DenseNet201 0.43, 0.12, 0.028 (TensorFlow).
     """
-    from xbench.explain.attribution import _prepare
+    from xbench.explain.attribution import prepare_inputs
     from xbench.explain.deeplift import DeepLift
     from xbench.explain.lrp import LRP
 
     model = build_classifier(backbone, 3, 32, weights="none", seed=1)
     x = np.random.default_rng(1).random((2, 32, 32, 3)).astype(np.float32)
-    net, xx, t = _prepare(model, x, None)
+    net, xx, t = prepare_inputs(model, x, None)
     for walk in (DeepLift, LRP):
         if backbone == "vgg16":  # the compiled walk, as jobs run it
             maps, err = (deeplift if walk is DeepLift else lrp)(model, x, return_error=True)
@@ -439,7 +439,7 @@ def test_lrp_with_epsilon_zero_is_finite_where_a_unit_is_dead(images):
 
 
 def test_a_users_gradcam_layer_between_a_conv_and_its_batchnorm_does_not_stop_the_fold(images):
-    from xbench.explain.attribution import _prepare
+    from xbench.explain.attribution import prepare_inputs
     from xbench.explain.lrp import LRP
 
     keras.utils.set_random_seed(13)
@@ -454,6 +454,6 @@ def test_a_users_gradcam_layer_between_a_conv_and_its_batchnorm_does_not_stop_th
     default = lrp(model, images, t)
     clf = as_classifier(model, gradcam_layer="c2")  # xbench's features card now sits between c2 and bn2
     card_at_c2 = lrp(clf, images, t)
-    net, _, _ = _prepare(clf, images, t)
+    net, _, _ = prepare_inputs(clf, images, t)
     assert [n.layer.name for n in LRP(net).nodes if n.output in LRP(net).folded_bn] == ["bn2"]
     _close(card_at_c2, default, 1e-5)

@@ -32,6 +32,7 @@ from keras import ops
 
 from xbench import backend
 from xbench.core.names import LOGITS, REDUCTIONS
+from xbench.explain.params import check_baseline, check_steps
 
 #: Tag of the noise stream of SmoothGrad and VarGrad: image i's noise is drawn from default_rng([seed, image_ids[i], SMOOTHGRAD_TAG]).
 SMOOTHGRAD_TAG = 0x5D
@@ -65,7 +66,7 @@ def reduce_channels(attr: np.ndarray, how: str) -> np.ndarray:
     return out.astype(np.float32)
 
 
-def _prepare(model, images, targets, logits_layer=None, output="probs", preprocess=None):
+def prepare_inputs(model, images, targets, logits_layer=None, output="probs", preprocess=None):
     """The adapted model's logits net, the images as float32 in [0, 1] and the (N,) int32 targets (default: the predicted classes)."""
     from xbench.data.pixels import to_unit_float
     from xbench.models.adapt import adapted
@@ -135,7 +136,7 @@ def saliency(model, images, targets=None, *, reduce: str = "max_abs", batch_size
     Returns:
         (N, H, W) float32 (>= 0 with ``max_abs``).
     """
-    net, x, t = _prepare(model, images, targets, **adapt)
+    net, x, t = prepare_inputs(model, images, targets, **adapt)
     out = np.zeros(x.shape, np.float32)
 
     def finish(i, g):
@@ -156,7 +157,7 @@ def _noise(x: np.ndarray, image_id: int, seed: int, samples: int, noise: float) 
 def _noisy_gradients(model, images, targets, image_ids, seed, samples, noise, batch_size, per_image_stat, adapt) -> np.ndarray:
     if samples < 1:
         raise ValueError(f"samples: must be >= 1, got {samples}")
-    net, x, t = _prepare(model, images, targets, **adapt)
+    net, x, t = prepare_inputs(model, images, targets, **adapt)
     ids = np.arange(len(x)) if image_ids is None else np.asarray(image_ids)
     if len(ids) != len(x):
         raise ValueError(f"got {len(ids)} image ids for {len(x)} images")
@@ -215,7 +216,7 @@ def input_x_gradient(model, images, targets=None, *, reduce: str = "sum", batch_
     Returns:
         (N, H, W) float32, signed with ``sum``.
     """
-    net, x, t = _prepare(model, images, targets, **adapt)
+    net, x, t = prepare_inputs(model, images, targets, **adapt)
     out = np.zeros(x.shape, np.float32)
 
     def finish(i, g):
@@ -244,11 +245,9 @@ def integrated_gradients(model, images, targets=None, *, steps: int = 50, baseli
         (N, H, W) float32 maps (signed with ``sum``), and with
         ``return_error`` also the (N,) float64 completeness errors.
     """
-    if steps < 1:
-        raise ValueError(f"steps: must be >= 1, got {steps}")
-    if not 0.0 <= baseline <= 1.0:
-        raise ValueError(f"baseline: must be a grey level in [0, 1] (0 = black), got {baseline}")
-    net, x, t = _prepare(model, images, targets, **adapt)
+    check_steps(steps)
+    check_baseline(baseline)
+    net, x, t = prepare_inputs(model, images, targets, **adapt)
     alphas = (np.arange(1, steps + 1, dtype=np.float64) / steps).astype(np.float32)[:, None, None, None]
     base = np.float32(baseline)
     out = np.zeros(x.shape, np.float32)

@@ -29,14 +29,15 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from xbench.explain.propagation import Propagator, kind, linear_part, one_hot_rows, route_to_max, run_batches, safe_divide, split_concat
+from xbench.explain.params import check_baseline
+from xbench.explain.propagation import Propagator, linear_part, one_hot_rows, route_to_max, run_batches, safe_divide, split_concat
 
 
-def rescale(vjp, fn, x, x0, m):
-    """The Rescale rule's multipliers at an elementwise nonlinearity f: m Delta f / Delta x, f'(x) m where Delta x is within rounding of 0."""
+def rescale(vjp, fn, x, x0, y, y0, m):
+    """The Rescale rule's multipliers at an elementwise nonlinearity y = f(x): m Delta y / Delta x, f'(x) m where Delta x is within rounding of 0."""
     dx = x - x0
     close = ops.less_equal(ops.abs(dx), 1e-6 * (1.0 + ops.abs(x)))
-    ratio = (fn(x) - fn(x0)) / ops.where(close, ops.ones_like(dx), dx)
+    ratio = (y - y0) / ops.where(close, ops.ones_like(dx), dx)
     return ops.where(close, vjp(fn, x, m), m * ratio)
 
 
@@ -56,37 +57,36 @@ class DeepLift(Propagator):
         super().__init__(net)
         self.baseline = float(baseline)
 
-    def rule(self, n, m, vals, base):
-        k = kind(n.layer)
-        ins, ins0 = [vals[i] for i in n.inputs], [base[i] for i in n.inputs]
-        a, a0 = ins[0], ins0[0]
-        if k == "activation":
-            fn = lambda u: n.layer(u, training=False)  # noqa: E731
-            return [rescale(self.vjp, fn, a, ops.broadcast_to(a0, ops.shape(a)), m)]
-        if k == "concat":
-            return split_concat(n.layer, ins, m)
-        if k == "add":
-            return [m for _ in ins]
-        if k == "maxpool":
+    def rule(self, n, m, x, x0):
+        """``x``, ``x0``: (values, pre-activations) of the image batch and of the baseline, from :meth:`forward`."""
+        (vals, pre), (base, pre0) = x, x0
+        a = vals[n.inputs[0]]
+        a0 = ops.broadcast_to(base[n.inputs[0]], ops.shape(a))
+        if n.kind == "activation":
+            return [rescale(self.vjp, lambda u: n.layer(u, training=False), a, a0, vals[n.output], base[n.output], m)]
+        if n.kind == "concat":
+            return split_concat(n.layer, [vals[i] for i in n.inputs], m)
+        if n.kind == "add":
+            return [m for _ in n.inputs]
+        if n.kind == "maxpool":
             dy = vals[n.output] - base[n.output]
             c = m * dy
             zero = ops.zeros_like(c)
             routed = route_to_max(self.vjp, n.layer, a, ops.where(ops.greater(dy, 0), c, zero)) \
-                + route_to_max(self.vjp, n.layer, ops.broadcast_to(a0, ops.shape(a)), ops.where(ops.less(dy, 0), c, zero))
+                + route_to_max(self.vjp, n.layer, a0, ops.where(ops.less(dy, 0), c, zero))
             return [safe_divide(routed, a - a0)]  # |Delta x| >= |Delta y| wherever a contribution was routed
-        if k == "weighted":
-            z, z0 = linear_part(n.layer, a), linear_part(n.layer, a0)
-            m = rescale(self.vjp, n.layer.activation, z, ops.broadcast_to(z0, ops.shape(z)), m)
+        if n.kind == "weighted":
+            z, z0 = pre[n.output], ops.broadcast_to(pre0[n.output], ops.shape(pre[n.output]))
+            m = rescale(self.vjp, n.layer.activation, z, z0, vals[n.output], base[n.output], m)
             return [self.vjp(lambda u: linear_part(n.layer, u, use_bias=False), a, m)]
         # structural, batchnorm, average, pixels, linear: affine maps, m_in = (d layer / d a)^T m
         return [self.through(n.layer, a, m)]
 
     def explain(self, x, t):
-        vals, _ = self.forward(x)
         x0 = ops.full((1,) + tuple(x.shape[1:]), self.baseline, dtype=x.dtype)
-        base, _ = self.forward(x0)
-        delta = vals[self.output] - base[self.output]
-        mult = self.backward(one_hot_rows(t, ops.ones_like(delta)), lambda n, m: self.rule(n, m, vals, base))
+        seen, seen0 = self.forward(x), self.forward(x0)
+        delta = seen[0][self.output] - seen0[0][self.output]
+        mult = self.backward(one_hot_rows(t, ops.ones_like(delta)), lambda n, m: self.rule(n, m, seen, seen0))
         return (x - x0) * mult, ops.sum(one_hot_rows(t, delta), axis=-1)
 
 
@@ -105,12 +105,8 @@ def deeplift(model, images, targets=None, *, baseline: float = 0.0, reduce: str 
         (N, H, W) float32 maps; with ``return_error`` also the (N,) float64
         summation-to-delta errors sum(contributions) - (y_c(x) - y_c(x')).
     """
-    from xbench.explain.attribution import _prepare
+    from xbench.explain.attribution import prepare_inputs
 
-    if not 0.0 <= baseline <= 1.0:
-        raise ValueError(f"baseline: must be a grey level in [0, 1] (0 = black), got {baseline}")
-    net, x, t = _prepare(model, images, targets, **adapt)
-    cache = net.__dict__.setdefault("_xbench_deeplift", {})
-    if baseline not in cache:
-        cache[baseline] = DeepLift(net, baseline)
-    return run_batches(cache[baseline], x, t, reduce, batch_size, return_error)
+    check_baseline(baseline)
+    net, x, t = prepare_inputs(model, images, targets, **adapt)
+    return run_batches(DeepLift.of(net, float(baseline)), x, t, reduce, batch_size, return_error)

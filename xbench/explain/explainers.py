@@ -10,15 +10,18 @@ and names the field in its message. Keras-free: the kernels load on first call.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import ClassVar
 
 import numpy as np
 
 from xbench.backend import configured_backend
-from xbench.core.names import REDUCTIONS, TFKV_METHODS
+from xbench.core.names import TFKV_METHODS
 from xbench.data.pixels import to_unit_float
 from xbench.explain.context import ExplainContext
+from xbench.explain.params import check_baseline, check_lrp, check_steps
+from xbench.explain.params import check_batch_size as _check_batch_size
+from xbench.explain.params import check_reduce as _check_reduce
 from xbench.explain.controls import center_maps, edge_maps, mask_maps, random_maps
 
 #: The tf-keras-vis methods :func:`xbench.explain.tfkv.tfkv_maps` implements.
@@ -217,11 +220,6 @@ class EigenCAM(_CAMBase):
     method: ClassVar[str] = "eigencam"
 
 
-def _check_reduce(reduce: str) -> None:
-    if reduce not in REDUCTIONS:
-        raise ValueError(f"reduce: must be one of {list(REDUCTIONS)}, got {reduce!r}")
-
-
 @dataclass
 class Saliency:
     """Saliency (Simonyan et al., 2014): d y_c / d x, max over channels of |.| by default: :func:`xbench.explain.attribution.saliency`."""
@@ -320,7 +318,29 @@ class InputXGradient:
 
 
 @dataclass
-class IntegratedGradients:
+class _Attribution:
+    """An attribution method with an axiom (completeness, conservation): its kernel ``kernel`` ("module:function") is
+    called with every field but ``name``, and the (N,) per-image axiom error it returns is kept in ``completeness_error``
+    until the next call (scoring records it)."""
+
+    kernel: ClassVar[str] = ""
+
+    def __post_init__(self):
+        _check_batch_size(self.batch_size)
+        _check_reduce(self.reduce)
+        self.completeness_error: np.ndarray | None = None
+
+    def __call__(self, model, images, targets, context: ExplainContext | None = None):
+        import importlib
+
+        module, function = self.kernel.split(":")
+        params = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "name"}
+        maps, self.completeness_error = getattr(importlib.import_module(module), function)(model, images, targets, return_error=True, **params)
+        return maps
+
+
+@dataclass
+class IntegratedGradients(_Attribution):
     """Integrated Gradients (Sundararajan et al., 2017): :func:`xbench.explain.attribution.integrated_gradients`.
 
     ``steps`` path points from a constant ``baseline`` grey level (0 =
@@ -334,26 +354,16 @@ class IntegratedGradients:
     reduce: str = "sum"
     batch_size: int = 64
     name: str = "integrated_gradients"
+    kernel: ClassVar[str] = "xbench.explain.attribution:integrated_gradients"
 
     def __post_init__(self):
-        _check_batch_size(self.batch_size)
-        _check_reduce(self.reduce)
-        if self.steps < 1:
-            raise ValueError(f"steps: must be >= 1, got {self.steps}")
-        if not 0.0 <= self.baseline <= 1.0:
-            raise ValueError(f"baseline: must be a grey level in [0, 1] (0 = black), got {self.baseline}")
-        self.completeness_error: np.ndarray | None = None
-
-    def __call__(self, model, images, targets, context: ExplainContext | None = None):
-        from xbench.explain.attribution import integrated_gradients
-
-        maps, self.completeness_error = integrated_gradients(model, images, targets, steps=self.steps, baseline=self.baseline,
-                                                             reduce=self.reduce, batch_size=self.batch_size, return_error=True)
-        return maps
+        super().__post_init__()
+        check_steps(self.steps)
+        check_baseline(self.baseline)
 
 
 @dataclass
-class DeepLIFT:
+class DeepLIFT(_Attribution):
     """DeepLIFT with the Rescale rule (Shrikumar et al., 2017) from a constant grey ``baseline``: :func:`xbench.explain.deeplift.deeplift`.
 
     After each call ``completeness_error`` holds the (N,) summation-to-delta
@@ -364,24 +374,15 @@ class DeepLIFT:
     reduce: str = "sum"
     batch_size: int = 16
     name: str = "deeplift"
+    kernel: ClassVar[str] = "xbench.explain.deeplift:deeplift"
 
     def __post_init__(self):
-        _check_batch_size(self.batch_size)
-        _check_reduce(self.reduce)
-        if not 0.0 <= self.baseline <= 1.0:
-            raise ValueError(f"baseline: must be a grey level in [0, 1] (0 = black), got {self.baseline}")
-        self.completeness_error: np.ndarray | None = None
-
-    def __call__(self, model, images, targets, context: ExplainContext | None = None):
-        from xbench.explain.deeplift import deeplift
-
-        maps, self.completeness_error = deeplift(model, images, targets, baseline=self.baseline, reduce=self.reduce,
-                                                 batch_size=self.batch_size, return_error=True)
-        return maps
+        super().__post_init__()
+        check_baseline(self.baseline)
 
 
 @dataclass
-class LRP:
+class LRP(_Attribution):
     """Layer-wise Relevance Propagation (Bach et al., 2015; Montavon et al., 2019) with a composite of rules: :func:`xbench.explain.lrp.lrp`.
 
     ``composite``: epsilon_gamma_box (default: epsilon for Dense layers,
@@ -399,27 +400,11 @@ class LRP:
     reduce: str = "sum"
     batch_size: int = 16
     name: str = "lrp"
+    kernel: ClassVar[str] = "xbench.explain.lrp:lrp"
 
     def __post_init__(self):
-        from xbench.core.names import LRP_COMPOSITES
-
-        _check_batch_size(self.batch_size)
-        _check_reduce(self.reduce)
-        if self.composite not in LRP_COMPOSITES:
-            raise ValueError(f"composite: must be one of {list(LRP_COMPOSITES)}, got {self.composite!r}")
-        if self.epsilon < 0 or self.gamma < 0:
-            raise ValueError(f"epsilon, gamma: must be >= 0, got {self.epsilon}, {self.gamma}")
-        if abs(self.alpha - self.beta - 1.0) > 1e-9 or self.beta < 0:
-            raise ValueError(f"alpha, beta: need alpha - beta = 1 and beta >= 0 (relevance is conserved), got {self.alpha}, {self.beta}")
-        self.completeness_error: np.ndarray | None = None
-
-    def __call__(self, model, images, targets, context: ExplainContext | None = None):
-        from xbench.explain.lrp import lrp
-
-        maps, self.completeness_error = lrp(model, images, targets, composite=self.composite, epsilon=self.epsilon, gamma=self.gamma,
-                                            alpha=self.alpha, beta=self.beta, reduce=self.reduce, batch_size=self.batch_size,
-                                            return_error=True)
-        return maps
+        super().__post_init__()
+        check_lrp(self.composite, self.epsilon, self.gamma, self.alpha, self.beta)
 
 
 @dataclass
@@ -487,11 +472,6 @@ class EdgeMap:
 
     def __call__(self, model, images, targets, context: ExplainContext | None = None):
         return edge_maps(images)
-
-
-def _check_batch_size(batch_size: int) -> None:
-    if batch_size < 1:
-        raise ValueError(f"batch_size: must be >= 1, got {batch_size}")
 
 
 def _masks(masks, images, what: str) -> np.ndarray:

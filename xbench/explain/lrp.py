@@ -53,10 +53,10 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from xbench.explain.params import check_lrp
 from xbench.explain.propagation import (
     Propagator,
     batchnorm_affine,
-    kind,
     linear_part,
     one_hot_rows,
     is_grey,
@@ -91,8 +91,7 @@ class LRP(Propagator):
 
     def __init__(self, net: keras.Model, composite: str = "epsilon_gamma_box", epsilon: float = 1e-6, gamma: float = 0.25,
                  alpha: float = 2.0, beta: float = 1.0):
-        if composite not in COMPOSITES:
-            raise ValueError(f"composite: must be one of {list(COMPOSITES)}, got {composite!r}")
+        check_lrp(composite, epsilon, gamma, alpha, beta)
         super().__init__(net)
         self.rules = COMPOSITES[composite]
         self.zero = composite == "zero"
@@ -101,17 +100,17 @@ class LRP(Propagator):
         #: BatchNormalization node output id -> the weighted node folded with it (and back).
         self.folded_bn, self.fold_of = set(), {}
         for n in self.nodes:
-            if kind(n.layer) != "batchnorm":
+            if n.kind != "batchnorm":
                 continue
             src = made_by.get(n.inputs[0])
             # look through identities between them (xbench's features card sits after a user's Grad-CAM layer)
             while src is not None and is_identity(src.layer) and len(self.consumers[src.output]) == 1:
                 src = made_by.get(src.inputs[0])
-            if src is not None and kind(src.layer) == "weighted" and src.layer.activation is keras.activations.linear \
+            if src is not None and src.kind == "weighted" and src.layer.activation is keras.activations.linear \
                     and len(self.consumers[src.output]) == 1:
                 self.folded_bn.add(n.output)
                 self.fold_of[src.output] = n.layer
-        weighted = [n for n in self.nodes if kind(n.layer) == "weighted"]
+        weighted = [n for n in self.nodes if n.kind == "weighted"]
         self.first = weighted[0].output if weighted else None
         self.bounds = self._bounds(weighted[0]) if weighted and self.rules["first"] == "box" else None
 
@@ -167,7 +166,7 @@ class LRP(Propagator):
         return a * back(w, s) - lo * back(pos, s) - hi * back(neg, s)
 
     def rule(self, n, r, vals):
-        k = kind(n.layer)
+        k = n.kind
         ins = [vals[i] for i in n.inputs]
         a = ins[0]
         if k == "weighted":
@@ -215,16 +214,8 @@ def lrp(model, images, targets=None, *, composite: str = "epsilon_gamma_box", ep
         (N, H, W) float32 maps; with ``return_error`` also the (N,) float64
         conservation errors sum(relevance) - y_c(x).
     """
-    from xbench.explain.attribution import _prepare
+    from xbench.explain.attribution import prepare_inputs
 
-    if abs(alpha - beta - 1.0) > 1e-9 or beta < 0:
-        raise ValueError(f"alpha, beta: need alpha - beta = 1 and beta >= 0 (relevance is conserved), got {alpha}, {beta}")
-    if epsilon < 0 or gamma < 0:
-        raise ValueError(f"epsilon and gamma must be >= 0, got {epsilon}, {gamma}")
-    net, x, t = _prepare(model, images, targets, **adapt)
-    key = (composite, epsilon, gamma, alpha, beta)
-    cache = net.__dict__.setdefault("_xbench_lrp", {})
-    if key not in cache:
-        cache[key] = LRP(net, composite, epsilon, gamma, alpha, beta)
-    return run_batches(cache[key], x, t, reduce, batch_size, return_error)
-
+    check_lrp(composite, epsilon, gamma, alpha, beta)
+    net, x, t = prepare_inputs(model, images, targets, **adapt)
+    return run_batches(LRP.of(net, composite, epsilon, gamma, alpha, beta), x, t, reduce, batch_size, return_error)

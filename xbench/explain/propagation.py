@@ -58,6 +58,7 @@ import numpy as np
 from keras import ops
 
 from xbench import backend
+from xbench.explain.params import check_batch_size, check_reduce
 
 L = keras.layers
 
@@ -74,11 +75,12 @@ PIXEL_MAPS = (L.Rescaling, L.Normalization)
 
 @dataclass
 class Node:
-    """One layer call of the graph: ``layer(inputs) -> output``, tensors named by the ids of their Keras tensors."""
+    """One layer call of the graph: ``layer(inputs) -> output``, tensors named by the ids of their Keras tensors; ``kind`` its rule family."""
 
     layer: keras.layers.Layer
     inputs: list[int]
     output: int
+    kind: str
 
 
 def _is_xbench(layer, name: str) -> bool:
@@ -147,8 +149,7 @@ def graph(net: keras.Model) -> list[Node]:
         for node in net._nodes_by_depth[depth]:
             if isinstance(node.operation, L.InputLayer):
                 continue
-            kind(node.operation)
-            nodes.append(Node(node.operation, [id(t) for t in node.input_tensors], id(node.outputs[0])))
+            nodes.append(Node(node.operation, [id(t) for t in node.input_tensors], id(node.outputs[0]), kind(node.operation)))
     return nodes
 
 
@@ -191,11 +192,20 @@ def stabilise(z, epsilon: float):
 class Propagator:
     """The walk shared by LRP and DeepLIFT; a method overrides the rules that differ.
 
-    ``state`` holds every tensor's value by id (``vals``) and each weighted
-    layer's pre-activation (``pre``); a subclass may hold more (DeepLIFT: the
-    baseline's). ``relevance(x, t)`` returns the (N, H, W, C) relevance at the
-    pixels and the (N,) quantity that started at the target.
+    :meth:`forward` keeps every tensor's value by id and each weighted layer's
+    pre-activation; ``explain(x, t)`` returns the (N, H, W, C) relevance at
+    the pixels and the (N,) quantity that started at the target. One instance
+    per (net, settings): :meth:`of`.
     """
+
+    @classmethod
+    def of(cls, net: keras.Model, *settings):
+        """The instance for ``net`` and ``settings``, made once and cached on ``net`` (the graph is read and traced once)."""
+        cache = net.__dict__.setdefault("_xbench_propagators", {})
+        key = (cls, settings)
+        if key not in cache:
+            cache[key] = cls(net, *settings)
+        return cache[key]
 
     def __init__(self, net: keras.Model):
         self.net = net
@@ -214,7 +224,7 @@ class Propagator:
         vals, pre = {self.input: x}, {}
         for n in self.nodes:
             args = [vals[i] for i in n.inputs]
-            if kind(n.layer) == "weighted":
+            if n.kind == "weighted":
                 z = linear_part(n.layer, args[0])
                 pre[n.output] = z
                 vals[n.output] = n.layer.activation(z)
@@ -303,8 +313,8 @@ def run_batches(prop: Propagator, x: np.ndarray, t: np.ndarray, reduce: str, bat
     """
     from xbench.explain.attribution import reduce_channels
 
-    if batch_size < 1:
-        raise ValueError(f"batch_size: must be >= 1, got {batch_size}")
+    check_batch_size(batch_size)
+    check_reduce(reduce)  # before the walk, not after it
     fn = prop.compiled()
     rel = np.zeros(x.shape, np.float32)
     start = np.zeros(len(x), np.float64)

@@ -150,16 +150,17 @@ class CachedExplainer:
         # between the two writes) are computed again.
         error_name = f"{self.name}-{key}-completeness"
         has_error = hasattr(self.explainer, "completeness_error")
-        if has_error and self.cache.get(error_name, rows=len(images)) is None:
+        error = self.cache.get(error_name, rows=len(images)) if has_error else None
+        if has_error and error is None:
             maps, hit = np.asarray(self.explainer(model, images, targets, context), np.float32), False
             self.cache.put(f"{self.name}-{key}", maps)
+            error = self.explainer.completeness_error
+            if error is not None:
+                self.cache.put(error_name, np.asarray(error))
         else:
             maps, hit = self.cache.fetch(f"{self.name}-{key}", lambda: self.explainer(model, images, targets, context), rows=len(images))
         self.hits += hit
         if has_error:
-            error = self.cache.get(error_name, rows=len(images)) if hit else self.explainer.completeness_error
-            if not hit and error is not None:
-                self.cache.put(error_name, np.asarray(error))
             self.completeness_error = error
         return maps
 

@@ -1,0 +1,40 @@
+"""The checks of the explainers' parameters, Keras-free: one owner for the config classes (:mod:`xbench.explain.explainers`) and the kernels.
+
+Each raises ``ValueError`` naming the field, so a config key can be named
+by :mod:`xbench.apps.config` and a Python caller reads the argument's name.
+"""
+
+from __future__ import annotations
+
+from xbench.core.names import LRP_COMPOSITES, REDUCTIONS
+
+
+def check_batch_size(batch_size: int) -> None:
+    if batch_size < 1:
+        raise ValueError(f"batch_size: must be >= 1, got {batch_size}")
+
+
+def check_reduce(reduce: str) -> None:
+    if reduce not in REDUCTIONS:
+        raise ValueError(f"reduce: must be one of {list(REDUCTIONS)}, got {reduce!r}")
+
+
+def check_baseline(baseline: float) -> None:
+    """A constant reference image's grey level (Integrated Gradients, DeepLIFT)."""
+    if not 0.0 <= baseline <= 1.0:
+        raise ValueError(f"baseline: must be a grey level in [0, 1] (0 = black), got {baseline}")
+
+
+def check_steps(steps: int) -> None:
+    if steps < 1:
+        raise ValueError(f"steps: must be >= 1, got {steps}")
+
+
+def check_lrp(composite: str, epsilon: float, gamma: float, alpha: float, beta: float) -> None:
+    """LRP's composite and rule parameters (alpha - beta = 1 keeps relevance conserved)."""
+    if composite not in LRP_COMPOSITES:
+        raise ValueError(f"composite: must be one of {list(LRP_COMPOSITES)}, got {composite!r}")
+    if epsilon < 0 or gamma < 0:
+        raise ValueError(f"epsilon, gamma: must be >= 0, got {epsilon}, {gamma}")
+    if abs(alpha - beta - 1.0) > 1e-9 or beta < 0:
+        raise ValueError(f"alpha, beta: need alpha - beta = 1 and beta >= 0 (relevance is conserved), got {alpha}, {beta}")
