@@ -59,27 +59,24 @@ def guided_relu(max_value):
 
 
 def input_gradients(logits_model, x: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """(N, H, W, C) d logit_t / d x, ``jax.jit``-compiled once per model and batch shape (cached on the model).
+    """(N, H, W, C) d logit_t / d x, compiled once per model and batch shape (:func:`compile_function`, cached on the model).
 
     Eager, every layer of a batch's forward and backward pass is a separate
     dispatch; compiled, a batch of (image, step) rows is one XLA call. The
-    weights are arguments (``stateless_call``), not constants of the trace:
-    a model whose weights change between calls is differentiated as it is now.
+    weights are arguments, not constants of the trace: a model whose weights
+    change between calls is differentiated as it is now.
     """
     fn = logits_model.__dict__.get("_xbench_input_grad")
     if fn is None:
 
-        def grad(trainable, fixed, v, tt):
+        def grad(v, tt):
             def score(u):
-                out, _ = logits_model.stateless_call(trainable, fixed, u, training=False)
-                return jnp.sum(jnp.take_along_axis(out, tt[:, None], axis=1))
+                return jnp.sum(jnp.take_along_axis(logits_model(u, training=False), tt[:, None], axis=1))
 
             return jax.grad(score)(v)
 
-        fn = logits_model.__dict__["_xbench_input_grad"] = jax.jit(grad)
-    trainable = [w.value for w in logits_model.trainable_variables]
-    fixed = [w.value for w in logits_model.non_trainable_variables]
-    return np.asarray(fn(trainable, fixed, jnp.asarray(x, jnp.float32), jnp.asarray(t, jnp.int32)))
+        fn = logits_model.__dict__["_xbench_input_grad"] = compile_function(grad, logits_model.variables)
+    return np.asarray(fn(jnp.asarray(x, jnp.float32), jnp.asarray(t, jnp.int32)))
 
 
 def vjp(fn, x, cotangent):
@@ -93,7 +90,8 @@ def compile_function(fn, variables=()):
 
     Closed over, the weights would be constants of the trace, and XLA's
     constant folding of a DenseNet201's takes minutes; read through a
-    ``keras.StatelessScope`` they are arguments, as in :func:`input_gradients`.
+    ``keras.StatelessScope`` they are arguments (:func:`input_gradients`,
+    LRP's and DeepLIFT's walks).
     """
     variables = list(variables)
 
