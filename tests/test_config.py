@@ -33,7 +33,7 @@ def test_the_option_list_is_every_config_file():
     groups = {g for g, _ in _OPTIONS}
     assert groups == {"data", "experiment", "explainer", "fit", "model", "perturbation", "setup", "tracking", "train", "truth"}
     count = lambda group: sum(g == group for g, _ in _OPTIONS)
-    assert (count("explainer"), count("perturbation"), count("tracking")) == (22, 6, 2)
+    assert (count("explainer"), count("perturbation"), count("tracking")) == (24, 6, 2)
 
 
 @pytest.mark.parametrize("group, option", _OPTIONS, ids=[f"{g}={o}" for g, o in _OPTIONS])
@@ -173,7 +173,9 @@ OWN_RULES = [
     (["train.zoom=-1"], "train.zoom: must be >= 0"),
     (["train.fine_tune.epochs=-1"], "train.fine_tune.epochs: must be >= 0"),
     (["train.fine_tune.lr=0"], "train.fine_tune.lr: must be > 0"),
-    (["explainer=scorecam", "explainer.method=gradcam3"], "explainer.method: unknown tf-keras-vis method 'gradcam3'"),
+    (["explainer=scorecam", "explainer.max_n=0"], "explainer.max_n: must be >= 1"),
+    (["explainer=occlusion", "explainer.stride=0"], "explainer.stride: must be >= 1"),
+    (["explainer=rise", "explainer.keep_prob=0"], "explainer.keep_prob: must lie in (0, 1]"),
     (["explainer=gradcampp", "explainer.impl=captum"], "explainer.impl: must be one of ['native', 'tfkv']"),
     (["explainer=integrated_gradients", "explainer.steps=0"], "explainer.steps: must be >= 1"),
     (["explainer.batch_size=0"], "explainer.batch_size: must be >= 1"),

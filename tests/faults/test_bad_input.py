@@ -30,7 +30,7 @@ CONFIG_CASES = [
     (["explainer=gradcam2"], "explainer=gradcam2: no such explainer; choose one of: center, deeplift, edge, eigencam, gradcam, gradcampp, guided_backprop"),
     (["perturbation=salt"], "perturbation=salt: no such perturbation; choose one of: blur"),
     (["model.backbone=vgg17"], "model.backbone: unknown backbone 'vgg17'"),
-    (["explainer=scorecam", "explainer.method=gradcam3"], "explainer.method: unknown tf-keras-vis method"),
+    (["explainer=scorecam", "explainer.impl=captum"], "explainer.impl: must be one of"),
     (["score.region_size=0"], "score.region_size: must be a positive number of pixels, got 0"),
     (["score.region_size=-4"], "score.region_size: must be a positive number of pixels, got -4"),
     (["score.region_size=100"], "score.region_size: 100 px is larger than the 72 px image"),

@@ -1,4 +1,4 @@
-"""Explainers: the CAM family (Grad-CAM, Grad-CAM++, Layer-CAM, HiResCAM, XGrad-CAM, Eigen-CAM), the gradient family (saliency, SmoothGrad, VarGrad, Input x Gradient, Integrated Gradients), the propagation family (DeepLIFT, LRP), guided backprop, the tf-keras-vis family, reference maps and controls; model randomisation.
+"""Explainers: the CAM family (Grad-CAM, Grad-CAM++, Layer-CAM, HiResCAM, XGrad-CAM, Eigen-CAM), the gradient family (saliency, SmoothGrad, VarGrad, Input x Gradient, Integrated Gradients), the propagation family (DeepLIFT, LRP), the perturbation family (Occlusion, RISE, Score-CAM), guided backprop, the tf-keras-vis family, reference maps and controls; model randomisation.
 
 ``build(name, **params)`` makes the explainer ``explainer=<name>`` makes.
 
@@ -14,6 +14,12 @@ _WHERE = {
     "EigenCAM": "xbench.explain.explainers",
     "DeepLIFT": "xbench.explain.explainers",
     "LRP": "xbench.explain.explainers",
+    "Occlusion": "xbench.explain.explainers",
+    "RISE": "xbench.explain.explainers",
+    "ScoreCAM": "xbench.explain.explainers",
+    "occlusion": "xbench.explain.masking",
+    "rise": "xbench.explain.masking",
+    "scorecam": "xbench.explain.masking",
     "deeplift": "xbench.explain.deeplift",
     "lrp": "xbench.explain.lrp",
     "GradCAMPlusPlus": "xbench.explain.explainers",

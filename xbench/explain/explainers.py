@@ -19,10 +19,17 @@ from xbench.backend import configured_backend
 from xbench.core.names import TFKV_METHODS
 from xbench.data.pixels import to_unit_float
 from xbench.explain.context import ExplainContext
-from xbench.explain.params import check_baseline, check_lrp, check_steps
+from xbench.explain.controls import center_maps, edge_maps, mask_maps, random_maps
+from xbench.explain.params import (
+    check_baseline,
+    check_lrp,
+    check_max_n,
+    check_occlusion,
+    check_rise,
+    check_steps,
+)
 from xbench.explain.params import check_batch_size as _check_batch_size
 from xbench.explain.params import check_reduce as _check_reduce
-from xbench.explain.controls import center_maps, edge_maps, mask_maps, random_maps
 
 #: The tf-keras-vis methods :func:`xbench.explain.tfkv.tfkv_maps` implements.
 
@@ -118,6 +125,11 @@ class TfKerasVis:
         if self.smooth_noise < 0:
             raise ValueError(f"smooth_noise: must be >= 0, got {self.smooth_noise}")
         self.name = self.name or self.method
+
+    @property
+    def maps_revision(self) -> int | None:
+        """A revision of what the maps are, part of their cache key: 2 for Score-CAM, since it is handed the logits net (no double softmax)."""
+        return 2 if self.method == "scorecam" else None
 
     def __call__(self, model, images, targets, context: ExplainContext | None = None):
         from xbench.explain.tfkv import tfkv_maps
@@ -408,6 +420,95 @@ class LRP(_Attribution):
 
 
 @dataclass
+class Occlusion:
+    """Occlusion (Zeiler and Fergus, 2014): a grey square slid over the image; a pixel's value is the mean probability drop of the windows covering it.
+
+    :func:`xbench.explain.masking.occlusion`; ``patch_size`` x ``patch_size``
+    windows every ``stride`` pixels, grey level ``baseline``; one forward pass
+    per window, built on the device. ``batch_size``: (image, window) pairs per
+    pass; null: from ``memory_budget_mb``.
+    """
+
+    patch_size: int = 16
+    stride: int = 8
+    baseline: float = 0.5
+    batch_size: int | None = None
+    memory_budget_mb: float = 1024
+    name: str = "occlusion"
+
+    def __post_init__(self):
+        check_occlusion(self.patch_size, self.stride, self.baseline)
+        if self.batch_size is not None:
+            _check_batch_size(self.batch_size)
+
+    def __call__(self, model, images, targets, context: ExplainContext | None = None):
+        from xbench.explain.masking import occlusion
+
+        return occlusion(model, images, targets=targets, patch_size=self.patch_size, stride=self.stride, baseline=self.baseline,
+                         batch_size=self.batch_size, memory_budget_mb=self.memory_budget_mb, progress=True)
+
+
+@dataclass
+class RISE:
+    """RISE (Petsiuk et al., 2018): the mean of ``masks`` random smooth masks weighted by p_c of the masked image.
+
+    :func:`xbench.explain.masking.rise`; the paper's defaults: 4000 masks on a
+    7 x 7 grid, cells kept with probability 0.5. Masks are drawn per (seed,
+    image id) and built and summed on the device.
+    """
+
+    masks: int = 4000
+    grid: int = 7
+    keep_prob: float = 0.5
+    batch_size: int | None = None
+    memory_budget_mb: float = 1024
+    name: str = "rise"
+
+    def __post_init__(self):
+        check_rise(self.masks, self.grid, self.keep_prob)
+        if self.batch_size is not None:
+            _check_batch_size(self.batch_size)
+
+    def __call__(self, model, images, targets, context: ExplainContext | None = None):
+        from xbench.explain.masking import rise
+
+        context = _ctx(context, images)
+        return rise(model, images, targets=targets, masks=self.masks, grid=self.grid, keep_prob=self.keep_prob, seed=context.seed,
+                    image_ids=context.image_ids, batch_size=self.batch_size, memory_budget_mb=self.memory_budget_mb, progress=True)
+
+
+@dataclass
+class ScoreCAM:
+    """Score-CAM (Wang et al., 2020): channel k of ``layer`` weighted by p_c of the image masked by it; ``max_n``: Faster Score-CAM.
+
+    :func:`xbench.explain.masking.scorecam` (every backend; one pass per
+    channel, built on the device); ``impl=tfkv`` runs tf-keras-vis's
+    ``Scorecam`` (TensorFlow only), which it equals.
+    """
+
+    layer: str | None = None  # default: the backbone's last conv feature map
+    max_n: int | None = None
+    batch_size: int | None = None
+    memory_budget_mb: float = 1024
+    impl: str = "native"
+    name: str = "scorecam"
+
+    def __post_init__(self):
+        check_max_n(self.max_n)
+        if self.batch_size is not None:
+            _check_batch_size(self.batch_size)
+        self._tfkv = _check_impl(self.impl, "scorecam", layer=self.layer, max_n=self.max_n, batch_size=self.batch_size or 16, name=self.name)
+
+    def __call__(self, model, images, targets, context: ExplainContext | None = None):
+        if self._tfkv is not None:
+            return self._tfkv(model, images, targets, context)
+        from xbench.explain.masking import scorecam
+
+        return scorecam(model, images, targets=targets, layer=self.layer, max_n=self.max_n, batch_size=self.batch_size,
+                        memory_budget_mb=self.memory_budget_mb, progress=True)
+
+
+@dataclass
 class RandomControl:
     """A uniformly random region order at the scoring grid, fixed per (seed, image id): the floor every explainer must beat.
 
@@ -531,18 +632,16 @@ SANITY_EXPLAINERS = {"center": CenterControl, "edge": EdgeMap, "guided_backprop"
 #: ``explainer=<name>`` and :func:`build`: the explainers a job can score (controls and references: :data:`CONTROLS`).
 EXPLAINERS = {"gradcam": GradCAM, "gradcampp": GradCAMPlusPlus, "layercam": LayerCAM, "hirescam": HiResCAM, "xgradcam": XGradCAM,
               "eigencam": EigenCAM, "saliency": Saliency, "smoothgrad": SmoothGrad, "vargrad": VarGrad, "input_x_gradient": InputXGradient,
-              "integrated_gradients": IntegratedGradients, "deeplift": DeepLIFT, "lrp": LRP, "guided_backprop": GuidedBackprop, "guided_gradcam": GuidedGradCAM}
+              "integrated_gradients": IntegratedGradients, "deeplift": DeepLIFT, "lrp": LRP, "guided_backprop": GuidedBackprop, "guided_gradcam": GuidedGradCAM,
+              "occlusion": Occlusion, "rise": RISE, "scorecam": ScoreCAM}
 
 
 def build(name: str, **params):
     """The explainer ``name`` configured with ``params`` (its dataclass fields), as ``explainer=<name>`` makes it.
 
     Called as ``explainer(model, images, targets, context) -> (N, H, W)``.
-    E.g. ``build("integrated_gradients", steps=32)``, ``build("gradcampp", impl="tfkv")``.
-    Score-CAM (tf-keras-vis only): ``build("scorecam", max_n=...)``.
+    E.g. ``build("integrated_gradients", steps=32)``, ``build("gradcampp", impl="tfkv")``, ``build("occlusion", patch_size=32)``.
     """
-    if name == "scorecam":
-        return TfKerasVis(method="scorecam", **params)
     if name not in EXPLAINERS:
-        raise ValueError(f"unknown explainer {name!r}; choose one of {sorted([*EXPLAINERS, 'scorecam'])}")
+        raise ValueError(f"unknown explainer {name!r}; choose one of {sorted(EXPLAINERS)}")
     return EXPLAINERS[name](**params)

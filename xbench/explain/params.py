@@ -38,3 +38,28 @@ def check_lrp(composite: str, epsilon: float, gamma: float, alpha: float, beta: 
         raise ValueError(f"epsilon, gamma: must be >= 0, got {epsilon}, {gamma}")
     if abs(alpha - beta - 1.0) > 1e-9 or beta < 0:
         raise ValueError(f"alpha, beta: need alpha - beta = 1 and beta >= 0 (relevance is conserved), got {alpha}, {beta}")
+
+
+def check_occlusion(patch_size: int, stride: int, baseline: float) -> None:
+    """Occlusion's window (the image side bounds it when the images arrive) and grey level."""
+    if patch_size < 1:
+        raise ValueError(f"patch_size: must be >= 1, got {patch_size}")
+    if stride < 1:
+        raise ValueError(f"stride: must be >= 1, got {stride}")
+    check_baseline(baseline)
+
+
+def check_rise(masks: int, grid: int, keep_prob: float) -> None:
+    """RISE's mask count N, grid side s and keep probability p."""
+    if masks < 1:
+        raise ValueError(f"masks: must be >= 1, got {masks}")
+    if grid < 1:
+        raise ValueError(f"grid: must be >= 1, got {grid}")
+    if not 0.0 < keep_prob <= 1.0:
+        raise ValueError(f"keep_prob: must lie in (0, 1], got {keep_prob}")
+
+
+def check_max_n(max_n: int | None) -> None:
+    """Faster Score-CAM's channel count (None: every channel)."""
+    if max_n is not None and max_n < 1:
+        raise ValueError(f"max_n: must be >= 1 (or null for every channel), got {max_n}")

@@ -6,7 +6,8 @@ default walk back from a named layer to the nearest Conv2D (for DenseNet's
 block's feature map), so ``seek_penultimate_conv_layer=False`` is passed.
 Gradient methods explain the ``logits`` (a model cut before the softmax, the
 same effect as tf-keras-vis's ``ReplaceToLinear``); Score-CAM scores masked
-inputs with the softmax probabilities, as its authors do.
+inputs with the softmax probabilities, as its authors do (tf-keras-vis takes
+the softmax of the logits net's output).
 """
 
 from __future__ import annotations
@@ -118,8 +119,9 @@ def _layercam(b: _Batch):
 def _scorecam(b: _Batch):
     from tf_keras_vis.scorecam import Scorecam
 
-    # Score-CAM scores masked inputs with the softmax probabilities (the model, not its logits), as its authors do.
-    return Scorecam(b.model, clone=False)(b.score(), b.x, penultimate_layer=b.layer, seek_penultimate_conv_layer=False,
+    # Score-CAM weighs each channel by the softmax probability of the masked input, as its authors do; tf-keras-vis applies a
+    # softmax to the model's output itself, so it is handed the logits net (the classifier would be softmaxed twice).
+    return Scorecam(logits_model(b.model), clone=False)(b.score(), b.x, penultimate_layer=b.layer, seek_penultimate_conv_layer=False,
                                           max_N=-1 if b.max_n is None else int(b.max_n), expand_cam=True, normalize_cam=False)
 
 

@@ -540,7 +540,7 @@ def explainer_speed(backbone: str, image_size: int, n: int, names, seed: int = 0
         first, steady = timed(name)
         row = {"explainer": name, "backbone": backbone, "image_size": image_size, "n": n, "keras_backend": keras.backend.backend(),
                "first_s": first, "maps_per_s": n / steady}
-        if tfkv and keras.backend.backend() == "tensorflow" and name in TFKV_METHODS and name != "scorecam":
+        if tfkv and keras.backend.backend() == "tensorflow" and name in TFKV_METHODS:
             tf_first, tf_steady = timed(name, "tfkv")
             row.update(tfkv_first_s=tf_first, tfkv_maps_per_s=n / tf_steady, native_over_tfkv=tf_steady / steady)
         rows.append(row)

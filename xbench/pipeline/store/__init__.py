@@ -142,9 +142,13 @@ class CachedExplainer:
 
     def __call__(self, model, images, targets, context):
         params = asdict(self.explainer) if is_dataclass(self.explainer) else repr(self.explainer)
-        key = digest({"model": self.model_key, "explainer": type(self.explainer).__name__, "params": params, "seed": context.seed,
-                      "ids": np.asarray(context.image_ids).tolist(), "targets": np.asarray(targets).tolist(),
-                      "region": context.region_size, "version": HEATMAP_VERSION})
+        identity = {"model": self.model_key, "explainer": type(self.explainer).__name__, "params": params, "seed": context.seed,
+                    "ids": np.asarray(context.image_ids).tolist(), "targets": np.asarray(targets).tolist(),
+                    "region": context.region_size, "version": HEATMAP_VERSION}
+        revision = getattr(self.explainer, "maps_revision", None)  # an explainer whose maps changed meaning (keys of the others unchanged)
+        if revision is not None:
+            identity["revision"] = revision
+        key = digest(identity)
         # An attribution method's per-image axiom error (completeness, conservation) is kept beside its maps, so a
         # job that reads the maps from the cache reports it too; maps without it (an older entry, a run killed
         # between the two writes) are computed again.

@@ -1,0 +1,180 @@
+"""The mask-program engine (xbench.perturbation.programs) and the perturbation explainers on it (Occlusion, RISE, Score-CAM).
+
+Each map is checked against an obviously correct loop: one image, one mask, one model call at a time, the
+mask built in NumPy. Backend-free (rerun under JAX) but for the comparison with tf-keras-vis.
+"""
+
+import numpy as np
+import pytest
+
+from tests.references import tiny_model
+from xbench.explain import build
+from xbench.explain.masking import occlusion, rise, scorecam, strongest_channels
+from xbench.perturbation.programs import (
+    PixelSets,
+    RiseMasks,
+    align_corners_matrix,
+    half_pixel_mirror_matrix,
+    run_program,
+    window_starts,
+)
+
+pytestmark = pytest.mark.jax_rerun
+
+S = 20
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model(S, S, c=3)
+
+
+@pytest.fixture(scope="module")
+def images():
+    return np.random.default_rng(0).random((3, S, S, 3)).astype(np.float32)
+
+
+def _p(model, z):
+    return np.asarray(model(z[None].astype(np.float32)))[0].astype(np.float64)
+
+
+def test_window_starts_reach_every_edge_and_equal_the_region_grid_when_stride_is_the_patch():
+    assert window_starts(20, 6, 4).tolist() == [0, 4, 8, 12, 16]  # the last window [16, 22) is cut at 20
+    assert window_starts(20, 5, 5).tolist() == [0, 5, 10, 15]
+    assert window_starts(20, 6, 6).tolist() == [0, 6, 12, 18]  # ceil(20 / 6) = 4 cells, as regions.grid_shape
+    assert window_starts(7, 7, 3).tolist() == [0]
+    with pytest.raises(ValueError, match="patch_size: must lie in"):
+        window_starts(7, 8, 1)
+
+
+def test_interpolation_matrices_match_their_definitions():
+    # corners aligned (SciPy zoom order=1): output o reads input o (n_in - 1) / (n_out - 1)
+    U = align_corners_matrix(3, 5)
+    np.testing.assert_allclose(U @ np.array([0.0, 1.0, 4.0]), [0, 0.5, 1, 2.5, 4])
+    # half-pixel, mirrored (scikit-image resize order=1 mode=reflect): 2 -> 4 reads u = -0.25, 0.25, 0.75, 1.25 -> mirrored 0.25, 0.25, 0.75, 0.75
+    V = half_pixel_mirror_matrix(2, 4)
+    np.testing.assert_allclose(V @ np.array([0.0, 1.0]), [0.25, 0.25, 0.75, 0.75])
+    np.testing.assert_allclose(half_pixel_mirror_matrix(4, 8).sum(1), 1)
+
+
+@pytest.mark.parametrize("patch,stride", [(6, 4), (5, 5), (7, 3)])
+def test_occlusion_equals_a_per_window_loop(model, images, patch, stride):
+    maps, t = occlusion(model, images, patch_size=patch, stride=stride, baseline=0.3, batch_size=7, return_targets=True)
+    for i, x in enumerate(images):
+        total, count = np.zeros((S, S)), np.zeros((S, S))
+        p0 = _p(model, x)
+        assert t[i] == p0.argmax()
+        for a in window_starts(S, patch, stride):
+            for b in window_starts(S, patch, stride):
+                z = x.copy()
+                z[a : a + patch, b : b + patch] = 0.3
+                total[a : a + patch, b : b + patch] += p0[t[i]] - _p(model, z)[t[i]]
+                count[a : a + patch, b : b + patch] += 1
+        np.testing.assert_allclose(maps[i], total / count, atol=1e-6)
+    assert np.abs(maps).max() > 1e-3  # the loop is not trivially zero
+
+
+def test_occlusion_does_not_depend_on_the_batch_and_follows_given_targets(model, images):
+    a = occlusion(model, images, patch_size=6, stride=4, targets=[2, 0, 1], batch_size=5)
+    b = occlusion(model, images, patch_size=6, stride=4, targets=[2, 0, 1], batch_size=64)
+    np.testing.assert_allclose(a, b, atol=1e-6)
+    c = occlusion(model, images[1:2], patch_size=6, stride=4, targets=[0])
+    np.testing.assert_allclose(a[1], c[0], atol=1e-6)
+
+
+def test_rise_equals_the_formula_with_the_same_masks_by_hand(model, images):
+    ids = np.array([5, 9, 11])
+    maps, t = rise(model, images, masks=40, grid=4, keep_prob=0.5, seed=3, image_ids=ids, batch_size=16, return_targets=True)
+    program = RiseMasks(S, S, 40, 4, 0.5, 3, ids)
+    for i, x in enumerate(images):
+        acc = np.zeros((S, S))
+        for m in range(40):
+            # the mask by its definition: the grid upsampled to 5 cells of ceil(20 / 4) = 5 px, then cut at the shift
+            M = program.mask(i, m, S, S)
+            assert M.min() >= -1e-6 and M.max() <= 1 + 1e-6
+            acc += _p(model, x * M[..., None])[t[i]] * M
+        np.testing.assert_allclose(maps[i], acc / (40 * 0.5), atol=1e-6)
+    # a kept cell stays (near) whole: the mask mean is the keep rate of its grid, up to the cut and the edge
+    assert abs(program.draws(0)[0].mean() - 0.5) < 0.15
+
+
+def test_rise_masks_are_functions_of_seed_and_image_id_only(model, images):
+    a = rise(model, images, masks=24, grid=3, seed=1, image_ids=[7, 8, 9], batch_size=10)
+    b = rise(model, images[::-1], masks=24, grid=3, seed=1, image_ids=[9, 8, 7], batch_size=64)[::-1]
+    np.testing.assert_allclose(a, b, atol=1e-6)
+    c = rise(model, images, masks=24, grid=3, seed=2, image_ids=[7, 8, 9])
+    assert np.abs(a - c).max() > 1e-4
+
+
+def test_the_reduction_never_mixes_images_in_a_batch(model, images):
+    # a batch that spans the end of one image's masks and the start of the next: each image's sums are its own
+    ids = np.arange(3)
+    program = RiseMasks(S, S, 10, 3, 0.5, 0, ids)
+    probs, sums = run_program(model, images, program, batch_size=7)
+    for i in range(3):
+        ref = sum(probs[i, m][:, None, None] * program.mask(i, m, S, S)[None] for m in range(10))
+        np.testing.assert_allclose(sums[i], ref, atol=1e-5)
+
+
+@pytest.mark.tensorflow
+@pytest.mark.parametrize("max_n", [None, 2])
+def test_scorecam_equals_tf_keras_vis(model, images, max_n):
+    from xbench.explain.tfkv import tfkv_maps
+
+    t = np.array([0, 2, 1])
+    ours = scorecam(model, images, targets=t, max_n=max_n, batch_size=5)
+    # tf-keras-vis chooses Faster Score-CAM's channels over its batch: one image per batch is the per-image choice
+    ref = tfkv_maps(model, images, t, "scorecam", max_n=max_n, batch_size=1)
+    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+    assert np.abs(ref).max() > 1e-3
+
+
+def test_scorecam_equals_its_formula(model, images):
+    import keras
+
+    from xbench.explain.cam import default_layer
+
+    layer = default_layer(model)
+    A = np.asarray(keras.Model(model.input, model.get_layer(layer).output)(images), np.float64)
+    maps, t = scorecam(model, images, return_targets=True)
+    Uh = align_corners_matrix(A.shape[1], S)
+    for i, x in enumerate(images):
+        w = []
+        for k in range(A.shape[-1]):
+            up = Uh @ A[i, :, :, k] @ Uh.T
+            M = (up - up.min()) / (up.max() - up.min() + 1e-7)
+            w.append(_p(model, x * M[..., None])[t[i]])
+        cam = np.maximum(np.tensordot(A[i], np.array(w), axes=([2], [0])), 0)
+        np.testing.assert_allclose(maps[i], Uh @ cam @ Uh.T, rtol=1e-5, atol=1e-6)
+
+
+def test_strongest_channels_pick_the_largest_spatial_spread():
+    acts = np.zeros((1, 2, 2, 4), np.float32)
+    acts[0, 0, 0] = [1, 5, 0, 3]  # std grows with the value at one corner
+    assert strongest_channels(acts, 2).tolist() == [[1, 3]]
+
+
+def test_pixel_sets_replace_exactly_their_pixels(model, images):
+    # set j of image i: pixels {j, j + 7, ...} of the flat image (some padded with -1): passes equal NumPy's replacement
+    sets = np.full((3, 5), -1, np.int32)
+    for j in range(3):
+        sets[j, : 3 + j] = np.arange(3 + j) * 7 + j
+    program = PixelSets(lambda i: sets, 3, 5, reference_of=lambda x, i: np.full_like(x, 0.25))
+    probs = run_program(model, images, program, batch_size=4)
+    for i, x in enumerate(images):
+        np.testing.assert_allclose(probs[i, 0], _p(model, x), atol=1e-6)
+        for j in range(3):
+            z = x.reshape(-1, 3).copy()
+            z[sets[j][sets[j] >= 0]] = 0.25
+            np.testing.assert_allclose(probs[i, j + 1], _p(model, z.reshape(x.shape)), atol=1e-6)
+
+
+def test_the_explainers_are_built_by_name_and_check_their_fields(model, images):
+    maps = build("occlusion", patch_size=10, stride=10)(model, images, np.array([0, 1, 2]), None)
+    assert maps.shape == images.shape[:3]
+    with pytest.raises(ValueError, match="keep_prob"):
+        build("rise", keep_prob=1.5)
+    with pytest.raises(ValueError, match="stride"):
+        build("occlusion", stride=0)
+    with pytest.raises(ValueError, match="max_n"):
+        build("scorecam", max_n=0)
