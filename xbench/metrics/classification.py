@@ -7,7 +7,7 @@ from ``y_true`` has recall 0 and support 0.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

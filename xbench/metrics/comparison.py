@@ -52,7 +52,7 @@ def paired_images(a: np.ndarray, b: np.ndarray, *, n_resamples: int = 2000, leve
     ok = np.isfinite(a) & np.isfinite(b)
     d = a[ok] - b[ok]
     out = {"diff": float(d.mean()) if len(d) else math.nan, "ci_low": math.nan, "ci_high": math.nan, "p_value": math.nan,
-           "n_images": int(len(d)), "n_resamples": int(n_resamples), "unit": "image"}
+           "n_images": len(d), "n_resamples": int(n_resamples), "unit": "image"}
     if len(d) < 2:
         return out
     boot = resampled_means(d, n_resamples, np.random.default_rng([seed, 0x9A1D]))

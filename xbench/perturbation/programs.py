@@ -71,6 +71,10 @@ class MaskProgram:
         """(B, H, W) mask of each pair (keras.ops), from its image's slot data (each gathered to (B, ...)) and its pass index ``k`` (B,) int32."""
         raise NotImplementedError
 
+    def device_reference(self, data: Sequence, k, r):
+        """(B, H, W, 3) what each pair's replaced pixels become (keras.ops); default its image's reference ``r``."""
+        return r
+
     def key(self) -> tuple:
         """What the compiled step depends on besides the model (hashable)."""
         return (type(self).__name__,)
@@ -89,7 +93,9 @@ def _compiled(model, program: MaskProgram, height: int, width: int) -> Callable:
     def step(X, R, idx, k, weight, *D):
         x = ops.take(X, idx, axis=0)
         r = ops.take(R, idx, axis=0)
-        m = program.device_mask([ops.take(d, idx, axis=0) for d in D], k, height, width)
+        d = [ops.take(a, idx, axis=0) for a in D]
+        m = program.device_mask(d, k, height, width)
+        r = program.device_reference(d, k, r)
         if soft:
             w = ops.expand_dims(m, -1)
             xb = x * w + r * (1.0 - w)
@@ -460,3 +466,63 @@ class PixelSets(MaskProgram):
 
     def key(self):
         return ("sets", self.sets, self.size, self._key)
+
+
+class Ranks(MaskProgram):
+    """Pixel groups given by a rank map: each pixel's group index g in [0, G) (G = ``groups``), one program for three uses.
+
+    ``mode``:
+      - ``cumulative``: pass k in [0, G] replaces the groups g < k (deletion, MoRF over any grouping);
+      - ``insert``: pass k in [0, G] keeps the groups g < k and replaces the rest (insertion from the reference);
+      - ``single``: pass 0 is the original, pass k >= 1 replaces group (k - 1) // ``repeats`` alone.
+    The replaced pixels take the reference image, or with ``colours_of`` a
+    colour per pass: colours_of(i) -> (passes - 1, 3) float32, pass k's colour
+    at row k - 1 (e.g. uniform draws per group and repetition).
+    """
+
+    def __init__(self, rank_of: Callable[[int], np.ndarray], groups: int, mode: str = "cumulative", repeats: int = 1,
+                 reference_of: Callable | None = None, colours_of: Callable | None = None, key=None):
+        if mode not in ("cumulative", "insert", "single"):
+            raise ValueError(f"mode: must be cumulative, insert or single, got {mode!r}")
+        if repeats != 1 and mode != "single":
+            raise ValueError("repeats: only a single-group program repeats its passes")
+        self.rank_of, self.groups, self.mode, self.repeats = rank_of, int(groups), mode, int(repeats)
+        self.reference_of, self.colours_of, self._key = reference_of, colours_of, key
+
+    def passes(self):
+        return 1 + self.groups * self.repeats
+
+    def reference(self, x, i):
+        return np.zeros_like(x) if self.reference_of is None else np.asarray(self.reference_of(x, i), np.float32)
+
+    def slot_data(self, x, i):
+        rank = np.asarray(self.rank_of(i), np.int32)
+        if self.colours_of is None:
+            return (rank,)
+        colours = np.asarray(self.colours_of(i), np.float32)
+        if colours.shape != (self.passes() - 1, 3):
+            raise ValueError(f"colours of image {i}: expected shape {(self.passes() - 1, 3)}, got {colours.shape}")
+        return rank, colours
+
+    def device_mask(self, data, k, height, width):
+        from keras import ops
+
+        rank = data[0]
+        kk = ops.reshape(k, (-1, 1, 1))
+        if self.mode == "cumulative":
+            return rank < kk
+        if self.mode == "insert":
+            return rank >= kk
+        group = ops.reshape(ops.maximum(k - 1, 0) // self.repeats, (-1, 1, 1))
+        return ops.logical_and(rank == group, kk > 0)
+
+    def device_reference(self, data, k, r):
+        if self.colours_of is None:
+            return r
+        from keras import ops
+
+        c = ops.squeeze(ops.take_along_axis(data[1], ops.reshape(ops.maximum(k - 1, 0), (-1, 1, 1)), axis=1), 1)  # (B, 3)
+        return ops.zeros_like(r) + ops.reshape(c, (-1, 1, 1, 3))
+
+    def key(self):
+        return ("ranks", self.groups, self.mode, self.repeats, self.colours_of is not None, self._key)

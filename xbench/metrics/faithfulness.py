@@ -1,0 +1,375 @@
+"""The field's faithfulness metrics, per image, on the mask-program engine (:mod:`xbench.perturbation.programs`).
+
+Every metric reads a model's softmax probability of the target class
+(default: the class predicted on the original image) on masked copies of
+each image, built on the device, and turns them and the heatmap into one
+number per image. Each is a small class: its program (which pixels each
+pass replaces, and by what) and its formula; the papers' formulas are in the
+docstrings, with where the definition differs from Quantus 0.5.3's default.
+
+Shared conventions (and Quantus's, where they differ):
+
+- A "feature" is a pixel, its three channels replaced together; features
+  are grouped ``features_in_step`` pixels at a time in the metric's order of
+  attribution (ties: the lower row-major index first). None (the default)
+  makes at most 256 groups (ceil(H W / 256) pixels each), so that a metric
+  costs hundreds of passes, not H W; Quantus's default is 1 (H W passes).
+- Replaced pixels take the grey level ``baseline`` (default 0.0, black in
+  [0, 1]); Quantus's "black" is the minimum of the image, the same for any
+  image that holds a black pixel.
+- Scores are probabilities; Quantus reads logits for faithfulness
+  correlation and estimate by default (``softmax=False``).
+- Random draws come from NumPy generators seeded by (seed, image id,
+  metric tag): a figure depends on no batching and no other image.
+- An undefined correlation (a constant heatmap or constant scores) is NaN.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from xbench.data.pixels import to_unit_float
+from xbench.perturbation.programs import (
+    SUBSET_TAG,
+    KeepMaps,
+    PixelSets,
+    Ranks,
+    run_program,
+)
+from xbench.perturbation.regions import check_heatmaps, region_order, region_scores
+
+#: Tags of the metrics' random streams (with SUBSET_TAG, faithfulness correlation's subsets).
+NGUYEN_TAG = 0x6E67
+#: The most groups a default grouping makes (``features_in_step=None``).
+MAX_GROUPS = 256
+
+
+def pearson(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson's r of two 1-D samples (float64); NaN when either is constant or has fewer than 2 points."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if len(a) < 2:
+        return math.nan
+    a, b = a - a.mean(), b - b.mean()
+    den = math.sqrt(float((a * a).sum()) * float((b * b).sum()))
+    return float((a * b).sum() / den) if den > 0 else math.nan
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman's rho: Pearson's r of the average ranks (ties share their mean rank), as ``scipy.stats.spearmanr``."""
+    from scipy.stats import rankdata
+
+    return pearson(rankdata(a), rankdata(b))
+
+
+def pixel_groups(heatmap: np.ndarray, features_in_step: int | None, descending: bool) -> tuple[np.ndarray, int]:
+    """((H, W) int32 group of each pixel, G groups): pixels sorted by attribution (ties: lower row-major index first), ``features_in_step`` per group."""
+    flat = np.asarray(heatmap, np.float64).ravel()
+    n = flat.size
+    fis = math.ceil(n / MAX_GROUPS) if features_in_step is None else int(features_in_step)
+    if not 1 <= fis <= n:
+        raise ValueError(f"features_in_step: must lie in [1, {n}] (the pixels of an image), got {features_in_step}")
+    order = np.argsort(-flat if descending else flat, kind="stable")
+    group = np.empty(n, np.int32)
+    group[order] = np.arange(n) // fis
+    return group.reshape(np.shape(heatmap)), math.ceil(n / fis)
+
+
+@dataclass
+class Inputs:
+    """What a metric reads: images (N, H, W, 3) in [0, 1], heatmaps (N, H, W), image ids and the seed."""
+
+    images: np.ndarray
+    heatmaps: np.ndarray
+    ids: np.ndarray
+    seed: int
+
+
+@dataclass
+class Metric:
+    """A faithfulness metric: a program of masked passes and a formula on their target-class probabilities.
+
+    Subclasses set ``name``, ``higher_is_better`` and override :meth:`program`
+    and :meth:`score`. ``target_pass``: the pass whose predicted class is the
+    default target (0: the original image).
+    """
+
+    baseline: float = 0.0
+    name: ClassVar[str] = ""
+    higher_is_better: ClassVar[bool] = True
+    target_pass: ClassVar[int] = 0
+
+    def check(self, height: int, width: int) -> None:
+        """Raise a one-line ValueError for a parameter these images cannot take."""
+        if not 0.0 <= self.baseline <= 1.0:
+            raise ValueError(f"baseline: must be a grey level in [0, 1], got {self.baseline}")
+
+    def program(self, inp: Inputs):
+        raise NotImplementedError
+
+    def score(self, y: np.ndarray, i: int, inp: Inputs) -> float:
+        """Image ``i``'s figure from its (S,) target-class probabilities."""
+        raise NotImplementedError
+
+    def reference(self, x, i):
+        return np.full_like(x, self.baseline)
+
+    def __call__(self, model, images, heatmaps, targets=None, *, image_ids=None, seed: int = 0, batch_size=None,
+                 memory_budget_mb: float = 1024, progress: bool = False) -> np.ndarray:
+        """(N,) float64, one figure per image (NaN where it is undefined)."""
+        from xbench.models.adapt import adapted
+
+        x = to_unit_float(np.asarray(images))
+        h = np.asarray(heatmaps, np.float64)
+        if x.ndim != 4 or h.shape != x.shape[:3]:
+            raise ValueError(f"heatmaps must have shape {x.shape[:3]} to match the images, got {h.shape}")
+        check_heatmaps(h)
+        self.check(*x.shape[1:3])
+        n = len(x)
+        ids = np.arange(n) if image_ids is None else np.asarray(image_ids)
+        if len(ids) != n:
+            raise ValueError(f"got {len(ids)} image ids for {n} images")
+        if not n:
+            return np.zeros(0)
+        model = adapted(model, x)
+        inp = Inputs(x, h, ids, int(seed))
+        probs = run_program(model, x, self.program(inp), batch_size=batch_size, memory_budget_mb=memory_budget_mb, progress=progress,
+                            desc=self.name)
+        t = probs[:, self.target_pass].argmax(1) if targets is None else np.asarray(targets, np.int64)
+        if t.shape != (n,):
+            raise ValueError(f"got {t.shape[0] if t.ndim else 'no'} targets for {n} images")
+        y = probs[np.arange(n), :, t].astype(np.float64)  # (N, S)
+        return np.array([self.score(y[i], i, inp) for i in range(n)], np.float64)
+
+
+@dataclass
+class FaithfulnessCorrelation(Metric):
+    """Faithfulness correlation (Bhatt et al., 2020, IJCAI, Eq. 3): Pearson's r over ``runs`` random pixel subsets S_r of ``subset_size``.
+
+    r( sum_{j in S_r} a_j ,  f_c(x) - f_c(x with S_r replaced) ). Each S_r
+    drawn without replacement from default_rng([seed, image id, SUBSET_TAG]).
+    Quantus's defaults: 100 runs of 224 pixels, as here (its logits and
+    "black" = min(x): see the module).
+    """
+
+    subset_size: int = 224
+    runs: int = 100
+    name: ClassVar[str] = "faithfulness_correlation"
+
+    def check(self, height, width):
+        super().check(height, width)
+        if not 1 <= self.subset_size < height * width:
+            raise ValueError(f"subset_size: must lie in [1, {height * width}) (the pixels of an image), got {self.subset_size}")
+        if self.runs < 2:
+            raise ValueError(f"runs: a correlation needs at least 2, got {self.runs}")
+
+    def subsets(self, inp: Inputs, i: int) -> np.ndarray:
+        """(runs, subset_size) int32 flat pixel indices of image ``i``'s subsets."""
+        rng = np.random.default_rng([inp.seed, int(inp.ids[i]), SUBSET_TAG])
+        hw = inp.heatmaps.shape[1] * inp.heatmaps.shape[2]
+        return np.stack([rng.choice(hw, self.subset_size, replace=False) for _ in range(self.runs)]).astype(np.int32)
+
+    def program(self, inp):
+        return PixelSets(lambda i: self.subsets(inp, i), self.runs, self.subset_size, reference_of=self.reference, key=self.name)
+
+    def score(self, y, i, inp):
+        sums = inp.heatmaps[i].ravel()[self.subsets(inp, i)].sum(1)
+        return pearson(sums, y[0] - y[1:])
+
+
+@dataclass
+class FaithfulnessEstimate(Metric):
+    """Faithfulness estimate (Alvarez-Melis and Jaakkola, 2018, NeurIPS, Sec. 3): Pearson's r over the feature groups.
+
+    Pixels in groups of ``features_in_step`` by descending attribution; each
+    group replaced alone: r( sum_{j in G_k} a_j, f_c(x) - f_c(x with G_k replaced) ).
+    """
+
+    features_in_step: int | None = None
+    name: ClassVar[str] = "faithfulness_estimate"
+
+    def program(self, inp):
+        self._groups = [pixel_groups(h, self.features_in_step, descending=True) for h in inp.heatmaps]
+        return Ranks(lambda i: self._groups[i][0], self._groups[0][1], mode="single", reference_of=self.reference, key=self.name)
+
+    def score(self, y, i, inp):
+        group, G = self._groups[i]
+        sums = np.bincount(group.ravel(), weights=inp.heatmaps[i].ravel(), minlength=G)
+        return pearson(sums, y[0] - y[1:])
+
+
+@dataclass
+class MonotonicityArya(Metric):
+    """Monotonicity (Arya et al., 2019, AIX360): 1 if inserting the features, least attributed first, never lowers p_c, else 0.
+
+    From the all-``baseline`` image, groups of ``features_in_step`` pixels by
+    ascending (signed) attribution are put back one at a time:
+    p_0 (baseline) ... p_G (= the original image); monotonic iff p_k >= p_(k-1)
+    for every k. The default target is the class predicted on the original.
+    Quantus's ``Monotonicity`` orders by |a| (``abs=True``) and, in 0.5.3,
+    writes the baseline into an all-baseline image instead of the original
+    pixels, so its curve is flat and every map scores 1.
+    """
+
+    features_in_step: int | None = None
+    name: ClassVar[str] = "monotonicity_arya"
+    target_pass: ClassVar[int] = -1
+
+    def program(self, inp):
+        self._groups = [pixel_groups(h, self.features_in_step, descending=False) for h in inp.heatmaps]
+        return Ranks(lambda i: self._groups[i][0], self._groups[0][1], mode="insert", reference_of=self.reference, key=self.name)
+
+    def score(self, y, i, inp):
+        return float(np.all(np.diff(y) >= 0))
+
+
+@dataclass
+class MonotonicityNguyen(Metric):
+    """Monotonicity correlation (Nguyen and Martinez, 2020, Eq. 4; Quantus's ``MonotonicityCorrelation``): Spearman's rho of |a| and the prediction's variance.
+
+    Pixels in groups of ``features_in_step`` by ascending |a|; group G_k
+    replaced alone by ``samples`` uniform colours u ~ U[0, 1)^3 (one colour
+    a draw, from default_rng([seed, image id, NGUYEN_TAG])):
+    v_k = mean_s (f_c(x_ks) - f_c(x))^2 / f_c(x)^2 (no division where
+    f_c(x) < ``eps``); rho( sum_{G_k} |a|, v_k ). Quantus's defaults: 100
+    samples, eps 1e-5, as here.
+    """
+
+    features_in_step: int | None = None
+    samples: int = 100
+    eps: float = 1e-5
+    name: ClassVar[str] = "monotonicity_nguyen"
+
+    def check(self, height, width):
+        super().check(height, width)
+        if self.samples < 1:
+            raise ValueError(f"samples: must be >= 1, got {self.samples}")
+
+    def colours(self, inp: Inputs, i: int) -> np.ndarray:
+        G = self._groups[i][1]
+        return np.random.default_rng([inp.seed, int(inp.ids[i]), NGUYEN_TAG]).random((G * self.samples, 3)).astype(np.float32)
+
+    def program(self, inp):
+        self._groups = [pixel_groups(np.abs(h), self.features_in_step, descending=False) for h in inp.heatmaps]
+        return Ranks(lambda i: self._groups[i][0], self._groups[0][1], mode="single", repeats=self.samples,
+                     colours_of=lambda i: self.colours(inp, i), key=self.name)
+
+    def score(self, y, i, inp):
+        group, G = self._groups[i]
+        sums = np.bincount(group.ravel(), weights=np.abs(inp.heatmaps[i]).ravel(), minlength=G)
+        y0 = y[0]
+        w = 1.0 if abs(y0) < self.eps else 1.0 / y0**2
+        v = ((y[1:].reshape(G, self.samples) - y0) ** 2).mean(1) * w
+        return spearman(sums, v)
+
+
+@dataclass
+class Selectivity(Metric):
+    """Selectivity (Montavon et al., 2018, DSP, Sec. 4.2): the area under p_c as ``patch_size`` patches are removed, most relevant first.
+
+    Patches: the cells of the ``patch_size`` grid (edge cells cut by the
+    image), ranked by relevance sum (ties: lower index first), replaced
+    cumulatively; the figure is the trapezoid area of p_c(x_0) ... p_c(x_T)
+    over the removed fraction k / T in [0, 1]: lower is better. Quantus
+    takes non-overlapping patches greedily at any pixel and leaves out
+    p_c(x_0), its area over k = 1..T with unit steps.
+    """
+
+    patch_size: int = 8
+    name: ClassVar[str] = "selectivity"
+    higher_is_better: ClassVar[bool] = False
+
+    def check(self, height, width):
+        super().check(height, width)
+        if not 1 <= self.patch_size <= min(height, width):
+            raise ValueError(f"patch_size: must lie in [1, {min(height, width)}] (the image side), got {self.patch_size}")
+
+    def program(self, inp):
+        from xbench.perturbation.regions import rank_maps
+
+        n, H, W = inp.heatmaps.shape
+        orders = region_order(region_scores(inp.heatmaps, self.patch_size), "morf")
+        T = orders.shape[1]
+        return Ranks(lambda i: rank_maps(orders[i : i + 1], H, W, self.patch_size)[0], T, mode="cumulative", reference_of=self.reference,
+                     key=self.name)
+
+    def score(self, y, i, inp):
+        return float((y[:-1] + y[1:]).sum() / (2 * (len(y) - 1)))  # the trapezoid rule over k / T
+
+
+def explanation_map(heatmap: np.ndarray) -> np.ndarray:
+    """(H, W) float32 in [0, 1]: the heatmap min-max normalised (a constant map keeps nothing: 0)."""
+    h = np.asarray(heatmap, np.float64)
+    lo, hi = h.min(), h.max()
+    return ((h - lo) / (hi - lo) if hi > lo else np.zeros_like(h)).astype(np.float32)
+
+
+@dataclass
+class _ConfidenceChange(Metric):
+    """Chattopadhay et al. (2018, WACV, Sec. 6.1): Y = p_c(x), O = p_c(x * E) with E the map min-max normalised to [0, 1]."""
+
+    def check(self, height, width):
+        pass  # no replacement value: the image is multiplied by E
+
+    def program(self, inp):
+        return KeepMaps(np.stack([explanation_map(h) for h in inp.heatmaps]))
+
+
+@dataclass
+class AverageDrop(_ConfidenceChange):
+    """Average Drop (Chattopadhay et al., 2018): max(0, Y - O) / Y per image (the paper's percentage is 100 x its mean); lower is better."""
+
+    name: ClassVar[str] = "average_drop"
+    higher_is_better: ClassVar[bool] = False
+
+    def score(self, y, i, inp):
+        return max(0.0, y[0] - y[1]) / y[0] if y[0] > 0 else math.nan
+
+
+@dataclass
+class IncreaseInConfidence(_ConfidenceChange):
+    """Increase in Confidence (Chattopadhay et al., 2018): 1[O > Y] per image (its mean is the paper's rate); higher is better."""
+
+    name: ClassVar[str] = "increase_in_confidence"
+
+    def score(self, y, i, inp):
+        return float(y[1] > y[0])
+
+
+#: The metrics by name (``score.metrics``, :func:`evaluate`).
+METRICS: dict[str, type[Metric]] = {m.name: m for m in (FaithfulnessCorrelation, FaithfulnessEstimate, MonotonicityArya, MonotonicityNguyen,
+                                                        Selectivity, AverageDrop, IncreaseInConfidence)}
+METRIC_NAMES: tuple[str, ...] = tuple(METRICS)
+
+
+def metric(name: str, **params) -> Metric:
+    """The metric ``name`` with ``params`` (its fields); one-line ValueError for an unknown name or field."""
+    if name not in METRICS:
+        raise ValueError(f"unknown metric {name!r}; choose one of {list(METRIC_NAMES)}")
+    try:
+        return METRICS[name](**params)
+    except TypeError:
+        from dataclasses import fields
+
+        known = [f.name for f in fields(METRICS[name])]
+        bad = sorted(set(params) - set(known))
+        raise ValueError(f"{name}: unknown parameter(s) {bad}; it takes {known}") from None
+
+
+def evaluate(name: str, model, images, heatmaps, targets=None, *, image_ids=None, seed: int = 0, batch_size=None, memory_budget_mb: float = 1024,
+             progress: bool = False, **params) -> np.ndarray:
+    """(N,) float64: metric ``name`` of each image's heatmap, e.g. ``evaluate("faithfulness_correlation", model, x, maps, runs=50)``.
+
+    Args:
+        model: a Keras classifier :func:`xbench.models.as_classifier` reads.
+        images: (N, H, W, 3) in [0, 1] (or uint8); heatmaps: (N, H, W), finite.
+        targets: (N,) classes; default the class predicted on the original image.
+        image_ids, seed: fix each image's random draws (default ids 0..N-1).
+        batch_size: (image, pass) pairs per forward pass; default from ``memory_budget_mb``. Figures do not depend on it.
+        params: the metric's fields (``METRICS[name]``).
+    """
+    return metric(name, **params)(model, images, heatmaps, targets, image_ids=image_ids, seed=seed, batch_size=batch_size,
+                                  memory_budget_mb=memory_budget_mb, progress=progress)
