@@ -143,6 +143,11 @@ def test_wrong_type_fails_at_compose_time():
         (["data._target_=os.system"], r"data._target_: 'os.system' is not allowed"),
         (["model._target_=xbench.models.ClassifierSpec"], r"model._target_: xbench builds classifiers with xbench.models.build_classifier"),
         (["seed=-1"], r"seed: must be >= 0"),
+        (["score.metrics=[selectivity]", "+score.metric_params={selectivity:{patch_size:99}}"],
+         r"score.metric_params.selectivity.patch_size: must lie in \[1, 72\] \(the image side\), got 99"),
+        (["score.metrics=[selectivity]", "+score.metric_params={selectivity:{runs:3}}"],
+         r"score.metric_params.selectivity: unknown parameter\(s\) \['runs'\]"),
+        (["score.metrics=[faithful]"], r"score.metrics: unknown \['faithful'\]"),
     ],
 )
 def test_bad_values_are_rejected_with_the_key(overrides, message):

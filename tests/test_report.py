@@ -120,8 +120,9 @@ def test_metrics_written_before_the_pixel_orders_still_load(tmp_path):
 #: The path lists the field metadata replaced (report.NOT_IDENTITY, METRIC_KEYS, NOT_VARIANT before issue 24): the groupings must stay these.
 _OLD_NOT_IDENTITY = ("seed", "cache_dir", "plots", "score.bootstrap", "score.chunk_images", "score.batch_size", "score.memory_budget_mb",
                      "score.save_heatmaps", "score.controls", "score.enabled", "sanity", "tracking")
-_OLD_METRIC = ("perturbation", "score.region_size", "score.steps", "score.max_steps", "score.orders", "score.pixel_steps", "score.insertion_blur")
-_OLD_NOT_VARIANT = ("score.orders", "score.pixel_steps", "score.insertion_blur")
+_OLD_METRIC = ("perturbation", "score.region_size", "score.steps", "score.max_steps", "score.orders", "score.pixel_steps", "score.insertion_blur",
+               "score.metrics", "score.metric_params")  # the last two: the faithfulness metrics (issue 26), which leave the curves alone
+_OLD_NOT_VARIANT = ("score.orders", "score.pixel_steps", "score.insertion_blur", "score.metrics", "score.metric_params")
 
 
 def _under(key, paths):

@@ -193,6 +193,64 @@ def test_deletion_and_insertion_are_scored_for_the_explainer_and_random_and_repo
     assert "deletion_insertion.png" in scoring_plots(tmp_path, res) and (tmp_path / "deletion_insertion.png").is_file()
 
 
+def test_faithfulness_metrics_are_scored_per_image_paired_with_random_and_reported(tmp_path):
+    import pandas as pd
+
+    from tests.references import report_job as _job
+    from xbench.apps.report import build_report
+    from xbench.explain import CenterControl, RandomControl
+    from xbench.metrics import evaluate
+    from xbench.perturbation import Constant
+    from xbench.pipeline import results as R
+    from xbench.pipeline.report import faithfulness_header
+
+    model, images, preds = _pixel_job_inputs()
+    params = {"faithfulness_correlation": {"subset_size": 20, "runs": 8}, "selectivity": {"patch_size": 4}}
+    settings = ScoreSettings(orders=["morf"], region_size=4, bootstrap=1000, chunk_images=3, metrics=["faithfulness_correlation", "selectivity"],
+                             metric_params=params)
+    res = score_model(model, images, np.arange(8), preds, preds, ["a", "b"], CenterControl(), [RandomControl()], Constant(0.0), settings, seed=5)
+    m = res.metrics
+    per = {}
+    for name, maps in (("center", CenterControl()(model, images, preds, None)), ("random", None)):
+        for metric in ("faithfulness_correlation", "selectivity"):
+            got = res.curves.per_image[(metric, name)]
+            if maps is not None:  # chunks of 3 images change nothing: the figures are those of one call on all 8
+                want = evaluate(metric, model, images, maps, preds, image_ids=np.arange(8), seed=5, **params[metric])
+                np.testing.assert_allclose(got, want, atol=1e-5)
+            per[name, metric] = got.astype(np.float64)
+            e = m.methods[name].faithfulness[metric]
+            assert e.mean == pytest.approx(np.nanmean(got)) and e.n == int(np.isfinite(got).sum()) and e.unit == "images"
+    gains = m.faithfulness_gains_over_random
+    assert set(gains["selectivity"]) == {"center"}  # no gain of random over itself
+    assert gains["faithfulness_correlation"]["center"].mean == pytest.approx(np.nanmean(per["center", "faithfulness_correlation"] - per["random", "faithfulness_correlation"]))
+    assert gains["selectivity"]["center"].mean == pytest.approx(np.mean(per["random", "selectivity"] - per["center", "selectivity"]))  # lower is better
+
+    job = _job(tmp_path / "job", 0)
+    job.metrics.scoring = m
+    R.write_metrics(job.path, job.metrics)
+    R.write_curves(job.path, res.curves)
+    back = R.read_job(job.path)
+    assert back.scoring.faithfulness_gains_over_random == gains
+    assert back.scoring.methods["center"].faithfulness == m.methods["center"].faithfulness
+    build_report([job.path], tmp_path / "report")
+    row = pd.read_csv(tmp_path / "report" / "summary.csv").iloc[0]
+    e = m.methods["center"].faithfulness["selectivity"]
+    assert row["selectivity"] == pytest.approx(e.mean) and row["selectivity_ci_high"] == pytest.approx(e.ci95[1])
+    assert row["selectivity_gain_over_random"] == pytest.approx(gains["selectivity"]["center"].mean)
+    assert np.isnan(row["average_drop"])  # not scored
+    md = (tmp_path / "report" / "summary.md").read_text()
+    assert faithfulness_header("selectivity") in md and f"{e.mean:.3f} [{e.ci95[0]:.3f}, {e.ci95[1]:.3f}]" in md
+
+
+def test_faithfulness_settings_fail_in_one_line_before_any_work():
+    with pytest.raises(ValueError, match=r"metrics: unknown \['faithful'\]"):
+        ScoreSettings(metrics=["faithful"])
+    with pytest.raises(ValueError, match=r"metric_params: \['selectivity'\] not in score.metrics"):
+        ScoreSettings(metric_params={"selectivity": {"patch_size": 4}})
+    with pytest.raises(ValueError, match=r"metric_params.selectivity: unknown parameter\(s\) \['runs'\]"):
+        ScoreSettings(metrics=["selectivity"], metric_params={"selectivity": {"runs": 4}})
+
+
 def test_curve_store_keys_pixel_orders_by_their_settings(tmp_path):
     from xbench.explain import CenterControl
     from xbench.perturbation import Constant

@@ -149,7 +149,23 @@ def validate(cfg: DictConfig) -> None:
             config_keyed(check_image_size, m.backbone, d.image_size)
             config_keyed(weights_source, m.weights, m.backbone)
     config_keyed(check_region_size, sc.region_size, d.image_size)
+    if d.image_size is not None:  # the faithfulness metrics' sizes against the image (names and fields: ScoreSettings)
+        _check_metrics_fit(sc, int(d.image_size))
     _check(cfg.seed >= 0, "seed", f"must be >= 0, got {cfg.seed}")
+
+
+def _check_metrics_fit(sc, image_size: int) -> None:
+    """``score.metric_params.<metric>.<field>: ...`` for a metric parameter these images cannot take (a subset or patch larger than the image)."""
+    from xbench.metrics.faithfulness import METRIC_NAMES, metric
+
+    params = sc.get("metric_params") or {}
+    for name in sc.get("metrics") or []:
+        if name not in METRIC_NAMES:
+            continue  # ScoreSettings names it
+        try:
+            metric(name, **dict(params.get(name) or {})).check(image_size, image_size)
+        except ValueError as exc:
+            raise ConfigError(f"score.metric_params.{name}.{exc}" if not str(exc).startswith(name) else f"score.metric_params.{exc}") from None
 
 
 #: The config key of each argument the Python-level rules name in their ValueError (``"image_size: ..."``):

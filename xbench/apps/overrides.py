@@ -89,6 +89,9 @@ def compose_error(exc: BaseException, combo) -> ConfigError:
         e = e.__cause__ or e.__context__
     msg = " ".join(" ".join(chain).split())
     bad = next((c for c in combo if key_of(c) in msg), None)
+    if bad and key_of(bad) == "score.metric_params" and not bad.startswith("+"):
+        # a dictionary node of the schema: Hydra merges into it, and its struct flag refuses the new metric names
+        return ConfigError(f"{bad}: write this dictionary setting with a leading +, as '+{bad}'")
     if "not in" in msg and bad:
         return ConfigError(f"{bad}: no such key in the config; check the spelling ('xbench --cfg job' prints every key)")
     detail = next((line for m in chain[1:] for line in m.splitlines()[:1] if "$VALUE" not in line), "")

@@ -233,8 +233,14 @@ PIXEL_AUC_HEADERS = {o: f"{o.capitalize()} AUC ({results._better(o)} is better; 
 COMPLETENESS_HEADER = "completeness error (mean abs(sum of attributions - logit change), logit units; IG, DeepLIFT: vs the baseline; LRP: conservation)"
 
 
+def faithfulness_header(metric: str) -> str:
+    """self_validation's column of a faithfulness metric: its direction, and what its '- random' rows hold."""
+    better = "higher" if results.FAITHFULNESS_HIGHER_IS_BETTER[metric] else "lower"
+    return f"{metric} ({better} is better; '- random' rows: positive = better than random)"
+
+
 def self_validation(jobs: Sequence[results.JobResult]) -> pd.DataFrame:
-    """Each job's explainer beside its controls: MoRF AOPC, deletion / insertion AUC and localisation with CIs over images, and each method against random, paired by image.
+    """Each job's explainer beside its controls: MoRF AOPC, deletion / insertion AUC, the faithfulness metrics (score.metrics) and localisation with CIs over images, and each method against random, paired by image.
 
     The "<method> - random" rows: MoRF AOPC and localisation as method -
     random; deletion AUC as random - method and insertion AUC as method -
@@ -248,6 +254,7 @@ def self_validation(jobs: Sequence[results.JobResult]) -> pd.DataFrame:
             continue
         cols = [k for k in _LOCALISATION_COLUMNS if any(k in mm.localisation for mm in sc.methods.values())]
         pix = [o for o in PIXEL_ORDERS if any(o in mm.orders for mm in sc.methods.values())]
+        faith = [k for k in results.FAITHFULNESS_HIGHER_IS_BETTER if any(k in mm.faithfulness for mm in sc.methods.values())]
         for name, m in sc.methods.items():
             morf = m.orders.get("morf")
             row = {"job": j.path.name, "model": j.metrics.model.backbone, "seed": j.metrics.seed, "method": name + (" (explainer)" if name == sc.explainer else ""),
@@ -256,12 +263,15 @@ def self_validation(jobs: Sequence[results.JobResult]) -> pd.DataFrame:
             if any(mm.completeness_error is not None for mm in sc.methods.values()):
                 e = m.completeness_error
                 row[COMPLETENESS_HEADER] = "n/a" if e is None else f"{e.mean:.3g} [{e.ci95[0]:.3g}, {e.ci95[1]:.3g}]"  # errors span 1e-7 to 1
+            row.update({faithfulness_header(k): _fmt_est(m.faithfulness.get(k)) for k in faith})
             rows.append({**row, **{k: _fmt_est(m.localisation.get(k)) for k in cols}})
-        against = list(dict.fromkeys([*sc.gains_over_random, *(n for o in pix for n in sc.auc_gains_over_random.get(o, {}))]))
+        against = list(dict.fromkeys([*sc.gains_over_random, *(n for o in pix for n in sc.auc_gains_over_random.get(o, {})),
+                                      *(n for k in faith for n in sc.faithfulness_gains_over_random.get(k, {}))]))
         for name in against:
             row = {"job": j.path.name, "model": j.metrics.model.backbone, "seed": j.metrics.seed,
                    "method": f"{name} - random (paired by image)", "AOPC (MoRF)": _fmt_est(sc.gains_over_random.get(name))}
             row.update({PIXEL_AUC_HEADERS[o]: _fmt_est(sc.auc_gains_over_random.get(o, {}).get(name)) for o in pix})
+            row.update({faithfulness_header(k): _fmt_est(sc.faithfulness_gains_over_random.get(k, {}).get(name)) for k in faith})
             rows.append({**row, **{k: _fmt_paired(_paired_localisation(j, name, k)) for k in cols}})
     return pd.DataFrame(rows)
 

@@ -26,13 +26,15 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from xbench.core.errors import XbenchError
+from xbench.metrics.faithfulness import METRICS
 from xbench.perturbation.orders import ORDERS, PIXEL_ORDERS
 
 #: 2: typed sections, estimates carry their resampling unit, localisation per method.
 FORMAT_VERSION = 3  # 3: reference maps' rows marked (Curves.rows); a map that shows nothing scores as a miss
 # Fields added since without a version bump, all optional with a default, so files written before
 # them still load: the deletion / insertion figures (OrderScores.auc, .auc_per_class, .fractions;
-# Scoring.pixel_steps, .pixels_per_step, .insertion_blur, .auc_gains_over_random).
+# Scoring.pixel_steps, .pixels_per_step, .insertion_blur, .auc_gains_over_random); the faithfulness
+# metrics (MethodScores.faithfulness, Scoring.faithfulness_gains_over_random).
 
 # ---------------------------------------------------------------- file names
 # Every file a job or a report writes, named once: writers, readers, the viewer and tracking use these names.
@@ -145,6 +147,9 @@ class MethodScores:
     # DeepLIFT: y_c(x) - y_c(baseline), completeness / summation-to-delta;
     # LRP: y_c(x), conservation). None for methods without such an axiom.
     completeness_error: Estimate | None = None
+    # The faithfulness metrics of score.metrics (xbench.metrics.faithfulness: each metric's paper and
+    # direction, FAITHFULNESS_HIGHER_IS_BETTER), mean over the images where defined (``n``), with CIs.
+    faithfulness: dict[str, Estimate] = field(default_factory=dict)
 
 
 @dataclass
@@ -184,6 +189,10 @@ class Scoring:
     # signed so that POSITIVE = BETTER than random: deletion random - method (a faster fall
     # is a lower AUC), insertion method - random (a faster rise is a higher AUC).
     auc_gains_over_random: dict[str, dict[str, Estimate]] = field(default_factory=dict)
+    # {metric: {method: gain over the random control, paired by image}} for the faithfulness metrics,
+    # signed so that POSITIVE = BETTER than random (method - random, or random - method for a metric
+    # where lower is better: selectivity, average_drop).
+    faithfulness_gains_over_random: dict[str, dict[str, Estimate]] = field(default_factory=dict)
 
 
 @dataclass
@@ -682,6 +691,40 @@ PIXEL_AUC_COLUMNS: tuple[Column, ...] = tuple(
     )
 )
 SUMMARY_COLUMNS += PIXEL_AUC_COLUMNS
+
+#: Direction of each faithfulness metric (score.metrics): True where a higher value is the more faithful map.
+FAITHFULNESS_HIGHER_IS_BETTER: dict[str, bool] = {name: cls.higher_is_better for name, cls in METRICS.items()}
+
+
+def _faithfulness(metric: str, method: str | None = None):
+    def pick(j: JobResult) -> Estimate | None:
+        sc = j.scoring
+        m = None if sc is None else sc.methods.get(method or sc.explainer)
+        return None if m is None else m.faithfulness.get(metric)
+
+    return pick
+
+
+def _faithfulness_gain(metric: str):
+    def pick(j: JobResult) -> Estimate | None:
+        sc = j.scoring
+        return None if sc is None else sc.faithfulness_gains_over_random.get(metric, {}).get(sc.explainer)
+
+    return pick
+
+
+#: The faithfulness metrics (score.metrics): the explainer's mean with its CI over images, and its gain over the random control; NaN when not scored.
+FAITHFULNESS_COLUMNS: tuple[Column, ...] = tuple(
+    c
+    for name, higher in FAITHFULNESS_HIGHER_IS_BETTER.items()
+    for c in (
+        _estimate_columns(name, f"explainer {name} ({'higher' if higher else 'lower'} is better; xbench.metrics.faithfulness), mean over images",
+                          _faithfulness(name))
+        + _estimate_columns(f"{name}_gain_over_random", f"{'explainer - random' if higher else 'random - explainer'} {name}, paired by image: "
+                            "positive = better than random", _faithfulness_gain(name))
+    )
+)
+SUMMARY_COLUMNS += FAITHFULNESS_COLUMNS
 
 
 def _sanity(job: JobResult) -> SanityScores | None:

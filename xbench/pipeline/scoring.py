@@ -23,6 +23,7 @@ from typing import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from xbench.core.errors import ConfigError
 from xbench.data.pixels import to_unit_float
 from xbench.explain.context import ExplainContext
 from xbench.metrics.aopc import (
@@ -364,10 +365,53 @@ def score_method(method, model, batch: _Batch, orders: Sequence[str], perturbati
             per = np.where(keep, per, np.nan)
         scores.localisation[metric] = _estimate(per, settings, batch.seed)
         out.curves.per_image[(metric, name)] = per.astype(np.float32)
+    for m in settings.faithfulness_metrics():
+        tf = time.perf_counter()
+        per = method_faithfulness(m, model, batch, heat, settings)
+        if keep is not None:  # a reference map: only the images with its ground truth
+            per = np.where(keep, per, np.nan)
+        seconds[f"{m.name}_s"] = time.perf_counter() - tf
+        scores.faithfulness[m.name] = e = _estimate(per, settings, batch.seed)
+        out.curves.per_image[(m.name, name)] = per.astype(np.float32)
+        log.info("%s %s: %.4f [%.4f, %.4f] over %d images (%.1f s)", name, m.name, e.mean, *e.ci95, e.n, seconds[f"{m.name}_s"])
     if settings.save_heatmaps:
         out.heatmaps[name] = heat.astype(np.float16)
         out.heatmaps[results.region_scores_key(name)] = region_scores(heat, batch.region)  # the exact order the engine ranked (xbench-view)
     out.metrics.methods[name] = scores
+
+
+def method_faithfulness(metric, model, batch: _Batch, heat: np.ndarray, settings: ScoreSettings) -> np.ndarray:
+    """(M,) float64 per-image figures of one faithfulness metric (:mod:`xbench.metrics.faithfulness`), chunk by chunk, in ``settings.dtype``.
+
+    The targets are the curves' (``score.target``); random draws follow (seed, image id), so chunking changes nothing.
+    """
+    engine_model = model
+    if settings.dtype != "float32":
+        from xbench.models.precision import with_compute_dtype
+
+        engine_model = with_compute_dtype(model, settings.dtype)
+    parts = []
+    for ch in batch.chunks:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # constant maps: counted by explain()
+            parts.append(metric(engine_model, batch.x[ch], heat[ch], batch.targets[ch], image_ids=batch.rows[ch], seed=batch.seed,
+                                batch_size=settings.batch_size, memory_budget_mb=settings.memory_budget_mb, progress=len(batch.chunks) < 2))
+    return np.concatenate(parts) if parts else np.zeros(0)
+
+
+def faithfulness_gains(out: ScoreResult, methods: Sequence, batch: _Batch, settings: ScoreSettings) -> None:
+    """Each method's faithfulness metrics against the random control's, paired by image, signed so that positive = better, into ``out.metrics``."""
+    for m in settings.faithfulness_metrics():
+        floor = out.curves.per_image.get((m.name, "random"))
+        if floor is None:
+            continue
+        sign = 1.0 if m.higher_is_better else -1.0
+        gains = {}
+        for method in methods:
+            own = out.curves.per_image.get((m.name, method.name))
+            if method.name != "random" and own is not None:
+                gains[method.name] = _estimate(sign * (own.astype(np.float64) - floor), settings, batch.seed)
+        out.metrics.faithfulness_gains_over_random[m.name] = gains
 
 
 def paired_gains(curves: results.Curves, methods: Sequence, order: str, score, batch: _Batch, settings: ScoreSettings) -> dict[str, results.Estimate]:
@@ -446,6 +490,11 @@ def score_model(model, images, test_rows: np.ndarray, labels: np.ndarray, preds:
     rows = np.asarray(test_rows)[sel]
     x = ScoredImages(images, rows)
     size = x.shape[1]
+    for m in settings.faithfulness_metrics():  # a parameter these images cannot take fails now, before any map is made
+        try:
+            m.check(size, size)
+        except ValueError as exc:
+            raise ConfigError(f"score.metric_params.{m.name}.{exc}") from None
     region = settings.region_size or auto_region_size(size)
     n_rows, n_cols = grid_shape(size, size, region)
     if settings.region_size is None and (n_rows, n_cols) != (PAPER_GRID, PAPER_GRID):
@@ -473,6 +522,7 @@ def score_model(model, images, test_rows: np.ndarray, labels: np.ndarray, preds:
         orders = settings.orders if method is explainer else [o for o in settings.orders if ORDERS[o].has_gain] or list(settings.orders[:1])
         score_method(method, model, batch, orders, perturbation, settings, store, out)
     _gains_over_random(out, [explainer, *controls], batch, settings)
+    faithfulness_gains(out, [explainer, *controls], batch, settings)
     if metrics.chunks["reused"]:
         log.info("scoring: %d curve chunk(s) reused from an earlier run, %d computed", metrics.chunks["reused"], metrics.chunks["computed"])
     metrics.seconds = time.perf_counter() - t0

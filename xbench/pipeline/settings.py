@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 from dataclasses import dataclass, field
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from xbench.explain.explainers import CONTROL_NAMES, SANITY_EXPLAINERS
 from xbench.metrics.classification import SELECTION_RULES
@@ -137,6 +137,12 @@ class ScoreSettings:
     # incremental (only the windows each step's region reaches; exact, region orders and mask-free
     # perturbations), or auto: the cheaper by a FLOP estimate (xbench.perturbation.engine.choose_method).
     method: str = "auto"
+    # Faithfulness metrics scored per image for the explainer and every control (xbench.metrics.faithfulness.METRICS):
+    # faithfulness_correlation, faithfulness_estimate, monotonicity_arya, monotonicity_nguyen, selectivity,
+    # average_drop, increase_in_confidence. Each costs its own masked forward passes.
+    metrics: List[str] = field(default_factory=list, metadata=METRIC_NOT_VARIANT)
+    # Their parameters, by metric: e.g. {faithfulness_correlation: {runs: 50}}; unset: the metric's defaults.
+    metric_params: Dict[str, Dict[str, Any]] = field(default_factory=dict, metadata=METRIC_NOT_VARIANT)
 
     def __post_init__(self):
         from xbench.perturbation.engine import METHODS
@@ -167,6 +173,25 @@ class ScoreSettings:
             raise ValueError(f"bootstrap: use at least 1,000 resamples, got {self.bootstrap}")
         _at_least(self.chunk_images, 1, "chunk_images")
         check_compute_dtype(self.dtype)
+        self.faithfulness_metrics()  # names and parameters checked now, before any work
+
+    def faithfulness_metrics(self) -> list:
+        """The configured faithfulness metrics, built (:func:`xbench.metrics.faithfulness.metric`); ValueError naming the field."""
+        from xbench.metrics.faithfulness import METRIC_NAMES, metric
+
+        bad = [m for m in self.metrics if m not in METRIC_NAMES]
+        if bad:
+            raise ValueError(f"metrics: unknown {bad}; choose from {list(METRIC_NAMES)}")
+        stray = sorted(set(self.metric_params) - set(self.metrics))
+        if stray:
+            raise ValueError(f"metric_params: {stray} not in score.metrics {list(self.metrics)}; add them there or drop their parameters")
+        built = []
+        for name in dict.fromkeys(self.metrics):
+            try:
+                built.append(metric(name, **dict(self.metric_params.get(name, {}))))
+            except ValueError as exc:
+                raise ValueError(f"metric_params.{exc}") from None
+        return built
 
 
 def check_region_size(region_size: int | None, image_size: int | None, image: str = "image") -> None:
