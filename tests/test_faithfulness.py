@@ -189,7 +189,8 @@ def test_average_drop_and_increase_in_confidence_equal_their_formulas(model, dat
 def test_every_metric_ignores_batching_and_refuses_bad_parameters_in_one_line(model, data):
     x, h = data
     small = {"faithfulness_correlation": {"subset_size": 10, "runs": 5}, "monotonicity_nguyen": {"samples": 2, "features_in_step": 36},
-             "faithfulness_estimate": {"features_in_step": 36}, "monotonicity_arya": {"features_in_step": 36}, "selectivity": {"patch_size": 6}}
+             "faithfulness_estimate": {"features_in_step": 36}, "monotonicity_arya": {"features_in_step": 36}, "selectivity": {"patch_size": 6},
+             "sensitivity_n": {"fractions": (0.1, 0.5), "runs": 3}, "mufidelity": {"grid": 3, "samples": 5}, "irof": {"n_segments": 5}}
     for name in METRIC_NAMES:
         a = evaluate(name, model, x, h, batch_size=3, **small.get(name, {}))
         b = evaluate(name, model, x[::-1], h[::-1], image_ids=[2, 1, 0], batch_size=50, **small.get(name, {}))[::-1]
@@ -202,3 +203,76 @@ def test_every_metric_ignores_batching_and_refuses_bad_parameters_in_one_line(mo
         evaluate("faithfulness_correlation", model, x, h, subset_size=S * S)
     with pytest.raises(ValueError, match="heatmaps must have shape"):
         evaluate("selectivity", model, x, h[:, :5])
+
+
+def test_sensitivity_n_equals_the_loop(model, data):
+    from xbench.metrics.faithfulness import Inputs, SensitivityN
+
+    x, h = data
+    got = evaluate("sensitivity_n", model, x, h, fractions=(0.05, 0.3), runs=6, image_ids=[4, 5, 6], seed=2, batch_size=7)
+    m = SensitivityN(fractions=(0.05, 0.3), runs=6)
+    inp = Inputs(x, h, np.array([4, 5, 6]), 2)
+    for i in range(3):
+        p0 = _p(model, x[i])
+        c = p0.argmax()
+        orders = m.orders(inp, i).reshape(6, -1)
+        assert all(sorted(o.tolist()) == list(range(S * S)) for o in orders)  # each run a permutation of the pixels
+        rs = []
+        for n in (round(0.05 * S * S), round(0.3 * S * S)):
+            sums, drops = [], []
+            for r in range(6):
+                subset = np.flatnonzero(orders[r] < n)
+                z = x[i].reshape(-1, 3).copy()
+                z[subset] = 0.0
+                drops.append(p0[c] - _p(model, z.reshape(x[i].shape))[c])
+                sums.append(h[i].ravel()[subset].sum())
+            rs.append(pearsonr(sums, drops)[0])
+        assert got[i] == pytest.approx(np.mean(rs), abs=1e-5)
+
+
+def test_mufidelity_equals_the_loop_with_nearest_neighbour_cells(model, data):
+    from xbench.metrics.faithfulness import Inputs, MuFidelity
+
+    x, h = data
+    h = h + np.random.default_rng(1).normal(scale=1e-3, size=h.shape)  # no ties: sums of tied cells differ by rounding between two summation orders
+    got = evaluate("mufidelity", model, x, h, grid=5, samples=10, baseline=0.1, image_ids=[0, 1, 2], seed=9)
+    m = MuFidelity(grid=5, samples=10)
+    inp = Inputs(x, h, np.arange(3), 9)
+    cell = lambda p: min(int(np.floor((p + 0.5) * 5 / S)), 4)  # tf.image.resize nearest, half-pixel centres
+    for i in range(3):
+        p0 = _p(model, x[i])
+        c = p0.argmax()
+        bits = m.bits(inp, i)
+        assert 0.05 < bits.mean() < 0.4  # cells removed with probability 0.2
+        sums, drops = [], []
+        for draw in bits:
+            removed = np.array([[draw[cell(a) * 5 + cell(b)] > 0 for b in range(S)] for a in range(S)])
+            z = np.where(removed[..., None], 0.1, x[i])
+            drops.append(p0[c] - _p(model, z)[c])
+            sums.append(h[i][removed].sum())
+        assert got[i] == pytest.approx(spearmanr(sums, drops)[0], abs=1e-6)
+
+
+def test_irof_equals_the_loop_over_slic_segments(model, data):
+    from skimage.segmentation import slic
+
+    x, h = data
+    got = evaluate("irof", model, x, h, n_segments=20)
+    counts = []
+    for i in range(3):
+        seg = slic(x[i].astype(np.float64), n_segments=20, compactness=10.0, start_label=0, channel_axis=-1)
+        labels = sorted(set(seg.ravel().tolist()))
+        means = {s: h[i][seg == s].mean() for s in labels}
+        order = sorted(labels, key=lambda s: (-means[s], labels.index(s)))
+        p0 = _p(model, x[i])
+        c = p0.argmax()
+        colour = x[i].reshape(-1, 3).mean(0)
+        z = x[i].copy()
+        ratio = [1.0]
+        for s in order:
+            z[seg == s] = colour
+            ratio.append(_p(model, z)[c] / p0[c])
+        area = sum((ratio[k] + ratio[k + 1]) / 2 for k in range(len(order))) / len(order)
+        assert got[i] == pytest.approx(1 - area, abs=1e-5)
+        counts.append(len(labels))
+    assert max(counts) >= 3  # segments, not one region

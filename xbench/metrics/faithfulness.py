@@ -35,7 +35,9 @@ import numpy as np
 from xbench.data.pixels import to_unit_float
 from xbench.perturbation.programs import (
     SUBSET_TAG,
+    CellMasks,
     KeepMaps,
+    NestedSubsets,
     PixelSets,
     Ranks,
     run_program,
@@ -44,6 +46,8 @@ from xbench.perturbation.regions import check_heatmaps, region_order, region_sco
 
 #: Tags of the metrics' random streams (with SUBSET_TAG, faithfulness correlation's subsets).
 NGUYEN_TAG = 0x6E67
+SENSITIVITY_TAG = 0x5E45
+MUFIDELITY_TAG = 0x3F1D
 #: The most groups a default grouping makes (``features_in_step=None``).
 MAX_GROUPS = 256
 
@@ -300,6 +304,163 @@ class Selectivity(Metric):
         return float((y[:-1] + y[1:]).sum() / (2 * (len(y) - 1)))  # the trapezoid rule over k / T
 
 
+@dataclass
+class SensitivityN(Metric):
+    """Sensitivity-n (Ancona et al., 2018, ICLR, Sec. 4): per subset size n, Pearson's r of sum_{j in S} a_j and f_c(x) - f_c(x with S replaced).
+
+    For each fraction in ``fractions``, n = max(1, round(fraction x H W))
+    pixels; ``runs`` random subsets per n (run r's subsets of the different
+    sizes are nested: the first n pixels of one random order, drawn from
+    default_rng([seed, image id, SENSITIVITY_TAG])). The per-image figure is
+    the mean of r over the sizes (the paper plots r against n; NaN if any r
+    is undefined). Quantus's ``SensitivityN`` instead removes pixels in the
+    map's order, correlates across images (not subsets) at each step, and
+    needs a batch of many images.
+    """
+
+    fractions: tuple = (0.01, 0.05, 0.1, 0.2, 0.5, 0.8)
+    runs: int = 50
+    name: ClassVar[str] = "sensitivity_n"
+
+    def check(self, height, width):
+        super().check(height, width)
+        if not self.fractions or not all(0 < f < 1 for f in self.fractions):
+            raise ValueError(f"fractions: need fractions of the pixels in (0, 1), got {list(self.fractions)}")
+        if self.runs < 2:
+            raise ValueError(f"runs: a correlation needs at least 2, got {self.runs}")
+
+    def sizes(self, hw: int) -> list[int]:
+        return [max(1, round(f * hw)) for f in self.fractions]
+
+    def orders(self, inp: Inputs, i: int) -> np.ndarray:
+        """(runs, H, W) int32: run r's random order of image ``i``'s pixels (the rank of each pixel)."""
+        H, W = inp.heatmaps.shape[1:]
+        rng = np.random.default_rng([inp.seed, int(inp.ids[i]), SENSITIVITY_TAG])
+        return np.stack([rng.permutation(H * W).astype(np.int32).reshape(H, W) for _ in range(self.runs)])
+
+    def program(self, inp):
+        hw = inp.heatmaps.shape[1] * inp.heatmaps.shape[2]
+        return NestedSubsets(lambda i: self.orders(inp, i), self.runs, self.sizes(hw), reference_of=self.reference, key=self.name)
+
+    def score(self, y, i, inp):
+        a = inp.heatmaps[i].ravel()
+        ranks = self.orders(inp, i).reshape(self.runs, -1)
+        rs = []
+        for f, n in enumerate(self.sizes(a.size)):
+            sums = np.where(ranks < n, a, 0.0).sum(1)
+            rs.append(pearson(sums, y[0] - y[1 + f * self.runs : 1 + (f + 1) * self.runs]))
+        return float(np.mean(rs))
+
+
+@dataclass
+class MuFidelity(Metric):
+    """MuFidelity (Bhatt et al., 2020, as Xplique's ``MuFidelity``): Spearman's rho of sum_{removed} a and f_c(x) - f_c(x_s) over random grid masks.
+
+    Each of ``samples`` draws removes every cell of a ``grid`` x ``grid`` grid
+    independently with probability ``subset_percent`` (default_rng([seed,
+    image id, MUFIDELITY_TAG])); the grid is resized to the image by nearest
+    neighbour, the removed pixels set to ``baseline``. Xplique's defaults: a
+    9 x 9 grid, 0.2, 200 samples, baseline 0, as here; Xplique scores the
+    model's raw output (logits where the model gives them) and turns an
+    undefined rho into 0 (here NaN), and draws one set of masks for a batch
+    of images (here one per image).
+    """
+
+    grid: int = 9
+    subset_percent: float = 0.2
+    samples: int = 200
+    name: ClassVar[str] = "mufidelity"
+
+    def check(self, height, width):
+        super().check(height, width)
+        if not 1 <= self.grid <= min(height, width):
+            raise ValueError(f"grid: must lie in [1, {min(height, width)}] (the image side), got {self.grid}")
+        if not 0 < self.subset_percent < 1:
+            raise ValueError(f"subset_percent: must lie in (0, 1), got {self.subset_percent}")
+        if self.samples < 2:
+            raise ValueError(f"samples: a correlation needs at least 2, got {self.samples}")
+
+    def bits(self, inp: Inputs, i: int) -> np.ndarray:
+        """(samples, grid * grid) float32: 1 where a draw removes a cell."""
+        rng = np.random.default_rng([inp.seed, int(inp.ids[i]), MUFIDELITY_TAG])
+        return (rng.random((self.samples, self.grid * self.grid)) < self.subset_percent).astype(np.float32)
+
+    def program(self, inp):
+        H, W = inp.heatmaps.shape[1:]
+        self._program = CellMasks(H, W, self.grid, self.samples, lambda i: self.bits(inp, i), reference_of=self.reference, key=self.name)
+        return self._program
+
+    def score(self, y, i, inp):
+        cell_sums = np.bincount(self._program.cell.ravel(), weights=inp.heatmaps[i].ravel(), minlength=self.grid**2)
+        return spearman(self.bits(inp, i) @ cell_sums, y[0] - y[1:])
+
+
+_SEGMENTS: dict = {}  # (image digest, n_segments, compactness) -> (H, W) labels: SLIC once per image, whatever the method
+_SEGMENTS_MAX = 512
+
+
+def slic_segments(x: np.ndarray, n_segments: int = 100, compactness: float = 10.0) -> np.ndarray:
+    """(H, W) int32 SLIC superpixels of one (H, W, 3) image in [0, 1], labels 0..S-1 (scikit-image's ``slic``, its defaults; cached per image)."""
+    import hashlib
+
+    key = (hashlib.sha1(np.ascontiguousarray(x, np.float32).tobytes()).hexdigest(), int(n_segments), float(compactness))
+    if key not in _SEGMENTS:
+        from skimage.segmentation import slic
+
+        labels = slic(np.asarray(x, np.float64), n_segments=n_segments, compactness=compactness, start_label=0, channel_axis=-1)
+        if len(_SEGMENTS) >= _SEGMENTS_MAX:
+            _SEGMENTS.pop(next(iter(_SEGMENTS)))
+        _SEGMENTS[key] = np.unique(labels, return_inverse=True)[1].reshape(labels.shape).astype(np.int32)  # labels 0..S-1 without gaps
+    return _SEGMENTS[key]
+
+
+@dataclass
+class IROF(Metric):
+    """IROF (Rieger and Hansen, 2020, "Iterative Removal Of Features"): the area over p_c(x_k) / p_c(x) as superpixels are removed, most relevant first.
+
+    Superpixels: SLIC (scikit-image, ``n_segments``, ``compactness``; its
+    defaults, as Quantus), computed once per image. Ordered by mean
+    attribution (descending; ties: lower label first) and replaced
+    cumulatively by the image's per-channel mean colour; with S segments,
+    IROF = 1 - the trapezoid area of p_c(x_k) / p_c(x), k = 0..S, over k / S
+    in [0, 1]: higher is better. Quantus reports the unnormalised S - sum of
+    the trapezoid over k = 1..S (no leading 1), and replaces each segment by
+    the mean of the already-perturbed image, recomputed at every step.
+    """
+
+    n_segments: int = 100
+    compactness: float = 10.0
+    name: ClassVar[str] = "irof"
+
+    def check(self, height, width):
+        if self.n_segments < 2:
+            raise ValueError(f"n_segments: must be >= 2, got {self.n_segments}")
+        if self.compactness <= 0:
+            raise ValueError(f"compactness: must be > 0, got {self.compactness}")
+
+    def reference(self, x, i):
+        return np.broadcast_to(x.mean(axis=(0, 1), dtype=np.float64), x.shape).astype(np.float32)
+
+    def program(self, inp):
+        self._ranks, self._count = [], []
+        for x, h in zip(inp.images, inp.heatmaps):
+            seg = slic_segments(x, self.n_segments, self.compactness)
+            S = int(seg.max()) + 1
+            mean = np.bincount(seg.ravel(), weights=h.ravel(), minlength=S) / np.bincount(seg.ravel(), minlength=S)
+            position = np.empty(S, np.int32)
+            position[np.argsort(-mean, kind="stable")] = np.arange(S)
+            self._ranks.append(position[seg])
+            self._count.append(S)
+        return Ranks(lambda i: self._ranks[i], max(self._count), mode="cumulative", reference_of=self.reference, key=self.name)
+
+    def score(self, y, i, inp):
+        S = self._count[i]
+        if y[0] <= 0:
+            return math.nan
+        r = y[: S + 1] / y[0]
+        return 1.0 - float((r[:-1] + r[1:]).sum() / (2 * S))
+
+
 def explanation_map(heatmap: np.ndarray) -> np.ndarray:
     """(H, W) float32 in [0, 1]: the heatmap min-max normalised (a constant map keeps nothing: 0)."""
     h = np.asarray(heatmap, np.float64)
@@ -341,7 +502,7 @@ class IncreaseInConfidence(_ConfidenceChange):
 
 #: The metrics by name (``score.metrics``, :func:`evaluate`).
 METRICS: dict[str, type[Metric]] = {m.name: m for m in (FaithfulnessCorrelation, FaithfulnessEstimate, MonotonicityArya, MonotonicityNguyen,
-                                                        Selectivity, AverageDrop, IncreaseInConfidence)}
+                                                        IROF, SensitivityN, Selectivity, AverageDrop, IncreaseInConfidence, MuFidelity)}
 METRIC_NAMES: tuple[str, ...] = tuple(METRICS)
 
 

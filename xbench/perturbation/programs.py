@@ -526,3 +526,75 @@ class Ranks(MaskProgram):
 
     def key(self):
         return ("ranks", self.groups, self.mode, self.repeats, self.colours_of is not None, self._key)
+
+
+class NestedSubsets(MaskProgram):
+    """Random pixel subsets of several sizes, nested per run: pass 0 the original, pass 1 + f * runs + r replaces the first ``sizes[f]`` pixels of run r's order.
+
+    ``ranks_of(i)`` -> (runs, H, W) int32: each run's random order of the
+    pixels (a permutation of 0..H W - 1 per run); the replaced pixels take
+    the reference image. Each size's ``runs`` subsets are independent draws;
+    a run's subsets of different sizes are nested.
+    """
+
+    def __init__(self, ranks_of: Callable[[int], np.ndarray], runs: int, sizes: Sequence[int], reference_of: Callable | None = None, key=None):
+        self.ranks_of, self.runs, self.sizes, self.reference_of, self._key = ranks_of, int(runs), tuple(int(s) for s in sizes), reference_of, key
+
+    def passes(self):
+        return 1 + self.runs * len(self.sizes)
+
+    def reference(self, x, i):
+        return np.zeros_like(x) if self.reference_of is None else np.asarray(self.reference_of(x, i), np.float32)
+
+    def slot_data(self, x, i):
+        return (np.asarray(self.ranks_of(i), np.int32),)
+
+    def device_mask(self, data, k, height, width):
+        from keras import ops
+
+        j = ops.maximum(k - 1, 0)
+        run = ops.reshape(j % self.runs, (-1, 1, 1, 1))
+        size = ops.take(ops.convert_to_tensor(np.asarray(self.sizes, np.int32)), j // self.runs)
+        rank = ops.squeeze(ops.take_along_axis(data[0], run, axis=1), 1)  # (B, H, W)
+        return ops.logical_and(rank < ops.reshape(size, (-1, 1, 1)), ops.reshape(k, (-1, 1, 1)) > 0)
+
+    def key(self):
+        return ("nested", self.runs, self.sizes, self._key)
+
+
+def nearest_cells(n: int, cells: int) -> np.ndarray:
+    """(n,) int32: the cell of each of n pixels when a ``cells``-long grid is resized to n by nearest neighbour, half-pixel centres (``tf.image.resize``)."""
+    return np.minimum(np.floor((np.arange(n) + 0.5) * cells / n), cells - 1).astype(np.int32)
+
+
+class CellMasks(MaskProgram):
+    """Random removal of the cells of a g x g grid: pass 0 the original, pass m + 1 replaces the cells removed in draw m.
+
+    ``bits_of(i)`` -> (M, g * g) float32, 1 where draw m removes the cell;
+    the grid is resized to the image by nearest neighbour (:func:`nearest_cells`,
+    as Xplique's MuFidelity); the replaced pixels take the reference image.
+    """
+
+    def __init__(self, height: int, width: int, grid: int, draws: int, bits_of: Callable[[int], np.ndarray], reference_of: Callable | None = None,
+                 key=None):
+        self.grid, self.draws, self.bits_of, self.reference_of, self._key = int(grid), int(draws), bits_of, reference_of, key
+        self.cell = (nearest_cells(height, grid)[:, None] * grid + nearest_cells(width, grid)[None, :]).astype(np.int32)  # (H, W)
+
+    def passes(self):
+        return 1 + self.draws
+
+    def reference(self, x, i):
+        return np.zeros_like(x) if self.reference_of is None else np.asarray(self.reference_of(x, i), np.float32)
+
+    def slot_data(self, x, i):
+        return (np.asarray(self.bits_of(i), np.float32),)
+
+    def device_mask(self, data, k, height, width):
+        from keras import ops
+
+        bits = ops.squeeze(ops.take_along_axis(data[0], ops.reshape(ops.maximum(k - 1, 0), (-1, 1, 1)), axis=1), 1)  # (B, g * g)
+        removed = ops.take(bits, ops.convert_to_tensor(self.cell.reshape(-1)), axis=1)  # (B, H * W)
+        return ops.logical_and(ops.reshape(removed, (-1, height, width)) > 0.5, ops.reshape(k, (-1, 1, 1)) > 0)
+
+    def key(self):
+        return ("cells", self.grid, self.draws, self.cell.shape, self._key)

@@ -138,8 +138,8 @@ class ScoreSettings:
     # perturbations), or auto: the cheaper by a FLOP estimate (xbench.perturbation.engine.choose_method).
     method: str = "auto"
     # Faithfulness metrics scored per image for the explainer and every control (xbench.metrics.faithfulness.METRICS):
-    # faithfulness_correlation, faithfulness_estimate, monotonicity_arya, monotonicity_nguyen, selectivity,
-    # average_drop, increase_in_confidence. Each costs its own masked forward passes.
+    # faithfulness_correlation, faithfulness_estimate, monotonicity_arya, monotonicity_nguyen, irof, sensitivity_n,
+    # selectivity, average_drop, increase_in_confidence, mufidelity. Each costs its own masked forward passes.
     metrics: List[str] = field(default_factory=list, metadata=METRIC_NOT_VARIANT)
     # Their parameters, by metric: e.g. {faithfulness_correlation: {runs: 50}}; unset: the metric's defaults.
     metric_params: Dict[str, Dict[str, Any]] = field(default_factory=dict, metadata=METRIC_NOT_VARIANT)
