@@ -45,6 +45,16 @@ def _explainer_table(rows) -> str:
     return "\n".join(lines)
 
 
+def _masked_table(rows) -> str:
+    lines = ["| name | backbone | px | n | backend | passes | batch | seconds | passes/s | raw passes/s | vs raw | vs full | first call s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        full = f"{r['over_full']:.2f}x" if "over_full" in r else ""
+        lines.append(f"| {r['name']} | {r['backbone']} | {r['image_size']} | {r['n']} | {r['keras_backend']} | {r['passes']} | {r['batch_size']} | "
+                     f"{r['seconds']:.2f} | {r['passes_per_s']:.3g} | {r['raw_passes_per_s']:.3g} | {r['over_raw']:.2f}x | {full} | {r['first_s']:.1f} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="xbench-bench", description=__doc__)
     p.add_argument("--backbone", default="vgg16")
@@ -78,6 +88,8 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--explainers", default="", help="time these explainers instead (comma-separated, or 'all'): maps per second on --backbone "
                    "at --image-size, --n images (default 16), beside tf-keras-vis where it has the method")
+    p.add_argument("--masked", default="", help="time the mask-program engine's explainers and metrics instead (comma-separated, or 'all'): "
+                   "each against the raw forward-pass ceiling for its number of passes, --n images (default 4), --batch-size pairs (default 64)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     a = p.parse_args(argv)
     if a.pixel_steps is not None and a.pixel_steps < 1:
@@ -99,6 +111,20 @@ def main(argv=None) -> int:
             print(f"xbench-bench: error: {exc}", file=sys.stderr)
             return 2
         print(json.dumps({"explainers": rows}) if a.json else _explainer_table(rows))
+        return 0
+    if a.masked:
+        from xbench.pipeline.speed import MASKED_SETTINGS, masked_speed
+
+        names = tuple(MASKED_SETTINGS) if a.masked == "all" else tuple(v for v in a.masked.split(",") if v)
+        unknown = [v for v in names if v not in MASKED_SETTINGS]
+        if unknown:
+            p.error(f"--masked: no {unknown[0]!r}; choose from {', '.join(MASKED_SETTINGS)} or 'all'")
+        try:
+            rows = masked_speed(a.backbone, a.image_size, a.n or 4, names, batch_size=a.batch_size or 64, seed=a.seed)
+        except ValueError as exc:
+            print(f"xbench-bench: error: {exc}", file=sys.stderr)
+            return 2
+        print(json.dumps({"masked": rows}) if a.json else _masked_table(rows))
         return 0
     if a.leakage:
         from xbench.pipeline.speed import leakage_bench

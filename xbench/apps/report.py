@@ -3,7 +3,7 @@
 Writes into ``--out`` (default: ``<first folder>/report``): ``summary.csv``
 (one row per job), ``summary.md`` (the paper's table per measurement, the
 self-validation table, pairwise comparisons, all jobs, incomplete jobs),
-``pairwise.csv``, ``reliability.csv`` (when jobs vary only how the metric is computed), and plots: ``aopc_by_step``, ``mean_curves``, ``aopc_vs_recall``.
+``pairwise.csv``, ``reliability.csv`` (when jobs vary only how the metric is computed), ``methods.csv`` (every method ranked), and plots: ``aopc_by_step``, ``mean_curves``, ``aopc_vs_recall``.
 """
 
 from __future__ import annotations
@@ -33,8 +33,12 @@ def build_report(folders, out: Path, fmt: str = "png", latex: bool = False, n_re
     pw = R.pairwise(groups, n_resamples=n_resamples)
     io.write_csv(out / results.PAIRWISE_CSV, pw)
     reliab = R.metric_reliability(col.jobs, n_resamples=n_resamples)
-    io.write_text(out / results.SUMMARY_MD, summary_markdown(col, folders, frame, groups, table, pw, reliab))
+    methods = R.methods_table(col.jobs, n_resamples=n_resamples)
+    io.write_text(out / results.SUMMARY_MD, summary_markdown(col, folders, frame, groups, table, pw, reliab, methods))
     written = [results.SUMMARY_CSV, results.SUMMARY_MD, results.PAIRWISE_CSV]
+    if len(methods):
+        io.write_csv(out / results.METHODS_CSV, methods)
+        written.append(results.METHODS_CSV)
     if len(reliab):
         io.write_csv(out / results.RELIABILITY_CSV, reliab)
         written.append(results.RELIABILITY_CSV)
@@ -56,7 +60,7 @@ def build_report(folders, out: Path, fmt: str = "png", latex: bool = False, n_re
     return {"out": str(out), "jobs": len(col.jobs), "incomplete": col.incomplete, "written": written}
 
 
-def summary_markdown(col, folders, frame, groups, table, pw, reliab=None) -> str:
+def summary_markdown(col, folders, frame, groups, table, pw, reliab=None, methods=None) -> str:
     """The text of ``summary.md``: each table with a sentence on what it pools and resamples.
 
     ``reliab``: :func:`xbench.pipeline.report.metric_reliability` of the jobs (computed here when None).
@@ -78,6 +82,16 @@ def summary_markdown(col, folders, frame, groups, table, pw, reliab=None) -> str
            "`oracle` (the blurred lesion mask) shows what a right explanation scores and `shortcut_marker` what a cheating one does. "
            "Localisation figures use the images that have the mask (lesion: not Normal). 95% CIs are bootstrap over images.", "",
            R.to_markdown(R.self_validation(col.jobs))]
+    if methods is None:
+        methods = R.methods_table(col.jobs)
+    if len(methods) and methods.groupby(["model", "seed"]).size().max() > 2:
+        md += ["## Methods compared", "",
+               "Every explainer and control of the jobs of one model and seed (the same test images), ranked by the figure named in "
+               "'ranked by' in its better direction (CheXlocalize, Saporta et al. 2022: localisation first where the data has lesions). Cells: "
+               "mean and 95% bootstrap CI over images (localisation: images with a lesion; lesion_iou after Otsu's threshold, pointing_hit the "
+               "hit rate of the map's maximum). 'vs next': the paired difference with the method ranked just below on the ranking figure, signed "
+               "so that positive = better, bootstrap over the images both score; p_holm: its p-value Holm-corrected across this table.", "",
+               R.to_markdown(methods)]
     pixel = R.pixel_auc_table(frame)
     if len(pixel):
         md += ["## Deletion and insertion (pixel curves)", "",

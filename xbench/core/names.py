@@ -38,3 +38,6 @@ TFKV_METHODS = ("gradcampp", "scorecam", "layercam", "saliency", "smoothgrad")
 REDUCTIONS = ("sum", "max_abs", "sum_abs", "mean")
 #: LRP's composites (the rules: xbench.explain.lrp.COMPOSITES); named here so a config is checked without Keras.
 LRP_COMPOSITES = ("epsilon_gamma_box", "epsilon_alpha2_beta1", "epsilon", "zero")
+#: How the engine runs perturbed images (score.method, Occlusion's method): every layer of every image (full), only the
+#: windows a change reaches (incremental, xbench.perturbation.incremental), or the cheaper by a FLOP estimate (auto).
+ENGINE_METHODS = ("auto", "full", "incremental")

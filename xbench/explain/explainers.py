@@ -434,10 +434,12 @@ class Occlusion:
     baseline: float = 0.5
     batch_size: int | None = None
     memory_budget_mb: float = 1024
+    # full | incremental (stride = patch_size: only what each window reaches is recomputed, Krypton) | auto (the faster by a FLOP estimate)
+    method: str = "auto"
     name: str = "occlusion"
 
     def __post_init__(self):
-        check_occlusion(self.patch_size, self.stride, self.baseline)
+        check_occlusion(self.patch_size, self.stride, self.baseline, self.method)
         if self.batch_size is not None:
             _check_batch_size(self.batch_size)
 
@@ -445,7 +447,7 @@ class Occlusion:
         from xbench.explain.masking import occlusion
 
         return occlusion(model, images, targets=targets, patch_size=self.patch_size, stride=self.stride, baseline=self.baseline,
-                         batch_size=self.batch_size, memory_budget_mb=self.memory_budget_mb, progress=True)
+                         batch_size=self.batch_size, memory_budget_mb=self.memory_budget_mb, progress=True, method=self.method)
 
 
 @dataclass

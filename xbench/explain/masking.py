@@ -25,6 +25,8 @@ import numpy as np
 
 from xbench.data.pixels import to_unit_float
 from xbench.explain.params import check_max_n, check_occlusion, check_rise
+from xbench.perturbation.engine import choose_method
+from xbench.perturbation.perturbations import Constant
 from xbench.perturbation.programs import (
     ChannelMasks,
     RiseMasks,
@@ -55,7 +57,7 @@ def _targets(model, x: np.ndarray, targets, batch_size: int) -> np.ndarray:
 
 def occlusion(model, images, *, targets=None, patch_size: int = 16, stride: int = 8, baseline: float = 0.5, batch_size: int | None = None,
               memory_budget_mb: float = 1024, progress: bool = False, return_targets: bool = False, logits_layer=None, output="probs",
-              preprocess=None):
+              preprocess=None, method: str = "auto"):
     """Occlusion maps (Zeiler and Fergus, 2014, ECCV, Sec. 4.2), (N, H, W) float32, signed (a positive value: occluding it lowers p_c).
 
     Args:
@@ -67,16 +69,48 @@ def occlusion(model, images, *, targets=None, patch_size: int = 16, stride: int 
             stride) + 1) x (ceil((W - patch) / stride) + 1) passes per image.
         baseline: the grey level in [0, 1] of the occluding square.
         batch_size: (image, window) pairs per forward pass (maps do not depend on it).
+        method: ``full`` runs every occluded image through the whole model;
+            ``incremental`` (stride = patch_size: the windows are the cells of
+            a region grid) recomputes from the original's activations only
+            what each window reaches (Krypton; exact to float rounding);
+            ``auto`` takes incremental where
+            :func:`xbench.perturbation.engine.choose_method` predicts it faster.
     """
-    check_occlusion(patch_size, stride, baseline)
+    check_occlusion(patch_size, stride, baseline, method)
     x = to_unit_float(np.asarray(images))
     model = _classifier(model, x, logits_layer, output, preprocess)
     n, height, width = x.shape[:3]
     program = Windows(height, width, patch_size, stride, baseline)
-    probs = run_program(model, x, program, batch_size=batch_size, memory_budget_mb=memory_budget_mb, progress=progress, desc="occlusion")
+    run = None
+    if stride == patch_size and method != "full" and n:
+        run = choose_method(method, model, "morf", Constant(baseline), height, width, patch_size, program.passes() - 1, n, memory_budget_mb)
+    if run is not None:
+        probs = _incremental_occlusion(run, x, program, baseline, n, batch_size, memory_budget_mb, progress)
+    else:
+        probs = run_program(model, x, program, batch_size=batch_size, memory_budget_mb=memory_budget_mb, progress=progress, desc="occlusion")
     t = probs[:, 0].argmax(1) if targets is None else _targets(model, x, targets, 1)
     maps = program.occlusion_map(probs, t, height, width) if n else np.zeros((0, height, width), np.float32)
     return (maps, t) if return_targets else maps
+
+
+def _incremental_occlusion(run, x, program: Windows, baseline: float, n: int, batch_size, memory_budget_mb: float, progress: bool) -> np.ndarray:
+    """(N, 1 + windows, C) probabilities by :func:`xbench.perturbation.incremental.occlusion_probs` (windows = the region grid's cells)."""
+    from tqdm.auto import tqdm
+
+    from xbench.perturbation.incremental import chunk_size, occlusion_probs
+    from xbench.perturbation.regions import region_index_map
+
+    height, width = x.shape[1:3]
+    cells = region_index_map(height, width, program.patch)
+    grey = np.full(x.shape[1:], baseline, np.float32)
+    G = chunk_size(run, n, memory_budget_mb)
+    if batch_size:
+        G = max(1, min(G, int(batch_size)))
+    windows = program.passes() - 1
+    bar = tqdm(total=n * windows, desc="occlusion (incremental)", unit="window", mininterval=1.0, leave=False, disable=not progress)
+    probs = occlusion_probs(run, lambda i: (x[i], grey, cells), n, windows, G, bar.update)
+    bar.close()
+    return probs
 
 
 def rise(model, images, *, targets=None, masks: int = 4000, grid: int = 7, keep_prob: float = 0.5, seed: int = 0, image_ids=None,

@@ -6,7 +6,7 @@ by :mod:`xbench.apps.config` and a Python caller reads the argument's name.
 
 from __future__ import annotations
 
-from xbench.core.names import LRP_COMPOSITES, REDUCTIONS
+from xbench.core.names import ENGINE_METHODS, LRP_COMPOSITES, REDUCTIONS
 
 
 def check_batch_size(batch_size: int) -> None:
@@ -40,8 +40,12 @@ def check_lrp(composite: str, epsilon: float, gamma: float, alpha: float, beta: 
         raise ValueError(f"alpha, beta: need alpha - beta = 1 and beta >= 0 (relevance is conserved), got {alpha}, {beta}")
 
 
-def check_occlusion(patch_size: int, stride: int, baseline: float) -> None:
-    """Occlusion's window (the image side bounds it when the images arrive) and grey level."""
+def check_occlusion(patch_size: int, stride: int, baseline: float, method: str = "auto") -> None:
+    """Occlusion's window (the image side bounds it when the images arrive), grey level and engine method."""
+    if method not in ENGINE_METHODS:
+        raise ValueError(f"method: must be one of {list(ENGINE_METHODS)}, got {method!r}")
+    if method == "incremental" and stride != patch_size:
+        raise ValueError(f"method: incremental occlusion needs stride = patch_size (windows that tile the image), got stride {stride}, patch {patch_size}")
     if patch_size < 1:
         raise ValueError(f"patch_size: must be >= 1, got {patch_size}")
     if stride < 1:

@@ -40,6 +40,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from xbench import backend
+from xbench.core.names import ENGINE_METHODS
 from xbench.data.pixels import to_unit_float
 from xbench.perturbation.orders import Order, order_of
 from xbench.perturbation.perturbations import Perturbation, image_rng
@@ -58,7 +59,7 @@ log = logging.getLogger(__name__)
 MAX_AUTO_BATCH = 256
 #: How perturbed images are run: every layer of every image (``full``), only the windows a step's
 #: region reaches (``incremental``, :mod:`xbench.perturbation.incremental`), or the cheaper of the two.
-METHODS = ("auto", "full", "incremental")
+METHODS = ENGINE_METHODS
 #: ``auto`` runs incremental when it predicts it this many times faster than full recompute
 #: (:func:`xbench.perturbation.incremental.predicted_speedup`: the FLOP ratio discounted for small
 #: steps): a margin, so that auto is never much slower where the prediction errs.

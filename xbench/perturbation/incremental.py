@@ -346,6 +346,7 @@ class Runner:
                 self._pads[i] = bool((a < 0).any() or (b > np.array(p.nodes[node.inputs[0]].shape)).any())
         self._first = self._compile(self._run_first, donate=False)
         self._step = self._compile(self._run_step, donate=True)
+        self._single = None  # compiled on first use (Occlusion)
 
     # --- the two programs -------------------------------------------------
     def _full_value(self, i, st, memo):
@@ -392,6 +393,18 @@ class Runner:
     def _run_step(self, state, X, R, RK, region, k):
         from keras import ops
 
+        return self._apply(state, X, R, RK, region, lambda rk: ops.less(rk, k))
+
+    def _run_single(self, state, X, R, RK, region):
+        from keras import ops
+
+        # x(0) with region ``region`` alone replaced: RK holds each pixel's region index; the state stays x(0)'s
+        return self._apply(state, X, R, RK, region, lambda rk: ops.equal(rk, ops.reshape(region, (-1, 1, 1, 1))))[1]
+
+    def _apply(self, state, X, R, RK, region, replaced):
+        """(state, probs) once each image's region ``region`` (G,) holds where(replaced(rk), R, X) and its windows are recomputed."""
+        from keras import ops
+
         p, win = self.p, self.win
         st = [None] * len(p.nodes)
         it = iter(state)
@@ -402,7 +415,7 @@ class Runner:
         x = _gather(X, s0, size0)
         r = _gather(R, s0, size0)
         rk = _gather(ops.expand_dims(RK, -1), s0, size0)
-        st[0] = _put(st[0], s0, ops.where(ops.less(rk, k), r, x))
+        st[0] = _put(st[0], s0, ops.where(replaced(rk), r, x))
         memo = {}
         for i in range(1, len(p.nodes)):
             if not p.stored[i]:
@@ -443,6 +456,12 @@ class Runner:
     def step(self, state, X, R, RK, region, k):
         return self._step(state, X, R, RK, region, k)
 
+    def single(self, state, X, R, RK, region):
+        """probs (G, C) of x(0) with one region per image, ``region`` (G,), replaced by R (RK: each pixel's region index); ``state`` (x(0)'s) is kept."""
+        if self._single is None:
+            self._single = self._compile(self._run_single, donate=False)
+        return self._single(state, X, R, RK, region)
+
 
 def runner(model, height: int, width: int, region_size: int) -> Runner:
     """The model's incremental runner for one grid, built once per (model, grid)."""
@@ -464,6 +483,37 @@ def chunk_size(run: Runner, n: int, memory_budget_mb: float) -> int:
     h, w = p.nodes[0].shape
     per = p.state_bytes() + 4 * h * w * 7 + p.peak_bytes  # state; X, R, RK; the largest activations in flight (x(0), the tail)
     return int(max(1, min(n, (memory_budget_mb * 2**20) // per)))
+
+
+def occlusion_probs(run: Runner, prepared: Callable[[int], tuple], n: int, regions: int, chunk: int, progress: Callable | None = None) -> np.ndarray:
+    """(N, 1 + regions, C) float32: p(x) then p(x with region w alone replaced), w = 0..regions - 1, by incremental inference from x's state.
+
+    prepared(i) -> (x, r, region index map): image i, what replaced pixels
+    become, and each pixel's region (:func:`xbench.perturbation.regions.region_index_map`).
+    Each window is recomputed from x(0)'s state and dropped (Krypton's
+    occlusion, Nakandala et al. 2019).
+    """
+    from keras import ops
+
+    out = None
+    for c0 in range(0, n, chunk):
+        idx = list(range(c0, min(c0 + chunk, n)))
+        rows = idx + [idx[-1]] * (chunk - len(idx))
+        parts = [prepared(i) for i in rows]
+        X = ops.convert_to_tensor(np.stack([q[0] for q in parts]).astype(np.float32))
+        R = ops.convert_to_tensor(np.stack([q[1] for q in parts]).astype(np.float32))
+        RK = ops.convert_to_tensor(np.stack([q[2] for q in parts]).astype(np.int32))
+        state, probs = run.first(X)
+        got = [probs]
+        for w in range(regions):
+            got.append(run.single(state, X, R, RK, ops.convert_to_tensor(np.full(chunk, w, np.int32))))
+            if progress is not None:
+                progress(len(idx))
+        block = np.stack([np.asarray(ops.convert_to_numpy(g), np.float32) for g in got], 1)[: len(idx)]
+        if out is None:
+            out = np.zeros((n, 1 + regions, block.shape[-1]), np.float32)
+        out[idx] = block
+    return out if out is not None else np.zeros((0, 1 + regions, 0), np.float32)
 
 
 def incremental_probs(run: Runner, prepared: Callable[[int], tuple], orders: np.ndarray, steps: int, chunk: int, progress: Callable | None = None) -> np.ndarray:

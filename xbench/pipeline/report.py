@@ -437,6 +437,82 @@ def _context(g: Measurement, what: str) -> str:
     return " / ".join(parts + ([g.label] if g.label else []))
 
 
+# ---------------------------------------------------------------- methods compared (CheXlocalize, Saporta et al. 2022)
+
+#: The methods table's figures, in column order: localisation (per image in curves.npz), then MoRF AOPC, then the faithfulness metrics.
+METHOD_FIGURES = ("lesion_iou", "pointing_hit", "lesion_mass", "lesion_auroc", "aopc_morf", *results.FAITHFULNESS_HIGHER_IS_BETTER)
+#: Higher is better for every figure but these (the faithfulness metrics say their own direction).
+_LOWER_IS_BETTER = {k for k, higher in results.FAITHFULNESS_HIGHER_IS_BETTER.items() if not higher}
+
+
+def _figure(job: results.JobResult, method: str, figure: str) -> tuple[results.Estimate | None, np.ndarray | None, np.ndarray | None]:
+    """(estimate, (M,) image ids, (M,) per-image values with NaN where undefined) of ``figure`` for ``method`` in ``job``."""
+    sc, cur = job.scoring, job.curves
+    m = None if sc is None else sc.methods.get(method)
+    if m is None or cur is None:
+        return None, None, None
+    ids = np.asarray(cur.image_ids)
+    if figure == "aopc_morf":
+        c = cur.get(method, "morf")
+        per = None if c is None else np.where(cur.rows(method), aopc_per_image(c), np.nan)
+        return (m.orders["morf"].aopc if "morf" in m.orders else None), ids, per
+    per = cur.per_image.get((figure, method))
+    est = m.localisation.get(figure) or m.faithfulness.get(figure)
+    return est, ids, (None if per is None else np.asarray(per, np.float64))
+
+
+def methods_table(jobs: Sequence[results.JobResult], rank_by: str | None = None, n_resamples: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """Every explainer and control of the jobs, one row per (model, seed, method), each figure with its 95% CI over images, ranked.
+
+    Jobs of one model and seed score the same test images (one split), so
+    methods from different jobs are paired by image id. Rows are ranked by
+    ``rank_by`` (default: ``lesion_iou`` where the data has lesions, else
+    MoRF AOPC) in its better direction; ``vs next`` is the paired difference
+    with the method ranked just below (bootstrap over the images both
+    score, :func:`xbench.metrics.comparison.paired_images`), and ``p_holm``
+    its p-value Holm-corrected across the table. The controls (random,
+    oracle) are read from the first job that has them.
+    """
+    groups: dict = {}
+    for j in jobs:
+        if j.scoring is not None and j.curves is not None:
+            groups.setdefault((j.metrics.model.backbone, j.metrics.seed), []).append(j)
+    rows, tests = [], []
+    for (backbone, s), js in groups.items():
+        methods: dict[str, results.JobResult] = {}
+        for j in js:
+            for name in [j.scoring.explainer, *j.scoring.methods]:
+                methods.setdefault(name, j)
+        figures = [f for f in METHOD_FIGURES if any(_figure(j, n, f)[0] is not None for n, j in methods.items())]
+        key = rank_by or ("lesion_iou" if "lesion_iou" in figures else "aopc_morf")
+        if key not in figures:
+            continue
+        sign = -1.0 if key in _LOWER_IS_BETTER else 1.0
+        mean = {n: (e.mean if (e := _figure(j, n, key)[0]) is not None and np.isfinite(e.mean) else -np.inf * sign) for n, j in methods.items()}
+        order = sorted(methods, key=lambda n: -sign * mean[n])
+        for rank, name in enumerate(order, 1):
+            j = methods[name]
+            row = {"model": backbone, "seed": s, "rank": rank, "method": name + (" (control)" if name != j.scoring.explainer else ""),
+                   **{f: _fmt_est(_figure(j, name, f)[0]) for f in figures}, "ranked by": key}
+            if rank < len(order):
+                below = order[rank]
+                _, ia, pa = _figure(j, name, key)
+                _, ib, pb = _figure(methods[below], below, key)
+                if pa is not None and pb is not None:
+                    common, xa, xb = np.intersect1d(ia, ib, return_indices=True)
+                    r = comparison.paired_images(sign * pa[xa], sign * pb[xb], n_resamples=n_resamples, seed=seed)
+                    row["vs next"] = f"{below}: {_fmt_paired(r)}"
+                    tests.append((len(rows), r["p_value"]))
+            rows.append(row)
+    frame = pd.DataFrame(rows)
+    if tests:
+        adj = comparison.holm(np.array([p for _, p in tests]))
+        frame["p_holm"] = np.nan
+        for (i, _), p in zip(tests, adj):
+            frame.loc[i, "p_holm"] = p
+    return frame
+
+
 # ---------------------------------------------------------------- metric reliability
 
 def _flags(key: str) -> dict:

@@ -78,6 +78,8 @@ SUMMARY_MD = "summary.md"
 SUMMARY_TEX = "summary.tex"
 PAIRWISE_CSV = "pairwise.csv"
 RELIABILITY_CSV = "reliability.csv"
+#: Every explainer and control of the jobs, one row per model, seed and method, ranked (report.methods_table).
+METHODS_CSV = "methods.csv"
 AOPC_VS_RECALL = "aopc_vs_recall"
 
 

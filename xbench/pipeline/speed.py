@@ -545,3 +545,96 @@ def explainer_speed(backbone: str, image_size: int, n: int, names, seed: int = 0
             row.update(tfkv_first_s=tf_first, tfkv_maps_per_s=n / tf_steady, native_over_tfkv=tf_steady / steady)
         rows.append(row)
     return rows
+
+
+#: What ``xbench-bench --masked all`` times, with settings small enough for a CPU (RISE: 500 masks; Monotonicity correlation: 10 samples).
+MASKED_SETTINGS = {
+    "occlusion": {"patch_size": 8, "stride": 4, "method": "full"},
+    "occlusion_incremental": {"patch_size": 8, "stride": 8, "method": "incremental"},
+    "occlusion_tiled_full": {"patch_size": 8, "stride": 8, "method": "full"},
+    "rise": {"masks": 500},
+    "scorecam": {},
+    "faithfulness_correlation": {},
+    "faithfulness_estimate": {},
+    "monotonicity_arya": {},
+    "monotonicity_nguyen": {"samples": 10},
+    "irof": {},
+    "sensitivity_n": {},
+    "selectivity": {},
+    "average_drop": {},
+    "mufidelity": {},
+}
+
+
+def _raw_passes_per_s(model, batch_size: int, image_size: int, repeats: int = 3) -> float:
+    """Forward passes per second of the compiled model on one pre-built device batch of ``batch_size`` images: the ceiling (best of ``repeats``)."""
+    from xbench import backend
+
+    fwd = backend.active().compile_forward(model)
+    x = keras.ops.convert_to_tensor(np.random.default_rng(0).random((batch_size, image_size, image_size, 3), dtype=np.float32))
+    np.asarray(fwd(x))
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(4):
+            out = fwd(x)
+        np.asarray(out)
+        best = min(best, (time.perf_counter() - t0) / 4)
+    return batch_size / best
+
+
+def masked_speed(backbone: str, image_size: int, n: int, names, batch_size: int = 64, seed: int = 0) -> list[dict]:
+    """Each perturbation explainer and faithfulness metric against the raw forward-pass ceiling for its number of passes.
+
+    On an untrained ``backbone`` (3 classes) and ``n`` random images and
+    maps; every one runs ``batch_size`` (image, pass) pairs per forward pass
+    and is called twice (``first_s``: with its compilation; ``seconds``: the
+    second call). ``over_raw`` = (its passes / the ceiling's passes per
+    second at that batch size) / seconds: 1.0 is the raw inference ceiling.
+    ``occlusion_incremental`` (stride = patch) is also reported against
+    ``occlusion_tiled_full``, the same windows recomputed in full.
+    """
+    from xbench.explain import ExplainContext, build
+    from xbench.explain.cam import default_layer
+    from xbench.metrics.faithfulness import METRICS, Inputs, metric
+    from xbench.models import build_classifier
+    from xbench.models.backbones import NO_WEIGHTS
+    from xbench.perturbation.programs import Windows
+
+    model = build_classifier(backbone, 3, image_size, weights=NO_WEIGHTS, seed=seed)
+    rng = np.random.default_rng(seed)
+    x = rng.random((n, image_size, image_size, 3)).astype(np.float32)
+    maps = rng.normal(size=(n, image_size, image_size))
+    t = np.arange(n) % 3
+    ctx = ExplainContext.default(n, seed=seed)
+    ceiling = _raw_passes_per_s(model, batch_size, image_size)
+    rows, seconds = [], {}
+    for name in names:
+        params = dict(MASKED_SETTINGS.get(name, {}))
+        if name in METRICS:
+            m = metric(name, **params)
+            passes = m.program(Inputs(x, maps, np.arange(n), seed)).passes()
+            call = lambda m=m: m(model, x, maps, t, batch_size=batch_size, seed=seed)
+        else:
+            explainer = build(name.split("_")[0] if name.startswith("occlusion") else name, batch_size=batch_size, **params)
+            if name.startswith("occlusion"):
+                passes = Windows(image_size, image_size, params["patch_size"], params["stride"], 0.5).passes()
+            elif name == "rise":
+                passes = params["masks"]
+            else:
+                passes = int(model.get_layer(default_layer(model)).output.shape[-1])
+            call = lambda e=explainer: e(model, x, t, ctx)
+        t0 = time.perf_counter()
+        call()
+        t1 = time.perf_counter()
+        call()
+        seconds[name] = t2 = time.perf_counter() - t1
+        total = n * passes
+        rows.append({"name": name, "backbone": backbone, "image_size": image_size, "n": n, "keras_backend": keras.backend.backend(), "passes": total,
+                     "batch_size": batch_size, "first_s": t1 - t0, "seconds": t2, "passes_per_s": total / t2, "raw_passes_per_s": ceiling,
+                     "over_raw": total / ceiling / t2})
+    if "occlusion_incremental" in seconds and "occlusion_tiled_full" in seconds:
+        for r in rows:
+            if r["name"] == "occlusion_incremental":
+                r["over_full"] = seconds["occlusion_tiled_full"] / seconds["occlusion_incremental"]
+    return rows
