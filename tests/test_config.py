@@ -179,7 +179,7 @@ OWN_RULES = [
     (["train.fine_tune.epochs=-1"], "train.fine_tune.epochs: must be >= 0"),
     (["train.fine_tune.lr=0"], "train.fine_tune.lr: must be > 0"),
     (["explainer=scorecam", "explainer.max_n=0"], "explainer.max_n: must be >= 1"),
-    (["explainer=occlusion", "explainer.stride=0"], "explainer.stride: must be >= 1"),
+    (["explainer=occlusion", "explainer.stride=0"], "explainer.stride: must lie in [1, patch_size = 16]"),
     (["explainer=rise", "explainer.keep_prob=0"], "explainer.keep_prob: must lie in (0, 1]"),
     (["explainer=gradcampp", "explainer.impl=captum"], "explainer.impl: must be one of ['native', 'tfkv']"),
     (["explainer=integrated_gradients", "explainer.steps=0"], "explainer.steps: must be >= 1"),

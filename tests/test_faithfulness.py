@@ -15,6 +15,7 @@ from xbench.metrics import evaluate
 from xbench.metrics.faithfulness import (
     METRIC_NAMES,
     explanation_map,
+    group_size,
     metric,
     pearson,
     pixel_groups,
@@ -57,16 +58,18 @@ def test_correlations_equal_scipys():
     assert pearson(a, b) == pytest.approx(pearsonr(a, b)[0], abs=1e-12)
     assert spearman(a, b) == pytest.approx(spearmanr(a, b)[0], abs=1e-12)
     assert math.isnan(pearson(a, np.ones(30))) and math.isnan(pearson([1.0], [2.0]))
+    assert math.isnan(pearson(a, np.full(30, 0.1)))  # a constant whose mean is inexact: still undefined, not ~0
 
 
 def test_pixel_groups_sort_with_ties_by_index_and_cut_groups():
     h = np.array([[0.5, 0.9], [0.5, 0.1]])
     g, G = pixel_groups(h, 1, descending=True)
     assert G == 4 and g.tolist() == [[1, 0], [2, 3]]  # the two 0.5s: index 0 before index 2
-    g, G = pixel_groups(h, 3, descending=False)
-    assert G == 2 and g.tolist() == [[0, 1], [0, 0]]  # ascending 0.1, 0.5, 0.5 | 0.9
-    with pytest.raises(ValueError, match="features_in_step"):
-        pixel_groups(h, 5, descending=True)
+    g, G = pixel_groups(h, 2, descending=False)
+    assert G == 2 and g.tolist() == [[0, 1], [1, 0]]  # ascending 0.1, 0.5 (index 0) | 0.5 (index 2), 0.9
+    with pytest.raises(ValueError, match="features_in_step: must divide the 4 pixels"):
+        pixel_groups(h, 3, descending=True)
+    assert group_size(72 * 72, None) == 24 and group_size(299 * 299, None) == 529 and group_size(144, None) == 1  # <= 256 equal groups
 
 
 def test_faithfulness_correlation_equals_the_loop(model, data):
@@ -89,11 +92,11 @@ def test_faithfulness_correlation_equals_the_loop(model, data):
         assert got[i] == pytest.approx(pearsonr(sums, drops)[0], abs=1e-5)
 
 
-@pytest.mark.parametrize("fis", [None, 7])
+@pytest.mark.parametrize("fis", [None, 9])
 def test_faithfulness_estimate_equals_the_loop(model, data, fis):
     x, h = data
     got = evaluate("faithfulness_estimate", model, x, h, features_in_step=fis, batch_size=9)
-    step = math.ceil(S * S / 256) if fis is None else fis
+    step = 1 if fis is None else fis  # 144 px: one pixel per group makes at most 256
     for i in range(3):
         p0 = _p(model, x[i])
         c = p0.argmax()
@@ -115,7 +118,7 @@ def test_monotonicity_arya_equals_the_loop_and_a_hand_worked_case(model, data):
         c = _p(model, x[i]).argmax()
         order = _order(h[i], descending=False)
         z = np.full((S * S, 3), 0.5, np.float32)
-        curve = [_p(model, z.reshape(x[i].shape))[c]]
+        curve = []  # after each insertion, as AIX360: the all-baseline image is not a step
         for s in range(0, S * S, 16):
             z[order[s : s + 16]] = x[i].reshape(-1, 3)[order[s : s + 16]]
             curve.append(_p(model, z.reshape(x[i].shape))[c])
@@ -149,7 +152,7 @@ def test_monotonicity_nguyen_equals_the_loop(model, data):
                 z = x[i].reshape(-1, 3).copy()
                 z[group] = colours[g * 4 + r]
                 d.append((_p(model, z.reshape(x[i].shape))[c] - p0[c]) ** 2)
-            var.append(np.mean(d) / p0[c] ** 2)
+            var.append(np.mean(d) / p0[c] ** 2)  # Quantus's weight: a constant per image, no rank correlation sees it
             sums.append(np.abs(h[i]).ravel()[group].sum())
         assert got[i] == pytest.approx(spearmanr(sums, var)[0], abs=1e-6)
 
@@ -177,13 +180,14 @@ def test_average_drop_and_increase_in_confidence_equal_their_formulas(model, dat
     drop = evaluate("average_drop", model, x, h)
     inc = evaluate("increase_in_confidence", model, x, h)
     for i in range(3):
-        E = (h[i] - h[i].min()) / (h[i].max() - h[i].min())
+        E = np.maximum(h[i], 0) / h[i].max()
         p0 = _p(model, x[i])
         c = p0.argmax()
         O = _p(model, x[i] * E[..., None])[c]
         assert drop[i] == pytest.approx(max(0.0, p0[c] - O) / p0[c], abs=1e-6)
         assert inc[i] == float(O > p0[c])
-    assert explanation_map(np.ones((2, 2))).tolist() == [[0, 0], [0, 0]]
+    assert explanation_map(-np.ones((2, 2))) is None  # nothing positive: nothing kept
+    assert np.isnan(evaluate("average_drop", model, x[:1], -np.abs(h[:1])))[0]
 
 
 def test_every_metric_ignores_batching_and_refuses_bad_parameters_in_one_line(model, data):
@@ -203,6 +207,11 @@ def test_every_metric_ignores_batching_and_refuses_bad_parameters_in_one_line(mo
         evaluate("faithfulness_correlation", model, x, h, subset_size=S * S)
     with pytest.raises(ValueError, match="heatmaps must have shape"):
         evaluate("selectivity", model, x, h[:, :5])
+    with pytest.raises(ValueError, match=r"targets must be classes in \[0, 3\)"):
+        evaluate("average_drop", model, x, h, targets=[0, 3, 1])
+    with pytest.raises(ValueError, match="needs a Keras model"):
+        evaluate("average_drop", lambda z: np.ones((len(z), 3)) / 3, x, h)
+    assert math.isnan(evaluate("faithfulness_estimate", model, x[:1], np.full((1, S, S), 0.1))[0])  # a constant map: undefined
 
 
 def test_sensitivity_n_equals_the_loop(model, data):

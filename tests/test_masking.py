@@ -4,6 +4,7 @@ Each map is checked against an obviously correct loop: one image, one mask, one 
 mask built in NumPy. Backend-free (rerun under JAX) but for the comparison with tf-keras-vis.
 """
 
+import keras
 import numpy as np
 import pytest
 
@@ -45,6 +46,8 @@ def test_window_starts_reach_every_edge_and_equal_the_region_grid_when_stride_is
     assert window_starts(7, 7, 3).tolist() == [0]
     with pytest.raises(ValueError, match="patch_size: must lie in"):
         window_starts(7, 8, 1)
+    with pytest.raises(ValueError, match="stride: must lie in"):  # a step past the patch would leave pixels no window covers
+        window_starts(8, 3, 4)
 
 
 def test_interpolation_matrices_match_their_definitions():
@@ -57,7 +60,7 @@ def test_interpolation_matrices_match_their_definitions():
     np.testing.assert_allclose(half_pixel_mirror_matrix(4, 8).sum(1), 1)
 
 
-@pytest.mark.parametrize("patch,stride", [(6, 4), (5, 5), (7, 3)])
+@pytest.mark.parametrize("patch,stride", [(6, 4), (5, 5), (7, 3), (20, 1)])
 def test_occlusion_equals_a_per_window_loop(model, images, patch, stride):
     maps, t = occlusion(model, images, patch_size=patch, stride=stride, baseline=0.3, batch_size=7, return_targets=True)
     for i, x in enumerate(images):
@@ -85,7 +88,7 @@ def test_occlusion_does_not_depend_on_the_batch_and_follows_given_targets(model,
 def test_rise_equals_the_formula_with_the_same_masks_by_hand(model, images):
     ids = np.array([5, 9, 11])
     maps, t = rise(model, images, masks=40, grid=4, keep_prob=0.5, seed=3, image_ids=ids, batch_size=16, return_targets=True)
-    program = RiseMasks(S, S, 40, 4, 0.5, 3, ids)
+    program = RiseMasks(S, S, 40, 4, 0.5, 3, ids, np.zeros(3))
     for i, x in enumerate(images):
         acc = np.zeros((S, S))
         for m in range(40):
@@ -106,13 +109,47 @@ def test_rise_masks_are_functions_of_seed_and_image_id_only(model, images):
     assert np.abs(a - c).max() > 1e-4
 
 
+def _rise_mask_by_definition(grid: np.ndarray, shift, S: int) -> np.ndarray:
+    """The s x s grid resized to (s + 1) cell px by scikit-image's rule (half-pixel centres, mirrored edges, bilinear), one pixel at a time, then cut."""
+    s = grid.shape[0]
+    cell = -(-S // s)
+    n = (s + 1) * cell
+
+    def source(o):  # input coordinate of output o, mirrored about the end samples into [0, s - 1]
+        u = (o + 0.5) * s / n - 0.5
+        while u < 0 or u > s - 1:
+            u = -u if u < 0 else 2 * (s - 1) - u
+        return u
+
+    up = np.zeros((n, n))
+    for a in range(n):
+        for b in range(n):
+            u, v = source(a), source(b)
+            i0, j0 = min(int(u), s - 1), min(int(v), s - 1)
+            i1, j1 = min(i0 + 1, s - 1), min(j0 + 1, s - 1)
+            fu, fv = u - i0, v - j0
+            up[a, b] = ((1 - fu) * (1 - fv) * grid[i0, j0] + (1 - fu) * fv * grid[i0, j1] + fu * (1 - fv) * grid[i1, j0] + fu * fv * grid[i1, j1])
+    dy, dx = shift
+    assert 0 <= dy < cell and 0 <= dx < cell
+    return up[dy : dy + S, dx : dx + S]
+
+
+def test_rise_masks_are_the_papers_upsampled_shifted_grids(images):
+    program = RiseMasks(S, S, 6, 4, 0.5, 3, np.arange(3), np.zeros(3))
+    for i in range(2):
+        grids, shifts = program.draws(i)
+        for m in range(6):
+            np.testing.assert_allclose(program.mask(i, m, S, S), _rise_mask_by_definition(grids[m], shifts[m], S), atol=1e-6)
+
+
 def test_the_reduction_never_mixes_images_in_a_batch(model, images):
-    # a batch that spans the end of one image's masks and the start of the next: each image's sums are its own
-    ids = np.arange(3)
-    program = RiseMasks(S, S, 10, 3, 0.5, 0, ids)
-    probs, sums = run_program(model, images, program, batch_size=7)
-    for i in range(3):
-        ref = sum(probs[i, m][:, None, None] * program.mask(i, m, S, S)[None] for m in range(10))
+    # 5 images x 3 masks in batches of 8: the first batch spans 3 images, the last one holds a padding pair; each image's sums are its own
+    x = np.concatenate([images, images[:2] * 0.5])
+    t = np.array([0, 2, 1, 1, 0])
+    program = RiseMasks(S, S, 3, 3, 0.5, 0, np.arange(5), t)
+    _, sums = run_program(model, x, program, batch_size=8)
+    for i in range(5):
+        ref = sum(_p(model, x[i] * program.mask(i, m, S, S)[..., None])[t[i]] * program.mask(i, m, S, S) for m in range(3))
         np.testing.assert_allclose(sums[i], ref, atol=1e-5)
 
 
@@ -176,5 +213,41 @@ def test_the_explainers_are_built_by_name_and_check_their_fields(model, images):
         build("rise", keep_prob=1.5)
     with pytest.raises(ValueError, match="stride"):
         build("occlusion", stride=0)
+    with pytest.raises(ValueError, match="stride: must lie in"):
+        build("occlusion", patch_size=4, stride=5)
+    with pytest.raises(ValueError, match=r"targets must be classes in \[0, 3\)"):
+        occlusion(model, images, targets=[0, -1, 2])
+    with pytest.raises(ValueError, match="needs a Keras model|need a Keras model"):
+        rise(lambda z: np.ones((len(z), 3)) / 3, images, targets=[0, 1, 2])
     with pytest.raises(ValueError, match="max_n"):
         build("scorecam", max_n=0)
+
+
+@pytest.mark.parametrize("backbone", ["tiny", "vgg16"])
+def test_incremental_occlusion_equals_the_full_recompute(backbone, images):
+    import xbench.perturbation.incremental as inc
+    from xbench.models import build_classifier
+    from xbench.models.backbones import NO_WEIGHTS
+
+    if backbone == "tiny":
+        net, x, patch = tiny_model(S, S, c=3), images, 5
+    else:
+        from xbench.pipeline.speed import _unsaturate
+
+        net, patch = build_classifier("vgg16", 3, 32, weights=NO_WEIGHTS, seed=2), 8
+        x = np.random.default_rng(5).random((2, 32, 32, 3)).astype(np.float32)
+        _unsaturate(net, x)  # an untrained VGG16's softmax is saturated: recentre its logits so that occluding moves it
+    full = occlusion(net, x, patch_size=patch, stride=patch, method="full")
+    calls = []
+    real = inc.occlusion_probs
+    inc.occlusion_probs = lambda *a, **k: calls.append(1) or real(*a, **k)
+    try:
+        fast = occlusion(net, x, patch_size=patch, stride=patch, method="incremental", batch_size=2)
+    finally:
+        inc.occlusion_probs = real
+    assert calls  # the incremental runner really ran
+    # a window's convolutions sum in another order than the whole image's: TensorFlow agrees to ~1e-7, XLA (JAX) to ~1.1e-5 on VGG16
+    np.testing.assert_allclose(fast, full, atol=1e-5 if keras.backend.backend() == "tensorflow" else 3e-5)
+    assert np.abs(full).max() > 1e-4
+    with pytest.raises(ValueError, match="incremental occlusion needs stride = patch_size"):
+        occlusion(net, x, patch_size=patch, stride=patch - 1, method="incremental")

@@ -177,3 +177,37 @@ def test_a_setting_without_metadata_is_part_of_the_identity_and_metadata_moves_w
         score: Renamed = dataclasses.field(default_factory=Renamed)
 
     assert settings.setting_flags("score.images_per_chunk", Root) == {"identity": False} and settings.setting_flags("score.knob", Root) == {}
+
+
+def test_the_methods_table_ranks_every_method_of_a_model_and_tests_each_against_the_next():
+    from xbench.metrics import comparison
+
+    rng = np.random.default_rng(3)
+    ids = np.arange(12)
+    iou = {"gradcam": rng.uniform(0.4, 0.6, 12), "occlusion": rng.uniform(0.1, 0.3, 12), "random": rng.uniform(0.0, 0.1, 12)}
+    drop = {"gradcam": rng.uniform(0.0, 0.2, 12), "occlusion": rng.uniform(0.3, 0.5, 12), "random": rng.uniform(0.6, 0.8, 12)}  # lower is better
+    jobs = []
+    for name in ("occlusion", "gradcam"):  # the jobs of one model and seed, each an explainer beside the random control
+        job = report_job(name, 0, ids=ids)
+        sc = job.scoring
+        sc.explainer = name
+        sc.methods = {}
+        for m in (name, "random"):
+            e = R.Estimate(float(iou[m].mean()), [0.0, 1.0], 12)
+            sc.methods[m] = R.MethodScores({}, 0, 0, {}, localisation={"lesion_iou": e},
+                                           faithfulness={"average_drop": R.Estimate(float(drop[m].mean()), [0.0, 1.0], 12)})
+            job.curves.per_image[("lesion_iou", m)] = iou[m].astype(np.float32)
+            job.curves.per_image[("average_drop", m)] = drop[m].astype(np.float32)
+        jobs.append(job)
+    t = report.methods_table(jobs, n_resamples=1000)
+    assert t["method"].tolist() == ["gradcam", "occlusion", "random (control)"] and t["rank"].tolist() == [1, 2, 3]
+    assert set(t["ranked by"]) == {"lesion_iou"}
+    f32 = lambda m: iou[m].astype(np.float32).astype(np.float64)
+    first, second = (comparison.paired_images(f32(a), f32(b), n_resamples=1000) for a, b in (("gradcam", "occlusion"), ("occlusion", "random")))
+    assert t["vs next"][0].startswith(f"occlusion: {first['diff']:.3f} [") and t["vs next"][1].startswith(f"random: {second['diff']:.3f} [")
+    assert t["p_holm"].iloc[:2].tolist() == pytest.approx(comparison.holm([first["p_value"], second["p_value"]]).tolist())
+    assert np.isnan(t["p_holm"].iloc[2])  # the last method has nothing below it
+    # a lower-is-better figure ranks ascending, and its differences are signed so that positive = better
+    t = report.methods_table(jobs, rank_by="average_drop", n_resamples=1000)
+    assert t["method"].tolist() == ["gradcam", "occlusion", "random (control)"]
+    assert float(t["vs next"][0].split(": ")[1].split(" ")[0]) > 0

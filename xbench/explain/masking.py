@@ -37,16 +37,24 @@ from xbench.perturbation.programs import (
 
 
 def _classifier(model, images, logits_layer, output, preprocess):
+    """The model read as an xbench classifier (ValueError for anything but a Keras model: the masks are built in its compiled step)."""
     from xbench.models.adapt import adapted
+
+    if not isinstance(model, keras.Model):
+        raise ValueError(f"masked passes need a Keras model (the masks are built in its compiled step), got {type(model).__name__}")
 
     return adapted(model, images, logits_layer=logits_layer, output=output, preprocess=preprocess)
 
 
 def _targets(model, x: np.ndarray, targets, batch_size: int) -> np.ndarray:
+    """(N,) int64: the given targets, checked against the model's classes, or the classes predicted on the images."""
     if targets is not None:
         t = np.asarray(targets).astype(np.int64)
         if t.shape != (len(x),):
             raise ValueError(f"got {t.shape[0] if t.ndim else 'no'} targets for {len(x)} images")
+        classes = int(model.output.shape[-1])
+        if len(t) and (t.min() < 0 or t.max() >= classes):
+            raise ValueError(f"targets must be classes in [0, {classes}), got {t.min()}..{t.max()}")
         return t
     from xbench import backend
 
@@ -81,6 +89,7 @@ def occlusion(model, images, *, targets=None, patch_size: int = 16, stride: int 
     model = _classifier(model, x, logits_layer, output, preprocess)
     n, height, width = x.shape[:3]
     program = Windows(height, width, patch_size, stride, baseline)
+    given = None if targets is None else _targets(model, x, targets, 1)  # checked before any pass
     run = None
     if stride == patch_size and method != "full" and n:
         run = choose_method(method, model, "morf", Constant(baseline), height, width, patch_size, program.passes() - 1, n, memory_budget_mb)
@@ -88,7 +97,7 @@ def occlusion(model, images, *, targets=None, patch_size: int = 16, stride: int 
         probs = _incremental_occlusion(run, x, program, baseline, n, batch_size, memory_budget_mb, progress)
     else:
         probs = run_program(model, x, program, batch_size=batch_size, memory_budget_mb=memory_budget_mb, progress=progress, desc="occlusion")
-    t = probs[:, 0].argmax(1) if targets is None else _targets(model, x, targets, 1)
+    t = probs[:, 0].argmax(1) if given is None else given  # default: the class predicted at pass 0, the original
     maps = program.occlusion_map(probs, t, height, width) if n else np.zeros((0, height, width), np.float32)
     return (maps, t) if return_targets else maps
 
@@ -132,10 +141,10 @@ def rise(model, images, *, targets=None, masks: int = 4000, grid: int = 7, keep_
     ids = np.arange(n) if image_ids is None else np.asarray(image_ids)
     if len(ids) != n:
         raise ValueError(f"got {len(ids)} image ids for {n} images")
-    program = RiseMasks(height, width, masks, grid, keep_prob, seed, ids)
-    _, sums = run_program(model, x, program, batch_size=batch_size, memory_budget_mb=memory_budget_mb, progress=progress, desc="rise")
     t = _targets(model, x, targets, 32)
-    maps = sums[np.arange(n), t] / (masks * keep_prob) if n else np.zeros((0, height, width), np.float32)
+    program = RiseMasks(height, width, masks, grid, keep_prob, seed, ids, t)
+    _, sums = run_program(model, x, program, batch_size=batch_size, memory_budget_mb=memory_budget_mb, progress=progress, desc="rise")
+    maps = sums / (masks * keep_prob) if n else np.zeros((0, height, width), np.float32)
     maps = maps.astype(np.float32)
     return (maps, t) if return_targets else maps
 

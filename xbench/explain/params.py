@@ -48,8 +48,8 @@ def check_occlusion(patch_size: int, stride: int, baseline: float, method: str =
         raise ValueError(f"method: incremental occlusion needs stride = patch_size (windows that tile the image), got stride {stride}, patch {patch_size}")
     if patch_size < 1:
         raise ValueError(f"patch_size: must be >= 1, got {patch_size}")
-    if stride < 1:
-        raise ValueError(f"stride: must be >= 1, got {stride}")
+    if not 1 <= stride <= patch_size:
+        raise ValueError(f"stride: must lie in [1, patch_size = {patch_size}] (a larger step leaves pixels no window covers), got {stride}")
     check_baseline(baseline)
 
 

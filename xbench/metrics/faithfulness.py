@@ -11,9 +11,11 @@ Shared conventions (and Quantus's, where they differ):
 
 - A "feature" is a pixel, its three channels replaced together; features
   are grouped ``features_in_step`` pixels at a time in the metric's order of
-  attribution (ties: the lower row-major index first). None (the default)
-  makes at most 256 groups (ceil(H W / 256) pixels each), so that a metric
-  costs hundreds of passes, not H W; Quantus's default is 1 (H W passes).
+  attribution (ties: the lower row-major index first); it must divide H W,
+  as in Quantus, so that every group's sum counts as many pixels. None (the
+  default) takes the smallest divisor of H W that makes at most 256 groups
+  (24 px at 72 x 72, 529 px at 299 x 299), so that a metric costs hundreds
+  of passes, not H W; Quantus's default is 1 (H W passes).
 - Replaced pixels take the grey level ``baseline`` (default 0.0, black in
   [0, 1]); Quantus's "black" is the minimum of the image, the same for any
   image that holds a black pixel.
@@ -22,6 +24,10 @@ Shared conventions (and Quantus's, where they differ):
 - Random draws come from NumPy generators seeded by (seed, image id,
   metric tag): a figure depends on no batching and no other image.
 - An undefined correlation (a constant heatmap or constant scores) is NaN.
+- Figures are per image; Quantus returns the batch mean for faithfulness
+  correlation, Sensitivity-N and IROF by default (``return_aggregate``).
+- Targets must be classes of the model; the model must be a Keras model
+  (the masked images are built on its device).
 """
 
 from __future__ import annotations
@@ -55,7 +61,7 @@ MAX_GROUPS = 256
 def pearson(a: np.ndarray, b: np.ndarray) -> float:
     """Pearson's r of two 1-D samples (float64); NaN when either is constant or has fewer than 2 points."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    if len(a) < 2:
+    if len(a) < 2 or a.max() == a.min() or b.max() == b.min():  # exact test: centring a constant leaves rounding residue, not zeros
         return math.nan
     a, b = a - a.mean(), b - b.mean()
     den = math.sqrt(float((a * a).sum()) * float((b * b).sum()))
@@ -69,17 +75,32 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return pearson(rankdata(a), rankdata(b))
 
 
+def group_size(n: int, features_in_step: int | None) -> int:
+    """Pixels per group for ``n`` pixels: ``features_in_step``, which must divide n (as Quantus requires: equal groups, comparable sums),
+    or by default the smallest divisor of n that makes at most :data:`MAX_GROUPS` groups."""
+    if features_in_step is None:
+        return next(d for d in range(math.ceil(n / MAX_GROUPS), n + 1) if n % d == 0)
+    fis = int(features_in_step)
+    if not 1 <= fis <= n or n % fis:
+        raise ValueError(f"features_in_step: must divide the {n} pixels of an image (equal groups), got {features_in_step}")
+    return fis
+
+
 def pixel_groups(heatmap: np.ndarray, features_in_step: int | None, descending: bool) -> tuple[np.ndarray, int]:
-    """((H, W) int32 group of each pixel, G groups): pixels sorted by attribution (ties: lower row-major index first), ``features_in_step`` per group."""
+    """((H, W) int32 group of each pixel, G groups): pixels sorted by attribution (ties: lower row-major index first), :func:`group_size` per group."""
     flat = np.asarray(heatmap, np.float64).ravel()
     n = flat.size
-    fis = math.ceil(n / MAX_GROUPS) if features_in_step is None else int(features_in_step)
-    if not 1 <= fis <= n:
-        raise ValueError(f"features_in_step: must lie in [1, {n}] (the pixels of an image), got {features_in_step}")
+    fis = group_size(n, features_in_step)
     order = np.argsort(-flat if descending else flat, kind="stable")
     group = np.empty(n, np.int32)
     group[order] = np.arange(n) // fis
     return group.reshape(np.shape(heatmap)), math.ceil(n / fis)
+
+
+def _is_keras(model) -> bool:
+    import keras
+
+    return isinstance(model, keras.Model)
 
 
 @dataclass
@@ -138,6 +159,8 @@ class Metric:
             raise ValueError(f"got {len(ids)} image ids for {n} images")
         if not n:
             return np.zeros(0)
+        if not _is_keras(model):
+            raise ValueError(f"{self.name}: needs a Keras model (the masked images are built in its compiled step), got {type(model).__name__}")
         model = adapted(model, x)
         inp = Inputs(x, h, ids, int(seed))
         probs = run_program(model, x, self.program(inp), batch_size=batch_size, memory_budget_mb=memory_budget_mb, progress=progress,
@@ -145,6 +168,8 @@ class Metric:
         t = probs[:, self.target_pass].argmax(1) if targets is None else np.asarray(targets, np.int64)
         if t.shape != (n,):
             raise ValueError(f"got {t.shape[0] if t.ndim else 'no'} targets for {n} images")
+        if t.min() < 0 or t.max() >= probs.shape[-1]:
+            raise ValueError(f"targets must be classes in [0, {probs.shape[-1]}), got {t.min()}..{t.max()}")
         y = probs[np.arange(n), :, t].astype(np.float64)  # (N, S)
         return np.array([self.score(y[i], i, inp) for i in range(n)], np.float64)
 
@@ -195,6 +220,10 @@ class FaithfulnessEstimate(Metric):
     features_in_step: int | None = None
     name: ClassVar[str] = "faithfulness_estimate"
 
+    def check(self, height, width):
+        super().check(height, width)
+        group_size(height * width, self.features_in_step)
+
     def program(self, inp):
         self._groups = [pixel_groups(h, self.features_in_step, descending=True) for h in inp.heatmaps]
         return Ranks(lambda i: self._groups[i][0], self._groups[0][1], mode="single", reference_of=self.reference, key=self.name)
@@ -210,9 +239,11 @@ class MonotonicityArya(Metric):
     """Monotonicity (Arya et al., 2019, AIX360): 1 if inserting the features, least attributed first, never lowers p_c, else 0.
 
     From the all-``baseline`` image, groups of ``features_in_step`` pixels by
-    ascending (signed) attribution are put back one at a time:
-    p_0 (baseline) ... p_G (= the original image); monotonic iff p_k >= p_(k-1)
-    for every k. The default target is the class predicted on the original.
+    ascending (signed) attribution are put back one at a time, p_k the
+    probability after the k-th (p_G: the original image); monotonic iff
+    p_k >= p_(k-1) for k = 2..G, as AIX360's ``monotonicity_metric`` (the
+    all-baseline image p_0 is not compared). The default target is the
+    class predicted on the original.
     Quantus's ``Monotonicity`` orders by |a| (``abs=True``) and, in 0.5.3,
     writes the baseline into an all-baseline image instead of the original
     pixels, so its curve is flat and every map scores 1.
@@ -222,12 +253,16 @@ class MonotonicityArya(Metric):
     name: ClassVar[str] = "monotonicity_arya"
     target_pass: ClassVar[int] = -1
 
+    def check(self, height, width):
+        super().check(height, width)
+        group_size(height * width, self.features_in_step)
+
     def program(self, inp):
         self._groups = [pixel_groups(h, self.features_in_step, descending=False) for h in inp.heatmaps]
         return Ranks(lambda i: self._groups[i][0], self._groups[0][1], mode="insert", reference_of=self.reference, key=self.name)
 
     def score(self, y, i, inp):
-        return float(np.all(np.diff(y) >= 0))
+        return float(np.all(np.diff(y[1:]) >= 0))  # p_1 .. p_G, as AIX360: the all-baseline image is not a step
 
 
 @dataclass
@@ -237,18 +272,19 @@ class MonotonicityNguyen(Metric):
     Pixels in groups of ``features_in_step`` by ascending |a|; group G_k
     replaced alone by ``samples`` uniform colours u ~ U[0, 1)^3 (one colour
     a draw, from default_rng([seed, image id, NGUYEN_TAG])):
-    v_k = mean_s (f_c(x_ks) - f_c(x))^2 / f_c(x)^2 (no division where
-    f_c(x) < ``eps``); rho( sum_{G_k} |a|, v_k ). Quantus's defaults: 100
-    samples, eps 1e-5, as here.
+    v_k = mean_s (f_c(x_ks) - f_c(x))^2; rho( sum_{G_k} |a|, v_k ). Quantus
+    divides v_k by f_c(x)^2 (unless below its ``eps``): one constant per
+    image, which no rank correlation sees, so it is left out. Quantus's
+    default: 100 samples, as here.
     """
 
     features_in_step: int | None = None
     samples: int = 100
-    eps: float = 1e-5
     name: ClassVar[str] = "monotonicity_nguyen"
 
     def check(self, height, width):
         super().check(height, width)
+        group_size(height * width, self.features_in_step)
         if self.samples < 1:
             raise ValueError(f"samples: must be >= 1, got {self.samples}")
 
@@ -264,9 +300,7 @@ class MonotonicityNguyen(Metric):
     def score(self, y, i, inp):
         group, G = self._groups[i]
         sums = np.bincount(group.ravel(), weights=np.abs(inp.heatmaps[i]).ravel(), minlength=G)
-        y0 = y[0]
-        w = 1.0 if abs(y0) < self.eps else 1.0 / y0**2
-        v = ((y[1:].reshape(G, self.samples) - y0) ** 2).mean(1) * w
+        v = ((y[1:].reshape(G, self.samples) - y[0]) ** 2).mean(1)
         return spearman(sums, v)
 
 
@@ -294,7 +328,7 @@ class Selectivity(Metric):
     def program(self, inp):
         from xbench.perturbation.regions import rank_maps
 
-        n, H, W = inp.heatmaps.shape
+        H, W = inp.heatmaps.shape[1:]
         orders = region_order(region_scores(inp.heatmaps, self.patch_size), "morf")
         T = orders.shape[1]
         return Ranks(lambda i: rank_maps(orders[i : i + 1], H, W, self.patch_size)[0], T, mode="cumulative", reference_of=self.reference,
@@ -461,22 +495,33 @@ class IROF(Metric):
         return 1.0 - float((r[:-1] + r[1:]).sum() / (2 * S))
 
 
-def explanation_map(heatmap: np.ndarray) -> np.ndarray:
-    """(H, W) float32 in [0, 1]: the heatmap min-max normalised (a constant map keeps nothing: 0)."""
+def explanation_map(heatmap: np.ndarray) -> np.ndarray | None:
+    """(H, W) float32 in [0, 1]: max(h, 0) / max(h), as Grad-CAM++'s maps are normalised; None where max(h) <= 0 (the map keeps nothing)."""
     h = np.asarray(heatmap, np.float64)
-    lo, hi = h.min(), h.max()
-    return ((h - lo) / (hi - lo) if hi > lo else np.zeros_like(h)).astype(np.float32)
+    hi = h.max()
+    return None if not hi > 0 else (np.maximum(h, 0) / hi).astype(np.float32)
 
 
 @dataclass
 class _ConfidenceChange(Metric):
-    """Chattopadhay et al. (2018, WACV, Sec. 6.1): Y = p_c(x), O = p_c(x * E) with E the map min-max normalised to [0, 1]."""
+    """Chattopadhay et al. (2018, WACV, Sec. 6.1): Y = p_c(x), O = p_c(x * E) with E = max(h, 0) / max(h) (:func:`explanation_map`).
+
+    NaN for a map with no positive value (it keeps nothing to score).
+    """
 
     def check(self, height, width):
         pass  # no replacement value: the image is multiplied by E
 
     def program(self, inp):
-        return KeepMaps(np.stack([explanation_map(h) for h in inp.heatmaps]))
+        maps = [explanation_map(h) for h in inp.heatmaps]
+        self._empty = np.array([m is None for m in maps])
+        return KeepMaps(np.stack([np.zeros(h.shape, np.float32) if m is None else m for m, h in zip(maps, inp.heatmaps)]))
+
+    def __call__(self, *args, **kwargs):
+        out = super().__call__(*args, **kwargs)
+        if len(out):
+            out[self._empty] = math.nan
+        return out
 
 
 @dataclass

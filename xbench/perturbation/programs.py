@@ -18,7 +18,7 @@ ceil(B / S) + 1 consecutive images, whose x, r and slot data alone are sent
 to the device; one compiled step per batch. The full-resolution masks exist
 only on the device, one batch at a time. It returns the (N, S, C) class
 probabilities and, for a program that asks for it, the on-device reduction
-sum_k p_k[c] w_k per image and class (the RISE map's numerator), so that the
+sum_k p_k[t] w_k per image, t its target class (the RISE map's numerator), so that the
 host never holds a mask: host memory is the inputs, the (N, S, C) scores and
 G images' slot data, whatever S is.
 
@@ -49,7 +49,7 @@ class MaskProgram:
 
     Attributes:
         soft: :meth:`device_mask` returns keep weights in [0, 1] (else a boolean mask of the pixels to replace).
-        reduce: :func:`run_program` also returns sum_k p_k[c] w_k per image and class (soft programs).
+        reduce: :func:`run_program` also returns sum_k p_k[t] w_k per image, t its target, the last slot datum (soft programs).
     """
 
     soft = False
@@ -104,12 +104,13 @@ def _compiled(model, program: MaskProgram, height: int, width: int) -> Callable:
         p = model(xb, training=False)
         if not reduce:
             return p
-        # sum over the batch's pairs of p_b[c] * w_b, per image slot: a (G, B) one-hot (zero for padding pairs) times (B, C * H * W)
+        # sum over the batch's pairs of p_b[t] * w_b per image slot, t the image's target (the program's last slot datum): a (G, B)
+        # one-hot (zero for padding pairs) times (B, H * W)
         G = ops.shape(X)[0]
         slots = ops.transpose(ops.one_hot(idx, G) * ops.expand_dims(weight, -1))
-        B, C = ops.shape(p)[0], ops.shape(p)[1]
-        per = ops.reshape(ops.expand_dims(p, -1) * ops.reshape(m, (B, 1, height * width)), (B, C * height * width))
-        return p, ops.reshape(ops.matmul(slots, per), (G, C, height * width))
+        pt = ops.take_along_axis(p, ops.reshape(ops.cast(d[-1], "int32"), (-1, 1)), axis=1)  # (B, 1)
+        per = pt * ops.reshape(m, (-1, height * width))
+        return p, ops.matmul(slots, per)
 
     fn = backend.active().compile_function(step, model.variables)
     cache[key] = fn
@@ -134,9 +135,18 @@ def run_program(model, images, program: MaskProgram, *, batch_size: int | None =
 
     Returns:
         (N, S, C) float32 probabilities; with ``program.reduce``, also the
-        (N, C, H, W) float32 sums sum_k p_k[c] w_k.
+        (N, H, W) float32 sums sum_k p_k[t] w_k, t the image's target (the
+        program's last slot datum).
+
+    Raises:
+        ValueError: ``model`` is not a Keras model (the masks are built in its compiled step).
     """
+    import keras
+
     from xbench.perturbation.engine import auto_batch_size, balanced_batch
+
+    if not isinstance(model, keras.Model):
+        raise ValueError(f"masked passes need a Keras model (the masks are built in its compiled step), got {type(model).__name__}")
 
     n, height, width = images.shape[:3]
     S = program.passes()
@@ -179,7 +189,7 @@ def run_program(model, images, program: MaskProgram, *, batch_size: int | None =
             out, s = out
             s = _host(s)
             if sums is None:
-                sums = np.zeros((n, s.shape[1], height * width), np.float32)
+                sums = np.zeros((n, height * width), np.float32)
             sums[i0 : i1 + 1] += s[: i1 - i0 + 1]
         out = _host(out)[: len(p)]
         if probs is None:
@@ -191,8 +201,8 @@ def run_program(model, images, program: MaskProgram, *, batch_size: int | None =
         probs = np.zeros((0, S, 0), np.float32)
     if program.reduce:
         if sums is None:
-            sums = np.zeros((0, 0, height * width), np.float32)
-        return probs, sums.reshape(len(sums), -1, height, width)
+            sums = np.zeros((0, height * width), np.float32)
+        return probs, sums.reshape(len(sums), height, width)
     return probs
 
 
@@ -207,8 +217,8 @@ def window_starts(n: int, patch: int, stride: int) -> np.ndarray:
     """
     if not 1 <= patch <= n:
         raise ValueError(f"patch_size: must lie in [1, {n}] (the image side), got {patch}")
-    if stride < 1:
-        raise ValueError(f"stride: must be >= 1, got {stride}")
+    if not 1 <= stride <= patch:
+        raise ValueError(f"stride: must lie in [1, patch_size = {patch}] (a larger step leaves pixels no window covers), got {stride}")
     return np.arange(math.ceil((n - patch) / stride) + 1, dtype=np.int32) * stride
 
 
@@ -328,9 +338,9 @@ class RiseMasks(MaskProgram):
     soft = True
     reduce = True
 
-    def __init__(self, height: int, width: int, masks: int, grid: int, keep_prob: float, seed: int, image_ids: np.ndarray):
+    def __init__(self, height: int, width: int, masks: int, grid: int, keep_prob: float, seed: int, image_ids: np.ndarray, targets: np.ndarray):
         self.masks, self.grid, self.keep_prob, self.seed = int(masks), int(grid), float(keep_prob), int(seed)
-        self.ids = np.asarray(image_ids)
+        self.ids, self.targets = np.asarray(image_ids), np.asarray(targets, np.int32)
         self.cell = (math.ceil(height / grid), math.ceil(width / grid))
         self.Uh = half_pixel_mirror_matrix(grid, (grid + 1) * self.cell[0]).astype(np.float32)
         self.Uw = half_pixel_mirror_matrix(grid, (grid + 1) * self.cell[1]).astype(np.float32)
@@ -346,12 +356,12 @@ class RiseMasks(MaskProgram):
         return grids, shifts
 
     def slot_data(self, x, i):
-        return self.draws(i)
+        return (*self.draws(i), self.targets[i : i + 1])
 
     def device_mask(self, data, k, height, width):
         from keras import ops
 
-        grids, shifts = data  # (B, M, s, s), (B, M, 2)
+        grids, shifts = data[:2]  # (B, M, s, s), (B, M, 2)
         kk = ops.reshape(k, (-1, 1, 1, 1))
         g = ops.squeeze(ops.take_along_axis(grids, kk, axis=1), 1)  # (B, s, s)
         sh = ops.squeeze(ops.take_along_axis(shifts, ops.reshape(k, (-1, 1, 1)), axis=1), 1)  # (B, 2)
@@ -449,6 +459,9 @@ class PixelSets(MaskProgram):
         idx = np.asarray(self.index_of(i), np.int32)
         if idx.shape != (self.sets, self.size):
             raise ValueError(f"pixel sets of image {i}: expected shape {(self.sets, self.size)}, got {idx.shape}")
+        hw = x.shape[0] * x.shape[1]
+        if idx.size and (idx.min() < -1 or idx.max() >= hw):
+            raise ValueError(f"pixel sets of image {i}: indices must lie in [0, {hw}) (or -1 for padding), got {idx.min()}..{idx.max()}")
         return (idx,)
 
     def device_mask(self, data, k, height, width):

@@ -143,7 +143,7 @@ def raw_forward(model, n_pairs: int, batch_size: int, image_size: int, slots: in
     ``slots``: image slots per batch; the engine's own (:func:`warm_step`) runs the same compiled step.
     """
     step = device_step(model)
-    import keras.ops as ops
+    from keras import ops
 
     X = ops.convert_to_tensor(np.random.default_rng(0).random((slots, image_size, image_size, 3), dtype=np.float32))
     R = ops.convert_to_tensor(np.random.default_rng(1).random((slots, image_size, image_size, 3), dtype=np.float32))
@@ -166,7 +166,7 @@ def warm_step(model, batch_size: int, curve_points: int, image_size: int) -> Non
     Its image slots are ``ceil(B / (K + 1)) + 1`` (:func:`xbench.perturbation.engine.perturbation_curves`);
     on JAX each new shape compiles, which a timed call should not include.
     """
-    import keras.ops as ops
+    from keras import ops
 
     slots = math.ceil(batch_size / curve_points) + 1
     X = ops.convert_to_tensor(np.zeros((slots, image_size, image_size, 3), np.float32))
@@ -410,7 +410,7 @@ def matmul_peak(n: int = 2048, repeats: int = 5, dtype: str = "float32") -> floa
 
     Each product is read back as its sum (one number), so an accelerator's timing is not a copy of the matrix to the host.
     """
-    import keras.ops as ops
+    from keras import ops
 
     a = ops.cast(ops.convert_to_tensor(np.random.default_rng(0).random((n, n), dtype=np.float32)), dtype)
     b = ops.cast(ops.convert_to_tensor(np.random.default_rng(1).random((n, n), dtype=np.float32)), dtype)
@@ -604,6 +604,7 @@ def masked_speed(backbone: str, image_size: int, n: int, names, batch_size: int 
     model = build_classifier(backbone, 3, image_size, weights=NO_WEIGHTS, seed=seed)
     rng = np.random.default_rng(seed)
     x = rng.random((n, image_size, image_size, 3)).astype(np.float32)
+    _unsaturate(model, x)  # an untrained net's softmax is saturated; the cost is the same, the figures move
     maps = rng.normal(size=(n, image_size, image_size))
     t = np.arange(n) % 3
     ctx = ExplainContext.default(n, seed=seed)
