@@ -33,7 +33,7 @@ def test_the_option_list_is_every_config_file():
     groups = {g for g, _ in _OPTIONS}
     assert groups == {"data", "experiment", "explainer", "fit", "model", "perturbation", "setup", "tracking", "train", "truth"}
     count = lambda group: sum(g == group for g, _ in _OPTIONS)
-    assert (count("explainer"), count("perturbation"), count("tracking")) == (24, 6, 2)
+    assert (count("explainer"), count("perturbation"), count("tracking")) == (25, 6, 2)
 
 
 @pytest.mark.parametrize("group, option", _OPTIONS, ids=[f"{g}={o}" for g, o in _OPTIONS])

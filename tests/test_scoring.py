@@ -242,6 +242,36 @@ def test_faithfulness_metrics_are_scored_per_image_paired_with_random_and_report
     assert faithfulness_header("selectivity") in md and f"{e.mean:.3f} [{e.ci95[0]:.3f}, {e.ci95[1]:.3f}]" in md
 
 
+def test_faithfulness_figures_are_cached_per_chunk_and_a_prediction_function_is_refused_first(tmp_path, monkeypatch):
+    from xbench.core.errors import ConfigError
+    from xbench.explain import CenterControl, RandomControl
+    from xbench.metrics import faithfulness as F
+    from xbench.perturbation import Constant
+    from xbench.pipeline.store import CurveStore
+
+    model, images, preds = _pixel_job_inputs(n=4)
+    store = CurveStore(tmp_path, "m")
+    calls = []
+    real = F.Metric.__call__
+    monkeypatch.setattr(F.Metric, "__call__", lambda self, *a, **k: calls.append(self.name) or real(self, *a, **k))
+
+    def run(**kw):
+        s = ScoreSettings(orders=["morf"], region_size=4, bootstrap=1000, chunk_images=2, metrics=["average_drop"], **kw)
+        return score_model(model, images, np.arange(4), preds, preds, ["a", "b"], CenterControl(), [RandomControl()], Constant(0.0), s, seed=0,
+                           store=store)
+
+    first = run()
+    assert len(calls) == 4  # two chunks, two methods
+    again = run()
+    assert len(calls) == 4 and np.array_equal(first.curves.per_image[("average_drop", "center")], again.curves.per_image[("average_drop", "center")])
+    run(metric_params={"average_drop": {"baseline": 0.5}})  # another parameter: computed anew
+    assert len(calls) == 8
+    with pytest.raises(ConfigError, match="score.metrics: the faithfulness metrics build their masked images in a Keras model"):
+        score_model(lambda x: np.asarray(model(x)), images, np.arange(4), preds, preds, ["a", "b"], CenterControl(), [], Constant(0.0),
+                    ScoreSettings(orders=["morf"], region_size=4, bootstrap=1000, metrics=["average_drop"]), seed=0)
+    assert len(calls) == 8
+
+
 def test_faithfulness_settings_fail_in_one_line_before_any_work():
     with pytest.raises(ValueError, match=r"metrics: unknown \['faithful'\]"):
         ScoreSettings(metrics=["faithful"])

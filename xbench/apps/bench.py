@@ -89,7 +89,8 @@ def main(argv=None) -> int:
     p.add_argument("--explainers", default="", help="time these explainers instead (comma-separated, or 'all'): maps per second on --backbone "
                    "at --image-size, --n images (default 16), beside tf-keras-vis where it has the method")
     p.add_argument("--masked", default="", help="time the mask-program engine's explainers and metrics instead (comma-separated, or 'all'): "
-                   "each against the raw forward-pass ceiling for its number of passes, --n images (default 4), --batch-size pairs (default 64)")
+                   "each against the raw forward-pass ceiling for its number of passes, --n images (default 4), --batch-size pairs (default 64); "
+                   "Occlusion's window: --region-size")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     a = p.parse_args(argv)
     if a.pixel_steps is not None and a.pixel_steps < 1:
@@ -120,7 +121,7 @@ def main(argv=None) -> int:
         if unknown:
             p.error(f"--masked: no {unknown[0]!r}; choose from {', '.join(MASKED_SETTINGS)} or 'all'")
         try:
-            rows = masked_speed(a.backbone, a.image_size, a.n or 4, names, batch_size=a.batch_size or 64, seed=a.seed)
+            rows = masked_speed(a.backbone, a.image_size, a.n or 4, names, batch_size=a.batch_size or 64, seed=a.seed, patch=a.region_size)
         except ValueError as exc:
             print(f"xbench-bench: error: {exc}", file=sys.stderr)
             return 2

@@ -162,6 +162,12 @@ class _Batch:
         return ExplainContext(self.rows, self.seed, self.region, self.truth.lesions, self.truth.markers)
 
 
+def _is_keras_model(model) -> bool:
+    import keras
+
+    return isinstance(model, keras.Model)
+
+
 def _estimate(per_image: np.ndarray, settings: ScoreSettings, seed: int) -> results.Estimate:
     """Mean and percentile-bootstrap CI over images of the finite values of ``per_image``."""
     v = np.asarray(per_image, np.float64)
@@ -367,7 +373,7 @@ def score_method(method, model, batch: _Batch, orders: Sequence[str], perturbati
         out.curves.per_image[(metric, name)] = per.astype(np.float32)
     for m in settings.faithfulness_metrics():
         tf = time.perf_counter()
-        per = method_faithfulness(m, model, batch, heat, settings)
+        per = method_faithfulness(m, model, batch, name, heat, settings, store)
         if keep is not None:  # a reference map: only the images with its ground truth
             per = np.where(keep, per, np.nan)
         seconds[f"{m.name}_s"] = time.perf_counter() - tf
@@ -380,10 +386,11 @@ def score_method(method, model, batch: _Batch, orders: Sequence[str], perturbati
     out.metrics.methods[name] = scores
 
 
-def method_faithfulness(metric, model, batch: _Batch, heat: np.ndarray, settings: ScoreSettings) -> np.ndarray:
+def method_faithfulness(metric, model, batch: _Batch, name: str, heat: np.ndarray, settings: ScoreSettings, store=None) -> np.ndarray:
     """(M,) float64 per-image figures of one faithfulness metric (:mod:`xbench.metrics.faithfulness`), chunk by chunk, in ``settings.dtype``.
 
     The targets are the curves' (``score.target``); random draws follow (seed, image id), so chunking changes nothing.
+    With a ``store`` each chunk is cached as soon as it exists (:meth:`xbench.pipeline.store.CurveStore.figures`).
     """
     engine_model = model
     if settings.dtype != "float32":
@@ -392,10 +399,19 @@ def method_faithfulness(metric, model, batch: _Batch, heat: np.ndarray, settings
         engine_model = with_compute_dtype(model, settings.dtype)
     parts = []
     for ch in batch.chunks:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # constant maps: counted by explain()
-            parts.append(metric(engine_model, batch.x[ch], heat[ch], batch.targets[ch], image_ids=batch.rows[ch], seed=batch.seed,
-                                batch_size=settings.batch_size, memory_budget_mb=settings.memory_budget_mb, progress=len(batch.chunks) < 2))
+        def compute(ch=ch):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # constant maps: counted by explain()
+                return metric(engine_model, batch.x[ch], heat[ch], batch.targets[ch], image_ids=batch.rows[ch], seed=batch.seed,
+                              batch_size=settings.batch_size, memory_budget_mb=settings.memory_budget_mb, progress=len(batch.chunks) < 2)
+
+        if store is None:
+            part = compute()
+        else:
+            identity = {"name": metric.name, **dataclasses.asdict(metric)}
+            part, _ = store.figures(method=name, maps=heat[ch], image_ids=batch.rows[ch], targets=batch.targets[ch], metric=identity,
+                                    seed=batch.seed, dtype=settings.dtype, compute=compute)
+        parts.append(np.asarray(part, np.float64))
     return np.concatenate(parts) if parts else np.zeros(0)
 
 
@@ -495,6 +511,9 @@ def score_model(model, images, test_rows: np.ndarray, labels: np.ndarray, preds:
             m.check(size, size)
         except ValueError as exc:
             raise ConfigError(f"score.metric_params.{m.name}.{exc}") from None
+    if settings.metrics and not _is_keras_model(model):
+        raise ConfigError(f"score.metrics: the faithfulness metrics build their masked images in a Keras model's compiled step; "
+                          f"this model is a {type(model).__name__}: score without them (score.metrics=[])")
     region = settings.region_size or auto_region_size(size)
     n_rows, n_cols = grid_shape(size, size, region)
     if settings.region_size is None and (n_rows, n_cols) != (PAPER_GRID, PAPER_GRID):

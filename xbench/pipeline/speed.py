@@ -583,16 +583,17 @@ def _raw_passes_per_s(model, batch_size: int, image_size: int, repeats: int = 3)
     return batch_size / best
 
 
-def masked_speed(backbone: str, image_size: int, n: int, names, batch_size: int = 64, seed: int = 0) -> list[dict]:
+def masked_speed(backbone: str, image_size: int, n: int, names, batch_size: int = 64, seed: int = 0, patch: int | None = None) -> list[dict]:
     """Each perturbation explainer and faithfulness metric against the raw forward-pass ceiling for its number of passes.
 
-    On an untrained ``backbone`` (3 classes) and ``n`` random images and
+    On an untrained ``backbone`` (3 classes), ``n`` chest phantoms and random
     maps; every one runs ``batch_size`` (image, pass) pairs per forward pass
     and is called twice (``first_s``: with its compilation; ``seconds``: the
     second call). ``over_raw`` = (its passes / the ceiling's passes per
     second at that batch size) / seconds: 1.0 is the raw inference ceiling.
     ``occlusion_incremental`` (stride = patch) is also reported against
     ``occlusion_tiled_full``, the same windows recomputed in full.
+    ``patch``: the occlusion window (default 8 px; the sliding one steps half of it).
     """
     from xbench.explain import ExplainContext, build
     from xbench.explain.cam import default_layer
@@ -603,7 +604,7 @@ def masked_speed(backbone: str, image_size: int, n: int, names, batch_size: int 
 
     model = build_classifier(backbone, 3, image_size, weights=NO_WEIGHTS, seed=seed)
     rng = np.random.default_rng(seed)
-    x = rng.random((n, image_size, image_size, 3)).astype(np.float32)
+    x = phantom_images(n, image_size, seed)[0].astype(np.float32) / 255.0  # chest phantoms: SLIC finds IROF's superpixels in them, not in noise
     _unsaturate(model, x)  # an untrained net's softmax is saturated; the cost is the same, the figures move
     maps = rng.normal(size=(n, image_size, image_size))
     t = np.arange(n) % 3
@@ -612,6 +613,8 @@ def masked_speed(backbone: str, image_size: int, n: int, names, batch_size: int 
     rows, seconds = [], {}
     for name in names:
         params = dict(MASKED_SETTINGS.get(name, {}))
+        if name.startswith("occlusion") and patch:
+            params.update(patch_size=patch, stride=patch if params["stride"] == params["patch_size"] else max(1, patch // 2))
         if name in METRICS:
             m = metric(name, **params)
             passes = m.program(Inputs(x, maps, np.arange(n), seed)).passes()

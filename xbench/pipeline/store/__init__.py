@@ -195,3 +195,18 @@ class CurveStore(NpyCache):
         if not hit:
             faults.point("score_chunk")
         return curves, hit
+
+    def figures(self, *, method: str, maps: np.ndarray, image_ids, targets, metric: dict, seed: int, dtype: str, compute) -> tuple[np.ndarray, bool]:
+        """One chunk's (M,) per-image figures of a faithfulness metric and whether they came from the cache.
+
+        Keyed like :meth:`curves`: the method, its maps' SHA-256, the image ids
+        and targets, the metric's name and parameters (``metric``), the seed
+        and the precision; through the folder, the model. So the controls'
+        figures, the same in every job of a sweep over explainers, are
+        computed once, and a killed job resumes after its last chunk.
+        """
+        identity = {"method": method, "maps": hashlib.sha256(np.ascontiguousarray(maps).tobytes()).hexdigest(),
+                    "ids": np.asarray(image_ids).tolist(), "targets": np.asarray(targets).tolist(), "metric": metric, "seed": int(seed),
+                    "dtype": dtype}
+        values, hit = self.fetch(digest(identity), compute, len(image_ids))
+        return values, hit
