@@ -254,9 +254,10 @@ def estimate(p: Plan, win: Windows, steps: int) -> Estimate:
 
 
 #: Share of the FLOP saving that survives on a step of ``work`` GFLOP (a chunk's windows): small
-#: steps lose to per-operation overhead and small-batch convolutions. Fitted to six measurements on
-#: the 2-core CPU (VGG16 and DenseNet201 at 40-299 px, chunks of 4-16 images; docs/performance.md).
-EFFICIENCY_FLOOR, EFFICIENCY_PER_GFLOP, EFFICIENCY_CAP = 0.5, 0.03, 0.9
+#: steps lose to per-operation overhead and small-batch convolutions. A least-squares line through
+#: eight measurements on the 2-core CPU (VGG16 at 40-299 px, DenseNet201 at 72 and 299 px, chunks of
+#: 2-16 images, region curves and incremental occlusion; docs/performance.md), capped.
+EFFICIENCY_FLOOR, EFFICIENCY_PER_GFLOP, EFFICIENCY_CAP = 0.38, 0.023, 0.9
 
 
 def predicted_speedup(est: Estimate, chunk: int) -> float:
