@@ -72,6 +72,21 @@ def test_batched_cg_equals_the_direct_sparse_solve(size, kind):
         assert np.array_equal(fast[i][~rm[i]], x[i][~rm[i]])
 
 
+def test_a_grey_batch_is_solved_on_one_channel_with_the_same_values():
+    # X-rays copied to RGB: the one-channel solve must give each channel what the three-channel one gives, and the exact solution
+    rng = np.random.default_rng(3)
+    grey = np.repeat(rng.random((4, 20, 20, 1)), 3, axis=-1).astype(np.float32)
+    rm = rng.random((4, 20, 20)) < np.array([0.1, 0.5, 0.9, 0.99])[:, None, None]
+    fast = _batched(grey, rm)
+    colour = grey.copy()
+    colour[0, 0, 0, 1] += 0.5  # one coloured pixel in the batch: every channel solved
+    slow = _batched(colour, rm)
+    for i in range(4):
+        np.testing.assert_allclose(fast[i], impute_exact(grey[i], rm[i]), atol=1e-4)
+        assert np.array_equal(fast[i][..., 0], fast[i][..., 2])
+    np.testing.assert_allclose(fast[1:], slow[1:], atol=2e-5)
+
+
 def test_nothing_kept_gives_zero_and_nothing_removed_gives_the_image():
     x = np.random.default_rng(0).random((2, 7, 7, 3)).astype(np.float32)
     rm = np.zeros((2, 7, 7), bool)

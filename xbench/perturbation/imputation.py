@@ -28,7 +28,8 @@ Two solvers of the same system:
   (the reference, as ROAD's own code does it).
 - :func:`impute_batched`: preconditioned conjugate gradients (Jacobi
   preconditioner, the neighbour-weight sums) in ``keras.ops`` on a whole
-  batch of (image, mask) pairs at once, every system in the batch iterated
+  batch of (image, mask) pairs at once (one channel when every image of the
+  batch is grey, its channels equal: an X-ray copied to RGB), every system in the batch iterated
   together until each has relative residual ``||r|| <= tol * ||b||`` or
   ``max_iter`` is reached. The matrix is never built: A v is two masked 3x3
   depthwise convolutions, so it compiles into the engine's forward step on
@@ -138,6 +139,31 @@ def impute_batched(x, removed, *, tol: float = 1e-6, max_iter: int | None = None
     m = ops.convert_to_tensor(removed, "float32")
     h, w, c = x.shape[1], x.shape[2], x.shape[3]
     iters = int(max_iter) if max_iter is not None else 4 * (int(h) + int(w))
+    if int(c) == 1:
+        out, info = _cg(x, m, tol, iters)
+    else:
+        # Grey images (an X-ray copied to RGB: every channel equal) have one system, not three: when the whole
+        # batch is grey, solve the first channel and copy it (a third of the work; the same numbers, channel by channel).
+        grey = ops.all(ops.equal(x, x[..., :1]))
+
+        def one():
+            u, (i, rel) = _cg(x[..., :1], m, tol, iters)
+            return ops.repeat(u, int(c), axis=-1), i, rel
+
+        def every():
+            u, (i, rel) = _cg(x, m, tol, iters)
+            return u, i, rel
+
+        u, i, rel = ops.cond(grey, one, every)
+        out, info = u, (i, rel)
+    return (out, info) if return_info else out
+
+
+def _cg(x, m, tol: float, iters: int):
+    """(filled (B, H, W, C), (iterations, (B,) worst relative residual)): :func:`impute_batched` on C channels at once."""
+    from keras import ops
+
+    c = x.shape[3]
     kernel = ops.convert_to_tensor(_kernel(int(c)))
 
     def nb(v):  # sum of the in-image neighbours' weighted values (zero padding drops the outside ones)
@@ -194,8 +220,6 @@ def impute_batched(x, removed, *, tol: float = 1e-6, max_iter: int | None = None
 
     i, u, r, _, _, _ = ops.while_loop(cond, body, (ops.convert_to_tensor(0, "int32"), u, r, p, rz, rnorm))
     out = ops.where(m > 0, u + mean_kept, x)
-    if not return_info:
-        return out
     rel = ops.max(ops.sqrt(dot(r, r)) / ops.maximum(bnorm, 1e-30), axis=(1, 2, 3))
     return out, (i, rel)
 
