@@ -251,3 +251,30 @@ def test_incremental_occlusion_equals_the_full_recompute(backbone, images):
     assert np.abs(full).max() > 1e-4
     with pytest.raises(ValueError, match="incremental occlusion needs stride = patch_size"):
         occlusion(net, x, patch_size=patch, stride=patch - 1, method="incremental")
+
+
+def _rise_peak_bytes(model, images, masks: int) -> int:
+    """Peak host bytes (tracemalloc: NumPy buffers included) of RISE on ``images`` with ``masks`` masks."""
+    import tracemalloc
+
+    rise(model, images[:1], masks=8, grid=4, batch_size=64)  # compiled before tracing
+    tracemalloc.start()
+    try:
+        rise(model, images, masks=masks, grid=4, batch_size=64)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.not_on_jax  # the host side is the same code on every backend
+def test_rise_host_memory_does_not_grow_with_the_masks_or_the_images():
+    # The masks are built and summed on the device: the host holds the images, the (N, M, C) scores, a few images' grids
+    # (M x 4 x 4 numbers) and the (N, H, W) sums, never an H x W mask per mask.
+    size = 48
+    net = tiny_model(size, size, c=3)
+    x = np.random.default_rng(0).random((8, size, size, 3)).astype(np.float32)
+    one_mask_set = size * size * 4  # bytes of one float32 mask
+    few, many = _rise_peak_bytes(net, x[:2], 200), _rise_peak_bytes(net, x[:2], 3000)
+    assert (many - few) / 2800 < 0.1 * one_mask_set, f"{(many - few) / 2800:.0f} bytes per extra mask"
+    small, large = _rise_peak_bytes(net, x[:2], 500), _rise_peak_bytes(net, x[:8], 500)
+    assert (large - small) / 6 < 0.1 * 500 * one_mask_set, f"{(large - small) / 6:.0f} bytes per extra image"
