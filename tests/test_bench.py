@@ -91,5 +91,5 @@ def test_explainer_speed_times_each_explainer_and_tf_keras_vis_beside_it(capsys)
     assert rows[0]["tfkv_maps_per_s"] > 0 and rows[0]["native_over_tfkv"] > 0  # tf-keras-vis has saliency
     assert "tfkv_maps_per_s" not in rows[1]  # and no DeepLIFT
     with pytest.raises(SystemExit):
-        main(["--explainers", "occlusion"])
-    assert "--explainers: no explainer 'occlusion'" in capsys.readouterr().err
+        main(["--explainers", "occlusion2"])
+    assert "--explainers: no explainer 'occlusion2'" in capsys.readouterr().err

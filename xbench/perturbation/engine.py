@@ -107,7 +107,7 @@ def balanced_batch(total: int, batch_size: int) -> int:
     return math.ceil(total / math.ceil(total / b)) if total else b
 
 
-def device_step(model, perturbation: Perturbation | None = None) -> Callable:
+def device_step(model, perturbation: Perturbation | None = None, grey: bool | None = None) -> Callable:
     """step(X, R, RK, idx, k) -> probs (B, C), compiled once per model (and mask-dependent perturbation) for the active backend.
 
     For a mask-dependent perturbation the step returns (probs, (B,) relative
@@ -116,10 +116,13 @@ def device_step(model, perturbation: Perturbation | None = None) -> Callable:
     X: (G, H, W, 3) float32 originals; R: (G, H, W, 3) float32 perturbed
     originals g(x), or, for a mask-dependent perturbation (ROAD), its per-image
     draws (the noise); RK: (G, H, W) int32 rank maps; idx, k: (B,) int32 image
-    slot and step of each pair.
+    slot and step of each pair. ``grey``: for a mask-dependent perturbation,
+    whether every image is grey (its solve then runs on one channel; the
+    caller knows it from the images on the host, so the step compiles one
+    branch); None: decided per batch in the graph.
     """
     fill = perturbation.fill if perturbation is not None and perturbation.mask_dependent else None
-    key = None if fill is None else repr(perturbation.describe())
+    key = None if fill is None else (repr(perturbation.describe()), grey)
     steps = getattr(model, "_xbench_steps", None)
     if steps is None:
         steps = model._xbench_steps = {}
@@ -136,7 +139,7 @@ def device_step(model, perturbation: Perturbation | None = None) -> Callable:
             return model(ops.where(mask, r, x), training=False)
         # ROAD: each pair's solver residual comes back too, so the engine can
         # say when max_iter cut a solve short.
-        xb, rel = fill(x, mask, r, return_residual=True)
+        xb, rel = fill(x, mask, r, return_residual=True, grey=grey)
         return model(xb, training=False), rel
 
     h, w = model.input_shape[1:3]
@@ -344,9 +347,19 @@ def run_curves(model, images: np.ndarray, heatmaps: np.ndarray, spec: CurveSpec,
     if run is not None:
         probs = _incremental_probs(run, images, ids, orders, change, spec.seed, K, batch_size, memory_budget_mb, progress)
     else:
-        step = device_step(model, change) if keras_model else _host_step(model, change)
+        grey = _all_grey(images) if change.mask_dependent else None
+        step = device_step(model, change, grey) if keras_model else _host_step(model, change)
         probs = _batched_probs(step, model, _Originals(images, ids, ranks_of, spec), K, batch_size, memory_budget_mb, progress)
     return _read_curves(probs, n, K + 1, spec.kind, targets, return_targets)
+
+
+def _all_grey(images) -> bool:
+    """Every image's colour channels are equal (X-rays copied to RGB), read chunk by chunk on the host."""
+    for s in range(0, len(images), 64):
+        part = np.asarray(images[s : s + 64])
+        if not (np.array_equal(part[..., 0], part[..., 1]) and np.array_equal(part[..., 0], part[..., 2])):
+            return False
+    return True
 
 
 def _checked(images, heatmaps, spec: CurveSpec, image_ids, method: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:

@@ -118,7 +118,7 @@ def impute_exact(image: np.ndarray, removed: np.ndarray) -> np.ndarray:
     return out
 
 
-def impute_batched(x, removed, *, tol: float = 1e-6, max_iter: int | None = None, return_info: bool = False):
+def impute_batched(x, removed, *, tol: float = 1e-6, max_iter: int | None = None, return_info: bool = False, grey: bool | None = None):
     """The noiseless imputation of a batch by preconditioned conjugate gradients (``keras.ops``).
 
     Args:
@@ -131,6 +131,9 @@ def impute_batched(x, removed, *, tol: float = 1e-6, max_iter: int | None = None
         return_info: also return (iterations run, (B,) relative residual of
             each pair: the worst of its channels; above ``tol`` only where
             ``max_iter`` stopped it).
+        grey: every image's channels are equal (solve one channel), or not
+            (solve all); None: find out, in Python when ``x`` holds values,
+            else inside the graph (``keras.ops.cond``, which compiles both).
 
     Returns:
         (B, H, W, C) float32: ``x`` where kept, the imputed values where removed
@@ -143,23 +146,30 @@ def impute_batched(x, removed, *, tol: float = 1e-6, max_iter: int | None = None
     m = ops.convert_to_tensor(removed, "float32")
     h, w, c = x.shape[1], x.shape[2], x.shape[3]
     iters = int(max_iter) if max_iter is not None else 4 * (int(h) + int(w))
-    if int(c) == 1:
-        out, info = _cg(x, m, tol, iters)
+    # Grey images (an X-ray copied to RGB: every channel equal) have one system, not three: when the whole batch is
+    # grey, solve the first channel and copy it (a third of the work; the same numbers, channel by channel).
+    same = ops.all(ops.equal(x, x[..., :1]))
+    if grey is None:
+        try:
+            grey = bool(ops.convert_to_numpy(same))  # values at hand: decide here, one branch compiled
+        except Exception:  # noqa: BLE001  (a traced tensor has no value: decide in the graph)
+            grey = None
+
+    def one():
+        u, (i, rel) = _cg(x[..., :1], m, tol, iters)
+        return ops.repeat(u, int(c), axis=-1), i, rel
+
+    def every():
+        u, (i, rel) = _cg(x, m, tol, iters)
+        return u, i, rel
+
+    if int(c) == 1 or grey is False:
+        u, i, rel = every()
+    elif grey:
+        u, i, rel = one()
     else:
-        # Grey images (an X-ray copied to RGB: every channel equal) have one system, not three: when the whole
-        # batch is grey, solve the first channel and copy it (a third of the work; the same numbers, channel by channel).
-        grey = ops.all(ops.equal(x, x[..., :1]))
-
-        def one():
-            u, (i, rel) = _cg(x[..., :1], m, tol, iters)
-            return ops.repeat(u, int(c), axis=-1), i, rel
-
-        def every():
-            u, (i, rel) = _cg(x, m, tol, iters)
-            return u, i, rel
-
-        u, i, rel = ops.cond(grey, one, every)
-        out, info = u, (i, rel)
+        u, i, rel = ops.cond(same, one, every)
+    out, info = u, (i, rel)
     return (out, info) if return_info else out
 
 
@@ -314,7 +324,8 @@ def _cg(x, m, tol: float, iters: int):
     return out, (i, rel)
 
 
-def road_fill(x, removed, noise, *, tol: float = 1e-6, max_iter: int | None = None, clip: bool = True, return_residual: bool = False):
+def road_fill(x, removed, noise, *, tol: float = 1e-6, max_iter: int | None = None, clip: bool = True, return_residual: bool = False,
+              grey: bool | None = None):
     """ROAD's removal: imputed values plus the fixed noise where removed, ``x`` elsewhere (``keras.ops``).
 
     Args:
@@ -325,11 +336,12 @@ def road_fill(x, removed, noise, *, tol: float = 1e-6, max_iter: int | None = No
         return_residual: also return the (B,) relative residuals
             (:func:`impute_batched`), so a caller can say when ``max_iter`` cut
             a solve short.
+        grey: passed to :func:`impute_batched`.
     """
     from keras import ops
 
     m = ops.cast(removed, "float32")
-    filled, (_, rel) = impute_batched(x, m, tol=tol, max_iter=max_iter, return_info=True)
+    filled, (_, rel) = impute_batched(x, m, tol=tol, max_iter=max_iter, return_info=True, grey=grey)
     filled = filled + m * ops.convert_to_tensor(noise, "float32")
     out = ops.clip(filled, 0.0, 1.0) if clip else filled
     return (out, rel) if return_residual else out

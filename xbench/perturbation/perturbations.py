@@ -162,15 +162,17 @@ class Road(Perturbation):
             return np.repeat(field, x.shape[-1], axis=-1)
         return rng.normal(0.0, self.noise, size=x.shape).astype(np.float32)
 
-    def fill(self, x, removed, draws, return_residual: bool = False):
+    def fill(self, x, removed, draws, return_residual: bool = False, grey: bool | None = None):
         """Batched, traceable (``keras.ops``): x (B, H, W, 3), removed (B, H, W, 1) bool/float, draws (B, H, W, 3).
 
         With ``return_residual``, also the (B,) relative residual of each
         pair's solve (above ``tol`` only where ``max_iter`` stopped it).
+        ``grey``: the images' channels are equal (one system each), or not, or None: found out
+        (:func:`xbench.perturbation.imputation.impute_batched`).
         """
         from xbench.perturbation.imputation import road_fill
 
-        return road_fill(x, removed, draws, tol=self.tol, max_iter=self.max_iter, clip=self.clip, return_residual=return_residual)
+        return road_fill(x, removed, draws, tol=self.tol, max_iter=self.max_iter, clip=self.clip, return_residual=return_residual, grey=grey)
 
     def exact(self, x: np.ndarray, removed: np.ndarray, draws: np.ndarray) -> np.ndarray:
         """One image by SciPy's direct sparse solve (the reference): (H, W, 3), (H, W) bool, (H, W, 3) -> (H, W, 3) float32."""
