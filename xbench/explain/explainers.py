@@ -440,8 +440,7 @@ class Occlusion:
 
     def __post_init__(self):
         check_occlusion(self.patch_size, self.stride, self.baseline, self.method)
-        if self.batch_size is not None:
-            _check_batch_size(self.batch_size)
+        _check_batch_size(self.batch_size)
 
     def __call__(self, model, images, targets, context: ExplainContext | None = None):
         from xbench.explain.masking import occlusion
@@ -468,8 +467,7 @@ class RISE:
 
     def __post_init__(self):
         check_rise(self.masks, self.grid, self.keep_prob)
-        if self.batch_size is not None:
-            _check_batch_size(self.batch_size)
+        _check_batch_size(self.batch_size)
 
     def __call__(self, model, images, targets, context: ExplainContext | None = None):
         from xbench.explain.masking import rise
@@ -497,8 +495,7 @@ class ScoreCAM:
 
     def __post_init__(self):
         check_max_n(self.max_n)
-        if self.batch_size is not None:
-            _check_batch_size(self.batch_size)
+        _check_batch_size(self.batch_size)
         self._tfkv = _check_impl(self.impl, "scorecam", layer=self.layer, max_n=self.max_n, batch_size=self.batch_size or 16, name=self.name)
 
     def __call__(self, model, images, targets, context: ExplainContext | None = None):

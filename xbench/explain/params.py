@@ -9,8 +9,9 @@ from __future__ import annotations
 from xbench.core.names import ENGINE_METHODS, LRP_COMPOSITES, REDUCTIONS
 
 
-def check_batch_size(batch_size: int) -> None:
-    if batch_size < 1:
+def check_batch_size(batch_size: int | None) -> None:
+    """Items per pass; None: chosen from a memory budget (the mask-program explainers)."""
+    if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size: must be >= 1, got {batch_size}")
 
 

@@ -97,12 +97,6 @@ def pixel_groups(heatmap: np.ndarray, features_in_step: int | None, descending: 
     return group.reshape(np.shape(heatmap)), math.ceil(n / fis)
 
 
-def _is_keras(model) -> bool:
-    import keras
-
-    return isinstance(model, keras.Model)
-
-
 @dataclass
 class Inputs:
     """What a metric reads: images (N, H, W, 3) in [0, 1], heatmaps (N, H, W), image ids and the seed."""
@@ -159,7 +153,9 @@ class Metric:
             raise ValueError(f"got {len(ids)} image ids for {n} images")
         if not n:
             return np.zeros(0)
-        if not _is_keras(model):
+        from xbench.perturbation.engine import _is_keras_model
+
+        if not _is_keras_model(model):
             raise ValueError(f"{self.name}: needs a Keras model (the masked images are built in its compiled step), got {type(model).__name__}")
         model = adapted(model, x)
         inp = Inputs(x, h, ids, int(seed))
@@ -210,32 +206,51 @@ class FaithfulnessCorrelation(Metric):
 
 
 @dataclass
-class FaithfulnessEstimate(Metric):
+class _Grouped(Metric):
+    """A metric over groups of ``features_in_step`` pixels ordered by attribution (:func:`pixel_groups`): descending, or ascending, of a or |a|."""
+
+    features_in_step: int | None = None
+    descending: ClassVar[bool] = False
+    absolute: ClassVar[bool] = False
+
+    def check(self, height, width):
+        super().check(height, width)
+        group_size(height * width, self.features_in_step)
+
+    def _attribution(self, h):
+        return np.abs(h) if self.absolute else h
+
+    def groups(self, inp: Inputs) -> tuple:
+        """(rank_of(i) -> image i's (H, W) group map, G): the arguments of a :class:`Ranks` program, the maps kept for :meth:`group_sums`."""
+        self._groups = [pixel_groups(self._attribution(h), self.features_in_step, descending=self.descending) for h in inp.heatmaps]
+        return (lambda i: self._groups[i][0]), self._groups[0][1]
+
+    def group_sums(self, i: int, inp: Inputs) -> np.ndarray:
+        """(G,) image ``i``'s attribution (a or |a|) summed over each group."""
+        group, G = self._groups[i]
+        return np.bincount(group.ravel(), weights=self._attribution(inp.heatmaps[i]).ravel(), minlength=G)
+
+
+@dataclass
+class FaithfulnessEstimate(_Grouped):
     """Faithfulness estimate (Alvarez-Melis and Jaakkola, 2018, NeurIPS, Sec. 3): Pearson's r over the feature groups.
 
     Pixels in groups of ``features_in_step`` by descending attribution; each
     group replaced alone: r( sum_{j in G_k} a_j, f_c(x) - f_c(x with G_k replaced) ).
     """
 
-    features_in_step: int | None = None
     name: ClassVar[str] = "faithfulness_estimate"
-
-    def check(self, height, width):
-        super().check(height, width)
-        group_size(height * width, self.features_in_step)
+    descending: ClassVar[bool] = True
 
     def program(self, inp):
-        self._groups = [pixel_groups(h, self.features_in_step, descending=True) for h in inp.heatmaps]
-        return Ranks(lambda i: self._groups[i][0], self._groups[0][1], mode="single", reference_of=self.reference, key=self.name)
+        return Ranks(*self.groups(inp), mode="single", reference_of=self.reference, key=self.name)
 
     def score(self, y, i, inp):
-        group, G = self._groups[i]
-        sums = np.bincount(group.ravel(), weights=inp.heatmaps[i].ravel(), minlength=G)
-        return pearson(sums, y[0] - y[1:])
+        return pearson(self.group_sums(i, inp), y[0] - y[1:])
 
 
 @dataclass
-class MonotonicityArya(Metric):
+class MonotonicityArya(_Grouped):
     """Monotonicity (Arya et al., 2019, AIX360): 1 if inserting the features, least attributed first, never lowers p_c, else 0.
 
     From the all-``baseline`` image, groups of ``features_in_step`` pixels by
@@ -249,24 +264,18 @@ class MonotonicityArya(Metric):
     pixels, so its curve is flat and every map scores 1.
     """
 
-    features_in_step: int | None = None
     name: ClassVar[str] = "monotonicity_arya"
     target_pass: ClassVar[int] = -1
 
-    def check(self, height, width):
-        super().check(height, width)
-        group_size(height * width, self.features_in_step)
-
     def program(self, inp):
-        self._groups = [pixel_groups(h, self.features_in_step, descending=False) for h in inp.heatmaps]
-        return Ranks(lambda i: self._groups[i][0], self._groups[0][1], mode="insert", reference_of=self.reference, key=self.name)
+        return Ranks(*self.groups(inp), mode="insert", reference_of=self.reference, key=self.name)
 
     def score(self, y, i, inp):
         return float(np.all(np.diff(y[1:]) >= 0))  # p_1 .. p_G, as AIX360: the all-baseline image is not a step
 
 
 @dataclass
-class MonotonicityNguyen(Metric):
+class MonotonicityNguyen(_Grouped):
     """Monotonicity correlation (Nguyen and Martinez, 2020, Eq. 4; Quantus's ``MonotonicityCorrelation``): Spearman's rho of |a| and the prediction's variance.
 
     Pixels in groups of ``features_in_step`` by ascending |a|; group G_k
@@ -281,10 +290,10 @@ class MonotonicityNguyen(Metric):
     features_in_step: int | None = None
     samples: int = 100
     name: ClassVar[str] = "monotonicity_nguyen"
+    absolute: ClassVar[bool] = True
 
     def check(self, height, width):
         super().check(height, width)
-        group_size(height * width, self.features_in_step)
         if self.samples < 1:
             raise ValueError(f"samples: must be >= 1, got {self.samples}")
 
@@ -293,14 +302,11 @@ class MonotonicityNguyen(Metric):
         return np.random.default_rng([inp.seed, int(inp.ids[i]), NGUYEN_TAG]).random((G * self.samples, 3)).astype(np.float32)
 
     def program(self, inp):
-        self._groups = [pixel_groups(np.abs(h), self.features_in_step, descending=False) for h in inp.heatmaps]
-        return Ranks(lambda i: self._groups[i][0], self._groups[0][1], mode="single", repeats=self.samples,
-                     colours_of=lambda i: self.colours(inp, i), key=self.name)
+        return Ranks(*self.groups(inp), mode="single", repeats=self.samples, colours_of=lambda i: self.colours(inp, i), key=self.name)
 
     def score(self, y, i, inp):
-        group, G = self._groups[i]
-        sums = np.bincount(group.ravel(), weights=np.abs(inp.heatmaps[i]).ravel(), minlength=G)
-        v = ((y[1:].reshape(G, self.samples) - y[0]) ** 2).mean(1)
+        sums = self.group_sums(i, inp)
+        v = ((y[1:].reshape(len(sums), self.samples) - y[0]) ** 2).mean(1)
         return spearman(sums, v)
 
 

@@ -496,25 +496,41 @@ def occlusion_probs(run: Runner, prepared: Callable[[int], tuple], n: int, regio
     """
     from keras import ops
 
-    out = None
-    for c0 in range(0, n, chunk):
-        idx = list(range(c0, min(c0 + chunk, n)))
-        rows = idx + [idx[-1]] * (chunk - len(idx))
-        parts = [prepared(i) for i in rows]
-        X = ops.convert_to_tensor(np.stack([q[0] for q in parts]).astype(np.float32))
-        R = ops.convert_to_tensor(np.stack([q[1] for q in parts]).astype(np.float32))
-        RK = ops.convert_to_tensor(np.stack([q[2] for q in parts]).astype(np.int32))
+    out = np.zeros((n, 1 + regions, 0), np.float32)
+    for idx, rows, X, R, RK in _chunks(prepared, n, chunk):
         state, probs = run.first(X)
         got = [probs]
         for w in range(regions):
             got.append(run.single(state, X, R, RK, ops.convert_to_tensor(np.full(chunk, w, np.int32))))
             if progress is not None:
                 progress(len(idx))
-        block = np.stack([np.asarray(ops.convert_to_numpy(g), np.float32) for g in got], 1)[: len(idx)]
-        if out is None:
-            out = np.zeros((n, 1 + regions, block.shape[-1]), np.float32)
-        out[idx] = block
-    return out if out is not None else np.zeros((0, 1 + regions, 0), np.float32)
+        out = _gather_block(out, idx, got)
+    return out
+
+
+def _chunks(prepared: Callable[[int], tuple], n: int, chunk: int):
+    """Per chunk of ``chunk`` images: (image indices, rows, X, R, RK), the tensors of ``prepared(i)`` stacked over rows.
+
+    A short last chunk repeats its last image (rows), so every chunk has one compiled shape.
+    """
+    from keras import ops
+
+    for c0 in range(0, n, chunk):
+        idx = list(range(c0, min(c0 + chunk, n)))
+        rows = idx + [idx[-1]] * (chunk - len(idx))
+        parts = [prepared(i) for i in rows]
+        yield (idx, rows, *(ops.convert_to_tensor(np.stack([q[j] for q in parts]).astype(t)) for j, t in enumerate((np.float32, np.float32, np.int32))))
+
+
+def _gather_block(out: np.ndarray, idx: list, got: list) -> np.ndarray:
+    """``out`` (N, S, C) with one chunk's per-step (G, C) probabilities written at its images (allocated on the first chunk, when C is known)."""
+    from keras import ops
+
+    block = np.stack([np.asarray(ops.convert_to_numpy(g), np.float32) for g in got], 1)[: len(idx)]
+    if out.shape[-1] != block.shape[-1]:
+        out = np.zeros(out.shape[:2] + block.shape[-1:], np.float32)
+    out[idx] = block
+    return out
 
 
 def incremental_probs(run: Runner, prepared: Callable[[int], tuple], orders: np.ndarray, steps: int, chunk: int, progress: Callable | None = None) -> np.ndarray:
@@ -527,14 +543,8 @@ def incremental_probs(run: Runner, prepared: Callable[[int], tuple], orders: np.
     from keras import ops
 
     n = len(orders)
-    out = None
-    for c0 in range(0, n, chunk):
-        idx = list(range(c0, min(c0 + chunk, n)))
-        rows = idx + [idx[-1]] * (chunk - len(idx))  # a short last chunk repeats its last image: one compiled shape
-        parts = [prepared(i) for i in rows]
-        X = ops.convert_to_tensor(np.stack([q[0] for q in parts]).astype(np.float32))
-        R = ops.convert_to_tensor(np.stack([q[1] for q in parts]).astype(np.float32))
-        RK = ops.convert_to_tensor(np.stack([q[2] for q in parts]).astype(np.int32))
+    out = np.zeros((n, steps + 1, 0), np.float32)
+    for idx, rows, X, R, RK in _chunks(prepared, n, chunk):
         state, probs = run.first(X)
         got = [probs]
         for k in range(1, steps + 1):
@@ -543,8 +553,5 @@ def incremental_probs(run: Runner, prepared: Callable[[int], tuple], orders: np.
             got.append(probs)
             if progress is not None:
                 progress(len(idx))
-        block = np.stack([np.asarray(ops.convert_to_numpy(g), np.float32) for g in got], 1)[: len(idx)]
-        if out is None:
-            out = np.zeros((n, steps + 1, block.shape[-1]), np.float32)
-        out[idx] = block
-    return out if out is not None else np.zeros((0, steps + 1, 0), np.float32)
+        out = _gather_block(out, idx, got)
+    return out

@@ -117,10 +117,6 @@ def _compiled(model, program: MaskProgram, height: int, width: int) -> Callable:
     return fn
 
 
-def _host(a) -> np.ndarray:
-    return np.asarray(a.numpy() if hasattr(a, "numpy") else a)
-
-
 def run_program(model, images, program: MaskProgram, *, batch_size: int | None = None, memory_budget_mb: float = 1024,
                 progress: bool = False, desc: str = "masked passes"):
     """Every image's S masked passes through ``model``.
@@ -141,11 +137,9 @@ def run_program(model, images, program: MaskProgram, *, batch_size: int | None =
     Raises:
         ValueError: ``model`` is not a Keras model (the masks are built in its compiled step).
     """
-    import keras
+    from xbench.perturbation.engine import _host, _is_keras_model, auto_batch_size, balanced_batch
 
-    from xbench.perturbation.engine import auto_batch_size, balanced_batch
-
-    if not isinstance(model, keras.Model):
+    if not _is_keras_model(model):
         raise ValueError(f"masked passes need a Keras model (the masks are built in its compiled step), got {type(model).__name__}")
 
     n, height, width = images.shape[:3]

@@ -42,7 +42,7 @@ from xbench.metrics.localisation import (
     pointing_hit,
     positive_mass_share,
 )
-from xbench.perturbation.engine import run_curves
+from xbench.perturbation.engine import _is_keras_model, run_curves
 from xbench.perturbation.orders import ORDERS
 from xbench.perturbation.regions import (
     grid_shape,
@@ -160,12 +160,6 @@ class _Batch:
     def context(self) -> ExplainContext:
         """What an explainer may know about these images (ids, seed, grid, lesion and marker masks)."""
         return ExplainContext(self.rows, self.seed, self.region, self.truth.lesions, self.truth.markers)
-
-
-def _is_keras_model(model) -> bool:
-    import keras
-
-    return isinstance(model, keras.Model)
 
 
 def _estimate(per_image: np.ndarray, settings: ScoreSettings, seed: int) -> results.Estimate:
