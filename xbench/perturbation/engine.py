@@ -456,6 +456,22 @@ def _batch_shape(model, total: int, S: int, batch_size: int | None, memory_budge
     return B, math.ceil(B / S) + 1
 
 
+def batch_pairs(b: int, B: int, S: int, total: int):
+    """Batch ``b`` of ``total`` (image, step) pairs in image-major order, S steps an image, B pairs a batch.
+
+    Returns (p, img, k, i0, i1, idx, kk): the pairs' flat indices, images and
+    steps, the first and last image the batch spans, and the (B,) int32 slot
+    (image - i0) and step of each pair, zero-padded to B (one compiled shape).
+    """
+    p = np.arange(b * B, min((b + 1) * B, total))
+    img, k = p // S, (p % S).astype(np.int32)
+    idx = np.zeros(B, np.int32)
+    kk = np.zeros(B, np.int32)
+    idx[: len(p)] = img - img[0]
+    kk[: len(p)] = k
+    return p, img, k, int(img[0]), int(img[-1]), idx, kk
+
+
 def _batched_probs(step: Callable, model, originals: _Originals, K: int, batch_size, memory_budget_mb: float, progress: bool) -> np.ndarray | None:
     """(N, K + 1, C) probabilities, one compiled step per batch of B (image, step) pairs in image-major order (None: no images)."""
     n, height, width = originals.images.shape[:3]
@@ -471,16 +487,10 @@ def _batched_probs(step: Callable, model, originals: _Originals, K: int, batch_s
     nb = math.ceil(total / B) if total else 0
     bar = tqdm(total=nb, desc=f"{originals.order} curves", unit="batch", mininterval=1.0, leave=False, disable=not progress)
     for b in range(nb):
-        p = np.arange(b * B, min((b + 1) * B, total))
-        img, k = p // S, (p % S).astype(np.int32)
-        i0, i1 = int(img[0]), int(img[-1])
+        p, img, k, i0, i1, idx, kk = batch_pairs(b, B, S, total)
         for slot, i in enumerate(range(i0, i1 + 1)):  # slots past i1 keep stale data no pair reads
             X[slot], R[slot], RK[slot] = originals(i)
         originals.drop_before(i1)
-        idx = np.zeros(B, np.int32)
-        kk = np.zeros(B, np.int32)
-        idx[: len(p)] = img - i0
-        kk[: len(p)] = k
         out = step(X, R, RK, idx, kk)  # padded to B pairs: one compiled shape
         if mask_dependent:
             out, rel = out

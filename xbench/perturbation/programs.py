@@ -137,7 +137,7 @@ def run_program(model, images, program: MaskProgram, *, batch_size: int | None =
     Raises:
         ValueError: ``model`` is not a Keras model (the masks are built in its compiled step).
     """
-    from xbench.perturbation.engine import _host, _is_keras_model, auto_batch_size, balanced_batch
+    from xbench.perturbation.engine import _host, _is_keras_model, auto_batch_size, balanced_batch, batch_pairs
 
     if not _is_keras_model(model):
         raise ValueError(f"masked passes need a Keras model (the masks are built in its compiled step), got {type(model).__name__}")
@@ -159,9 +159,7 @@ def run_program(model, images, program: MaskProgram, *, batch_size: int | None =
     nb = math.ceil(total / B) if total else 0
     bar = tqdm(total=nb, desc=desc, unit="batch", mininterval=1.0, leave=False, disable=not progress)
     for b in range(nb):
-        p = np.arange(b * B, min((b + 1) * B, total))
-        img, k = p // S, (p % S).astype(np.int32)
-        i0, i1 = int(img[0]), int(img[-1])
+        p, img, k, i0, i1, idx, kk = batch_pairs(b, B, S, total)
         for slot, i in enumerate(range(i0, i1 + 1)):
             if loaded.get(i) == slot:
                 continue
@@ -174,10 +172,8 @@ def run_program(model, images, program: MaskProgram, *, batch_size: int | None =
                 D[j][slot] = d
             loaded[i] = slot
         loaded = {i: s for i, s in loaded.items() if i0 <= i <= i1}
-        idx = np.zeros(B, np.int32)
-        kk = np.zeros(B, np.int32)
         weight = np.zeros(B, np.float32)
-        idx[: len(p)], kk[: len(p)], weight[: len(p)] = img - i0, k, 1.0
+        weight[: len(p)] = 1.0  # padding pairs count for nothing in a reduction
         out = step(X, R, idx, kk, weight, *(D or ()))
         if program.reduce:
             out, s = out
