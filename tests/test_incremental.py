@@ -270,6 +270,29 @@ def test_auto_takes_incremental_where_it_saves_flops_and_says_so(caplog):
     assert choose_method("full", vgg, "morf", GaussianNoise(0.1), 72, 72, 8, 81) is None
 
 
+#: docs/performance.md, "auto over a grid" (2-core CPU, one run, best of two): (FLOP ratio, step GFLOP per image,
+#: stored MB per image, chunk, full s, incremental s) for VGG16 and DenseNet201 at 64-299 px and 1-64 images.
+_AUTO_GRID = [(1.76, 1.357, 4.7, 1, 0.14, 0.26), (1.76, 1.357, 4.7, 4, 0.5, 0.59), (1.76, 1.357, 4.7, 16, 1.97, 1.57),
+              (1.76, 1.357, 4.7, 64, 7.78, 5.44), (2.52, 3.599, 19.0, 1, 0.48, 0.64), (2.52, 3.599, 19.0, 4, 2.04, 1.24),
+              (2.52, 3.599, 19.0, 16, 7.86, 4.12), (4.45, 5.417, 58.1, 1, 1.56, 0.99), (4.45, 5.417, 58.1, 4, 5.75, 2.03),
+              (4.45, 5.417, 58.1, 12, 23.03, 10.95), (5.69, 6.662, 102.5, 1, 2.61, 1.41), (5.69, 6.662, 102.5, 4, 10.16, 2.87),
+              (5.69, 6.662, 102.5, 6, 41.14, 13.98), (1.11, 0.624, 3.0, 1, 0.13, 0.62), (1.11, 0.624, 3.0, 4, 0.3, 1.29),
+              (1.11, 0.624, 3.0, 16, 1.09, 2.18), (1.11, 0.624, 3.0, 64, 4.32, 5.29), (1.3, 2.119, 11.7, 1, 0.32, 0.93),
+              (1.3, 2.119, 11.7, 4, 0.99, 1.98), (1.3, 2.119, 11.7, 16, 4.24, 4.69), (1.39, 6.021, 35.8, 1, 0.84, 1.58),
+              (1.39, 6.021, 35.8, 4, 3.49, 3.89), (1.39, 6.021, 35.8, 16, 13.48, 10.74), (1.49, 9.544, 62.8, 1, 1.48, 2.03),
+              (1.49, 9.544, 62.8, 4, 5.99, 5.32), (1.49, 9.544, 62.8, 13, 23.72, 27.74)]
+
+
+@pytest.mark.not_on_jax  # arithmetic on recorded figures: backend-free
+def test_auto_takes_the_faster_method_on_every_point_of_the_measured_grid():
+    from xbench.perturbation.incremental import Estimate
+
+    for ratio, step, state, chunk, full_s, inc_s in _AUTO_GRID:
+        est = Estimate(full_gflop=ratio, incremental_gflop=1.0, step_gflop=step, forward_gflop=1.0, state_mb=state, per_layer=[])
+        took = inc_s if predicted_speedup(est, chunk) >= AUTO_MIN_SPEEDUP else full_s
+        assert took <= 1.05 * min(full_s, inc_s), (ratio, step, state, chunk)
+
+
 def test_the_flop_estimate_of_a_full_forward_matches_the_layer_count_by_hand():
     inp = keras.Input((10, 10, 3))
     x = L.Conv2D(4, 3, padding="same")(inp)  # 10*10*3*3*3*4*2 = 21,600

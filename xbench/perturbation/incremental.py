@@ -27,6 +27,7 @@ its convolutions' outputs.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -253,17 +254,28 @@ def estimate(p: Plan, win: Windows, steps: int) -> Estimate:
                     forward_gflop=forward / 1e9, state_mb=p.state_bytes() / 2**20, per_layer=per_layer)
 
 
-#: Share of the FLOP saving that survives on a step of ``work`` GFLOP (a chunk's windows): small
-#: steps lose to per-operation overhead and small-batch convolutions. A least-squares line through
-#: eight measurements on the 2-core CPU (VGG16 at 40-299 px, DenseNet201 at 72 and 299 px, chunks of
-#: 2-16 images, region curves and incremental occlusion; docs/performance.md), capped.
-EFFICIENCY_FLOOR, EFFICIENCY_PER_GFLOP, EFFICIENCY_CAP = 0.38, 0.023, 0.9
+#: Share of the FLOP saving that survives, fitted to 26 measurements on the 2-core CPU (VGG16 and
+#: DenseNet201 at 64-299 px, 1-64 images, 8 x 8 regions, 16 steps; docs/performance.md, "auto over a
+#: grid"): the least of a log in the GFLOP of one step of a chunk (small steps lose to per-operation
+#: overhead), a rising function of the chunk (a one-image step runs its convolutions at batch 1) and a
+#: cap; then cut in proportion where the chunk's stored activations pass FOOTPRINT_MB (larger chunks
+#: measured slower per image: the steps become memory-bound).
+EFFICIENCY_BASE, EFFICIENCY_PER_LOG_GFLOP, EFFICIENCY_CHUNK, EFFICIENCY_CAP, FOOTPRINT_MB = 0.22, 0.135, 0.9, 0.9, 550.0
+
+
+def efficiency(est: Estimate, chunk: int) -> float:
+    """The predicted share in (0, 0.9] of the FLOP ratio that incremental steps of ``chunk`` images turn into speed."""
+    work = max(est.step_gflop * chunk, 1e-3)
+    e = min(EFFICIENCY_CAP, EFFICIENCY_BASE + EFFICIENCY_PER_LOG_GFLOP * math.log(work), EFFICIENCY_CHUNK * chunk / (chunk + 1.0))
+    footprint = chunk * est.state_mb
+    if footprint > FOOTPRINT_MB:
+        e *= FOOTPRINT_MB / footprint
+    return max(0.05, e)
 
 
 def predicted_speedup(est: Estimate, chunk: int) -> float:
-    """Full time / incremental time predicted from the FLOP ratio and the work of one step of ``chunk`` images."""
-    work = est.step_gflop * chunk
-    return est.ratio * min(EFFICIENCY_CAP, EFFICIENCY_FLOOR + EFFICIENCY_PER_GFLOP * work)
+    """Full time / incremental time predicted from the FLOP ratio and :func:`efficiency` for chunks of ``chunk`` images."""
+    return est.ratio * efficiency(est, chunk)
 
 
 def _rows_cols(starts, h: int, w: int):
