@@ -23,29 +23,48 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("xbench_cache")
+    """The session cache (``XBENCH_CACHE``), one for the whole run: the xdist workers share it (entries are written atomically under locks)."""
+    from tests.helpers import once_per_run
+
+    d, _ = once_per_run(tmp_path_factory, "xbench_cache", lambda folder: None)
     os.environ["XBENCH_CACHE"] = str(d)
     return d
 
 
 @pytest.fixture(scope="session")
 def phantom_db(tmp_path_factory) -> Path:
-    """A small phantom database (12 per class) in the radiography layout."""
+    """A small phantom database (12 per class) in the radiography layout, written once per run."""
+    from tests.helpers import once_per_run
     from xbench.pipeline.sources.synthetic import SynthSpec, write_database
 
-    root = tmp_path_factory.mktemp("phantoms") / "COVID-19_Radiography_Dataset"
-    write_database(root, SynthSpec(n_per_class=12, seed=3, difficulty=0.3, shortcut_class="Normal", shortcut_fraction=0.5), workers=1)
-    return root
+    def make(folder):
+        write_database(folder / "COVID-19_Radiography_Dataset",
+                       SynthSpec(n_per_class=12, seed=3, difficulty=0.3, shortcut_class="Normal", shortcut_fraction=0.5), workers=1)
+
+    folder, _ = once_per_run(tmp_path_factory, "phantoms", make)
+    return folder / "COVID-19_Radiography_Dataset"
 
 
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory, cache_dir):
-    """One smoke job, every test image scored, in the session cache: (run folder, its JobMetrics)."""
-    from tests.helpers import compose
-    from xbench.apps.run import run
+    """One smoke job, every test image scored, in the session cache, once per run: (run folder, its JobMetrics).
 
-    out = tmp_path_factory.mktemp("run")
-    return out, run(compose(["+experiment=smoke", "score.subset=all"]), out)
+    The worker that runs it gets ``run``'s return value; the others read the
+    same job back from its folder (:func:`xbench.pipeline.results.read_job`).
+    """
+    from tests.helpers import compose, once_per_run
+    from xbench.apps.run import run
+    from xbench.pipeline.results import read_job
+
+    made = {}
+
+    def make(folder):
+        (folder / "run").mkdir()
+        made["metrics"] = run(compose(["+experiment=smoke", "score.subset=all"]), folder / "run")
+
+    folder, _ = once_per_run(tmp_path_factory, "smoke_run", make)
+    out = folder / "run"
+    return out, made["metrics"] if made else read_job(out).metrics
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@
 - :func:`python` / :func:`xbench`: run Python or ``python -m xbench`` in a subprocess,
   with a private cache and no fault injected (the one way tests start xbench from outside).
 - :func:`compose`: the shipped config, composed with overrides by Hydra's compose API.
+- :func:`once_per_run`: a session fixture's folder made once for the whole run, shared by the xdist workers.
 
 Reference implementations and small models are in :mod:`tests.references`.
 """
@@ -15,6 +16,34 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def once_per_run(tmp_path_factory, name: str, make) -> tuple[Path, bool]:
+    """``make(folder)`` once per test run, whichever xdist worker asks first: (folder, whether this process made it).
+
+    Each xdist worker has its own session, so a session fixture would run once
+    per worker; the workers share the parent of their base temporary folders,
+    and a lock there makes the others wait for the first and reuse its folder
+    (``.done`` marks a finished one: a ``make`` that failed is retried). A
+    fixture that uses this must treat the folder as read-only.
+    """
+    from xbench.core.io import file_lock, remove_tree
+
+    if not os.environ.get("PYTEST_XDIST_WORKER"):  # one process: a plain session folder
+        folder = tmp_path_factory.mktemp(name)
+        make(folder)
+        return folder, True
+    root = tmp_path_factory.getbasetemp().parent
+    folder = root / name
+    with file_lock(root / f"{name}.lock", f"the test fixture {name!r}"):
+        if (folder / ".done").exists():
+            return folder, False
+        if folder.exists():
+            remove_tree(folder)
+        folder.mkdir()
+        make(folder)
+        (folder / ".done").touch()
+    return folder, True
 
 
 def env(cache: str | os.PathLike | None = None, **extra: str) -> dict:

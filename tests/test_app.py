@@ -64,12 +64,15 @@ def test_config_error_names_the_key_before_any_work(tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_smoke_run_in_a_subprocess(tmp_path):
-    r = _xbench(SMOKE + ["hydra.run.dir=run"], tmp_path)
+def test_cli_smoke_run_in_a_subprocess(tmp_path, warm_cache):
+    # The command line end to end, on the session's warm cache (training from a cold cache on the command line:
+    # tests/faults/test_interruptions.py).
+    r = xbench(SMOKE + ["hydra.run.dir=run"], cwd=tmp_path, cache=warm_cache, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert m["data"]["source"] == "synthetic" and (tmp_path / "run" / ".hydra" / "config.yaml").is_file()
-    assert (tmp_path / "run" / "run.log").read_text().count("stage1 epoch 1") == 1
+    assert m["training"]["model_cache"]["hit"] is True and m["scoring"]["methods"]["gradcam"]["orders"]["morf"]["aopc"]["n"] > 0
+    assert "stage1 epoch 1" not in (tmp_path / "run" / "run.log").read_text()  # the smoke job's model, not trained again
 
 
 def test_smoke_job_scores_heatmaps(smoke_run):

@@ -42,7 +42,7 @@ def test_engine_equals_slow_loop(size, region, order):
 
 
 @pytest.mark.parametrize("size, region", [pytest.param(20, 5, marks=_ONE_ON_JAX), (23, 5)])
-@pytest.mark.parametrize("order", ["morf", "random"])
+@pytest.mark.parametrize("order", ["morf", pytest.param("random", marks=_ONE_ON_JAX)])  # the order changes the masks, not the solver's code path
 def test_road_engine_equals_a_direct_sparse_solve_per_step(size, region, order):
     # The engine imputes each step's removed set by batched CG on the device;
     # the slow loop solves the same system exactly with SciPy, per step.

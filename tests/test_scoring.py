@@ -74,7 +74,7 @@ def test_gradcam_beats_the_random_control_on_a_trained_model(trained):
     labels = data.records.labels[te]
     assert (labels == preds).mean() > 0.6  # the model has learned something
     res = score_model(model, data.images, te, labels, preds, data.records.class_names, GradCAM(), [RandomControl()], GaussianNoise(0.1),
-                      ScoreSettings(orders=["morf"], max_images=24, region_size=8), seed=0)
+                      ScoreSettings(orders=["morf"], max_images=24, region_size=16), seed=0)
     m = res.metrics.methods
     g, r = m["gradcam"].orders["morf"].aopc.mean, m["random"].orders["morf"].aopc.mean
     assert g > r
@@ -83,7 +83,7 @@ def test_gradcam_beats_the_random_control_on_a_trained_model(trained):
     from xbench.metrics.aopc import aopc
 
     assert g == pytest.approx(aopc(res.curves.get("gradcam", "morf")))
-    assert res.curves.get("gradcam", "morf").shape == (24, 65) and res.heatmaps["gradcam"].dtype == np.float16
+    assert res.curves.get("gradcam", "morf").shape == (24, 17) and res.heatmaps["gradcam"].dtype == np.float16
 
 
 def _peak_scoring_bytes(tmp_path: Path, n: int, size: int = 48) -> int:

@@ -9,14 +9,17 @@ from .helpers import JOB, UNGUARDED_SCRIPT
 
 @pytest.fixture(scope="session")
 def reference(tmp_path_factory):
-    """One uninterrupted run of JOB: the figures every interrupted run must end with.
+    """One uninterrupted run of JOB: the figures every interrupted run must end with (made once per test run; read-only).
 
     Run by an unguarded user script (see UNGUARDED_SCRIPT) with a cold cache, so its phantoms are
     written by the pool: it must finish, and the script must have run once.
     """
-    tmp = tmp_path_factory.mktemp("reference")
-    (tmp / "user_run.py").write_text(UNGUARDED_SCRIPT.format(args=JOB + ["hydra.run.dir=run"]))
-    r = helpers.python(["user_run.py"], cwd=tmp, cache=tmp / "cache", timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert len((tmp / "runs.log").read_text().split()) == 1, "a pool worker re-ran the user's script"
+
+    def make(tmp):
+        (tmp / "user_run.py").write_text(UNGUARDED_SCRIPT.format(args=JOB + ["hydra.run.dir=run"]))
+        r = helpers.python(["user_run.py"], cwd=tmp, cache=tmp / "cache", timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert len((tmp / "runs.log").read_text().split()) == 1, "a pool worker re-ran the user's script"
+
+    tmp, _ = helpers.once_per_run(tmp_path_factory, "reference", make)
     return tmp / "run"
