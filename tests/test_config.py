@@ -148,6 +148,8 @@ def test_wrong_type_fails_at_compose_time():
         (["score.metrics=[selectivity]", "+score.metric_params={selectivity:{runs:3}}"],
          r"score.metric_params.selectivity: unknown parameter\(s\) \['runs'\]"),
         (["score.metrics=[faithful]"], r"score.metrics: unknown \['faithful'\]"),
+        (["score.metrics=[effective_complexity]", "+score.metric_params={effective_complexity:{eps:-1}}"],
+         r"score.metric_params.effective_complexity.eps: must be a threshold >= 0, got -1"),
     ],
 )
 def test_bad_values_are_rejected_with_the_key(overrides, message):
@@ -272,3 +274,10 @@ def test_the_offline_setup_trains_the_layer_grad_cam_reads_and_phantoms_add_the_
     assert compose(["train.epochs=3", "model.gradcam_layer=block5_conv3"]).train.epochs == 3
     assert list(compose(["data=covid_radiography", "data.root=/x"]).score.controls) == ["random"]
     build_job(vgg), build_job(dense)  # valid jobs
+
+
+def test_complexity_metrics_compose_into_a_job_beside_the_faithfulness_metrics():
+    cfg = compose(["score.metrics=[sparseness,effective_complexity,irof]", "+score.metric_params={effective_complexity:{eps:0.001}}"])
+    built = build_job(cfg).score.scored_metrics()
+    assert [m.name for m in built] == ["sparseness", "effective_complexity", "irof"] and built[1].eps == 0.001
+    assert [m.needs_model for m in built] == [False, False, True]

@@ -11,12 +11,11 @@ import pytest
 from scipy.stats import pearsonr, spearmanr
 
 from tests.references import tiny_model
-from xbench.metrics import evaluate
+from xbench.metrics import evaluate, metric
 from xbench.metrics.faithfulness import (
     METRIC_NAMES,
     explanation_map,
     group_size,
-    metric,
     pearson,
     pixel_groups,
     spearman,

@@ -29,13 +29,12 @@ except (ImportError, OSError) as exc:  # ModuleNotFoundError (not installed) fai
     pytest.skip(f"quantus is installed but cannot load a system library: {exc}", allow_module_level=True)
 
 from tests.references import tiny_model
-from xbench.metrics import evaluate
+from xbench.metrics import evaluate, metric
 from xbench.metrics.faithfulness import (
     FaithfulnessCorrelation,
     Inputs,
     MonotonicityNguyen,
     SensitivityN,
-    metric,
     slic_segments,
 )
 

@@ -272,6 +272,55 @@ def test_faithfulness_figures_are_cached_per_chunk_and_a_prediction_function_is_
     assert len(calls) == 8
 
 
+def test_complexity_metrics_are_scored_from_the_maps_alone_beside_the_faithfulness_metrics(tmp_path):
+    import pandas as pd
+
+    from tests.references import report_job as _job
+    from xbench.apps.report import build_report
+    from xbench.explain import CenterControl, RandomControl
+    from xbench.metrics.complexity import complexity, effective_complexity, sparseness
+    from xbench.perturbation import Constant
+    from xbench.pipeline import results as R
+    from xbench.pipeline.report import faithfulness_header
+
+    model, images, preds = _pixel_job_inputs(n=6)
+    names = ["sparseness", "complexity", "effective_complexity"]
+    settings = ScoreSettings(orders=["morf"], region_size=4, bootstrap=1000, chunk_images=4, metrics=names,
+                             metric_params={"effective_complexity": {"eps": 1e-3}})
+    res = score_model(model, images, np.arange(6), preds, preds, ["a", "b"], CenterControl(), [RandomControl()], Constant(0.0), settings, seed=2)
+    m = res.metrics
+    maps = CenterControl()(model, images, preds, None)
+    for name, want in (("sparseness", sparseness(maps)), ("complexity", complexity(maps)), ("effective_complexity", effective_complexity(maps, 1e-3))):
+        got = res.curves.per_image[(name, "center")]
+        np.testing.assert_allclose(got, want, rtol=1e-6)  # chunks of 4 change nothing; float32 in curves.npz
+        e = m.methods["center"].faithfulness[name]
+        assert e.mean == pytest.approx(np.mean(want)) and e.n == 6
+        assert (name, "random") in res.curves.per_image
+    gain = m.faithfulness_gains_over_random["complexity"]["center"]  # lower is better: random - center
+    want = res.curves.per_image[("complexity", "random")].astype(np.float64) - res.curves.per_image[("complexity", "center")]
+    assert gain.mean == pytest.approx(np.mean(want))
+
+    job = _job(tmp_path / "job", 0)
+    job.metrics.scoring = m
+    R.write_metrics(job.path, job.metrics)
+    R.write_curves(job.path, res.curves)
+    assert R.read_job(job.path).scoring.methods["center"].faithfulness == m.methods["center"].faithfulness
+    build_report([job.path], tmp_path / "report")
+    row = pd.read_csv(tmp_path / "report" / "summary.csv").iloc[0]
+    assert row["sparseness"] == pytest.approx(m.methods["center"].faithfulness["sparseness"].mean)
+    assert row["complexity_gain_over_random"] == pytest.approx(gain.mean)
+    md = (tmp_path / "report" / "summary.md").read_text()
+    assert faithfulness_header("complexity") in md and "complexity (lower is better" in md
+
+    # No forward pass: a prediction function that is not a Keras model scores them (the faithfulness metrics refuse it).
+    fn = lambda x: np.asarray(model(x))
+    again = score_model(fn, images, np.arange(6), preds, preds, ["a", "b"], CenterControl(), [], Constant(0.0),
+                        ScoreSettings(orders=["morf"], region_size=4, bootstrap=1000, metrics=["sparseness"]), seed=2)
+    np.testing.assert_array_equal(again.curves.per_image[("sparseness", "center")], res.curves.per_image[("sparseness", "center")])
+    with pytest.raises(ValueError, match=r"metric_params.sparseness: unknown parameter\(s\) \['eps'\]"):
+        ScoreSettings(metrics=["sparseness"], metric_params={"sparseness": {"eps": 1}})
+
+
 def test_faithfulness_settings_fail_in_one_line_before_any_work():
     with pytest.raises(ValueError, match=r"metrics: unknown \['faithful'\]"):
         ScoreSettings(metrics=["faithful"])

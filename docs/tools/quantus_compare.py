@@ -101,8 +101,8 @@ def _quantus_cases(quantus, model, x, t, maps, fis):
         Inputs,
         MonotonicityNguyen,
         SensitivityN,
-        metric,
     )
+    from xbench.metrics.registry import metric
 
     n, S = len(x), x.shape[1]
     inp = Inputs(x, maps, np.arange(n), 0)

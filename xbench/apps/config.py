@@ -149,14 +149,14 @@ def validate(cfg: DictConfig) -> None:
             config_keyed(check_image_size, m.backbone, d.image_size)
             config_keyed(weights_source, m.weights, m.backbone)
     config_keyed(check_region_size, sc.region_size, d.image_size)
-    if d.image_size is not None:  # the faithfulness metrics' sizes against the image (names and fields: ScoreSettings)
+    if d.image_size is not None:  # score.metrics' sizes against the image (names and fields: ScoreSettings)
         _check_metrics_fit(sc, int(d.image_size))
     _check(cfg.seed >= 0, "seed", f"must be >= 0, got {cfg.seed}")
 
 
 def _check_metrics_fit(sc, image_size: int) -> None:
     """``score.metric_params.<metric>.<field>: ...`` for a metric parameter these images cannot take (a subset or patch larger than the image)."""
-    from xbench.metrics.faithfulness import METRIC_NAMES, metric
+    from xbench.metrics.registry import METRIC_NAMES, metric
 
     params = sc.get("metric_params") or {}
     for name in sc.get("metrics") or []:

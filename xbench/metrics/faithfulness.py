@@ -120,6 +120,7 @@ class Metric:
     name: ClassVar[str] = ""
     higher_is_better: ClassVar[bool] = True
     target_pass: ClassVar[int] = 0
+    needs_model: ClassVar[bool] = True  # its figures come from the model (the complexity metrics' do not)
 
     def check(self, height: int, width: int) -> None:
         """Raise a one-line ValueError for a parameter these images cannot take."""
@@ -551,37 +552,7 @@ class IncreaseInConfidence(_ConfidenceChange):
         return float(y[1] > y[0])
 
 
-#: The metrics by name (``score.metrics``, :func:`evaluate`).
+#: The faithfulness metrics by name; every metric (these and the complexity metrics), :func:`evaluate` and :func:`metric`: :mod:`xbench.metrics.registry`.
 METRICS: dict[str, type[Metric]] = {m.name: m for m in (FaithfulnessCorrelation, FaithfulnessEstimate, MonotonicityArya, MonotonicityNguyen,
                                                         IROF, SensitivityN, Selectivity, AverageDrop, IncreaseInConfidence, MuFidelity)}
 METRIC_NAMES: tuple[str, ...] = tuple(METRICS)
-
-
-def metric(name: str, **params) -> Metric:
-    """The metric ``name`` with ``params`` (its fields); one-line ValueError for an unknown name or field."""
-    if name not in METRICS:
-        raise ValueError(f"unknown metric {name!r}; choose one of {list(METRIC_NAMES)}")
-    try:
-        return METRICS[name](**params)
-    except TypeError:
-        from dataclasses import fields
-
-        known = [f.name for f in fields(METRICS[name])]
-        bad = sorted(set(params) - set(known))
-        raise ValueError(f"{name}: unknown parameter(s) {bad}; it takes {known}") from None
-
-
-def evaluate(name: str, model, images, heatmaps, targets=None, *, image_ids=None, seed: int = 0, batch_size=None, memory_budget_mb: float = 1024,
-             progress: bool = False, **params) -> np.ndarray:
-    """(N,) float64: metric ``name`` of each image's heatmap, e.g. ``evaluate("faithfulness_correlation", model, x, maps, runs=50)``.
-
-    Args:
-        model: a Keras classifier :func:`xbench.models.as_classifier` reads.
-        images: (N, H, W, 3) in [0, 1] (or uint8); heatmaps: (N, H, W), finite.
-        targets: (N,) classes; default the class predicted on the original image.
-        image_ids, seed: fix each image's random draws (default ids 0..N-1).
-        batch_size: (image, pass) pairs per forward pass; default from ``memory_budget_mb``. Figures do not depend on it.
-        params: the metric's fields (``METRICS[name]``).
-    """
-    return metric(name, **params)(model, images, heatmaps, targets, image_ids=image_ids, seed=seed, batch_size=batch_size,
-                                  memory_budget_mb=memory_budget_mb, progress=progress)

@@ -26,7 +26,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from xbench.core.errors import XbenchError
-from xbench.metrics.faithfulness import METRICS
+from xbench.metrics.registry import FAMILIES, METRICS
 from xbench.perturbation.orders import ORDERS, PIXEL_ORDERS
 
 #: 2: typed sections, estimates carry their resampling unit, localisation per method.
@@ -34,7 +34,8 @@ FORMAT_VERSION = 3  # 3: reference maps' rows marked (Curves.rows); a map that s
 # Fields added since without a version bump, all optional with a default, so files written before
 # them still load: the deletion / insertion figures (OrderScores.auc, .auc_per_class, .fractions;
 # Scoring.pixel_steps, .pixels_per_step, .insertion_blur, .auc_gains_over_random); the faithfulness
-# metrics (MethodScores.faithfulness, Scoring.faithfulness_gains_over_random).
+# metrics (MethodScores.faithfulness, Scoring.faithfulness_gains_over_random), which also hold the complexity
+# metrics of score.metrics (sparseness, complexity, effective_complexity) under their names.
 
 # ---------------------------------------------------------------- file names
 # Every file a job or a report writes, named once: writers, readers, the viewer and tracking use these names.
@@ -149,8 +150,9 @@ class MethodScores:
     # DeepLIFT: y_c(x) - y_c(baseline), completeness / summation-to-delta;
     # LRP: y_c(x), conservation). None for methods without such an axiom.
     completeness_error: Estimate | None = None
-    # The faithfulness metrics of score.metrics (xbench.metrics.faithfulness: each metric's paper and
-    # direction, FAITHFULNESS_HIGHER_IS_BETTER), mean over the images where defined (``n``), with CIs.
+    # The metrics of score.metrics by name: faithfulness (xbench.metrics.faithfulness) and complexity
+    # (xbench.metrics.complexity; each metric's paper there, its direction in FAITHFULNESS_HIGHER_IS_BETTER),
+    # mean over the images where defined (``n``), with CIs.
     faithfulness: dict[str, Estimate] = field(default_factory=dict)
 
 
@@ -191,9 +193,9 @@ class Scoring:
     # signed so that POSITIVE = BETTER than random: deletion random - method (a faster fall
     # is a lower AUC), insertion method - random (a faster rise is a higher AUC).
     auc_gains_over_random: dict[str, dict[str, Estimate]] = field(default_factory=dict)
-    # {metric: {method: gain over the random control, paired by image}} for the faithfulness metrics,
+    # {metric: {method: gain over the random control, paired by image}} for the metrics of score.metrics,
     # signed so that POSITIVE = BETTER than random (method - random, or random - method for a metric
-    # where lower is better: selectivity, average_drop).
+    # where lower is better: selectivity, average_drop, complexity, effective_complexity).
     faithfulness_gains_over_random: dict[str, dict[str, Estimate]] = field(default_factory=dict)
 
 
@@ -694,7 +696,7 @@ PIXEL_AUC_COLUMNS: tuple[Column, ...] = tuple(
 )
 SUMMARY_COLUMNS += PIXEL_AUC_COLUMNS
 
-#: Direction of each faithfulness metric (score.metrics): True where a higher value is the more faithful map.
+#: Direction of each metric of score.metrics (faithfulness and complexity): True where a higher value is the better map.
 FAITHFULNESS_HIGHER_IS_BETTER: dict[str, bool] = {name: cls.higher_is_better for name, cls in METRICS.items()}
 
 
@@ -715,12 +717,12 @@ def _faithfulness_gain(metric: str):
     return pick
 
 
-#: The faithfulness metrics (score.metrics): the explainer's mean with its CI over images, and its gain over the random control; NaN when not scored.
+#: The metrics of score.metrics (faithfulness, then complexity): the explainer's mean with its CI over images, and its gain over the random control; NaN when not scored.
 FAITHFULNESS_COLUMNS: tuple[Column, ...] = tuple(
     c
     for name, higher in FAITHFULNESS_HIGHER_IS_BETTER.items()
     for c in (
-        _estimate_columns(name, f"explainer {name} ({'higher' if higher else 'lower'} is better; xbench.metrics.faithfulness), mean over images",
+        _estimate_columns(name, f"explainer {name} ({'higher' if higher else 'lower'} is better; xbench.metrics.{FAMILIES[name]}), mean over images",
                           _faithfulness(name))
         + _estimate_columns(f"{name}_gain_over_random", f"{'explainer - random' if higher else 'random - explainer'} {name}, paired by image: "
                             "positive = better than random", _faithfulness_gain(name))

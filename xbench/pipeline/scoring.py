@@ -365,7 +365,7 @@ def score_method(method, model, batch: _Batch, orders: Sequence[str], perturbati
             per = np.where(keep, per, np.nan)
         scores.localisation[metric] = _estimate(per, settings, batch.seed)
         out.curves.per_image[(metric, name)] = per.astype(np.float32)
-    for m in settings.faithfulness_metrics():
+    for m in settings.scored_metrics():
         tf = time.perf_counter()
         per = method_faithfulness(m, model, batch, name, heat, settings, store)
         if keep is not None:  # a reference map: only the images with its ground truth
@@ -381,13 +381,15 @@ def score_method(method, model, batch: _Batch, orders: Sequence[str], perturbati
 
 
 def method_faithfulness(metric, model, batch: _Batch, name: str, heat: np.ndarray, settings: ScoreSettings, store=None) -> np.ndarray:
-    """(M,) float64 per-image figures of one faithfulness metric (:mod:`xbench.metrics.faithfulness`), chunk by chunk, in ``settings.dtype``.
+    """(M,) float64 per-image figures of one metric of score.metrics (:mod:`xbench.metrics.registry`), chunk by chunk, in ``settings.dtype``.
+
+    A faithfulness metric runs its forward passes in ``settings.dtype``; a complexity metric reads the maps alone.
 
     The targets are the curves' (``score.target``); random draws follow (seed, image id), so chunking changes nothing.
     With a ``store`` each chunk is cached as soon as it exists (:meth:`xbench.pipeline.store.CurveStore.figures`).
     """
     engine_model = model
-    if settings.dtype != "float32":
+    if settings.dtype != "float32" and metric.needs_model:
         from xbench.models.precision import with_compute_dtype
 
         engine_model = with_compute_dtype(model, settings.dtype)
@@ -396,7 +398,8 @@ def method_faithfulness(metric, model, batch: _Batch, name: str, heat: np.ndarra
         def compute(ch=ch):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)  # constant maps: counted by explain()
-                return metric(engine_model, batch.x[ch], heat[ch], batch.targets[ch], image_ids=batch.rows[ch], seed=batch.seed,
+                images = batch.x[ch] if metric.needs_model else None  # a complexity metric reads no image
+                return metric(engine_model, images, heat[ch], batch.targets[ch], image_ids=batch.rows[ch], seed=batch.seed,
                               batch_size=settings.batch_size, memory_budget_mb=settings.memory_budget_mb, progress=len(batch.chunks) < 2)
 
         if store is None:
@@ -411,7 +414,7 @@ def method_faithfulness(metric, model, batch: _Batch, name: str, heat: np.ndarra
 
 def faithfulness_gains(out: ScoreResult, methods: Sequence, batch: _Batch, settings: ScoreSettings) -> None:
     """Each method's faithfulness metrics against the random control's, paired by image, signed so that positive = better, into ``out.metrics``."""
-    for m in settings.faithfulness_metrics():
+    for m in settings.scored_metrics():
         floor = out.curves.per_image.get((m.name, "random"))
         if floor is None:
             continue
@@ -500,14 +503,16 @@ def score_model(model, images, test_rows: np.ndarray, labels: np.ndarray, preds:
     rows = np.asarray(test_rows)[sel]
     x = ScoredImages(images, rows)
     size = x.shape[1]
-    for m in settings.faithfulness_metrics():  # a parameter these images cannot take fails now, before any map is made
+    for m in settings.scored_metrics():  # a parameter these images cannot take fails now, before any map is made
         try:
             m.check(size, size)
         except ValueError as exc:
             raise ConfigError(f"score.metric_params.{m.name}.{exc}") from None
-    if settings.metrics and not _is_keras_model(model):
-        raise ConfigError(f"score.metrics: the faithfulness metrics build their masked images in a Keras model's compiled step; "
-                          f"this model is a {type(model).__name__}: score without them (score.metrics=[])")
+    needs_model = [m.name for m in settings.scored_metrics() if m.needs_model]
+    if needs_model and not _is_keras_model(model):
+        raise ConfigError(f"score.metrics: the faithfulness metrics build their masked images in a Keras model's compiled step "
+                          f"({', '.join(needs_model)}); "
+                          f"this model is a {type(model).__name__}: score without them (the complexity metrics need no model)")
     region = settings.region_size or auto_region_size(size)
     n_rows, n_cols = grid_shape(size, size, region)
     if settings.region_size is None and (n_rows, n_cols) != (PAPER_GRID, PAPER_GRID):

@@ -137,9 +137,10 @@ class ScoreSettings:
     # incremental (only the windows each step's region reaches; exact, region orders and mask-free
     # perturbations), or auto: the cheaper by a FLOP estimate (xbench.perturbation.engine.choose_method).
     method: str = "auto"
-    # Faithfulness metrics scored per image for the explainer and every control (xbench.metrics.faithfulness.METRICS):
+    # Metrics scored per image for the explainer and every control (xbench.metrics.registry.METRICS). Faithfulness:
     # faithfulness_correlation, faithfulness_estimate, monotonicity_arya, monotonicity_nguyen, irof, sensitivity_n,
-    # selectivity, average_drop, increase_in_confidence, mufidelity. Each costs its own masked forward passes.
+    # selectivity, average_drop, increase_in_confidence, mufidelity; each costs its own masked forward passes.
+    # Complexity (xbench.metrics.complexity; the maps alone, no forward pass): sparseness, complexity, effective_complexity.
     metrics: List[str] = field(default_factory=list, metadata=METRIC_NOT_VARIANT)
     # Their parameters, by metric: e.g. {faithfulness_correlation: {runs: 50}}; unset: the metric's defaults.
     metric_params: Dict[str, Dict[str, Any]] = field(default_factory=dict, metadata=METRIC_NOT_VARIANT)
@@ -173,11 +174,11 @@ class ScoreSettings:
             raise ValueError(f"bootstrap: use at least 1,000 resamples, got {self.bootstrap}")
         _at_least(self.chunk_images, 1, "chunk_images")
         check_compute_dtype(self.dtype)
-        self.faithfulness_metrics()  # names and parameters checked now, before any work
+        self.scored_metrics()  # names and parameters checked now, before any work
 
-    def faithfulness_metrics(self) -> list:
-        """The configured faithfulness metrics, built (:func:`xbench.metrics.faithfulness.metric`); ValueError naming the field."""
-        from xbench.metrics.faithfulness import METRIC_NAMES, metric
+    def scored_metrics(self) -> list:
+        """The configured metrics (faithfulness and complexity), built (:func:`xbench.metrics.registry.metric`); ValueError naming the field."""
+        from xbench.metrics.registry import METRIC_NAMES, metric
 
         bad = [m for m in self.metrics if m not in METRIC_NAMES]
         if bad:

@@ -597,7 +597,8 @@ def masked_speed(backbone: str, image_size: int, n: int, names, batch_size: int 
     """
     from xbench.explain import ExplainContext, build
     from xbench.explain.cam import default_layer
-    from xbench.metrics.faithfulness import METRICS, Inputs, metric
+    from xbench.metrics.faithfulness import METRICS, Inputs
+    from xbench.metrics.registry import metric
     from xbench.models import build_classifier
     from xbench.models.backbones import NO_WEIGHTS
     from xbench.perturbation.programs import Windows

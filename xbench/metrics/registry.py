@@ -1,0 +1,52 @@
+"""Every per-image heatmap metric by name: the one table :func:`evaluate`, ``score.metrics`` and the results read.
+
+Two families: the faithfulness metrics (:mod:`xbench.metrics.faithfulness`:
+masked forward passes of a Keras model) and the complexity metrics
+(:mod:`xbench.metrics.complexity`: the maps alone). Both are small classes
+with the same call, ``metric(model, images, heatmaps, targets, *, image_ids,
+seed, batch_size, memory_budget_mb, progress) -> (N,)``, a ``name``, a
+``higher_is_better``, ``needs_model`` and ``check(height, width)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+
+import numpy as np
+
+from xbench.metrics import complexity, faithfulness
+
+#: The metrics by name (``score.metrics``, :func:`evaluate`): the faithfulness metrics, then the complexity metrics.
+METRICS: dict[str, type] = {**faithfulness.METRICS, **complexity.METRICS}
+METRIC_NAMES: tuple[str, ...] = tuple(METRICS)
+#: The family of each metric (the module that defines it).
+FAMILIES: dict[str, str] = {**dict.fromkeys(faithfulness.METRICS, "faithfulness"), **dict.fromkeys(complexity.METRICS, "complexity")}
+
+
+def metric(name: str, **params):
+    """The metric ``name`` with ``params`` (its fields); one-line ValueError for an unknown name or field."""
+    if name not in METRICS:
+        raise ValueError(f"unknown metric {name!r}; choose one of {list(METRIC_NAMES)}")
+    try:
+        return METRICS[name](**params)
+    except TypeError:
+        known = [f.name for f in fields(METRICS[name])]
+        bad = sorted(set(params) - set(known))
+        raise ValueError(f"{name}: unknown parameter(s) {bad}; it takes {known}") from None
+
+
+def evaluate(name: str, model, images, heatmaps, targets=None, *, image_ids=None, seed: int = 0, batch_size=None, memory_budget_mb: float = 1024,
+             progress: bool = False, **params) -> np.ndarray:
+    """(N,) float64: metric ``name`` of each image's heatmap, e.g. ``evaluate("faithfulness_correlation", model, x, maps, runs=50)``.
+
+    Args:
+        model: a Keras classifier :func:`xbench.models.as_classifier` reads; None (or anything) for a complexity metric, which ignores it.
+        images: (N, H, W, 3) in [0, 1] (or uint8); heatmaps: (N, H, W), finite. A complexity metric reads only the maps
+            (``evaluate("sparseness", None, None, maps)``) and checks that given images match them.
+        targets: (N,) classes; default the class predicted on the original image (faithfulness only).
+        image_ids, seed: fix each image's random draws (default ids 0..N-1).
+        batch_size: (image, pass) pairs per forward pass; default from ``memory_budget_mb``. Figures do not depend on it.
+        params: the metric's fields (``METRICS[name]``).
+    """
+    return metric(name, **params)(model, images, heatmaps, targets, image_ids=image_ids, seed=seed, batch_size=batch_size,
+                                  memory_budget_mb=memory_budget_mb, progress=progress)
