@@ -38,10 +38,6 @@ BLOCK_TF = textwrap.dedent("""
 def _jax_env(cache: Path) -> dict:
     env = {**os.environ, "KERAS_BACKEND": "jax", "XBENCH_CACHE": str(cache)}
     env.pop("XBENCH_FAULT", None)
-    # XLA:CPU compiles every new shape, and these tests make many: LLVM at its lowest optimisation level
-    # compiles faster (the rerun: 160 s against 184 s on the 2-core CPU) and changes what code is emitted,
-    # not what it computes (the tolerances stand as they are).
-    env["XLA_FLAGS"] = " ".join(f for f in (env.get("XLA_FLAGS", ""), "--xla_backend_optimization_level=0") if f)
     return env
 
 
