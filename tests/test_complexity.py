@@ -59,7 +59,9 @@ def effective_slow(m, eps=EFFECTIVE_EPS, normalise=True):
     """How many |a| exceed eps, in units of the largest |a| (normalise) or the map's own."""
     x = [abs(float(v)) for v in np.ravel(m)]
     top = max(x) if normalise else 1.0
-    return float(sum(1 for v in x if top > 0 and v / top > eps))
+    if max(x) == 0:
+        return math.nan  # attributes nothing: undefined
+    return float(sum(1 for v in x if v / top > eps))
 
 
 SLOW = {"sparseness": gini_slow, "complexity": entropy_slow, "effective_complexity": effective_slow}
@@ -105,8 +107,7 @@ def test_hand_worked_maps():
 
     zero = np.zeros((1, S, S))
     assert math.isnan(sparseness(zero)[0]) and math.isnan(complexity(zero)[0])  # 0 / 0: undefined
-    np.testing.assert_array_equal(effective_complexity(zero), 0.0)  # nothing exceeds eps at any scale
-    np.testing.assert_array_equal(effective_complexity(zero, normalise=False), 0.0)
+    assert math.isnan(effective_complexity(zero)[0]) and math.isnan(effective_complexity(zero, normalise=False)[0])  # not the best score
 
     strict = np.zeros((1, S, S))
     strict[0, 0, :3] = [0.5, 8e-6, 0.5 * 1e-5]  # 8e-6 / 0.5 = 1.6e-5 > eps; 5e-6 / 0.5 = eps exactly: not "exceeds"
@@ -149,7 +150,7 @@ def test_evaluate_reads_the_maps_alone_and_refuses_bad_input_in_one_line():
         evaluate("gini", None, None, h)
     with pytest.raises(ValueError, match=r"^sparseness: unknown parameter\(s\) \['eps'\]; it takes \[\]$"):
         evaluate("sparseness", None, None, h, eps=0.1)
-    with pytest.raises(ValueError, match=r"^eps: must be a threshold >= 0, got -1"):
+    with pytest.raises(ValueError, match=r"^eps: must be a threshold >= 0 and < 1 \(a share of the map max\), got -1$"):
         evaluate("effective_complexity", None, None, h, eps=-1)
     with pytest.raises(ValueError, match=r"^heatmaps must have shape \(6, 8, 8\) to match the images"):
         evaluate("complexity", None, np.zeros((6, 8, 8, 3)), h[:, :, :4])
@@ -211,3 +212,34 @@ def test_quantus_effective_complexity_counts_alike_per_map_or_unnormalised(quant
     np.testing.assert_array_equal(effective_complexity(h, eps=1e-4, normalise=False), raw)
     batch = _quantus(quantus.EffectiveComplexity(disable_warnings=True), h)
     assert (batch != ours).any()  # the documented difference: maps 1 and 2 (x 1e4, x 1e3) set the batch's scale
+
+
+def test_directions_edges_and_refusals_hold():
+    """The metrics' directions as the papers read them; huge and one-ulp-apart values; bad maps and parameters in one line."""
+    from xbench.metrics.complexity import METRICS
+
+    assert {n: m.higher_is_better for n, m in METRICS.items()} == {"sparseness": True, "complexity": False, "effective_complexity": False}
+    rng = np.random.default_rng(3)
+    h = rng.normal(size=(3, 8, 8))
+    np.testing.assert_allclose(sparseness(h * 1e305), sparseness(h), rtol=1e-12)  # no overflow near the float max
+    np.testing.assert_allclose(complexity(h * 1e305), complexity(h), rtol=1e-12)
+    for i in range(3):  # each row's figure whatever the batch, to the bit
+        assert sparseness(h[i : i + 1])[0] == sparseness(h)[i] and complexity(h[i : i + 1])[0] == complexity(h)[i]
+    one = np.zeros((1, 4, 4))
+    one[0, 1, 2] = -3.0
+    assert math.copysign(1.0, complexity(one)[0]) == 1.0  # 0, not -0
+    bad = h.copy()
+    bad[1, 0, 0] = np.inf
+    for f in (sparseness, complexity, effective_complexity):
+        with pytest.raises(ValueError, match=r"^1 heatmap\(s\) contain NaN or infinite values \(first at position 1\)$"):
+            f(bad)
+        with pytest.raises(ValueError, match=r"H, W >= 1"):
+            f(np.zeros((2, 0, 5)))
+    for eps in (1.0, np.inf, True, "1e-3", None, math.nan):
+        with pytest.raises(ValueError, match=r"^eps: must be a threshold >= 0 and < 1"):
+            effective_complexity(h, eps=eps)
+    assert effective_complexity(h, eps=2.0, normalise=False).shape == (3,)  # in the map's own units any eps >= 0 is a threshold
+    with pytest.raises(ValueError, match=r"^normalise: must be true or false"):
+        effective_complexity(h, normalise="yes")
+    with pytest.raises(ValueError, match=r"^got 2 image ids for 3 maps$"):
+        evaluate("sparseness", None, None, h, image_ids=[0, 1])

@@ -149,7 +149,7 @@ def test_wrong_type_fails_at_compose_time():
          r"score.metric_params.selectivity: unknown parameter\(s\) \['runs'\]"),
         (["score.metrics=[faithful]"], r"score.metrics: unknown \['faithful'\]"),
         (["score.metrics=[effective_complexity]", "+score.metric_params={effective_complexity:{eps:-1}}"],
-         r"score.metric_params.effective_complexity.eps: must be a threshold >= 0, got -1"),
+         r"score.metric_params.effective_complexity.eps: must be a threshold >= 0 and < 1 \(a share of the map max\), got -1"),
     ],
 )
 def test_bad_values_are_rejected_with_the_key(overrides, message):

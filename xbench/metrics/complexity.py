@@ -12,9 +12,10 @@ Shared conventions, and Quantus 0.5.3's (``quantus/metrics/complexity/``):
 - One map per image, one value per pixel. Quantus takes the maps as
   (N, 1, H, W) and flattens each to H W values, as here; a map with a value
   per colour channel must be reduced first (``reduce=``, as the explainers do).
-- The zero map (every |a_i| = 0): sparseness and complexity are 0 / 0 and
-  NaN here; its effective complexity is 0 (no value exceeds eps at any
-  scale). Quantus refuses a batch whose maps are all zero (an assertion)
+- The zero map (every |a_i| = 0) attributes nothing: all three figures are
+  NaN here (sparseness and complexity are 0 / 0; an effective complexity of
+  0 would be the best score for no explanation), and a job's means leave
+  NaN images out. Quantus refuses a batch whose maps are all zero (an assertion)
   and gives a zero map among others Gini ~0 (its 1e-7 offset, below) and
   entropy NaN.
 - Quantus divides every batch by its largest |a| first (``normalise=True``,
@@ -41,13 +42,19 @@ EFFECTIVE_EPS = 1e-5
 def _absolute(heatmaps) -> np.ndarray:
     """(N, n) float64 |a| of (N, H, W) finite maps; one-line ValueError otherwise."""
     h = np.asarray(heatmaps, np.float64)
-    if h.ndim != 3:
-        raise ValueError(f"heatmaps must have shape (N, H, W), got {h.shape}")
+    if h.ndim != 3 or not h.shape[1] * h.shape[2]:
+        raise ValueError(f"heatmaps must have shape (N, H, W) with H, W >= 1, got {h.shape}")
     flat = np.abs(h.reshape(len(h), h.shape[1] * h.shape[2]))
     bad = ~np.isfinite(flat).all(axis=1)
     if bad.any():
         raise ValueError(f"{int(bad.sum())} heatmap(s) contain NaN or infinite values (first at position {int(np.flatnonzero(bad)[0])})")
     return flat
+
+
+def _unit_max(a: np.ndarray) -> np.ndarray:
+    """(N, n) |a| divided by each row's max (rows of zeros stay zero): the scale-free metrics computed without overflow near 1e308."""
+    top = a.max(axis=1, keepdims=True)
+    return np.divide(a, top, out=np.zeros_like(a), where=top > 0)
 
 
 def sparseness(heatmaps) -> np.ndarray:
@@ -64,12 +71,12 @@ def sparseness(heatmaps) -> np.ndarray:
     the batch's max, larger for a map of a much smaller scale beside it; and
     it gives the zero map G = 0 instead of NaN.
     """
-    a = np.sort(_absolute(heatmaps), axis=1)
+    a = np.sort(_unit_max(_absolute(heatmaps)), axis=1)
     n = a.shape[1]
     total = a.sum(axis=1)
     weights = 2.0 * np.arange(1, n + 1) - n - 1
     with np.errstate(invalid="ignore", divide="ignore"):
-        g = (a @ weights) / (n * total)
+        g = (a * weights).sum(axis=1) / (n * total)  # an elementwise sum, not a BLAS product: each row's figure whatever the batch
     g[(a[:, 0] == a[:, -1]) & (total > 0)] = 0.0  # a constant map: exactly 0, not the rounding residue of sum_k (2k - n - 1) c
     g[total == 0] = math.nan
     return g
@@ -84,12 +91,12 @@ def complexity(heatmaps) -> np.ndarray:
     zero map. The same as Quantus's ``Complexity`` (``scipy.stats.entropy``
     of the same p; its max-normalisation changes nothing).
     """
-    a = _absolute(heatmaps)
+    a = _unit_max(_absolute(heatmaps))
     total = a.sum(axis=1, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
         p = a / total
         terms = np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0)
-    c = -terms.sum(axis=1)
+    c = 0.0 - terms.sum(axis=1)  # 0.0 - : a one-pixel map is 0, not -0
     c[total[:, 0] == 0] = math.nan
     return c
 
@@ -99,19 +106,34 @@ def effective_complexity(heatmaps, eps: float = EFFECTIVE_EPS, normalise: bool =
 
     EC = |{ i : |a_i| / m > eps }|, m = max_j |a_j| with ``normalise`` (the
     default), else m = 1 (eps in the map's own units). Range [0, n]: 1 for a
-    map with one non-zero pixel, n for a constant non-zero map, 0 for the
-    zero map. Quantus's ``EffectiveComplexity`` has the same eps (1e-5) and
-    strict ">", but divides by the max |a| of the whole batch, not of each
-    map (the same for a batch of one map, or with ``normalise=False`` on
-    both sides).
+    map with one non-zero pixel, n for a constant non-zero map, NaN for the
+    zero map. Quantus's ``EffectiveComplexity`` (the definition cited here
+    is Quantus's; eps in [0, 1) with ``normalise``) has the same eps (1e-5)
+    and strict ">", but divides by the max |a| of the whole batch, not of
+    each map (the same with ``normalise=False`` on both sides, and for a
+    batch of one map that Quantus accepts: it refuses constant batches).
+    Read it for what it counts: at eps = 1e-5 of the max almost every pixel
+    of a smooth map exceeds it (a noise map and a wide blob both score
+    about n), so at the default it mostly counts the pixels that are
+    exactly 0; raise eps (e.g. 0.1) to count the pixels that matter.
     """
-    if not eps >= 0:
-        raise ValueError(f"eps: must be a threshold >= 0, got {eps}")
+    _check_eps(eps, normalise)
     a = _absolute(heatmaps)
+    zero = a.max(axis=1) == 0
     if normalise:
-        top = a.max(axis=1, keepdims=True) if a.shape[1] else np.zeros((len(a), 1))
-        a = np.divide(a, top, out=np.zeros_like(a), where=top > 0)
-    return (a > eps).sum(axis=1).astype(np.float64)
+        a = _unit_max(a)
+    out = (a > eps).sum(axis=1).astype(np.float64)
+    out[zero] = math.nan  # no attribution anywhere: not an explanation, not the best score
+    return out
+
+
+def _check_eps(eps, normalise) -> None:
+    """One-line ValueError unless eps is a number >= 0 (and < 1 where it is a share of the max: 1 or more leaves no pixel) and normalise a bool."""
+    if not isinstance(normalise, (bool, np.bool_)):
+        raise ValueError(f"normalise: must be true or false, got {normalise!r}")
+    if isinstance(eps, (bool, np.bool_)) or not isinstance(eps, (int, float, np.integer, np.floating)) or not eps >= 0 \
+            or (normalise and not eps < 1):
+        raise ValueError(f"eps: must be a threshold >= 0{' and < 1 (a share of the map max)' if normalise else ''}, got {eps!r}")
 
 
 @dataclass
@@ -176,8 +198,7 @@ class EffectiveComplexity(MapMetric):
     higher_is_better: ClassVar[bool] = False
 
     def check(self, height, width):
-        if not self.eps >= 0:
-            raise ValueError(f"eps: must be a threshold >= 0, got {self.eps}")
+        _check_eps(self.eps, self.normalise)
 
     def kernel(self, heatmaps):
         return effective_complexity(heatmaps, self.eps, self.normalise)
