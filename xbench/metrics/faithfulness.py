@@ -288,8 +288,7 @@ class MonotonicityNguyen(_Grouped):
     default: 100 samples, as here.
     """
 
-    features_in_step: int | None = None
-    samples: int = 100
+    samples: int = 100  # features_in_step: from _Grouped
     name: ClassVar[str] = "monotonicity_nguyen"
     absolute: ClassVar[bool] = True
 
