@@ -102,7 +102,8 @@ def test_same_call_same_numbers_and_input_checks():
     kw = dict(region_size=4, seed=3, epochs=2)
     a = mask_leakage(images, {"road": Road()}, **kw)["road"]
     b = mask_leakage(images, {"road": Road()}, **kw)["road"]
-    assert (a.mask_auc, a.image_auc, a.test_loss, a.mask_auc_ci) == (b.mask_auc, b.image_auc, b.test_loss, b.mask_auc_ci)
+    assert (a.mask_auc, a.image_auc, a.test_loss) == (b.mask_auc, b.image_auc, b.test_loss)
+    np.testing.assert_equal(a.mask_auc_ci, b.mask_auc_ci)  # NaN-aware: 4 held-out images are too few for a CI (MIN_UNITS)
     with pytest.raises(ValueError, match="held out"):
         mask_leakage(images[:2], {"road": Road()}, **kw)
     with pytest.raises(ValueError, match="fractions"):

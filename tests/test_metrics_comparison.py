@@ -5,7 +5,7 @@ import pytest
 from scipy import stats
 
 from xbench.metrics.aopc import aopc_by_step
-from xbench.metrics.bootstrap import bootstrap_band, bootstrap_ci, bootstrap_diff
+from xbench.metrics.bootstrap import MIN_SEEDS, MIN_UNITS, bootstrap_band, bootstrap_ci, bootstrap_diff
 from xbench.metrics.comparison import holm, over_seeds, paired_images
 
 # The null of issue 11: two models of equal expected AOPC; a seed moves a model's AOPC by N(0, 0.02), an image by N(0, 0.08).
@@ -65,11 +65,14 @@ def test_paired_images_by_hand():
     b = np.array([0.3, 0.4, 0.1, 0.6])
     r = paired_images(a, b, n_resamples=1000, seed=0)
     assert r["n_images"] == 3 and r["diff"] == pytest.approx((0.2 + 0.0 + 0.3) / 3) and r["unit"] == "image"
+    assert np.isnan(r["ci_low"]) and np.isnan(r["p_value"])  # 3 pairs: below MIN_UNITS, no CI and no p
+    r = paired_images(a, b, n_resamples=1000, seed=0, min_n=2)  # the arithmetic, with the minimum lowered
     assert 0.0 <= r["ci_low"] <= r["diff"] <= r["ci_high"] <= 0.3 + 1e-12
     # every resample of all-positive differences is > 0: p is the floor 1/(R+1), not 0
     big = paired_images(np.full(50, 1.0) + np.linspace(0, 0.1, 50), np.zeros(50), n_resamples=1000)
     assert big["p_value"] == pytest.approx(1 / 1001)
-    assert paired_images(a, a)["p_value"] == 1.0
+    same = np.linspace(0, 1, MIN_UNITS)
+    assert paired_images(same, same)["p_value"] == 1.0
     # the CI is the percentile bootstrap of the differences' mean
     rng = np.random.default_rng(1)
     x, z = rng.normal(size=200), rng.normal(size=200)
@@ -174,3 +177,53 @@ def test_t_band_by_hand():
     np.testing.assert_allclose(hi, mean + half)
     with pytest.raises(ValueError):
         t_band(v[:1])
+
+
+def test_no_ci_or_p_below_the_minimum_of_units_and_both_at_it():
+    """Issue 27: below MIN_UNITS images (docs/tools/bootstrap_coverage.py) every image-bootstrap CI and p is NaN, at it finite."""
+    from xbench.metrics.comparison import t_band
+    from xbench.metrics.similarity import versus_pairs
+
+    rng = np.random.default_rng(5)
+    x, z = rng.normal(0.5, 0.1, MIN_UNITS), rng.normal(0.3, 0.1, MIN_UNITS)
+    few, enough = MIN_UNITS - 1, MIN_UNITS
+    assert np.isnan(bootstrap_ci(x[:few])).all() and np.isfinite(bootstrap_ci(x[:enough])).all()
+    r = paired_images(x[:few], z[:few])
+    assert np.isnan([r["ci_low"], r["ci_high"], r["p_value"]]).all() and np.isfinite(r["diff"]) and r["n_images"] == few
+    r = paired_images(x[:enough], z[:enough])
+    assert np.isfinite([r["ci_low"], r["ci_high"], r["p_value"]]).all()
+    # non-finite pairs do not count: MIN_UNITS values with one NaN are too few
+    assert np.isnan(paired_images(np.r_[x[:few], np.nan], z[:enough])["p_value"])
+    assert np.isnan(bootstrap_diff(x[:few], z)["p_value"]) and np.isfinite(bootstrap_diff(x, z)["p_value"])
+    curves = np.clip(1 - np.cumsum(rng.random((enough, 4)) * 0.2, axis=1), 0, 1)
+    assert np.isnan(bootstrap_band(curves[:few])[1]).all() and np.isfinite(bootstrap_band(curves)[1]).all()
+    # the sanity check's test against random pairs (images are the unit)
+    sims = rng.uniform(0, 1, (2, enough))
+    pairs = np.array([(i, (i + 1) % enough) for i in range(enough)])
+    t = versus_pairs(sims, pairs, rng.uniform(0, 1, enough), n_resamples=1000)
+    assert np.isfinite(t["diff_ci"]).all() and np.isfinite(t["p_below"]).all() and np.isfinite(t["baseline_ci"]).all()
+    sims[1, 0] = np.nan  # step 1 has one image too few; step 0 keeps them all
+    t = versus_pairs(sims, pairs, rng.uniform(0, 1, enough), n_resamples=1000)
+    assert np.isfinite(t["p_below"][0]) and np.isnan(t["p_below"][1]) and np.isnan(t["diff_ci"][1]).all() and np.isfinite(t["diff"][1])
+    t = versus_pairs(sims[:, :few], pairs[:few - 1], rng.uniform(0, 1, few - 1), n_resamples=1000)
+    assert np.isnan(t["p_below"]).all() and np.isnan(t["baseline_ci"]).all()
+    # seeds: a t interval from MIN_SEEDS seeds on (exact under normality), none below
+    assert MIN_SEEDS == 2
+    s = over_seeds({0: 0.5, 1: 0.7}, {0: 0.4, 1: 0.5})
+    assert np.isfinite(s["p_value"]) and np.isfinite(s["ci_low"])
+    assert np.isnan(over_seeds({0: 0.5}, {0: 0.4})["p_value"])
+    assert np.isfinite(t_band(np.array([[1.0, 2.0], [2.0, 4.0]]))[1]).all()
+
+
+def test_the_coverage_tool_measures_the_code_and_its_rule(capsys):
+    """docs/tools/bootstrap_coverage.py checks itself against bootstrap_ci and paired_images; a small run prints its tables."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("bootstrap_coverage", Path(__file__).resolve().parents[1] / "docs" / "tools" / "bootstrap_coverage.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    tool.check_against_code(1000)
+    assert tool.main(["--sims", "100", "--resamples", "1000", "--max-n", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "| 2 | " in out and "t interval over n seeds" in out

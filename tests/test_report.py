@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from tests.references import report_job
+from xbench.metrics.bootstrap import MIN_SEEDS, MIN_UNITS, TOO_FEW_TEXT
 from xbench.pipeline import report
 from xbench.pipeline import results as R
 
@@ -183,9 +184,10 @@ def test_the_methods_table_ranks_every_method_of_a_model_and_tests_each_against_
     from xbench.metrics import comparison
 
     rng = np.random.default_rng(3)
-    ids = np.arange(12)
-    iou = {"gradcam": rng.uniform(0.4, 0.6, 12), "occlusion": rng.uniform(0.1, 0.3, 12), "random": rng.uniform(0.0, 0.1, 12)}
-    drop = {"gradcam": rng.uniform(0.0, 0.2, 12), "occlusion": rng.uniform(0.3, 0.5, 12), "random": rng.uniform(0.6, 0.8, 12)}  # lower is better
+    n = MIN_UNITS  # enough images for CIs and p-values (below it the table says "n too small")
+    ids = np.arange(n)
+    iou = {"gradcam": rng.uniform(0.4, 0.6, n), "occlusion": rng.uniform(0.1, 0.3, n), "random": rng.uniform(0.0, 0.1, n)}
+    drop = {"gradcam": rng.uniform(0.0, 0.2, n), "occlusion": rng.uniform(0.3, 0.5, n), "random": rng.uniform(0.6, 0.8, n)}  # lower is better
     jobs = []
     for name in ("occlusion", "gradcam"):  # the jobs of one model and seed, each an explainer beside the random control
         job = report_job(name, 0, ids=ids)
@@ -193,9 +195,9 @@ def test_the_methods_table_ranks_every_method_of_a_model_and_tests_each_against_
         sc.explainer = name
         sc.methods = {}
         for m in (name, "random"):
-            e = R.Estimate(float(iou[m].mean()), [0.0, 1.0], 12)
+            e = R.Estimate(float(iou[m].mean()), [0.0, 1.0], n)
             sc.methods[m] = R.MethodScores({}, 0, 0, {}, localisation={"lesion_iou": e},
-                                           faithfulness={"average_drop": R.Estimate(float(drop[m].mean()), [0.0, 1.0], 12)})
+                                           faithfulness={"average_drop": R.Estimate(float(drop[m].mean()), [0.0, 1.0], n)})
             job.curves.per_image[("lesion_iou", m)] = iou[m].astype(np.float32)
             job.curves.per_image[("average_drop", m)] = drop[m].astype(np.float32)
         jobs.append(job)
@@ -211,3 +213,66 @@ def test_the_methods_table_ranks_every_method_of_a_model_and_tests_each_against_
     t = report.methods_table(jobs, rank_by="average_drop", n_resamples=1000)
     assert t["method"].tolist() == ["gradcam", "occlusion", "random (control)"]
     assert float(t["vs next"][0].split(": ")[1].split(" ")[0]) > 0
+
+
+def test_a_ci_or_p_over_too_few_units_prints_n_too_small_and_no_data_prints_n_a():
+    """Issue 27: the formatting helpers and the markdown tables withhold a CI or p-value below the minimum of units."""
+    assert report._fmt_est(R.Estimate(0.5, [0.4, 0.6], MIN_UNITS)) == "0.500 [0.400, 0.600]"
+    assert report._fmt_est(R.Estimate(0.5, [np.nan, np.nan], MIN_UNITS - 1)) == f"0.500 [{TOO_FEW_TEXT}]"
+    # results written before the rule carry a CI over 2 images: it is not printed either
+    assert report._fmt_est(R.Estimate(0.5, [0.4, 0.6], 2)) == f"0.500 [{TOO_FEW_TEXT}]"
+    assert report._fmt_est(None) == report._fmt_est(R.Estimate(np.nan, [np.nan, np.nan], 0)) == "n/a"
+    assert report._fmt_est(R.Estimate(1e-5, [np.nan, np.nan], 3), ".3g") == f"1e-05 [{TOO_FEW_TEXT}]"
+    # seeds: a t interval from MIN_SEEDS on
+    assert report._fmt_est(R.Estimate(0.5, [0.1, 0.9], MIN_SEEDS, "seeds")) == "0.500 [0.100, 0.900]"
+    paired = {"diff": 0.2, "ci_low": np.nan, "ci_high": np.nan, "p_value": np.nan, "n_images": 3, "unit": "image"}
+    assert report._fmt_paired(paired) == f"0.200 [{TOO_FEW_TEXT}]" and report._fmt_paired(None) == "n/a"
+    assert report._fmt_paired({**paired, "diff": np.nan, "n_images": 0}) == "n/a"
+    import pandas as pd
+
+    frame = pd.DataFrame([{"a": "x", "ci_low": np.nan, "ci_high": np.nan, "p_value": np.nan, "p_holm": np.nan, "n_images": 3, "unit": "image"},
+                          {"a": "y", "ci_low": np.nan, "ci_high": np.nan, "p_value": np.nan, "p_holm": np.nan, "n_images": 0, "unit": "image"},
+                          {"a": "z", "ci_low": 0.1, "ci_high": 0.3, "p_value": 0.01, "p_holm": 0.02, "n_images": MIN_UNITS, "unit": "image"},
+                          {"a": "s", "ci_low": np.nan, "ci_high": np.nan, "p_value": np.nan, "p_holm": np.nan, "n_seeds": 1, "unit": "seed"}])
+    lines = report.to_markdown(frame).splitlines()[2:]
+    assert lines[0].count(TOO_FEW_TEXT) == 4 and lines[3].count(TOO_FEW_TEXT) == 4
+    assert TOO_FEW_TEXT not in lines[1] and lines[1].count("n/a") == 5  # four CI / p columns and its empty n_seeds
+    assert TOO_FEW_TEXT not in lines[2] and "0.100" in lines[2] and "0.01" in lines[2]
+    assert report.mark_too_few(frame.iloc[2:3]) is frame.iloc[2:3] or TOO_FEW_TEXT not in report.to_markdown(frame.iloc[2:3])
+
+
+def test_the_report_of_a_tiny_job_says_n_too_small_instead_of_a_ci(tmp_path):
+    """A job of 4 scored images (the smoke experiment scores 2): no CI and no p-value in summary.md, "n too small" in their place."""
+    from xbench.apps.report import build_report
+
+    from xbench.metrics.aopc import aopc_per_image
+
+    for name, ids, backbone in (("tiny", np.arange(4), "vgg16"), ("enough", np.arange(MIN_UNITS), "densenet201")):
+        job = report_job(tmp_path / "jobs" / name, 0, backbone, ids=ids)
+        rnd = np.flipud(job.curves.get("gradcam", "morf")).copy()
+        job.curves.curves[("random", "morf")] = rnd
+        sc = job.metrics.scoring
+        sc.methods["random"] = R.MethodScores({"morf": R.OrderScores(R.Estimate(float(aopc_per_image(rnd).mean()), [0.0, 1.0], len(ids)), [], {}, [])}, 0, 0, {})
+        if len(ids) < MIN_UNITS:  # what the scorer now writes: no CI below the minimum
+            for m in sc.methods.values():
+                m.orders["morf"].aopc.ci95 = [float("nan"), float("nan")]
+        R.write_metrics(job.path, job.metrics)
+        R.write_curves(job.path, job.curves)
+    build_report([tmp_path / "jobs"], tmp_path / "report", n_resamples=1000)
+    md = (tmp_path / "report" / R.SUMMARY_MD).read_text()
+    table = md.split("## The paper's table")[1].split("##")[0]
+    tiny = next(line for line in table.splitlines() if "| 4 |" in line)
+    assert TOO_FEW_TEXT in tiny and "[" + TOO_FEW_TEXT + "]" in tiny
+    enough = next(line for line in table.splitlines() if f"| {MIN_UNITS} |" in line)
+    assert TOO_FEW_TEXT not in enough
+    pairwise = md.split("## Pairwise comparisons")[1].split("##")[0]
+    control = [line for line in pairwise.splitlines() if "explainer vs control" in line]
+    assert len(control) == 2
+    small, big = sorted(control, key=lambda line: TOO_FEW_TEXT not in line)
+    assert small.count(TOO_FEW_TEXT) == 4 and "| 4 |" in small  # ci_low, ci_high, p_value, p_holm
+    assert TOO_FEW_TEXT not in big
+    import pandas as pd
+
+    pw = pd.read_csv(tmp_path / "report" / R.PAIRWISE_CSV)
+    assert pw.loc[pw["n_images"] == 4, ["ci_low", "ci_high", "p_value", "p_holm"]].isna().all().all()
+    assert pw.loc[pw["n_images"] == MIN_UNITS, ["ci_low", "ci_high", "p_value", "p_holm"]].notna().all().all()

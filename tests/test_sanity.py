@@ -38,6 +38,7 @@ from xbench.metrics.similarity import (
     spearman,
     ssim,
 )
+from xbench.metrics.bootstrap import MIN_UNITS, TOO_FEW_TEXT
 from xbench.models import build_classifier
 from xbench.pipeline.results import Estimate
 from xbench.pipeline.sanity import randomisation_check, verdict
@@ -142,7 +143,7 @@ def test_random_pairs_are_distinct_seeded_pairs_of_different_images():
         np.testing.assert_array_equal(got[m], map_similarities(maps[p[:, 0]], maps[p[:, 1]])[m])
 
 
-def _null_check(rng, n=16, steps=7, rho=0.0, n_pairs=50):
+def _null_check(rng, n=MIN_UNITS, steps=7, rho=0.0, n_pairs=50):
     """Per-image similarities at several steps and a pair baseline, all from ONE distribution: nothing is below the baseline."""
     from xbench.metrics.similarity import versus_pairs
 
@@ -161,10 +162,12 @@ def test_versus_pairs_by_hand_and_its_baseline_ci_bootstraps_images():
     pairs, per_pair = np.array([[0, 1], [0, 2], [1, 2]]), np.array([0.4, 0.2, 0.3])
     t = versus_pairs(per, pairs, per_pair, n_resamples=1000, seed=0)
     np.testing.assert_allclose(t["diff"], [0.2 - 0.3, 0.5 - 0.3])
+    assert np.isnan(t["diff_ci"]).all() and np.isnan(t["p_below"]).all() and np.isnan(t["baseline_ci"]).all()  # 3 images < MIN_UNITS
+    t = versus_pairs(per, pairs, per_pair, n_resamples=1000, seed=0, min_n=2)  # the arithmetic, with the minimum lowered
     assert t["diff_ci"][1, 0] > 0 and t["p_below"][1] > 0.5  # step 2 is above the baseline
     assert 0.2 <= t["baseline_ci"][0] <= 0.3 <= t["baseline_ci"][1] <= 0.4
     # With 2 images there is one pair: the baseline has no spread to resample, whatever n_pairs asked for.
-    t2 = versus_pairs(np.array([[0.0, 0.0]]), random_pairs(2, 50), np.array([0.7]), n_resamples=1000, seed=0)
+    t2 = versus_pairs(np.array([[0.0, 0.0]]), random_pairs(2, 50), np.array([0.7]), n_resamples=1000, seed=0, min_n=2)
     np.testing.assert_allclose(t2["baseline_ci"], [0.7, 0.7])
 
 
@@ -185,10 +188,10 @@ def test_the_baseline_ci_covers_the_truth_about_95_percent_when_images_vary():
     rng = np.random.default_rng(1)
     hits = 0
     for _ in range(200):
-        image = rng.normal(0, 0.15, 16)  # the population mean of a pair's similarity is 0.3
-        pairs = random_pairs(16, 50, int(rng.integers(1 << 30)))
+        image = rng.normal(0, 0.15, MIN_UNITS)  # the population mean of a pair's similarity is 0.3
+        pairs = random_pairs(MIN_UNITS, 50, int(rng.integers(1 << 30)))
         per_pair = 0.3 + (image[pairs[:, 0]] + image[pairs[:, 1]]) / 2 + 0.05 * rng.normal(0, 1, len(pairs))
-        lo, hi = versus_pairs(np.zeros((1, 16)), pairs, per_pair, n_resamples=1000, seed=int(rng.integers(1 << 30)))["baseline_ci"]
+        lo, hi = versus_pairs(np.zeros((1, MIN_UNITS)), pairs, per_pair, n_resamples=1000, seed=int(rng.integers(1 << 30)))["baseline_ci"]
         hits += lo <= 0.3 <= hi
     assert 0.85 <= hits / 200 <= 1.0, f"coverage {hits / 200}"
 
@@ -197,13 +200,17 @@ def test_verdict_rule():
     from xbench.pipeline.sanity import SanityStep
 
     def step(p, lo):
-        e = Estimate(mean=lo + 0.05, ci95=[lo, lo + 0.1], n=8)
+        e = Estimate(mean=lo + 0.05, ci95=[lo, lo + 0.1], n=MIN_UNITS)
         return SanityStep("s", 1, (), {}, {"spearman_abs": e}, 0, 0, {"spearman_abs": e}, {"spearman_abs": p})
 
-    assert verdict([step(0.5, -0.1), step(0.01, -0.3)], "spearman_abs", 8) == "passes"  # below the baseline at some step
-    assert verdict([step(1.0, 0.0), step(1.0, 0.2)], "spearman_abs", 8) == "fails"  # never leaves it
-    assert verdict([step(0.5, 0.1), step(0.2, -0.05)], "spearman_abs", 8) == "inconclusive"
+    n = MIN_UNITS
+    assert verdict([step(0.5, -0.1), step(0.01, -0.3)], "spearman_abs", n) == "passes"  # below the baseline at some step
+    assert verdict([step(1.0, 0.0), step(1.0, 0.2)], "spearman_abs", n) == "fails"  # never leaves it
+    assert verdict([step(0.5, 0.1), step(0.2, -0.05)], "spearman_abs", n) == "inconclusive"
     assert verdict([step(0.01, -0.3)], "spearman_abs", 1) == "inconclusive"  # one usable image: no baseline
+    assert verdict([step(0.01, -0.3)], "spearman_abs", n - 1) == "inconclusive"  # too few images for a CI or p (issue 27)
+    # what the check records below the minimum: NaN p-values and CIs, which neither pass nor fail a step
+    assert verdict([step(np.nan, np.nan), step(np.nan, np.nan)], "spearman_abs", n) == "inconclusive"
 
 
 # ------------------------------------------------------------------ layer groups and randomised copies
@@ -342,7 +349,7 @@ def test_edge_map_is_the_sobel_magnitude_of_the_grey_image():
 
 @pytest.mark.parametrize("explainer", [CenterControl(), EdgeMap()], ids=["center", "edge"])
 def test_model_blind_maps_stay_at_one_and_fail(vgg, explainer):
-    x = np.random.default_rng(1).random((4, 32, 32, 3)).astype(np.float32)
+    x = np.random.default_rng(1).random((MIN_UNITS, 32, 32, 3)).astype(np.float32)  # enough images for CIs and a verdict
     r = randomisation_check(vgg, x, None, explainer, seed=0, n_pairs=10, bootstrap=1000)
     assert [s.name for s in r.steps] == ["logits", "head", "block5", "block4", "block3", "block2", "block1"]
     for s in r.steps:
@@ -351,7 +358,7 @@ def test_model_blind_maps_stay_at_one_and_fail(vgg, explainer):
             assert s.similarity[m].mean == 1.0 and s.similarity[m].ci95 == [1.0, 1.0]
     assert r.verdict == "fails" and set(r.verdicts.values()) == {"fails"}
     assert r.first_below_baseline == {m: None for m in MEASURES}
-    assert r.pairs.shape == (6, 2) and r.baseline["spearman_abs"].unit == "images"  # 4 images: all 6 distinct pairs
+    assert r.pairs.shape == (10, 2) and r.baseline["spearman_abs"].unit == "images"  # n_pairs of the 190 distinct pairs
 
 
 def _bars(n, seed):
@@ -384,11 +391,11 @@ def trained():
 
 
 def test_gradcam_of_a_trained_model_falls_below_the_random_pair_baseline(trained):
-    x, y = _bars(12, seed=1)
+    x, y = _bars(MIN_UNITS, seed=1)
     before = [w.copy() for w in trained.get_weights()]
     seen = []
     r = randomisation_check(trained, x, y, GradCAM(), seed=0, bootstrap=1000, on_step=lambda step, m, maps: seen.append((step.name, m is trained, maps.shape)))
-    assert seen == [("logits", False, (12, 32, 32)), ("conv2", False, (12, 32, 32)), ("conv1", False, (12, 32, 32))]
+    assert seen == [(name, False, (MIN_UNITS, 32, 32)) for name in ("logits", "conv2", "conv1")]
     first = r.steps[0].similarity["spearman_abs"]
     assert first.ci95[1] < r.baseline["spearman_abs"].mean  # randomising the head alone already decorrelates the maps
     assert r.steps[-1].similarity["spearman_abs"].mean < 0.5
@@ -405,7 +412,7 @@ def test_gradcam_of_a_trained_model_falls_below_the_random_pair_baseline(trained
 
 
 def test_guided_backprop_of_the_trained_model_fails_and_independent_steps_randomise_one_group(trained):
-    x, y = _bars(8, seed=2)
+    x, y = _bars(MIN_UNITS, seed=2)
     r = randomisation_check(trained, x, y, GuidedBackprop(), mode="independent", seed=0, bootstrap=1000)
     assert [s.layers for s in r.steps] == [("logits",), ("conv2",), ("conv1",)]
     assert r.verdict == "fails"  # Adebayo et al.: guided backprop barely depends on the weights
@@ -431,10 +438,11 @@ def test_randomisation_gradcam_and_guided_backprop_under_jax(tmp_path):
         from tests.references import guided_errors, tiny_bn_model
         from xbench.explain import CenterControl, GradCAM
         from xbench.explain.randomisation import randomised_copy
+        from xbench.metrics.bootstrap import MIN_UNITS
         from xbench.pipeline.sanity import randomisation_check
 
         model = tiny_bn_model()
-        x = np.random.default_rng(0).random((4, 12, 12, 3)).astype(np.float32)
+        x = np.random.default_rng(0).random((MIN_UNITS, 12, 12, 3)).astype(np.float32)
         k = lambda m: np.asarray(m.get_layer("conv_a").kernel)
         a, b = randomised_copy(model, ("conv_a",), 3), randomised_copy(model, ("conv_a",), 3)
         cam = randomisation_check(model, x, None, GradCAM(), n_pairs=10, bootstrap=1000)
@@ -465,12 +473,12 @@ def test_the_job_check_scores_the_randomised_maps_on_both_models_as_a_direct_com
     from xbench.pipeline.sanity import check_job_model
     from xbench.pipeline.settings import SanitySettings
 
-    x, y = _bars(6, seed=3)
-    ids = np.arange(100, 106)
+    x, y = _bars(MIN_UNITS, seed=3)
+    ids = np.arange(100, 100 + MIN_UNITS)
     settings = SanitySettings(enabled=True, explainers=["center"], n_pairs=20)
     out = check_job_model(trained, x, ids, y, GradCAM(), [CenterControl()], settings, perturbation=GaussianNoise(0.1), region_size=8, seed=4,
                           bootstrap=1000)
-    assert [c.explainer for c in out.checks] == ["gradcam", "center"] and out.n_images == 6 and out.image_ids == ids.tolist()
+    assert [c.explainer for c in out.checks] == ["gradcam", "center"] and out.n_images == MIN_UNITS and out.image_ids == ids.tolist()
     center = out.checks[1]
     assert center.verdict == "fails" and all(s.similarity["spearman_abs"].mean == 1.0 for s in center.steps)
     assert all(s.aopc_on_trained is None for s in center.steps)  # only the configured explainer is scored
@@ -498,8 +506,9 @@ def test_a_job_with_the_check_records_it_in_metrics_summary_plots_and_report(tmp
     job = results.read_job(tmp_path / "job")  # decoded field by field from metrics.json
     sa = job.metrics.sanity
     assert [c.explainer for c in sa.checks] == ["gradcam", "center", "edge"] and sa.n_images == 4
-    for c in sa.checks[1:]:  # model-blind: identical maps whatever the weights
-        assert c.verdict == "fails" and all(s.similarity["spearman_abs"].mean == 1.0 for s in c.steps)
+    for c in sa.checks[1:]:  # model-blind: identical maps whatever the weights; 4 images are too few for a CI or p (issue 27)
+        assert c.verdict == "inconclusive" and all(s.similarity["spearman_abs"].mean == 1.0 for s in c.steps)
+        assert all(np.isnan(s.similarity["spearman_abs"].ci95).all() and np.isnan(s.p_below["spearman_abs"]) for s in c.steps)
     steps = sa.checks[0].steps
     assert [s.name for s in steps][:3] == ["logits", "head", "block5"] and all(s.aopc_on_trained is not None for s in steps)
     row = results.summary_row(job)
@@ -508,7 +517,8 @@ def test_a_job_with_the_check_records_it_in_metrics_summary_plots_and_report(tmp
     assert (tmp_path / "job" / "plots" / "randomisation_cascading.png").is_file()
     assert report_main([str(tmp_path / "job"), "--out", str(tmp_path / "report")]) == 0
     md = (tmp_path / "report" / "summary.md").read_text()
-    assert "## Sanity check: model-parameter randomisation" in md and "| edge | cascading | 4 | fails | never |" in md
+    assert "## Sanity check: model-parameter randomisation" in md and "| edge | cascading | 4 | inconclusive | never |" in md
+    assert f"1.000 [{TOO_FEW_TEXT}]" in md.split("## Sanity check")[1].split("##")[0]
 
 
 def test_a_bad_sanity_value_is_one_line_naming_the_key():

@@ -108,6 +108,18 @@ def test_image_table_holds_the_per_image_figures_of_curves_npz(sweep):
     assert len(oracle) == int(c.rows("oracle").sum()) < len(t)
 
 
+def test_shown_tables_say_n_too_small_where_a_ci_or_p_is_withheld():
+    from xbench.metrics.bootstrap import MIN_UNITS, TOO_FEW_TEXT
+
+    frame = pd.DataFrame({"a": ["x", "y"], "diff": [0.1, 0.2], "ci_low": [np.nan, 0.05], "ci_high": [np.nan, 0.3], "p_value": [np.nan, 0.0123],
+                          "n_images": [3, MIN_UNITS], "unit": ["image", "image"]})
+    shown = V.shown_table(frame)
+    assert shown["ci_low"].tolist() == [TOO_FEW_TEXT, "0.05"] and shown["p_value"].tolist() == [TOO_FEW_TEXT, "0.0123"]
+    assert shown["diff"].tolist() == [0.1, 0.2] and frame["ci_low"].isna().iloc[0]  # other columns, and the frame itself, unchanged
+    enough = frame.iloc[1:]
+    assert V.shown_table(enough) is enough
+
+
 def test_workspace_reads_only_inside_its_folders(sweep, tmp_path):
     ws = V.Workspace([sweep])
     assert [p.name for p in ws.jobs()] == ["0", "1"]
@@ -166,7 +178,9 @@ def test_summary_page_shows_the_reports_tables(app, sweep):
     col = R.collect([sweep])
     groups = R.measurements(col.jobs)
     heads = [s.value for s in app.subheader]
-    assert heads[:3] == ["The paper's table", "Self-validation: each explainer beside the controls", "Pairwise comparisons (AOPC, MoRF)"]
+    assert heads[:2] == ["The paper's table", "Self-validation: each explainer beside the controls"]
+    card = next(h for h in heads if h.startswith("Scorecard"))
+    assert heads.index(card) < heads.index("Pairwise comparisons (AOPC, MoRF)")
     shown = {h: d.value for h, d in zip(heads, app.dataframe)}
     pd.testing.assert_frame_equal(shown["The paper's table"].reset_index(drop=True), R.paper_table(groups).reset_index(drop=True), check_dtype=False)
     jobs = shown["All jobs"]
@@ -174,8 +188,19 @@ def test_summary_page_shows_the_reports_tables(app, sweep):
         m = json.loads((Path(row["job"]) / results.METRICS_FILE).read_text())
         assert row["aopc"] == pytest.approx(m["scoring"]["methods"][m["scoring"]["explainer"]]["orders"]["morf"]["aopc"]["mean"])
     assert len(jobs) == 2
+    # the smoke jobs score fewer images than MIN_UNITS: no CI and no p-value, "n too small" in their place (issue 27)
+    from xbench.metrics.bootstrap import MIN_UNITS, TOO_FEW_TEXT
+
+    assert (jobs["images_scored"] < MIN_UNITS).all() and (jobs["aopc_ci_low"] == TOO_FEW_TEXT).all()
+    pw = shown["Pairwise comparisons (AOPC, MoRF)"]
+    assert len(pw) and (pw["p_value"] == TOO_FEW_TEXT).all() and (pw["ci_high"] == TOO_FEW_TEXT).all()
     assert {"paper_table.csv", "summary.csv"} <= {b.proto.label.removeprefix("Download ") for b in app.get("download_button")}
-    assert {"aopc by step", "mean curves", "aopc vs recall"} <= set(_captions(app))
+    assert {"aopc by step", "mean curves", "aopc vs recall", "scorecard"} <= set(_captions(app))
+    from xbench.pipeline import scorecard
+
+    want = scorecard.wide(scorecard.scorecard(col.jobs, R.metric_reliability(col.jobs)))
+    pd.testing.assert_frame_equal(shown[card].reset_index(drop=True), want.reset_index(drop=True), check_dtype=False)
+    assert {"gradcam", "saliency", "random (control)"} <= set(want["method"])
 
 
 def test_gallery_lists_the_scored_images_worst_first_and_opens_one(app, sweep):

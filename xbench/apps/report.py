@@ -3,7 +3,7 @@
 Writes into ``--out`` (default: ``<first folder>/report``): ``summary.csv``
 (one row per job), ``summary.md`` (the paper's table per measurement, the
 self-validation table, pairwise comparisons, all jobs, incomplete jobs),
-``pairwise.csv``, ``reliability.csv`` (when jobs vary only how the metric is computed), ``methods.csv`` (every method ranked), and plots: ``aopc_by_step``, ``mean_curves``, ``aopc_vs_recall``.
+``pairwise.csv``, ``reliability.csv`` (when jobs vary only how the metric is computed), ``methods.csv`` (every method ranked), ``scorecard.csv`` (every method across the metric families), and plots: ``aopc_by_step``, ``mean_curves``, ``aopc_vs_recall``, ``scorecard``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ def build_report(folders, out: Path, fmt: str = "png", latex: bool = False, n_re
     import matplotlib.pyplot as plt
 
     from xbench.core import io
-    from xbench.pipeline import plots, results
+    from xbench.pipeline import plots, results, scorecard
     from xbench.pipeline import report as R
 
     col = R.collect(folders)
@@ -34,8 +34,12 @@ def build_report(folders, out: Path, fmt: str = "png", latex: bool = False, n_re
     io.write_csv(out / results.PAIRWISE_CSV, pw)
     reliab = R.metric_reliability(col.jobs, n_resamples=n_resamples)
     methods = R.methods_table(col.jobs, n_resamples=n_resamples)
-    io.write_text(out / results.SUMMARY_MD, summary_markdown(col, folders, frame, groups, table, pw, reliab, methods))
+    card = scorecard.scorecard(col.jobs, reliab, n_resamples=n_resamples)
+    io.write_text(out / results.SUMMARY_MD, summary_markdown(col, folders, frame, groups, table, pw, reliab, methods, card))
     written = [results.SUMMARY_CSV, results.SUMMARY_MD, results.PAIRWISE_CSV]
+    if len(card):
+        io.write_csv(out / results.SCORECARD_CSV, card)
+        written.append(results.SCORECARD_CSV)
     if len(methods):
         io.write_csv(out / results.METHODS_CSV, methods)
         written.append(results.METHODS_CSV)
@@ -53,6 +57,8 @@ def build_report(folders, out: Path, fmt: str = "png", latex: bool = False, n_re
     scored = frame[frame["aopc"].notna()] if len(frame) else frame
     if len(scored):
         figs[results.AOPC_VS_RECALL] = plots.aopc_vs_recall_figure(scored)
+    if len(card):
+        figs[results.SCORECARD_PLOT] = plots.scorecard_figure(card, scorecard.headline(card))
     for name, fig in figs.items():
         io.save_figure(out / f"{name}.{fmt}", fig, dpi=120)
         plt.close(fig)
@@ -60,12 +66,14 @@ def build_report(folders, out: Path, fmt: str = "png", latex: bool = False, n_re
     return {"out": str(out), "jobs": len(col.jobs), "incomplete": col.incomplete, "written": written}
 
 
-def summary_markdown(col, folders, frame, groups, table, pw, reliab=None, methods=None) -> str:
+def summary_markdown(col, folders, frame, groups, table, pw, reliab=None, methods=None, card=None) -> str:
     """The text of ``summary.md``: each table with a sentence on what it pools and resamples.
 
-    ``reliab``: :func:`xbench.pipeline.report.metric_reliability` of the jobs (computed here when None).
+    ``reliab``: :func:`xbench.pipeline.report.metric_reliability` of the jobs (computed here when None); ``card``:
+    :func:`xbench.pipeline.scorecard.scorecard` (likewise).
     """
     from xbench.pipeline import report as R
+    from xbench.pipeline import scorecard
 
     if reliab is None:
         reliab = R.metric_reliability(col.jobs)
@@ -92,6 +100,17 @@ def summary_markdown(col, folders, frame, groups, table, pw, reliab=None, method
                "hit rate of the map's maximum). 'vs next': the paired difference with the method ranked just below on the ranking figure, signed "
                "so that positive = better, bootstrap over the images both score; p_holm: its p-value Holm-corrected across this table.", "",
                R.to_markdown(methods)]
+    if card is None:
+        card = scorecard.scorecard(col.jobs, reliab)
+    if len(card):
+        md += ["## Scorecard", "",
+               "For each model, seed and method, one row across the metric families (faithfulness, localisation, robustness, complexity, "
+               "randomisation; only the figures the jobs scored). Cells: mean and 95% bootstrap CI over the scored images; '*' where the "
+               "method beats the random control image by image (paired bootstrap, Holm-corrected across the scorecard, p < 0.05). "
+               "scorecard.csv holds every figure's paired difference with the random control and with the oracle (signed so that positive = "
+               "better), the p-values and the reliability flag; robustness has no floor (a map that ignores the image is perfectly stable). "
+               "The randomisation cell of the check is its verdict (passes / fails / inconclusive).", "",
+               R.to_markdown(scorecard.wide(card))]
     pixel = R.pixel_auc_table(frame)
     if len(pixel):
         md += ["## Deletion and insertion (pixel curves)", "",

@@ -32,6 +32,7 @@ _WHERE = {
     "VarGrad": "xbench.explain.explainers",
     "XGradCAM": "xbench.explain.explainers",
     "build": "xbench.explain.explainers",
+    "resolve": "xbench.explain.explainers",
     "cam_maps": "xbench.explain.cam",
     "input_x_gradient": "xbench.explain.attribution",
     "integrated_gradients": "xbench.explain.attribution",

@@ -644,3 +644,21 @@ def build(name: str, **params):
     if name not in EXPLAINERS:
         raise ValueError(f"unknown explainer {name!r}; choose one of {sorted(EXPLAINERS)}")
     return EXPLAINERS[name](**params)
+
+
+def resolve(explainer):
+    """An explainer object from ``explainer``: itself when callable, else built with its defaults from a name of
+    :data:`EXPLAINERS` or of :data:`CONTROLS` (``center``, ``random``, ...); one-line ValueError otherwise.
+
+    The metrics that recompute explanations (robustness, randomisation) take ``explainer=`` through this.
+    """
+    if isinstance(explainer, str):
+        if explainer in EXPLAINERS:
+            return build(explainer)
+        if explainer in CONTROLS:
+            return CONTROLS[explainer]()
+        raise ValueError(f"explainer: unknown explainer {explainer!r}; choose one of {sorted(EXPLAINERS) + sorted(CONTROLS)}")
+    if not callable(explainer):
+        raise ValueError(f"explainer: must be an explainer (explainer(model, images, targets, context) -> (N, H, W)) or its name, "
+                         f"got {type(explainer).__name__}")
+    return explainer

@@ -21,10 +21,11 @@ import math
 
 import numpy as np
 
-from xbench.metrics.bootstrap import resampled_means
+from xbench.metrics.bootstrap import enough_units, min_units, resampled_means
 
 
-def paired_images(a: np.ndarray, b: np.ndarray, *, n_resamples: int = 2000, level: float = 0.95, seed: int = 0) -> dict:
+def paired_images(a: np.ndarray, b: np.ndarray, *, n_resamples: int = 2000, level: float = 0.95, seed: int = 0,
+                  min_n: int | None = None) -> dict:
     """Paired comparison of two methods' per-image values on the same images (unit: image).
 
     d_i = a_i - b_i over the images where both are finite. The estimate is
@@ -39,10 +40,14 @@ def paired_images(a: np.ndarray, b: np.ndarray, *, n_resamples: int = 2000, leve
         n_resamples: R (>= 1,000).
         level: CI coverage.
         seed: bootstrap seed.
+        min_n: the fewest pairs given a CI and p (default
+            :data:`xbench.metrics.bootstrap.MIN_UNITS`; the coverage
+            simulation, docs/tools/bootstrap_coverage.py, lowers it to 2).
 
     Returns:
         {"diff", "ci_low", "ci_high", "p_value", "n_images", "n_resamples",
-        "unit": "image"}; NaN CI and p for fewer than 2 pairs.
+        "unit": "image"}; NaN CI and p for fewer than ``min_n`` pairs
+        (too few images: the bootstrap undercovers and its p is too small).
     """
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if a.shape != b.shape or a.ndim != 1:
@@ -53,7 +58,7 @@ def paired_images(a: np.ndarray, b: np.ndarray, *, n_resamples: int = 2000, leve
     d = a[ok] - b[ok]
     out = {"diff": float(d.mean()) if len(d) else math.nan, "ci_low": math.nan, "ci_high": math.nan, "p_value": math.nan,
            "n_images": len(d), "n_resamples": int(n_resamples), "unit": "image"}
-    if len(d) < 2:
+    if len(d) < max(2, min_units() if min_n is None else min_n):
         return out
     boot = resampled_means(d, n_resamples, np.random.default_rng([seed, 0x9A1D]))
     alpha = (1 - level) / 2
@@ -76,7 +81,9 @@ def over_seeds(a_by_seed: dict, b_by_seed: dict, *, level: float = 0.95) -> dict
 
     Non-finite values are dropped first. Where the differences have no spread
     (up to rounding, e.g. two identical jobs) the CI and p-value are NaN: no
-    t-test exists.
+    t-test exists. They are NaN too with fewer seeds than
+    :data:`xbench.metrics.bootstrap.MIN_SEEDS` (2: a t interval is exact for
+    normal per-seed values at any n >= 2, see docs/tools/bootstrap_coverage.py).
 
     Args:
         a_by_seed, b_by_seed: {seed: value}, e.g. each job's AOPC (the mean
@@ -103,14 +110,14 @@ def over_seeds(a_by_seed: dict, b_by_seed: dict, *, level: float = 0.95) -> dict
         out.update(diff=float(d.mean()), test="paired t", n_seeds=n)
         # The same difference on every seed (up to rounding): a t-test has no p-value or CI
         # to give, and p ~ 0 would claim a certainty that a handful of seeds cannot carry.
-        if not _flat(d):
+        if not _flat(d) and enough_units(n, "seeds"):
             half = stats.t.ppf(q, n - 1) * d.std(ddof=1) / math.sqrt(n)
             p = float(stats.ttest_rel([a[s] for s in shared], [b[s] for s in shared]).pvalue)
             out.update(ci_low=float(d.mean() - half), ci_high=float(d.mean() + half), p_value=p)
     elif len(a) >= 2 and len(b) >= 2:
         diff = va.mean() - vb.mean()
         out.update(diff=float(diff), test="welch t")
-        if not (_flat(va) and _flat(vb)):  # no spread on either side: no test (see the paired case)
+        if not (_flat(va) and _flat(vb)) and enough_units(min(len(va), len(vb)), "seeds"):  # no spread on either side: no test (see the paired case)
             sa, sb = va.var(ddof=1) / len(va), vb.var(ddof=1) / len(vb)
             df = (sa + sb) ** 2 / (sa**2 / (len(va) - 1) + sb**2 / (len(vb) - 1))
             half = stats.t.ppf(q, df) * math.sqrt(sa + sb)
@@ -155,7 +162,8 @@ def t_band(per_seed: np.ndarray, *, level: float = 0.95) -> tuple[np.ndarray, np
         per_seed: (S, K) one row per seed (e.g. each job's AOPC(K)), S >= 2.
 
     Returns:
-        (mean, low, high), each (K,): mean +- t_{S-1} sd / sqrt(S).
+        (mean, low, high), each (K,): mean +- t_{S-1} sd / sqrt(S) (low/high
+        NaN below :data:`xbench.metrics.bootstrap.MIN_SEEDS` seeds).
     """
     from scipy import stats
 
@@ -163,5 +171,7 @@ def t_band(per_seed: np.ndarray, *, level: float = 0.95) -> tuple[np.ndarray, np
     if v.ndim != 2 or len(v) < 2:
         raise ValueError(f"need (seeds >= 2, K) values, got shape {v.shape}")
     mean = v.mean(0)
+    if not enough_units(len(v), "seeds"):
+        return mean, np.full_like(mean, np.nan), np.full_like(mean, np.nan)
     half = stats.t.ppf(1 - (1 - level) / 2, len(v) - 1) * v.std(0, ddof=1) / math.sqrt(len(v))
     return mean, mean - half, mean + half

@@ -1,11 +1,16 @@
 """Every per-image heatmap metric by name: the one table :func:`evaluate`, ``score.metrics`` and the results read.
 
-Two families: the faithfulness metrics (:mod:`xbench.metrics.faithfulness`:
-masked forward passes of a Keras model) and the complexity metrics
-(:mod:`xbench.metrics.complexity`: the maps alone). Both are small classes
-with the same call, ``metric(model, images, heatmaps, targets, *, image_ids,
-seed, batch_size, memory_budget_mb, progress) -> (N,)``, a ``name``, a
-``higher_is_better``, ``needs_model`` and ``check(height, width)``.
+Four families: the faithfulness metrics (:mod:`xbench.metrics.faithfulness`:
+masked forward passes of a Keras model), the robustness metrics
+(:mod:`xbench.metrics.robustness`: the explainer recomputed on noisy
+copies), the complexity metrics (:mod:`xbench.metrics.complexity`: the maps
+alone) and the randomisation metrics (:mod:`xbench.metrics.randomisation`:
+the explainer recomputed for another class or on a randomised model). All are
+small classes with the same call, ``metric(model, images, heatmaps, targets,
+*, image_ids, seed, batch_size, memory_budget_mb, progress) -> (N,)``, a
+``name``, a ``higher_is_better``, ``needs_model``, ``needs_explainer`` (it
+takes ``explainer=``: an explainer object or name; in a job, the method
+scored) and ``check(height, width)``.
 """
 
 from __future__ import annotations
@@ -14,13 +19,16 @@ from dataclasses import fields
 
 import numpy as np
 
-from xbench.metrics import complexity, faithfulness
+from xbench.metrics import complexity, faithfulness, randomisation, robustness
 
-#: The metrics by name (``score.metrics``, :func:`evaluate`): the faithfulness metrics, then the complexity metrics.
-METRICS: dict[str, type] = {**faithfulness.METRICS, **complexity.METRICS}
+#: Each family's metrics, family by family (the module that defines them).
+_BY_FAMILY: dict[str, dict[str, type]] = {"faithfulness": faithfulness.METRICS, "robustness": robustness.METRICS,
+                                          "complexity": complexity.METRICS, "randomisation": randomisation.METRICS}
+#: The metrics by name (``score.metrics``, :func:`evaluate`), family by family.
+METRICS: dict[str, type] = {name: cls for family in _BY_FAMILY.values() for name, cls in family.items()}
 METRIC_NAMES: tuple[str, ...] = tuple(METRICS)
-#: The family of each metric (the module that defines it).
-FAMILIES: dict[str, str] = {**dict.fromkeys(faithfulness.METRICS, "faithfulness"), **dict.fromkeys(complexity.METRICS, "complexity")}
+#: The family of each metric.
+FAMILIES: dict[str, str] = {name: family for family, metrics in _BY_FAMILY.items() for name in metrics}
 
 
 def metric(name: str, **params):
@@ -41,6 +49,8 @@ def evaluate(name: str, model, images, heatmaps, targets=None, *, image_ids=None
 
     Args:
         model: a Keras classifier :func:`xbench.models.as_classifier` reads; None (or anything) for a complexity metric, which ignores it.
+            A robustness or randomisation metric also takes ``explainer=`` (an explainer object as :func:`xbench.explain.build`
+            returns, or a name; default "gradcam"): the method that made ``heatmaps``, recomputed on perturbed inputs.
         images: (N, H, W, 3) in [0, 1] (or uint8); heatmaps: (N, H, W), finite. A complexity metric reads only the maps
             (``evaluate("sparseness", None, None, maps)``) and checks that given images match them.
         targets: (N,) classes; default the class predicted on the original image (faithfulness only).

@@ -27,6 +27,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from xbench.metrics.bootstrap import enough_units
 from xbench.metrics.similarity import pearson_rows
 
 # ---------------------------------------------------------------- kernels
@@ -175,7 +176,7 @@ def _internal(x: np.ndarray, idx: np.ndarray, level: float) -> dict:
     out = {"n_images": int((np.isfinite(x).sum(axis=0) >= 2).sum()), "n_variants": int(V),
            "spearman": {"value": mean_pairwise_spearman(x), "ci95": [math.nan, math.nan]},
            "alpha": {"value": krippendorff_alpha_interval(x), "ci95": [math.nan, math.nan]}}
-    if out["n_images"] < 2 or V < 2:
+    if not enough_units(out["n_images"]) or V < 2:  # too few images for a CI (xbench.metrics.bootstrap.MIN_UNITS)
         return out
     xb = np.moveaxis(x[:, idx], 1, 0)  # (R, V, N)
     out["alpha"]["ci95"] = _ci(krippendorff_alpha_interval(xb), level)
@@ -235,7 +236,7 @@ def reliability(per_image: np.ndarray, variant_names: Sequence[str], method_name
         means = np.nanmean(x, axis=2) if N else np.full((V, M), np.nan)  # (V, M)
     tau = kendall_tau_rankings(means)
     tau_ci = [math.nan, math.nan]
-    if M >= 2 and V >= 2 and N >= 2:
+    if M >= 2 and V >= 2 and enough_units(N):
         import warnings
 
         with warnings.catch_warnings():

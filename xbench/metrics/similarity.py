@@ -19,6 +19,8 @@ import numpy as np
 from scipy.ndimage import gaussian_filter
 from scipy.stats import rankdata
 
+from xbench.metrics.bootstrap import min_units
+
 MEASURES = ("spearman_abs", "spearman_signed", "ssim")
 
 #: SSIM's Gaussian window (Wang et al., 2004): std 1.5 px, truncated at 3.5 std (radius 5, an 11 x 11 window).
@@ -191,7 +193,7 @@ def pair_similarities(maps, pairs) -> dict[str, np.ndarray]:
 
 
 def versus_pairs(per_image: np.ndarray, pairs: np.ndarray, per_pair: np.ndarray, *, n_resamples: int = 2000, level: float = 0.95,
-                 seed: int = 0) -> dict[str, np.ndarray]:
+                 seed: int = 0, min_n: int | None = None) -> dict[str, np.ndarray]:
     """Per-image similarities of several steps against the random-pair baseline, bootstrapping IMAGES.
 
     The baseline is a statistic of pairs of the same images, so images, not
@@ -208,10 +210,15 @@ def versus_pairs(per_image: np.ndarray, pairs: np.ndarray, per_pair: np.ndarray,
             S steps; NaN for an image left out at a step.
         pairs: (P, 2) int64 image pairs of the baseline; per_pair: (P,) their
             similarity (NaN pairs are left out).
+        min_n: the fewest usable images given CIs and p-values (default
+            :data:`xbench.metrics.bootstrap.MIN_UNITS`).
 
     Returns:
         {"baseline_ci": (2,), "diff": (S,), "diff_ci": (S, 2), "p_below": (S,)}
-        (float64; NaN where a resample has no usable image or pair).
+        (float64; NaN where a resample has no usable image or pair; the CIs
+        and p-values NaN with fewer usable images than
+        :data:`xbench.metrics.bootstrap.MIN_UNITS`: the baseline's when fewer
+        images have a value at some step, a step's when fewer have one at it).
     """
     v = np.asarray(per_image, np.float64)
     v = v[None] if v.ndim == 1 else v
@@ -235,4 +242,10 @@ def versus_pairs(per_image: np.ndarray, pairs: np.ndarray, per_pair: np.ndarray,
     usable = np.isfinite(d)
     p = np.maximum(((d >= 0) & usable).sum(0) / np.maximum(usable.sum(0), 1), 1 / (n_resamples + 1))
     base_ci = np.nanquantile(base, [a, 1 - a]) if len(b) else np.full(2, np.nan)
-    return {"baseline_ci": base_ci, "diff": out_diff, "diff_ci": ci, "p_below": np.where(usable.any(0), p, np.nan)}
+    p = np.where(usable.any(0), p, np.nan)
+    least = min_units() if min_n is None else min_n
+    few = np.isfinite(v).sum(1) < least  # (S,) too few images at the step
+    ci[few], p[few] = np.nan, np.nan
+    if (int(np.isfinite(v).any(0).sum()) if len(v) else n) < least:
+        base_ci = np.full(2, np.nan)
+    return {"baseline_ci": base_ci, "diff": out_diff, "diff_ci": ci, "p_below": p}

@@ -26,9 +26,10 @@ import pandas as pd
 
 from xbench.metrics import comparison
 from xbench.metrics.aopc import abpc_per_image, aopc_by_step, aopc_per_image
-from xbench.metrics.bootstrap import bootstrap_band, bootstrap_ci
+from xbench.metrics.bootstrap import TOO_FEW_TEXT, bootstrap_band, bootstrap_ci, format_interval, too_few_units
 from xbench.perturbation.orders import ORDERS, PIXEL_ORDERS
 from xbench.pipeline import results
+from xbench.pipeline.scorecard import per_image
 from xbench.pipeline.settings import METRIC, setting_flags
 
 log = logging.getLogger(__name__)
@@ -187,7 +188,7 @@ def paper_table(groups: Sequence[Measurement]) -> pd.DataFrame:
             a = f"{np.nanmean(ao):.3f} ± {np.nanstd(ao, ddof=1):.3f}" if np.isfinite(ao).sum() > 1 else "n/a"
         else:
             r, f = _fmt_pct(rec[0]), _fmt_pct(f1[0])
-            a = f"{est[0].mean:.3f} [{est[0].ci95[0]:.3f}, {est[0].ci95[1]:.3f}]" if est[0] else "n/a"
+            a = _fmt_est(est[0])
         sc = g.jobs[0].scoring
         rows.append({"Base model": g.get("model.backbone"), "Explainer": g.get("explainer.name") or "", "Perturbation": g.get("perturbation") or "",
                      "Setting": g.label, "Seeds": len(g.seeds), "Test Recall": r, "Test F1": f, "AOPC": a,
@@ -205,8 +206,9 @@ def _images_scored(job: results.JobResult) -> int:
     return own.n_images if own is not None and own.n_images is not None else sc.n_scored
 
 
-def _fmt_est(e: results.Estimate | None) -> str:
-    return "n/a" if e is None or not np.isfinite(e.mean) else f"{e.mean:.3f} [{e.ci95[0]:.3f}, {e.ci95[1]:.3f}]"
+def _fmt_est(e: results.Estimate | None, spec: str = ".3f") -> str:
+    """"mean [low, high]"; "mean [n too small]" below the minimum of units (:func:`xbench.metrics.bootstrap.format_interval`); "n/a" without data."""
+    return "n/a" if e is None else format_interval(e.mean, e.ci95[0], e.ci95[1], e.n, e.unit, spec)
 
 
 _LOCALISATION_COLUMNS = ("lesion_mass", "pointing_hit", "lesion_auroc", "lesion_iou", "lung_share", "marker_mass")
@@ -221,7 +223,11 @@ def _paired_localisation(job: results.JobResult, method: str, metric: str) -> di
 
 
 def _fmt_paired(r: dict | None) -> str:
-    return "n/a" if r is None or not np.isfinite(r["ci_low"]) else f"{r['diff']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
+    """A comparison's "diff [low, high]", "diff [n too small]" below the minimum of units, "n/a" without data."""
+    if r is None:
+        return "n/a"
+    unit = r.get("unit", "image")
+    return format_interval(r["diff"], r["ci_low"], r["ci_high"], r.get("n_seeds" if unit == "seed" else "n_images"), unit)
 
 
 #: self_validation's deletion / insertion columns: the AUC, and in a "<method> - random" row the gain, signed so that positive = better than random.
@@ -262,7 +268,7 @@ def self_validation(jobs: Sequence[results.JobResult]) -> pd.DataFrame:
             row.update({PIXEL_AUC_HEADERS[o]: _fmt_est(m.orders[o].auc if o in m.orders else None) for o in pix})
             if any(mm.completeness_error is not None for mm in sc.methods.values()):
                 e = m.completeness_error
-                row[COMPLETENESS_HEADER] = "n/a" if e is None else f"{e.mean:.3g} [{e.ci95[0]:.3g}, {e.ci95[1]:.3g}]"  # errors span 1e-7 to 1
+                row[COMPLETENESS_HEADER] = _fmt_est(e, ".3g")  # errors span 1e-7 to 1
             row.update({faithfulness_header(k): _fmt_est(m.faithfulness.get(k)) for k in faith})
             rows.append({**row, **{k: _fmt_est(m.localisation.get(k)) for k in cols}})
         against = list(dict.fromkeys([*sc.gains_over_random, *(n for o in pix for n in sc.auc_gains_over_random.get(o, {})),
@@ -286,8 +292,7 @@ def pixel_auc_table(frame: pd.DataFrame) -> pd.DataFrame:
     names = [c.name for c in results.PIXEL_AUC_COLUMNS if not c.name.endswith(("_ci_low", "_ci_high"))]
     if frame.empty or not any(n in frame and frame[n].notna().any() for n in names):
         return pd.DataFrame()
-    cell = lambda r, n: "n/a" if pd.isna(r[n]) else (f"{r[n]:.3f} [{r[n + '_ci_low']:.3f}, {r[n + '_ci_high']:.3f}]" if pd.notna(r[n + "_ci_low"])
-                                                   else f"{r[n]:.3f}")
+    cell = lambda r, n: format_interval(r[n], r[n + "_ci_low"], r[n + "_ci_high"], r.get("images_scored"))
     rows = []
     for _, r in frame.iterrows():
         if not any(pd.notna(r[n]) for n in names):
@@ -445,22 +450,6 @@ METHOD_FIGURES = ("lesion_iou", "pointing_hit", "lesion_mass", "lesion_auroc", "
 _LOWER_IS_BETTER = {k for k, higher in results.FAITHFULNESS_HIGHER_IS_BETTER.items() if not higher}
 
 
-def _figure(job: results.JobResult, method: str, figure: str) -> tuple[results.Estimate | None, np.ndarray | None, np.ndarray | None]:
-    """(estimate, (M,) image ids, (M,) per-image values with NaN where undefined) of ``figure`` for ``method`` in ``job``."""
-    sc, cur = job.scoring, job.curves
-    m = None if sc is None else sc.methods.get(method)
-    if m is None or cur is None:
-        return None, None, None
-    ids = np.asarray(cur.image_ids)
-    if figure == "aopc_morf":
-        c = cur.get(method, "morf")
-        per = None if c is None else np.where(cur.rows(method), aopc_per_image(c), np.nan)
-        return (m.orders["morf"].aopc if "morf" in m.orders else None), ids, per
-    per = cur.per_image.get((figure, method))
-    est = m.localisation.get(figure) or m.faithfulness.get(figure)
-    return est, ids, (None if per is None else np.asarray(per, np.float64))
-
-
 def methods_table(jobs: Sequence[results.JobResult], rank_by: str | None = None, n_resamples: int = 2000, seed: int = 0) -> pd.DataFrame:
     """Every explainer and control of the jobs, one row per (model, seed, method), each figure with its 95% CI over images, ranked.
 
@@ -483,21 +472,21 @@ def methods_table(jobs: Sequence[results.JobResult], rank_by: str | None = None,
         for j in js:
             for name in [j.scoring.explainer, *j.scoring.methods]:
                 methods.setdefault(name, j)
-        figures = [f for f in METHOD_FIGURES if any(_figure(j, n, f)[0] is not None for n, j in methods.items())]
+        figures = [f for f in METHOD_FIGURES if any(per_image(j, n, f)[0] is not None for n, j in methods.items())]
         key = rank_by or ("lesion_iou" if "lesion_iou" in figures else "aopc_morf")
         if key not in figures:
             continue
         sign = -1.0 if key in _LOWER_IS_BETTER else 1.0
-        mean = {n: (e.mean if (e := _figure(j, n, key)[0]) is not None and np.isfinite(e.mean) else -np.inf * sign) for n, j in methods.items()}
+        mean = {n: (e.mean if (e := per_image(j, n, key)[0]) is not None and np.isfinite(e.mean) else -np.inf * sign) for n, j in methods.items()}
         order = sorted(methods, key=lambda n: -sign * mean[n])
         for rank, name in enumerate(order, 1):
             j = methods[name]
             row = {"model": backbone, "seed": s, "rank": rank, "method": name + (" (control)" if name != j.scoring.explainer else ""),
-                   **{f: _fmt_est(_figure(j, name, f)[0]) for f in figures}, "ranked by": key}
+                   **{f: _fmt_est(per_image(j, name, f)[0]) for f in figures}, "ranked by": key}
             if rank < len(order):
                 below = order[rank]
-                _, ia, pa = _figure(j, name, key)
-                _, ib, pb = _figure(methods[below], below, key)
+                _, ia, pa = per_image(j, name, key)
+                _, ib, pb = per_image(methods[below], below, key)
                 if pa is not None and pb is not None:
                     common, xa, xb = np.intersect1d(ia, ib, return_indices=True)
                     r = comparison.paired_images(sign * pa[xa], sign * pb[xb], n_resamples=n_resamples, seed=seed)
@@ -737,9 +726,45 @@ def mean_curves(groups: Sequence[Measurement]) -> dict[str, np.ndarray]:
 # ---------------------------------------------------------------- text
 
 
+def _is_ci_or_p(column: str) -> bool:
+    """A column of CI bounds or p-values (NaN there below the minimum of units: printed as "n too small")."""
+    return column.startswith("p_") or column in ("ci_low", "ci_high") or column.endswith(("_ci_low", "_ci_high"))
+
+
+def _row_units(row: dict) -> tuple:
+    """(n, unit) that a table row's CIs and p-values rest on, from its own columns (n_seeds / n_images / n / images_scored), or (None, unit)."""
+    unit = row.get("unit") if isinstance(row.get("unit"), str) else "images"
+    for k in (("n_seeds",) if unit.rstrip("s") == "seed" else ()) + ("n_images", "n", "images_scored"):
+        if k in row and pd.notna(row[k]):
+            return row[k], unit
+    return None, unit
+
+
+def mark_too_few(frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame with each CI bound or p-value of a row whose units are too few (1 <= n < the minimum,
+    :func:`xbench.metrics.bootstrap.too_few_units`) replaced by "n too small" (those columns become object);
+    the frame itself when there is none. For printing: the CSVs keep their numbers (NaN where the code
+    withheld them; finite only in results written before the rule)."""
+    cols = [c for c in frame.columns if isinstance(c, str) and _is_ci_or_p(c)]
+    if frame.empty or not cols:
+        return frame
+    few = pd.Series([too_few_units(*_row_units(dict(zip(frame.columns, row)))) for row in frame.itertuples(index=False)], index=frame.index)
+    out = frame
+    for c in cols:
+        hit = few & frame[c].apply(lambda v: isinstance(v, (float, np.floating)))
+        if hit.any():
+            out = out.copy() if out is frame else out
+            out[c] = out[c].astype(object)
+            out.loc[hit, c] = TOO_FEW_TEXT
+    return out
+
+
 def to_markdown(frame: pd.DataFrame, floatfmt: str = ".3f") -> str:
+    """The frame as a markdown table: floats with ``floatfmt``, p-values (``p_*``) with two significant digits, NaN as "n/a",
+    a CI bound or p-value withheld for too few units as "n too small" (:func:`mark_too_few`)."""
     if frame.empty:
         return "_(none)_\n"
+    frame = mark_too_few(frame)
     cols = list(frame.columns)
     fmt = lambda v, f=floatfmt: (format(v, f) if isinstance(v, (float, np.floating)) and np.isfinite(v) else ("n/a" if isinstance(v, (float, np.floating)) else str(v)))
     # p-values keep two significant digits: a floored 1/(R+1) = 0.0005 must not print as 0.000.

@@ -82,6 +82,9 @@ RELIABILITY_CSV = "reliability.csv"
 #: Every explainer and control of the jobs, one row per model, seed and method, ranked (report.methods_table).
 METHODS_CSV = "methods.csv"
 AOPC_VS_RECALL = "aopc_vs_recall"
+#: One row per model, seed, method and figure across the metric families (xbench.pipeline.scorecard), and its plot.
+SCORECARD_CSV = "scorecard.csv"
+SCORECARD_PLOT = "scorecard"
 
 
 class ResultsFormatError(XbenchError):
@@ -97,7 +100,8 @@ class Estimate:
 
     ``unit`` says what the bootstrap resampled ("images": the scored images of
     one job; "seeds": jobs that differ by seed only); ``n`` how many units.
-    ``ci95`` is [nan, nan] for fewer than two units.
+    ``ci95`` is [nan, nan] below the minimum number of units (:data:`xbench.metrics.bootstrap.MIN_UNITS` images,
+    ``MIN_SEEDS`` seeds: fewer cannot support a CI; docs/tools/bootstrap_coverage.py).
     """
 
     mean: float
@@ -130,6 +134,21 @@ class OrderScores:
 
 
 @dataclass
+class RandomisationVerdict:
+    """A randomisation metric's verdict (:func:`xbench.metrics.randomisation.verdicts`): its images against its baseline."""
+
+    verdict: str  # passes | fails | inconclusive
+    test: str  # "pairs bootstrap" (random_logit, smprt: the random-pair baseline) | "sign test" (emprt: against 0)
+    better: str  # "below" | "above": which side of the baseline a passing map's figure lies on
+    baseline: float  # the baseline's value (mean over the random pairs, or the constant)
+    difference: float  # mean figure - baseline; NaN when not tested
+    ci95: list[float]  # its 95% CI (images bootstrapped); NaN below the minimum number of images
+    p: float  # one-sided p of "not better than the baseline"; NaN when not tested
+    p_holm: float  # Holm-adjusted over the method's randomisation metrics
+    n: int  # usable images
+
+
+@dataclass
 class MethodScores:
     """Everything scored for one explainer or control on one job's scored images."""
 
@@ -154,6 +173,12 @@ class MethodScores:
     # (xbench.metrics.complexity; each metric's paper there, its direction in FAITHFULNESS_HIGHER_IS_BETTER),
     # mean over the images where defined (``n``), with CIs.
     faithfulness: dict[str, Estimate] = field(default_factory=dict)
+    # The robustness metrics of score.metrics: how many noise draws (all images together) changed the class the
+    # model predicts (Quantus reports them too; per image in curves.npz under changed_draws_key(metric)).
+    changed_draws: dict[str, int] = field(default_factory=dict)
+    # The randomisation metrics of score.metrics (random_logit, emprt, smprt): each one's verdict against its
+    # baseline, Holm-corrected over this method's randomisation metrics (xbench.metrics.randomisation.verdicts).
+    randomisation_verdicts: dict[str, RandomisationVerdict] = field(default_factory=dict)
 
 
 @dataclass
@@ -417,6 +442,11 @@ def region_scores_key(method: str) -> str:
 def curve_key(method: str, order: str) -> str:
     """Name of a (method, order) curve array in ``curves.npz``."""
     return f"{method}/{order}"
+
+
+def changed_draws_key(metric: str) -> str:
+    """The per-image "metric" of a robustness metric's noise draws that changed the predicted class (curves.npz: ``<key>@<method>``)."""
+    return f"{metric}.changed_draws"
 
 
 def per_image_key(metric: str, method: str) -> str:

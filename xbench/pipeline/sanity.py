@@ -31,7 +31,7 @@ from xbench.explain.randomisation import (
     randomisation_steps,
     randomised_copy,
 )
-from xbench.metrics.bootstrap import bootstrap_ci
+from xbench.metrics.bootstrap import bootstrap_ci, enough_units
 from xbench.metrics.comparison import holm
 from xbench.metrics.similarity import (
     MEASURES,
@@ -159,8 +159,10 @@ def verdict(steps: list[SanityStep], measure: str, usable: int, alpha: float = 0
     - "fails": at every step the difference's 95% CI lies at or above 0: the
       maps never lose their likeness to the originals (a map that ignores the
       model stays at 1, at or above any baseline);
-    - "inconclusive": neither, or fewer than 2 usable images (a constant
-      original map ranks nothing and is left out).
+    - "inconclusive": neither, or fewer usable images than
+      :data:`xbench.metrics.bootstrap.MIN_UNITS` (a constant original map
+      ranks nothing and is left out): their CIs and p-values are NaN, and a
+      NaN p or CI never passes nor fails a step.
 
     Judging every step, not only the last, follows the acceptance rule of the
     check ("below the baseline by the time the head and last block are
@@ -169,7 +171,7 @@ def verdict(steps: list[SanityStep], measure: str, usable: int, alpha: float = 0
     keeps "passes" from coming up by chance across many steps (a simulated
     null in tests/test_sanity.py measures its rate).
     """
-    if usable < 2 or not steps:
+    if not enough_units(usable) or not steps:
         return "inconclusive"
     if any(s.p_below[measure] < alpha for s in steps):
         return "passes"
@@ -262,7 +264,7 @@ def randomisation_check(
     baseline = _compare_with_pairs(steps, pairs, per_pair, len(idx), n, bootstrap, seed)
 
     verdicts = {m: verdict(steps, m, len(idx)) for m in MEASURES}
-    first = {m: next((s.depth for s in steps if s.p_below[m] < 0.05), None) if len(idx) >= 2 else None for m in MEASURES}
+    first = {m: next((s.depth for s in steps if s.p_below[m] < 0.05), None) if enough_units(len(idx)) else None for m in MEASURES}
     return RandomisationCheck(name, mode, int(seed), targets, steps, pairs, per_pair, baseline, verdicts, first, int((~usable).sum()))
 
 

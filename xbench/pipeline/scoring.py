@@ -42,6 +42,8 @@ from xbench.metrics.localisation import (
     pointing_hit,
     positive_mass_share,
 )
+from xbench.metrics.randomisation import verdicts
+from xbench.metrics.registry import FAMILIES
 from xbench.perturbation.engine import _is_keras_model, run_curves
 from xbench.perturbation.orders import ORDERS
 from xbench.perturbation.regions import (
@@ -365,25 +367,46 @@ def score_method(method, model, batch: _Batch, orders: Sequence[str], perturbati
             per = np.where(keep, per, np.nan)
         scores.localisation[metric] = _estimate(per, settings, batch.seed)
         out.curves.per_image[(metric, name)] = per.astype(np.float32)
+    outcomes = {}
     for m in settings.scored_metrics():
         tf = time.perf_counter()
-        per = method_faithfulness(m, model, batch, name, heat, settings, store)
+        if FAMILIES[m.name] == "randomisation":  # all images at once: its verdict's random-pair baseline pairs images across chunks
+            outcomes[m.name] = method_randomisation(m, model, batch, heat, settings, inner)
+            per, changed = outcomes[m.name].per_image, None
+        else:
+            per, changed = method_faithfulness(m, model, batch, name, heat, settings, store, explainer=inner)
         if keep is not None:  # a reference map: only the images with its ground truth
             per = np.where(keep, per, np.nan)
         seconds[f"{m.name}_s"] = time.perf_counter() - tf
         scores.faithfulness[m.name] = e = _estimate(per, settings, batch.seed)
         out.curves.per_image[(m.name, name)] = per.astype(np.float32)
         log.info("%s %s: %.4f [%.4f, %.4f] over %d images (%.1f s)", name, m.name, e.mean, *e.ci95, e.n, seconds[f"{m.name}_s"])
+        if changed is not None:  # a robustness metric: how many of its noise draws changed the predicted class (Quantus reports them too)
+            scores.changed_draws[m.name] = int(changed.sum())
+            out.curves.per_image[(results.changed_draws_key(m.name), name)] = changed.astype(np.float32)
+            if changed.any():
+                log.info("%s %s: %d noise draw(s) over %d image(s) changed the predicted class", name, m.name, int(changed.sum()),
+                         int((changed > 0).sum()))
+    if outcomes:
+        found = verdicts({k: np.where(keep, o.per_image, np.nan) if keep is not None else o.per_image for k, o in outcomes.items()},
+                         {k: o.baseline for k, o in outcomes.items()}, n_resamples=settings.bootstrap, seed=batch.seed)
+        for k, v in found.items():
+            scores.randomisation_verdicts[k] = results.RandomisationVerdict(**v)
+            log.info("%s %s: %s (%s against %.4g, Holm p %.3g, %d images)", name, k, v["verdict"], v["test"], v["baseline"], v["p_holm"], v["n"])
     if settings.save_heatmaps:
         out.heatmaps[name] = heat.astype(np.float16)
         out.heatmaps[results.region_scores_key(name)] = region_scores(heat, batch.region)  # the exact order the engine ranked (xbench-view)
     out.metrics.methods[name] = scores
 
 
-def method_faithfulness(metric, model, batch: _Batch, name: str, heat: np.ndarray, settings: ScoreSettings, store=None) -> np.ndarray:
-    """(M,) float64 per-image figures of one metric of score.metrics (:mod:`xbench.metrics.registry`), chunk by chunk, in ``settings.dtype``.
+def method_faithfulness(metric, model, batch: _Batch, name: str, heat: np.ndarray, settings: ScoreSettings, store=None,
+                        explainer=None) -> tuple[np.ndarray, np.ndarray | None]:
+    """(M,) float64 per-image figures of one metric of score.metrics (:mod:`xbench.metrics.registry`), chunk by chunk, in ``settings.dtype``,
+    and for a robustness metric (M,) its noise draws per image that changed the predicted class (else None).
 
-    A faithfulness metric runs its forward passes in ``settings.dtype``; a complexity metric reads the maps alone.
+    A faithfulness metric runs its forward passes in ``settings.dtype``; a complexity metric reads the maps alone; a
+    metric that recomputes explanations (robustness, randomisation: ``needs_explainer``) recomputes them with
+    ``explainer``, the method scored (whatever ``explainer`` its parameters name: the figure is this method's).
 
     The targets are the curves' (``score.target``); random draws follow (seed, image id), so chunking changes nothing.
     With a ``store`` each chunk is cached as soon as it exists (:meth:`xbench.pipeline.store.CurveStore.figures`).
@@ -393,23 +416,73 @@ def method_faithfulness(metric, model, batch: _Batch, name: str, heat: np.ndarra
         from xbench.models.precision import with_compute_dtype
 
         engine_model = with_compute_dtype(model, settings.dtype)
+    identity = {"name": metric.name, **dataclasses.asdict(metric)}
+    counts_changes = FAMILIES[metric.name] == "robustness"  # its draws that changed the prediction are kept beside the figures
+    if counts_changes:
+        identity["columns"] = ["value", "changed_draws"]
+    if getattr(metric, "needs_explainer", False):
+        if explainer is None:
+            raise ValueError(f"{metric.name}: recomputes explanations and needs the explainer of the maps")
+        metric = dataclasses.replace(metric, explainer=KnownImages(explainer, batch.context))
+        identity["explainer"] = _explainer_identity(explainer)
     parts = []
     for ch in batch.chunks:
         def compute(ch=ch):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)  # constant maps: counted by explain()
                 images = batch.x[ch] if metric.needs_model else None  # a complexity metric reads no image
-                return metric(engine_model, images, heat[ch], batch.targets[ch], image_ids=batch.rows[ch], seed=batch.seed,
-                              batch_size=settings.batch_size, memory_budget_mb=settings.memory_budget_mb, progress=len(batch.chunks) < 2)
+                kw = dict(image_ids=batch.rows[ch], seed=batch.seed, batch_size=settings.batch_size, memory_budget_mb=settings.memory_budget_mb,
+                          progress=len(batch.chunks) < 2)
+                if counts_changes:
+                    d = metric.details(engine_model, images, heat[ch], batch.targets[ch], **kw)
+                    return np.stack([d["value"], d["changed_draws"]], axis=1)
+                return metric(engine_model, images, heat[ch], batch.targets[ch], **kw)
 
         if store is None:
             part = compute()
         else:
-            identity = {"name": metric.name, **dataclasses.asdict(metric)}
             part, _ = store.figures(method=name, maps=heat[ch], image_ids=batch.rows[ch], targets=batch.targets[ch], metric=identity,
                                     seed=batch.seed, dtype=settings.dtype, compute=compute)
         parts.append(np.asarray(part, np.float64))
-    return np.concatenate(parts) if parts else np.zeros(0)
+    values = np.concatenate(parts) if parts else np.zeros((0, 2) if counts_changes else 0)
+    return (values[:, 0], values[:, 1].astype(np.int64)) if counts_changes else (values, None)
+
+
+class KnownImages:
+    """``explainer`` called with what the job knows of each image it is given, found by image id: the scoring grid and the
+    ground-truth masks (the oracle reads the lesion masks). A metric that recomputes maps on perturbed copies of the scored
+    images (robustness, randomisation) calls the explainer with the copies' image ids only; their masks are the originals'.
+    """
+
+    def __init__(self, explainer, context: ExplainContext):
+        self.explainer, self.context = explainer, context
+        self.name = getattr(explainer, "name", type(explainer).__name__)
+        self._row = {int(i): r for r, i in enumerate(np.asarray(context.image_ids))}
+
+    def __call__(self, model, images, targets, context: ExplainContext | None = None):
+        ids = np.arange(len(images)) if context is None else np.asarray(context.image_ids)
+        known = self.context.rows(np.array([self._row[int(i)] for i in ids], np.int64))
+        seed = self.context.seed if context is None else context.seed
+        return self.explainer(model, images, targets, ExplainContext(ids, seed, known.region_size, known.lesions, known.markers))
+
+
+def method_randomisation(metric, model, batch: _Batch, heat: np.ndarray, settings: ScoreSettings, explainer):
+    """A randomisation metric of score.metrics (:mod:`xbench.metrics.randomisation`) on every scored image at once, with
+    ``explainer`` (the method scored): its :class:`~xbench.metrics.randomisation.Outcome` (per-image figures and baseline).
+
+    Not cached per chunk: the verdict's random-pair baseline pairs images of the whole set.
+    """
+    metric = dataclasses.replace(metric, explainer=KnownImages(explainer, batch.context))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # constant maps: counted by explain()
+        return metric.run(model, batch.x[:], heat, batch.targets, image_ids=batch.rows, seed=batch.seed, batch_size=settings.batch_size,
+                          memory_budget_mb=settings.memory_budget_mb, progress=True)
+
+
+def _explainer_identity(explainer) -> dict:
+    """What makes an explainer's maps what they are, for a cache key: its class and fields (its revision where it has one)."""
+    fields = dataclasses.asdict(explainer) if dataclasses.is_dataclass(explainer) else {"repr": repr(explainer)}
+    return {"class": type(explainer).__name__, **fields, "maps_revision": getattr(explainer, "maps_revision", None)}
 
 
 def faithfulness_gains(out: ScoreResult, methods: Sequence, batch: _Batch, settings: ScoreSettings) -> None:

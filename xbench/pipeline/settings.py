@@ -221,7 +221,7 @@ class SanitySettings:
     # Checked beside the configured explainer: model-blind maps that must fail
     # (center, edge) and Guided Backprop, the published near-failure.
     explainers: List[str] = field(default_factory=lambda: ["center", "edge"])
-    max_images: int = 16  # test images of score.subset (correct ones by default), class-stratified and seeded
+    max_images: int = 24  # test images of score.subset (correct ones by default), class-stratified and seeded; >= 20 for CIs (MIN_UNITS)
     n_pairs: int = 50  # random image pairs of the baseline (Arun et al., 2021)
     aopc: bool = True  # score the configured explainer's randomised maps (MoRF) on the randomised and the trained model
 

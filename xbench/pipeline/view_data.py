@@ -191,6 +191,24 @@ def load_job(folder: str | Path) -> JobView:
     return JobView(folder, res, read_heatmaps(folder), split)
 
 
+# ---------------------------------------------------------------- the report's tables
+
+
+def shown_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """A report table as the Summary page shows it: a CI bound or p-value withheld for too few units (NaN in the
+    CSV) reads "n too small" (:func:`xbench.pipeline.report.mark_too_few`); such a column is shown as text
+    (numbers to 4 significant digits, NaN as "n/a"). A frame with nothing withheld is returned as it is."""
+    from xbench.pipeline.report import mark_too_few
+
+    out = mark_too_few(frame)
+    if out is frame:
+        return frame
+    for c in out.columns:
+        if out[c].dtype == object and (frame[c].dtype != object):
+            out[c] = [v if isinstance(v, str) else ("n/a" if v is None or not np.isfinite(v) else f"{v:.4g}") for v in out[c]]
+    return out
+
+
 # ---------------------------------------------------------------- per-image records
 
 

@@ -20,6 +20,7 @@ import pandas as pd
 import streamlit as st
 
 from xbench.apps.view import FOLDERS_ENV
+from xbench.metrics.bootstrap import MIN_UNITS
 from xbench.pipeline import results
 from xbench.pipeline import view_data as V
 
@@ -147,7 +148,7 @@ def _png(fig) -> bytes:
 @st.cache_resource(show_spinner=False, max_entries=16)
 def _summary(dirs: tuple, stamps: tuple) -> dict:
     """The report's tables and plots (xbench.pipeline.report's functions) for these jobs."""
-    from xbench.pipeline import plots
+    from xbench.pipeline import plots, scorecard
     from xbench.pipeline import report as R
 
     jobs = [_job(d, s).result for d, s in zip(dirs, stamps)]
@@ -159,6 +160,10 @@ def _summary(dirs: tuple, stamps: tuple) -> dict:
     pixel = R.pixel_auc_table(frame)
     if len(pixel):
         out["tables"]["pixel_auc"] = ("Deletion and insertion (pixel curves)", pixel)
+    card = scorecard.scorecard(jobs, R.metric_reliability(jobs))
+    if len(card):
+        out["tables"]["scorecard"] = ("Scorecard: each method across the metric families (mean [95% CI over images]; * better than random, "
+                                      "Holm p < 0.05)", scorecard.wide(card))
     out["tables"]["pairwise"] = ("Pairwise comparisons (AOPC, MoRF)", R.pairwise(groups))
     out["tables"]["summary"] = ("All jobs", frame)
     bands = R.aopc_by_step_bands(groups)
@@ -168,6 +173,8 @@ def _summary(dirs: tuple, stamps: tuple) -> dict:
     scored = frame[frame["aopc"].notna()] if len(frame) else frame
     if len(scored):
         out["plots"]["aopc_vs_recall"] = _png(plots.aopc_vs_recall_figure(scored))
+    if len(card):
+        out["plots"]["scorecard"] = _png(plots.scorecard_figure(card, scorecard.headline(card)))
     return out
 
 
@@ -247,10 +254,11 @@ def page_summary() -> None:
     stamps = tuple(_stamp(d) for d in dirs)
     s = _summary(tuple(str(d) for d in dirs), stamps)
     st.markdown(f"**{s['jobs']} job(s).** Tables and plots as `xbench-report` writes them (AOPC over the scored test images; "
-                "95% CIs are bootstrap over images, or mean ± sd over seeds where a measurement has several).")
+                "95% CIs are bootstrap over images, or mean ± sd over seeds where a measurement has several; "
+                f"'n too small' where fewer than {MIN_UNITS} images leave no CI or p-value worth printing).")
     for key, (title, frame) in s["tables"].items():
         st.subheader(title)
-        st.dataframe(frame, hide_index=True, width="stretch")
+        st.dataframe(V.shown_table(frame), hide_index=True, width="stretch")  # "n too small" where a CI or p is withheld
         st.download_button(f"Download {key}.csv", frame.to_csv(index=False).encode(), file_name=f"{key}.csv", mime="text/csv", key=f"dl_{key}")
     if s["plots"]:
         st.subheader("Plots")

@@ -162,6 +162,49 @@ def aopc_vs_recall_figure(frame, title: str = "AOPC against test recall (one poi
     return fig
 
 
+def scorecard_figure(frame, headline: Mapping[str, str], title: str = "Scorecard: one panel per family (mean and 95% CI over images)"):
+    """The scorecard at a glance (:func:`xbench.pipeline.scorecard.scorecard`): one small panel per family, its ``headline`` figure.
+
+    Methods on the y axis (controls in grey italics), one marker and colour
+    per (model, seed), the 95% bootstrap CI as a horizontal bar; an arrow in
+    each title says which way is better.
+    """
+    families = list(headline)
+    fig, axes = plt.subplots(1, max(1, len(families)), figsize=(3.2 * max(1, len(families)), 0.45 * max(4, frame["method"].nunique()) + 1.2),
+                             squeeze=False, sharey=True)
+    methods = list(dict.fromkeys(frame.sort_values(["role", "method"], ascending=[False, True])["method"]))  # explainers first
+    y = {m: i for i, m in enumerate(methods)}
+    series = list(dict.fromkeys(zip(frame["model"], frame["seed"])))
+    offset = {s: (k - (len(series) - 1) / 2) * 0.15 for k, s in enumerate(series)}
+    for ax, family in zip(axes[0], families):
+        fig_name = headline[family]
+        rows = frame[frame["figure"] == fig_name]
+        for k, s in enumerate(series):
+            g = rows[(rows["model"] == s[0]) & (rows["seed"] == s[1])]
+            if not len(g):
+                continue
+            yy = np.array([y[m] for m in g["method"]]) + offset[s]
+            mean, lo, hi = (g[c].to_numpy(np.float64) for c in ("mean", "ci_low", "ci_high"))
+            err = np.where(np.isfinite(lo), [mean - lo, hi - mean], 0.0)
+            ax.errorbar(mean, yy, xerr=err, fmt="osD^v"[k % 5], color=f"C{k}", capsize=2, markersize=4, linewidth=1,
+                        label=f"{s[0]}, seed {s[1]}")
+        better = rows["better"].iloc[0] if len(rows) else ""
+        ax.set_title(f"{family}\n{fig_name} ({'→' if better == 'higher' else '←'} better)", fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0][0].set_yticks(range(len(methods)), methods)
+    roles = dict(zip(frame["method"], frame["role"]))
+    for label in axes[0][0].get_yticklabels():
+        if roles.get(label.get_text()) == "control":
+            label.set_color("grey")
+            label.set_fontstyle("italic")
+    axes[0][0].invert_yaxis()
+    if series:
+        axes[0][-1].legend(fontsize=7, loc="best")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 def randomisation_figure(checks: Sequence, measure: str = "spearman_abs", title: str = ""):
     """The cascading-randomisation figure (Adebayo et al. 2018, Fig. 2): similarity to the original map against randomised depth.
 
