@@ -275,6 +275,72 @@ def test_faithfulness_figures_are_cached_per_chunk_and_a_prediction_function_is_
     assert len(calls) == 8
 
 
+def test_robustness_and_randomisation_metrics_recompute_the_scored_methods_maps_and_round_trip(tmp_path):
+    """In a job the metrics that recompute maps use the method scored (the oracle with its lesion masks, found by image id):
+    each figure equals evaluate() with that explainer, the draws that changed the class and the verdicts are recorded, and
+    everything round-trips through metrics.json and curves.npz into the scorecard."""
+    import dataclasses
+
+    from tests.references import report_job as _job
+    from xbench.apps.report import build_report
+    from xbench.explain import Oracle, RandomControl, Saliency
+    from xbench.metrics import evaluate
+    from xbench.metrics.registry import metric
+    from xbench.perturbation import Constant
+    from xbench.pipeline import results as R
+    from xbench.pipeline.scoring import GroundTruth, KnownImages
+
+    n = 20  # the minimum for a verdict's test: the verdicts are real
+    model, images, preds = _pixel_job_inputs(n=n)
+    lesions = np.zeros((n, 16, 16), bool)
+    lesions[:, 4:9, 5:11] = True
+    truth = GroundTruth(lesions=lesions, lesions_ok=np.ones(n, bool))
+    names = ["max_sensitivity", "random_logit", "emprt"]
+    params = {"max_sensitivity": {"nr_draws": 3, "radius": 0.3}, "random_logit": {"similarity": "spearman_abs"}}
+    settings = ScoreSettings(orders=["morf"], region_size=4, bootstrap=1000, chunk_images=8, metrics=names, metric_params=params)
+    ids = np.arange(n)  # the test rows are the image ids
+    res = score_model(model, images, ids, preds, preds, ["a", "b"], Saliency(), [RandomControl(), Oracle()], Constant(0.0), settings,
+                      seed=3, truth=truth)
+    m = res.metrics
+    x = images / 255.0
+    for method, explainer in (("saliency", Saliency()), ("oracle", Oracle())):
+        from xbench.explain.context import ExplainContext
+
+        ctx = ExplainContext(ids, 3, 4, lesions, None)
+        maps = explainer(model, x, preds, ctx)
+        for name in names:
+            want = evaluate(name, model, x, maps, preds, image_ids=ids, seed=3, explainer=KnownImages(explainer, ctx), **params.get(name, {}))
+            np.testing.assert_allclose(res.curves.per_image[(name, method)], want, rtol=1e-5, atol=1e-6, err_msg=f"{method} {name}")
+            assert m.methods[method].faithfulness[name].n == np.isfinite(want).sum()
+    assert m.methods["oracle"].faithfulness["max_sensitivity"].mean == 0.0  # the lesion mask does not move with the noise
+    assert m.methods["oracle"].faithfulness["random_logit"].mean == pytest.approx(1.0)  # nor with the class
+    ms = dataclasses.replace(metric("max_sensitivity", **params["max_sensitivity"]), explainer=Saliency())
+    d = ms.details(model, x, Saliency()(model, x, preds, None), preds, image_ids=ids, seed=3)
+    np.testing.assert_array_equal(res.curves.per_image[(R.changed_draws_key("max_sensitivity"), "saliency")], d["changed_draws"])
+    assert m.methods["saliency"].changed_draws["max_sensitivity"] == int(d["changed_draws"].sum())
+    assert set(m.methods["saliency"].randomisation_verdicts) == {"random_logit", "emprt"}
+    oracle = m.methods["oracle"].randomisation_verdicts
+    assert oracle["emprt"].verdict == "fails" and oracle["random_logit"].verdict == "fails"  # model-blind: rise 0, similarity 1
+    assert "max_sensitivity" not in m.faithfulness_gains_over_random or "saliency" in m.faithfulness_gains_over_random["max_sensitivity"]
+
+    job = _job(tmp_path / "job", 0, ids=ids)
+    job.metrics.scoring = m
+    R.write_metrics(job.path, job.metrics)
+    R.write_curves(job.path, res.curves)
+    back = R.read_job(job.path)
+    for method in ("saliency", "random", "oracle"):
+        got, want = back.scoring.methods[method], m.methods[method]
+        assert repr((got.faithfulness, got.changed_draws, got.randomisation_verdicts)) == repr(
+            (want.faithfulness, want.changed_draws, want.randomisation_verdicts))
+    build_report([job.path], tmp_path / "report")
+    import pandas as pd
+
+    card = pd.read_csv(tmp_path / "report" / R.SCORECARD_CSV)
+    row = card[(card["method"] == "oracle") & (card["figure"] == "emprt")].iloc[0]
+    assert row["family"] == "randomisation" and row["note"].startswith("verdict: fails")
+    assert card[card["family"] == "robustness"]["vs_random"].isna().all()
+
+
 def test_complexity_metrics_are_scored_from_the_maps_alone_beside_the_faithfulness_metrics(tmp_path):
     import pandas as pd
 
