@@ -47,6 +47,8 @@ def test_paired_image_auc_ci_brackets_the_estimate():
     auc = roc_auc(np.r_[pos, neg], np.r_[np.ones(30), np.zeros(30)])
     assert lo < auc < hi and 0 <= lo and hi <= 1
     assert paired_auc_ci(pos, neg, seed=3) == (lo, hi)
+    # below the minimum number of images no CI (MIN_UNITS), at it one
+    assert np.isnan(paired_auc_ci(pos[:19], neg[:19], seed=3)).all() and np.isfinite(paired_auc_ci(pos[:20], neg[:20], seed=3)).all()
 
 
 def test_removal_masks_are_whole_regions_seeded_per_image():

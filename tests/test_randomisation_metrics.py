@@ -510,6 +510,8 @@ def test_the_model_is_not_modified_and_the_randomised_copy_is_the_sanity_checks_
 ])
 def test_a_bad_parameter_is_one_line(make, call, match, model, images):
     metric = make()
+    if metric.explainer is None:  # the explainer is required; these cases are about the other parameters
+        metric = replace(metric, explainer="saliency")
     if "draws" in call:  # a field, as every parameter
         call = dict(call)
         metric = replace(metric, draws=call.pop("draws"))
@@ -520,15 +522,30 @@ def test_a_bad_parameter_is_one_line(make, call, match, model, images):
 
 def test_ssim_needs_11_pixels_and_check_says_so():
     with pytest.raises(ValueError, match="ssim needs images of at least 11 x 11") as err:
-        RandomLogit().check(8, 8)
+        RandomLogit(explainer="saliency").check(8, 8)
     assert "\n" not in str(err.value)
-    RandomLogit(similarity="spearman_abs").check(8, 8)
+    RandomLogit(explainer="saliency", similarity="spearman_abs").check(8, 8)
 
 
 def test_the_table_and_class_attributes():
     assert list(METRICS) == ["random_logit", "emprt", "smprt"]
     for name, cls in METRICS.items():
         assert cls.name == name and cls.needs_model and cls.needs_explainer
-        assert cls().explainer == "gradcam"
+        assert cls().explainer is None  # required: another method's maps would give a plausible wrong figure
+        with pytest.raises(ValueError, match=r"^explainer: name the method that made the heatmaps") as err:
+            cls().check(16, 16)
+        assert "\n" not in str(err.value)
     assert (RandomLogit.higher_is_better, EfficientMPRT.higher_is_better, SmoothMPRT.higher_is_better) == (False, True, False)
     assert (SmoothMPRT().nr_samples, SmoothMPRT().noise_magnitude, EfficientMPRT().n_bins) == (50, 0.1, 100)  # Quantus 0.5.3's defaults
+
+
+def test_the_sign_tests_verdict_reads_the_median_it_tests():
+    """Most images rise a little, a few collapse: the sign test passes, and the difference and CI it reports are the median's
+    (order statistics), not a mean on the other side of 0 that the "fails" rule would read."""
+    v = np.r_[np.full(15, 0.01), np.full(5, -0.9)]
+    r = verdicts({"emprt": v}, {"emprt": Baseline.constant(0.0, "above")})["emprt"]
+    assert r["verdict"] == "passes" and r["p"] == pytest.approx(binom.sf(14, 20, 0.5))  # P(Bin(20, 1/2) >= 15)
+    assert r["difference"] == pytest.approx(0.01) and r["ci95"] == pytest.approx([0.01, 0.01])  # order statistics 6 and 15 of 20
+    # and a clear fall fails, its median CI below 0
+    r = verdicts({"emprt": np.linspace(-0.5, -0.1, 20)}, {"emprt": Baseline.constant(0.0, "above")})["emprt"]
+    assert r["verdict"] == "fails" and r["ci95"][1] < 0

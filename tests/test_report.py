@@ -8,6 +8,7 @@ import pytest
 from tests.references import report_job
 from xbench.metrics.bootstrap import MIN_SEEDS, MIN_UNITS, TOO_FEW_TEXT
 from xbench.pipeline import report
+from xbench.pipeline.identity import _flatten, identity
 from xbench.pipeline import results as R
 
 
@@ -147,8 +148,8 @@ def test_identity_and_metric_keys_of_a_composed_config_are_declared_by_field_met
     config = _composed(overrides)
     job = report_job("j", 0)
     job.metrics.config = config
-    ident = report.identity(job)
-    keys = set(report._flatten(config)) | set(ident)
+    ident = identity(job)
+    keys = set(_flatten(config)) | set(ident)
     assert {k for k in keys if k not in ident} == {k for k in keys if _under(k, _OLD_NOT_IDENTITY)}
     assert {k for k in ident if report._is_metric_key(k)} == {k for k in ident if _under(k, _OLD_METRIC)} != set()
     assert {k for k in ident if report._is_variant_key(k)} == {k for k in ident if _under(k, _OLD_METRIC) and not _under(k, _OLD_NOT_VARIANT)}
@@ -165,7 +166,7 @@ def test_a_setting_without_metadata_is_part_of_the_identity_and_metadata_moves_w
     assert [f.name for f in dataclasses.fields(XbenchConfig)] == [f.name for f in dataclasses.fields(settings.JobConfig)]
     job = report_job("j", 0)
     job.metrics.config = {"score": {"chunk_images": 4, "planted_knob": 3}, "seed": 1, "perturbation": {"name": "constant"}}
-    ident = report.identity(job)
+    ident = identity(job)
     assert ident["score.planted_knob"] == 3 and "score.chunk_images" not in ident and "seed" not in ident
 
     @dataclasses.dataclass

@@ -257,7 +257,7 @@ def test_batch_size_memory_budget_and_order_do_not_change_the_figures(explainer,
 
 def test_draws_are_fixed_per_seed_image_id_and_draw_index(model, data):
     x, t, h = data
-    m = MaxSensitivity(nr_draws=D)
+    m = MaxSensitivity("gradcam", nr_draws=D)
     d7 = m.draw(0, 7, 2, (S, S, 3))
     np.testing.assert_array_equal(d7, np.random.default_rng([0, 7, 2, ROBUSTNESS_TAG]).uniform(-0.2, 0.2, (S, S, 3)))
     assert not np.array_equal(d7, m.draw(0, 7, 1, (S, S, 3))) and not np.array_equal(d7, m.draw(1, 7, 2, (S, S, 3)))
@@ -265,7 +265,7 @@ def test_draws_are_fixed_per_seed_image_id_and_draw_index(model, data):
     # the seeded draws handed in as draws= give the same figures
     ids = np.array([7, 3, 11])
     draws = np.stack([np.stack([m.draw(5, i, j, (S, S, 3)) for j in range(D)]) for i in ids])
-    np.testing.assert_array_equal(MaxSensitivity(nr_draws=D, draws=draws)(model, x, h, t, image_ids=ids, seed=5),
+    np.testing.assert_array_equal(MaxSensitivity("gradcam", nr_draws=D, draws=draws)(model, x, h, t, image_ids=ids, seed=5),
                                   m(model, x, h, t, image_ids=ids, seed=5))
     # another seed, other figures; a float image and its uint8 version are read alike
     assert not np.array_equal(m(model, x, h, t, image_ids=ids, seed=6), m(model, x, h, t, image_ids=ids, seed=5))
@@ -293,13 +293,13 @@ def test_the_family_s_shared_interface():
     for cls in ALL:
         assert cls.higher_is_better is False and cls.needs_model is True and cls.needs_explainer is True
         m = cls()
-        assert m.explainer == "gradcam" and m.nr_draws == 20 and m.draws is None and m.clip is False
+        assert m.explainer is None and m.nr_draws == 20 and m.draws is None and m.clip is False
     assert (MaxSensitivity().radius, LocalLipschitz().std, LocalLipschitz().normalise, MaxSensitivity().normalise) == (0.2, 0.1, True, False)
     assert (RelativeInputStability().low, RelativeInputStability().high, RelativeInputStability().p, RelativeOutputStability().eps_min) == (0.02, 0.2, 2.0, 1e-6)
 
 
 def test_no_images_give_no_figures(model):
-    d = MaxSensitivity(nr_draws=2).details(model, np.zeros((0, S, S, 3), np.float32), np.zeros((0, S, S)))
+    d = MaxSensitivity("gradcam", nr_draws=2).details(model, np.zeros((0, S, S, 3), np.float32), np.zeros((0, S, S)))
     assert d["value"].shape == (0,) and d["changed_draws"].shape == (0,)
 
 
@@ -319,6 +319,7 @@ def test_no_images_give_no_figures(model):
     (RelativeInputStability, dict(clip=1), "clip"),
     (MaxSensitivity, dict(explainer="nope"), "explainer"),
     (MaxSensitivity, dict(explainer=3), "explainer"),
+    (MaxSensitivity, dict(), "^explainer: name the method that made the heatmaps"),  # required: another method's maps would mislead
     (MaxSensitivity, dict(nr_draws=2, draws=np.zeros((N, 3, S, S, 3))), "draws"),
 ])
 def test_bad_parameters_give_one_line_errors(cls, params, match):
@@ -329,7 +330,7 @@ def test_bad_parameters_give_one_line_errors(cls, params, match):
 
 def test_bad_call_arguments_give_one_line_errors(model, data):
     x, t, h = data
-    m = MaxSensitivity(nr_draws=2)
+    m = MaxSensitivity("gradcam", nr_draws=2)
     for call, match in [
         (lambda: m(model, x, h[:, :8]), "heatmaps must have shape"),
         (lambda: m(model, x, h, t[:2]), "targets"),
@@ -339,7 +340,7 @@ def test_bad_call_arguments_give_one_line_errors(model, data):
         (lambda: m(model, x, h, memory_budget_mb=0), "memory_budget_mb"),
         (lambda: m(None, x, h), "Keras model"),
         (lambda: m(model, x, np.where(h > 0, np.nan, h)), "NaN"),
-        (lambda: MaxSensitivity(nr_draws=2, draws=np.zeros((2, 2, S, S, 3)))(model, x, h), "draws"),
+        (lambda: MaxSensitivity("gradcam", nr_draws=2, draws=np.zeros((2, 2, S, S, 3)))(model, x, h), "draws"),
     ]:
         with pytest.raises(ValueError, match=match) as e:
             call()
@@ -462,3 +463,23 @@ def test_each_metric_equals_quantus_on_the_same_draws(cls, model, data, quantus,
         assert np.isnan(theirs).any() and np.isfinite(theirs).any(), (theirs, ours["changed_draws"])
     else:
         assert np.isfinite(theirs).all()
+
+
+def test_the_norm_is_configurable_for_the_sensitivities_and_the_lipschitz_estimate(model, data):
+    """p of the flattened maps (and inputs) in the ratio, by hand with an explainer whose map is the channel mean of its input."""
+    x, t, _ = data
+    mean_map = lambda model, images, targets, context=None: np.asarray(images, np.float64).mean(-1)
+    draws = np.random.default_rng(4).uniform(-0.2, 0.2, (N, 3, S, S, 3))
+    xp = (x[:, None].astype(np.float64) + draws).astype(np.float32).astype(np.float64)  # the copies are float32, as in Quantus
+    a, ap = mean_map(None, x, None), xp.mean(-1)
+    for p in (1.0, 2.0, np.inf):
+        flat = lambda v: v.reshape(*v.shape[:2], -1)
+        num = np.linalg.norm(flat(a[:, None] - ap), ord=p, axis=-1)
+        want = (num / np.linalg.norm(a.reshape(N, 1, -1), ord=p, axis=-1)).max(1)
+        got = MaxSensitivity(mean_map, nr_draws=3, draws=draws, p=p)(model, x, a, t)
+        np.testing.assert_allclose(got, want, rtol=1e-9)
+        want = (num / np.linalg.norm(flat(x[:, None].astype(np.float64) - xp), ord=p, axis=-1)).max(1)
+        np.testing.assert_allclose(LocalLipschitz(mean_map, nr_draws=3, draws=draws, p=p, normalise=False)(model, x, a, t), want, rtol=1e-9)
+    with pytest.raises(ValueError, match=r"^p: must be a norm order >= 1") as e:
+        AvgSensitivity(mean_map, p=0.5).check(S, S)
+    assert "\n" not in str(e.value)

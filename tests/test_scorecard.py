@@ -95,3 +95,38 @@ def test_the_randomisation_verdict_and_the_reliability_flag_reach_their_rows():
     flag = card[(card["method"] == "gradcam") & (card["figure"] == "aopc_morf")]["note"].iloc[0]
     assert flag.startswith("unreliable: alpha 0.41")
     assert (card[(card["method"] == "saliency") & (card["figure"] == "aopc_morf")]["note"] == "").all()
+
+
+def test_variants_of_one_model_and_seed_are_kept_apart_and_paired_within():
+    """Two perturbations of the same model and seed: two groups, each method paired with its own variant's control."""
+    jobs, iou, *_ = _jobs()
+    other, _, _, _ = _jobs()
+    for j in other:  # the same jobs scored with another perturbation: every figure shifted
+        j.metrics.scoring.perturbation = {"name": "blur", "sigma": 3.0}
+        for (fig, m), v in list(j.curves.per_image.items()):
+            j.curves.per_image[(fig, m)] = (v + 0.1).astype(np.float32)
+        for m in j.scoring.methods.values():
+            e = m.localisation["lesion_iou"]
+            m.localisation["lesion_iou"] = R.Estimate(e.mean + 0.1, e.ci95, e.n)
+    card = S.scorecard(jobs + other, n_resamples=1000)
+    assert card["setting"].nunique() == 2 and all("perturbation=" in s for s in card["setting"])
+    iou_rows = card[(card["method"] == "gradcam") & (card["figure"] == "lesion_iou")]
+    assert sorted(iou_rows["mean"]) == pytest.approx(sorted([iou["gradcam"].mean(), iou["gradcam"].mean() + 0.1]))
+    # paired within the variant: the shift cancels, so both variants give the same difference with random
+    assert iou_rows["vs_random"].iloc[0] == pytest.approx(iou_rows["vs_random"].iloc[1], abs=1e-6)
+    assert "setting" in S.wide(card).columns and "setting" not in S.wide(S.scorecard(jobs, n_resamples=1000)).columns
+
+
+def test_the_oracle_is_no_reference_for_randomisation():
+    """The oracle ignores the model: for the randomisation family it is a second floor, so no vs_oracle there."""
+    jobs, *_ = _jobs()
+    rng = np.random.default_rng(9)
+    for j in jobs:
+        for m in j.scoring.methods:
+            v = np.ones(N) if m in ("random", "oracle") else rng.uniform(0.1, 0.4, N)  # random_logit: model-blind maps score 1
+            j.curves.per_image[("random_logit", m)] = v.astype(np.float32)
+            j.scoring.methods[m].faithfulness["random_logit"] = R.Estimate(float(v.mean()), [float(v.min()), float(v.max())], N)
+    card = S.scorecard(jobs, n_resamples=1000)
+    rl = card[(card["figure"] == "random_logit") & (card["method"] == "gradcam")].iloc[0]
+    assert rl["family"] == "randomisation" and rl["vs_random"] > 0 and np.isnan(rl["vs_oracle"])
+    assert card[(card["figure"] == "lesion_iou") & (card["method"] == "gradcam")]["vs_oracle"].notna().all()

@@ -122,7 +122,7 @@ def test_a_sweep_is_one_experiment_and_each_job_a_run_with_its_figures(sweep):
 
 @pytest.mark.slow
 def test_tracking_settings_do_not_split_a_measurement(sweep):
-    from xbench.pipeline.report import identity
+    from xbench.pipeline.identity import identity
 
     job = results.read_job(sweep[3][0])
     untracked = results.read_job(sweep[3][0])

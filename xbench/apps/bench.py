@@ -25,12 +25,15 @@ def _table(rows) -> str:
 
 
 def _leakage_table(out) -> str:
-    ci = lambda v: f"[{v[0]:.3f}, {v[1]:.3f}]"
+    from xbench.metrics.bootstrap import format_interval
+
+    est = lambda mean, v, n: format_interval(mean, v[0], v[1], n)  # "mean [n too small]" below the minimum
     lines = [f"mask leakage: {out['n']} phantoms at {out['image_size']} px, {out['region_size']}-px regions, {out['epochs']} epochs, seed {out['seed']} "
              f"({out['keras_backend']}); AUC 0.5 = the mask cannot be read off the image",
              "| perturbation | mask AUC per image [95% CI] | pooled pixel AUC | image AUC [95% CI] | n train/test | train s |", "|---|---|---|---|---|---|"]
     for name, r in out["results"].items():
-        lines.append(f"| {name} | {r['mask_auc_per_image']:.3f} {ci(r['mask_auc_ci'])} | {r['mask_auc']:.3f} | {r['image_auc']:.3f} {ci(r['image_auc_ci'])} | "
+        lines.append(f"| {name} | {est(r['mask_auc_per_image'], r['mask_auc_ci'], r['n_test'])} | {r['mask_auc']:.3f} | "
+                     f"{est(r['image_auc'], r['image_auc_ci'], r['n_test'])} | "
                      f"{r['n_train']}/{r['n_test']} | {r['train_seconds']:.1f} |")
     lines.append(f"total {out['total_s']:.1f} s")
     return "\n".join(lines)

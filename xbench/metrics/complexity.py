@@ -146,6 +146,7 @@ class MapMetric:
     name: ClassVar[str] = ""
     higher_is_better: ClassVar[bool] = True
     needs_model: ClassVar[bool] = False
+    needs_explainer: ClassVar[bool] = False  # it reads the given maps only (the robustness and randomisation metrics recompute them)
 
     def check(self, height: int, width: int) -> None:
         """Raise a one-line ValueError for a parameter these images cannot take (none here but the kernel's own)."""

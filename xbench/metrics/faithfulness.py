@@ -121,6 +121,7 @@ class Metric:
     higher_is_better: ClassVar[bool] = True
     target_pass: ClassVar[int] = 0
     needs_model: ClassVar[bool] = True  # its figures come from the model (the complexity metrics' do not)
+    needs_explainer: ClassVar[bool] = False  # it reads the given maps only (the robustness and randomisation metrics recompute them)
 
     def check(self, height: int, width: int) -> None:
         """Raise a one-line ValueError for a parameter these images cannot take."""

@@ -153,14 +153,17 @@ class Baseline:
         return cls("pairs", better, float(np.mean(per_pair)), pairs, np.asarray(per_pair, np.float64))
 
 
-def _bootstrap_mean_ci(v: np.ndarray, n_resamples: int, seed: int, level: float = 0.95) -> tuple[float, float]:
-    """Percentile CI of the mean of ``v`` over images (resampled with replacement)."""
-    if not len(v):
-        return math.nan, math.nan
-    rng = np.random.default_rng([int(seed), 0x5A20])
-    means = v[rng.integers(0, len(v), (n_resamples, len(v)))].mean(axis=1)
-    a = (1 - level) / 2
-    return float(np.quantile(means, a)), float(np.quantile(means, 1 - a))
+def _median_ci(v: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """Distribution-free CI of the median of ``v``: the order statistics (v_(j), v_(n-j+1)), j the largest with
+    P(Bin(n, 1/2) <= j - 1) <= (1 - level) / 2 (coverage >= ``level``); NaN when n is too small for any."""
+    from scipy.stats import binom
+
+    x = np.sort(np.asarray(v, np.float64))
+    n, a = len(x), (1 - level) / 2
+    j = 0
+    while j < n and binom.cdf(j, n, 0.5) <= a:
+        j += 1
+    return (math.nan, math.nan) if j == 0 else (float(x[j - 1]), float(x[n - j]))
 
 
 def _sign_test(effect: np.ndarray) -> float:
@@ -191,6 +194,9 @@ def verdicts(per_image: dict[str, np.ndarray], baselines: dict[str, Baseline], *
       (ties, e.g. a model-blind map's exact 0, dropped). It needs no
       distributional assumption on the relative rise (skewed, bounded below
       by -1), where a bootstrap p of a mean is anti-conservative on few images.
+      Its difference and CI are the median's (the order-statistic CI), the
+      statistic the test tests: a mean could lie on the other side of 0 when
+      most images rise a little and a few collapse.
 
     The m metrics' p are Holm-adjusted together (one family per explainer).
     Verdicts: "passes" when the adjusted p < ``alpha``; "fails" when the 95%
@@ -212,7 +218,8 @@ def verdicts(per_image: dict[str, np.ndarray], baselines: dict[str, Baseline], *
 
     Returns:
         {name: {"n": usable images, "baseline": value, "better": "below" | "above", "test": "pairs bootstrap" | "sign test",
-        "difference": mean figure - baseline value, "ci95": [low, high] of it (images bootstrapped), "p": one-sided p,
+        "difference": figure - baseline value (the mean for the pairs test, the median for the sign test), "ci95": [low, high]
+        of it (pairs: images bootstrapped; sign test: order statistics), "p": one-sided p,
         "p_holm": Holm-adjusted p,
         "verdict": "passes" | "fails" | "inconclusive"}} (p NaN where not tested).
     """
@@ -241,11 +248,11 @@ def verdicts(per_image: dict[str, np.ndarray], baselines: dict[str, Baseline], *
                 row["p"] = float(t["p_below"][0])
         else:
             finite = v[np.isfinite(v)]
-            if n >= min_images:
-                row["difference"] = float(finite.mean() - b.value)
-                lo, hi = _bootstrap_mean_ci(finite - b.value, n_resamples, seed)
-                row["ci95"] = [lo, hi]
-                row["p"] = _sign_test(sign * (finite - b.value))
+            if n >= min_images:  # the median and its order-statistic CI: the statistic the sign test tests (a mean could disagree)
+                effect = finite - b.value
+                row["difference"] = float(np.median(effect))
+                row["ci95"] = list(_median_ci(effect))
+                row["p"] = _sign_test(sign * effect)
         out[name] = row
     names = list(out)
     adjusted = holm([out[k]["p"] for k in names])
@@ -288,12 +295,13 @@ class RandomisationMetric:
         explainer: an explainer object (``xbench.explain.build(name, ...)``, or
             any ``explainer(model, images, targets, context) -> (N, H, W)``) or
             a name (an explainer or control of :mod:`xbench.explain.explainers`
-            with its defaults); default "gradcam". ``heatmaps`` must be its maps.
+            with its defaults); required (no default: ``heatmaps`` must be its maps, and another method's would give a
+            plausible wrong figure).
         draws: the metric's random draws (see each class), to compare with another library on the same draws;
             default None: xbench's, from (seed, image id). A metric that draws nothing refuses them.
     """
 
-    explainer: object = "gradcam"
+    explainer: object = None
     draws: np.ndarray | None = None
     name: ClassVar[str] = ""
     higher_is_better: ClassVar[bool] = False
@@ -356,10 +364,9 @@ class RandomisationMetric:
         t = self._targets(model, x, targets, chunk, n_classes)
         if not n:
             return Outcome(np.zeros(0), Baseline("pairs", "below", math.nan))
-        draws = self.draws
-        if self.random and draws is None:
-            draws = self.make_draws(x, t, ids, int(seed), n_classes)
-        draws = self.check_draws(draws, x, t, n_classes)
+        # Given draws are checked whole; xbench's own are drawn chunk by chunk in figures() (sMPRT's are image-sized: all
+        # images' at once would hold N (K - 1) noisy images whatever the memory budget), the same whatever the chunks.
+        draws = None if self.draws is None else self.check_draws(self.draws, x, t, n_classes)
         from tqdm.auto import tqdm
 
         chunks = [np.arange(s, min(n, s + chunk)) for s in range(0, n, chunk)]
@@ -434,7 +441,12 @@ class RandomLogit(RandomisationMetric):
     better. NaN where the target's map is constant (it ranks nothing, left
     out as in the sanity check) or either map is not finite. Baseline of the
     verdict: the random-pair similarity of the trained model's maps
-    (``n_pairs``).
+    (``n_pairs``). Read a low figure with the map for the other class in
+    mind: Grad-CAM's ReLU often gives an all-zero map for a class the model
+    does not see, and its SSIM with any map is about 0, the best score, as
+    in Quantus (there too on the flattened maps): the explainer then says
+    "no evidence for that class", which is class-sensitive but not
+    informative about where the evidence is.
 
     Quantus 0.5.3's ``RandomLogit``: the same draw rule, but from the global
     NumPy state re-seeded with ``seed`` (42) before every image (the same
@@ -474,8 +486,10 @@ class RandomLogit(RandomisationMetric):
     def figures(self, model, explain, chunks, x, h, t, ids, seed, draws):
         h = np.asarray(h, np.float64)
         other = np.empty(h.shape)
+        n_classes = int(model.output.shape[-1])
         for c in chunks:
-            other[c] = self._explain(explain, model, x[c], draws[c], ids[c], seed)
+            d = draws[c] if draws is not None else self.make_draws(x[c], t[c], ids[c], seed, n_classes)
+            other[c] = self._explain(explain, model, x[c], d, ids[c], seed)
         usable = _finite(h) & ~is_constant(np.nan_to_num(h))
         s = _measure(np.nan_to_num(h), np.nan_to_num(other), self.similarity)
         per_image = np.where(usable & _finite(other), s, np.nan)
@@ -613,7 +627,8 @@ class SmoothMPRT(RandomisationMetric):
         randomised = np.empty(trained.shape)
         for c in chunks:
             n_c = len(c)
-            noisy = self.noisy(x[c], draws[c]).reshape(-1, *x.shape[1:])  # image-major: image j's rows j (K-1) .. (j+1)(K-1) - 1
+            d = draws[c] if draws is not None else self.make_draws(x[c], t[c], ids[c], seed, 0)
+            noisy = self.noisy(x[c], d).reshape(-1, *x.shape[1:])  # image-major: image j's rows j (K-1) .. (j+1)(K-1) - 1
             rows_t, rows_id = np.repeat(t[c], k - 1), np.repeat(ids[c], k - 1)
             if k > 1:
                 trained[c] += self._explain(explain, model, noisy, rows_t, rows_id, seed).reshape(n_c, k - 1, *x.shape[1:3]).sum(axis=1)

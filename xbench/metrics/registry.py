@@ -29,6 +29,15 @@ METRICS: dict[str, type] = {name: cls for family in _BY_FAMILY.values() for name
 METRIC_NAMES: tuple[str, ...] = tuple(METRICS)
 #: The family of each metric.
 FAMILIES: dict[str, str] = {name: family for family, metrics in _BY_FAMILY.items() for name in metrics}
+#: Families in which the random control is no floor: a map that does not read the image (the random control is drawn
+#: per image id, the oracle is the lesion mask) is perfectly stable, so "better than random" cannot be reached.
+#: Their figures get no gain over random (metrics.json, summary.csv, the report) and no pairing in the scorecard.
+UNFLOORED_FAMILIES = frozenset({"robustness"})
+
+
+def floored(name: str) -> bool:
+    """Whether metric ``name`` has the random control as its floor (see :data:`UNFLOORED_FAMILIES`)."""
+    return FAMILIES[name] not in UNFLOORED_FAMILIES
 
 
 def metric(name: str, **params):

@@ -83,6 +83,7 @@ compiled forward pass).
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -116,6 +117,12 @@ def logits_of(net, x: np.ndarray) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros((0, int(net.output.shape[-1])))
 
 
+def _check_p(p) -> None:
+    """One-line ValueError unless ``p`` is a norm order >= 1 (or inf)."""
+    if isinstance(p, (bool, np.bool_)) or not isinstance(p, (int, float, np.integer, np.floating)) or not (p >= 1):
+        raise ValueError(f"p: must be a norm order >= 1 (or inf), got {p!r}")
+
+
 def _norm(a: np.ndarray, p: float) -> np.ndarray:
     """The p-norm of each row of ``a`` (..., n) over its last axis, float64."""
     return np.linalg.norm(a, ord=p, axis=-1)
@@ -143,7 +150,7 @@ class Robustness:
     """A robustness metric: D noisy copies of each image, their explanations, a per-draw formula and a max or mean over the draws.
 
     Fields (every metric): ``explainer`` (an object as :func:`xbench.explain.build`
-    returns, or a name; default ``"gradcam"``), ``nr_draws`` (D), ``draws``
+    returns, or a name; required: the figure compares its maps of the noisy copies with ``heatmaps``, so it must be the method that made them), ``nr_draws`` (D), ``draws``
     (None, or the noise itself, (N, D, H, W, 3), row i for image i of the
     call), ``clip`` (clip x + delta to [0, 1]), ``normalise`` (divide each
     map, original and perturbed, by its own max |a| first),
@@ -152,7 +159,7 @@ class Robustness:
     :meth:`per_draw` and ``aggregate``; see the module docstring.
     """
 
-    explainer: Any = "gradcam"
+    explainer: Any = None
     nr_draws: int = 20
     draws: np.ndarray | None = None
     clip: bool = False
@@ -292,7 +299,12 @@ class Robustness:
             with np.errstate(divide="ignore", invalid="ignore"):
                 per_draw[rows] = self.per_draw(c)
         v = np.where(changed, np.nan, per_draw) if self.return_nan_when_prediction_changes else per_draw
-        value = v.max(axis=1) if self.aggregate == "max" else v.mean(axis=1)  # NaN anywhere -> NaN (Quantus's np.max / np.mean)
+        if self.return_nan_when_prediction_changes:  # a changed draw makes the image NaN (Quantus's np.max / np.mean)
+            value = v.max(axis=1) if self.aggregate == "max" else v.mean(axis=1)
+        else:  # a NaN draw (a non-finite map of a noisy copy) is left out, as Quantus's np.nanmax / np.nanmean do
+            with np.errstate(invalid="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # an image whose every draw is NaN: NaN
+                value = np.nanmax(v, axis=1) if self.aggregate == "max" else np.nanmean(v, axis=1)
         return {"value": value.astype(np.float64), "per_draw": per_draw, "changed_draws": changed.sum(1).astype(np.int64),
                 "changed": changed, "targets": t, "predictions": pred}
 
@@ -308,21 +320,24 @@ class Robustness:
 
 @dataclass
 class _Sensitivity(Robustness):
-    """||a(x) - a(x'_j)||_F / ||a(x)||_F with delta_j ~ U[-radius, radius] per pixel and channel (an L-inf ball of ``radius``)."""
+    """||a(x) - a(x'_j)||_p / ||a(x)||_p (p = 2: Frobenius, Quantus's default) with delta_j ~ U[-radius, radius] per pixel and
+    channel (an L-inf ball of ``radius``); ``p`` the norm of the flattened maps, numerator and denominator alike."""
 
     radius: float = 0.2
+    p: float = 2.0
 
     def check_noise(self):
         if not _number(self.radius) or self.radius <= 0:
             raise ValueError(f"radius: must be > 0 (the noise is uniform in [-radius, radius]), got {self.radius!r}")
+        _check_p(self.p)
 
     def noise(self, rng, shape):
         return rng.uniform(-self.radius, self.radius, shape)
 
     def per_draw(self, c):
         n = len(c.a)
-        num = _norm((c.a[:, None] - c.ap).reshape(n, c.ap.shape[1], -1), 2)
-        den = _norm(c.a.reshape(n, 1, -1), 2)
+        num = _norm((c.a[:, None] - c.ap).reshape(n, c.ap.shape[1], -1), float(self.p))
+        den = _norm(c.a.reshape(n, 1, -1), float(self.p))
         return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)  # a zero map: undefined (Quantus: 0 / 0 or x / 0)
 
 
@@ -376,20 +391,22 @@ class LocalLipschitz(Robustness):
 
     std: float = 0.1
     normalise: bool = True
+    p: float = 2.0  # the norm of the map difference and of the input difference (2: Euclidean, the paper's and Quantus's)
     name: ClassVar[str] = "local_lipschitz"
     aggregate: ClassVar[str] = "max"
 
     def check_noise(self):
         if not _number(self.std) or self.std <= 0:
             raise ValueError(f"std: must be > 0 (the Gaussian noise's standard deviation), got {self.std!r}")
+        _check_p(self.p)
 
     def noise(self, rng, shape):
         return rng.normal(0.0, self.std, shape)
 
     def per_draw(self, c):
         n, d = c.ap.shape[:2]
-        num = _norm((c.a[:, None] - c.ap).reshape(n, d, -1), 2)
-        den = _norm((c.x[:, None].astype(np.float64) - c.xp.astype(np.float64)).reshape(n, d, -1), 2)
+        num = _norm((c.a[:, None] - c.ap).reshape(n, d, -1), float(self.p))
+        den = _norm((c.x[:, None].astype(np.float64) - c.xp.astype(np.float64)).reshape(n, d, -1), float(self.p))
         return num / den
 
 
@@ -409,8 +426,7 @@ class _Relative(Robustness):
     def check_noise(self):
         if not _number(self.low) or not _number(self.high) or not self.low < self.high:
             raise ValueError(f"low, high: the noise is uniform in [low, high]; need numbers with low < high, got {self.low!r}, {self.high!r}")
-        if isinstance(self.p, (bool, np.bool_)) or not isinstance(self.p, (int, float, np.integer, np.floating)) or not (self.p >= 1):
-            raise ValueError(f"p: must be a norm order >= 1 (or inf), got {self.p!r}")
+        _check_p(self.p)
         if not _number(self.eps_min) or self.eps_min <= 0:
             raise ValueError(f"eps_min: must be > 0, got {self.eps_min!r}")
 

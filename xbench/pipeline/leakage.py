@@ -93,7 +93,7 @@ from typing import Sequence
 import numpy as np
 
 from xbench.data.pixels import to_unit_float
-from xbench.metrics.bootstrap import bootstrap_ci
+from xbench.metrics.bootstrap import bootstrap_ci, enough_units
 from xbench.metrics.localisation import lesion_auroc
 from xbench.perturbation.engine import device_step
 from xbench.perturbation.perturbations import Perturbation, image_rng
@@ -114,10 +114,11 @@ def roc_auc(scores, labels) -> float:
 
 
 def paired_auc_ci(pos: np.ndarray, neg: np.ndarray, *, n_resamples: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap CI of ``roc_auc(pos vs neg)`` where pos[i], neg[i] come from the same image: images are resampled, each bringing both."""
+    """Percentile bootstrap CI of ``roc_auc(pos vs neg)`` where pos[i], neg[i] come from the same image: images are resampled, each bringing both;
+    NaN below :data:`xbench.metrics.bootstrap.MIN_UNITS` images."""
     pos, neg = np.asarray(pos, np.float64), np.asarray(neg, np.float64)
     n = len(pos)
-    if n < 2:
+    if not enough_units(n):  # too few images for a CI (xbench.metrics.bootstrap.MIN_UNITS)
         return float("nan"), float("nan")
     idx = np.random.default_rng([seed, 0xA1C]).integers(0, n, size=(n_resamples, n))
     scores = np.concatenate([pos[idx], neg[idx]], axis=1)[:, None, :]  # (R, 1, 2n)

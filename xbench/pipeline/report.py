@@ -26,17 +26,15 @@ import pandas as pd
 
 from xbench.metrics import comparison
 from xbench.metrics.aopc import abpc_per_image, aopc_by_step, aopc_per_image
+from xbench.metrics.registry import floored
 from xbench.metrics.bootstrap import TOO_FEW_TEXT, bootstrap_band, bootstrap_ci, format_interval, too_few_units
 from xbench.perturbation.orders import ORDERS, PIXEL_ORDERS
 from xbench.pipeline import results
+from xbench.pipeline.identity import _flags, identity
 from xbench.pipeline.scorecard import per_image
-from xbench.pipeline.settings import METRIC, setting_flags
 
 log = logging.getLogger(__name__)
 
-#: Keys :func:`identity` takes from the scoring record that no config field sets, with what they mean
-#: (as field metadata would say it): the number of steps L follows from the region and image sizes.
-_RECORDED_FLAGS = {"score.steps": METRIC}
 #: Settings shown as their own columns (the rest of what differs goes into "Setting").
 SHOWN = ("model.backbone", "explainer.name", "perturbation")
 
@@ -80,33 +78,6 @@ def collect(folders: Sequence[str | Path]) -> Collected:
 
 
 # ---------------------------------------------------------------- measurements
-
-
-def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(obj, dict):
-        out = {}
-        for k, v in obj.items():
-            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-        return out
-    return {prefix: json.dumps(obj, sort_keys=True) if isinstance(obj, list) else obj}
-
-
-def identity(job: results.JobResult) -> dict[str, Any]:
-    """Everything that defines the job's measurement, flattened (``"data.image_size": 72``).
-
-    Left out: the settings whose field is marked ``NOT_IDENTITY``
-    (:mod:`xbench.pipeline.settings`: the seed, chunk and batch sizes,
-    resamples, the cache, plots, the sanity check, tracking) and Hydra's own.
-    """
-    m, sc = job.metrics, job.scoring
-    base = _flatten(m.config or {"data": {"source": m.data.source, "image_size": m.data.image_size}, "model": {"backbone": m.model.backbone}})
-    base = {k: v for k, v in base.items() if not k.startswith("hydra") and _flags(k).get("identity", True)}
-    base["model.backbone"] = m.model.backbone
-    if sc is not None:
-        base.update({"explainer.name": sc.explainer, "perturbation": results._perturbation_label(sc.perturbation), "score.region_size": sc.region_size,
-                     "score.steps": sc.steps, "score.subset": sc.subset, "score.target": sc.target,
-                     "score.dtype": sc.dtype})
-    return base
 
 
 @dataclass
@@ -242,6 +213,8 @@ COMPLETENESS_HEADER = "completeness error (mean abs(sum of attributions - logit 
 def faithfulness_header(metric: str) -> str:
     """self_validation's column of a faithfulness metric: its direction, and what its '- random' rows hold."""
     better = "higher" if results.FAITHFULNESS_HIGHER_IS_BETTER[metric] else "lower"
+    if not floored(metric):
+        return f"{metric} ({better} is better; no '- random' rows: random is perfectly stable, no floor)"
     return f"{metric} ({better} is better; '- random' rows: positive = better than random)"
 
 
@@ -503,11 +476,6 @@ def methods_table(jobs: Sequence[results.JobResult], rank_by: str | None = None,
 
 
 # ---------------------------------------------------------------- metric reliability
-
-def _flags(key: str) -> dict:
-    """What an identity key means for a measurement: its field's metadata (:func:`xbench.pipeline.settings.setting_flags`)."""
-    return _RECORDED_FLAGS.get(key) or setting_flags(key)
-
 
 def _is_metric_key(k: str) -> bool:
     """Says how the metric is computed (``METRIC``: the perturbation and its parameters, region size, steps, orders)."""

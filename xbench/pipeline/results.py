@@ -26,7 +26,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from xbench.core.errors import XbenchError
-from xbench.metrics.registry import FAMILIES, METRICS
+from xbench.metrics.registry import FAMILIES, METRICS, floored
 from xbench.perturbation.orders import ORDERS, PIXEL_ORDERS
 
 #: 2: typed sections, estimates carry their resampling unit, localisation per method.
@@ -141,8 +141,8 @@ class RandomisationVerdict:
     test: str  # "pairs bootstrap" (random_logit, smprt: the random-pair baseline) | "sign test" (emprt: against 0)
     better: str  # "below" | "above": which side of the baseline a passing map's figure lies on
     baseline: float  # the baseline's value (mean over the random pairs, or the constant)
-    difference: float  # mean figure - baseline; NaN when not tested
-    ci95: list[float]  # its 95% CI (images bootstrapped); NaN below the minimum number of images
+    difference: float  # figure - baseline: the mean (pairs bootstrap) or the median (sign test); NaN when not tested
+    ci95: list[float]  # its 95% CI (pairs: images bootstrapped; sign test: order statistics of the median); NaN below the minimum
     p: float  # one-sided p of "not better than the baseline"; NaN when not tested
     p_holm: float  # Holm-adjusted over the method's randomisation metrics
     n: int  # usable images
@@ -747,15 +747,16 @@ def _faithfulness_gain(metric: str):
     return pick
 
 
-#: The metrics of score.metrics (faithfulness, then complexity): the explainer's mean with its CI over images, and its gain over the random control; NaN when not scored.
+#: The metrics of score.metrics (family by family): the explainer's mean with its CI over images, and its gain over the random control
+#: where random is a floor (not robustness: :data:`xbench.metrics.registry.UNFLOORED_FAMILIES`); NaN when not scored.
 FAITHFULNESS_COLUMNS: tuple[Column, ...] = tuple(
     c
     for name, higher in FAITHFULNESS_HIGHER_IS_BETTER.items()
     for c in (
         _estimate_columns(name, f"explainer {name} ({'higher' if higher else 'lower'} is better; xbench.metrics.{FAMILIES[name]}), mean over images",
                           _faithfulness(name))
-        + _estimate_columns(f"{name}_gain_over_random", f"{'explainer - random' if higher else 'random - explainer'} {name}, paired by image: "
-                            "positive = better than random", _faithfulness_gain(name))
+        + (_estimate_columns(f"{name}_gain_over_random", f"{'explainer - random' if higher else 'random - explainer'} {name}, paired by image: "
+                             "positive = better than random", _faithfulness_gain(name)) if floored(name) else ())
     )
 )
 SUMMARY_COLUMNS += FAITHFULNESS_COLUMNS

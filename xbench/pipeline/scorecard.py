@@ -14,7 +14,9 @@ and against the oracle (the blurred lesion mask):
   paired-bootstrap CI and two-sided p (:func:`xbench.metrics.comparison.paired_images`);
   ``p_holm``: that p Holm-corrected across the whole scorecard.
 - ``vs_oracle``: method - oracle, signed the same way (negative: short of
-  what a right map scores), on the images the oracle is scored on.
+  what a right map scores), on the images the oracle is scored on; only in
+  the families where the oracle is a reference (:data:`ORACLE_REFERENCE`:
+  not randomisation, where the model-blind oracle scores as random does).
 
 The robustness family has no floor in either control: a map that does not
 read the image (the random control is drawn per image id, the oracle is the
@@ -35,13 +37,17 @@ from xbench.metrics import comparison
 from xbench.metrics.aopc import abpc_per_image, aopc_per_image
 from xbench.metrics.bootstrap import format_interval
 from xbench.metrics.insertion_deletion import auc_per_image
-from xbench.metrics.registry import FAMILIES, METRICS
+from xbench.metrics.registry import FAMILIES, METRICS, UNFLOORED_FAMILIES
 from xbench.pipeline import results
+from xbench.pipeline.identity import variant, variant_labels
 
 #: The families in the scorecard's column order.
 FAMILY_ORDER = ("faithfulness", "localisation", "robustness", "complexity", "randomisation")
-#: Families whose controls are floors (see the module docstring for robustness).
-FLOORED = frozenset({"faithfulness", "localisation", "complexity", "randomisation"})
+#: Families in which the random control is a floor (all but :data:`xbench.metrics.registry.UNFLOORED_FAMILIES`: robustness).
+FLOORED = frozenset(FAMILY_ORDER) - UNFLOORED_FAMILIES
+#: Families in which the oracle (the blurred lesion mask) is what a right map scores. Not randomisation: the oracle
+#: ignores the model and the class, so there it scores as the random control does (a second floor, not a ceiling).
+ORACLE_REFERENCE = frozenset({"faithfulness", "localisation", "complexity"})
 #: The controls a method is paired against (the oracle only where the data has lesion masks).
 RANDOM, ORACLE = "random", "oracle"
 #: Krippendorff (2004): alpha below 0.667 supports no conclusion, not even a tentative one.
@@ -127,11 +133,13 @@ def _reliability(frame: pd.DataFrame | None) -> dict[tuple, str]:
     for _, r in alpha.iterrows():
         label = str(r["group"])  # "<explainer> on <backbone>, seed <s>[, ...]"
         try:
-            backbone, s = label.split(" on ", 1)[1].split(", seed ")
+            explainer, rest = label.split(" on ", 1)
+            backbone, s = rest.split(", seed ")
             s = int(s.split(",")[0])
         except (IndexError, ValueError):
             continue
-        if np.isfinite(r["value"]):
+        # Only the group's own explainer: a control is in every explainer's group, and its flags would overwrite each other.
+        if r["methods"] == explainer and np.isfinite(r["value"]):
             word = "unreliable" if r["value"] < UNRELIABLE_ALPHA else "reliable"
             out[(backbone, s, r["methods"])] = f"{word}: alpha {r['value']:.2f} over {int(r['n_variants'])} variants"
     return out
@@ -140,9 +148,11 @@ def _reliability(frame: pd.DataFrame | None) -> dict[tuple, str]:
 def scorecard(jobs: Sequence[results.JobResult], reliability: pd.DataFrame | None = None, n_resamples: int = 2000, seed: int = 0) -> pd.DataFrame:
     """The scorecard, long: one row per (model, seed, method, figure), families in :data:`FAMILY_ORDER`.
 
-    Jobs of one model and seed score the same test images (one split): their
-    methods are pooled (each from the first job that has it) and paired by
-    image id. ``reliability``: :func:`xbench.pipeline.report.metric_reliability`
+    Jobs of one model, seed and variant (every setting but the explainer:
+    perturbation, grid, metric parameters, ...) score the same test images the
+    same way: their methods are pooled (each from the first job that has it)
+    and paired by image id, never across variants; ``setting`` names what sets
+    a variant apart where the jobs hold several. ``reliability``: :func:`xbench.pipeline.report.metric_reliability`
     of the same jobs, for the flag (none without it). Columns: model, seed, method, role (explainer / control),
     family, figure, better (higher / lower), mean, ci_low, ci_high, n (images
     with a value), vs_random, vs_random_ci_low, vs_random_ci_high, p_vs_random,
@@ -153,13 +163,14 @@ def scorecard(jobs: Sequence[results.JobResult], reliability: pd.DataFrame | Non
     model-randomisation check's verdict, in a row of its own: ``mprt_verdict``).
     """
     groups: dict[tuple, list[results.JobResult]] = {}
-    for j in jobs:
+    for j in jobs:  # one group per model, seed and variant (every setting but the explainer): only they score alike
         if j.scoring is not None and j.curves is not None:
-            groups.setdefault((j.metrics.model.backbone, j.metrics.seed), []).append(j)
+            groups.setdefault((j.metrics.model.backbone, j.metrics.seed, variant(j)), []).append(j)
+    setting = variant_labels(list(dict.fromkeys(k[2] for k in groups)))
     verdicts = _sanity_verdicts(jobs)
     reliable = _reliability(reliability)
     rows = []
-    for (backbone, s), js in groups.items():
+    for (backbone, s, var), js in groups.items():
         owner: dict[str, results.JobResult] = {}
         for j in js:
             for name in [j.scoring.explainer, *j.scoring.methods]:
@@ -167,7 +178,7 @@ def scorecard(jobs: Sequence[results.JobResult], reliability: pd.DataFrame | Non
                     owner.setdefault(name, j)
         explainers = {j.scoring.explainer for j in js}
         for name, j in owner.items():
-            base = {"model": backbone, "seed": s, "method": name, "role": "explainer" if name in explainers else "control"}
+            base = {"model": backbone, "seed": s, "setting": setting[var], "method": name, "role": "explainer" if name in explainers else "control"}
             for f in FIGURES:
                 est = per_image(j, name, f.name)[0]
                 if est is None:
@@ -176,6 +187,8 @@ def scorecard(jobs: Sequence[results.JobResult], reliability: pd.DataFrame | Non
                        "mean": est.mean, "ci_low": est.ci95[0], "ci_high": est.ci95[1], "n": est.n, "note": ""}
                 if f.family in FLOORED:
                     for ctrl, key in ((RANDOM, "vs_random"), (ORACLE, "vs_oracle")):
+                        if ctrl == ORACLE and f.family not in ORACLE_REFERENCE:
+                            continue
                         if ctrl != name and ctrl in owner and (r := _paired(j, name, owner[ctrl], ctrl, f, n_resamples, seed)) is not None:
                             row.update({key: r["diff"], f"{key}_ci_low": r["ci_low"], f"{key}_ci_high": r["ci_high"]})
                             if ctrl == RANDOM:
@@ -190,12 +203,12 @@ def scorecard(jobs: Sequence[results.JobResult], reliability: pd.DataFrame | Non
             if (v := verdicts.get((backbone, s, name))) is not None:
                 rows.append({**base, "family": "randomisation", "figure": "mprt_verdict", "better": "", "mean": math.nan, "ci_low": math.nan,
                              "ci_high": math.nan, "n": 0, "note": v})
-    cols = ["model", "seed", "method", "role", "family", "figure", "better", "mean", "ci_low", "ci_high", "n", "vs_random", "vs_random_ci_low",
+    cols = ["model", "seed", "setting", "method", "role", "family", "figure", "better", "mean", "ci_low", "ci_high", "n", "vs_random", "vs_random_ci_low",
             "vs_random_ci_high", "p_vs_random", "p_holm", "vs_oracle", "vs_oracle_ci_low", "vs_oracle_ci_high", "note"]
     frame = pd.DataFrame(rows).reindex(columns=cols)
     if len(frame):
         frame["family"] = pd.Categorical(frame["family"], FAMILY_ORDER, ordered=True)
-        frame = frame.sort_values(["model", "seed", "family", "figure", "role", "method"], kind="stable").reset_index(drop=True)
+        frame = frame.sort_values(["model", "seed", "setting", "family", "figure", "role", "method"], kind="stable").reset_index(drop=True)
         frame["family"] = frame["family"].astype(str)
         tested = frame["p_vs_random"].notna().to_numpy()
         if tested.any():
@@ -221,7 +234,7 @@ def wide(frame: pd.DataFrame) -> pd.DataFrame:
     out: dict[tuple, dict] = {}
     columns: list[str] = []
     for _, r in frame.iterrows():
-        key = (r["model"], r["seed"], r["method"] + (" (control)" if r["role"] == "control" else ""))
+        key = (r["model"], r["seed"], r["setting"], r["method"] + (" (control)" if r["role"] == "control" else ""))
         col = f"{r['family']}: {r['figure']}" + ("" if not r["better"] else f" ({r['better']} better)")
         if col not in columns:
             columns.append(col)
@@ -233,6 +246,7 @@ def wide(frame: pd.DataFrame) -> pd.DataFrame:
                 cell += " *"
             if str(r["note"]).startswith("verdict: "):  # a randomisation metric: its verdict against its baseline
                 cell += f" ({r['note'].split()[1]})"
-        out.setdefault(key, {"model": key[0], "seed": key[1], "method": key[2]})[col] = cell
+        out.setdefault(key, {"model": key[0], "seed": key[1], "setting": key[2], "method": key[3]})[col] = cell
     ordered = sorted(columns, key=lambda c: FAMILY_ORDER.index(c.split(":")[0]))
-    return pd.DataFrame(list(out.values())).reindex(columns=["model", "seed", "method", *ordered]).fillna("n/a")
+    frame = pd.DataFrame(list(out.values())).reindex(columns=["model", "seed", "setting", "method", *ordered]).fillna("n/a")
+    return frame if (frame["setting"] != "").any() else frame.drop(columns="setting")

@@ -43,7 +43,7 @@ from xbench.metrics.localisation import (
     positive_mass_share,
 )
 from xbench.metrics.randomisation import verdicts
-from xbench.metrics.registry import FAMILIES
+from xbench.metrics.registry import FAMILIES, floored
 from xbench.perturbation.engine import _is_keras_model, run_curves
 from xbench.perturbation.orders import ORDERS
 from xbench.perturbation.regions import (
@@ -371,12 +371,13 @@ def score_method(method, model, batch: _Batch, orders: Sequence[str], perturbati
     for m in settings.scored_metrics():
         tf = time.perf_counter()
         if FAMILIES[m.name] == "randomisation":  # all images at once: its verdict's random-pair baseline pairs images across chunks
-            outcomes[m.name] = method_randomisation(m, model, batch, heat, settings, inner)
-            per, changed = outcomes[m.name].per_image, None
+            per, outcomes[m.name] = method_randomisation(m, model, batch, heat, settings, inner, keep)
+            changed = None
         else:
             per, changed = method_faithfulness(m, model, batch, name, heat, settings, store, explainer=inner)
         if keep is not None:  # a reference map: only the images with its ground truth
             per = np.where(keep, per, np.nan)
+            changed = None if changed is None else np.where(keep, changed, 0)
         seconds[f"{m.name}_s"] = time.perf_counter() - tf
         scores.faithfulness[m.name] = e = _estimate(per, settings, batch.seed)
         out.curves.per_image[(m.name, name)] = per.astype(np.float32)
@@ -388,8 +389,8 @@ def score_method(method, model, batch: _Batch, orders: Sequence[str], perturbati
                 log.info("%s %s: %d noise draw(s) over %d image(s) changed the predicted class", name, m.name, int(changed.sum()),
                          int((changed > 0).sum()))
     if outcomes:
-        found = verdicts({k: np.where(keep, o.per_image, np.nan) if keep is not None else o.per_image for k, o in outcomes.items()},
-                         {k: o.baseline for k, o in outcomes.items()}, n_resamples=settings.bootstrap, seed=batch.seed)
+        found = verdicts({k: o.per_image for k, o in outcomes.items()}, {k: o.baseline for k, o in outcomes.items()},
+                         n_resamples=settings.bootstrap, seed=batch.seed)
         for k, v in found.items():
             scores.randomisation_verdicts[k] = results.RandomisationVerdict(**v)
             log.info("%s %s: %s (%s against %.4g, Holm p %.3g, %d images)", name, k, v["verdict"], v["test"], v["baseline"], v["p_holm"], v["n"])
@@ -412,7 +413,9 @@ def method_faithfulness(metric, model, batch: _Batch, name: str, heat: np.ndarra
     With a ``store`` each chunk is cached as soon as it exists (:meth:`xbench.pipeline.store.CurveStore.figures`).
     """
     engine_model = model
-    if settings.dtype != "float32" and metric.needs_model:
+    # score.dtype is the precision of the faithfulness metrics' masked forward passes; a metric that recomputes maps
+    # compares them with the float32 model's maps, so it must recompute them with the same float32 model.
+    if settings.dtype != "float32" and FAMILIES[metric.name] == "faithfulness":
         from xbench.models.precision import with_compute_dtype
 
         engine_model = with_compute_dtype(model, settings.dtype)
@@ -420,7 +423,7 @@ def method_faithfulness(metric, model, batch: _Batch, name: str, heat: np.ndarra
     counts_changes = FAMILIES[metric.name] == "robustness"  # its draws that changed the prediction are kept beside the figures
     if counts_changes:
         identity["columns"] = ["value", "changed_draws"]
-    if getattr(metric, "needs_explainer", False):
+    if metric.needs_explainer:
         if explainer is None:
             raise ValueError(f"{metric.name}: recomputes explanations and needs the explainer of the maps")
         metric = dataclasses.replace(metric, explainer=KnownImages(explainer, batch.context))
@@ -461,22 +464,31 @@ class KnownImages:
 
     def __call__(self, model, images, targets, context: ExplainContext | None = None):
         ids = np.arange(len(images)) if context is None else np.asarray(context.image_ids)
+        missing = [int(i) for i in ids if int(i) not in self._row]
+        if missing:
+            raise ValueError(f"{self.name}: image id {missing[0]} is not one of the job's scored images")
         known = self.context.rows(np.array([self._row[int(i)] for i in ids], np.int64))
         seed = self.context.seed if context is None else context.seed
         return self.explainer(model, images, targets, ExplainContext(ids, seed, known.region_size, known.lesions, known.markers))
 
 
-def method_randomisation(metric, model, batch: _Batch, heat: np.ndarray, settings: ScoreSettings, explainer):
-    """A randomisation metric of score.metrics (:mod:`xbench.metrics.randomisation`) on every scored image at once, with
-    ``explainer`` (the method scored): its :class:`~xbench.metrics.randomisation.Outcome` (per-image figures and baseline).
+def method_randomisation(metric, model, batch: _Batch, heat: np.ndarray, settings: ScoreSettings, explainer, keep: np.ndarray | None = None):
+    """A randomisation metric of score.metrics (:mod:`xbench.metrics.randomisation`) on every scored image at once (a
+    reference map: on the images ``keep`` marks), with ``explainer`` (the method scored): (M,) per-image figures (NaN
+    outside ``keep``) and the :class:`~xbench.metrics.randomisation.Outcome` of those images (figures and the baseline
+    of the verdict, its random pairs drawn among them).
 
     Not cached per chunk: the verdict's random-pair baseline pairs images of the whole set.
     """
+    rows = np.arange(len(heat)) if keep is None else np.flatnonzero(keep)
     metric = dataclasses.replace(metric, explainer=KnownImages(explainer, batch.context))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # constant maps: counted by explain()
-        return metric.run(model, batch.x[:], heat, batch.targets, image_ids=batch.rows, seed=batch.seed, batch_size=settings.batch_size,
-                          memory_budget_mb=settings.memory_budget_mb, progress=True)
+        outcome = metric.run(model, batch.x[rows], heat[rows], batch.targets[rows], image_ids=batch.rows[rows], seed=batch.seed,
+                             batch_size=settings.batch_size, memory_budget_mb=settings.memory_budget_mb, progress=True)
+    per = np.full(len(heat), np.nan)
+    per[rows] = outcome.per_image
+    return per, outcome
 
 
 def _explainer_identity(explainer) -> dict:
@@ -489,7 +501,7 @@ def faithfulness_gains(out: ScoreResult, methods: Sequence, batch: _Batch, setti
     """Each method's faithfulness metrics against the random control's, paired by image, signed so that positive = better, into ``out.metrics``."""
     for m in settings.scored_metrics():
         floor = out.curves.per_image.get((m.name, "random"))
-        if floor is None:
+        if floor is None or not floored(m.name):  # robustness: random is perfectly stable, no floor
             continue
         sign = 1.0 if m.higher_is_better else -1.0
         gains = {}
@@ -577,6 +589,8 @@ def score_model(model, images, test_rows: np.ndarray, labels: np.ndarray, preds:
     x = ScoredImages(images, rows)
     size = x.shape[1]
     for m in settings.scored_metrics():  # a parameter these images cannot take fails now, before any map is made
+        if m.needs_explainer:  # it will recompute each method's maps with that method: check it with the explainer
+            m = dataclasses.replace(m, explainer=explainer)
         try:
             m.check(size, size)
         except ValueError as exc:

@@ -174,20 +174,21 @@ def scorecard_figure(frame, headline: Mapping[str, str], title: str = "Scorecard
                              squeeze=False, sharey=True)
     methods = list(dict.fromkeys(frame.sort_values(["role", "method"], ascending=[False, True])["method"]))  # explainers first
     y = {m: i for i, m in enumerate(methods)}
-    series = list(dict.fromkeys(zip(frame["model"], frame["seed"])))
+    setting = frame["setting"] if "setting" in frame else [""] * len(frame)
+    series = list(dict.fromkeys(zip(frame["model"], frame["seed"], setting)))
     offset = {s: (k - (len(series) - 1) / 2) * 0.15 for k, s in enumerate(series)}
     for ax, family in zip(axes[0], families):
         fig_name = headline[family]
         rows = frame[frame["figure"] == fig_name]
         for k, s in enumerate(series):
-            g = rows[(rows["model"] == s[0]) & (rows["seed"] == s[1])]
+            g = rows[(rows["model"] == s[0]) & (rows["seed"] == s[1]) & ((rows["setting"] == s[2]) if "setting" in rows else True)]
             if not len(g):
                 continue
             yy = np.array([y[m] for m in g["method"]]) + offset[s]
             mean, lo, hi = (g[c].to_numpy(np.float64) for c in ("mean", "ci_low", "ci_high"))
             err = np.where(np.isfinite(lo), [mean - lo, hi - mean], 0.0)
             ax.errorbar(mean, yy, xerr=err, fmt="osD^v"[k % 5], color=f"C{k}", capsize=2, markersize=4, linewidth=1,
-                        label=f"{s[0]}, seed {s[1]}")
+                        label=f"{s[0]}, seed {s[1]}" + (f", {s[2]}" if s[2] else ""))
         better = rows["better"].iloc[0] if len(rows) else ""
         ax.set_title(f"{family}\n{fig_name} ({'→' if better == 'higher' else '←'} better)", fontsize=9)
         ax.grid(axis="x", alpha=0.3)
