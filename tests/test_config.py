@@ -22,6 +22,7 @@ _ROOT = "data.root=/tmp/somewhere"
 _NEEDS = {("data", "covid_radiography"): [_ROOT], ("data", "folder"): [_ROOT, "data.image_size=64"], ("data", "pediatric"): [_ROOT],
           ("experiment", "covid_radiography"): [_ROOT], ("experiment", "pediatric_3class"): [_ROOT],
           ("model", "inceptionv3"): ["data.image_size=96"], ("model", "file"): ["model.path=/tmp/somewhere/model.keras"],
+          ("explainer", "file"): ["explainer.path=/tmp/somewhere/maps.npz"],
           ("explainer", "shortcut_marker"): ["+experiment=shortcut"]}
 #: Groups chosen by config.yaml from others (fit: setup x model; truth: the data), and experiment overlays.
 _CHOSEN = {"fit": lambda o: [f"setup={o.split('_', 1)[0]}", f"model={o.split('_', 1)[1]}"], "truth": lambda o: [f"data={o}"],
@@ -33,7 +34,7 @@ def test_the_option_list_is_every_config_file():
     groups = {g for g, _ in _OPTIONS}
     assert groups == {"data", "experiment", "explainer", "fit", "model", "perturbation", "setup", "tracking", "train", "truth"}
     count = lambda group: sum(g == group for g, _ in _OPTIONS)
-    assert (count("explainer"), count("perturbation"), count("tracking")) == (25, 6, 2)
+    assert (count("explainer"), count("perturbation"), count("tracking")) == (26, 6, 2)
 
 
 @pytest.mark.parametrize("group, option", _OPTIONS, ids=[f"{g}={o}" for g, o in _OPTIONS])
@@ -44,6 +45,9 @@ def test_every_option_of_every_group_composes_and_builds(group, option):
     OmegaConf.to_container(cfg, resolve=True)
     if (group, option) == ("model", "file"):  # build_job reads the file's input size: built from a real file in test_bring_your_own
         assert cfg.model.path.endswith("model.keras")
+        return
+    if (group, option) == ("explainer", "file"):  # build_job reads the maps file: built from a real file in test_maps_file
+        assert cfg.explainer.path.endswith("maps.npz")
         return
     job = build_job(cfg)
     made = lambda obj, node: type(obj) is get_class(node._target_)

@@ -34,6 +34,8 @@ ALLOWED_TARGET_PREFIXES = ("xbench.",)
 MODEL_TARGET = "xbench.models.build_classifier"
 #: ...or, for a trained model the user brings (``model=file``), :class:`xbench.models.model_file.ModelFile`.
 MODEL_FILE_TARGET = "xbench.models.model_file.ModelFile"
+#: What ``explainer=file`` builds: maps made elsewhere, read from a file (:class:`xbench.explain.maps_file.FileMaps`).
+FILE_MAPS_TARGET = "xbench.explain.FileMaps"
 #: Groups whose node has a schema (``score`` is a plain node of the root schema).
 SCHEMA_GROUPS = ("data", "model", "train", "explainer", "perturbation", "score", "tracking")
 
@@ -129,7 +131,8 @@ def validate(cfg: DictConfig) -> None:
 
     Keys added with ``+`` that no schema has, ``_target_`` outside xbench,
     the image size against the backbone's minimum, the region size against
-    the image size, a weights file that must exist, and the root ``seed``.
+    the image size, a weights file that must exist, what maps read from a
+    file (``explainer=file``) cannot be scored by, and the root ``seed``.
     Every other value is checked by the object it configures, when
     :func:`xbench.apps.run.build_job` makes it.
     """
@@ -149,6 +152,8 @@ def validate(cfg: DictConfig) -> None:
             config_keyed(check_image_size, m.backbone, d.image_size)
             config_keyed(weights_source, m.weights, m.backbone)
     config_keyed(check_region_size, sc.region_size, d.image_size)
+    if cfg.explainer._target_ == FILE_MAPS_TARGET:  # before the metrics' own parameters: with maps from a file none can recompute them
+        _check_file_maps(cfg)
     if d.image_size is not None:  # score.metrics' sizes against the image (names and fields: ScoreSettings)
         _check_metrics_fit(sc, int(d.image_size))
     _check(cfg.seed >= 0, "seed", f"must be >= 0, got {cfg.seed}")
@@ -156,16 +161,37 @@ def validate(cfg: DictConfig) -> None:
 
 def _check_metrics_fit(sc, image_size: int) -> None:
     """``score.metric_params.<metric>.<field>: ...`` for a metric parameter these images cannot take (a subset or patch larger than the image)."""
-    from xbench.metrics.registry import METRIC_NAMES, metric
+    from xbench.metrics.registry import METRIC_NAMES, METRICS, metric
 
     params = sc.get("metric_params") or {}
     for name in sc.get("metrics") or []:
         if name not in METRIC_NAMES:
             continue  # ScoreSettings names it
+        given = dict(params.get(name) or {})
+        if METRICS[name].needs_explainer and given.get("explainer") is None:
+            given["explainer"] = "center"  # in a job it recomputes each scored method's maps; here only its own parameters are checked
         try:
-            metric(name, **dict(params.get(name) or {})).check(image_size, image_size)
+            metric(name, **given).check(image_size, image_size)
         except ValueError as exc:
             raise ConfigError(f"score.metric_params.{name}.{exc}" if not str(exc).startswith(name) else f"score.metric_params.{exc}") from None
+
+
+def _check_file_maps(cfg) -> None:
+    """``explainer=file`` reads maps made elsewhere and cannot recompute them: no metric that recomputes explanations
+    (``needs_explainer``: robustness, randomisation) and no model-randomisation check (``sanity``); the maps' name is not a control's."""
+    from xbench.explain.explainers import CONTROL_NAMES
+    from xbench.metrics.registry import METRICS
+
+    _check(cfg.explainer.name not in CONTROL_NAMES, "explainer.name", f"{cfg.explainer.name!r} is a control's name (score.controls); "
+                                                                       "name the maps otherwise (e.g. explainer.name=pytorch_gradcam)")
+    recompute = [n for n in cfg.score.get("metrics") or [] if n in METRICS and getattr(METRICS[n], "needs_explainer", False)]
+    _check(not recompute, "score.metrics", f"{', '.join(recompute)} recompute the explanation (on noisy copies or a changed model), and "
+                                           "explainer=file only reads maps made elsewhere; drop them from score.metrics, or score an explainer "
+                                           "xbench runs")
+    sanity = cfg.get("sanity")
+    _check(sanity is None or not sanity.enabled, "sanity.enabled", "the randomisation check recomputes the explanation on randomised models, "
+                                                                   "and explainer=file only reads maps made elsewhere; set sanity.enabled=false, "
+                                                                   "or run the check with an explainer xbench runs")
 
 
 #: The config key of each argument the Python-level rules name in their ValueError (``"image_size: ..."``):

@@ -12,6 +12,8 @@ from xbench.core.lazy import exports
 _WHERE = {
     "EXPLAINERS": "xbench.explain.explainers",
     "EigenCAM": "xbench.explain.explainers",
+    "FileMaps": "xbench.explain.maps_file",
+    "read_maps_file": "xbench.explain.maps_file",
     "DeepLIFT": "xbench.explain.explainers",
     "LRP": "xbench.explain.explainers",
     "Occlusion": "xbench.explain.explainers",

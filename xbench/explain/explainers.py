@@ -20,6 +20,7 @@ from xbench.core.names import TFKV_METHODS
 from xbench.data.pixels import to_unit_float
 from xbench.explain.context import ExplainContext
 from xbench.explain.controls import center_maps, edge_maps, mask_maps, random_maps
+from xbench.explain.maps_file import FileMaps
 from xbench.explain.params import (
     check_baseline,
     check_lrp,
@@ -632,7 +633,7 @@ SANITY_EXPLAINERS = {"center": CenterControl, "edge": EdgeMap, "guided_backprop"
 EXPLAINERS = {"gradcam": GradCAM, "gradcampp": GradCAMPlusPlus, "layercam": LayerCAM, "hirescam": HiResCAM, "xgradcam": XGradCAM,
               "eigencam": EigenCAM, "saliency": Saliency, "smoothgrad": SmoothGrad, "vargrad": VarGrad, "input_x_gradient": InputXGradient,
               "integrated_gradients": IntegratedGradients, "deeplift": DeepLIFT, "lrp": LRP, "guided_backprop": GuidedBackprop, "guided_gradcam": GuidedGradCAM,
-              "occlusion": Occlusion, "rise": RISE, "scorecam": ScoreCAM}
+              "occlusion": Occlusion, "rise": RISE, "scorecam": ScoreCAM, "file": FileMaps}
 
 
 def build(name: str, **params):
@@ -652,6 +653,9 @@ def resolve(explainer):
 
     The metrics that recompute explanations (robustness, randomisation) take ``explainer=`` through this.
     """
+    if explainer is None:
+        raise ValueError("explainer: name the method that made the heatmaps (e.g. explainer='saliency', or the explainer object): "
+                         "the metric recomputes its maps on perturbed inputs and compares them with the heatmaps")
     if isinstance(explainer, str):
         if explainer in EXPLAINERS:
             return build(explainer)
@@ -661,4 +665,7 @@ def resolve(explainer):
     if not callable(explainer):
         raise ValueError(f"explainer: must be an explainer (explainer(model, images, targets, context) -> (N, H, W)) or its name, "
                          f"got {type(explainer).__name__}")
+    if getattr(explainer, "fixed_maps", False):  # explainer=file: its maps were made elsewhere, on the original images only
+        raise ValueError(f"explainer: {getattr(explainer, 'name', type(explainer).__name__)} reads maps made elsewhere and cannot recompute "
+                         "them on perturbed inputs or another model; score these maps with the metrics that read them (faithfulness, complexity)")
     return explainer

@@ -343,7 +343,13 @@ def _masks(paths, size: int, cache_dir: Path, missing_is_empty: bool) -> tuple[n
 
 def score_job(spec: JobSpec, data: PreparedData, trained: TrainedModel, ev: Evaluation) -> "xbench.pipeline.scoring.ScoreResult":
     truth = ground_truth(data.records, ev.rows, data.image_size, spec.cache_dir)
-    explainer = CachedExplainer(spec.explainer, spec.cache_dir, trained.key) if trained.key else spec.explainer
+    explainer = spec.explainer
+    if hasattr(explainer, "for_images"):  # maps read from a file (explainer=file): image id -> its relative path, every scored image checked now
+        from xbench.pipeline.scoring import select_images
+
+        scored = ev.rows[select_images(ev.labels, ev.preds, spec.score.subset, spec.score.max_images, spec.seed)]
+        explainer = explainer.for_images(data.split_table()["path"].tolist(), ids=scored, size=(data.image_size, data.image_size))
+    explainer = CachedExplainer(explainer, spec.cache_dir, trained.key) if trained.key else explainer
     store = CurveStore(spec.cache_dir, trained.key) if trained.key else None
     res = score_model(trained.model, data.images, ev.rows, ev.labels, ev.preds, data.records.class_names, explainer, spec.controls,
                       spec.perturbation, spec.score, seed=spec.seed, truth=truth, store=store)
