@@ -10,10 +10,14 @@ Reference implementations and small models are in :mod:`tests.references`.
 
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
+import types
 from pathlib import Path
+
+import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -115,3 +119,17 @@ def refusal(args, cache: str | os.PathLike) -> tuple[int, str]:
         else:
             os.environ["XBENCH_CACHE"] = before
     return stop.value.code, err.getvalue()
+
+
+def numpy_drawing(monkeypatch, module_name: str, **random):
+    """Replace ``np`` in Quantus's module ``module_name`` by NumPy whose ``np.random`` functions ``random`` (name -> function) are given."""
+
+    class NumpyWith(types.ModuleType):
+        def __getattr__(self, name):
+            return getattr(np, name)
+
+    fake = NumpyWith("numpy")
+    fake.random = types.SimpleNamespace(**random)
+    module = importlib.import_module(module_name)
+    assert module.np is np
+    monkeypatch.setattr(module, "np", fake)

@@ -15,8 +15,6 @@ Quantus is a test dependency (the ``test`` extra): missing, the module fails;
 present but unable to load a system library (cv2's libGL), it is skipped.
 """
 
-import importlib
-import types
 
 import numpy as np
 import pytest
@@ -28,6 +26,7 @@ except (ImportError, OSError) as exc:  # ModuleNotFoundError (not installed) fai
         raise ImportError(f"quantus==0.5.3 is a test dependency (pip install -e '.[test]'): {exc}") from exc
     pytest.skip(f"quantus is installed but cannot load a system library: {exc}", allow_module_level=True)
 
+from tests.helpers import numpy_drawing
 from tests.references import tiny_model
 from xbench.metrics import evaluate, metric
 from xbench.metrics.faithfulness import (
@@ -100,18 +99,6 @@ def _quantus(qm, model, x, t, h):
     return qm(model=model, x_batch=x, y_batch=t, a_batch=np.asarray(h)[:, None], channel_first=False, softmax=True)
 
 
-def _numpy_drawing(monkeypatch, module_name: str, **random):
-    """Replace ``np`` in Quantus's module ``module_name`` by NumPy whose ``np.random`` functions ``random`` (name -> function) are given."""
-
-    class NumpyWith(types.ModuleType):
-        def __getattr__(self, name):
-            return getattr(np, name)
-
-    fake = NumpyWith("numpy")
-    fake.random = types.SimpleNamespace(**random)
-    module = importlib.import_module(module_name)
-    assert module.np is np
-    monkeypatch.setattr(module, "np", fake)
 
 
 def _agree(ours, theirs):
@@ -131,7 +118,7 @@ def test_faithfulness_correlation(model, data, monkeypatch):
         assert (n, size, replace) == (S * S, m.subset_size, False)
         return next(draws).astype(np.int64)
 
-    _numpy_drawing(monkeypatch, "quantus.metrics.faithfulness.faithfulness_correlation", choice=choice)
+    numpy_drawing(monkeypatch, "quantus.metrics.faithfulness.faithfulness_correlation", choice=choice)
     qm = quantus.FaithfulnessCorrelation(nr_runs=m.runs, subset_size=m.subset_size, perturb_baseline=0.0, abs=False, normalise=False,
                                          return_aggregate=False, disable_warnings=True)
     theirs = _quantus(qm, model, x, t, h)
@@ -194,7 +181,7 @@ def test_monotonicity_nguyen(model, data, monkeypatch):
         assert (low, high, tuple(size)) == (0.0, 1.0, (3,))
         return next(draws)
 
-    _numpy_drawing(monkeypatch, "quantus.helpers.utils", uniform=uniform)
+    numpy_drawing(monkeypatch, "quantus.helpers.utils", uniform=uniform)
     qm = quantus.MonotonicityCorrelation(nr_samples=m.samples, features_in_step=m.features_in_step, abs=True, normalise=False,
                                          disable_warnings=True)
     theirs = _quantus(qm, model, x, t, h)

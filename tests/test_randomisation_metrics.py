@@ -14,10 +14,8 @@
   draws fixed per image id, one-line errors.
 """
 
-import importlib
-from dataclasses import replace
 import math
-import types
+from dataclasses import replace
 
 import keras
 import numpy as np
@@ -26,6 +24,7 @@ from scipy.stats import binom, spearmanr
 from scipy.stats import entropy as scipy_entropy
 from skimage.metrics import structural_similarity
 
+from tests.helpers import numpy_drawing
 from tests.references import tiny_model
 from xbench.explain import build
 from xbench.explain.context import ExplainContext
@@ -210,18 +209,6 @@ def quantus(monkeypatch):
     return q
 
 
-def _numpy_drawing(monkeypatch, module_name, **random):
-    """Replace ``np`` in one Quantus module by NumPy whose ``np.random`` holds only the given functions (as test_quantus_agreement.py)."""
-
-    class NumpyWith(types.ModuleType):
-        def __getattr__(self, name):
-            return getattr(np, name)
-
-    fake = NumpyWith("numpy")
-    fake.random = types.SimpleNamespace(**random)
-    module = importlib.import_module(module_name)
-    assert module.np is np
-    monkeypatch.setattr(module, "np", fake)
 
 
 def _quantus_explainer(explain):
@@ -262,7 +249,7 @@ def test_random_logit_equals_quantus_on_the_same_draws(quantus, monkeypatch, mod
         assert sorted(options) == [k for k in range(3) if k != target] and c in options
         return c
 
-    _numpy_drawing(monkeypatch, "quantus.metrics.randomisation.random_logit", seed=lambda *a, **k: None, choice=choice)
+    numpy_drawing(monkeypatch, "quantus.metrics.randomisation.random_logit", seed=lambda *a, **k: None, choice=choice)
 
     def xbench_ssim(a, b):
         from xbench.metrics.similarity import normalise_abs, ssim
@@ -307,7 +294,7 @@ def test_smprt_equals_quantus_on_the_same_draws(quantus, monkeypatch, model, ima
         assert shape in (x.shape, (len(x), 3, S, S))
         return draw if shape == x.shape else np.moveaxis(draw, -1, 1)
 
-    _numpy_drawing(monkeypatch, "quantus.metrics.randomisation.smooth_mprt", randn=randn)
+    numpy_drawing(monkeypatch, "quantus.metrics.randomisation.smooth_mprt", randn=randn)
     explain_func = _quantus_explainer(explainers["saliency"])
     monkeypatch.setattr(quantus, "explain", lambda model, inputs, targets, **kw: explain_func(model, inputs, targets))
     _yield_model(monkeypatch, fully_randomised(adapted(model, x), SEED))
