@@ -130,3 +130,17 @@ def test_the_oracle_is_no_reference_for_randomisation():
     rl = card[(card["figure"] == "random_logit") & (card["method"] == "gradcam")].iloc[0]
     assert rl["family"] == "randomisation" and rl["vs_random"] > 0 and np.isnan(rl["vs_oracle"])
     assert card[(card["figure"] == "lesion_iou") & (card["method"] == "gradcam")]["vs_oracle"].notna().all()
+
+
+def test_a_setting_that_follows_the_model_is_no_variant():
+    """The Grad-CAM layer differs between VGG16 and DenseNet201 jobs: one variant per model, no setting column."""
+    jobs, *_ = _jobs()
+    dense, *_ = _jobs()
+    for j in jobs:
+        j.metrics.config["model"]["gradcam_layer"] = "block4_conv3"
+    for j in dense:
+        j.metrics.model.backbone = "densenet201"
+        j.metrics.config["model"] = {"backbone": "densenet201", "gradcam_layer": "pool4_conv"}
+    card = S.scorecard(jobs + dense, n_resamples=1000)
+    assert set(card["model"]) == {"vgg16", "densenet201"} and (card["setting"] == "").all()
+    assert "setting" not in S.wide(card).columns

@@ -166,7 +166,10 @@ def scorecard(jobs: Sequence[results.JobResult], reliability: pd.DataFrame | Non
     for j in jobs:  # one group per model, seed and variant (every setting but the explainer): only they score alike
         if j.scoring is not None and j.curves is not None:
             groups.setdefault((j.metrics.model.backbone, j.metrics.seed, variant(j)), []).append(j)
-    setting = variant_labels(list(dict.fromkeys(k[2] for k in groups)))
+    setting = {}  # what sets a variant apart from the others of its model and seed (a setting that follows the model is no variant)
+    for ms in dict.fromkeys(k[:2] for k in groups):
+        for var, label in variant_labels([k[2] for k in groups if k[:2] == ms]).items():
+            setting[(*ms, var)] = label
     verdicts = _sanity_verdicts(jobs)
     reliable = _reliability(reliability)
     rows = []
@@ -178,7 +181,7 @@ def scorecard(jobs: Sequence[results.JobResult], reliability: pd.DataFrame | Non
                     owner.setdefault(name, j)
         explainers = {j.scoring.explainer for j in js}
         for name, j in owner.items():
-            base = {"model": backbone, "seed": s, "setting": setting[var], "method": name, "role": "explainer" if name in explainers else "control"}
+            base = {"model": backbone, "seed": s, "setting": setting[(backbone, s, var)], "method": name, "role": "explainer" if name in explainers else "control"}
             for f in FIGURES:
                 est = per_image(j, name, f.name)[0]
                 if est is None:
