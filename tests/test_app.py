@@ -82,7 +82,7 @@ def test_smoke_job_scores_heatmaps(smoke_run):
     out, metrics = smoke_run
     job = read_job(out)
     sc = job.metrics.scoring
-    assert sc == metrics.scoring  # what the job returned is what it wrote
+    assert repr(sc) == repr(metrics.scoring)  # what the job returned is what it wrote (repr: NaN CIs below the minimum of images)
     assert sc.n_scored == min(8, sc.n_test) >= 1 and sc.region_size == 4 and sc.grid == [8, 8]
     assert set(sc.methods) == {"gradcam", "random", "oracle"}  # phantoms: conf/truth/synthetic.yaml adds the oracle
     with np.load(out / "curves.npz", allow_pickle=False) as z:

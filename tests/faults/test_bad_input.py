@@ -27,7 +27,7 @@ CONFIG_CASES = [
     (["setup=online"], "setup=online: no such setup; choose one of: offline, pretrained"),
     (["data.n_per_class=3"], "data.n_per_class: need at least 10 phantoms per class to split 80/10/10, got 3"),
     (["train.fine_tune.lr=0"], "train.fine_tune.lr: must be > 0"),
-    (["explainer=gradcam2"], "explainer=gradcam2: no such explainer; choose one of: center, deeplift, edge, eigencam, gradcam, gradcampp, guided_backprop"),
+    (["explainer=gradcam2"], "explainer=gradcam2: no such explainer; choose one of: center, deeplift, edge, eigencam, file, gradcam, gradcampp, guided_backprop"),
     (["perturbation=salt"], "perturbation=salt: no such perturbation; choose one of: blur"),
     (["model.backbone=vgg17"], "model.backbone: unknown backbone 'vgg17'"),
     (["explainer=scorecam", "explainer.impl=captum"], "explainer.impl: must be one of"),
