@@ -147,3 +147,13 @@ def report_job(path, seed, backbone="vgg16", ids=(0, 1, 2, 3), drop=0.5):
     metrics = R.JobMetrics("0", "tensorflow", "3", "x", seed, data, R.ModelSummary(backbone, None, 1, 1), R.TrainingSummary({}, 0, 0.0, 0, False, {}),
                            test, {}, {"model": {"backbone": backbone}, "seed": seed}, scoring)
     return R.JobResult(Path(path), metrics, curves)
+
+
+def readme_classifier(path) -> None:
+    """Save the README's ``my_classifier.keras``: a small 224-px, 4-class Keras classifier (seeded), as "Score your own model" uses."""
+    keras.utils.set_random_seed(11)
+    inp = keras.Input((224, 224, 3))
+    x = keras.layers.Conv2D(4, 5, strides=4, activation="relu", name="c1")(inp)
+    x = keras.layers.Conv2D(8, 3, strides=2, activation="relu", name="c2")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    keras.Model(inp, keras.layers.Dense(4, activation="softmax", name="predictions")(x)).save(path)

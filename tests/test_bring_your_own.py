@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from tests.helpers import refusal, xbench
-from tests.references import slow_curves
+from tests.references import readme_classifier, slow_curves
 from xbench.explain import TfKerasVis, gradcam
 from xbench.models.adapt import AdaptError, adapted, as_classifier
 from xbench.models.card import model_card
@@ -417,12 +417,7 @@ def _block(marker: str) -> str:
 def test_readme_score_your_own_model_runs_verbatim(tmp_path, phantom_db):
     _phantom_folder(phantom_db, tmp_path / "data", per_class=3)
     shutil.move(tmp_path / "data" / "images", tmp_path / "my_xrays")
-    keras.utils.set_random_seed(11)
-    inp = keras.Input((224, 224, 3))
-    x = keras.layers.Conv2D(4, 5, strides=4, activation="relu", name="c1")(inp)
-    x = keras.layers.Conv2D(8, 3, strides=2, activation="relu", name="c2")(x)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    keras.Model(inp, keras.layers.Dense(4, activation="softmax", name="predictions")(x)).save(tmp_path / "my_classifier.keras")
+    readme_classifier(tmp_path / "my_classifier.keras")
     env = {**os.environ, "XBENCH_CACHE": str(tmp_path / "cache"), "KERAS_BACKEND": "tensorflow"}
     bin_dir = str(Path(sys.executable).parent)
     env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")

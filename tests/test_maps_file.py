@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from tests.helpers import compose, refusal
-from tests.references import slow_curves
+from tests.references import readme_classifier, slow_curves
 from xbench.core.errors import DataError
 from xbench.explain import FileMaps, build
 
@@ -149,12 +149,7 @@ def _readme_files(phantom_db: Path, folder: Path) -> None:
         (folder / "my_xrays" / cdir.name.replace(" ", "_")).mkdir(parents=True)
         for f in sorted((cdir / "images").glob("*.png"))[:3]:
             shutil.copy(f, folder / "my_xrays" / cdir.name.replace(" ", "_") / f.name)
-    keras.utils.set_random_seed(11)
-    inp = keras.Input((224, 224, 3))
-    x = keras.layers.Conv2D(4, 5, strides=4, activation="relu", name="c1")(inp)
-    x = keras.layers.Conv2D(8, 3, strides=2, activation="relu", name="c2")(x)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    keras.Model(inp, keras.layers.Dense(4, activation="softmax", name="predictions")(x)).save(folder / "my_classifier.keras")
+    readme_classifier(folder / "my_classifier.keras")
 
 
 @pytest.mark.slow

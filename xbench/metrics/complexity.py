@@ -206,4 +206,3 @@ class EffectiveComplexity(MapMetric):
 
 #: The complexity metrics by name (:mod:`xbench.metrics.registry`).
 METRICS: dict[str, type[MapMetric]] = {m.name: m for m in (Sparseness, Complexity, EffectiveComplexity)}
-METRIC_NAMES: tuple[str, ...] = tuple(METRICS)

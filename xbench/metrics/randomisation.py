@@ -646,4 +646,3 @@ class SmoothMPRT(RandomisationMetric):
 
 #: The randomisation metrics by name.
 METRICS: dict[str, type[RandomisationMetric]] = {m.name: m for m in (RandomLogit, EfficientMPRT, SmoothMPRT)}
-METRIC_NAMES: tuple[str, ...] = tuple(METRICS)

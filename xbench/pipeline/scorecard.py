@@ -71,7 +71,6 @@ _LOCALISATION_FIGURES = tuple(Figure(n, "localisation") for n in ("lesion_iou", 
 FIGURES: tuple[Figure, ...] = tuple(sorted(
     _CURVE_FIGURES + _LOCALISATION_FIGURES + tuple(Figure(n, FAMILIES[n], cls.higher_is_better) for n, cls in METRICS.items()),
     key=lambda f: FAMILY_ORDER.index(f.family)))
-FIGURE = {f.name: f for f in FIGURES}
 
 
 def per_image(job: results.JobResult, method: str, figure: str) -> tuple[results.Estimate | None, np.ndarray | None, np.ndarray | None]:
