@@ -65,6 +65,7 @@ def schemas() -> dict[str, dict[str, Any]]:
     return {
         "data": {"radiography": schema_of(S.RadiographySource, "xbench.pipeline.sources.RadiographySource"),
                  "synthetic": schema_of(S.SyntheticSource, "xbench.pipeline.sources.SyntheticSource"),
+                 "synthetic_multilabel": schema_of(S.SyntheticMultiLabelSource, "xbench.pipeline.sources.SyntheticMultiLabelSource"),
                  "pediatric": schema_of(S.PediatricSource, "xbench.pipeline.sources.PediatricSource"),
                  "folder": schema_of(S.FolderSource, "xbench.pipeline.sources.FolderSource")},
         "model": {"classifier": schema_of(ClassifierSpec, MODEL_TARGET), "file": schema_of(ModelFile, MODEL_FILE_TARGET)},

@@ -84,6 +84,12 @@ def summary_markdown(col, folders, frame, groups, table, pw, reliab=None, method
            f"AOPC of the explainer's MoRF curves over the scored ({' / '.join(which.get(s, s) for s in subsets) or 'no'}) test images. One row per "
            "measurement: jobs are pooled only when they differ by seed alone, and Seeds counts distinct seeds. Several seeds: mean ± standard "
            "deviation over seeds; one seed: the value and its bootstrap 95% CI over images.", "", R.to_markdown(table)]
+    if col.multilabel:
+        md += ["## Multi-label models: the test split per label", "",
+               "Each label of a multi-label model is a measurement of its own (the `score.label` setting in the tables below): its targets are "
+               "the (image, label) pairs of `score.labels`, explained as the label being present, its curves track that label's sigmoid. "
+               "AUROC is over every test image; precision, recall and F1 at the job's label threshold.", "",
+               R.to_markdown(R.multilabel_table(col.multilabel))]
     md += ["## Self-validation", "",
            "Each explainer beside the controls on the same images: the random control is the floor (a uniformly random region order; for deletion "
            "and insertion a uniformly random pixel order); "

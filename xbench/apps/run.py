@@ -66,7 +66,7 @@ def build_job(cfg: DictConfig) -> Job:
     from xbench.apps.config import MODEL_FILE_TARGET
     from xbench.explain.explainers import CONTROLS
     from xbench.models.model_file import ModelFile
-    from xbench.pipeline.checks import check_ground_truth, fit_model_file
+    from xbench.pipeline.checks import check_ground_truth, check_multilabel, fit_model_file
 
     validate(cfg)
     makers = {
@@ -90,6 +90,13 @@ def build_job(cfg: DictConfig) -> Job:
         fit_model_file(built["model"], built["data"], score.region_size)
     controls = tuple(CONTROLS[c]() for c in score.controls if c != explainer.name)
     check_ground_truth(built["data"], explainer, controls)
+    if getattr(built["data"], "multilabel", False):  # score.labels against the data's labels, before any job starts
+        try:
+            labels = built["data"].class_names()
+        except XbenchError:
+            labels = None  # a bad layout: the job says so in its own line
+        if labels is not None:
+            check_multilabel(labels, explainer, score)
     return Job(
         source=built["data"], model=built["model"], settings=built["train"], explainer=explainer,
         controls=controls, perturbation=built["perturbation"], score=score, sanity=built["sanity"], tracking=built["tracking"],

@@ -9,8 +9,11 @@ from __future__ import annotations
 #: The layers of an xbench classifier, input to output: ``image`` [0, 1] -> (``grey``, one-channel models) ->
 #: ``preprocess`` -> backbone -> ``features`` (the model card after the Grad-CAM layer) -> head -> ``logits`` -> ``probs``.
 IMAGE, GREY, PREPROCESS, FEATURES, LOGITS, PROBS = "image", "grey", "preprocess", "features", "logits", "probs"
+#: A multi-label classifier's last two layers: one logit per label, and their independent sigmoids
+#: (:mod:`xbench.models.multilabel`); its per-label views add ``logits`` and ``probs`` after them.
+LABEL_LOGITS, LABEL_PROBS = "label_logits", "label_probs"
 #: Names xbench gives its own layers; a user's layer of such a name is copied under another name.
-RESERVED = (IMAGE, GREY, PREPROCESS, FEATURES, LOGITS, PROBS)
+RESERVED = (IMAGE, GREY, PREPROCESS, FEATURES, LOGITS, PROBS, LABEL_LOGITS, LABEL_PROBS)
 
 #: The data splits, in the order a split file and a report list them.
 SPLITS = ("train", "val", "test")
@@ -27,8 +30,10 @@ APPLICATION_PREPROCESSING = {
 }
 #: What ``preprocess=`` (``model.preprocess``) accepts by name.
 PREPROCESS_NAMES = PREPROCESS_MODES + tuple(APPLICATION_PREPROCESSING)
-#: How a user's model's output is read: probabilities (softmax, or a one-unit sigmoid) or logits.
-OUTPUTS = (PROBS, LOGITS)
+#: How a user's model's output is read: probabilities (softmax, or a one-unit sigmoid), logits, or independent
+#: per-label scores (multi-label: sigmoid probabilities, or logits where the model ends without a sigmoid).
+MULTILABEL = "multilabel"
+OUTPUTS = (PROBS, LOGITS, MULTILABEL)
 #: Classifier heads :func:`xbench.models.build.build_classifier` implements.
 HEADS = ("paper", "pediatric")
 

@@ -86,3 +86,62 @@ def selection_score(y_true: np.ndarray, probs: np.ndarray, rule: str, disease_in
         idx = list(disease_index) or list(range(probs.shape[1]))
         return float(s["recall"][idx].mean())
     raise ValueError(f"unknown selection rule {rule!r}")
+
+
+def _auroc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """Exact ROC AUC (Mann-Whitney U with average ranks for ties) of ``scores`` for boolean ``positive``; NaN when a class is empty."""
+    from xbench.metrics.localisation import lesion_auroc
+
+    return float(lesion_auroc(np.asarray(scores, np.float64)[None, None, :], np.asarray(positive, bool)[None, None, :])[0])
+
+
+def multilabel_report(y_true: np.ndarray, probs: np.ndarray, label_names: Sequence[str], threshold: float = 0.5) -> dict:
+    """Per-label AUROC and, at ``threshold``, precision / recall / F1; their macro averages (labels with a NaN left out).
+
+    Args:
+        y_true: (N, L) 0/1 ground truth.
+        probs: (N, L) independent sigmoid probabilities in [0, 1].
+        label_names: the L names, in output order.
+        threshold: a label is predicted present when its probability is >= it.
+
+    Returns a JSON-ready dict::
+
+        {"label_names": [...], "n": N, "threshold": t,
+         "per_label": {name: {"auroc", "precision", "recall", "f1", "support" (positives), "predicted" (positives predicted)}},
+         "macro_avg": {"auroc", "precision", "recall", "f1"}, "exact_match": fraction of images with every label right}
+
+    Precision, recall and F1 follow :func:`per_class_scores` (0 where undefined);
+    AUROC is NaN for a label whose test images are all positive or all negative.
+    """
+    y = np.asarray(y_true).astype(bool)
+    p = np.asarray(probs, np.float64)
+    if y.shape != p.shape or y.ndim != 2 or y.shape[1] != len(label_names):
+        raise ValueError(f"y_true {y.shape} and probs {p.shape} must both be (N, {len(label_names)})")
+    pred = p >= threshold
+    per = {}
+    for i, name in enumerate(label_names):
+        s = per_class_scores(confusion_matrix(y[:, i], pred[:, i], 2))
+        per[name] = {"auroc": _auroc(p[:, i], y[:, i]), "precision": float(s["precision"][1]), "recall": float(s["recall"][1]),
+                     "f1": float(s["f1"][1]), "support": int(y[:, i].sum()), "predicted": int(pred[:, i].sum())}
+    macro = {k: float(np.nanmean([v[k] for v in per.values()])) if any(np.isfinite(v[k]) for v in per.values()) else float("nan")
+             for k in ("auroc", "precision", "recall", "f1")}
+    return {"label_names": list(label_names), "n": int(len(y)), "threshold": float(threshold), "per_label": per, "macro_avg": macro,
+            "exact_match": float(np.mean((pred == y).all(1))) if len(y) else 0.0}
+
+
+def multilabel_selection_score(y_true: np.ndarray, probs: np.ndarray, rule: str, threshold: float = 0.5) -> float:
+    """:func:`selection_score` for independent labels; higher is better.
+
+    ``disease_recall``: the mean per-label recall at ``threshold`` (every
+    label is a finding); ``macro_f1``: the mean per-label F1 at it;
+    ``val_loss``: the negative mean binary cross-entropy over images and labels.
+    """
+    y = np.asarray(y_true).astype(bool)
+    p = np.asarray(probs, np.float64)
+    if rule == "val_loss":
+        q = np.clip(np.where(y, p, 1.0 - p), 1e-12, 1.0)
+        return float(np.mean(np.log(q)))
+    if rule not in ("macro_f1", "disease_recall"):
+        raise ValueError(f"unknown selection rule {rule!r}")
+    scores = [per_class_scores(confusion_matrix(y[:, i], p[:, i] >= threshold, 2)) for i in range(y.shape[1])]
+    return float(np.mean([s["f1" if rule == "macro_f1" else "recall"][1] for s in scores]))

@@ -13,10 +13,13 @@ _WHERE = {
     "HEADS": "xbench.core.names",
     "ModelFile": "xbench.models.model_file",
     "as_classifier": "xbench.models.adapt",
+    "as_multilabel": "xbench.models.multilabel",
+    "label_view": "xbench.models.multilabel",
     "build_classifier": "xbench.models.build",
     "head_model": "xbench.models.build",
     "model_card": "xbench.models.card",
     "Preprocess": "xbench.models.preprocess",
+    "torch_classifier": "xbench.models.torch_module",
     "with_compute_dtype": "xbench.models.precision",
 }
 __getattr__, __all__ = exports(__name__, _WHERE)

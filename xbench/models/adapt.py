@@ -44,7 +44,10 @@ from xbench.core.names import (
     FEATURES,
     GREY,
     IMAGE,
+    LABEL_LOGITS,
+    LABEL_PROBS,
     LOGITS,
+    MULTILABEL,
     OUTPUTS,
     PREPROCESS,
     PREPROCESS_MODES,
@@ -168,8 +171,9 @@ class _Plan:
 
     how: str
     layer: str | None
-    binary: bool
+    binary: bool  # the model ends in a sigmoid: one unit (binary) or several (multi-label)
     op: Any = None  # the final keras.ops.softmax operation, for how == "input" on one
+    multilabel: bool = False  # known to be multi-label before the output width is seen (output="multilabel", a Dense of sigmoids)
 
 
 def _plan(model, logits_layer: str | None, output: str) -> _Plan:
@@ -177,8 +181,12 @@ def _plan(model, logits_layer: str | None, output: str) -> _Plan:
     act = "softmax" if isinstance(final, keras.layers.Softmax) or _is_softmax_op(final) else _activation_name(final)
     dense_tail = isinstance(final, keras.layers.Dense) and act in ("softmax", "sigmoid")
     squash_tail = act in ("softmax", "sigmoid") and (isinstance(final, (keras.layers.Softmax, keras.layers.Activation)) or _is_softmax_op(final))
-    if act == "sigmoid" and isinstance(final, keras.layers.Dense) and final.units > 1:
-        raise AdaptError(f"model {model.name!r} ends in {final.units} sigmoid units (multi-label); xbench scores single-label classifiers (softmax, or one sigmoid unit)")
+    multilabel = output == MULTILABEL or (act == "sigmoid" and isinstance(final, keras.layers.Dense) and final.units > 1)
+    if output == MULTILABEL and act == "softmax" and (dense_tail or squash_tail):
+        raise AdaptError(f"output='multilabel': the output layer {final.name!r} of {model.name!r} applies a softmax (one class per image); "
+                         "leave output='probs'")
+    if output == MULTILABEL and not (dense_tail or squash_tail) and logits_layer is None:
+        return _Plan("output", None, False, multilabel=True)  # per-label logits, no sigmoid in the model
     if output == LOGITS:
         if dense_tail or squash_tail:
             raise AdaptError(f"output='logits': the output layer {final.name!r} of {model.name!r} applies a {act}, so the model outputs probabilities; "
@@ -192,13 +200,13 @@ def _plan(model, logits_layer: str | None, output: str) -> _Plan:
     if logits_layer is not None:
         if logits_layer not in names:
             raise AdaptError(f"logits_layer={logits_layer!r}: model {model.name!r} has no such layer; name the layer that outputs the logits (the one before the softmax)")
-        return _Plan("layer", logits_layer, act == "sigmoid")
+        return _Plan("layer", logits_layer, act == "sigmoid", multilabel=multilabel)
     if dense_tail:
         if getattr(final, "quantization_mode", None) or getattr(final, "lora_enabled", False):
             raise AdaptError(f"the output layer {final.name!r} is quantised or has LoRA weights; pass logits_layer= (the layer before the softmax) or output='logits'")
-        return _Plan("linear", final.name, act == "sigmoid")
+        return _Plan("linear", final.name, act == "sigmoid", multilabel=multilabel)
     if squash_tail:
-        return _Plan("input", final.name, act == "sigmoid", op=final)
+        return _Plan("input", final.name, act == "sigmoid", op=final, multilabel=multilabel)
     raise AdaptError(f"cannot find the logits of model {model.name!r}: its output {final.name!r} ({type(final).__name__}, activation {act}) "
                      "is not a Dense with a softmax/sigmoid, a Softmax layer or a softmax/sigmoid Activation; pass logits_layer='<the layer before the softmax>', "
                      "or output='logits' if the model outputs logits")
@@ -225,7 +233,8 @@ class _Rebuild:
     def _name(self, wanted: str, ours: bool = False) -> str:
         """A free name: a user's layer keeps its own unless xbench needs it or a nested model already used it."""
         name, i = wanted, 1
-        keep_logits = self.plan.how == "layer" and self.plan.layer == LOGITS and wanted == LOGITS and not self.plan.binary
+        keep_logits = (self.plan.how == "layer" and self.plan.layer == LOGITS and wanted == LOGITS and not self.plan.binary
+                       and not self.plan.multilabel)  # a multi-label model's views add their own ``logits``
         while name in self.used or (not ours and not keep_logits and name in RESERVED):
             name = f"{wanted}_user" if i == 1 else f"{wanted}_user{i}"
             i += 1
@@ -335,10 +344,12 @@ def _build(model, plan: _Plan, shape: tuple, channels: int, preprocess, gradcam_
     if len(logits.shape) != 2:
         raise AdaptError(f"the logits of {model.name!r} have shape {tuple(logits.shape)}; a classifier's are (N, classes)")
     binary = logits.shape[-1] == 1
-    if plan.binary and not binary:
-        raise AdaptError(f"model {model.name!r} ends in {logits.shape[-1]} sigmoid units (multi-label); xbench scores single-label classifiers (softmax, or one sigmoid unit)")
     if card is not None:
         card.gradcam_layer = rb.renamed.get(gradcam_layer, gradcam_layer)
+    if not binary and (plan.binary or plan.multilabel):  # independent per-label scores: xbench.models.multilabel reads one label at a time
+        logits = keras.layers.Identity(name=LABEL_LOGITS)(logits)
+        probs = keras.layers.Activation("sigmoid", name=LABEL_PROBS, dtype="float32")(logits)
+        return keras.Model(image, probs, name=f"xbench_{model.name}"), rb.seen
     if binary:
         logits = BinaryLogits(name=LOGITS)(logits)
     elif plan.how in ("input", "output") or (plan.how == "layer" and plan.layer != LOGITS):
@@ -354,6 +365,14 @@ def _fingerprint(model) -> str:
         h.update(str((w.shape, w.dtype)).encode())
         h.update(np.ascontiguousarray(w).tobytes())
     return h.hexdigest()
+
+
+def is_multilabel_classifier(model) -> bool:
+    """A multi-label model xbench read: ``label_logits`` -> sigmoid ``label_probs`` as its output, [0, 1] images in."""
+    if not _is_functional(model) or len(model.outputs) != 1:
+        return False
+    last = model.outputs[0]._keras_history.operation
+    return last.name == LABEL_PROBS and LABEL_LOGITS in [l.name for l in model.layers]
 
 
 def is_xbench_classifier(model) -> bool:
@@ -402,13 +421,29 @@ def as_classifier(
         nothing to change is returned as it is.
 
     Raises:
-        AdaptError: one sentence that says what to pass.
+        AdaptError: one sentence that says what to pass; for a multi-label
+            model (independent sigmoids), to read it with
+            :func:`xbench.models.multilabel.as_multilabel`.
+    """
+    return read_model(model, multilabel=False, logits_layer=logits_layer, output=output, preprocess=preprocess, gradcam_layer=gradcam_layer,
+                      class_names=class_names, image_size=image_size, check=check)
+
+
+def read_model(model, *, multilabel: bool, logits_layer=None, output: str = "probs", preprocess=None, gradcam_layer=None, class_names=None,
+               image_size=None, check: bool = True) -> keras.Model:
+    """:func:`as_classifier` (``multilabel`` False) or :func:`xbench.models.multilabel.as_multilabel` (True): the one reading of a user's model.
+
+    A model whose kind (one class per image, or independent labels) is not
+    the one asked for is refused in one sentence that names the other reader.
     """
     if output not in OUTPUTS:
         raise AdaptError(f"output={output!r}: give 'probs' (the model outputs probabilities) or 'logits'")
     if not isinstance(model, keras.Model):
         raise AdaptError(f"expected a Keras model, got {type(model).__name__}")
-    if is_xbench_classifier(model) and preprocess in (None, "none") and logits_layer in (None, LOGITS) and output == "probs" and gradcam_layer is None:
+    as_built = preprocess in (None, "none") and gradcam_layer is None
+    if not multilabel and is_xbench_classifier(model) and as_built and logits_layer in (None, LOGITS) and output == PROBS:
+        return model
+    if multilabel and is_multilabel_classifier(model) and as_built and logits_layer in (None, LABEL_LOGITS) and output in (PROBS, MULTILABEL):
         return model
     shape = _input_shape(model)
     if shape is None or shape[0] is None or shape[1] is None:
@@ -432,6 +467,14 @@ def as_classifier(
         _call(model, user_in)
     plan = _plan(model, logits_layer, output)
     raw = _call(model, user_in)
+    n_out = int(raw.shape[-1]) if len(raw.shape) == 2 else 0
+    is_multilabel = n_out > 1 and (plan.binary or plan.multilabel)
+    if is_multilabel and not multilabel:
+        raise AdaptError(f"model {model.name!r} ends in {n_out} independent sigmoid outputs (multi-label): read it with xbench.models.as_multilabel "
+                         "and explain one label with xbench.models.label_view(model, label)")
+    if multilabel and not is_multilabel:
+        raise AdaptError(f"model {model.name!r} is not multi-label (its output is {'one unit' if n_out == 1 else 'a softmax'}); read it with "
+                         "xbench.models.as_classifier, or pass output='multilabel' if it outputs independent per-label logits")
     tol = 1e-2 if keras.backend.standardize_dtype(raw.dtype) in ("float16", "bfloat16") else 1e-4
     expected = np.asarray(ops.convert_to_numpy(ops.cast(raw, "float32")), np.float64)
     if gradcam_layer is None:
@@ -443,7 +486,9 @@ def as_classifier(
     adapted, _ = _build(model, plan, shape, channels, preprocess, gradcam_layer, class_names, copy_weights=True)
     if check:
         got = np.asarray(ops.convert_to_numpy(adapted(probe, training=False)), np.float64)
-        if output == LOGITS:
+        if is_multilabel:
+            want = expected if plan.binary else 1.0 / (1.0 + np.exp(-expected))  # its own sigmoids, or sigmoids of its logits
+        elif output == LOGITS or (output == MULTILABEL and not plan.binary):
             z = expected - expected.max(-1, keepdims=True) if expected.shape[-1] > 1 else np.concatenate([-expected / 2, expected / 2], -1)
             want = np.exp(z) / np.exp(z).sum(-1, keepdims=True)
         else:

@@ -19,7 +19,7 @@ from typing import Sequence
 import keras
 
 from xbench.core.errors import ConfigError
-from xbench.core.names import FEATURES, IMAGE, LOGITS, PREPROCESS, PROBS
+from xbench.core.names import FEATURES, IMAGE, LABEL_LOGITS, LABEL_PROBS, LOGITS, PREPROCESS, PROBS
 from xbench.models.backbones import (
     IMAGENET,
     check_head,
@@ -65,6 +65,7 @@ def build_classifier(
     seed: int = 0,
     gradcam_layer: str | None = None,
     class_names: Sequence[str] | None = None,
+    multilabel: bool = False,
 ) -> keras.Model:
     """Build an uncompiled classifier for (image_size, image_size, 3) inputs in [0, 1].
 
@@ -87,10 +88,15 @@ def build_classifier(
         seed: initialisation seed.
         gradcam_layer: recorded default Grad-CAM layer (the backbone's if None).
         class_names: recorded class names in label order (``num_classes`` of them).
+        multilabel: one independent sigmoid per class (multi-label findings)
+            instead of a softmax: the last layers are ``label_logits`` and
+            ``label_probs`` (:mod:`xbench.models.multilabel` reads one label
+            at a time through ``label_view``).
 
     Returns:
         A functional model mapping (N, S, S, 3) float32 to (N, C) probabilities,
-        with layers named ``features``, ``logits`` and ``probs``.
+        with layers named ``features``, ``logits`` and ``probs`` (multi-label:
+        ``features``, ``label_logits`` and ``label_probs``).
 
     Raises:
         ValueError: naming the argument (``image_size: 20 px is below vgg16's
@@ -132,8 +138,12 @@ def build_classifier(
         y = keras.layers.Dense(units, activation="relu", kernel_initializer=keras.initializers.HeNormal(seed=seed + 101 + i), name=f"head_dense{i}")(y)
     if dropout > 0 and not dense_units:
         y = keras.layers.Dropout(dropout, seed=seed, name="head_dropout")(y)
-    logits = keras.layers.Dense(num_classes, name=LOGITS, kernel_initializer=keras.initializers.GlorotUniform(seed=seed + 997))(y)
-    probs = keras.layers.Softmax(name=PROBS, dtype="float32")(logits)
+    logits = keras.layers.Dense(num_classes, name=LABEL_LOGITS if multilabel else LOGITS,
+                                kernel_initializer=keras.initializers.GlorotUniform(seed=seed + 997))(y)
+    if multilabel:
+        probs = keras.layers.Activation("sigmoid", name=LABEL_PROBS, dtype="float32")(logits)
+    else:
+        probs = keras.layers.Softmax(name=PROBS, dtype="float32")(logits)
     return keras.Model(inputs, probs, name=f"xbench_{backbone}")
 
 

@@ -43,11 +43,11 @@ class ClassifierSpec:
     def min_image_size(self) -> int:
         return BACKBONES[self.backbone].min_size
 
-    def build(self, *, num_classes: int, image_size: int, seed: int, class_names: Sequence[str] | None = None):
-        """The uncompiled Keras classifier (see :func:`xbench.models.build.build_classifier`)."""
+    def build(self, *, num_classes: int, image_size: int, seed: int, class_names: Sequence[str] | None = None, multilabel: bool = False):
+        """The uncompiled Keras classifier (see :func:`xbench.models.build.build_classifier`); ``multilabel``: one sigmoid per class."""
         from xbench.models.build import build_classifier
 
         extra = {} if class_names is None else {"class_names": list(class_names)}
         return build_classifier(self.backbone, num_classes, image_size, weights=self.weights, head=self.head,
                                 dense_units=list(self.dense_units), dropout=self.dropout, pool_size=self.pool_size,
-                                seed=seed, gradcam_layer=self.gradcam_layer, **extra)
+                                seed=seed, gradcam_layer=self.gradcam_layer, multilabel=multilabel, **extra)

@@ -75,3 +75,18 @@ def fit_model_file(model, source, region_size: int | None = None) -> None:
     if info.n_outputs > 1:
         raise ConfigError(f"model.path: the model has {info.n_outputs} outputs; xbench scores single-output classifiers (save a model of the one output)")
     check_model_outputs(None if info.outputs is None else (2 if info.outputs == 1 else info.outputs), classes)
+
+
+def check_multilabel(label_names: Sequence[str], explainer, score) -> None:
+    """A multi-label job's scoring against its data's labels: ``score.labels`` must name labels the data has, and a maps file
+    (explainer=file), which holds one map per image, cannot explain (image, label) targets."""
+    if score is None or not score.enabled:
+        return
+    rule = score.labels
+    if not isinstance(rule, str):
+        unknown = [n for n in rule if n not in label_names]
+        if unknown:
+            raise ConfigError(f"score.labels: {unknown} are not labels of the data ({list(label_names)}); list some of those")
+    if hasattr(explainer, "for_images"):
+        raise ConfigError("explainer=file holds one map per image; a multi-label model needs one per (image, label), which maps files "
+                          "do not hold yet: score a multi-label model with a built-in explainer")

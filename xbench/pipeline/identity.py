@@ -41,6 +41,8 @@ def identity(job: results.JobResult) -> dict[str, Any]:
         base.update({"explainer.name": sc.explainer, "perturbation": results._perturbation_label(sc.perturbation), "score.region_size": sc.region_size,
                      "score.steps": sc.steps, "score.subset": sc.subset, "score.target": sc.target,
                      "score.dtype": sc.dtype})
+    if m.label is not None:  # one label of a multi-label model: a measurement of its own
+        base["score.label"] = m.label
     return base
 
 

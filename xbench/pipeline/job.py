@@ -1,4 +1,4 @@
-"""One benchmark job, as plain functions on built objects.
+"""One benchmark job, as plain functions on built objects (the steps after the model is obtained: :mod:`xbench.pipeline.steps`).
 
 :func:`run_job` takes a :class:`JobSpec` (every object already built from the
 config by the entry point) and a run folder, and reads as the sequence it is:
@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -21,22 +20,20 @@ import keras
 import numpy as np
 import pandas as pd
 
-import xbench
 from xbench.core import io
-from xbench.core.errors import DataError, XbenchError
+from xbench.core.errors import DataError
 from xbench.core.names import SPLITS
 from xbench.data.records import Records
-from xbench.metrics.classification import classification_report
-from xbench.models.build import head_layers
 from xbench.models.card import model_card
-from xbench.pipeline import results
+from xbench.pipeline import multilabel, results
 from xbench.pipeline.checks import check_model_outputs
 from xbench.pipeline.plots.job import write_job_plots
-from xbench.pipeline.scoring import GroundTruth, ScoreSettings, score_model
+from xbench.pipeline.scoring import ScoreSettings
 from xbench.pipeline.settings import SanitySettings
-from xbench.pipeline.store import CachedExplainer, CurveStore, ModelStore, model_key
+from xbench.pipeline.store import ModelStore, model_key
+from xbench.pipeline.steps import Evaluation, evaluate, job_metrics, sanity_job, score_job  # noqa: F401  (Evaluation re-exported)
 from xbench.pipeline.store.decoded import load_decoded
-from xbench.pipeline.training import TrainSettings, predict_images, train_classifier
+from xbench.pipeline.training import TrainSettings, train_classifier
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +128,12 @@ class PreparedData:
     def split_table(self) -> pd.DataFrame:
         root = self.records.root
         rel = [str(p.relative_to(root)) if root and p.is_relative_to(root) else str(p) for p in self.records.paths]
-        return pd.DataFrame({"path": rel, "label": [self.records.class_names[i] for i in self.records.labels], "split": self.split})
+        rec = self.records
+        if rec.multilabel:  # the positive labels, "|"-joined ("" for none)
+            label = ["|".join(n for n, on in zip(rec.class_names, row) if on) for row in rec.label_matrix]
+        else:
+            label = [rec.class_names[i] for i in rec.labels]
+        return pd.DataFrame({"path": rel, "label": label, "split": self.split})
 
 
 def prepare_data(source, seed: int, cache_dir: Path) -> PreparedData:
@@ -144,10 +146,11 @@ def prepare_data(source, seed: int, cache_dir: Path) -> PreparedData:
     if dec.skipped:
         log.warning("%d undecodable image(s) skipped (listed in metrics.json)", len(dec.skipped))
     usable = rec.subset(dec.ok)
-    counts = np.bincount(usable.labels, minlength=len(usable.class_names))
+    counts = usable.label_matrix.sum(0) if usable.multilabel else np.bincount(usable.labels, minlength=len(usable.class_names))
     empty = [usable.class_names[i] for i in np.flatnonzero(counts == 0)]
     if empty:
-        raise DataError(f"class(es) {empty} have no decodable image under '{rec.root}'; fix or replace the files")
+        raise DataError(f"{'label' if usable.multilabel else 'class'}(es) {empty} have no decodable "
+                        f"{'positive ' if usable.multilabel else ''}image under '{rec.root}'; fix or replace the files")
     images = dec.array if len(dec.ok) == len(rec) else _Rows(dec.array, dec.ok)
     split = source.split(usable, seed)
     return PreparedData(usable, images, split, dec.skipped, source.image_size, dec.key)
@@ -210,10 +213,12 @@ def obtain_model(spec: JobSpec, data: PreparedData, clock: Stopwatch) -> Trained
             return TrainedModel(model, history, record["best_epoch"], record["best_score"], record["used_feature_cache"], key, True)
         clock.seconds.pop("model_cache_load_s")  # nothing was loaded
         with clock("build_s"):
-            model = spec.build_model(num_classes=len(rec.class_names), image_size=data.image_size, seed=spec.seed, class_names=rec.class_names)
+            extra = {"multilabel": True} if rec.multilabel else {}  # one sigmoid per label
+            model = spec.build_model(num_classes=len(rec.class_names), image_size=data.image_size, seed=spec.seed, class_names=rec.class_names,
+                                     **extra)
         checkpoint = store.checkpoint(key) if store else None
         r = train_classifier(model, data.images, rec.labels, data.split, rec.class_names, rec.disease_classes, spec.train, spec.seed,
-                             checkpoint=checkpoint)
+                             checkpoint=checkpoint, label_matrix=rec.label_matrix)
         clock.seconds.update({f"train_{k}": v for k, v in r.timings.items()})
         trained = TrainedModel(model, r.history, r.best_epoch, r.best_score, r.used_feature_cache, key, False, r.timings)
         if store:
@@ -244,139 +249,6 @@ def load_model_file(spec: JobSpec, data: PreparedData, clock: Stopwatch) -> Trai
     return TrainedModel(model, pd.DataFrame(), -1, float("nan"), False, key, False, file=str(mf.file), file_sha256=digest)
 
 
-@dataclass
-class Evaluation:
-    """The test split's predictions and classification report."""
-
-    rows: np.ndarray  # (T,) test rows of the decoded images
-    labels: np.ndarray  # (T,) true classes
-    probs: np.ndarray  # (T, C) float32
-    report: dict  # :func:`xbench.metrics.classification.classification_report`
-
-    @property
-    def preds(self) -> np.ndarray:
-        return self.probs.argmax(1)
-
-
-def evaluate(model: keras.Model, data: PreparedData) -> Evaluation:
-    rows = data.test_rows
-    probs = predict_images(model, data.images, rows, desc="test predictions").astype(np.float32)
-    labels = data.records.labels[rows]
-    report = classification_report(labels, probs.argmax(1), data.records.class_names)
-    log.info("test: accuracy %.4f, macro recall %.4f, macro F1 %.4f", report["accuracy"], report["macro_avg"]["recall"], report["macro_avg"]["f1"])
-    return Evaluation(rows, labels, probs, report)
-
-
-def _count_params(weights) -> int:
-    return int(sum(int(np.prod(w.shape)) for w in weights))
-
-
-def job_metrics(spec: JobSpec, data: PreparedData, trained: TrainedModel, ev: Evaluation, timings: dict[str, float]) -> results.JobMetrics:
-    """The classification part of metrics.json (scoring is added when it finishes)."""
-    rec, model = data.records, trained.model
-    card = model_card(model)
-    split_counts = {s: int((data.split == s).sum()) for s in SPLITS}
-    return results.decode(results.JobMetrics, {
-        "xbench_version": xbench.__version__,
-        "keras_backend": keras.backend.backend(),
-        "keras_version": keras.__version__,
-        "platform": platform.platform(),
-        "seed": spec.seed,
-        "data": {
-            "source": getattr(spec.source, "name", type(spec.source).__name__), "root": str(rec.root), "image_size": data.image_size,
-            "class_names": rec.class_names, "disease_classes": rec.disease_classes, "n_images": len(rec), "split_counts": split_counts,
-            "class_counts": {n: int((rec.labels == i).sum()) for i, n in enumerate(rec.class_names)},
-            "n_skipped": len(data.skipped), "skipped": [{"path": p, "reason": r} for p, r in data.skipped],
-            "masks": rec.has_masks, "n_masks": sum(m is not None for m in rec.mask_paths), "notes": rec.notes,
-        },
-        "model": {
-            "backbone": card["backbone"], "gradcam_layer": card["gradcam_layer"], "params_total": _count_params(model.weights),
-            "params_head": _count_params([w for layer in head_layers(model) for w in layer.weights]),
-            "file": trained.file, "file_sha256": trained.file_sha256,
-        },
-        "training": None if not trained.trained_here else {
-            "settings": asdict(spec.train), "best_epoch": trained.best_epoch, "best_selection_score": trained.best_score,
-            "epochs_run": len(trained.history), "used_feature_cache": trained.used_feature_cache,
-            "model_cache": {"key": trained.key, "hit": trained.cache_hit},
-        },
-        "test": ev.report,
-        "timings": timings,
-        "config": spec.config,
-    })
-
-
-def ground_truth(rec: Records, rows: np.ndarray, size: int, cache_dir: Path) -> GroundTruth:
-    """Lung, lesion and marker masks of ``rows`` at the image size (absent kinds are None)."""
-    def load(paths, what: str, missing_is_empty: bool):
-        if paths is None:
-            return None, None
-        masks, ok = _masks([paths[r] for r in rows], size, cache_dir, missing_is_empty)
-        if masks is not None and not ok.all():
-            log.warning("%d of %d test images have no usable %s mask: %s metrics use the other %d", (~ok).sum(), len(ok), what, what, ok.sum())
-        return masks, ok
-
-    lungs, lung_ok = load(rec.mask_paths, "lung", False)
-    lesions, lesion_ok = load(rec.lesion_paths, "lesion", False)
-    markers, marker_ok = load(rec.marker_paths, "marker", True)
-    return GroundTruth(lungs, lung_ok, lesions, lesion_ok, markers, marker_ok)
-
-
-def _masks(paths, size: int, cache_dir: Path, missing_is_empty: bool) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """((T, S, S) bool masks, (T,) bool usable), or (None, None) if no path is given.
-
-    Masks of any size are resized (nearest neighbour). A missing path is an
-    empty mask when ``missing_is_empty`` (no marker), else unusable.
-    """
-    have = [i for i, p in enumerate(paths) if p is not None]
-    if not have and not missing_is_empty:
-        return None, None
-    masks = np.zeros((len(paths), size, size), bool)
-    ok = np.full(len(paths), missing_is_empty)
-    if have:
-        dec = load_decoded([paths[i] for i in have], size, cache_dir, masks=True)
-        good = np.asarray(have)[dec.ok]
-        masks[good] = np.asarray(dec.array)[dec.ok].astype(bool)
-        ok[np.asarray(have)] = False
-        ok[good] = True
-    return masks, ok
-
-
-def score_job(spec: JobSpec, data: PreparedData, trained: TrainedModel, ev: Evaluation) -> "xbench.pipeline.scoring.ScoreResult":
-    truth = ground_truth(data.records, ev.rows, data.image_size, spec.cache_dir)
-    explainer = spec.explainer
-    if hasattr(explainer, "for_images"):  # maps read from a file (explainer=file): image id -> its relative path, every scored image checked now
-        from xbench.pipeline.scoring import select_images
-
-        scored = ev.rows[select_images(ev.labels, ev.preds, spec.score.subset, spec.score.max_images, spec.seed)]
-        explainer = explainer.for_images(data.split_table()["path"].tolist(), ids=scored, size=(data.image_size, data.image_size))
-    explainer = CachedExplainer(explainer, spec.cache_dir, trained.key) if trained.key else explainer
-    store = CurveStore(spec.cache_dir, trained.key) if trained.key else None
-    res = score_model(trained.model, data.images, ev.rows, ev.labels, ev.preds, data.records.class_names, explainer, spec.controls,
-                      spec.perturbation, spec.score, seed=spec.seed, truth=truth, store=store)
-    res.metrics.heatmap_cache_hit = bool(getattr(explainer, "hits", 0))
-    return res
-
-
-def sanity_job(spec: JobSpec, data: PreparedData, trained: TrainedModel, ev: Evaluation) -> results.Sanity:
-    """The randomisation check on up to ``sanity.max_images`` test images (``score.subset``'s: correctly classified by default; class-stratified, seeded)."""
-    from xbench.explain.explainers import SANITY_EXPLAINERS
-    from xbench.pipeline.sanity import check_job_model
-    from xbench.pipeline.scoring import auto_region_size, select_images
-
-    s, score = spec.sanity, spec.score or ScoreSettings()
-    sel = select_images(ev.labels, ev.preds, score.subset, s.max_images, spec.seed)
-    if len(sel) < 2:
-        raise XbenchError(f"the randomisation check needs 2 test images ({score.subset}), the model has {len(sel)}; "
-                          "set score.subset=all or sanity.enabled=false")
-    rows = ev.rows[sel]
-    references = [SANITY_EXPLAINERS[n]() for n in s.explainers if n != spec.explainer.name]
-    log.info("sanity: randomisation check of %s on %d test images (%s), beside %s", spec.explainer.name, len(rows), ", ".join(s.modes),
-             ", ".join(r.name for r in references) or "nothing else")
-    return check_job_model(trained.model, np.asarray(data.images[rows]), rows, ev.preds[sel], spec.explainer, references, s,
-                           perturbation=spec.perturbation, region_size=score.region_size or auto_region_size(data.image_size), seed=spec.seed,
-                           bootstrap=score.bootstrap, max_steps=score.max_steps)
-
-
 def run_job(spec: JobSpec, run_dir: Path) -> results.JobMetrics:
     """Run one job end to end and write its folder; returns its metrics."""
     run_dir = io.ensure_dir(run_dir)
@@ -384,11 +256,15 @@ def run_job(spec: JobSpec, run_dir: Path) -> results.JobMetrics:
     with clock("data_s"):
         data = prepare_data(spec.source, spec.seed, spec.cache_dir)
     io.write_csv(run_dir / results.SPLIT_FILE, data.split_table())
-    log.info("data: %d images, %s, classes %s", len(data.records), {s: int((data.split == s).sum()) for s in SPLITS},
-             data.records.class_names)
+    log.info("data: %d images, %s, %s %s", len(data.records), {s: int((data.split == s).sum()) for s in SPLITS},
+             "labels" if data.records.multilabel else "classes", data.records.class_names)
+    if data.records.multilabel:
+        multilabel.check_job(spec, data)
     trained = obtain_model(spec, data, clock)
     if trained.trained_here:
         io.write_csv(run_dir / results.HISTORY_FILE, trained.history)
+    if data.records.multilabel:
+        return multilabel.run(spec, data, trained, run_dir, clock)
     with clock("test_predict_s"):
         ev = evaluate(trained.model, data)
     with clock("save_s"):

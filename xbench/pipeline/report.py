@@ -43,6 +43,8 @@ SHOWN = ("model.backbone", "explainer.name", "perturbation")
 class Collected:
     jobs: list[results.JobResult]
     incomplete: list[tuple[str, str]]  # (folder, why)
+    # Multi-label jobs' own folders (their test report per label); each scored label is a job of ``jobs`` (labels/<label>/).
+    multilabel: list[results.JobResult] = field(default_factory=list)
 
 
 def find_job_dirs(folders: Sequence[str | Path]) -> list[Path]:
@@ -60,7 +62,7 @@ def find_job_dirs(folders: Sequence[str | Path]) -> list[Path]:
 
 
 def collect(folders: Sequence[str | Path]) -> Collected:
-    jobs, incomplete = [], []
+    jobs, incomplete, multilabel = [], [], []
     for d in find_job_dirs(folders):
         if not (d / results.METRICS_FILE).is_file():
             incomplete.append((str(d), "no metrics.json (the job failed or is still running)"))
@@ -71,10 +73,13 @@ def collect(folders: Sequence[str | Path]) -> Collected:
             incomplete.append((str(d), str(exc)))
             continue
         cfg = job.metrics.config or {}
+        if isinstance(job.metrics.test, results.MultilabelTestReport) and job.metrics.label is None:
+            multilabel.append(job)  # its labels' measurements are the jobs under it
+            continue
         if job.scoring is None and (cfg.get("score") or {}).get("enabled"):
             incomplete.append((str(d), "scoring did not finish (classification results only)"))
         jobs.append(job)
-    return Collected(jobs, incomplete)
+    return Collected(jobs, incomplete, multilabel)
 
 
 # ---------------------------------------------------------------- measurements
@@ -438,9 +443,10 @@ def methods_table(jobs: Sequence[results.JobResult], rank_by: str | None = None,
     groups: dict = {}
     for j in jobs:
         if j.scoring is not None and j.curves is not None:
-            groups.setdefault((j.metrics.model.backbone, j.metrics.seed), []).append(j)
+            # One label of a multi-label model is a table of its own: its image ids repeat in the other labels' jobs.
+            groups.setdefault((j.metrics.model.backbone, j.metrics.seed, j.metrics.label), []).append(j)
     rows, tests = [], []
-    for (backbone, s), js in groups.items():
+    for (backbone, s, label), js in groups.items():
         methods: dict[str, results.JobResult] = {}
         for j in js:
             for name in [j.scoring.explainer, *j.scoring.methods]:
@@ -454,7 +460,8 @@ def methods_table(jobs: Sequence[results.JobResult], rank_by: str | None = None,
         order = sorted(methods, key=lambda n: -sign * mean[n])
         for rank, name in enumerate(order, 1):
             j = methods[name]
-            row = {"model": backbone, "seed": s, "rank": rank, "method": name + (" (control)" if name != j.scoring.explainer else ""),
+            row = {"model": backbone, "seed": s, **({"label": label} if label is not None else {}), "rank": rank,
+                   "method": name + (" (control)" if name != j.scoring.explainer else ""),
                    **{f: _fmt_est(per_image(j, name, f)[0]) for f in figures}, "ranked by": key}
             if rank < len(order):
                 below = order[rank]
@@ -473,6 +480,21 @@ def methods_table(jobs: Sequence[results.JobResult], rank_by: str | None = None,
         for (i, _), p in zip(tests, adj):
             frame.loc[i, "p_holm"] = p
     return frame
+
+
+def multilabel_table(parents: Sequence[results.JobResult]) -> pd.DataFrame:
+    """One row per (multi-label job, label): the test AUROC, and precision / recall / F1 at the job's threshold, with the targets explained."""
+    rows = []
+    for j in parents:
+        t, m = j.metrics.test, j.metrics
+        n_targets = m.targets.n_targets if m.targets is not None else {}
+        for name in t.class_names:
+            c = t.per_class[name]
+            rows.append({"job": j.path.name, "model": m.model.backbone, "seed": m.seed, "label": name, "auroc": t.auroc.get(name, np.nan),
+                         f"precision@{t.threshold:g}": c.precision, f"recall@{t.threshold:g}": c.recall, f"f1@{t.threshold:g}": c.f1,
+                         "positives": c.support, "targets": n_targets.get(name, 0),
+                         "targets by": m.targets.rule if m.targets is not None else "not scored"})
+    return pd.DataFrame(rows)
 
 
 # ---------------------------------------------------------------- metric reliability

@@ -50,6 +50,8 @@ SPLIT_FILE = "split.csv"
 PREDICTIONS_FILE = "test_predictions.npz"
 HISTORY_FILE = "history.csv"
 MODEL_FILE = "model.keras"
+#: A multi-label job's per-label measurements: ``<run>/labels/<label_folder(label)>/`` (metrics.json, curves.npz, heatmaps, plots).
+LABELS_DIR = "labels"
 #: The job's log: Hydra names it after the task's module (``xbench/apps/run.py``), so it is named here, not written.
 RUN_LOG = "run.log"
 #: The composed config Hydra saves in each job folder (config.yaml, overrides.yaml).
@@ -66,6 +68,11 @@ MEAN_CURVES, AOPC_BY_STEP = "mean_curves", "aopc_by_step"
 MEAN_CURVES_PLOT = f"{MEAN_CURVES}.png"
 AOPC_BY_STEP_PLOT = f"{AOPC_BY_STEP}.png"
 PIXEL_CURVES_PLOT = "deletion_insertion.png"
+
+
+def label_folder(label: str) -> str:
+    """The folder name of a label's measurement (letters, digits, ``-_.`` kept; anything else ``_``)."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in label) or "_"
 
 
 def randomisation_plot(mode: str) -> str:
@@ -330,6 +337,32 @@ class TestReport:
 
 
 @dataclass
+class MultilabelTestReport(TestReport):
+    """A multi-label model's test report (:func:`xbench.metrics.classification.multilabel_report`), in :class:`TestReport`'s shape.
+
+    ``class_names`` are the labels; ``per_class`` and the averages are per
+    label at ``threshold`` (``support``: the label's positive test images);
+    ``accuracy`` is the mean over labels of the per-label accuracy (1 - Hamming
+    loss); ``confusion_matrix`` has one row [tn, fp, fn, tp] per label.
+    """
+
+    threshold: float = 0.5
+    auroc: dict[str, float] = dataclasses.field(default_factory=dict)  # per label; NaN where the test images are all one way
+    macro_auroc: float = float("nan")
+    exact_match: float = float("nan")  # fraction of test images with every label right
+
+
+@dataclass
+class Targets:
+    """What a multi-label job explained: the (image, label) targets (``score.labels``), and how many per label."""
+
+    rule: str  # "positive" (ground-truth positive labels), "predicted" (probability >= threshold), or "listed" (score.labels=[...], positive images)
+    threshold: float
+    labels: list[str]  # the labels scored, in output order
+    n_targets: dict[str, int]  # per label, the test images that are its targets (before score.subset and score.max_images)
+
+
+@dataclass
 class JobMetrics:
     """``metrics.json``: one job's results. ``scoring`` is None until scoring finishes."""
 
@@ -341,13 +374,17 @@ class JobMetrics:
     data: DataSummary
     model: ModelSummary
     training: TrainingSummary | None  # None: the model came from a file (model=file), xbench trained nothing
-    test: TestReport
+    test: TestReport | MultilabelTestReport
     timings: dict[str, float]
     config: dict[str, Any] | None = None  # the resolved config (None when run from Python)
     scoring: Scoring | None = None
     sanity: Sanity | None = None  # the randomisation check (sanity.enabled)
     plots: list[str] | None = None
     format_version: int = FORMAT_VERSION
+    # Multi-label models (xbench.pipeline.multilabel). The job's own metrics.json has ``targets`` (and no scoring); each scored
+    # label is a measurement of its own in labels/<label>/ with ``label`` set, its ``test`` that label's (absent / present) report.
+    label: str | None = None
+    targets: Targets | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

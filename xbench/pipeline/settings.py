@@ -101,6 +101,10 @@ class TrainSettings:
             raise ValueError(f"fine_tune.{exc}") from None
 
 
+#: ``score.labels`` by rule (a list of label names is the third form): xbench.pipeline.multilabel.select_targets.
+LABEL_RULES = ("positive", "predicted")
+
+
 @dataclass
 class ScoreSettings:
     """What to score and how; also the schema of the config's ``score`` node."""
@@ -122,6 +126,11 @@ class ScoreSettings:
     subset: str = "correct"  # correct (the paper) | all
     target: str = "predicted"  # predicted | true
     max_images: Optional[int] = None
+    # Multi-label models (xbench.pipeline.multilabel): which (image, label) targets are explained. "positive": each image's
+    # ground-truth positive labels; "predicted": the labels whose probability is >= label_threshold; or a list of label
+    # names: those labels, on the images positive for them. Single-label models ignore both.
+    labels: Any = "positive"
+    label_threshold: float = 0.5
     controls: List[str] = field(default_factory=lambda: ["random"], metadata=NOT_IDENTITY)
     batch_size: Optional[int] = field(default=None, metadata=NOT_IDENTITY)  # (image, step) pairs per forward pass; None: from memory_budget_mb
     memory_budget_mb: float = field(default=1024.0, metadata=NOT_IDENTITY)
@@ -163,6 +172,12 @@ class ScoreSettings:
             raise ValueError(f"subset: must be 'correct' or 'all', got {self.subset!r}")
         if self.target not in ("predicted", "true"):
             raise ValueError(f"target: must be 'predicted' or 'true', got {self.target!r}")
+        if isinstance(self.labels, str) and self.labels not in LABEL_RULES:
+            raise ValueError(f"labels: give {' or '.join(LABEL_RULES)}, or a list of label names, got {self.labels!r}")
+        if not isinstance(self.labels, str) and (not list(self.labels) or not all(isinstance(n, str) for n in self.labels)):
+            raise ValueError(f"labels: a list of label names must name at least one label, got {list(self.labels)!r}")
+        if not 0.0 < self.label_threshold < 1.0:
+            raise ValueError(f"label_threshold: must lie in (0, 1), got {self.label_threshold}")
         if not all(c in CONTROL_NAMES for c in self.controls):
             raise ValueError(f"controls: choose from {list(CONTROL_NAMES)}, got {list(self.controls)}")
         if self.max_images is not None:

@@ -39,6 +39,8 @@ from xbench.data.pixels import to_unit_float
 from xbench.metrics.classification import (
     SELECTION_RULES,
     confusion_matrix,
+    multilabel_report,
+    multilabel_selection_score,
     per_class_scores,
     selection_score,
 )
@@ -248,6 +250,29 @@ class _Validation:
 
 
 @dataclass
+class _MultilabelValidation:
+    """:class:`_Validation` for independent labels: the same columns, each per label at a 0.5 threshold, and AUROCs."""
+
+    labels: np.ndarray  # (N_val, L) bool
+    class_names: list[str]
+    rule: str  # one of SELECTION_RULES (:func:`xbench.metrics.classification.multilabel_selection_score`)
+
+    def scores(self, probs: np.ndarray) -> dict[str, float]:
+        """(N_val, L) sigmoid probabilities -> val_loss (binary cross-entropy), val_accuracy (per label), val_recall/<label>..., val_auroc/<label>..."""
+        y, p = self.labels, np.asarray(probs, np.float64)
+        r = multilabel_report(y, p, self.class_names)
+        return {
+            "val_loss": float(-multilabel_selection_score(y, p, "val_loss")),
+            "val_accuracy": float(np.mean((p >= 0.5) == y)),
+            **{f"val_recall/{n}": r["per_label"][n]["recall"] for n in self.class_names},
+            **{f"val_auroc/{n}": r["per_label"][n]["auroc"] for n in self.class_names},
+            "val_macro_f1": r["macro_avg"]["f1"],
+            "val_macro_auroc": r["macro_avg"]["auroc"],
+            "selection_score": multilabel_selection_score(y, p, self.rule),
+        }
+
+
+@dataclass
 class _Stage:
     """One stage of training: what fits, on which batches, for how many epochs, and how it is validated."""
 
@@ -332,11 +357,11 @@ class _Job:
     seed: int
     train_rows: np.ndarray  # (N_train,) rows of ``images``
     val_rows: np.ndarray  # (N_val,)
-    targets: np.ndarray  # (N, C) one-hot float32
+    targets: np.ndarray  # (N, C) one-hot float32, or (N, L) 0/1 for independent labels
     class_weight: dict[int, float] | None
     loss: keras.losses.Loss
     mutable: list  # the variables any stage can change (see _mutable_variables)
-    validation: _Validation
+    validation: _Validation | _MultilabelValidation
 
     @property
     def fine_tunes(self) -> bool:
@@ -356,7 +381,8 @@ class _Job:
         return _Batches(data, rows, self.targets[self.train_rows], batch_size, shuffle=True, seed=seed, augment=augment)
 
 
-def _prepare(model, images, labels, split, class_names, disease_classes, settings: TrainSettings, seed: int) -> _Job:
+def _prepare(model, images, labels, split, class_names, disease_classes, settings: TrainSettings, seed: int,
+             label_matrix: np.ndarray | None = None) -> _Job:
     """Check the inputs, seed Keras, and gather what the stages share (arguments as in :func:`train_classifier`)."""
     if settings.select not in SELECTION_RULES:
         raise ValueError(f"train.select must be one of {SELECTION_RULES}")
@@ -368,6 +394,13 @@ def _prepare(model, images, labels, split, class_names, disease_classes, setting
     if len(tr) == 0 or len(va) == 0:
         raise ValueError("the split has no training or no validation images")
     disease_index = [class_names.index(c) for c in disease_classes if c in class_names]
+    if label_matrix is not None:
+        if settings.class_weights:
+            log.warning("train.class_weights is for one class per image; a multi-label model trains without them")
+        y = np.asarray(label_matrix).astype(np.float32)
+        return _Job(model=model, images=images, settings=settings, seed=seed, train_rows=tr, val_rows=va, targets=y, class_weight=None,
+                    loss=keras.losses.BinaryCrossentropy(label_smoothing=settings.label_smoothing), mutable=_mutable_variables(model, settings),
+                    validation=_MultilabelValidation(y[va].astype(bool), list(class_names), settings.select))
     return _Job(
         model=model, images=images, settings=settings, seed=seed, train_rows=tr, val_rows=va,
         targets=np.eye(num_classes, dtype=np.float32)[labels],
@@ -430,10 +463,13 @@ def _fitted(trainer: keras.Model, job: "_Job") -> tuple[keras.Model, keras.losse
     """
     out = trainer.outputs[0]
     op, node_index, _ = out._keras_history
-    if keras.backend.backend() == "tensorflow" or not isinstance(op, keras.layers.Softmax):
+    sigmoid = isinstance(op, keras.layers.Activation) and getattr(op.activation, "__name__", "") == "sigmoid"  # multi-label: the same, per label
+    if keras.backend.backend() == "tensorflow" or not (isinstance(op, keras.layers.Softmax) or sigmoid):
         return trainer, job.loss
     logits = op._inbound_nodes[node_index].input_tensors[0]
     fit_model = keras.Model(trainer.inputs, logits, name=f"{trainer.name}_logits")
+    if sigmoid:
+        return fit_model, keras.losses.BinaryCrossentropy(from_logits=True, label_smoothing=job.settings.label_smoothing)
     return fit_model, keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=job.settings.label_smoothing)
 
 
@@ -515,6 +551,7 @@ def train_classifier(
     settings: TrainSettings,
     seed: int = 0,
     checkpoint=None,
+    label_matrix: np.ndarray | None = None,
 ) -> TrainResult:
     """Train ``model`` in place and leave it holding the selected checkpoint's weights.
 
@@ -530,8 +567,12 @@ def train_classifier(
         checkpoint: a :class:`xbench.pipeline.store.checkpoints.TrainCheckpoint`, or None. With
             one, every epoch is checkpointed and a run killed part-way resumes
             after its last finished epoch, ending with the same weights.
+        label_matrix: (N, L) 0/1 for a multi-label model (``build_classifier(multilabel=True)``;
+            ``class_names`` are then the L labels): binary cross-entropy per
+            label, and the selection rule per label at a 0.5 threshold
+            (:func:`xbench.metrics.classification.multilabel_selection_score`).
     """
-    job = _prepare(model, images, labels, split, class_names, disease_classes, settings, seed)
+    job = _prepare(model, images, labels, split, class_names, disease_classes, settings, seed, label_matrix)
     timings: dict[str, float] = {}
     selection = None
     if checkpoint is not None and job.fine_tunes and checkpoint.stage() == "stage2":

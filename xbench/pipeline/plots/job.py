@@ -24,13 +24,24 @@ def _save(fig, path: Path) -> None:
     plt.close(fig)
 
 
+def write_training_plot(run_dir: Path, history, class_names) -> list[str]:
+    """``plots/training_curves.png`` when there is a history (a model xbench trained); returns the file names written."""
+    if not len(history):
+        return []
+    out = io.ensure_dir(Path(run_dir) / results.PLOTS_DIR)
+    _save(plots.training_curves_figure(history, class_names), out / results.TRAINING_PLOT)
+    return [results.TRAINING_PLOT]
+
+
 def write_job_plots(run_dir: Path, model, images, ev, class_names, history, scoring=None, per_cell: int = 4, last_n: int = 3,
-                    sanity=None) -> list[str]:
+                    sanity=None, explain: str = "predicted") -> list[str]:
     """Write ``plots/*.png`` for one job; returns the file names written.
 
     ``ev``: the test evaluation (:class:`xbench.pipeline.job.Evaluation`);
     ``scoring``: the :class:`xbench.pipeline.scoring.ScoreResult`, or None;
-    ``sanity``: the :class:`xbench.pipeline.results.Sanity` of the randomisation check, or None.
+    ``sanity``: the :class:`xbench.pipeline.results.Sanity` of the randomisation check, or None;
+    ``explain``: the gallery's Grad-CAM class, "predicted" or "true" (a multi-label
+    label's view: the label, whose absence has no logit to explain).
     """
     from xbench.explain.cam import gradcam, gradcam_last_n
 
@@ -40,11 +51,9 @@ def write_job_plots(run_dir: Path, model, images, ev, class_names, history, scor
     written = []
     _save(plots.confusion_matrix_figure(report["confusion_matrix"], class_names), out / results.CONFUSION_PLOT)
     written.append(results.CONFUSION_PLOT)
-    if len(history):
-        _save(plots.training_curves_figure(history, class_names), out / results.TRAINING_PLOT)
-        written.append(results.TRAINING_PLOT)
+    written += write_training_plot(run_dir, history, class_names)
 
-    preds = probs.argmax(1)
+    preds = ev.preds
     pick = []  # (row label, test positions)
     for c, name in enumerate(class_names):
         tp = np.flatnonzero((labels == c) & (preds == c))[:per_cell]
@@ -53,7 +62,7 @@ def write_job_plots(run_dir: Path, model, images, ev, class_names, history, scor
     pos = np.concatenate([p for _, p in pick]) if pick else np.zeros(0, int)
     if len(pos):
         x = to_unit_float(images[te[pos]])
-        maps = gradcam(model, x)  # the predicted class: what the model looked at
+        maps = gradcam(model, x, targets=None if explain == "predicted" else labels[pos])  # the predicted class: what the model looked at
         k = 0
         rows = {}
         for label, p in pick:
@@ -62,11 +71,11 @@ def write_job_plots(run_dir: Path, model, images, ev, class_names, history, scor
                 cells.append((x[k], maps[k], f"{class_names[labels[j]]} -> {class_names[preds[j]]} ({probs[j, preds[j]]:.2f})"))
                 k += 1
             rows[label] = cells
-        _save(plots.gallery_figure(rows, "Grad-CAM of the predicted class: true positives and false negatives"), out / results.GALLERY_PLOT)
+        _save(plots.gallery_figure(rows, f"Grad-CAM of the {explain} class: true positives and false negatives"), out / results.GALLERY_PLOT)
         written.append(results.GALLERY_PLOT)
         _save(plots.overlay_figure(x[0], maps[0], title=f"Grad-CAM overlay, {class_names[labels[pos[0]]]}"), out / results.OVERLAY_PLOT)
         written.append(results.OVERLAY_PLOT)
-        layers = gradcam_last_n(model, x[:1], n=last_n)
+        layers = gradcam_last_n(model, x[:1], n=last_n, targets=None if explain == "predicted" else labels[pos[:1]])
         _save(plots.layers_figure(x[0], {k: v[0] for k, v in layers.items()}, title=f"Grad-CAM of the last {len(layers)} conv layers"), out / results.LAST_LAYERS_PLOT)
         written.append(results.LAST_LAYERS_PLOT)
     if scoring is not None:

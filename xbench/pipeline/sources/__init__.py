@@ -13,5 +13,6 @@ from xbench.pipeline.sources.folder import FolderSource
 from xbench.pipeline.sources.pediatric import PediatricSource
 from xbench.pipeline.sources.radiography import RadiographySource
 from xbench.pipeline.sources.synthetic import SyntheticSource
+from xbench.pipeline.sources.synthetic_multilabel import SyntheticMultiLabelSource
 
-__all__ = ["FolderSource", "PediatricSource", "RadiographySource", "SyntheticSource"]
+__all__ = ["FolderSource", "PediatricSource", "RadiographySource", "SyntheticMultiLabelSource", "SyntheticSource"]
