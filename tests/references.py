@@ -157,3 +157,31 @@ def readme_classifier(path) -> None:
     x = keras.layers.Conv2D(8, 3, strides=2, activation="relu", name="c2")(x)
     x = keras.layers.GlobalAveragePooling2D()(x)
     keras.Model(inp, keras.layers.Dense(4, activation="softmax", name="predictions")(x)).save(path)
+
+
+def torch_net(num_classes: int = 4, seed: int = 0, channels: int = 3, head_scale: float = 20.0):
+    """A small ``torch.nn.Module`` classifier, seeded, nothing downloaded (needs torch): (N, channels, S, S) -> (N, num_classes) logits.
+
+    ``features`` = Conv2d(channels, 6, 3, stride 2) -> ReLU(inplace) -> Conv2d(6, 8, 3) -> ReLU(inplace)
+    (Grad-CAM's layer: ``features.2``, whose output an in-place ReLU overwrites in the module), a
+    mean over positions, ``head`` = Linear(8, num_classes) with its weights times ``head_scale`` so
+    the softmax moves when pixels change (an untrained head's logits are nearly equal).
+    """
+    import torch
+    from torch import nn
+
+    class TinyTorchNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = nn.Sequential(nn.Conv2d(channels, 6, 3, stride=2, padding=1), nn.ReLU(inplace=True),
+                                          nn.Conv2d(6, 8, 3, padding=1), nn.ReLU(inplace=True))
+            self.head = nn.Linear(8, num_classes)
+
+        def forward(self, x):
+            return self.head(self.features(x).mean((2, 3)))
+
+    torch.manual_seed(seed)
+    net = TinyTorchNet()
+    with torch.no_grad():
+        net.head.weight.mul_(head_scale)
+    return net.eval()

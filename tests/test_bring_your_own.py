@@ -123,7 +123,9 @@ def _model(kind, tmp_path):
 
 #: Under JAX (tests/test_jax_backend.py) the keras.applications kind and the model files are left out: they repeat the functional one's code path.
 _SAME_PATH = pytest.mark.not_on_jax
-ALL_KINDS = [*(pytest.param(k, marks=_SAME_PATH) if k == "applications" else k for k in KINDS),
+#: tests/test_torch_backend.py reruns the functional kind under torch (torch_rerun).
+ALL_KINDS = [*(pytest.param(k, marks=_SAME_PATH) if k == "applications" else pytest.param(k, marks=pytest.mark.torch_rerun) if k == "functional" else k
+               for k in KINDS),
              pytest.param("keras_file", marks=_SAME_PATH), pytest.param("h5_file", marks=_SAME_PATH)]
 TARGETS = {False: np.array([0, 1, 2, 1]), True: np.array([0, 1, 1, 0])}
 
@@ -492,7 +494,7 @@ def test_models_that_are_refused_say_why_and_odd_names_are_kept():
     with pytest.raises(AdaptError, match="output='logits'.*applies a softmax.*leave output='probs'"):
         as_classifier(soft, output="logits")
     multi = keras.Model(inp, keras.layers.Dense(3, activation="sigmoid")(feats))
-    with pytest.raises(AdaptError, match="3 sigmoid units \\(multi-label\\)"):
+    with pytest.raises(AdaptError, match="3 independent sigmoid outputs \\(multi-label\\): read it with xbench.models.as_multilabel"):
         as_classifier(multi)
     two_in = keras.Model([inp, keras.Input((3,))], keras.layers.Dense(2, activation="softmax")(feats))
     with pytest.raises(AdaptError, match="has 2 inputs"):

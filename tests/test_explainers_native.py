@@ -173,6 +173,7 @@ def test_hirescam_equals_gradcam_with_global_average_pooling_and_one_dense_layer
     _close(hires, cam, 1e-5)
 
 
+@pytest.mark.torch_rerun
 def test_input_x_gradient_equals_integrated_gradients_on_a_linear_model_from_black(images):
     # y = W flatten(x K) + b: a 1x1 colour mixing K (3, 3) (the 4-D map a classifier must have), then a dense layer; linear in x
     keras.utils.set_random_seed(5)
@@ -192,6 +193,7 @@ def test_input_x_gradient_equals_integrated_gradients_on_a_linear_model_from_bla
     assert np.abs(ig.completeness_error).max() < 1e-4  # exact but for float32 rounding of the logits
 
 
+@pytest.mark.torch_rerun
 def test_gradcam_through_the_shared_cam_loop_is_bit_identical_to_its_definition(images):
     # Grad-CAM before the CAM family: per batch, activations_and_gradients, gradcam_from_gradients, then upsample.
     model = small_vgg(6)

@@ -376,6 +376,7 @@ def test_the_chunk_counts_the_activations_after_the_windows_and_the_estimate_the
     assert est.forward_gflop * 1e9 == pytest.approx(by_hand, rel=1e-6)
 
 
+@pytest.mark.torch_rerun
 def test_a_layer_called_twice_runs_incrementally():
     keras.utils.set_random_seed(0)
     relu = L.ReLU()

@@ -60,7 +60,7 @@ def test_interpolation_matrices_match_their_definitions():
     np.testing.assert_allclose(half_pixel_mirror_matrix(4, 8).sum(1), 1)
 
 
-@pytest.mark.parametrize("patch,stride", [(6, 4), (5, 5), (7, 3), (20, 1)])
+@pytest.mark.parametrize("patch,stride", [pytest.param(6, 4, marks=pytest.mark.torch_rerun), (5, 5), (7, 3), (20, 1)])
 def test_occlusion_equals_a_per_window_loop(model, images, patch, stride):
     maps, t = occlusion(model, images, patch_size=patch, stride=stride, baseline=0.3, batch_size=7, return_targets=True)
     for i, x in enumerate(images):
@@ -85,6 +85,7 @@ def test_occlusion_does_not_depend_on_the_batch_and_follows_given_targets(model,
     np.testing.assert_allclose(a[1], c[0], atol=1e-6)
 
 
+@pytest.mark.torch_rerun
 def test_rise_equals_the_formula_with_the_same_masks_by_hand(model, images):
     ids = np.array([5, 9, 11])
     maps, t = rise(model, images, masks=40, grid=4, keep_prob=0.5, seed=3, image_ids=ids, batch_size=16, return_targets=True)

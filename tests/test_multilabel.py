@@ -1,7 +1,13 @@
 """Multi-label classifiers: reading one label at a time, the report per label, training, and jobs end to end (issue 29)."""
 
-import json
+import contextlib
+import io
+import os
+import re
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -237,27 +243,45 @@ def test_the_report_has_a_row_per_label_and_the_test_split_per_label(ml_job, tmp
     assert sorted(methods["label"].unique()) == sorted(JOB_LABELS)
 
 
-def test_a_saved_multilabel_keras_model_is_scored_from_a_labels_file_on_the_command_line(ml_job, tmp_path, cache_dir):
-    from tests.helpers import refusal, xbench
+def _block(marker: str) -> str:
+    text = (Path(__file__).parents[1] / "README.md").read_text()
+    m = re.search(rf"<!-- {marker}:[^>]*-->\s*```\w+\n(.*?)```", text, re.S)
+    assert m, f"README has no block marked {marker}"
+    return m.group(1)
+
+
+def test_the_readme_scores_a_users_multilabel_model_from_a_labels_file_verbatim(ml_job, tmp_path, monkeypatch):
+    """The README's commands (a model file, a labels file, lesion masks per label) and its Python block, run verbatim."""
+    from tests.helpers import env, refusal
     from xbench.pipeline.results import read_job, read_metrics
 
-    parent = read_metrics(ml_job)
-    root = tmp_path / "data"
-    shutil.copytree(parent.data.root, root)
-    user = _net(size=32, n=3, seed=4)
-    user.save(tmp_path / "mlnet.keras")
-    args = ["model=file", f"model.path={tmp_path / 'mlnet.keras'}", "data=folder", f"data.root={root}", f"data.labels_csv={root / 'labels.csv'}",
-            f"data.lesion_root={root / 'lesions'}", f"data.mask_root={root / 'masks'}", "data.image_size=32", "score.subset=all",
-            "score.max_images=4", "score.region_size=8", "score.labels=[COVID,Viral Pneumonia]", "plots=false"]
-    code, err = refusal([*args[:-2], "score.labels=[Edema]"], tmp_path / "c0")
-    assert code != 0 and "score.labels: ['Edema'] are not labels" in err and len(err.strip().splitlines()) == 1
-    r = xbench([*args, f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path, cache=tmp_path / "cache")
-    assert r.returncode == 0, r.stderr[-3000:]
-    m = read_metrics(tmp_path / "run")
-    assert m.training is None and m.targets.rule == "listed" and m.targets.labels == ["COVID", "Viral Pneumonia"]
-    assert sorted(p.name for p in (tmp_path / "run" / "labels").iterdir()) == ["COVID", "Viral_Pneumonia"]
-    job = read_job(tmp_path / "run" / "labels" / "Viral_Pneumonia")
-    p_user = np.asarray(user(np.zeros((1, 32, 32, 3), np.float32)))
-    assert job.metrics.label == "Viral Pneumonia" and job.curves.curves[("gradcam", "morf")].shape[0] <= 4
-    y = json.loads((tmp_path / "run" / "metrics.json").read_text())["test"]["auroc"]
-    assert set(y) == set(LABELS) and p_user.shape == (1, 3)
+    shutil.copytree(read_metrics(ml_job).data.root, tmp_path / "my_cxr")
+    table = pd.read_csv(tmp_path / "my_cxr" / "labels.csv")
+    table.iloc[:12].to_csv(tmp_path / "my_cxr" / "labels.csv", index=False)  # a user's small folder: 12 of the 40 phantoms
+    assert (table.iloc[:12][LABELS].sum() > 0).all()
+    user = _net(size=224, n=3, seed=4)  # a multi-label model trained elsewhere, in the labels file's column order
+    user.save(tmp_path / "my_chexnet.keras")
+    commands = _block("multilabel-commands").strip().splitlines()
+    monkeypatch.chdir(tmp_path)
+    code, err = refusal(commands[0].split()[1:] + ["score.labels=[Edema]"], tmp_path / "c0")  # a label the data lacks: refused up front
+    assert code != 0 and "score.labels: ['Edema'] are not labels of the data" in err and len(err.strip().splitlines()) == 1
+    e = env(tmp_path / "cache", PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""))
+    for line in commands:
+        r = subprocess.run(["bash", "-c", line], cwd=tmp_path, env=e, capture_output=True, text=True, timeout=900)
+        assert r.returncode == 0, (line, r.stderr[-3000:])
+    run = tmp_path / "outputs" / "my_chexnet"
+    m = read_metrics(run)
+    assert m.training is None and m.targets.rule == "positive" and m.targets.labels == LABELS
+    x0 = np.zeros((1, 224, 224, 3), np.float32)
+    want = np.asarray(as_multilabel(keras.saving.load_model(tmp_path / "my_chexnet.keras"), preprocess="densenet")(x0))
+    np.testing.assert_allclose(want, np.asarray(keras.saving.load_model(run / "model.keras")(x0)), atol=1e-6)  # the file, read as-is
+    covid = read_job(run / "labels" / "COVID")
+    assert covid.metrics.label == "COVID" and (run / "report" / "summary.md").is_file()
+    assert "## Multi-label models: the test split per label" in (run / "report" / "summary.md").read_text()
+
+    # the Python block: Grad-CAM of COVID on its positive images, the same curves as the job's (all targets scored: none is correct
+    # or not here, the untrained model's COVID sigmoid decides which the job kept)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(_block("multilabel-python"), {})
+    assert np.isfinite(float(out.getvalue().split()[-1]))

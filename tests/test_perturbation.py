@@ -70,6 +70,7 @@ def test_road_has_no_single_perturbed_image_and_checks_its_settings():
             Road(**kw)
 
 
+@pytest.mark.torch_rerun
 def test_batch_size_does_not_change_curves_and_inputs_are_untouched():
     rng = np.random.default_rng(0)
     images = rng.random((5, 16, 16, 3)).astype(np.float32)

@@ -299,6 +299,7 @@ def every_layer_model(seed: int = 8) -> keras.Model:
     return model
 
 
+@pytest.mark.torch_rerun
 def test_deeplift_sums_to_delta_and_lrp_runs_on_every_layer_kind(images):
     model = every_layer_model()
     t = np.array([0, 1, 2, 0])

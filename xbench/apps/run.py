@@ -87,6 +87,10 @@ def build_job(cfg: DictConfig) -> Job:
             raise ConfigError(_keyed(group, exc)) from exc
     explainer, score = built["explainer"], built["score"]
     if isinstance(built["model"], ModelFile):  # (a backbone's image size was checked by validate)
+        try:
+            built["model"].check_torch_job(explainer.name, sanity=built["sanity"].enabled, method=score.method, dtype=score.dtype, metrics=score.metrics)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         fit_model_file(built["model"], built["data"], score.region_size)
     controls = tuple(CONTROLS[c]() for c in score.controls if c != explainer.name)
     check_ground_truth(built["data"], explainer, controls)

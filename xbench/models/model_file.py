@@ -13,16 +13,24 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.util
 import json
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
-from xbench.core.names import OUTPUTS, PREPROCESS_NAMES
+from xbench.core.names import LOGITS, OUTPUTS, PREPROCESS_NAMES, PROBS
 from xbench.models.backbones import IMAGENET, is_no_weights
 
 SUFFIXES = (".keras", ".h5", ".hdf5")
+#: A PyTorch state dict (``torch.save(model.state_dict(), path)``), read with ``torch.load(weights_only=True)``.
+TORCH_SUFFIXES = (".pt", ".pth")
+#: torch.export archives: refused (torch.export.load falls back to an unrestricted pickle for what its safe reader refuses).
+EXPORT_SUFFIXES = (".pt2",)
+#: What a torch module cannot be explained or scored by (:meth:`ModelFile.check_torch_job`): methods that walk or rewrite the Keras layers.
+TORCH_UNSUPPORTED_EXPLAINERS = ("lrp", "deeplift", "guided_backprop", "guided_gradcam")
+TORCH_UNSUPPORTED_METRICS = ("emprt", "smprt")
 PREPROCESS_HINT = "none ([0, 1] pixels), scale255 (0-255 pixels), caffe, torch, tf, or a keras.applications module name (vgg16, densenet, mobilenet_v2, efficientnet, ...)"
 
 
@@ -47,10 +55,19 @@ class ModelFile:
             :func:`xbench.models.adapt.preprocess_layer`).
         logits_layer: the layer that outputs the logits (default: found from
             the softmax / sigmoid output layer).
-        output: "probs" (softmax or one-unit sigmoid output) or "logits".
-        gradcam_layer: the layer Grad-CAM explains (default: the last feature map).
+        output: "probs" (softmax or one-unit sigmoid output) or "logits";
+            default probs for a Keras file, logits (the only choice) for a
+            torch module.
+        gradcam_layer: the layer Grad-CAM explains (default: the last feature
+            map); for a torch module, a submodule path (``features.28``;
+            default the last ``Conv2d``).
         imports: Python modules imported before loading, so custom layers
             they register (``@keras.saving.register_keras_serializable``) are found.
+        torch_module: a PyTorch classifier's class (or a function returning
+            the module) as ``package.module:Name``; ``path`` is then its state
+            dict (``.pt`` / ``.pth``), loaded with ``torch.load(weights_only=True)``
+            under ``KERAS_BACKEND=torch`` (:mod:`xbench.models.torch_module`).
+        torch_kwargs: keyword arguments for ``torch_module`` (``num_classes: 4``).
         weights: set by the ``setup`` group for backbones xbench trains; a
             model file brings its own weights, so only "none"/"imagenet" (the
             setups' values) are accepted here.
@@ -59,24 +76,83 @@ class ModelFile:
     path: Optional[str] = None
     preprocess: str = "none"
     logits_layer: Optional[str] = None
-    output: str = "probs"
+    output: Optional[str] = None
     gradcam_layer: Optional[str] = None
     imports: List[str] = field(default_factory=list)
     weights: Optional[str] = None
+    torch_module: Optional[str] = None
+    torch_kwargs: Dict[str, Any] = field(default_factory=dict)
 
     backbone = None  # no keras.applications backbone is built (configs that read model.backbone see null)
 
     def __post_init__(self):
         if self.path in (None, ""):
             raise ValueError("path: not set; point it at the trained classifier (model.path=/path/to/model.keras)")
-        if Path(str(self.path)).suffix.lower() not in SUFFIXES:
-            raise ValueError(f"path: '{self.path}' is not a Keras model file; give a .keras file (model.save('m.keras')) or a legacy .h5")
+        suffix = Path(str(self.path)).suffix.lower()
+        if suffix in EXPORT_SUFFIXES:
+            raise ValueError(f"path: '{self.path}' is a torch.export archive, which xbench does not load (torch.export.load can fall back to an "
+                             "unrestricted pickle); save torch.save(model.state_dict(), 'weights.pt') and name its class with model.torch_module=package.module:Class")
+        if self.is_torch:
+            self._check_torch(suffix)
+        elif suffix not in SUFFIXES:
+            raise ValueError(f"path: '{self.path}' is not a Keras model file; give a .keras file (model.save('m.keras')) or a legacy .h5 "
+                             "(a PyTorch state dict: .pt or .pth with model.torch_module=package.module:Class)")
+        if self.output is None:
+            self.output = LOGITS if self.is_torch else PROBS
         if self.preprocess not in PREPROCESS_NAMES:
             raise ValueError(f"preprocess: unknown preprocessing {self.preprocess!r}; choose {PREPROCESS_HINT}")
         if self.output not in OUTPUTS:
-            raise ValueError(f"output: must be 'probs' or 'logits', got {self.output!r}")
+            raise ValueError(f"output: must be one of {list(OUTPUTS)}, got {self.output!r}")
         if not (is_no_weights(self.weights) or self.weights == IMAGENET):
             raise ValueError(f"weights: a model file brings its own weights; drop model.weights={self.weights}")
+
+    @property
+    def is_torch(self) -> bool:
+        """A PyTorch state dict with its architecture (``torch_module``), not a Keras file."""
+        return self.torch_module not in (None, "") or Path(str(self.path)).suffix.lower() in TORCH_SUFFIXES
+
+    def _check_torch(self, suffix: str) -> None:
+        """One line for each thing a torch model file cannot be given, before anything is loaded."""
+        from xbench.backend import configured_backend
+
+        if self.torch_module in (None, ""):
+            raise ValueError(f"torch_module: '{self.path}' is a PyTorch state dict, which needs its architecture; "
+                             "name the class with model.torch_module=package.module:Class")
+        if suffix not in TORCH_SUFFIXES:
+            raise ValueError(f"path: model.torch_module reads a state dict saved with torch.save(model.state_dict(), 'weights.pt'); '{self.path}' is not .pt or .pth")
+        module, sep, name = str(self.torch_module).partition(":")
+        if not sep or not module or not name.isidentifier() or not all(p.isidentifier() for p in module.split(".")):
+            raise ValueError(f"torch_module: {self.torch_module!r} is not an import path; write package.module:Class (e.g. mypkg.nets:Net)")
+        if self.output not in (None, LOGITS):
+            raise ValueError(f"output: a torch module is read through its forward's output, its logits; drop model.output={self.output}")
+        if self.logits_layer not in (None, ""):
+            raise ValueError("logits_layer: a torch module's output is its logits; drop model.logits_layer")
+        if importlib.util.find_spec("torch") is None:
+            raise ValueError("torch_module: PyTorch is not installed; pip install torch==2.13.0 (or pip install 'xbench[torch]')")
+        if configured_backend() != "torch":
+            raise ValueError(f"torch_module: a PyTorch model runs under the torch Keras backend, not {configured_backend()}; "
+                             "run with KERAS_BACKEND=torch")
+
+    def check_torch_job(self, explainer: str, *, sanity: bool, method: str, dtype: str, metrics=()) -> None:
+        """ValueError in one line for what a job cannot do with a torch module, before it starts (nothing for a Keras file).
+
+        A torch module is one Keras layer: the methods that walk, rewrite,
+        copy or re-initialise the model's Keras layers do not see inside it.
+        """
+        if not self.is_torch:
+            return
+        if explainer in TORCH_UNSUPPORTED_EXPLAINERS:
+            raise ValueError(f"explainer={explainer}: it walks or rewrites the model's Keras layers, and a torch module is one layer; "
+                             "use gradcam, a CAM variant, a gradient method (saliency, integrated_gradients, ...), occlusion or rise")
+        if sanity:
+            raise ValueError("sanity.enabled: the randomisation check re-initialises Keras layers, and a torch module is one layer; drop it for a torch model")
+        blocked = [m for m in metrics if m in TORCH_UNSUPPORTED_METRICS]
+        if blocked:
+            raise ValueError(f"score.metrics: {', '.join(blocked)} re-initialise the model's Keras layers, and a torch module is one layer; drop them")
+        if method == "incremental":
+            raise ValueError("score.method=incremental: the incremental runner recomputes Keras layers window by window, and a torch module is one layer; use auto or full")
+        if dtype != "float32":
+            raise ValueError(f"score.dtype={dtype}: a torch module runs in its own float32; drop score.dtype")
 
     @property
     def file(self) -> Path:
@@ -90,6 +166,8 @@ class ModelFile:
     def describe(self) -> FileInfo:
         """Input shape and output units from the saved config, without Keras (ValueError: unreadable file)."""
         self.check_file()
+        if self.is_torch:  # a state dict says nothing of the input size; the class count is checked once loaded
+            return FileInfo(None, None, self.torch_module.rpartition(":")[2])
         try:
             config = _read_config(self.file)
         except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
@@ -104,8 +182,9 @@ class ModelFile:
                 h.update(block)
         return h.hexdigest()
 
-    def load(self, *, class_names=None, image_size: int | None = None):
-        """The model read as an xbench classifier (:func:`xbench.models.adapt.as_classifier`); one-line errors as :class:`xbench.core.errors.ConfigError`."""
+    def load(self, *, class_names=None, image_size: int | None = None, multilabel: bool = False):
+        """The model read as an xbench classifier (:func:`xbench.models.adapt.as_classifier`; with ``multilabel``, for multi-label data,
+        :func:`xbench.models.multilabel.as_multilabel`); one-line errors as :class:`xbench.core.errors.ConfigError`."""
         from xbench.core.errors import ConfigError
 
         for module in self.imports:
@@ -113,15 +192,55 @@ class ModelFile:
                 importlib.import_module(module)
             except ImportError as exc:
                 raise ConfigError(f"model.imports: cannot import {module!r} ({exc}); install it or fix the name") from None
+        if self.is_torch:
+            return self._load_torch(class_names, image_size)
         model = load_keras_file(self.file)
-        from xbench.models.adapt import AdaptError, as_classifier
+        from xbench.models.adapt import AdaptError, read_model
 
         try:
-            return as_classifier(model, logits_layer=self.logits_layer, output=self.output, preprocess=self.preprocess,
-                                 gradcam_layer=self.gradcam_layer, class_names=class_names, image_size=image_size)
+            return read_model(model, multilabel=multilabel, logits_layer=self.logits_layer, output=self.output, preprocess=self.preprocess,
+                              gradcam_layer=self.gradcam_layer, class_names=class_names, image_size=image_size)
         except AdaptError as exc:
             raise ConfigError(f"model.path: {exc}".replace("logits_layer=", "model.logits_layer=").replace("gradcam_layer=", "model.gradcam_layer=")
                               .replace("output=", "model.output=").replace("image_size=", "data.image_size=")) from None
+
+
+    def _load_torch(self, class_names, image_size):
+        """The state dict in an instance of ``torch_module``, wrapped by :func:`xbench.models.torch_module.torch_classifier`."""
+        from xbench.core.errors import ConfigError
+        from xbench.models.adapt import AdaptError
+        from xbench.models.torch_module import require_torch_backend, torch_classifier
+
+        try:
+            require_torch_backend("model.torch_module")
+        except AdaptError as exc:
+            raise ConfigError(str(exc)) from None
+        from xbench.backend import torch as torch_backend
+
+        where, _, name = str(self.torch_module).partition(":")
+        try:
+            factory = getattr(importlib.import_module(where), name)
+        except ImportError as exc:
+            raise ConfigError(f"model.torch_module: cannot import {where!r} ({exc}); install the package that defines the network or fix the path") from None
+        except AttributeError:
+            raise ConfigError(f"model.torch_module: module {where!r} has no {name!r}; give package.module:Class") from None
+        try:
+            module = factory(**self.torch_kwargs)
+        except Exception as exc:
+            raise ConfigError(f"model.torch_module: {self.torch_module}(**model.torch_kwargs) failed ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})") from None
+        if not torch_backend.is_module(module):
+            raise ConfigError(f"model.torch_module: {self.torch_module} gave a {type(module).__name__}, not a torch.nn.Module")
+        try:
+            torch_backend.load_weights(module, torch_backend.load_state_dict(self.file))
+        except ValueError as exc:
+            raise ConfigError(f"model.path: {exc}") from None
+        if image_size is None:
+            raise ConfigError("data.image_size: a torch module does not fix its input size; set data.image_size")
+        try:
+            return torch_classifier(module, image_size=image_size, preprocess=self.preprocess, gradcam_layer=self.gradcam_layer, class_names=class_names)
+        except AdaptError as exc:
+            msg = str(exc)
+            raise ConfigError(f"model.{msg}" if msg.startswith("gradcam_layer=") else f"model.torch_module: {msg}") from None
 
 
 def load_keras_file(path: Path):
@@ -130,6 +249,7 @@ def load_keras_file(path: Path):
 
     import xbench.models.adapt  # noqa: F401  (registers xbench's layers, for a model xbench saved)
     import xbench.models.card  # noqa: F401
+    import xbench.models.multilabel  # noqa: F401
     import xbench.models.preprocess  # noqa: F401
     from xbench.core.errors import ConfigError
 

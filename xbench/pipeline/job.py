@@ -237,11 +237,12 @@ def load_model_file(spec: JobSpec, data: PreparedData, clock: Stopwatch) -> Trai
     """
     mf, rec = spec.model_file, data.records
     with clock("model_load_s"):
-        model = mf.load(class_names=rec.class_names, image_size=data.image_size)
+        model = mf.load(class_names=rec.class_names, image_size=data.image_size, multilabel=rec.multilabel)
     n_out = int(model.output.shape[-1])
     check_model_outputs(n_out, rec.class_names)  # the file's config may not have said (apps.run checks what it says)
     digest = mf.sha256()
-    identity = {"model_file": digest, "read": {k: getattr(mf, k) for k in ("preprocess", "logits_layer", "output", "gradcam_layer")},
+    read = ("preprocess", "logits_layer", "output", "gradcam_layer") + (("torch_module", "torch_kwargs") if mf.is_torch else ())
+    identity = {"model_file": digest, "read": {k: getattr(mf, k) for k in read},
                 "image_size": data.image_size, "classes": rec.class_names, "backend": keras.backend.backend()}
     key = model_key(identity, data.files_key)  # the images too: heatmap chunks are keyed by row ids
     log.info("model %s (sha256 %s) loaded from %s: %d classes, Grad-CAM layer %s; nothing trained", model.name, digest[:12], mf.file, n_out,
@@ -268,7 +269,8 @@ def run_job(spec: JobSpec, run_dir: Path) -> results.JobMetrics:
     with clock("test_predict_s"):
         ev = evaluate(trained.model, data)
     with clock("save_s"):
-        io.save_keras_model(run_dir / results.MODEL_FILE, trained.model)
+        if not getattr(spec.model_file, "is_torch", False):  # a torch module is not a Keras file: metrics.json names its state dict and hash
+            io.save_keras_model(run_dir / results.MODEL_FILE, trained.model)
         io.write_npz(run_dir / results.PREDICTIONS_FILE, {"index": ev.rows, "labels": ev.labels, "probs": ev.probs})
     metrics = job_metrics(spec, data, trained, ev, clock.total())
     results.write_metrics(run_dir, metrics)  # now, so the classification results survive a failure in scoring
