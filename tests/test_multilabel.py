@@ -86,6 +86,32 @@ def test_each_reader_refuses_the_other_kind_in_one_line():
         label_view(ml, "Pneumothorax")
 
 
+def test_odd_label_names_one_label_files_and_a_reordered_labels_file():
+    from xbench.models import build_classifier
+    from xbench.pipeline.results import label_folder
+
+    x = _images()
+    ml = as_multilabel(_net(n=2), class_names=["Pleural/Effusion", "Lung Lesion"])
+    assert np.asarray(label_view(ml, "Pleural/Effusion")(x)).shape == (5, 2)  # a Keras name takes no "/": the view's is made safe
+    one = _net(n=1)  # a one-label file is multi-label when read as such (a one-unit sigmoid is binary for as_classifier)
+    np.testing.assert_allclose(np.asarray(label_view(as_multilabel(one, class_names=["Edema"]), 0)(x))[:, 1], np.asarray(one(x))[:, 0], atol=1e-6)
+    assert np.asarray(as_classifier(one)(x)).shape == (5, 2)
+    ours = build_classifier("vgg16", 2, 32, weights="none", multilabel=True, class_names=["COVID", "Edema"])
+    assert as_multilabel(ours, class_names=["COVID", "Edema"]) is ours
+    with pytest.raises(AdaptError, match=r"trained on the labels \['COVID', 'Edema'\].*data's labels are \['Edema', 'COVID'\]"):
+        as_multilabel(ours, class_names=["Edema", "COVID"])  # the labels file's columns in another order: refused, not mixed up
+    assert label_folder("..") == "__" and label_folder("a/b c") == "a_b_c"
+
+
+def test_labels_that_would_share_a_folder_are_refused():
+    from xbench.core.errors import ConfigError
+    from xbench.pipeline.checks import check_multilabel
+    from xbench.pipeline.settings import ScoreSettings
+
+    with pytest.raises(ConfigError, match=r"the labels \['A B', 'A_B'\] would share the results folder labels/A_B/"):
+        check_multilabel(["A B", "A_B", "C"], None, ScoreSettings())
+
+
 def test_curves_of_a_label_track_its_sigmoid_as_the_slow_loop_does():
     from xbench.explain.cam import gradcam
     from xbench.perturbation import GaussianNoise, perturbation_curves
@@ -120,7 +146,10 @@ def test_the_multilabel_report_and_selection_equal_hand_counts():
     # b: predicted {1, 2, 3}, positives {1, 2}: precision 2/3, recall 1; AUROC: pos {0.7, 0.8} vs neg {0.2, 0.6}: 4 of 4
     assert r["per_label"]["b"]["auroc"] == 1.0 and r["per_label"]["b"]["precision"] == pytest.approx(2 / 3)
     assert r["macro_avg"]["auroc"] == pytest.approx(0.875) and r["exact_match"] == 0.25  # only image 0 has both labels right
-    assert multilabel_selection_score(y, p, "disease_recall") == pytest.approx(0.75)
+    # per label, the mean recall of present and absent: a 1/2 and 1/2, b 2/2 and 1/2 -> (0.5 + 0.75) / 2
+    assert multilabel_selection_score(y, p, "disease_recall") == pytest.approx(0.625)
+    everything = np.ones_like(p)  # every label called present: the best recall of "present", and no better than chance here
+    assert multilabel_selection_score(y, everything, "disease_recall") == 0.5 < multilabel_selection_score(y, p, "disease_recall")
     bce = -np.mean(np.log(np.where(y, p, 1 - p)))
     assert multilabel_selection_score(y, p, "val_loss") == pytest.approx(-bce)
     assert np.isnan(multilabel_report(np.ones((3, 1), bool), np.full((3, 1), 0.5), ["c"])["per_label"]["c"]["auroc"])
@@ -142,6 +171,22 @@ def test_targets_follow_score_labels():
         select_targets(y, p, LABELS, ["Edema"], 0.5)
     with pytest.raises(DataError, match="no test image is positive for Viral Pneumonia"):
         select_targets(y, p, LABELS, ["Viral Pneumonia"], 0.5)
+
+    from xbench.metrics.classification import multilabel_report
+    from xbench.pipeline.multilabel import (
+        MultilabelEvaluation,
+        explained_class,
+        label_evaluation,
+    )
+
+    p32 = p.astype(np.float32)
+    p32[0, 0], p32[2, 0] = np.float32(0.7), 0.75  # 0.7 in float32 is just below 0.7 in float64: both reports must say "not found"
+    ev = MultilabelEvaluation(np.array([10, 11, 12]), y, p32, multilabel_report(y, p32, LABELS, 0.7))
+    rule, t = select_targets(y, p32, LABELS, "predicted", 0.7)
+    report, e = label_evaluation(ev, "COVID", LABELS, 0.7, t["COVID"])
+    assert e.rows.tolist() == [11, 12] and e.labels.tolist() == [1, 0] and e.preds.tolist() == [1, 1]  # image 12: a false positive, truth kept
+    assert explained_class(rule) == "predicted" and explained_class("positive") == explained_class("listed") == "true"
+    assert report["per_class"]["COVID"]["recall"] == ev.report["per_label"]["COVID"]["recall"] == 0.5  # image 10 (0.7 in float32) not found
 
 
 def test_a_multilabel_model_trains_with_binary_cross_entropy_per_label():
@@ -228,10 +273,17 @@ def test_a_multilabel_phantom_job_scores_each_label_as_the_python_api_does(ml_jo
         # the oracle is this label's lesion mask (blurred): all of its mass on the label's lesion
         assert m.scoring.methods["oracle"].localisation["lesion_mass"].mean > 0.9
         assert m.scoring.methods["gradcam"].localisation["lesion_mass"].n == len(ids)
+        # the label's own report and classes: AOPC per class under "<label>" (every target has it), recall = the label's
+        assert m.data.class_names == [f"not {n}", n] and (c.labels == 1).all()
+        assert set(m.scoring.methods["gradcam"].orders["morf"].aopc_per_class) == {f"not {n}", n}
+        assert m.scoring.methods["gradcam"].orders["morf"].aopc_per_class[f"not {n}"] is None
+        assert m.test.per_class[n].recall == parent.test.per_class[n].recall
+        assert (ml_job / "labels" / results.label_folder(n) / "split.csv").is_file()
 
 
 def test_the_report_has_a_row_per_label_and_the_test_split_per_label(ml_job, tmp_path):
     from xbench.apps.report import build_report
+    from xbench.pipeline.results import read_metrics
 
     out = build_report([ml_job], tmp_path / "report")
     assert out["jobs"] == 2 and not out["incomplete"]
@@ -241,6 +293,15 @@ def test_the_report_has_a_row_per_label_and_the_test_split_per_label(ml_job, tmp
         assert f"score.label={n}" in md
     methods = pd.read_csv(tmp_path / "report" / "methods.csv")
     assert sorted(methods["label"].unique()) == sorted(JOB_LABELS)
+    summary = pd.read_csv(tmp_path / "report" / "summary.csv")
+    parent = read_metrics(ml_job)
+    assert sorted(summary["test_macro_recall"]) == sorted(parent.test.per_class[n].recall for n in JOB_LABELS)  # each label's recall
+    # a label whose scoring did not finish is named, not dropped in silence
+    partial = tmp_path / "partial"
+    shutil.copytree(ml_job, partial)
+    (partial / "labels" / "COVID" / "metrics.json").unlink()
+    out = build_report([partial], tmp_path / "report2")
+    assert out["jobs"] == 1 and any("label COVID: no metrics.json" in why for _, why in out["incomplete"])
 
 
 def _block(marker: str) -> str:

@@ -101,6 +101,9 @@ def build_job(cfg: DictConfig) -> Job:
             labels = None  # a bad layout: the job says so in its own line
         if labels is not None:
             check_multilabel(labels, explainer, score)
+        if isinstance(built["model"], ModelFile) and built["model"].is_torch:
+            raise ConfigError("model.torch_module: a torch module is read as one class per image (softmax of its logits); multi-label "
+                              "data (independent sigmoids) needs a Keras model for now (model.path=<file>.keras)")
     return Job(
         source=built["data"], model=built["model"], settings=built["train"], explainer=explainer,
         controls=controls, perturbation=built["perturbation"], score=score, sanity=built["sanity"], tracking=built["tracking"],

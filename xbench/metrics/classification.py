@@ -132,9 +132,14 @@ def multilabel_report(y_true: np.ndarray, probs: np.ndarray, label_names: Sequen
 def multilabel_selection_score(y_true: np.ndarray, probs: np.ndarray, rule: str, threshold: float = 0.5) -> float:
     """:func:`selection_score` for independent labels; higher is better.
 
-    ``disease_recall``: the mean per-label recall at ``threshold`` (every
-    label is a finding); ``macro_f1``: the mean per-label F1 at it;
-    ``val_loss``: the negative mean binary cross-entropy over images and labels.
+    Each label is a two-class problem (absent, present), and each rule is the
+    single-label rule over those two classes, averaged over the labels:
+    ``disease_recall``, the mean recall of "present" and "absent" at
+    ``threshold`` (balanced accuracy: a model that calls every label present
+    scores 0.5, as one that calls every image one class scores 1/C on the
+    single-label rule; recall of "present" alone would rank it best);
+    ``macro_f1``, the mean of the two classes' F1; ``val_loss``, the negative
+    mean binary cross-entropy over images and labels.
     """
     y = np.asarray(y_true).astype(bool)
     p = np.asarray(probs, np.float64)
@@ -144,4 +149,4 @@ def multilabel_selection_score(y_true: np.ndarray, probs: np.ndarray, rule: str,
     if rule not in ("macro_f1", "disease_recall"):
         raise ValueError(f"unknown selection rule {rule!r}")
     scores = [per_class_scores(confusion_matrix(y[:, i], p[:, i] >= threshold, 2)) for i in range(y.shape[1])]
-    return float(np.mean([s["f1" if rule == "macro_f1" else "recall"][1] for s in scores]))
+    return float(np.mean([s["f1" if rule == "macro_f1" else "recall"].mean() for s in scores]))

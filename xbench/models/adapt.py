@@ -55,7 +55,7 @@ from xbench.core.names import (
     PROBS,
     RESERVED,
 )
-from xbench.models.card import BackboneOutput
+from xbench.models.card import BackboneOutput, model_card
 from xbench.models.preprocess import Preprocess
 
 log = logging.getLogger(__name__)
@@ -319,7 +319,8 @@ def default_gradcam_layer(seen: Sequence[tuple[str, Any, Any]], stop: str | None
     return best
 
 
-def _build(model, plan: _Plan, shape: tuple, channels: int, preprocess, gradcam_layer: str | None, class_names, copy_weights: bool):
+def _build(model, plan: _Plan, shape: tuple, channels: int, preprocess, gradcam_layer: str | None, class_names, copy_weights: bool,
+           multilabel: bool = False):
     image = keras.Input(shape[:2] + (3,), name=IMAGE)
     x = image
     if channels == 1:
@@ -346,7 +347,7 @@ def _build(model, plan: _Plan, shape: tuple, channels: int, preprocess, gradcam_
     binary = logits.shape[-1] == 1
     if card is not None:
         card.gradcam_layer = rb.renamed.get(gradcam_layer, gradcam_layer)
-    if not binary and (plan.binary or plan.multilabel):  # independent per-label scores: xbench.models.multilabel reads one label at a time
+    if multilabel:  # independent per-label scores: xbench.models.multilabel reads one label at a time
         logits = keras.layers.Identity(name=LABEL_LOGITS)(logits)
         probs = keras.layers.Activation("sigmoid", name=LABEL_PROBS, dtype="float32")(logits)
         return keras.Model(image, probs, name=f"xbench_{model.name}"), rb.seen
@@ -437,13 +438,17 @@ def read_model(model, *, multilabel: bool, logits_layer=None, output: str = "pro
     the one asked for is refused in one sentence that names the other reader.
     """
     if output not in OUTPUTS:
-        raise AdaptError(f"output={output!r}: give 'probs' (the model outputs probabilities) or 'logits'")
+        raise AdaptError(f"output={output!r}: give 'probs' (the model outputs probabilities), 'logits', or 'multilabel' (independent per-label scores)")
     if not isinstance(model, keras.Model):
         raise AdaptError(f"expected a Keras model, got {type(model).__name__}")
     as_built = preprocess in (None, "none") and gradcam_layer is None
     if not multilabel and is_xbench_classifier(model) and as_built and logits_layer in (None, LOGITS) and output == PROBS:
         return model
     if multilabel and is_multilabel_classifier(model) and as_built and logits_layer in (None, LABEL_LOGITS) and output in (PROBS, MULTILABEL):
+        card = model_card(model)["class_names"]
+        if class_names is not None and card is not None and list(card) != [str(c) for c in class_names]:
+            raise AdaptError(f"model {model.name!r} was trained on the labels {card}, in that output order, and the data's labels are "
+                             f"{list(class_names)}; give the data's labels in the model's order (data.classes)")
         return model
     shape = _input_shape(model)
     if shape is None or shape[0] is None or shape[1] is None:
@@ -468,7 +473,8 @@ def read_model(model, *, multilabel: bool, logits_layer=None, output: str = "pro
     plan = _plan(model, logits_layer, output)
     raw = _call(model, user_in)
     n_out = int(raw.shape[-1]) if len(raw.shape) == 2 else 0
-    is_multilabel = n_out > 1 and (plan.binary or plan.multilabel)
+    # Several independent sigmoids (or logits read as such); one is multi-label only when asked for (a one-label file), else binary.
+    is_multilabel = (n_out > 1 or multilabel) and (plan.binary or plan.multilabel)
     if is_multilabel and not multilabel:
         raise AdaptError(f"model {model.name!r} ends in {n_out} independent sigmoid outputs (multi-label): read it with xbench.models.as_multilabel "
                          "and explain one label with xbench.models.label_view(model, label)")
@@ -478,12 +484,12 @@ def read_model(model, *, multilabel: bool, logits_layer=None, output: str = "pro
     tol = 1e-2 if keras.backend.standardize_dtype(raw.dtype) in ("float16", "bfloat16") else 1e-4
     expected = np.asarray(ops.convert_to_numpy(ops.cast(raw, "float32")), np.float64)
     if gradcam_layer is None:
-        _, seen = _build(model, plan, shape, channels, preprocess, None, None, copy_weights=False)
+        _, seen = _build(model, plan, shape, channels, preprocess, None, None, copy_weights=False, multilabel=is_multilabel)
         stop = plan.layer if plan.how in ("linear", "input") else None
         gradcam_layer = default_gradcam_layer(seen, stop)
     elif gradcam_layer not in _all_layer_names(model):
         raise AdaptError(f"gradcam_layer={gradcam_layer!r}: model {model.name!r} has no such layer")
-    adapted, _ = _build(model, plan, shape, channels, preprocess, gradcam_layer, class_names, copy_weights=True)
+    adapted, _ = _build(model, plan, shape, channels, preprocess, gradcam_layer, class_names, copy_weights=True, multilabel=is_multilabel)
     if check:
         got = np.asarray(ops.convert_to_numpy(adapted(probe, training=False)), np.float64)
         if is_multilabel:

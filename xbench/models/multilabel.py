@@ -135,5 +135,7 @@ def label_view(model: keras.Model, label: int | str) -> keras.Model:
     if index not in views:
         z = LabelLogits(index, name=LOGITS)(model.get_layer(LABEL_LOGITS).output)
         probs = keras.layers.Softmax(name=PROBS, dtype="float32")(z)
-        views[index] = keras.Model(model.inputs, probs, name=f"{model.name}_{label_names(model)[index]}".replace(" ", "_"))
+        # A Keras name takes no "/" or space: the label's folder name (xbench.pipeline.results.label_folder's rule) and its index.
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in label_names(model)[index])
+        views[index] = keras.Model(model.inputs, probs, name=f"{model.name}_{index}_{safe}")
     return views[index]

@@ -74,12 +74,22 @@ def fit_model_file(model, source, region_size: int | None = None) -> None:
     classes = source.class_names() if hasattr(source, "class_names") else []
     if info.n_outputs > 1:
         raise ConfigError(f"model.path: the model has {info.n_outputs} outputs; xbench scores single-output classifiers (save a model of the one output)")
-    check_model_outputs(None if info.outputs is None else (2 if info.outputs == 1 else info.outputs), classes)
+    multilabel = getattr(source, "multilabel", False)  # one output per label, a one-label file too (a one-unit softmax reading is 2 classes)
+    check_model_outputs(None if info.outputs is None else (2 if info.outputs == 1 and not multilabel else info.outputs), classes)
 
 
 def check_multilabel(label_names: Sequence[str], explainer, score) -> None:
     """A multi-label job's scoring against its data's labels: ``score.labels`` must name labels the data has, and a maps file
     (explainer=file), which holds one map per image, cannot explain (image, label) targets."""
+    from xbench.pipeline.results import label_folder
+
+    folders: dict[str, list[str]] = {}
+    for n in label_names:
+        folders.setdefault(label_folder(n), []).append(n)
+    same = next((names for names in folders.values() if len(names) > 1), None)
+    if same:
+        raise ConfigError(f"the labels {same} would share the results folder labels/{label_folder(same[0])}/; rename one of them (data.classes "
+                          "or the labels file's columns)")
     if score is None or not score.enabled:
         return
     rule = score.labels

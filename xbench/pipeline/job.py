@@ -149,8 +149,8 @@ def prepare_data(source, seed: int, cache_dir: Path) -> PreparedData:
     counts = usable.label_matrix.sum(0) if usable.multilabel else np.bincount(usable.labels, minlength=len(usable.class_names))
     empty = [usable.class_names[i] for i in np.flatnonzero(counts == 0)]
     if empty:
-        raise DataError(f"{'label' if usable.multilabel else 'class'}(es) {empty} have no decodable "
-                        f"{'positive ' if usable.multilabel else ''}image under '{rec.root}'; fix or replace the files")
+        what = "label(s)" if usable.multilabel else "class(es)"
+        raise DataError(f"{what} {empty} have no decodable {'positive ' if usable.multilabel else ''}image under '{rec.root}'; fix or replace the files")
     images = dec.array if len(dec.ok) == len(rec) else _Rows(dec.array, dec.ok)
     split = source.split(usable, seed)
     return PreparedData(usable, images, split, dec.skipped, source.image_size, dec.key)

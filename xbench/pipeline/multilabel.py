@@ -87,7 +87,7 @@ def select_targets(truth: np.ndarray, probs: np.ndarray, label_names: list[str],
     """
     check_multilabel(label_names, None, dataclasses.replace(ScoreSettings(), labels=rule))
     if isinstance(rule, str):
-        names, chosen = list(label_names), truth if rule == "positive" else probs >= threshold
+        names, chosen = list(label_names), truth if rule == "positive" else np.asarray(probs, np.float64) >= threshold
     else:
         names, chosen, rule = [n for n in label_names if n in set(rule)], truth, "listed"
     targets = {n: np.flatnonzero(chosen[:, label_names.index(n)]) for n in names}
@@ -100,20 +100,33 @@ def select_targets(truth: np.ndarray, probs: np.ndarray, label_names: list[str],
 def label_evaluation(ev: MultilabelEvaluation, label: str, label_names: list[str], threshold: float, positions: np.ndarray):
     """(the label's test report over every test image, the Evaluation of its targets) as a single-label job has them.
 
-    The view's classes are ["not <label>", "<label>"]; every target's class is
-    :data:`PRESENT` (what is explained), and a target counts as correct when
-    the model predicts the label (probability >= ``threshold``), so
-    ``score.subset=correct`` keeps the targets the model found.
+    The view's classes are ["not <label>", "<label>"]. The targets' ``labels``
+    are the truth (1: the image has the label) and their ``predicted`` class is
+    1 where the model finds the label (probability >= ``threshold``, compared in
+    float64 as :func:`multilabel_report` does), so ``score.subset=correct``
+    keeps the true positives under every ``score.labels`` rule; what is
+    explained is always class :data:`PRESENT` (:func:`explained_class`).
     """
     from xbench.pipeline.steps import Evaluation
 
     i = label_names.index(label)
-    p = ev.probs[:, i].astype(np.float32)
-    two = np.stack([1.0 - p, p], axis=1)
+    p = ev.probs[:, i].astype(np.float64)
+    two = np.stack([1.0 - p, p], axis=1).astype(np.float32)
     y = ev.truth[:, i].astype(np.int64)
-    report = classification_report(y, (p >= threshold).astype(np.int64), [f"not {label}", label])
-    found = (p[positions] >= threshold).astype(np.int64)  # not the argmax of [1 - p, p] unless the threshold is 0.5
-    return report, Evaluation(ev.rows[positions], np.full(len(positions), PRESENT, np.int64), two[positions], report, predicted=found)
+    found = (p >= threshold).astype(np.int64)  # not the argmax of [1 - p, p] unless the threshold is 0.5
+    report = classification_report(y, found, view_classes(label))
+    return report, Evaluation(ev.rows[positions], y[positions], two[positions], report, predicted=found[positions])
+
+
+def view_classes(label: str) -> list[str]:
+    """The class names of a label's view, in its output order."""
+    return [f"not {label}", label]
+
+
+def explained_class(rule: str) -> str:
+    """``score.target`` for a label's targets, so that every target's explained class is :data:`PRESENT`: the truth (1) for the
+    positive and listed rules, the prediction (1) for ``predicted`` (whose targets may be false positives, truth 0)."""
+    return "predicted" if rule == "predicted" else "true"
 
 
 def label_key(key: str | None, label: str) -> str | None:
@@ -121,19 +134,28 @@ def label_key(key: str | None, label: str) -> str | None:
     return None if key is None else f"{key}.{results.label_folder(label)}"
 
 
+def label_data(data, label: str):
+    """``data`` as a single-label job of the label's view sees it: the view's two classes, the label's lesion masks."""
+    rec = data.records
+    lesions = None if rec.label_lesion_paths is None else rec.label_lesion_paths.get(label)
+    y = rec.label_matrix[:, rec.class_names.index(label)].astype(np.int64)
+    view = dataclasses.replace(rec, labels=y, class_names=view_classes(label), disease_classes=[label], label_matrix=None,
+                               label_lesion_paths=None, lesion_paths=lesions)
+    return dataclasses.replace(data, records=view)
+
+
 def score_labels(spec, data, trained, ev: MultilabelEvaluation, parent: results.JobMetrics, run_dir: Path, clock) -> list[str]:
     """Score every label's targets and write each label's measurement folder; returns the labels scored."""
     from xbench.pipeline.plots.job import write_job_plots
-    from xbench.pipeline.steps import sanity_job, score_job
+    from xbench.pipeline.steps import job_metrics, sanity_job, score_job
 
-    rec, names, s = data.records, data.records.class_names, spec.score
+    names, s = data.records.class_names, spec.score
     rule, targets = select_targets(ev.truth, ev.probs, names, s.labels, s.label_threshold)
     parent.targets = results.Targets(rule=rule, threshold=float(s.label_threshold), labels=list(targets),
                                      n_targets={n: int(len(v)) for n, v in targets.items()})
     results.write_metrics(run_dir, parent)
     log.info("multi-label targets (%s): %s", rule, ", ".join(f"{n} {len(v)}" for n, v in targets.items()))
-    # A multi-label target is always the label being present (class 1 of its view).
-    label_spec = dataclasses.replace(spec, score=dataclasses.replace(s, target="true"))
+    label_spec = dataclasses.replace(spec, score=dataclasses.replace(s, target=explained_class(rule)))
     done = []
     for label, positions in targets.items():
         if not len(positions):
@@ -141,11 +163,13 @@ def score_labels(spec, data, trained, ev: MultilabelEvaluation, parent: results.
             continue
         out = io.ensure_dir(run_dir / results.LABELS_DIR / results.label_folder(label))
         report, ev_l = label_evaluation(ev, label, names, s.label_threshold, positions)
-        lesions = None if rec.label_lesion_paths is None else rec.label_lesion_paths.get(label)
-        data_l = dataclasses.replace(data, records=dataclasses.replace(rec, lesion_paths=lesions))
-        trained_l = dataclasses.replace(trained, model=label_view(trained.model, label), key=label_key(trained.key, label))
-        metrics = dataclasses.replace(parent, label=label, targets=None, plots=None,
-                                      test=results.decode(results.TestReport, report))
+        data_l = label_data(data, label)
+        # By index: the card's label names are the data's (checked when the model is read), the output order is the contract.
+        trained_l = dataclasses.replace(trained, model=label_view(trained.model, names.index(label)), key=label_key(trained.key, label))
+        io.write_csv(out / results.SPLIT_FILE, data_l.split_table())  # the viewer reads a job's images through it
+        metrics = job_metrics(label_spec, data_l, trained_l, ev_l, clock.total())
+        metrics.test = results.decode(results.TestReport, report)
+        metrics.label = label
         log.info("label %s: scoring %d target(s)", label, len(positions))
         with clock(f"scoring_{results.label_folder(label)}_s"):
             scored = score_job(label_spec, data_l, trained_l, ev_l)
@@ -155,9 +179,10 @@ def score_labels(spec, data, trained, ev: MultilabelEvaluation, parent: results.
         metrics.scoring = scored.metrics
         results.write_metrics(out, metrics)
         if spec.sanity is not None and spec.sanity.enabled:
-            metrics.sanity = sanity_job(label_spec, data_l, trained_l, ev_l)
+            metrics.sanity = sanity_job(label_spec, data_l, trained_l, ev_l, targets=np.full(len(ev_l.rows), PRESENT))
         if spec.plots:
-            metrics.plots = write_job_plots(out, trained_l.model, data.images, ev_l, report["class_names"], pd.DataFrame(), scored, sanity=metrics.sanity)
+            metrics.plots = write_job_plots(out, trained_l.model, data.images, ev_l, report["class_names"], pd.DataFrame(), scored,
+                                            sanity=metrics.sanity, explain="true")
         results.write_metrics(out, metrics)
         done.append(label)
     return done

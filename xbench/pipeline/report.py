@@ -75,6 +75,10 @@ def collect(folders: Sequence[str | Path]) -> Collected:
         cfg = job.metrics.config or {}
         if isinstance(job.metrics.test, results.MultilabelTestReport) and job.metrics.label is None:
             multilabel.append(job)  # its labels' measurements are the jobs under it
+            for label in job.metrics.targets.labels if job.metrics.targets is not None else []:
+                folder = d / results.LABELS_DIR / results.label_folder(label)
+                if job.metrics.targets.n_targets.get(label) and not (folder / results.METRICS_FILE).is_file():
+                    incomplete.append((str(folder), f"label {label}: no metrics.json (its scoring did not finish)"))
             continue
         if job.scoring is None and (cfg.get("score") or {}).get("enabled"):
             incomplete.append((str(d), "scoring did not finish (classification results only)"))
@@ -155,8 +159,8 @@ def paper_table(groups: Sequence[Measurement]) -> pd.DataFrame:
     """
     rows = []
     for g in groups:
-        rec = np.array([j.metrics.test.macro_avg.recall for j in g.jobs])
-        f1 = np.array([j.metrics.test.macro_avg.f1 for j in g.jobs])
+        rec = np.array([results.test_scores(j).recall for j in g.jobs])
+        f1 = np.array([results.test_scores(j).f1 for j in g.jobs])
         est = [_explainer_aopc(j) for j in g.jobs]
         ao = np.array([e.mean if e else np.nan for e in est])
         if len(g.jobs) > 1:

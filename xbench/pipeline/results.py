@@ -71,8 +71,13 @@ PIXEL_CURVES_PLOT = "deletion_insertion.png"
 
 
 def label_folder(label: str) -> str:
-    """The folder name of a label's measurement (letters, digits, ``-_.`` kept; anything else ``_``)."""
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in label) or "_"
+    """The folder name of a label's measurement (letters, digits, ``-_.`` kept; anything else ``_``; never ``.`` or ``..``).
+
+    Two labels with the same folder name are refused before a job starts
+    (:func:`xbench.pipeline.checks.check_multilabel`).
+    """
+    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in label) or "_"
+    return "_" * len(name) if set(name) == {"."} else name
 
 
 def randomisation_plot(mode: str) -> str:
@@ -612,6 +617,13 @@ class JobResult:
         return None if sc is None else sc.methods[sc.explainer]
 
 
+def test_scores(job: JobResult) -> ClassScores:
+    """The test figures the tables quote for a job: the macro average over its classes, or, for one label of a multi-label model,
+    that label's own (the "present" class of its view: a macro average would mix in the recall of "absent")."""
+    t = job.metrics.test
+    return t.per_class[job.metrics.label] if job.metrics.label is not None else t.macro_avg
+
+
 def read_job(run_dir: str | Path) -> JobResult:
     """metrics.json and, when the job was scored, curves.npz of one job folder."""
     metrics = read_metrics(run_dir)
@@ -693,8 +705,9 @@ SUMMARY_COLUMNS: tuple[Column, ...] = (
     Column("subset", "which test images were scored", lambda j: j.scoring.subset if j.scoring else ""),
     Column("region_size", "region side in pixels", lambda j: j.scoring.region_size if j.scoring else _NAN),
     Column("test_accuracy", "test accuracy", lambda j: j.metrics.test.accuracy),
-    Column("test_macro_recall", "test recall, macro average over classes", lambda j: j.metrics.test.macro_avg.recall),
-    Column("test_macro_f1", "test F1, macro average", lambda j: j.metrics.test.macro_avg.f1),
+    Column("test_macro_recall", "test recall, macro average over classes (a label of a multi-label model: that label's recall)",
+           lambda j: test_scores(j).recall),
+    Column("test_macro_f1", "test F1, macro average (a label of a multi-label model: that label's F1)", lambda j: test_scores(j).f1),
     Column("aopc", "explainer MoRF AOPC, mean over scored images", lambda j: _mean(_explainer_estimate(j, _morf))),
     Column("aopc_ci_low", "its 95% bootstrap CI over images, low", lambda j: _low(_explainer_estimate(j, _morf))),
     Column("aopc_ci_high", "... high", lambda j: _high(_explainer_estimate(j, _morf))),

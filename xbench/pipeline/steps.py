@@ -148,8 +148,12 @@ def score_job(spec, data, trained, ev: Evaluation) :
     return res
 
 
-def sanity_job(spec, data, trained, ev: Evaluation) -> results.Sanity:
-    """The randomisation check on up to ``sanity.max_images`` test images (``score.subset``'s: correctly classified by default; class-stratified, seeded)."""
+def sanity_job(spec, data, trained, ev: Evaluation, targets: np.ndarray | None = None) -> results.Sanity:
+    """The randomisation check on up to ``sanity.max_images`` test images (``score.subset``'s: correctly classified by default; class-stratified, seeded).
+
+    ``targets``: (T,) the class explained per test image of ``ev``; default the model's predictions (a label's view: its
+    :data:`xbench.models.multilabel.PRESENT` class, whose absence has no logit to explain).
+    """
     from xbench.explain.explainers import SANITY_EXPLAINERS
     from xbench.pipeline.sanity import check_job_model
     from xbench.pipeline.scoring import auto_region_size, select_images
@@ -163,6 +167,7 @@ def sanity_job(spec, data, trained, ev: Evaluation) -> results.Sanity:
     references = [SANITY_EXPLAINERS[n]() for n in s.explainers if n != spec.explainer.name]
     log.info("sanity: randomisation check of %s on %d test images (%s), beside %s", spec.explainer.name, len(rows), ", ".join(s.modes),
              ", ".join(r.name for r in references) or "nothing else")
-    return check_job_model(trained.model, np.asarray(data.images[rows]), rows, ev.preds[sel], spec.explainer, references, s,
+    explained = ev.preds[sel] if targets is None else np.asarray(targets)[sel]
+    return check_job_model(trained.model, np.asarray(data.images[rows]), rows, explained, spec.explainer, references, s,
                            perturbation=spec.perturbation, region_size=score.region_size or auto_region_size(data.image_size), seed=spec.seed,
                            bootstrap=score.bootstrap, max_steps=score.max_steps)

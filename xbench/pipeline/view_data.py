@@ -304,11 +304,18 @@ def load_masks(job: JobView, image_id: int) -> dict[str, np.ndarray]:
     from xbench.data.decode import decode_mask
 
     path = image_path(job, image_id)
-    if path.parent.name != "images":
+    label = job.metrics.label
+    if label is not None:  # a label of a multi-label job: lung masks at <mask_root>/<path>, this label's lesions at <lesion_root>/<label>/<path>
+        data, root = (job.metrics.config or {}).get("data") or {}, Path(job.metrics.data.root)
+        rel = path.relative_to(root) if path.is_relative_to(root) else Path(path.name)
+        roots = (("lungs", Path(data.get("mask_root") or root / "masks")), ("lesions", Path(data.get("lesion_root") or root / "lesions") / label))
+        candidates = [(kind, r.expanduser() / rel) for kind, r in roots]
+    elif path.parent.name != "images":
         return {}
+    else:
+        candidates = [(kind, path.parent.parent / folder / path.name) for kind, folder in (("lungs", "masks"), ("lesions", "lesions"), ("markers", "markers"))]
     out = {}
-    for kind, folder in (("lungs", "masks"), ("lesions", "lesions"), ("markers", "markers")):
-        m = path.parent.parent / folder / path.name
+    for kind, m in candidates:
         if m.is_file():
             try:
                 out[kind] = np.asarray(decode_mask(m, int(job.metrics.data.image_size)), bool)

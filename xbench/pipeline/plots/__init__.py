@@ -154,7 +154,7 @@ def aopc_vs_recall_figure(frame, title: str = "AOPC against test recall (one poi
     fig, ax = plt.subplots(figsize=(6, 4.2))
     for model, g in frame.groupby("model"):
         ax.errorbar(g["test_macro_recall"], g["aopc"], yerr=[g["aopc"] - g["aopc_ci_low"], g["aopc_ci_high"] - g["aopc"]], fmt="o", capsize=3, label=model)
-    ax.set_xlabel("test macro recall")
+    ax.set_xlabel("test macro recall (a label of a multi-label model: its recall)")
     ax.set_ylabel("AOPC (MoRF)")
     ax.set_title(title)
     ax.legend(fontsize=8)
