@@ -165,6 +165,10 @@ def _hydra_main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    if os.environ.get("SLURM_JOB_ID"):  # which SLURM job this is (its requeues append to the same run.log)
+        from xbench.apps.slurm import job_line
+
+        log.info(job_line())
     try:
         from xbench.backend.native_logs import start_backend
 
@@ -277,6 +281,10 @@ def main() -> None:
         _fail(exc)
     except Exception:  # an override form the preflight does not model (glob sweeps, ...): Hydra judges it
         logging.getLogger(__name__).debug("preflight skipped", exc_info=True)
+    if is_multirun(args):
+        from xbench.apps.slurm import install
+
+        install()  # a SLURM sweep (hydra/launcher=slurm) waits for all its jobs; an unfinished one is one line
     _hydra_main()
 
 
