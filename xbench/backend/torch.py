@@ -160,7 +160,7 @@ class ModuleLayer(keras.layers.TorchModuleWrapper):
         self.__dict__["_map_module"] = submodule(module, map_path)  # not tracked as a Keras attribute
 
     def call(self, x, training=None):
-        self.module.eval()
+        self.module.train(False)  # eval mode (Keras calls wrapped modules with training=None, which torch reads as train)
         seen = []
 
         def hook(_module, _inputs, out):
@@ -226,7 +226,7 @@ def load_weights(module, state: dict) -> None:
 
 def module_output(module, x: np.ndarray) -> np.ndarray:
     """The module's output on a (N, S, S, C) NHWC batch (eval mode, no gradients): what a wrapped module is checked against."""
-    module.eval()
+    module.train(False)  # eval mode
     with torch.no_grad():
         return _numpy(module(_tensor(module, x).permute(0, 3, 1, 2)))
 
