@@ -346,3 +346,20 @@ def test_the_readme_scores_a_users_multilabel_model_from_a_labels_file_verbatim(
     with contextlib.redirect_stdout(out):
         exec(_block("multilabel-python"), {})
     assert np.isfinite(float(out.getvalue().split()[-1]))
+
+
+def test_the_viewer_reads_a_labels_job_with_its_images_and_that_labels_lesion_masks(ml_job):
+    from xbench.data.decode import decode_mask
+    from xbench.pipeline import view_data as V
+
+    for n in JOB_LABELS:
+        job = V.load_job(ml_job / "labels" / n.replace(" ", "_"))
+        table = V.image_table(job)
+        assert len(table) and set(table["label"]) == {n} and set(table["target"]) == {n}
+        i = int(table.iloc[0]["image_id"])
+        path = V.image_path(job, i)
+        assert V.load_image(job, i).shape == (32, 32, 3)
+        masks = V.load_masks(job, i)
+        lesion = np.asarray(decode_mask(str(path).replace("/images/", f"/lesions/{n}/images/"), 32), bool)
+        np.testing.assert_array_equal(masks["lesions"], lesion)
+        assert lesion.any() and masks["lungs"].any()
