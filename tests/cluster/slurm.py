@@ -16,6 +16,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -107,6 +108,18 @@ class Cluster:
         return any((self.folder / "spool").glob(f"{self.host}_{number}.*"))
 
     # -- bring-up --------------------------------------------------------------------------------
+    def _start_reaper(self) -> None:
+        """A watcher that kills the cluster if this process dies without its tear-down (SIGKILL, SIGTERM: no fixture runs then).
+
+        The daemons fork into the background, so nothing ties them to us; the
+        watcher, our child, asks the kernel for SIGTERM when we die
+        (``PR_SET_PDEATHSIG``) and then SIGKILLs every process whose
+        environment holds this cluster's ``SLURM_CONF`` (the SLURM daemons,
+        slurmstepd, the jobs) and MariaDB and munged by their pid files.
+        """
+        self._reaper = subprocess.Popen([sys.executable, "-c", _REAPER, str(self.conf), str(self.folder / "pid")], start_new_session=True,
+                                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
     def _daemon(self, name: str, args: list[str], pid_file: Path, timeout: float = 20) -> None:
         """Start a daemon that forks into the background and writes ``pid_file``; wait for the file."""
         log = open(self.folder / "log" / f"{name}.out", "ab")
@@ -119,6 +132,7 @@ class Cluster:
 
     def start(self) -> "Cluster":
         f = self.folder
+        self._start_reaper()
         for d in ("munge", "log", "pid", "state", "spool", "mysql", "jobs"):
             (f / d).mkdir(mode=0o700, exist_ok=True)
         # munge: a key of our own and its own socket (/run/munge does not exist without systemd).
@@ -189,6 +203,51 @@ class Cluster:
             daemons = dict(self._pids)
             _stop([(n, daemons[n]) for n in ("slurmd", "slurmctld", "slurmdbd") if n in daemons])
             _stop([(n, daemons[n]) for n in ("mariadbd", "munged") if n in daemons])
+            reaper = getattr(self, "_reaper", None)
+            if reaper is not None:  # a clean tear-down: the watcher leaves without killing anything
+                reaper.send_signal(signal.SIGUSR1)
+                reaper.wait(10)
+
+
+#: The watcher of :meth:`Cluster._start_reaper` (argv: slurm.conf, the pid folder).
+_REAPER = """
+import ctypes, os, signal, sys, time
+from pathlib import Path
+
+conf, pids = sys.argv[1], Path(sys.argv[2])
+mark = ("SLURM_CONF=" + conf).encode()
+
+
+def ours(pid):
+    try:
+        return mark in Path(f"/proc/{pid}/environ").read_bytes().split(b"\\0")
+    except OSError:
+        return False
+
+
+def reap(*_):
+    victims = {int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) != os.getpid() and ours(p)}
+    for name in ("mariadbd", "munged"):
+        try:
+            victims.add(int((pids / f"{name}.pid").read_text().split()[0]))
+        except (OSError, ValueError, IndexError):
+            pass
+    for pid in victims:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    os._exit(0)
+
+
+signal.signal(signal.SIGTERM, reap)
+signal.signal(signal.SIGUSR1, lambda *_: os._exit(0))  # the tear-down ran: nothing to do
+ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: SIGTERM when the process that started us dies
+if os.getppid() == 1:  # it died before the line above
+    reap()
+while True:
+    time.sleep(3600)
+"""
 
 
 def _stop(daemons: list[tuple[str, Path]], timeout: float = 20) -> None:

@@ -226,3 +226,37 @@ def test_the_launcher_refuses_such_a_cache_before_submitting(cluster, tmp_path):
     assert r.returncode == 2, r.stderr[-2000:]
     assert r.stderr.strip().splitlines()[-1].startswith(f"xbench: error: cache_dir {tmp_path / 'cache'}: /scratch is NFS mounted with nolock")
     assert not (tmp_path / "sweep" / ".submitit").exists() and not cluster.queue()
+
+
+def test_a_cluster_whose_test_process_is_killed_does_not_outlive_it(cluster, tmp_path):
+    """SIGKILL runs no tear-down: the cluster's watcher (PR_SET_PDEATHSIG) kills its daemons, and nothing of it is left."""
+    import signal
+
+    script = (f"import sys, time; sys.path.insert(0, {str(helpers.REPO)!r}); from pathlib import Path; from tests.cluster.slurm import Cluster; "
+              f"Cluster(Path({str(tmp_path)!r})).start(); print('up', flush=True); time.sleep(600)")
+    p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=helpers.env())
+    try:
+        assert p.stdout.readline().strip() == "up"
+        pids = {f.stem: int(f.read_text().split()[0]) for f in (tmp_path / "pid").glob("*.pid")}
+        assert set(pids) == {"munged", "mariadbd", "slurmdbd", "slurmctld", "slurmd"}
+    finally:
+        p.send_signal(signal.SIGKILL)
+        p.wait(30)
+
+    def alive(pid):
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"  # a zombie has ended
+        except OSError:
+            return False
+
+    wait_for("the killed cluster's daemons to be gone", lambda: not any(alive(pid) for pid in pids.values()), 30)
+    mark = f"SLURM_CONF={tmp_path / 'slurm.conf'}".encode()
+    left = [d for d in os.listdir("/proc") if d.isdigit() and alive(d) and mark in _environ(d)]
+    assert not left, left
+
+
+def _environ(pid: str) -> list[bytes]:
+    try:
+        return Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return []
