@@ -15,6 +15,12 @@ LABEL_LOGITS, LABEL_PROBS = "label_logits", "label_probs"
 #: Names xbench gives its own layers; a user's layer of such a name is copied under another name.
 RESERVED = (IMAGE, GREY, PREPROCESS, FEATURES, LOGITS, PROBS, LABEL_LOGITS, LABEL_PROBS)
 
+def path_safe(name: str) -> str:
+    """``name`` usable as a folder or Keras layer/model name: letters, digits and ``-_.`` kept, anything else ``_``; never empty, ``.`` or ``..``."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "_"
+    return "_" * len(safe) if set(safe) == {"."} else safe
+
+
 #: The data splits, in the order a split file and a report list them.
 SPLITS = ("train", "val", "test")
 

@@ -27,7 +27,14 @@ from typing import Callable, Sequence
 import keras
 from keras import ops
 
-from xbench.core.names import FEATURES, LABEL_LOGITS, LOGITS, MULTILABEL, PROBS
+from xbench.core.names import (
+    FEATURES,
+    LABEL_LOGITS,
+    LOGITS,
+    MULTILABEL,
+    PROBS,
+    path_safe,
+)
 from xbench.models.adapt import AdaptError, is_multilabel_classifier, read_model
 
 #: The class of a label's view that is the label (class 0 is "absent").
@@ -135,7 +142,6 @@ def label_view(model: keras.Model, label: int | str) -> keras.Model:
     if index not in views:
         z = LabelLogits(index, name=LOGITS)(model.get_layer(LABEL_LOGITS).output)
         probs = keras.layers.Softmax(name=PROBS, dtype="float32")(z)
-        # A Keras name takes no "/" or space: the label's folder name (xbench.pipeline.results.label_folder's rule) and its index.
-        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in label_names(model)[index])
-        views[index] = keras.Model(model.inputs, probs, name=f"{model.name}_{index}_{safe}")
+        # A Keras name takes no "/" or space: the label's path-safe name (its results folder's) and its index.
+        views[index] = keras.Model(model.inputs, probs, name=f"{model.name}_{index}_{path_safe(label_names(model)[index])}")
     return views[index]

@@ -272,7 +272,7 @@ def run_job(spec: JobSpec, run_dir: Path) -> results.JobMetrics:
         if not getattr(spec.model_file, "is_torch", False):  # a torch module is not a Keras file: metrics.json names its state dict and hash
             io.save_keras_model(run_dir / results.MODEL_FILE, trained.model)
         io.write_npz(run_dir / results.PREDICTIONS_FILE, {"index": ev.rows, "labels": ev.labels, "probs": ev.probs})
-    metrics = job_metrics(spec, data, trained, ev, clock.total())
+    metrics = job_metrics(spec, data, trained, ev.report, clock.total())
     results.write_metrics(run_dir, metrics)  # now, so the classification results survive a failure in scoring
     scored = None
     if spec.scores:

@@ -167,8 +167,7 @@ def score_labels(spec, data, trained, ev: MultilabelEvaluation, parent: results.
         # By index: the card's label names are the data's (checked when the model is read), the output order is the contract.
         trained_l = dataclasses.replace(trained, model=label_view(trained.model, names.index(label)), key=label_key(trained.key, label))
         io.write_csv(out / results.SPLIT_FILE, data_l.split_table())  # the viewer reads a job's images through it
-        metrics = job_metrics(label_spec, data_l, trained_l, ev_l, clock.total())
-        metrics.test = results.decode(results.TestReport, report)
+        metrics = job_metrics(label_spec, data_l, trained_l, report, clock.total())
         metrics.label = label
         log.info("label %s: scoring %d target(s)", label, len(positions))
         with clock(f"scoring_{results.label_folder(label)}_s"):
@@ -207,8 +206,7 @@ def run(spec, data, trained, run_dir: Path, clock) -> results.JobMetrics:
     with clock("save_s"):
         io.save_keras_model(run_dir / results.MODEL_FILE, trained.model)
         io.write_npz(run_dir / results.PREDICTIONS_FILE, {"index": ev.rows, "labels": ev.truth, "probs": ev.probs})
-    shim = dataclasses.make_dataclass("_Report", ["report"])(dataclasses.asdict(test_report(ev.report)))
-    metrics = job_metrics(spec, data, trained, shim, clock.total())
+    metrics = job_metrics(spec, data, trained, dataclasses.asdict(test_report(ev.report)), clock.total())
     results.write_metrics(run_dir, metrics)  # the classification results survive a failure in scoring
     if spec.scores:
         score_labels(spec, data, trained, ev, metrics, run_dir, clock)

@@ -26,6 +26,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from xbench.core.errors import XbenchError
+from xbench.core.names import path_safe
 from xbench.metrics.registry import FAMILIES, METRICS, floored
 from xbench.perturbation.orders import ORDERS, PIXEL_ORDERS
 
@@ -76,8 +77,7 @@ def label_folder(label: str) -> str:
     Two labels with the same folder name are refused before a job starts
     (:func:`xbench.pipeline.checks.check_multilabel`).
     """
-    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in label) or "_"
-    return "_" * len(name) if set(name) == {"."} else name
+    return path_safe(label)
 
 
 def randomisation_plot(mode: str) -> str:

@@ -62,7 +62,7 @@ def _count_params(weights) -> int:
     return int(sum(int(np.prod(w.shape)) for w in weights))
 
 
-def job_metrics(spec, data, trained, ev: Evaluation, timings: dict[str, float]) -> results.JobMetrics:
+def job_metrics(spec, data, trained, test: dict, timings: dict[str, float]) -> results.JobMetrics:
     """The classification part of metrics.json (scoring is added when it finishes)."""
     rec, model = data.records, trained.model
     card = model_card(model)
@@ -90,7 +90,7 @@ def job_metrics(spec, data, trained, ev: Evaluation, timings: dict[str, float]) 
             "epochs_run": len(trained.history), "used_feature_cache": trained.used_feature_cache,
             "model_cache": {"key": trained.key, "hit": trained.cache_hit},
         },
-        "test": ev.report,
+        "test": test,  # a classification report (TestReport or MultilabelTestReport as a dict)
         "timings": timings,
         "config": spec.config,
     })

@@ -18,7 +18,7 @@ import logging
 import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -112,16 +112,32 @@ def write_database(root: str | Path, spec: SynthSpec, workers: int | None = None
     writes (under a file lock) while the others wait; every file is written
     atomically, and the marker file last.
     """
-    root = Path(root)
-    if is_complete(root, spec):
+    return write_once(Path(root), lambda r: is_complete(r, spec), lambda r: _write_all(r, spec, workers), "the phantom database")
+
+
+def write_once(root: Path, complete: Callable[[Path], bool], write: Callable[[Path], None], what: str) -> Path:
+    """``write(root)`` unless ``complete(root)``, under a file lock beside ``root``; returns ``root`` (both phantom databases).
+
+    Jobs of a sweep that start together would otherwise all write the
+    database, and files replaced under a job that already fingerprinted them
+    would give the jobs different data keys (so different model keys).
+    """
+    if complete(root):
         return root
-    # Jobs of a sweep that start together would otherwise all write the
-    # database, and files replaced under a job that already fingerprinted them
-    # would give the jobs different data keys (so different model keys).
-    with io.file_lock(root.parent / f".{root.name}.lock", f"the phantom database {root}"):
-        if not is_complete(root, spec):
-            _write_all(root, spec, workers)
+    with io.file_lock(root.parent / f".{root.name}.lock", f"{what} {root}"):
+        if not complete(root):
+            write(root)
     return root
+
+
+def write_phantoms(write_one: Callable, jobs: list, workers: int, desc: str) -> None:
+    """``write_one(job)`` for every job, in ``workers`` spawned processes (one: in this process), with a progress bar."""
+    if workers > 1:
+        with io.process_pool(workers) as pool:
+            list(tqdm(pool.map(write_one, jobs, chunksize=8), total=len(jobs), desc=desc, unit="img", mininterval=1.0))
+    else:
+        for job in tqdm(jobs, desc=desc, unit="img", mininterval=1.0):
+            write_one(job)
 
 
 def _write_all(root: Path, spec: SynthSpec, workers: int | None) -> None:
@@ -132,12 +148,7 @@ def _write_all(root: Path, spec: SynthSpec, workers: int | None) -> None:
     workers = workers or min(len(jobs), os.cpu_count() or 1)
     desc = f"writing {len(jobs)} phantoms"
     log.info("%s into %s", desc, root)
-    if workers > 1:
-        with io.process_pool(workers) as pool:
-            list(tqdm(pool.map(_write_one, jobs, chunksize=8), total=len(jobs), desc=desc, unit="img", mininterval=1.0))
-    else:
-        for job in tqdm(jobs, desc=desc, unit="img", mininterval=1.0):
-            _write_one(job)
+    write_phantoms(_write_one, jobs, workers, desc)
     io.write_json(root / MARKER_FILE, {"spec": asdict(spec), "generator": GENERATOR_VERSION, "classes": list(RADIOGRAPHY_CLASSES)})
 
 

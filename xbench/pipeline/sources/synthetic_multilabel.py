@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import ClassVar, List, Optional
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from xbench.core import io
 from xbench.data.phantoms import (
@@ -36,6 +35,7 @@ from xbench.data.records import Records
 from xbench.data.split import stratified_split
 from xbench.pipeline.sources.common import check_fractions
 from xbench.pipeline.sources.folder import scan_labels_csv
+from xbench.pipeline.sources.synthetic import write_once, write_phantoms
 
 log = logging.getLogger(__name__)
 MARKER_FILE = "xbench-synth-multilabel.json"
@@ -140,13 +140,7 @@ def write_multilabel_database(root: str | Path, spec: MultiLabelSynthSpec, worke
     file lock while the others wait; every file is written atomically, the
     marker file last.
     """
-    root = Path(root)
-    if is_complete(root, spec):
-        return root
-    with io.file_lock(root.parent / f".{root.name}.lock", f"the multi-label phantom database {root}"):
-        if not is_complete(root, spec):
-            _write_all(root, spec, workers)
-    return root
+    return write_once(Path(root), lambda r: is_complete(r, spec), lambda r: _write_all(r, spec, workers), "the multi-label phantom database")
 
 
 def _write_all(root: Path, spec: MultiLabelSynthSpec, workers: int | None) -> None:
@@ -156,12 +150,7 @@ def _write_all(root: Path, spec: MultiLabelSynthSpec, workers: int | None) -> No
     workers = workers or max(1, min(os.cpu_count() or 1, len(jobs) // _PER_WORKER))
     desc = f"writing {len(jobs)} multi-label phantoms"
     log.info("%s into %s", desc, root)
-    if workers > 1:
-        with io.process_pool(workers) as pool:
-            list(tqdm(pool.map(_write_one, jobs, chunksize=8), total=len(jobs), desc=desc, unit="img", mininterval=1.0))
-    else:
-        for job in tqdm(jobs, desc=desc, unit="img", mininterval=1.0):
-            _write_one(job)
+    write_phantoms(_write_one, jobs, workers, desc)
     io.write_csv(root / LABELS_FILE, labels_table(spec))
     io.write_json(root / MARKER_FILE, {"spec": asdict(spec), "generator": GENERATOR_VERSION, "findings": list(MULTILABEL_FINDINGS)})
 
