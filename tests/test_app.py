@@ -83,12 +83,12 @@ def test_smoke_job_scores_heatmaps(smoke_run):
     job = read_job(out)
     sc = job.metrics.scoring
     assert repr(sc) == repr(metrics.scoring)  # what the job returned is what it wrote (repr: NaN CIs below the minimum of images)
-    assert sc.n_scored == min(8, sc.n_test) >= 1 and sc.region_size == 4 and sc.grid == [8, 8]
+    assert sc.n_scored == min(8, sc.n_test) >= 1 and sc.region_size == 8 and sc.grid == [4, 4]  # the smoke overlay's 4x4 grid
     assert set(sc.methods) == {"gradcam", "random", "oracle"}  # phantoms: conf/truth/synthetic.yaml adds the oracle
     with np.load(out / "curves.npz", allow_pickle=False) as z:
         assert {"gradcam/morf", "gradcam/lerf", "random/morf", "targets", "labels", "predictions", "image_ids"} <= set(z.files)
     morf = job.curves.get("gradcam", "morf")
-    assert morf.shape == (sc.n_scored, 65)
+    assert morf.shape == (sc.n_scored, 17)
     assert (job.curves.targets == job.curves.predictions).all()  # target=predicted by default
     assert sc.methods["gradcam"].orders["morf"].aopc.mean == pytest.approx(aopc(morf))
     with np.load(out / "heatmaps.npz", allow_pickle=False) as z:

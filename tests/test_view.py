@@ -233,7 +233,7 @@ def test_image_page_shows_the_images_figures_curves_and_steps(app, sweep):
         np.testing.assert_allclose(values[name], job.curves.curves[tuple(name.split("/"))][r], rtol=0, atol=1e-7)
     at.slider(key="step").set_value(5).run()
     cap = [c for c in _captions(at) if c.startswith("x(5)")]
-    assert cap == [f"x(5): 5 of 64 regions perturbed (morf); scored f(x(5)) = {job.curves.get('gradcam', 'morf')[r, 5]:.4f}"]
+    assert cap == [f"x(5): 5 of 16 regions perturbed (morf); scored f(x(5)) = {job.curves.get('gradcam', 'morf')[r, 5]:.4f}"]
     at.radio(key="order").set_value("lerf").run()
     assert any(c.endswith(f"f(x(5)) = {job.curves.get('gradcam', 'lerf')[r, 5]:.4f}") for c in _captions(at))
 
@@ -377,7 +377,7 @@ def test_in_a_real_browser(sweep, tmp_path):
         driver.execute_script("arguments[0].focus()", slider)  # the range input itself is visually hidden; keys move the thumb
         for _ in range(5):
             ActionChains(driver).send_keys(Keys.ARROW_RIGHT).perform()
-        wait.until(EC.text_to_be_present_in_element((By.TAG_NAME, "main"), "x(5): 5 of 64 regions perturbed"))
+        wait.until(EC.text_to_be_present_in_element((By.TAG_NAME, "main"), "x(5): 5 of 16 regions perturbed"))
         settle(driver)
         driver.save_screenshot(str(tmp_path / "image.png"))
         text = driver.find_element(By.TAG_NAME, "main").text

@@ -4,7 +4,7 @@ import pytest
 
 from tests import helpers
 
-from .helpers import JOB, UNGUARDED_SCRIPT
+from .helpers import JOB, UNGUARDED_SCRIPT, arrays
 
 
 @pytest.fixture(scope="session")
@@ -20,6 +20,9 @@ def reference(tmp_path_factory):
         r = helpers.python(["user_run.py"], cwd=tmp, cache=tmp / "cache", timeout=600)
         assert r.returncode == 0, r.stderr[-3000:]
         assert len((tmp / "runs.log").read_text().split()) == 1, "a pool worker re-ran the user's script"
+        # The figures the fault tests compare must be able to differ: curves that move within and across images.
+        curves = arrays(tmp / "run", "curves.npz")["gradcam/morf"]
+        assert curves.shape == (8, 17) and (curves.std(axis=1) > 0.01).sum() >= 4 and curves[:, -1].std() > 0.01, curves
 
     tmp, _ = helpers.once_per_run(tmp_path_factory, "reference", make)
     return tmp / "run"

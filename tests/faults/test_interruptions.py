@@ -6,9 +6,10 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
-from .helpers import JOB, figures, killed, load_metrics, xbench
+from .helpers import JOB, arrays, figures, killed, load_metrics, trained_cache, xbench
 
 pytestmark = pytest.mark.slow
 
@@ -49,7 +50,7 @@ def test_killed_in_training_twice_resumes_each_time_and_matches(reference, tmp_p
 
 
 def test_killed_in_scoring_resumes_from_the_last_chunk_and_matches(reference, tmp_path):
-    cache = tmp_path / "cache"
+    cache = trained_cache(reference, tmp_path / "cache")  # training is another test's
     r1 = xbench(JOB + ["hydra.run.dir=s1"], tmp_path, cache, fault="score_chunk:5")
     assert killed(r1), r1.stderr[-2000:]
     m1 = load_metrics(tmp_path / "s1")
@@ -63,10 +64,14 @@ def test_killed_in_scoring_resumes_from_the_last_chunk_and_matches(reference, tm
     assert m2["scoring"]["chunks"] == {"images_per_chunk": 2, "computed": 11, "reused": 5}
     assert m2["training"]["model_cache"]["hit"] is True
     assert figures(m2) == figures(load_metrics(reference))
+    want, got = arrays(reference, "curves.npz"), arrays(tmp_path / "s2", "curves.npz")  # each image's curves in its place
+    assert want.keys() == got.keys()
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k], err_msg=k)
 
 
 def test_kill_while_writing_metrics_leaves_no_half_file_and_the_report_goes_on(reference, tmp_path):
-    cache = tmp_path / "cache"
+    cache = trained_cache(reference, tmp_path / "cache")
     # metrics.json is written twice (classification, then with scoring): die inside the second write.
     r = xbench(JOB + ["hydra.run.dir=sweep/0"], tmp_path, cache, fault="replace@metrics.json:2")
     assert killed(r)

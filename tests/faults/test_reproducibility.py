@@ -3,14 +3,9 @@
 import numpy as np
 import pytest
 
-from .helpers import JOB, figures, load_metrics, xbench
+from .helpers import JOB, arrays, figures, load_metrics, xbench
 
 pytestmark = pytest.mark.slow
-
-
-def _arrays(run_dir, name):
-    with np.load(run_dir / name, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
 
 
 @pytest.fixture()
@@ -25,7 +20,7 @@ def test_a_second_run_from_an_empty_cache_gives_identical_figures(reference, sec
     assert figures(load_metrics(again)) == figures(load_metrics(reference))
     assert (again / "split.csv").read_text() == (reference / "split.csv").read_text()  # seeded split
     for name in ("test_predictions.npz", "curves.npz", "heatmaps.npz"):
-        want, got = _arrays(reference, name), _arrays(again, name)
+        want, got = arrays(reference, name), arrays(again, name)
         assert want.keys() == got.keys()
         for k in want:
             np.testing.assert_array_equal(got[k], want[k], err_msg=f"{name}:{k}")
