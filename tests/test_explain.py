@@ -62,8 +62,8 @@ def test_default_target_is_the_prediction_and_true_class_on_request(images):
     other = (pred + 1) % 4
     maps2, used2 = gradcam(model, images, targets=other, return_targets=True)
     assert used2.tolist() == other.tolist() and not np.allclose(maps, maps2)
-    # batching does not change the maps
-    np.testing.assert_allclose(gradcam(model, images, batch_size=1), maps, rtol=1e-4, atol=1e-6)
+    # batching does not change the maps (two batches of 2: under JAX each batch is an eager gradient of VGG16, ~0.5 s)
+    np.testing.assert_allclose(gradcam(model, images, batch_size=2), maps, rtol=1e-4, atol=1e-6)
 
 
 def test_upsample_is_bilinear_with_half_pixel_centres():

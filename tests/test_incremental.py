@@ -1,5 +1,6 @@
 """Incremental inference: the window arithmetic against brute force, and incremental curves against the full engine."""
 
+import functools
 import logging
 
 import keras
@@ -191,6 +192,11 @@ def test_a_conv_chain_box_grows_by_the_halo_by_hand():
 PERTURBATIONS = {"gaussian": GaussianNoise(0.1), "uniform": UniformNoise(), "constant": Constant(0.0), "mean": ImageMean(), "blur": Blur(2.0)}
 
 
+#: _every_layer_model once per shape for the cases of a test that differ only in the order: the engine caches its compiled steps on the
+#: model, so the orders share one trace (no test changes the weights).
+_shared_every_layer_model = functools.cache(lambda h, w: _every_layer_model(h, w))
+
+
 def _curves_both(model, x, h, **kw):
     full = perturbation_curves(model, x, h, method="full", **kw)
     inc = perturbation_curves(model, x, h, method="incremental", **kw)
@@ -200,7 +206,7 @@ def _curves_both(model, x, h, **kw):
 @pytest.mark.parametrize("size,region", [pytest.param(28, 7, marks=pytest.mark.not_on_jax), (29, 6)])  # a multiple of the region, and not (JAX: not)
 @pytest.mark.parametrize("order", ["morf", "lerf", "random"])
 def test_incremental_curves_equal_full_ones_on_a_graph_of_every_layer(size, region, order):
-    model = _every_layer_model(size, size + 3)
+    model = _shared_every_layer_model(size, size + 3)  # one per size: the orders share its compiled steps
     run = runner(model, size, size + 3, region)
     assert (~run.win.full[run.p.stored]).sum() >= 7  # windows, not whole tensors, for all but the last layer: the test exercises them
     rng = np.random.default_rng(size)
@@ -332,7 +338,7 @@ def test_one_model_serves_chunks_of_any_size_in_turn():
     rng = np.random.default_rng(3)
     x = rng.random((6, 16, 16, 3)).astype(np.float32)
     h = rng.random((6, 16, 16)).astype(np.float32)
-    for n in (4, 2, 5, 3):
+    for n in (4, 2, 5):  # a chunk, a shorter one, then a longer one than the first: each its own compiled step
         full, inc = _curves_both(model, x[:n], h[:n], region_size=4, max_steps=5, batch_size=n)
         np.testing.assert_allclose(inc, full, atol=1e-5, rtol=0)
 

@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.heavy]
 
 #: What test_the_engine_explainer_and_aopc_tests_pass_on_jax reruns, and how many tests that is.
 JAX_RERUN_MARKS = "jax_rerun and not not_on_jax and not tensorflow and not slow"
-JAX_RERUN_COUNT = 191
+JAX_RERUN_COUNT = 189
 
 #: Runs before xbench in the child: TensorFlow does not exist there.
 BLOCK_TF = textwrap.dedent("""

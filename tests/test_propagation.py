@@ -306,7 +306,11 @@ def test_deeplift_sums_to_delta_and_lrp_runs_on_every_layer_kind(images):
     maps, err = deeplift(model, images, t, baseline=0.5, return_error=True)
     contrib = np.abs(maps).sum((1, 2))
     assert contrib.min() > 0 and np.abs(err).max() < 1e-5 * contrib.max()
-    for composite in ("epsilon_gamma_box", "epsilon_alpha2_beta1", "epsilon", "zero"):
+    # Under JAX "zero" (the epsilon rules on the same layers, with the safe division of epsilon 0) is left to
+    # test_on_a_bias_free_relu_network_lrp_zero_equals_input_x_gradient and test_lrp_with_epsilon_zero_is_finite_where_a_unit_is_dead:
+    # each composite here is a trace of its own (~1.4 s there)
+    composites = ("epsilon_gamma_box", "epsilon_alpha2_beta1", "epsilon") + (("zero",) if keras.backend.backend() != "jax" else ())
+    for composite in composites:
         m, e = lrp(model, images, t, composite=composite, return_error=True)
         assert np.isfinite(m).all() and np.abs(m).max() > 0 and np.isfinite(e).all()
 
@@ -320,7 +324,7 @@ def test_maps_do_not_depend_on_batching_and_the_model_is_unchanged(name, images)
     whole = build(name, batch_size=4)(model, images, t)
     ones = build(name, batch_size=1)(model, images, t)
     perm = np.array([2, 0, 3, 1])
-    shuffled = build(name, batch_size=3)(model, images[perm], t[perm])
+    shuffled = build(name, batch_size=2)(model, images[perm], t[perm])  # two even batches: one compiled walk shape, not two (3 and 1)
     assert whole.shape == (4, S, S) and whole.dtype == np.float32 and np.abs(whole).max() > 0
     _close(ones, whole, 1e-4)
     _close(shuffled, whole[perm], 1e-4)
@@ -345,11 +349,15 @@ def test_the_axioms_hold_on_the_paper_backbones(backbone):
 
     model = build_classifier(backbone, 3, 32, weights="none", seed=1)
     x = np.random.default_rng(1).random((2, 32, 32, 3)).astype(np.float32)
-    net, xx, t = prepare_inputs(model, x, None)
-    for walk in (DeepLift, LRP):
+    on_jax = keras.backend.backend() == "jax"
+    # Under JAX, VGG16's LRP trace costs ~6 s: its layer kinds (conv + ReLU, max pooling, flatten, dense) are walked by LRP
+    # there in test_deeplift_sums_to_delta_and_lrp_runs_on_every_layer_kind and its rules checked by hand in this module;
+    # DeepLIFT's summation-to-delta keeps the compiled walk of a real backbone checked under JAX.
+    for walk in (DeepLift,) if on_jax else (DeepLift, LRP):
         if backbone == "vgg16":  # the compiled walk, as jobs run it
             maps, err = (deeplift if walk is DeepLift else lrp)(model, x, return_error=True)
         else:  # DenseNet201's 700 layers: one eager walk costs seconds, its trace tens of seconds (compiled: VGG16 and the small graphs)
+            net, xx, t = prepare_inputs(model, x, None)  # (a forward pass: only this eager walk needs it)
             r, start = walk(net).explain(keras.ops.convert_to_tensor(xx), keras.ops.convert_to_tensor(t))
             r = np.asarray(r, np.float64)
             maps, err = r.sum(-1), r.reshape(2, -1).sum(1) - np.asarray(start, np.float64)
