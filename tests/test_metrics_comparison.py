@@ -5,7 +5,13 @@ import pytest
 from scipy import stats
 
 from xbench.metrics.aopc import aopc_by_step
-from xbench.metrics.bootstrap import MIN_SEEDS, MIN_UNITS, bootstrap_band, bootstrap_ci, bootstrap_diff
+from xbench.metrics.bootstrap import (
+    MIN_SEEDS,
+    MIN_UNITS,
+    bootstrap_band,
+    bootstrap_ci,
+    bootstrap_diff,
+)
 from xbench.metrics.comparison import holm, over_seeds, paired_images
 
 # The null of issue 11: two models of equal expected AOPC; a seed moves a model's AOPC by N(0, 0.02), an image by N(0, 0.08).

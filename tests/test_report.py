@@ -8,8 +8,8 @@ import pytest
 from tests.references import report_job
 from xbench.metrics.bootstrap import MIN_SEEDS, MIN_UNITS, TOO_FEW_TEXT
 from xbench.pipeline import report
-from xbench.pipeline.identity import _flatten, identity
 from xbench.pipeline import results as R
+from xbench.pipeline.identity import _flatten, identity
 
 
 def test_a_rerun_of_a_seed_is_not_a_second_seed():
@@ -245,7 +245,6 @@ def test_a_ci_or_p_over_too_few_units_prints_n_too_small_and_no_data_prints_n_a(
 def test_the_report_of_a_tiny_job_says_n_too_small_instead_of_a_ci(tmp_path):
     """A job of 4 scored images (the smoke experiment scores 2): no CI and no p-value in summary.md, "n too small" in their place."""
     from xbench.apps.report import build_report
-
     from xbench.metrics.aopc import aopc_per_image
 
     for name, ids, backbone in (("tiny", np.arange(4), "vgg16"), ("enough", np.arange(MIN_UNITS), "densenet201")):

@@ -28,6 +28,7 @@ from xbench.explain.randomisation import (
     randomisation_steps,
     randomised_copy,
 )
+from xbench.metrics.bootstrap import MIN_UNITS, TOO_FEW_TEXT
 from xbench.metrics.similarity import (
     MEASURES,
     constant_maps,
@@ -38,7 +39,6 @@ from xbench.metrics.similarity import (
     spearman,
     ssim,
 )
-from xbench.metrics.bootstrap import MIN_UNITS, TOO_FEW_TEXT
 from xbench.models import build_classifier
 from xbench.pipeline.results import Estimate
 from xbench.pipeline.sanity import randomisation_check, verdict
