@@ -8,17 +8,6 @@ from pathlib import Path
 import pytest
 
 
-def pytest_xdist_auto_num_workers(config):
-    """``-n auto``: one worker more than this process may use cores, at most 4 (``--maxprocesses``).
-
-    Much of the suite waits rather than computes (xbench subprocesses starting,
-    the SLURM cluster's jobs, kills at chosen instants, lock waits): on 2 cores
-    a third worker fills those gaps.
-    """
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(4, cores + 1))
-
-
 def pytest_collection_modifyitems(config, items):
     """Modules marked ``heavy`` first, then those with a test marked ``slow``, each module kept whole.
 
