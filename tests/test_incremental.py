@@ -243,7 +243,9 @@ def test_incremental_curves_equal_full_ones_on_the_paper_backbones(backbone, siz
     h = rng.random((2, size, size)).astype(np.float32)
     _unsaturate(model, x)  # logits of unit spread over 8 images, so that the curves move
     x = x[:2]
-    for order in ("morf", "lerf"):
+    # Both orders on the two cheap backbones; MoRF alone on DenseNet201 and ResNet50 (the orders differ only in the
+    # ranking, which the every-layer-kind graph tests run for morf, lerf and random; each order here is a trace of its own).
+    for order in ("morf", "lerf") if backbone in ("vgg16", "mobilenetv2") else ("morf",):
         full, inc = _curves_both(model, x, h, region_size=region, order=order, seed=1, perturbation=Constant(0.0))
         assert full.std() > 1e-3
         np.testing.assert_allclose(inc, full, atol=1e-5, rtol=0)
