@@ -27,11 +27,14 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from xbench.core.names import FEATURES, LOGITS
+
+if TYPE_CHECKING:  # Keras is imported inside the functions that use it; here only the annotations name it
+    import keras
 
 MODES = ("cascading", "independent")
 
