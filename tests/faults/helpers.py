@@ -57,6 +57,14 @@ def arrays(run_dir: Path, name: str) -> dict:
         return {k: z[k] for k in z.files}
 
 
+def assert_same_arrays(got_dir: Path, want_dir: Path, name: str) -> None:
+    """The .npz ``name`` of two run folders: the same keys, every array equal to the bit."""
+    want, got = arrays(want_dir, name), arrays(got_dir, name)
+    assert want.keys() == got.keys(), name
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k], err_msg=f"{name}:{k}")
+
+
 def trained_cache(reference: Path, cache: Path) -> Path:
     """``cache`` holding the reference run's trained model and phantoms, nothing else: for tests of what comes after training.
 

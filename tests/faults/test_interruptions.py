@@ -6,10 +6,17 @@ import shutil
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
-from .helpers import JOB, arrays, figures, killed, load_metrics, trained_cache, xbench
+from .helpers import (
+    JOB,
+    assert_same_arrays,
+    figures,
+    killed,
+    load_metrics,
+    trained_cache,
+    xbench,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -64,10 +71,7 @@ def test_killed_in_scoring_resumes_from_the_last_chunk_and_matches(reference, tm
     assert m2["scoring"]["chunks"] == {"images_per_chunk": 2, "computed": 11, "reused": 5}
     assert m2["training"]["model_cache"]["hit"] is True
     assert figures(m2) == figures(load_metrics(reference))
-    want, got = arrays(reference, "curves.npz"), arrays(tmp_path / "s2", "curves.npz")  # each image's curves in its place
-    assert want.keys() == got.keys()
-    for k in want:
-        np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+    assert_same_arrays(tmp_path / "s2", reference, "curves.npz")  # each image's curves in its place
 
 
 def test_kill_while_writing_metrics_leaves_no_half_file_and_the_report_goes_on(reference, tmp_path):

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from .helpers import JOB, arrays, figures, load_metrics, xbench
+from .helpers import JOB, arrays, assert_same_arrays, figures, load_metrics, xbench
 
 pytestmark = pytest.mark.slow
 
@@ -34,9 +34,9 @@ def test_two_workers_sharing_a_cache_entry_train_once_and_agree(sweep):
     assert sorted(x["training"]["model_cache"]["hit"] for x in m) == [False, True]
     # Same model, so the same predictions and the same Grad-CAM maps.
     assert m[0]["test"] == m[1]["test"]
-    p0, p1 = (np.load(j / "test_predictions.npz", allow_pickle=False) for j in jobs)
+    p0, p1 = (arrays(j, "test_predictions.npz") for j in jobs)
     np.testing.assert_array_equal(p0["probs"], p1["probs"])
-    h0, h1 = (np.load(j / "heatmaps.npz", allow_pickle=False) for j in jobs)
+    h0, h1 = (arrays(j, "heatmaps.npz") for j in jobs)
     np.testing.assert_array_equal(h0["gradcam"], h1["gradcam"])
     # The shared entries are whole: one model entry that loads in safe mode,
     # no checkpoint or temporary file left behind, a complete phantom database.
@@ -60,10 +60,7 @@ def test_a_second_run_from_an_empty_cache_gives_identical_figures(reference, swe
     assert figures(load_metrics(again)) == figures(load_metrics(reference))
     assert (again / "split.csv").read_text() == (reference / "split.csv").read_text()  # seeded split
     for name in ("test_predictions.npz", "curves.npz", "heatmaps.npz"):
-        want, got = arrays(reference, name), arrays(again, name)
-        assert want.keys() == got.keys()
-        for k in want:
-            np.testing.assert_array_equal(got[k], want[k], err_msg=f"{name}:{k}")
+        assert_same_arrays(again, reference, name)
 
     # The same cache, damaged: every damaged entry is detected and rebuilt.
     [model_file] = (cache / "models").glob("*/model.keras")
