@@ -194,7 +194,7 @@ PERTURBATIONS = {"gaussian": GaussianNoise(0.1), "uniform": UniformNoise(), "con
 
 #: _every_layer_model once per shape for the cases of a test that differ only in the order: the engine caches its compiled steps on the
 #: model, so the orders share one trace (no test changes the weights).
-_shared_every_layer_model = functools.cache(lambda h, w: _every_layer_model(h, w))
+_shared_every_layer_model = functools.cache(_every_layer_model)
 
 
 def _curves_both(model, x, h, **kw):

@@ -71,14 +71,13 @@ def test_second_sweep_over_perturbations_reuses_the_cached_models(sweep):
           "plots=false", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hydra.sweep.dir=sweep2"], tmp, cache)
     jobs = _jobs(tmp / "sweep2")
     assert len(jobs) == 2
-    for j in jobs:
-        m = json.loads((j / "metrics.json").read_text())
+    metrics = [json.loads((j / "metrics.json").read_text()) for j in jobs]
+    assert sorted(m["model"]["backbone"] for m in metrics) == ["mobilenetv2", "vgg16"]
+    for j, m in zip(jobs, metrics):
         assert m["training"]["model_cache"]["hit"] is True, j
         assert "stage1 epoch" not in (j / "run.log").read_text()  # nothing was retrained
         assert m["scoring"]["heatmap_cache_hit"] is True
-    assert sorted(json.loads((j / "metrics.json").read_text())["model"]["backbone"] for j in jobs) == ["mobilenetv2", "vgg16"]
-    for j in jobs:  # new curves under the new perturbation
-        m = json.loads((j / "metrics.json").read_text())
+        # new curves under the new perturbation
         assert m["scoring"]["perturbation"]["sigma"] == 0.05 and m["scoring"]["chunks"]["reused"] == 0
 
 
