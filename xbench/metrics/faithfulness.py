@@ -404,7 +404,9 @@ class MuFidelity(Metric):
     9 x 9 grid, 0.2, 200 samples, baseline 0, as here; Xplique scores the
     model's raw output (logits where the model gives them) and turns an
     undefined rho into 0 (here NaN), and draws one set of masks for a batch
-    of images (here one per image).
+    of images (here one per image). A draw that removes no cell has drop 0
+    exactly (the image itself; Xplique computes it, and its float rounding
+    may depend on the batch).
     """
 
     grid: int = 9
@@ -432,8 +434,13 @@ class MuFidelity(Metric):
         return self._program
 
     def score(self, y, i, inp):
+        bits = self.bits(inp, i)
         cell_sums = np.bincount(self._program.cell.ravel(), weights=inp.heatmaps[i].ravel(), minlength=self.grid**2)
-        return spearman(self.bits(inp, i) @ cell_sums, y[0] - y[1:])
+        # A draw that removes no cell is the image itself: its drop is 0 by definition. Computed, it is the
+        # original's output in another row of another batch, which on some CPUs rounds differently (oneDNN on an
+        # AVX2 EPYC: 1e-8), and a rank correlation would rank that rounding against the other empty draws'.
+        drops = np.where(bits.any(axis=1), y[0] - y[1:], 0.0)
+        return spearman(bits @ cell_sums, drops)
 
 
 _SEGMENTS: dict = {}  # (image digest, n_segments, compactness) -> (H, W) labels: SLIC once per image, whatever the method
