@@ -62,8 +62,10 @@ def test_default_target_is_the_prediction_and_true_class_on_request(images):
     other = (pred + 1) % 4
     maps2, used2 = gradcam(model, images, targets=other, return_targets=True)
     assert used2.tolist() == other.tolist() and not np.allclose(maps, maps2)
-    # batching does not change the maps (two batches of 2: under JAX each batch is an eager gradient of VGG16, ~0.5 s)
-    np.testing.assert_allclose(gradcam(model, images, batch_size=2), maps, rtol=1e-4, atol=1e-6)
+    # batching does not change the maps (two batches of 2: under JAX each batch is an eager gradient of VGG16, ~0.5 s), up to
+    # float32 rounding: a convolution's sums depend on the batch size on some CPUs, and a map cell near 0 is a sum of
+    # 512 mixed-sign terms, so the tolerance is in units of the map's maximum
+    np.testing.assert_allclose(gradcam(model, images, batch_size=2), maps, rtol=1e-4, atol=1e-5 * np.abs(maps).max())
 
 
 def test_upsample_is_bilinear_with_half_pixel_centres():
@@ -78,7 +80,8 @@ def test_last_n_block_outputs_vgg(images):
     model = build_classifier("vgg16", 4, 64, weights="none")
     maps = gradcam_last_n(model, images[:2], n=3)
     assert list(maps) == ["block5_conv1", "block5_conv2", "block5_conv3"]  # a chain: every conv is a block output
-    np.testing.assert_allclose(maps["block5_conv3"], gradcam(model, images[:2]), rtol=1e-4, atol=1e-6)
+    one = gradcam(model, images[:2])
+    np.testing.assert_allclose(maps["block5_conv3"], one, rtol=1e-4, atol=1e-5 * np.abs(one).max())  # another graph: float32 rounding
 
 
 @pytest.mark.parametrize("backbone, want", [pytest.param("densenet201", ["conv5_block30_concat", "conv5_block31_concat", "relu"], marks=pytest.mark.not_on_jax),
@@ -95,7 +98,8 @@ def test_last_n_are_block_outputs_not_growth_or_pre_bn_convs(backbone, want, ima
     assert not inside  # nothing from inside a dense or residual block
     maps = gradcam_last_n(model, images[:2], n=3, targets=np.array([0, 1]))
     assert list(maps) == want and all(m.shape == (2, 64, 64) for m in maps.values())
-    np.testing.assert_allclose(maps[want[-1]], gradcam(model, images[:2], targets=np.array([0, 1])), rtol=1e-4, atol=1e-6)
+    one = gradcam(model, images[:2], targets=np.array([0, 1]))
+    np.testing.assert_allclose(maps[want[-1]], one, rtol=1e-4, atol=1e-5 * np.abs(one).max())  # another graph: float32 rounding
 
 
 @pytest.mark.tensorflow
@@ -178,8 +182,9 @@ def test_smoothgrad_noise_is_a_function_of_seed_and_image_id_not_of_chunking(ima
     perm = np.array([2, 0, 3, 1])
     shuffled = ex(model, images[perm], t[perm], ExplainContext(ids[perm], seed=4))
     scale = float(np.abs(whole).max())
-    np.testing.assert_allclose(ones, whole, rtol=1e-5, atol=1e-6 * scale)
-    np.testing.assert_allclose(shuffled, whole[perm], rtol=1e-5, atol=1e-6 * scale)
+    # Gradients through 13 convolutions at other batch sizes: float32 rounding (as test_explainers_native's batching test)
+    np.testing.assert_allclose(ones, whole, rtol=1e-5, atol=1e-5 * scale)
+    np.testing.assert_allclose(shuffled, whole[perm], rtol=1e-5, atol=1e-5 * scale)
     assert not np.allclose(ex(model, images, t, ExplainContext(ids, seed=5)), whole, atol=1e-6 * scale)  # another seed, other noise
 
     # It is tf-keras-vis's SmoothGrad when tf-keras-vis is handed the same noise (it draws np.random.normal(0, sigma, (S, N, H, W, 3))).

@@ -228,7 +228,7 @@ def test_incremental_curves_follow_max_steps_targets_and_chunks():
     assert inc.shape == (5, 8)
     np.testing.assert_allclose(inc, full, atol=1e-5, rtol=0)
     one = perturbation_curves(model, x, h, region_size=5, max_steps=7, targets=t, image_ids=[9, 3, 5, 7, 11], order="random", method="incremental", batch_size=5)
-    np.testing.assert_allclose(one, inc, atol=1e-6, rtol=0)  # chunks of 2 (a short last one) or one chunk of 5: the same curves
+    np.testing.assert_allclose(one, inc, atol=5e-6, rtol=0)  # chunks of 2 (a short last one) or one chunk of 5: the same curves, to float32 rounding
 
 
 @pytest.mark.slow

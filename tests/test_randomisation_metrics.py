@@ -112,12 +112,15 @@ def slow_random_logit(model, explain, x, h, t, ids, n_classes):
 
 def slow_emprt(model, explain, x, h, t, ids):
     """Per image: the relative rise of Quantus's discrete entropy (np.histogram, 100 bins, scipy's entropy) from the original map to the
-    randomised model's."""
+    randomised model's (its maps made in one explainer call, as the metric makes them)."""
     rand = _randomised(model, x)
     q = lambda a: scipy_entropy(np.histogram(np.asarray(a, np.float64).ravel(), bins=100)[0])
+    # One explainer call for all images, as the metric makes: a map value within rounding of a bin edge would otherwise
+    # land in the next bin on a CPU whose convolutions round differently by batch size, and move the entropy by ~1e-2.
+    rand_maps = np.asarray(explain(rand, x, t, _ctx(ids)))
     out = []
     for i in range(len(x)):
-        q_rand, q_orig = q(np.asarray(explain(rand, x[i : i + 1], t[i : i + 1], _ctx(ids[i : i + 1])))[0]), q(h[i])
+        q_rand, q_orig = q(rand_maps[i]), q(h[i])
         out.append((q_rand - q_orig) / q_orig if q_orig > 0 else np.nan)
     return np.array(out)
 
@@ -145,7 +148,8 @@ def test_random_logit_equals_a_per_image_loop(model, images, maps, targets, expl
     h[1] = 0.0  # a constant original map (a Grad-CAM the ReLU zeroed): left out
     ours = RandomLogit(explainers["gradcam"])(model, x, h, t, image_ids=ids, seed=SEED)
     assert np.isnan(ours[1]) and np.isfinite(np.delete(ours, 1)).all()
-    np.testing.assert_allclose(ours, slow_random_logit(model, explainers["gradcam"], x, h, t, ids, 3), rtol=1e-6, atol=1e-9)
+    # The loop explains one image per call: float32 rounding by batch size moves an SSIM by ~1e-7 (an absolute floor, not rtol alone)
+    np.testing.assert_allclose(ours, slow_random_logit(model, explainers["gradcam"], x, h, t, ids, 3), rtol=1e-6, atol=1e-6)
     # The other measures are the sanity check's (map_similarities) on the same maps.
     other = RandomLogit().make_draws(x, t, ids, SEED, 3)
     m2 = np.asarray(explainers["gradcam"](model, x, other, _ctx(ids)), np.float64)
@@ -170,7 +174,8 @@ def test_smprt_equals_a_per_image_loop(model, images, maps, targets, explainers)
     ids = np.array([4, 9, 2, 30])
     x, h, t = images[:4], maps["saliency"][:4], targets[:4]
     ours = SmoothMPRT(explainers["saliency"], nr_samples=K)(model, x, h, t, image_ids=ids, seed=SEED)
-    np.testing.assert_allclose(ours, slow_smprt(model, explainers["saliency"], x, h, t, ids), rtol=1e-6, atol=1e-9)
+    # One explainer call per image in the loop: a rounding-level swap of two adjacent ranks of 256 pixels moves rho by 7e-7
+    np.testing.assert_allclose(ours, slow_smprt(model, explainers["saliency"], x, h, t, ids), rtol=1e-6, atol=1e-5)
 
 
 def test_discrete_entropy_by_hand():
@@ -418,14 +423,22 @@ def test_verdict_false_pass_rate_under_a_simulated_null_is_at_most_alpha():
 
 
 class _Counting:
-    """An explainer that counts its calls and rows."""
+    """An explainer that counts its calls and rows, and makes each row's map alone.
+
+    Row by row, a map does not depend on the rows it is called with: on some CPUs
+    a convolution's sums round differently by batch size, and an entropy's
+    histogram bin or a rank can move with that rounding. The chunking, not that
+    rounding, is under test here.
+    """
 
     def __init__(self, inner):
         self.inner, self.calls = inner, []
 
     def __call__(self, model, images, targets, context=None):
         self.calls.append(len(images))
-        return self.inner(model, images, targets, context)
+        rows = [self.inner(model, images[i : i + 1], np.asarray(targets)[i : i + 1], None if context is None else context.rows([i]))
+                for i in range(len(images))]
+        return np.concatenate([np.asarray(r) for r in rows])
 
 
 def test_figures_do_not_depend_on_chunks_and_each_chunk_is_one_explainer_call(model, images, maps, targets, explainers):
@@ -461,7 +474,7 @@ def test_draws_are_fixed_per_image_id_and_given_draws_are_used(model, images, ma
     order = np.array([3, 0, 5, 1, 4, 2])
     sm = SmoothMPRT(explainers["saliency"], nr_samples=K)
     np.testing.assert_allclose(sm(model, x[order], h[order], t[order], image_ids=ids[order], seed=SEED),
-                               sm(model, x, h, t, image_ids=ids, seed=SEED)[order], rtol=1e-6, atol=1e-9)
+                               sm(model, x, h, t, image_ids=ids, seed=SEED)[order], rtol=1e-6, atol=1e-5)
 
 
 def test_the_model_is_not_modified_and_the_randomised_copy_is_the_sanity_checks_last_step(model, images):

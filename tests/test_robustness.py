@@ -28,6 +28,9 @@ from xbench.metrics.robustness import (
 
 S, N, D = 16, 3, 4
 ALL = list(METRICS.values())
+#: Batched against per-image or other-sized batches: maps and outputs agree to float32 rounding, which depends on the
+#: batch size on some CPUs; measured a few 1e-6 relative (JAX), so 1e-5 left a 2-5x margin, and AVX2 CPUs round further apart.
+RTOL = 1e-4
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +107,7 @@ def test_each_metric_equals_the_slow_loop_of_the_papers_formula(cls, model, data
     m = cls(explainer="gradcam", nr_draws=3, return_nan_when_prediction_changes=False)
     got = m.details(model, x, h, t, image_ids=ids, seed=2)
     want, changed = slow(m, model, x, h, t, ids, seed=2)
-    np.testing.assert_allclose(got["value"], want, rtol=1e-5)
+    np.testing.assert_allclose(got["value"], want, rtol=RTOL)
     np.testing.assert_array_equal(got["changed_draws"], changed)
     np.testing.assert_array_equal(m(model, x, h, t, image_ids=ids, seed=2), got["value"])
     default = m.details(model, x, h, image_ids=ids, seed=2)  # targets default to the class predicted on the original
@@ -122,7 +125,7 @@ def test_slow_loop_with_saliency_normalised_maps_and_nan_on_changes(model, data)
               RelativeInputStability(explainer="saliency", nr_draws=3, p=math.inf, clip=False, low=-0.6, high=0.6)):
         got = m.details(model, x, h, t, image_ids=ids, seed=0)
         want, changed = slow(m, model, x, h, t, ids, seed=0)
-        np.testing.assert_allclose(got["value"], want, rtol=1e-5)
+        np.testing.assert_allclose(got["value"], want, rtol=RTOL)
         np.testing.assert_array_equal(got["changed_draws"], changed)
     assert changed.any() and np.isnan(got["value"][changed > 0]).all() and np.isfinite(got["value"][changed == 0]).all()
 
@@ -247,12 +250,12 @@ def test_batch_size_memory_budget_and_order_do_not_change_the_figures(explainer,
         ref = m.details(model, x, h, t, image_ids=ids, seed=4)
         for kw in (dict(batch_size=1), dict(batch_size=7), dict(memory_budget_mb=1e-9)):
             got = m.details(model, x, h, t, image_ids=ids, seed=4, **kw)
-            np.testing.assert_allclose(got["per_draw"], ref["per_draw"], rtol=1e-5)
+            np.testing.assert_allclose(got["per_draw"], ref["per_draw"], rtol=RTOL)
         perm = np.array([2, 0, 1])
         got = m.details(model, x[perm], h[perm], t[perm], image_ids=ids[perm], seed=4, batch_size=3)
-        np.testing.assert_allclose(got["per_draw"], ref["per_draw"][perm], rtol=1e-5)
+        np.testing.assert_allclose(got["per_draw"], ref["per_draw"][perm], rtol=RTOL)
         alone = m.details(model, x[1:2], h[1:2], t[1:2], image_ids=ids[1:2], seed=4)
-        np.testing.assert_allclose(alone["per_draw"], ref["per_draw"][1:2], rtol=1e-5)
+        np.testing.assert_allclose(alone["per_draw"], ref["per_draw"][1:2], rtol=RTOL)
 
 
 def test_draws_are_fixed_per_seed_image_id_and_draw_index(model, data):
@@ -458,7 +461,7 @@ def test_each_metric_equals_quantus_on_the_same_draws(cls, model, data, quantus,
                              for r in rows])
     assert not state["queue"] and len(state["asked"]) == N * D
     assert all(a == (call, dict(params, size=(3, S, S))) for a in state["asked"]), state["asked"][0]  # Quantus's default noise = ours
-    np.testing.assert_allclose(ours["value"], theirs, rtol=1e-5, equal_nan=True)
+    np.testing.assert_allclose(ours["value"], theirs, rtol=RTOL, equal_nan=True)
     if cls in (RelativeInputStability, RelativeOutputStability):
         assert np.isnan(theirs).any() and np.isfinite(theirs).any(), (theirs, ours["changed_draws"])
     else:

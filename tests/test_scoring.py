@@ -310,7 +310,15 @@ def test_robustness_and_randomisation_metrics_recompute_the_scored_methods_maps_
         maps = explainer(model, x, preds, ctx)
         for name in names:
             want = evaluate(name, model, x, maps, preds, image_ids=ids, seed=3, explainer=KnownImages(explainer, ctx), **params.get(name, {}))
-            np.testing.assert_allclose(res.curves.per_image[(name, method)], want, rtol=1e-5, atol=1e-6, err_msg=f"{method} {name}")
+            got = res.curves.per_image[(name, method)]
+            if name == "emprt":
+                # Chunks of 8, 8 and 4 images against one call of 20: on CPUs whose convolutions round by batch size, a map
+                # value at one of the 100 bin edges can land in the next bin, which moves an entropy over 256 values by up to
+                # 2 (ln 256 + 1) / 256 = 0.05 (the formula itself is checked exactly in tests/test_randomisation_metrics.py)
+                np.testing.assert_allclose(got, want, rtol=0, atol=0.05, err_msg=f"{method} {name}")
+                assert np.isclose(got, want, rtol=1e-5, atol=1e-6, equal_nan=True).mean() >= 0.9, (got, want)
+            else:
+                np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=f"{method} {name}")
             assert m.methods[method].faithfulness[name].n == np.isfinite(want).sum()
     assert m.methods["oracle"].faithfulness["max_sensitivity"].mean == 0.0  # the lesion mask does not move with the noise
     assert m.methods["oracle"].faithfulness["random_logit"].mean == pytest.approx(1.0)  # nor with the class

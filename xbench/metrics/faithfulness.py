@@ -405,8 +405,9 @@ class MuFidelity(Metric):
     model's raw output (logits where the model gives them) and turns an
     undefined rho into 0 (here NaN), and draws one set of masks for a batch
     of images (here one per image). A draw that removes no cell has drop 0
-    exactly (the image itself; Xplique computes it, and its float rounding
-    may depend on the batch).
+    exactly (the image itself), and equal draws share one drop (the same
+    image): Xplique computes each, and its float rounding may depend on the
+    batch row.
     """
 
     grid: int = 9
@@ -436,11 +437,12 @@ class MuFidelity(Metric):
     def score(self, y, i, inp):
         bits = self.bits(inp, i)
         cell_sums = np.bincount(self._program.cell.ravel(), weights=inp.heatmaps[i].ravel(), minlength=self.grid**2)
-        # A draw that removes no cell is the image itself: its drop is 0 by definition. Computed, it is the
-        # original's output in another row of another batch, which on some CPUs rounds differently (oneDNN on an
-        # AVX2 EPYC: 1e-8), and a rank correlation would rank that rounding against the other empty draws'.
-        drops = np.where(bits.any(axis=1), y[0] - y[1:], 0.0)
-        return spearman(bits @ cell_sums, drops)
+        # Equal draws make the same image, and a draw that removes no cell is the image itself (drop 0). Computed,
+        # each is an output in another row of another batch, which on some CPUs rounds differently (oneDNN on an
+        # AVX2 EPYC: 1e-8), and a rank correlation would rank that rounding: equal draws get the first one's drop.
+        _, first, inverse = np.unique(bits, axis=0, return_index=True, return_inverse=True)
+        drops = (y[0] - y[1:])[first][inverse.ravel()]
+        return spearman(bits @ cell_sums, np.where(bits.any(axis=1), drops, 0.0))
 
 
 _SEGMENTS: dict = {}  # (image digest, n_segments, compactness) -> (H, W) labels: SLIC once per image, whatever the method
