@@ -209,7 +209,12 @@ def test_a_multilabel_model_trains_with_binary_cross_entropy_per_label():
     from xbench.metrics.classification import multilabel_selection_score
 
     best = h.loc[h["epoch"] == r.best_epoch].iloc[0]
-    assert best["selection_score"] == pytest.approx(multilabel_selection_score(y[36:], probs, "disease_recall"), abs=1e-6)
+    # Training predicted the validation images in its own batches, this one call in another: the recalls threshold the
+    # probabilities at 0.5, so they can differ only where a probability is within rounding of it, by at most one image's
+    # share of the smallest present/absent group
+    near = bool((np.abs(probs - 0.5) < 1e-4).any())
+    one_image = 1.0 / min(int(y[36:].sum(0).min()), int((1 - y[36:]).sum(0).min()))
+    assert best["selection_score"] == pytest.approx(multilabel_selection_score(y[36:], probs, "disease_recall"), abs=one_image if near else 1e-6)
     assert best["val_loss"] == pytest.approx(-multilabel_selection_score(y[36:], probs, "val_loss"), rel=1e-4)
 
 
