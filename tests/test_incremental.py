@@ -249,7 +249,7 @@ def test_incremental_curves_equal_full_ones_on_the_paper_backbones(backbone, siz
         full, inc = _curves_both(model, x, h, region_size=region, order=order, seed=1, perturbation=Constant(0.0))
         assert full.std() > 1e-3
         # A window's convolutions run another kernel than the whole map's: float32 rounding, amplified by the
-        # recentred head (docs/performance.md, "Float32 floor"). Measured worst: 1e-7 on Intel, 1.1e-5 on ResNet50
+        # recentred head (docs/performance.md, "Float32 floor"). Measured worst: 1e-7 on AVX-512 CPUs, 1.1e-5 on ResNet50
         # on an AVX2 EPYC; a wrong window moves a point by the curves' scale (std > 1e-3).
         np.testing.assert_allclose(inc, full, atol=5e-5, rtol=0)
     run = runner(model, size, size, region)

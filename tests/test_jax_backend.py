@@ -99,7 +99,7 @@ def test_tf_and_jax_give_the_same_curves_and_grad_cam_on_the_same_weights(tmp_pa
     r = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=_jax_env(tmp_path / "cache"), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-1500:]
     jx = np.load(tmp_path / "jax.npz")
-    # The tolerances docs/robustness.md states. Measured worst on this model: curves 1.4e-4 (Intel, each
+    # The tolerances docs/robustness.md states. Measured worst on this model: curves 1.4e-4 (AVX-512 CPU, each
     # backend ranking by its own maps), 3.4e-5 (AVX2 EPYC, both ranking by TensorFlow's). Its raw logits
     # are in the hundreds and _unsaturate recentres them to a spread of 3, so float32 rounding of sums
     # that size (oneDNN vs XLA order them differently) shows at 1e-5 to 1e-4 in the probabilities.
@@ -158,7 +158,7 @@ print(len(jax.local_devices()), step_devices(m))
         assert r.stdout.split()[-2:] == [str(count), str(count)]  # devices seen, devices the engine split over
         out[count] = np.load(tmp_path / f"c{count}.npy")
     assert out[1].std() > 1e-3  # the curves move, so their equality means something
-    # Bit-identical on the Intel CPUs this was written on; on an AVX2 EPYC, XLA:CPU rounds one of 85 points 3e-8
+    # Bit-identical on the AVX-512 CPUs this was written on; on an AVX2 EPYC, XLA:CPU rounds one of 85 points 3e-8
     # (1 ulp) apart, as an image's output depends on the size of the batch it is computed in (5 rows per device,
     # not 10). A pair on the wrong device or step would move a point by the curves' own scale (std > 1e-3).
     np.testing.assert_allclose(out[2], out[1], rtol=0, atol=1e-6)

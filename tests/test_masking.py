@@ -247,7 +247,7 @@ def test_incremental_occlusion_equals_the_full_recompute(backbone, images):
         inc.occlusion_probs = real
     assert calls  # the incremental runner really ran
     # A window's convolutions sum in another order than the whole image's. Measured on VGG16: TensorFlow ~1e-7 on
-    # Intel and 1.9e-5 on an AVX2 EPYC, XLA (JAX) ~1.1e-5; a wrong window moves the map by its own scale (> 1e-4).
+    # AVX-512 CPUs and 1.9e-5 on an AVX2 EPYC, XLA (JAX) ~1.1e-5; a wrong window moves the map by its own scale (> 1e-4).
     np.testing.assert_allclose(fast, full, rtol=0, atol=5e-5)
     assert np.abs(full).max() > 1e-4
     with pytest.raises(ValueError, match="incremental occlusion needs stride = patch_size"):
