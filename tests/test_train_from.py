@@ -30,10 +30,12 @@ def test_tail_on_cached_activations_matches_full_model():
         np.testing.assert_array_equal(a, b)
     # The cached activations were computed in other batches than the full model's forward passes, so the two
     # trainings' gradients differ by float32 rounding. Adam normalises each gradient entry, so where an entry's
-    # gradient is itself at rounding level its step can differ by up to lr (1e-3) per step: on an AVX2 EPYC 10 of
+    # gradient is itself at rounding level its step can differ by up to lr per step: on an AVX2 EPYC 10 of
     # 2.4 million kernel entries differed by up to 5.9e-5 (under rtol 1e-4 on AVX-512 CPUs). So: every entry within
     # Adam's bound (2 x lr x 4 steps), all but a 1e-4 fraction within 1e-4 relative, and training moved the weights.
-    bound = 2 * 1e-3 * 4  # 16 training images in batches of 8, 2 epochs
+    from xbench.pipeline.training import TrainSettings
+
+    bound = 2 * TrainSettings().lr * 4  # _train's default lr; 16 training images in batches of 8, 2 epochs
     for a, b, start in zip(m1.get_layer("block5_conv1").get_weights(), m2.get_layer("block5_conv1").get_weights(), initial):
         off = ~np.isclose(a, b, rtol=1e-4, atol=1e-7)
         assert off.mean() <= 1e-4 and np.abs(a - b).max() <= bound, (off.sum(), np.abs(a - b).max())
