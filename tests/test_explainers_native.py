@@ -10,6 +10,7 @@ import keras
 import numpy as np
 import pytest
 
+from tests.helpers import jax_env
 from xbench.explain import (
     EXPLAINERS,
     ExplainContext,
@@ -327,7 +328,6 @@ def test_tensorflow_and_jax_give_the_same_maps_on_the_same_weights(tmp_path, ima
     Input x Gradient 2.1e-7, Integrated Gradients 0 (equal float32 maps).
     """
     import json
-    import os
     import subprocess
     import sys
     import textwrap
@@ -349,7 +349,7 @@ def test_tensorflow_and_jax_give_the_same_maps_on_the_same_weights(tmp_path, ima
         np.savez({str(tmp_path / 'jax.npz')!r}, **out)
         print("BACKEND", keras.backend.backend())
     """)
-    env = {**os.environ, "KERAS_BACKEND": "jax"}
+    env = jax_env()
     r = subprocess.run([sys.executable, "-c", script], check=False, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "BACKEND jax" in r.stdout

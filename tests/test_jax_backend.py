@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.helpers import jax_env
+
 pytest.importorskip("jax")
 pytestmark = [pytest.mark.slow, pytest.mark.heavy]
 
@@ -33,22 +35,6 @@ BLOCK_TF = textwrap.dedent("""
             return None
     sys.meta_path.insert(0, _NoTensorFlow())
 """)
-
-
-def _jax_env(cache: Path) -> dict:
-    """The child's environment: JAX, the cache, and JAX's persistent compilation cache beside it, for every compilation.
-
-    The rerun builds the same small models with the same shapes test after
-    test; XLA then compiles identical programs again, which the persistent
-    cache (keyed by the program) serves instead: the rerun's tests under
-    JAX took 82 s without it and 47 s with it on a sample of two modules
-    (2 cores). It changes no result: a hit returns the executable the same
-    compiler made for the same program.
-    """
-    env = {**os.environ, "KERAS_BACKEND": "jax", "XBENCH_CACHE": str(cache), "JAX_COMPILATION_CACHE_DIR": str(Path(cache) / "jax-compilation"),
-           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1"}
-    env.pop("XBENCH_FAULT", None)
-    return env
 
 
 def test_tf_and_jax_give_the_same_curves_and_grad_cam_on_the_same_weights(tmp_path):
@@ -96,7 +82,7 @@ def test_tf_and_jax_give_the_same_curves_and_grad_cam_on_the_same_weights(tmp_pa
             out[o] = perturbation_curves(m, x, tf_maps, region_size=8, order=o, perturbation=GaussianNoise(0.1), seed=5, image_ids=np.arange(6))
         np.savez({str(tmp_path / 'jax.npz')!r}, **out)
     """)
-    r = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=_jax_env(tmp_path / "cache"), capture_output=True, text=True, timeout=600)
+    r = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=jax_env(tmp_path / "cache"), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-1500:]
     jx = np.load(tmp_path / "jax.npz")
     # The tolerances docs/robustness.md states. Measured worst on this model: curves 1.4e-4 (AVX-512 CPU, each
@@ -115,7 +101,7 @@ def test_the_engine_explainer_and_aopc_tests_pass_on_jax():
     """The backend-sensitive kernel tests again, under JAX: engine vs the slow per-step loop, incremental vs full curves, regions, perturbations, AOPC,
     Grad-CAM by hand, targets and block outputs, a user's model read as a classifier (the tf-keras-vis comparisons need
     TensorFlow: marked and left out)."""
-    env = _jax_env(Path(os.environ.get("XBENCH_CACHE", "/tmp")) / "jax-kernels")
+    env = jax_env(Path(os.environ.get("XBENCH_CACHE", "/tmp")) / "jax-kernels")
     probe = subprocess.run([sys.executable, "-c", "import keras; print(keras.backend.backend())"], env=env, capture_output=True, text=True, timeout=300)
     assert probe.stdout.strip() == "jax"  # tests/conftest.py only sets the backend where none is given
     # The set is the modules that carry the jax_rerun marker, less not_on_jax (DenseNet's and ResNet's traces cost a
@@ -151,7 +137,7 @@ print(len(jax.local_devices()), step_devices(m))
 """
     out = {}
     for count in (1, 2):
-        env = {**_jax_env(tmp_path / "cache"), "XLA_FLAGS": f"--xla_force_host_platform_device_count={count}",
+        env = {**jax_env(tmp_path / "cache", xla_flags=f"--xla_force_host_platform_device_count={count}"),
                "JAX_COMPILATION_CACHE_DIR": str(tmp_path / f"jax-compilation-{count}")}  # each device count compiles its own programs
         r = subprocess.run([sys.executable, "-c", script, str(tmp_path / f"c{count}.npy")], env=env, capture_output=True, text=True, timeout=600)
         assert r.returncode == 0, r.stderr[-3000:]
@@ -175,7 +161,7 @@ def test_on_jax_tensorflows_start_up_lines_stay_off_the_console_when_keras_impor
         keras.utils.set_random_seed(0)
         print("TF_LOADED", "tensorflow" in sys.modules, keras.backend.backend())
     """)
-    r = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=_jax_env(tmp_path / "cache"), capture_output=True, text=True, timeout=300)
+    r = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=jax_env(tmp_path / "cache"), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.split()[-1] == "jax"
     assert r.stderr == ""
@@ -199,7 +185,7 @@ def test_a_saturated_softmax_still_trains_on_jax(tmp_path):
         r = train_classifier(model, images, labels, split, ["a", "b"], ["b"], TrainSettings(epochs=3, lr=1e-2), seed=0)
         print("LOSS", *r.history["loss"].round(6))
     """)
-    r = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=_jax_env(tmp_path / "cache"), capture_output=True, text=True, timeout=600)
+    r = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=jax_env(tmp_path / "cache"), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     loss = [float(v) for v in r.stdout.split("LOSS")[-1].split()]
     assert len(loss) == 3 and loss[-1] < loss[0], loss

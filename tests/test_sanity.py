@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
+from tests.helpers import jax_env
 from tests.references import guided_case, guided_errors, tiny_bn_model
 from xbench.explain import (
     CenterControl,
@@ -454,7 +455,7 @@ def test_randomisation_gradcam_and_guided_backprop_under_jax(tmp_path):
                           "center_all_one": bool(all((s.per_image[m] == 1).all() for s in center.steps for m in s.per_image)),
                           "center_verdict": center.verdict}))
     """)
-    env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    env = jax_env(PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     r = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
