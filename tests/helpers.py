@@ -60,17 +60,18 @@ def env(cache: str | os.PathLike | None = None, **extra: str) -> dict:
     return e
 
 
-#: XLA:CPU's flags for the suite's JAX children: LLVM at -O0. Their programs are tiny and compiled once each, so XLA's
-#: compile time, not the run, is their cost: the JAX rerun's propagation and imputation modules took 111 CPU-s at the
-#: default level and 74 at -O0 (2-core AMD EPYC, cold compilation caches), with the same tests passing. It changes the
-#: machine code, not the computation: results agree to float32 rounding, which every cross-backend tolerance allows.
-#: Test-only: jobs, benches and the GPU script compile at XLA's default level.
-JAX_TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
+#: XLA:CPU's flag for the suite's compile-bound JAX children: LLVM at -O0. Their programs are tiny and each compiled
+#: once, so XLA's compile time, not the run, is their cost: the JAX rerun took 223 s at the default level and 163 s at
+#: -O0 (2-core AMD EPYC, cold compilation caches, `pytest -n 0`), with the same tests passing. It changes the machine
+#: code, not the computation: results agree to float32 rounding, which every cross-backend tolerance allows. Children
+#: that train or bench (compute-bound: unoptimised kernels cost more than the compile saves) keep XLA's default level,
+#: as jobs and the GPU script do.
+FAST_COMPILE_XLA_FLAGS = "--xla_backend_optimization_level=0"
 
 
-def jax_env(cache: str | os.PathLike | None = None, xla_flags: str = "", **extra: str) -> dict:
-    """A child's environment under JAX (see :func:`env`): the suite's XLA flags plus ``xla_flags``, and, with ``cache``,
-    ``XBENCH_CACHE=cache`` and JAX's persistent compilation cache beside it, for every compilation.
+def jax_env(cache: str | os.PathLike | None = None, *, fast_compile: bool = True, xla_flags: str = "", **extra: str) -> dict:
+    """A child's environment under JAX (see :func:`env`): with ``fast_compile`` :data:`FAST_COMPILE_XLA_FLAGS`, plus
+    ``xla_flags``; with ``cache``, ``XBENCH_CACHE=cache`` and JAX's persistent compilation cache beside it.
 
     The persistent cache: the JAX tests build the same small models with the
     same shapes test after test; XLA then compiles identical programs again,
@@ -79,7 +80,12 @@ def jax_env(cache: str | os.PathLike | None = None, xla_flags: str = "", **extra
     modules (2 cores). A hit returns the executable the same compiler made for
     the same program, so it changes no result.
     """
-    e = env(cache, KERAS_BACKEND="jax", XLA_FLAGS=f"{JAX_TEST_XLA_FLAGS} {xla_flags}".strip(), **extra)
+    flags = f"{FAST_COMPILE_XLA_FLAGS if fast_compile else ''} {xla_flags}".strip()
+    e = env(cache, KERAS_BACKEND="jax", **extra)
+    if flags:
+        e["XLA_FLAGS"] = flags
+    else:
+        e.pop("XLA_FLAGS", None)
     if cache is not None:
         e.update(JAX_COMPILATION_CACHE_DIR=str(Path(cache) / "jax-compilation"), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                  JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
