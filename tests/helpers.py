@@ -64,8 +64,8 @@ def env(cache: str | os.PathLike | None = None, **extra: str) -> dict:
 #: once, so XLA's compile time, not the run, is their cost: the JAX rerun took 223 s at the default level and 163 s at
 #: -O0 (2-core AMD EPYC, cold compilation caches, `pytest -n 0`), with the same tests passing. It changes the machine
 #: code, not the computation: results agree to float32 rounding, which every cross-backend tolerance allows. Children
-#: that train or bench (compute-bound: unoptimised kernels cost more than the compile saves) keep XLA's default level,
-#: as jobs and the GPU script do.
+#: that train or score many forward passes keep XLA's default level, as jobs and the GPU script run: they were not
+#: reliably faster at -O0 (docs/performance.md, "Compile time and smaller stand-ins").
 FAST_COMPILE_XLA_FLAGS = "--xla_backend_optimization_level=0"
 
 
