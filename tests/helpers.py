@@ -81,11 +81,7 @@ def jax_env(cache: str | os.PathLike | None = None, *, fast_compile: bool = True
     the same program, so it changes no result.
     """
     flags = f"{FAST_COMPILE_XLA_FLAGS if fast_compile else ''} {xla_flags}".strip()
-    e = env(cache, KERAS_BACKEND="jax", **extra)
-    if flags:
-        e["XLA_FLAGS"] = flags
-    else:
-        e.pop("XLA_FLAGS", None)
+    e = env(cache, KERAS_BACKEND="jax", **({"XLA_FLAGS": flags} if flags else {}), **extra)
     if cache is not None:
         e.update(JAX_COMPILATION_CACHE_DIR=str(Path(cache) / "jax-compilation"), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                  JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")

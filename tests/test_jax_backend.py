@@ -138,8 +138,8 @@ print(len(jax.local_devices()), step_devices(m))
 """
     out = {}
     for count in (1, 2):
-        env = {**jax_env(tmp_path / "cache", xla_flags=f"--xla_force_host_platform_device_count={count}"),
-               "JAX_COMPILATION_CACHE_DIR": str(tmp_path / f"jax-compilation-{count}")}  # each device count compiles its own programs
+        # A cache (and so a compilation cache) per device count: each compiles its own programs.
+        env = jax_env(tmp_path / f"cache-{count}", xla_flags=f"--xla_force_host_platform_device_count={count}")
         r = subprocess.run([sys.executable, "-c", script, str(tmp_path / f"c{count}.npy")], env=env, capture_output=True, text=True, timeout=600)
         assert r.returncode == 0, r.stderr[-3000:]
         assert r.stdout.split()[-2:] == [str(count), str(count)]  # devices seen, devices the engine split over

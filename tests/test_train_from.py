@@ -4,9 +4,15 @@ import numpy as np
 import pytest
 
 
+def _settings(feature_cache: bool, train_from: str = "block5_conv1"):
+    from xbench.pipeline.training import TrainSettings
+
+    return TrainSettings(epochs=2, batch_size=8, train_from=train_from, feature_cache=feature_cache)
+
+
 def _train(feature_cache: bool, train_from: str = "block5_conv1"):
     from xbench.models import build_classifier
-    from xbench.pipeline.training import TrainSettings, train_classifier
+    from xbench.pipeline.training import train_classifier
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (24, 32, 32, 3), dtype=np.uint8)
@@ -15,7 +21,7 @@ def _train(feature_cache: bool, train_from: str = "block5_conv1"):
     model = build_classifier("vgg16", 2, 32, weights=None, seed=0)
     lower = model.get_layer("block4_conv3").get_weights()
     initial = [np.array(w) for w in model.get_layer("block5_conv1").get_weights()]
-    s = TrainSettings(epochs=2, batch_size=8, train_from=train_from, feature_cache=feature_cache)
+    s = _settings(feature_cache, train_from)
     r = train_classifier(model, images, labels, split, ["a", "b"], ["b"], s, seed=0)
     return r, model, lower, initial
 
@@ -33,9 +39,8 @@ def test_tail_on_cached_activations_matches_full_model():
     # gradient is itself at rounding level its step can differ by up to lr per step: on an AVX2 EPYC 10 of
     # 2.4 million kernel entries differed by up to 5.9e-5 (under rtol 1e-4 on AVX-512 CPUs). So: every entry within
     # Adam's bound (2 x lr x 4 steps), all but a 1e-4 fraction within 1e-4 relative, and training moved the weights.
-    from xbench.pipeline.training import TrainSettings
-
-    bound = 2 * TrainSettings().lr * 4  # _train's default lr; 16 training images in batches of 8, 2 epochs
+    s = _settings(True)
+    bound = 2 * s.lr * s.epochs * -(-16 // s.batch_size)  # 2 x lr x steps: _train's 16 training images
     for a, b, start in zip(m1.get_layer("block5_conv1").get_weights(), m2.get_layer("block5_conv1").get_weights(), initial):
         off = ~np.isclose(a, b, rtol=1e-4, atol=1e-7)
         assert off.mean() <= 1e-4 and np.abs(a - b).max() <= bound, (off.sum(), np.abs(a - b).max())
