@@ -3,6 +3,14 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
+from xbench.core.malloc import TOP_PAD_BYTES, pad_heap  # noqa: E402
+
+# Heaps padded as xbench's entry points pad theirs (xbench/core/malloc.py): this process's now, and, through glibc's
+# tunable, every child's from its start, entry point or not (``python -c`` scripts, nested pytest, bash).
+pad_heap()
+if "glibc.malloc.top_pad=" not in os.environ.get("GLIBC_TUNABLES", ""):
+    os.environ["GLIBC_TUNABLES"] = ":".join(filter(None, (os.environ.get("GLIBC_TUNABLES"), f"glibc.malloc.top_pad={TOP_PAD_BYTES}")))
+
 from pathlib import Path
 
 import pytest

@@ -11,6 +11,7 @@ import argparse
 import logging
 import sys
 
+from xbench.core.malloc import pad_heap
 from xbench.data.phantoms import RADIOGRAPHY_CLASSES
 from xbench.pipeline.sources.synthetic import SynthSpec
 
@@ -34,6 +35,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    pad_heap()
     p = parser()
     a = p.parse_args(argv)
     try:
