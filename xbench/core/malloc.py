@@ -3,15 +3,16 @@
 With glibc's defaults the heap is trimmed back to the system whenever more
 than 128 KiB is free at its top, and grown again by as little as is asked.
 A training or scoring step frees and re-allocates the same tensors (tens of
-MB at a time), so every step paid for its pages again: the fault-injection
-job of ``tests/faults`` (smoke VGG16, five epochs, 16 chunks of curves) took
-2.8 million page faults and 8.7 s of system time in 30 CPU seconds. With
-64 MiB of padding kept at the top of the heap it takes 0.8 million and
-3.7-4.1 s, and 24.6-25.0 CPU seconds (2-core AMD EPYC, TensorFlow 2.20; peak
-RSS 1.37 -> 1.50 GB); the kernel tests of ``test_propagation.py`` and
-``test_perturbation.py`` in one process took 10% less CPU. Where memory sits
-does not change what is computed: the job's curves, heatmaps and predictions
-are bit-identical with and without it (docs/performance.md, "Heap padding").
+MB at a time), so every step paid for its pages again: the fault-injection job of ``tests/faults``
+(smoke VGG16, five epochs, 16 chunks of curves) took 2.7-2.9 million page
+faults and 8.7-9.9 s of system time in 30-33 CPU seconds. With 64 MiB of
+padding kept at the top of the heap it takes 0.83-0.86 million, 4.1 s and
+24.6-25.2 CPU seconds (2-core AMD EPYC, TensorFlow 2.21; peak RSS 1.37 ->
+1.50 GB); the kernel tests of ``test_propagation.py`` and
+``test_perturbation.py`` in one process took 10% less CPU. Where memory
+sits does not change what is computed: the job's curves, heatmaps and
+predictions are bit-identical with and without it (docs/performance.md,
+"Heap padding").
 
 Set by xbench's entry points (a job, the bench, the phantom writer, the
 report) and by the test suite's processes; a program that imports xbench as
