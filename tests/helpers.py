@@ -50,6 +50,40 @@ def once_per_run(tmp_path_factory, name: str, make) -> tuple[Path, bool]:
     return folder, True
 
 
+#: Bytes glibc keeps at the top of a test process's heap (``M_TOP_PAD``; glibc's default is 128 KiB): see :func:`pad_heap`.
+TOP_PAD_BYTES = 64 << 20
+
+
+def pad_heap(pad_bytes: int = TOP_PAD_BYTES) -> bool:
+    """Ask glibc to keep ``pad_bytes`` of freed memory at the top of this process's heap; True where it did (glibc), else a no-op.
+
+    With glibc's defaults the heap is trimmed back as soon as 128 KiB are free
+    at its top, so each step of a small job faulted in again the pages of the
+    tensors the step before had freed: the fault tests' job took 2.7-2.9
+    million page faults and 30-33 CPU seconds, padded 0.83-0.86 million and
+    24.6-25.2, with bit-identical arrays (docs/performance.md, "Heap padding").
+    The suite only: setting it fixes glibc's mmap threshold at 128 KiB, and the
+    default benchmark at 299 px, whose tensors are megabytes, was 9% slower
+    padded (553 s against 509 s), so xbench itself does not set it.
+    tests/conftest.py pads the test processes, and their children through
+    ``GLIBC_TUNABLES`` (:data:`GLIBC_PAD`).
+    """
+    import ctypes
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # not glibc
+        return False
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    return mallopt(-2, int(pad_bytes)) == 1  # -2: M_TOP_PAD (glibc's malloc.h)
+
+
+#: The same for a child from its start (glibc reads it before ``main``): tests/conftest.py puts it in the environment.
+GLIBC_PAD = f"glibc.malloc.top_pad={TOP_PAD_BYTES}"
+
+
 def env(cache: str | os.PathLike | None = None, **extra: str) -> dict:
     """This process's environment, with ``XBENCH_CACHE=cache`` (when given), quiet TensorFlow, no fault, plus ``extra``."""
     e = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}

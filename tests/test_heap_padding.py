@@ -1,4 +1,4 @@
-"""xbench.core.malloc.pad_heap: after it, glibc keeps freed memory at the top of the heap instead of returning it at once."""
+"""tests/helpers.pad_heap (the test processes' heap padding): after it, glibc keeps freed memory at the top of the heap instead of returning it at once."""
 
 import ctypes
 import os
@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from xbench.core.malloc import TOP_PAD_BYTES, pad_heap
+from tests.helpers import REPO, TOP_PAD_BYTES, pad_heap
 
 glibc = pytest.mark.skipif(not sys.platform.startswith("linux") or not hasattr(ctypes.CDLL(None), "mallinfo2"),
                            reason="glibc >= 2.33 (mallinfo2) only")
@@ -22,7 +22,7 @@ _CHILD = textwrap.dedent("""
     libc.mallinfo2.restype = Info
     libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, (ctypes.c_size_t,), (ctypes.c_void_p,)
     if sys.argv[1] == "pad":
-        from xbench.core.malloc import pad_heap
+        from tests.helpers import pad_heap
         assert pad_heap()
     blocks = [libc.malloc(64 << 10) for _ in range(256)]
     for b in reversed(blocks):
@@ -36,7 +36,7 @@ def _after_frees(mode: str) -> tuple[int, int]:
     import subprocess
 
     env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}  # glibc's defaults (tests/conftest.py pads children)
-    r = subprocess.run([sys.executable, "-c", _CHILD, mode], env=env, capture_output=True, text=True, timeout=60)
+    r = subprocess.run([sys.executable, "-c", _CHILD, mode], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr[-2000:]
     arena, keep = map(int, r.stdout.split())
     return arena, keep

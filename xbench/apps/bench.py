@@ -7,7 +7,6 @@ import json
 import os
 import sys
 
-from xbench.core.malloc import pad_heap
 from xbench.perturbation.regions import ORDERS  # pure NumPy: no backend starts here
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -60,7 +59,6 @@ def _masked_table(rows) -> str:
 
 
 def main(argv=None) -> int:
-    pad_heap()
     p = argparse.ArgumentParser(prog="xbench-bench", description=__doc__)
     p.add_argument("--backbone", default="vgg16")
     p.add_argument("--image-size", type=int, default=64)

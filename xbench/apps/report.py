@@ -13,8 +13,6 @@ import logging
 import sys
 from pathlib import Path
 
-from xbench.core.malloc import pad_heap
-
 log = logging.getLogger("xbench.pipeline.report")
 
 
@@ -170,7 +168,6 @@ def summary_markdown(col, folders, frame, groups, table, pw, reliab=None, method
 
 
 def main(argv=None) -> int:
-    pad_heap()
     p = argparse.ArgumentParser(prog="xbench-report", description="Summarise xbench job folders: tables, pairwise tests, plots.")
     p.add_argument("folders", nargs="+", help="job folders, multirun folders, or parents of them")
     p.add_argument("--out", help="report folder (default: <first folder>/report)")

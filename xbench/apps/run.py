@@ -31,7 +31,6 @@ from xbench.apps.overrides import (
     job_choices,
 )
 from xbench.core.errors import ConfigError, XbenchError
-from xbench.core.malloc import pad_heap
 from xbench.models.spec import ClassifierSpec
 from xbench.pipeline.settings import SanitySettings, ScoreSettings, TrainSettings
 from xbench.pipeline.tracking import TrackingSettings
@@ -165,7 +164,6 @@ def _hydra_job() -> dict:
 def _hydra_main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    pad_heap()  # here, not in main(): every launcher's job process (joblib, submitit, SLURM) runs this function
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     if os.environ.get("SLURM_JOB_ID"):  # which SLURM job this is (its requeues append to the same run.log)
         from xbench.apps.slurm import job_line

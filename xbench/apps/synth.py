@@ -11,7 +11,6 @@ import argparse
 import logging
 import sys
 
-from xbench.core.malloc import pad_heap
 from xbench.data.phantoms import RADIOGRAPHY_CLASSES
 from xbench.pipeline.sources.synthetic import SynthSpec
 
@@ -35,7 +34,6 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    pad_heap()
     p = parser()
     a = p.parse_args(argv)
     try:
