@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 
 
-def _settings(feature_cache: bool, train_from: str = "block5_conv1"):
+def _settings(feature_cache: bool):
     from xbench.pipeline.training import TrainSettings
 
-    return TrainSettings(epochs=2, batch_size=8, train_from=train_from, feature_cache=feature_cache)
+    return TrainSettings(epochs=2, batch_size=8, train_from="block5_conv1", feature_cache=feature_cache)
 
 
-def _train(feature_cache: bool, train_from: str = "block5_conv1"):
+def _train(feature_cache: bool):
     from xbench.models import build_classifier
     from xbench.pipeline.training import train_classifier
 
@@ -21,7 +21,7 @@ def _train(feature_cache: bool, train_from: str = "block5_conv1"):
     model = build_classifier("vgg16", 2, 32, weights=None, seed=0)
     lower = model.get_layer("block4_conv3").get_weights()
     initial = [np.array(w) for w in model.get_layer("block5_conv1").get_weights()]
-    s = _settings(feature_cache, train_from)
+    s = _settings(feature_cache)
     r = train_classifier(model, images, labels, split, ["a", "b"], ["b"], s, seed=0)
     return r, model, lower, initial
 
