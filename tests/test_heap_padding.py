@@ -1,13 +1,12 @@
 """tests/helpers.pad_heap (the test processes' heap padding): after it, glibc keeps freed memory at the top of the heap instead of returning it at once."""
 
 import ctypes
-import os
 import sys
 import textwrap
 
 import pytest
 
-from tests.helpers import REPO, TOP_PAD_BYTES, pad_heap
+from tests.helpers import REPO, TOP_PAD_BYTES, env, pad_heap
 
 glibc = pytest.mark.skipif(not sys.platform.startswith("linux") or not hasattr(ctypes.CDLL(None), "mallinfo2"),
                            reason="glibc >= 2.33 (mallinfo2) only")
@@ -35,8 +34,9 @@ _CHILD = textwrap.dedent("""
 def _after_frees(mode: str) -> tuple[int, int]:
     import subprocess
 
-    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}  # glibc's defaults (tests/conftest.py pads children)
-    r = subprocess.run([sys.executable, "-c", _CHILD, mode], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    child_env = env()
+    child_env.pop("GLIBC_TUNABLES", None)  # glibc's defaults (tests/conftest.py pads children)
+    r = subprocess.run([sys.executable, "-c", _CHILD, mode], cwd=REPO, env=child_env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr[-2000:]
     arena, keep = map(int, r.stdout.split())
     return arena, keep
